@@ -1,0 +1,253 @@
+"""RLGDenoiser: stands in for a stock pipeline's ``unet`` / ``transformer`` and returns the RLG mix.
+
+The pipeline keeps doing everything else (text encoding, classifier-free guidance, the scheduler,
+decoding). Because CFG and the RLG mix are both linear, mixing the raw conditional and
+unconditional predictions here and letting the pipeline apply CFG afterwards gives exactly the
+official order (CFG inside each model, then the mix):
+
+    mix(u) + g * (mix(c) - mix(u)) == mix(u + g * (c - u))      for mix(x) = x_b + w (x_r - x_b)
+
+This breaks for nonlinear guidance (``guidance_rescale > 0``), which ``rlg.sampling`` refuses.
+
+Per-sample scales: the sampler sets one scale per image with :meth:`RLGDenoiser.begin`; the
+pipeline may stack the images k times (CFG puts [uncond..., cond...] in one batch), so row r of
+the network batch belongs to image r % n_images.
+
+Work per call: rows whose effective scale is 0 run only the base model, rows at 1 only the RL
+model, the others both. For a LoRA pair both come from ONE forward of the shared network with a
+per-row adapter choice (PEFT's mixed-batch ``adapter_names``, ``"__base__"`` = adapter off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.utils import BaseOutput
+
+from rlg.guidance import StepWindow, check_scales, rlg_mix
+
+# Keyword arguments that are not batched even when their first dimension happens to equal the
+# batch size (FLUX position ids are (seq, 3)).
+UNBATCHED_KEYS = frozenset({"txt_ids", "img_ids"})
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class RLGOutput(BaseOutput):
+    sample: torch.Tensor
+
+
+@dataclass
+class ForwardStats:
+    """Network work done, in rows (one row = one sample through one model). Used by tests and
+    benchmarks to prove that no evaluation is wasted."""
+
+    calls: int = 0  # denoiser calls made by the pipeline
+    base_rows: int = 0
+    rl_rows: int = 0
+    forwards: int = 0  # network forwards actually run (after fusing and micro-batching)
+    padded_rows: int = 0  # rows added to fill fixed-size micro-batches
+
+    def reset(self) -> None:
+        self.calls = self.base_rows = self.rl_rows = self.forwards = self.padded_rows = 0
+
+
+def take_rows(obj: Any, index: torch.Tensor, n_rows: int, key: str | None = None) -> Any:
+    """Select batch rows from every batched tensor inside ``obj`` (nested dicts, lists, tuples)."""
+    if key in UNBATCHED_KEYS:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        if obj.ndim >= 1 and obj.shape[0] == n_rows:
+            return obj.index_select(0, index.to(obj.device))
+        return obj
+    if isinstance(obj, dict):
+        return type(obj)((k, take_rows(v, index, n_rows, k)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(take_rows(v, index, n_rows) for v in obj)
+    return obj
+
+
+class RLGDenoiser(torch.nn.Module):
+    """A denoiser that returns ``pred_base + w * (pred_rl - pred_base)`` per sample.
+
+    Args:
+        base: the base denoiser (a diffusers UNet / transformer, or any module with that call
+            signature). For a LoRA pair this is the single network carrying the adapter.
+        rl: the RL denoiser for a full-weight pair; ``None`` for a LoRA pair.
+        rl_adapter: name of the PEFT adapter in ``base`` that makes it the RL model (LoRA pairs).
+        window: the steps where RLG applies, and which model runs outside them.
+        micro_batch: if set, every network forward runs on exactly this many rows (the last chunk
+            padded by repeating a row). Kernels pick different reduction orders for different batch
+            sizes, so this is what makes an image bit-identical whatever batch it was generated in.
+    """
+
+    def __init__(
+        self,
+        base: torch.nn.Module,
+        rl: torch.nn.Module | None = None,
+        *,
+        rl_adapter: str | None = None,
+        window: StepWindow = StepWindow(),
+        micro_batch: int | None = None,
+    ):
+        super().__init__()
+        if (rl is None) == (rl_adapter is None):
+            raise ValueError("RLGDenoiser needs either an RL denoiser (full-weight pair) or rl_adapter (LoRA pair), not both")
+        if micro_batch is not None and micro_batch < 1:
+            raise ValueError(f"micro_batch must be >= 1 or None, got {micro_batch}")
+        self.base = base
+        self.rl = rl
+        self.rl_adapter = rl_adapter
+        self.window = window
+        self.micro_batch = micro_batch
+        self.stats = ForwardStats()
+        self._lora_layers = _lora_layers(base) if rl_adapter else []
+        if rl_adapter and not self._lora_layers:
+            raise ValueError("rl_adapter was given but the base network has no LoRA layers; load the adapter first (rlg.pairs)")
+        self._scales: torch.Tensor | None = None
+        self._num_steps = 1
+        self._step = -1
+        self._last_t: float | None = None
+
+    # -- what pipelines read from their denoiser ---------------------------------------------
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("base", "rl", "_modules", "_parameters", "_buffers"):
+                raise
+            return getattr(self._modules["base"], name)  # config, add_embedding, cache_context, ...
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    @property
+    def is_lora_pair(self) -> bool:
+        return self.rl_adapter is not None
+
+    # -- per-call state ------------------------------------------------------------------------
+    def begin(self, scales, num_steps: int) -> None:
+        """Set one RLG scale per image for the next pipeline call of ``num_steps`` steps."""
+        self._scales = torch.tensor(check_scales(scales), dtype=torch.float64)
+        self._num_steps = num_steps
+        self._step = -1
+        self._last_t = None
+
+    @property
+    def step_index(self) -> int:
+        return self._step
+
+    def _advance_step(self, timestep) -> None:
+        # A step is a new timestep value: FLUX true-CFG calls twice per step with the same t.
+        t = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
+        if t != self._last_t:
+            self._step += 1
+            self._last_t = t
+
+    # -- the call ------------------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        if self._scales is None:
+            raise RuntimeError("RLGDenoiser.begin(scales, num_steps) must be called before the pipeline runs")
+        return_dict = kwargs.pop("return_dict", True)
+        if args:
+            sample = args[0]
+        else:
+            sample_key = "sample" if "sample" in kwargs else "hidden_states"
+            sample = kwargs[sample_key]
+        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+        self._advance_step(timestep)
+        self.stats.calls += 1
+
+        n_rows, n_img = sample.shape[0], len(self._scales)
+        if n_rows % n_img:
+            raise RuntimeError(f"RLG scales were set for {n_img} images but the denoiser got a batch of {n_rows}; "
+                               "call begin() with one scale per image of the pipeline call")
+        scales = self.window.effective_scales(self._scales, self._step, self._num_steps).repeat(n_rows // n_img)
+        need_base = torch.nonzero(scales != 1.0).flatten()
+        need_rl = torch.nonzero(scales != 0.0).flatten()
+        self.stats.base_rows += len(need_base)
+        self.stats.rl_rows += len(need_rl)
+
+        if self.is_lora_pair:
+            rows = torch.cat([need_base, need_rl])
+            tags = [BASE_ADAPTER] * len(need_base) + [self.rl_adapter] * len(need_rl)
+            both = self._run(self.base, rows, tags, n_rows, args, kwargs)
+            pred_base, pred_rl = both[: len(need_base)], both[len(need_base):]
+        else:
+            pred_base = self._run(self.base, need_base, None, n_rows, args, kwargs)
+            pred_rl = self._run(self.rl, need_rl, None, n_rows, args, kwargs)
+
+        like = pred_base if pred_base is not None and len(need_base) else pred_rl
+        out = torch.empty((n_rows, *like.shape[1:]), dtype=like.dtype, device=like.device)
+        base_pos = {int(r): i for i, r in enumerate(need_base)}
+        rl_pos = {int(r): i for i, r in enumerate(need_rl)}
+        only_base = [r for r in base_pos if r not in rl_pos]
+        only_rl = [r for r in rl_pos if r not in base_pos]
+        mixed = [r for r in base_pos if r in rl_pos]
+        if only_base:
+            out[only_base] = pred_base[[base_pos[r] for r in only_base]]
+        if only_rl:
+            out[only_rl] = pred_rl[[rl_pos[r] for r in only_rl]]
+        if mixed:
+            out[mixed] = rlg_mix(pred_base[[base_pos[r] for r in mixed]], pred_rl[[rl_pos[r] for r in mixed]],
+                                 scales[mixed])
+        return RLGOutput(sample=out) if return_dict else (out,)
+
+    def _run(self, model, rows: torch.Tensor, tags: list[str] | None, n_rows: int, args, kwargs):
+        """Run ``model`` on the given rows (repeats allowed), in micro-batches when set."""
+        if len(rows) == 0:
+            return None
+        size = self.micro_batch or len(rows)
+        outs = []
+        for start in range(0, len(rows), size):
+            chunk = rows[start:start + size]
+            chunk_tags = tags[start:start + size] if tags else None
+            n_real = len(chunk)
+            if self.micro_batch and n_real < size:  # pad to the fixed size, drop the pad after
+                pad = size - n_real
+                chunk = torch.cat([chunk, chunk[-1:].repeat(pad)])
+                chunk_tags = chunk_tags + chunk_tags[-1:] * pad if chunk_tags else None
+                self.stats.padded_rows += pad
+            a = take_rows(args, chunk, n_rows)
+            kw = take_rows(kwargs, chunk, n_rows)
+            with self._adapter_rows(chunk_tags):
+                out = model(*a, **kw, return_dict=False)[0]
+            self.stats.forwards += 1
+            outs.append(out[:n_real])
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    @contextlib.contextmanager
+    def _adapter_rows(self, tags: list[str] | None):
+        """Pass PEFT's per-row ``adapter_names`` to every LoRA layer for one forward."""
+        if tags is None:
+            yield
+            return
+        if self.base.training:
+            raise RuntimeError("mixed-adapter batches need eval mode: call .eval() on the denoiser")
+
+        def hook(module, args, kwargs):
+            kwargs["adapter_names"] = tags
+            return args, kwargs
+
+        handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in self._lora_layers]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # peft is a hard dependency; without it there can be no LoRA layers
+        return []
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]

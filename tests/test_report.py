@@ -1,0 +1,384 @@
+"""The report layer on a synthetic store with known values: tables, intervals, win rates, exclusions,
+Pareto fronts, figures and anchors. No model, no GPU; a few seconds on one core."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from experiments import figures, tables
+from experiments.anchors import anchors_by_key, compare_protocol, load_anchors
+from experiments.report import write_report
+from experiments.stats import bootstrap_ci, pareto_front, summarize, win_rate
+
+TAGS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
+SD35 = "stabilityai/stable-diffusion-3.5-medium"
+# As evaluators/geneval writes it for the upstream mmdet back-end.
+GENEVAL_VERSION = ("geneval/djghosh13/geneval@af4902f/mmdet:mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth/"
+                   "clip:ViT-L-14:openai/thr0.3/count0.9/max16/nms1.0/pos0.1/bg#999/float32")
+PROTOCOL = {
+    "steps": 20, "cfg": 4.5, "resolution": 512, "ocr_engine": "easyocr",
+    "pairs": {"sd35m_pickscore": {"base": SD35, "rl": "jieliu/SD3.5M-FlowGRPO-PickScore"},
+              "sd35m_geneval": {"base": SD35, "rl": "jieliu/SD3.5M-FlowGRPO-GenEval"}},
+}
+
+
+def _png(path: Path, scale: float) -> str:
+    shade = int(min(255, 40 * scale + 30))
+    Image.new("RGB", (32, 32), (shade, 90, 255 - shade)).save(path)
+    return str(path)
+
+
+def _image(root, run, exp, pair, p, s, w, tag=None, nonfinite=False):
+    key = f"{run}-{p}-{s}-{w:g}"
+    return {"run_id": run, "experiment": exp, "pair": pair, "prompt_id": p, "prompt": f"a photo of thing number {p}",
+            "sample": s, "seed": 1000 + 10 * p + s, "scale": w, "image_key": key,
+            "image_path": _png(root / f"{key}.png", w), "nonfinite": nonfinite, "tag": tag}
+
+
+def _score(key, evaluator, metric, value, higher=True, error=None, version="v1"):
+    return {"image_key": key, "evaluator": evaluator, "version": version, "metric": metric, "value": value,
+            "higher_is_better": higher, "error": error}
+
+
+def pickscore_value(p, s, w):
+    # Offsets -0.3, -0.1, +0.1, +0.3, ... around 20 + w; a definite value for every image.
+    return 20.0 + w + 0.2 * ((p * 2 + s) % 4) - 0.3
+
+
+def ocr_value(p, s, w):
+    return min(1.0, 0.2 + 0.1 * w + 0.05 * p)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Two runs of one pair (r2 has fewer scales), and a GenEval run with tags."""
+    root = tmp_path_factory.mktemp("store")
+    images, scores = [], []
+    scales = {"r1": [0.0, 0.5, 1.0, 1.5, 2.0], "r2": [0.0, 1.0, 2.0]}
+    for run, ws in scales.items():
+        for p in range(6):
+            for s in range(2):
+                for w in ws:
+                    nonfinite = run == "r1" and (p, s, w) == (0, 0, 2.0)
+                    row = _image(root, run, "pickscore", "sd35m_pickscore", p, s, w, nonfinite=nonfinite)
+                    images.append(row)
+                    k = row["image_key"]
+                    failed = run == "r1" and (p, s, w) == (1, 1, 1.5)
+                    # The nonfinite image carries an absurd score: it must never reach a mean.
+                    value = 1000.0 if nonfinite else (np.nan if failed else pickscore_value(p, s, w))
+                    scores.append(_score(k, "pickscore", "pickscore", value, error="RuntimeError: boom" if failed else None))
+                    if not (run == "r1" and (p, s, w) == (5, 1, 2.0)):  # not yet scored by OCR
+                        scores.append(_score(k, "ocr", "ocr_accuracy", ocr_value(p, s, w), version="easyocr-1.7"))
+    for p in range(12):
+        for s in range(2):
+            for w in (0.0, 1.0, 2.0):
+                row = _image(root, "g1", "geneval", "sd35m_geneval", 100 + p, s, w, tag=TAGS[p // 2])
+                images.append(row)
+                correct = float((p + s + int(w)) % 3 != 0)
+                scores.append(_score(row["image_key"], "geneval", "geneval_correct", correct,
+                                     version=GENEVAL_VERSION))
+    return pd.DataFrame(images), pd.DataFrame(scores)
+
+
+@pytest.fixture(scope="module")
+def report(store, tmp_path_factory):
+    images, scores = store
+    out = tmp_path_factory.mktemp("report")
+    result = write_report(images, scores, out, protocol=PROTOCOL, grid_prompts=4, n_resamples=200)
+    return out, result
+
+
+def _md_rows(text: str) -> list[list[str]]:
+    lines = [l for l in text.splitlines() if l.startswith("|")]
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", l)[1:-1]] for l in lines]
+
+
+def _md_table(text: str) -> pd.DataFrame:
+    rows = _md_rows(text)
+    return pd.DataFrame(rows[2:], columns=rows[0])
+
+
+# --- means, exclusions, counts -------------------------------------------------------------------
+
+def expected_pickscore_mean(run, w):
+    vals = [pickscore_value(p, s, w) for p in range(6) for s in range(2)
+            if not (run == "r1" and (p, s, w) in {(0, 0, 2.0), (1, 1, 1.5)})]
+    return sum(vals) / len(vals), len(vals)
+
+
+def test_tables_contain_the_exact_means(report):
+    out, _ = report
+    md = _md_table((out / "tables" / "metrics_pickscore.md").read_text())
+    tex = (out / "tables" / "metrics_pickscore.tex").read_text()
+    for run, ws in {"r1": [0, 0.5, 1, 1.5, 2], "r2": [0, 1, 2]}.items():
+        for w in ws:
+            mean, n = expected_pickscore_mean(run, w)
+            row = md[(md["run"] == run) & md["metric"].str.startswith("pickscore") & md["w"].str.match(f"{w:g}( |$)")]
+            assert len(row) == 1
+            assert row["mean"].iloc[0] == f"{mean:.2f}"  # ~4 significant digits for values near 21
+            assert row["n (prompts)"].iloc[0].startswith(f"{n} (")
+            assert f"& {mean:.2f} &" in tex
+    csv = pd.read_csv(out / "tables" / "summary.csv")
+    r = csv[(csv.run_id == "r1") & (csv.metric == "pickscore") & (csv.scale == 2.0)].iloc[0]
+    assert r["mean"] == pytest.approx(expected_pickscore_mean("r1", 2.0)[0], abs=1e-12)
+
+
+def test_nonfinite_and_failed_images_are_excluded_and_counted(store, report):
+    images, scores = store
+    s = summarize(images, scores, n_resamples=50)
+    ps = s[(s.run_id == "r1") & (s.metric == "pickscore")].set_index("scale")
+    assert (ps.loc[2.0, "n"], ps.loc[2.0, "n_nonfinite"], ps.loc[2.0, "n_failed"]) == (11, 1, 0)
+    assert (ps.loc[1.5, "n"], ps.loc[1.5, "n_nonfinite"], ps.loc[1.5, "n_failed"]) == (11, 0, 1)
+    assert ps.loc[2.0, "mean"] < 100  # the 1000 of the nonfinite image stayed out
+    ocr = s[(s.run_id == "r1") & (s.metric == "ocr_accuracy")].set_index("scale")
+    assert (ocr.loc[2.0, "n"], ocr.loc[2.0, "n_nonfinite"], ocr.loc[2.0, "n_unscored"]) == (10, 1, 1)
+    md = _md_table((report[0] / "tables" / "metrics_pickscore.md").read_text())
+    cell = lambda metric, w: md[(md.run == "r1") & md.metric.str.startswith(metric) & md.w.str.match(f"{w}( |$)")]["excluded"].iloc[0]
+    assert cell("pickscore", "2") == "1 nonfinite"
+    assert cell("pickscore", "1.5") == "1 failed"
+    assert cell("ocr_accuracy", "2") == "1 nonfinite, 1 unscored"
+    assert cell("pickscore", "0") == "0"
+    assert any("not yet scored" in n for n in report[1]["notes"])
+
+
+def test_geneval_overall_is_the_mean_of_tag_accuracies(store, report):
+    images, scores = store
+    s = summarize(images, scores, n_resamples=50)
+    for w in (0.0, 1.0, 2.0):
+        per_tag = [np.mean([float((p + smp + int(w)) % 3 != 0) for p in (2 * t, 2 * t + 1) for smp in (0, 1)])
+                   for t in range(6)]
+        got = s[(s.metric == "geneval_overall") & (s.scale == w)]["mean"].iloc[0]
+        assert got == pytest.approx(np.mean(per_tag), abs=1e-12)
+    geneval_md = _md_table((report[0] / "tables" / "geneval_tags.md").read_text())
+    assert list(geneval_md.columns[1:7]) == TAGS
+
+
+# --- bootstrap ----------------------------------------------------------------------------------
+
+def _frame(values: np.ndarray, scales, samples=1, run="r") -> pd.DataFrame:
+    """Tidy rows from values[prompt, scale] (each value repeated ``samples`` times per prompt)."""
+    rows = [{"experiment": "e", "pair": "p", "run_id": run, "metric": "m", "higher_is_better": True, "status": "ok",
+             "prompt_id": i, "sample": k, "seed": k, "scale": w, "value": values[i, j]}
+            for i in range(values.shape[0]) for j, w in enumerate(scales) for k in range(samples)]
+    return pd.DataFrame(rows)
+
+
+def test_bootstrap_intervals_cover_the_true_mean():
+    rng = np.random.default_rng(123)
+    true = np.array([0.0, 1.0])
+    # 200 independent data sets (one series each) of 40 prompts; the 95% interval should cover ~95%.
+    frames = [_frame(true + rng.normal(0, 1, size=(40, 1)) + rng.normal(0, 0.5, size=(40, 2)), [0.0, 1.0], run=f"r{i}")
+              for i in range(200)]
+    ci = bootstrap_ci(pd.concat(frames), "m", n_resamples=400, seed=0)
+    ci["true"] = ci["scale"].map({0.0: 0.0, 1.0: 1.0})
+    coverage = ((ci["lo"] <= ci["true"]) & (ci["true"] <= ci["hi"])).mean()
+    assert 0.88 <= coverage <= 0.99
+    assert ((ci["lo"] <= ci["mean"]) & (ci["mean"] <= ci["hi"])).all()
+
+
+def test_bootstrap_resamples_prompts_and_is_paired_across_scales():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(30, 1))
+    values = np.hstack([base, base + 0.5])  # w=1 is w=0 shifted by exactly 0.5 on every prompt
+    one = bootstrap_ci(_frame(values, [0.0, 1.0], samples=1), "m", n_resamples=300, seed=7)
+    three = bootstrap_ci(_frame(values, [0.0, 1.0], samples=3), "m", n_resamples=300, seed=7)
+    # Copies of an image within its prompt add no information: clusters are prompts.
+    np.testing.assert_allclose(one[["mean", "lo", "hi"]], three[["mean", "lo", "hi"]])
+    assert (three["n"] == 90).all() and (three["n_prompts"] == 30).all()
+    # Same resample at every scale: the difference is exact although each mean is uncertain.
+    d = one.set_index("scale").loc[0.0]
+    assert d["hi"] - d["lo"] > 0.3
+    assert (d["delta"], d["delta_lo"], d["delta_hi"]) == pytest.approx((-0.5, -0.5, -0.5))
+    again = bootstrap_ci(_frame(values, [0.0, 1.0]), "m", n_resamples=300, seed=7)
+    pd.testing.assert_frame_equal(one, again)  # fixed seed, same numbers
+
+
+# --- win rate, Pareto ---------------------------------------------------------------------------
+
+def test_win_rate_matches_a_hand_count_with_ties():
+    # Pairs (w=2 vs w=1): win, win, tie, loss; a fifth pair has a nonfinite image and is dropped.
+    ref = [1.0, 2.0, 3.0, 4.0, 5.0]
+    at2 = [1.5, 2.5, 3.0, 3.0, 9.0]
+    rows = [{"experiment": "e", "pair": "p", "run_id": "r", "metric": "m", "prompt_id": i, "sample": 0, "seed": 42,
+             "scale": w, "value": v, "status": "ok"} for i in range(5) for w, v in ((1.0, ref[i]), (2.0, at2[i]))]
+    df = pd.DataFrame(rows)
+    df.loc[(df.prompt_id == 4) & (df.scale == 2.0), ["value", "status"]] = [np.nan, "nonfinite"]
+    higher = win_rate(df.assign(higher_is_better=True), "m").set_index("scale")
+    assert tuple(higher.loc[2.0, ["wins", "ties", "losses", "n_pairs"]]) == (2, 1, 1, 4)
+    assert higher.loc[2.0, "win_rate"] == pytest.approx(2.5 / 4)
+    assert higher.loc[1.0, "win_rate"] == pytest.approx(0.5)  # against itself: all ties
+    lower = win_rate(df.assign(higher_is_better=False), "m").set_index("scale")
+    assert lower.loc[2.0, "win_rate"] == pytest.approx(1.5 / 4)
+    # Pairing is by (prompt, sample, seed): a different seed at w=2 has no partner.
+    moved = df.copy()
+    moved.loc[(moved.prompt_id == 0) & (moved.scale == 2.0), "seed"] = 7
+    assert win_rate(moved.assign(higher_is_better=True), "m").set_index("scale").loc[2.0, "n_pairs"] == 3
+
+
+def test_pareto_front_hand_case():
+    x = [1.0, 2.0, 0.0, 0.5, 2.0, np.nan]
+    y = [1.0, 0.0, 2.0, 0.5, 0.0, 1.0]
+    assert pareto_front(x, y).tolist() == [True, True, True, False, True, False]
+    # Lower x is better: (0, 2) now beats every other point.
+    assert pareto_front(x, y, x_higher_is_better=False).tolist() == [False, False, True, False, False, False]
+    # Both lower: (0.5, 0.5) beats (1, 1); (2, 0) and (0, 2) each hold the best of one metric.
+    assert pareto_front(x, y, False, False).tolist() == [False, True, True, True, True, False]
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+def test_every_figure_is_a_valid_image_of_the_expected_size(report, store):
+    out, result = report
+    names = {p.name for p in result["files"]}
+    stems = ["scale_pickscore", "scale_ocr_accuracy", "scale_geneval_correct", "scale_geneval_overall",
+             "tradeoff_ocr_accuracy__pickscore", "geneval_tags_geneval_sd35m_geneval_g1",
+             "grid_pickscore_sd35m_pickscore_r1", "grid_pickscore_sd35m_pickscore_r2", "grid_geneval_sd35m_geneval_g1"]
+    for stem in stems:
+        assert {f"{stem}.png", f"{stem}.pdf"} <= names, stem
+    size = lambda w, h: (round(w * figures.DPI), round(h * figures.DPI))
+    expected = {"scale": size(*figures.SIZES["scale"]), "tradeoff": size(*figures.SIZES["tradeoff"]),
+                "geneval": size(*figures.SIZES["geneval"])}
+    assert expected["scale"] == (990, 690)
+    pngs = [p for p in result["files"] if p.suffix == ".png"]
+    for p in pngs:
+        with Image.open(p) as im:
+            im.verify()
+        with Image.open(p) as im:
+            kind = p.name.split("_")[0]
+            if kind == "grid":
+                n_cols = 5 if p.name.endswith("r1.png") else 3
+                assert im.size == size(*figures.grid_figsize(4, n_cols)), p.name
+                assert im.size[0] == 990
+            else:
+                assert im.size == expected[kind], p.name
+    for p in result["files"]:
+        if p.suffix == ".pdf":
+            assert p.read_bytes()[:5] == b"%PDF-" and p.stat().st_size > 1000
+
+
+def test_grid_rows_share_noise_and_order_columns_by_scale(store):
+    images, _ = store
+    r1 = images[images.run_id == "r1"]
+    rows = figures.choose_grid_rows(r1, n_prompts=3)
+    assert rows["prompt_id"].tolist() == [0, 1, 2]
+    assert (rows["n_scales"] == 5).all()  # complete rows: every scale from the same (sample, seed)
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+def _check_markdown(text: str):
+    rows = _md_rows(text)
+    assert len(rows) >= 3
+    widths = {len(r) for r in rows}
+    assert len(widths) == 1
+    assert all(re.fullmatch(r":?-+:?", c) for c in rows[1])
+
+
+def _check_latex(text: str):
+    assert text.count(r"\begin{tabular}") == text.count(r"\end{tabular}") == 1
+    spec = re.search(r"\\begin\{tabular\}\{([lrc]+)\}", text).group(1)
+    body = text.split(r"\toprule")[1].split(r"\bottomrule")[0]
+    rows = [l for l in body.splitlines() if l.strip() and not l.strip().startswith(r"\midrule")]
+    assert rows
+    for line in rows:
+        assert line.endswith(r"\\")
+        assert len(re.findall(r"(?<!\\)&", line)) == len(spec) - 1, line
+        assert not re.search(r"(?<!\\)[_%#]", line), line
+        assert line.count("$") % 2 == 0
+
+
+def test_markdown_and_latex_tables_are_well_formed(report):
+    out, _ = report
+    written = sorted(p.stem for p in (out / "tables").glob("*.md"))
+    assert written == ["anchors", "geneval_tags", "metrics_geneval", "metrics_pickscore"]
+    for name in written:
+        _check_markdown((out / "tables" / f"{name}.md").read_text())
+        _check_latex((out / "tables" / f"{name}.tex").read_text())
+
+
+# --- anchors ------------------------------------------------------------------------------------
+
+def test_anchors_load_with_the_published_numbers():
+    anchors = load_anchors()
+    by_key = anchors_by_key(anchors)
+    assert len(by_key) == len(anchors)
+    expect = {
+        ("stable-diffusion-v1-5/stable-diffusion-v1-5", "geneval_overall"): 0.43,
+        ("stabilityai/stable-diffusion-xl-base-1.0", "geneval_overall"): 0.55,
+        (SD35, "geneval_overall"): 0.63, ("jieliu/SD3.5M-FlowGRPO-GenEval", "geneval_overall"): 0.95,
+        (SD35, "ocr_accuracy"): 0.59, ("jieliu/SD3.5M-FlowGRPO-Text", "ocr_accuracy"): 0.92,
+    }
+    got = {(a.model, a.metric): a.value for a in anchors if not a.metric.startswith("hps")}
+    assert got == expect
+    hps = {(a.model, a.metric): a.value for a in anchors if a.metric.startswith("hps")}
+    assert hps == {("CompVis/stable-diffusion-v1-4", "hps_v2.0"): 26.95, ("CompVis/stable-diffusion-v1-4", "hps_v2.1"): 25.35,
+                   ("stabilityai/stable-diffusion-xl-base-0.9", "hps_v2.0"): 27.73,
+                   ("stabilityai/stable-diffusion-xl-base-0.9", "hps_v2.1"): 30.63}
+    assert all(a.source for a in anchors)
+    ocr = by_key[(SD35, "ocr_accuracy", "flow_grpo-ocr")]
+    assert ocr.protocol["steps"] == 40 and ocr.protocol["ocr_engine"] == "paddleocr"
+
+
+def test_protocol_mismatch_marks_not_comparable():
+    ocr = anchors_by_key(load_anchors())[(SD35, "ocr_accuracy", "flow_grpo-ocr")]
+    status, diffs, _ = compare_protocol(ocr, {"steps": 20, "cfg": 4.5, "resolution": 512, "ocr_engine": "easyocr"})
+    assert status == "not comparable"
+    assert any(d.startswith("steps: 20 vs 40") for d in diffs) and any(d.startswith("ocr_engine: easyocr") for d in diffs)
+    ok = {"num_inference_steps": 40, "guidance_scale": 4.5, "resolution": "512x512", "ocr_engine": "PaddleOCR 2.9.1"}
+    assert compare_protocol(ocr, ok)[0] == "comparable"
+    status, _, unverified = compare_protocol(ocr, {"steps": 40})
+    assert status == "unverified" and set(unverified) == {"cfg", "resolution", "ocr_engine"}
+    # Engine, detector back-end and HPS version can also come from the evaluator's version string.
+    easy = "ocr/flow_grpo_accuracy/easyocr-1.7.2+weights-1.0"
+    assert compare_protocol(ocr, {**ok, "ocr_engine": None, "evaluator_versions": {"ocr": easy}})[0] == "not comparable"
+    by_key = anchors_by_key(load_anchors())
+    geneval = by_key[("jieliu/SD3.5M-FlowGRPO-GenEval", "geneval_overall", "geneval-mask2former")]
+    run = {"steps": 40, "cfg": 4.5, "resolution": 512, "prompts": 553, "samples_per_prompt": 4}
+    assert compare_protocol(geneval, {**run, "evaluator_versions": {"geneval": GENEVAL_VERSION}})[0] == "comparable"
+    hf = GENEVAL_VERSION.replace("mmdet:mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth", "hf:facebook/mask2former-swin-small-coco-instance@main")
+    status, diffs, _ = compare_protocol(geneval, {**run, "evaluator_versions": {"geneval": hf}})
+    assert status == "not comparable" and diffs[0].startswith("geneval_detector")
+    hps20 = by_key[("CompVis/stable-diffusion-v1-4", "hps_v2.0", "hpsv2.0-x100")]
+    v21 = {"evaluator_versions": {"hps": "hps/v2.1/100*cos/ViT-H-14/ckpt-sha256:0123456789ab/longest-resize-pad-aa/fp32"}}
+    status, diffs, _ = compare_protocol(hps20, v21)
+    assert status == "not comparable" and [d.split(":")[0] for d in diffs] == ["hps_version"]
+    assert compare_protocol(hps20, {"hps_version": "v2.0", "hps_scale": "100*cos"})[0] == "comparable"
+
+
+def test_report_places_anchors_next_to_ours(report):
+    out, _ = report
+    rows = pd.read_csv(out / "tables" / "anchors.csv")
+    ocr = rows[(rows.anchor == "ocr_sd35m") & (rows.run_id == "r1")].iloc[0]
+    assert ocr["scale"] == 0.0 and ocr["published"] == 0.59
+    assert ocr["difference"] == pytest.approx(ocr["ours"] - 0.59)
+    assert "not comparable" in ocr["comparability"] and "steps: 20 vs 40" in ocr["comparability"]
+    assert "ocr_engine: easyocr vs paddleocr" in ocr["comparability"]
+    g = rows[rows.anchor == "geneval_flowgrpo"].iloc[0]
+    assert g["scale"] == 1.0 and "prompts: 12 vs 553" in g["comparability"]
+    assert "geneval_detector" not in g["comparability"]  # matched through the evaluator version string
+    assert "geneval_thresholds" not in g["comparability"]
+    md = _md_table((out / "tables" / "anchors.md").read_text())
+    assert md["comparability"].str.startswith("not comparable").all()
+
+
+# --- partial and multiple runs ------------------------------------------------------------------
+
+def test_partial_results_and_several_runs(store, tmp_path):
+    images, scores = store
+    keep = images[(images.run_id == "r2") & (images.scale <= 1.0)]
+    only = scores[scores.image_key.isin(keep.image_key) & (scores.metric == "pickscore")]
+    result = write_report(keep, only, tmp_path, anchors=[], grid_prompts=2, n_resamples=50, formats=("png",))
+    s = pd.DataFrame(result["summary"])
+    assert set(s["scale"]) == {0.0, 1.0} and set(s["metric"]) == {"pickscore"}
+    assert (s["n"] == 12).all()
+    # Nothing scored yet: grids and an empty summary, no crash.
+    empty = write_report(keep, None, tmp_path / "empty", anchors=[], grid_prompts=2, formats=("png",))
+    assert empty["summary"] == [] and any(p.name.startswith("grid_") for p in empty["files"])
+    both = summarize(images, scores, n_resamples=50)
+    assert set(both[both.metric == "pickscore"]["run_id"]) == {"r1", "r2"}
