@@ -136,6 +136,36 @@ class RunConf:
 STAGES = ("generate", "evaluate", "report", "all")
 
 
+def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
+    """Keys present in ``node`` that the dataclass ``schema`` does not declare (even if forced with '+')."""
+    import dataclasses
+    import typing
+
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    out = []
+    for key in node.keys() if isinstance(node, DictConfig) else []:
+        if key not in fields:
+            out.append(prefix + str(key))
+            continue
+        sub = [t for t in typing.get_args(hints[key]) or (hints[key],) if dataclasses.is_dataclass(t)]
+        child = node._get_node(key)
+        if sub and isinstance(child, DictConfig) and not child._is_none():
+            out += _unknown_keys(child, sub[0], f"{prefix}{key}.")
+    return out
+
+
+def register_schema() -> None:
+    """Make the schema the first entry of conf/config.yaml's defaults list, so Hydra itself rejects a
+    misspelt key or a wrong type at composition, and every schema key can be overridden without '+'."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="rlg_schema", node=RunConf)
+
+
+register_schema()
+
+
 class ConfigError(ValueError):
     pass
 
@@ -149,6 +179,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         key = getattr(exc, "full_key", None) or ""
         raise ConfigError(f"bad config key {key!r}: {exc.msg if hasattr(exc, 'msg') else exc}. "
                           "Check the spelling against README.md ('Config groups') or `python run.py --cfg job`") from exc
+    unknown = _unknown_keys(cfg, RunConf)
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}; check the spelling against README.md ('Config groups') "
+                          "or `python run.py --cfg job`")
     if merged.stage not in STAGES:
         raise ConfigError(f"stage={merged.stage!r}; use one of {', '.join(STAGES)}")
     return merged

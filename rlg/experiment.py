@@ -285,6 +285,7 @@ def provenance(cfg, resolved: dict[str, Any], overrides: list[str]) -> dict[str,
     return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain")),
             "versions": versions, "python": platform.python_version(), "platform": platform.platform(),
             "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
+            "torch_threads": torch.get_num_threads(),  # CPU reductions, hence image bits, depend on it
             "config": resolved, "overrides": overrides, "seed": cfg.seed}
 
 
@@ -300,6 +301,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | Non
         raise ConfigError(f"shard.index={rank} is outside 0..shard.count-1 ({size})")
     store = Store(run_dir, writer=f"r{rank}-{uuid.uuid4().hex[:8]}")
     run_dir.mkdir(parents=True, exist_ok=True)
+    store.remove_stale_temporaries()
     if not os.access(run_dir, os.W_OK):
         raise PermissionError(f"the run directory {run_dir} is not writable; set paths.root to a writable place")
     resolved = OmegaConf.to_container(cfg, resolve=True)

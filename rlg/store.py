@@ -38,7 +38,7 @@ def content_key(fields: dict[str, Any]) -> str:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -46,10 +46,30 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Store:
     def __init__(self, run_dir: str | Path, writer: str = "r0"):
         self.root = Path(run_dir)
         self.writer = writer  # part-file prefix: one per rank/process
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete temporary files left by killed writers (their pid is gone); live writers' stay."""
+        removed = 0
+        for tmp in self.root.rglob(".*.tmp"):
+            parts = tmp.name.split(".")
+            if len(parts) >= 4 and parts[-3].isdigit() and not _pid_alive(int(parts[-3])):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     # -- images --------------------------------------------------------------------------------
     def image_path(self, key: str) -> Path:

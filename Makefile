@@ -1,0 +1,23 @@
+# Two entry points for a new user: `make quickstart` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch build to install; on this project's machines these wheels come from local disk.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup quickstart test
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+quickstart: setup
+	$(BIN)/python run.py experiment=quickstart
+
+test: setup
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,315 @@
+"""Shared plumbing for the model-based evaluators: device/dtype options, offline mode, and loading
+weights from the Hugging Face hub, a local path or a pinned URL with errors that name the fix.
+
+Only light imports at module level: torch and the model libraries are imported inside functions so
+that selecting one evaluator never imports another's stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class ModelNotAvailableError(FileNotFoundError):
+    """Weights or a tokenizer an evaluator needs are neither on disk nor downloadable."""
+
+
+def is_offline(offline: bool | None) -> bool:
+    """``offline`` when given, else the HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE environment flags."""
+    if offline is not None:
+        return bool(offline)
+    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+           "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def resolve_dtype(dtype: Any):
+    """torch dtype from a config string ("float32", "fp16", "bf16", ...) or a torch dtype."""
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).removeprefix("torch.").lower()
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16")
+    return getattr(torch, _DTYPES[key])
+
+
+def dtype_tag(dtype) -> str:
+    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[str(dtype).removeprefix("torch.")]
+
+
+def source_tag(id_or_path: str, revision: str | None, commit: str | None = None) -> str:
+    """How a model source appears in a version string: ``id@revision`` or ``local:<dir name>``."""
+    if Path(id_or_path).exists():
+        return f"local:{Path(id_or_path).resolve().name}"
+    return f"{id_or_path}@{commit or revision or 'main'}"
+
+
+def hub_commit(repo_id: str, revision: str | None, filename: str, cache_dir: str | None = None) -> str | None:
+    """The commit a cached hub file was downloaded from (its snapshot folder name), or None for local folders."""
+    if Path(repo_id).exists():
+        return None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=True, cache_dir=cache_dir))
+    except Exception:
+        return None
+    parts = path.parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+
+
+def how_to_get(repo_id: str, revision: str | None, option: str, filename: str | None = None) -> str:
+    rev = f" --revision {revision}" if revision else ""
+    what = f" {filename}" if filename else ""
+    return (
+        f"make it available with `huggingface-cli download {repo_id}{what}{rev} --local-dir DIR` on a machine "
+        f"with network access and pass {option}=DIR (or run once online so it lands in the hub cache, "
+        f"then set HF_HUB_OFFLINE=1)"
+    )
+
+
+def load_pretrained(
+    loader: Callable[..., Any],
+    id_or_path: str,
+    *,
+    revision: str | None,
+    offline: bool,
+    option: str,
+    what: str,
+    cache_dir: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``loader.from_pretrained(id_or_path)`` honouring offline mode; a miss raises ModelNotAvailableError."""
+    local = Path(id_or_path).expanduser()
+    looks_local = local.is_absolute() or id_or_path.startswith((".", "~")) or local.exists()
+    if looks_local and not local.is_dir():
+        raise ModelNotAvailableError(
+            f"{what}: local path {str(local)!r} (option {option}=) does not exist or is not a directory; "
+            f"point {option}= at a folder saved in the hub layout (config.json + weights)"
+        )
+    try:
+        return loader(
+            str(local) if looks_local else id_or_path,
+            revision=revision,
+            local_files_only=offline,
+            cache_dir=cache_dir,
+            trust_remote_code=False,  # never run code shipped with weights
+            **kwargs,
+        )
+    except (OSError, ValueError) as exc:  # transformers reports a missing repo/file as OSError
+        if looks_local:
+            raise ModelNotAvailableError(f"{what}: could not load from {str(local)!r}: {exc}") from exc
+        mode = "offline mode (offline=True or HF_HUB_OFFLINE=1), not in the hub cache" if offline else "not reachable"
+        raise ModelNotAvailableError(
+            f"{what} {id_or_path!r} (revision {revision or 'main'}) could not be loaded: {mode}. "
+            f"{how_to_get(id_or_path, revision, option)}. Original error: {exc}"
+        ) from exc
+
+
+def hub_file(
+    repo_id: str, filename: str, *, revision: str | None, offline: bool, option: str, what: str,
+    cache_dir: str | None = None,
+) -> str:
+    """Path of ``filename`` from the hub repo (downloading unless offline)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(
+            repo_id, filename, revision=revision, local_files_only=offline, cache_dir=cache_dir
+        )
+    except Exception as exc:  # hub errors are many classes (offline, 404, gated, network)
+        mode = "offline mode (offline=True or HF_HUB_OFFLINE=1), not in the hub cache" if offline else "not reachable"
+        raise ModelNotAvailableError(
+            f"{what}: {repo_id}/{filename} (revision {revision or 'main'}) could not be loaded: {mode}. "
+            f"{how_to_get(repo_id, revision, option, filename)}. Original error: {exc}"
+        ) from exc
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("RLG_BENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "rlg-bench"
+    )
+    return Path(base)
+
+
+def cached_url_file(
+    url: str, sha256: str, filename: str, *, cache_dir: str | Path | None, offline: bool, option: str, what: str
+) -> Path:
+    """``filename`` in the cache dir, downloaded from ``url`` if absent; the sha256 is checked either way."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache / filename
+    if not path.exists():
+        if offline:
+            raise ModelNotAvailableError(
+                f"{what}: {path} is missing and offline mode is on (offline=True or HF_HUB_OFFLINE=1). "
+                f"Download {url} (sha256 {sha256}) on a machine with network access and either put it at "
+                f"{path} or pass {option}=<the file>"
+            )
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache, prefix=filename + ".", suffix=".part")
+        os.close(fd)
+        try:
+            urllib.request.urlretrieve(url, tmp)
+            got = sha256_of(tmp)
+            if got != sha256:
+                raise ModelNotAvailableError(f"{what}: {url} has sha256 {got}, expected {sha256}; not using it")
+            os.replace(tmp, path)  # atomic: a half-written file never sits under the final name
+        except ModelNotAvailableError:
+            raise
+        except Exception as exc:
+            raise ModelNotAvailableError(
+                f"{what}: could not download {url}: {exc}. Download it (sha256 {sha256}) by hand and "
+                f"pass {option}=<the file> or put it at {path}"
+            ) from exc
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    got = sha256_of(path)
+    if got != sha256:
+        raise ModelNotAvailableError(
+            f"{what}: {path} has sha256 {got}, expected {sha256}; delete it so it is downloaded again "
+            f"from {url}, or pass {option}=<a verified copy>"
+        )
+    return path
+
+
+def embeddings(output: Any):
+    """transformers 5 ``get_*_features`` return a ModelOutput (projected ``pooler_output``); 4.x a tensor."""
+    return output if hasattr(output, "dim") else output.pooler_output
+
+
+def open_clip_tag(model_name: str, tag: str) -> tuple[str, list[str], dict[str, Any]]:
+    """Hub repo, weight file candidates (safetensors first) and ``create_model_and_transforms``
+    keyword arguments (QuickGELU flag, preprocessing) of an open_clip pretrained tag."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    if not cfg:
+        raise ModelNotAvailableError(
+            f"{tag!r} is neither a file nor a pretrained tag of open_clip {model_name!r} "
+            f"(tags: {', '.join(open_clip.list_pretrained_tags_by_model(model_name)) or 'none'})"
+        )
+    hf = cfg.get("hf_hub", "")
+    if not hf:
+        raise ModelNotAvailableError(
+            f"open_clip tag {model_name}:{tag} has no hub repo; download {cfg.get('url')} and pass the file "
+            f"as the pretrained option"
+        )
+    if hf.endswith("/"):  # "org/repo/" means the default file names
+        repo, candidates = hf.rstrip("/"), ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    else:
+        repo, fname = os.path.split(hf)
+        candidates = [str(Path(fname).with_suffix(".safetensors")), fname]
+    kwargs = dict(
+        force_quick_gelu=bool(cfg.get("quick_gelu", False)),
+        image_mean=cfg.get("mean"), image_std=cfg.get("std"),
+        image_interpolation=cfg.get("interpolation"), image_resize_mode=cfg.get("resize_mode"),
+    )
+    return repo, candidates, kwargs
+
+
+def load_open_clip(
+    model_name: str,
+    pretrained: str | None,
+    *,
+    offline: bool,
+    option: str,
+    what: str,
+    cache_dir: str | None = None,
+):
+    """An open_clip model and its inference transform, with the weights resolved by us.
+
+    ``model_name`` is a built-in config name (then ``pretrained`` is a tag such as "openai" or a
+    checkpoint file) or ``local-dir:/path`` (open_clip_config.json + weights, the hub layout).
+    A tag's weights are fetched from its hub repo with ``local_files_only`` in offline mode,
+    preferring safetensors; the tag's QuickGELU flag and preprocessing are applied explicitly,
+    because open_clip builds e.g. ``ViT-L-14`` with plain GELU even for the "openai" weights.
+    Returns ``(model, preprocess, source)`` with ``source`` for version strings.
+    """
+    import open_clip
+
+    extra: dict[str, Any] = {}
+    if model_name.startswith("local-dir:"):
+        local = Path(model_name.removeprefix("local-dir:")).expanduser()
+        if not (local / "open_clip_config.json").is_file():
+            raise ModelNotAvailableError(
+                f"{what}: {str(local)!r} (option {option}=) has no open_clip_config.json; save the model "
+                f"in the open_clip hub layout (open_clip_config.json + open_clip_model.safetensors)"
+            )
+        if not any(local.glob(p) for p in ("*.safetensors", "*.bin", "*.pth")):
+            # open_clip would only warn and hand back a randomly initialised model.
+            raise ModelNotAvailableError(f"{what}: {str(local)!r} (option {option}=) holds no weights file")
+        weights, source = None, f"local:{local.resolve().name}"
+    elif pretrained is None:
+        weights, source = None, f"{model_name}:random"
+    elif Path(pretrained).expanduser().is_file():
+        weights, source = str(Path(pretrained).expanduser()), f"{model_name}:local:{Path(pretrained).name}"
+    else:
+        try:
+            repo, candidates, extra = open_clip_tag(model_name, pretrained)
+        except ModelNotAvailableError as exc:
+            raise ModelNotAvailableError(f"{what} (option {option}=): {exc}") from None
+        weights, error = None, None
+        for candidate in candidates:  # safetensors first; the pickle only when the repo has nothing else
+            try:
+                weights = hub_file(repo, candidate, revision=None, offline=offline, option=option, what=what,
+                                   cache_dir=cache_dir)
+                break
+            except ModelNotAvailableError as exc:
+                error = exc
+        if weights is None:
+            raise ModelNotAvailableError(
+                f"{what}: open_clip weights {model_name}:{pretrained} from hub repo {repo} not available "
+                f"({'offline' if offline else 'download failed'}). Get them with `huggingface-cli download {repo} "
+                f"--local-dir DIR` and pass {option}='local-dir:DIR' (add an open_clip_config.json if the repo "
+                f"has none) or the weights file as the pretrained option. Last error: {error}"
+            ) from error
+        source = f"{model_name}:{pretrained}"
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        model_name, pretrained=weights, device="cpu", cache_dir=cache_dir, **extra
+    )
+    return model.eval(), preprocess, source
+
+
+def check_tokenizer(tokenizer: Any, source: str, *, option: str, what: str) -> Any:
+    """Refuse a tokenizer with no vocabulary beyond its special tokens.
+
+    transformers 5's tokenizer classes (e.g. ``BertTokenizer.from_pretrained``) can come back from a
+    folder or hub id without vocabulary files as an *empty* tokenizer instead of raising; every
+    prompt would then encode as [UNK] and scores would be silently wrong.
+    """
+    if len(tokenizer.get_vocab()) <= len(set(tokenizer.all_special_tokens)):
+        raise ModelNotAvailableError(
+            f"{what}: no vocabulary found for {source!r} (option {option}=); "
+            + (how_to_get(source, None, option) if not Path(source).exists() else "the folder has no tokenizer files")
+        )
+    return tokenizer

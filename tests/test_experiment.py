@@ -1,0 +1,263 @@
+"""The Hydra runner end to end on the tiny offline pair: presets, store, resume, ranks, W&B."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from rlg import experiment
+from rlg.config import ConfigError, validate
+from rlg.guidance import ScaleError
+from rlg.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+FAST = ["sampler.num_inference_steps=2", "grid.scales=[0,1,2]", "prompts.max_prompts=2", "evaluators.selected=[jpeg]",
+        "tracker=none", "report.n_resamples=50", "report.grid_prompts=2"]
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def store_state(run_dir: Path) -> tuple[set, int, set]:
+    """(key, sha256) pairs, raw row count, PNG files on disk."""
+    s = Store(run_dir)
+    raw = s._read("images", [])
+    pngs = {str(p.relative_to(run_dir)) for p in run_dir.glob("images/*/*.png")}
+    return set(zip(s.images().image_key, s.images().image_sha256)), len(raw), pngs
+
+
+def wandb_summary(path: Path) -> dict:
+    """Summary values logged to a W&B offline run, read from its transaction log (LevelDB log
+    format: 7-byte ':W&B' header, 32 KiB blocks, records split FULL/FIRST/MIDDLE/LAST)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, buf, out = 7, b"", {}
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            pos += left
+            continue
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            if rec.WhichOneof("record_type") == "summary":
+                out.update({i.key: json.loads(i.value_json) for i in rec.summary.update})
+    return out
+
+
+def test_every_experiment_preset_composes():
+    names = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+    assert "quickstart" in names and len(names) >= 14
+    for name in names:
+        cfg = validate(compose_cfg(f"experiment={name}"))
+        assert cfg.name == name and cfg.pair.name and cfg.grid.scales and cfg.evaluators.selected
+
+
+def test_every_pair_preset_is_a_valid_pair():
+    for path in sorted((ROOT / "conf" / "pair").glob("*.yaml")):
+        cfg = validate(compose_cfg(f"pair={path.stem}"))
+        spec_ok = cfg.pair.tiny or (cfg.pair.base.id and cfg.pair.rl.id)
+        assert spec_ok and cfg.pair.rl_kind in ("full", "diffusers_lora", "peft_lora"), path.name
+
+
+def test_misspelt_keys_and_wrong_types_name_the_key(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="num_inference_stepz"):
+        compose_cfg("sampler.num_inference_stepz=3")
+    with pytest.raises(ConfigError, match="num_inference_stepz"):  # '+' forces it in; run() still refuses
+        validate(compose_cfg("+sampler.num_inference_stepz=3"))
+    with pytest.raises(ConfigCompositionException, match="sampler.num_inference_steps"):
+        compose_cfg("sampler.num_inference_steps=many")
+    with pytest.raises(ConfigError, match="stage"):
+        validate(compose_cfg("stage=train"))
+    # a misspelt key inside a preset file fails too, naming the key and its group
+    (tmp_path / "sampler").mkdir()
+    (tmp_path / "sampler" / "typo.yaml").write_text("name: typo\nguidence_scale: 3\n")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with pytest.raises(ConfigCompositionException, match="guidence_scale"):
+            compose("config", overrides=[f"hydra.searchpath=[file://{tmp_path}]", "sampler=typo"])
+    # unknown group options list the valid names
+    with pytest.raises(Exception, match="(?s)Available options.*quickstart"):
+        compose_cfg("experiment=quickstrat")
+
+
+@pytest.mark.parametrize("scales,match", [("[]", "empty"), ("[0,1,1]", "duplicates"), ("[0,nan]", "finite"),
+                                          ("[0,inf]", "finite"), ("[0,abc]", "finite")])
+def test_bad_grids_are_refused(scales, match):
+    with pytest.raises(ScaleError, match=match):
+        experiment.grid_scales(validate(compose_cfg(f"grid.scales={scales}")))
+
+
+def test_quickstart_reduced_runs_end_to_end(tmp_path):
+    cfg = compose_cfg("experiment=quickstart", *FAST, "tracker=wandb_offline", "evaluators.selected=[jpeg,ocr]")
+    run_dir = tmp_path / "quickstart"
+    entry = experiment.run(cfg, run_dir=run_dir)
+    images, scores = Store(run_dir).images(), Store(run_dir).scores()
+    assert len(images) == 2 * 1 * 3  # prompts x samples x scales
+    assert sorted(images.scale.unique()) == [0.0, 1.0, 2.0]
+    assert images.image_key.is_unique and not images.nonfinite.any()
+    # jpeg gives 2 metrics, ocr 1, per image
+    assert len(scores) == len(images) * 3 and scores.error.isna().all()
+    files = entry["report"]["files"]
+    assert any(f.endswith(".md") for f in files) and any(f.endswith(".png") for f in files)
+    meta = json.loads((run_dir / "meta.json").read_text())["invocations"][-1]
+    assert meta["config"]["pair"]["name"] == "tiny_sd_peft" and meta["versions"]["torch"]
+    assert "git_commit" in meta and meta["prompts"]["count"] == 2
+    assert "WANDB_API_KEY" not in json.dumps(meta)
+    runs = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert runs, "no W&B offline run directory"
+    summary = wandb_summary(Path(runs[0]))
+    assert {"jpeg_incompressibility@w=1", "ocr_accuracy@w=1"} <= set(summary)
+    at_one = images[images.scale == 1.0].image_key
+    expected = scores[scores.image_key.isin(at_one) & (scores.metric == "jpeg_incompressibility")].value.mean()
+    assert summary["jpeg_incompressibility@w=1"] == pytest.approx(expected)
+
+    # rerunning the same command makes nothing new and scores nothing again
+    again = experiment.run(compose_cfg("experiment=quickstart", *FAST, "evaluators.selected=[jpeg,ocr]"),
+                           run_dir=run_dir)
+    assert again["generate"]["images_made"] == 0
+    assert all(v["scored"] == 0 for v in again["evaluate"].values())
+    assert len(Store(run_dir).scores()) == len(scores)
+
+
+def test_stages_run_alone_and_a_new_evaluator_joins_an_old_run(tmp_path):
+    run_dir = tmp_path / "staged"
+    experiment.run(compose_cfg(*FAST, "stage=generate"), run_dir=run_dir)
+    assert len(Store(run_dir).images()) == 6 and len(Store(run_dir).scores()) == 0
+    experiment.run(compose_cfg(*FAST, "stage=evaluate"), run_dir=run_dir)
+    assert set(Store(run_dir).scores().evaluator) == {"jpeg"}
+    experiment.run(compose_cfg(*FAST, "stage=evaluate", "evaluators.selected=[jpeg,ocr]"), run_dir=run_dir)
+    scores = Store(run_dir).scores()
+    assert set(scores.evaluator) == {"jpeg", "ocr"} and len(scores) == 6 * 3
+    entry = experiment.run(compose_cfg(*FAST, "stage=report"), run_dir=run_dir)
+    assert (run_dir / "report" / "tables").is_dir() and entry["report"]["files"]
+
+
+def test_pair_is_loaded_once_across_jobs_of_a_sweep(tmp_path):
+    experiment.run(compose_cfg(*FAST, "stage=generate"), run_dir=tmp_path / "a")
+    pair = next(iter(experiment._PAIR_CACHE.values()))
+    experiment.run(compose_cfg(*FAST, "stage=generate", "grid.scales=[0.5,1.5]"), run_dir=tmp_path / "b")
+    assert next(iter(experiment._PAIR_CACHE.values())) is pair
+
+
+def _cli(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "run.py", f"name={name}", f"paths.root={tmp_path}", "sampler.num_inference_steps=2",
+            "grid.scales=[0,0.5,1,1.5,2]", "prompts.samples_per_prompt=2", "sampler.batch_size=5",
+            "evaluators.selected=[jpeg]", "tracker=none", "report.n_resamples=50", "report.grid_prompts=2", *extra]
+
+
+def test_killed_run_resumes_to_the_same_store(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cli(tmp_path, "killed"), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    parts = tmp_path / "killed" / "rows" / "images"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(parts.glob("part-*.parquet"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial, _, _ = store_state(tmp_path / "killed")
+    assert 0 < len(partial) < 40
+    subprocess.run(_cli(tmp_path, "killed"), cwd=ROOT, env=env, check=True, capture_output=True)
+    # same thread count as the killed run: CPU kernels split reductions by thread
+    subprocess.run(_cli(tmp_path, "whole"), cwd=ROOT, env=env, check=True, capture_output=True)
+
+    resumed, raw_rows, pngs = store_state(tmp_path / "killed")
+    whole, _, _ = store_state(tmp_path / "whole")
+    assert resumed == whole and len(whole) == 4 * 2 * 5
+    assert raw_rows == len(resumed), "duplicate rows after resume"
+    rows = Store(tmp_path / "killed").images()
+    assert pngs == set(rows.image_path), "orphan or missing PNG files"
+    assert not list((tmp_path / "killed").rglob("*.tmp"))
+
+
+def test_two_process_run_equals_one_process_run(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = _cli(tmp_path, "two", "prompts.samples_per_prompt=1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    subprocess.run(torchrun + cmd[1:], cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(_cli(tmp_path, "one", "prompts.samples_per_prompt=1"), cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    two, one = store_state(tmp_path / "two")[0], store_state(tmp_path / "one")[0]
+    assert two == one and len(one) == 4 * 5
+    writers = {p.name.split("-")[1] for p in (tmp_path / "two" / "rows" / "images").glob("part-*.parquet")}
+    assert writers == {"r0", "r1"}  # one shard per rank, merged on read
+    s1, s2 = Store(tmp_path / "one").scores(), Store(tmp_path / "two").scores()
+    key = ["image_key", "metric"]
+    pd.testing.assert_frame_equal(s1.sort_values(key)[key + ["value"]].reset_index(drop=True),
+                                  s2.sort_values(key)[key + ["value"]].reset_index(drop=True))
+
+
+def test_prompt_sets_parse_the_real_upstream_files():
+    from rlg.prompts import SOURCES, load_prompts
+
+    def load(source, path, **kw):
+        cfg = validate(compose_cfg(f"prompts.source={source}", f"prompts.path={path}",
+                                   *[f"prompts.{k}={v}" for k, v in kw.items()])).prompts
+        return load_prompts(cfg, "/nonexistent-cache")
+
+    geneval, info = load("geneval", SHARED / "geneval" / "evaluation_metadata.jsonl")
+    assert len(geneval) == 553 and info["sha256"] == SOURCES["geneval"].sha256
+    assert {p.metadata["tag"] for p in geneval} == {"single_object", "two_object", "counting", "colors", "position",
+                                                    "color_attr"}
+    ocr, info = load("flow_grpo_ocr", SHARED / "flow_grpo" / "ocr_test.txt")
+    assert len(ocr) == 1018 and info["sha256"] == SOURCES["flow_grpo_ocr"].sha256
+    assert all('"' in p.text for p in ocr)
+    pick, _ = load("flow_grpo_pickscore", SHARED / "flow_grpo" / "pickscore_test.txt")
+    sfw, info = load("flow_grpo_pickscore", SHARED / "flow_grpo" / "pickscore_test.txt", sfw="true")
+    assert len(pick) == 2048 and 0 < info["sfw_removed"] == 2048 - len(sfw)
+    assert {p.id for p in sfw} <= {p.id for p in pick}  # ids stay those of the full set
+
+
+def test_prompt_file_errors(tmp_path):
+    from rlg.prompts import PromptError, load_prompts
+
+    def load(path):
+        return load_prompts(validate(compose_cfg("prompts=file", f"prompts.path={path}")).prompts, tmp_path)
+
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(PromptError, match="no prompts"):
+        load(tmp_path / "empty.txt")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(PromptError, match="not UTF-8"):
+        load(tmp_path / "latin1.txt")
+    (tmp_path / "blank.txt").write_text("a cat\n\n\na dog\n")
+    assert [p.text for p in load(tmp_path / "blank.txt")[0]] == ["a cat", "a dog"]
+    with pytest.raises(PromptError, match="does not exist"):
+        load(tmp_path / "missing.txt")
+
+
+def test_failed_download_names_url_and_override(tmp_path, monkeypatch):
+    from rlg import prompts
+
+    src = prompts.SOURCES["geneval"]
+    monkeypatch.setitem(prompts.SOURCES, "geneval", prompts.Source("http://127.0.0.1:9/metadata.jsonl", src.sha256,
+                                                                    src.parse, src.filename))
+    cfg = validate(compose_cfg("prompts=geneval")).prompts
+    with pytest.raises(prompts.PromptError, match=r"127\.0\.0\.1:9/metadata\.jsonl.*prompts\.path="):
+        prompts.load_prompts(cfg, tmp_path)
