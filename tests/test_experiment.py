@@ -261,3 +261,19 @@ def test_failed_download_names_url_and_override(tmp_path, monkeypatch):
     cfg = validate(compose_cfg("prompts=geneval")).prompts
     with pytest.raises(prompts.PromptError, match=r"127\.0\.0\.1:9/metadata\.jsonl.*prompts\.path="):
         prompts.load_prompts(cfg, tmp_path)
+
+
+def test_evaluator_presets_only_use_real_options():
+    import importlib
+    import inspect
+
+    from evaluators.base import REGISTRY
+
+    for path in sorted((ROOT / "conf" / "evaluators").glob("*.yaml")):
+        cfg = validate(compose_cfg(f"evaluators={path.stem}")).evaluators
+        for name in cfg.selected:
+            assert name in REGISTRY, f"{path.name}: unknown evaluator {name}"
+        for name, opts in cfg.options.items():
+            mod, cls = REGISTRY[name].split(":")
+            params = inspect.signature(getattr(importlib.import_module(mod), cls).__init__).parameters
+            assert set(opts) <= set(params), f"{path.name}: {name} has no option(s) {set(opts) - set(params)}"
