@@ -82,6 +82,7 @@ class RLGDenoiser(torch.nn.Module):
         micro_batch: if set, every network forward runs on exactly this many rows (the last chunk
             padded by repeating a row). Kernels pick different reduction orders for different batch
             sizes, so this is what makes an image bit-identical whatever batch it was generated in.
+        dedupe: evaluate identical input rows once (all scales of a grid share the first step).
     """
 
     def __init__(
@@ -92,6 +93,7 @@ class RLGDenoiser(torch.nn.Module):
         rl_adapter: str | None = None,
         window: StepWindow = StepWindow(),
         micro_batch: int | None = None,
+        dedupe: bool = True,
     ):
         super().__init__()
         if (rl is None) == (rl_adapter is None):
@@ -107,6 +109,8 @@ class RLGDenoiser(torch.nn.Module):
         self._lora_layers = _lora_layers(base) if rl_adapter else []
         if rl_adapter and not self._lora_layers:
             raise ValueError("rl_adapter was given but the base network has no LoRA layers; load the adapter first (rlg.pairs)")
+        self.dedupe = dedupe
+        self._diverged = False
         self._scales: torch.Tensor | None = None
         self._num_steps = 1
         self._step = -1
@@ -140,6 +144,7 @@ class RLGDenoiser(torch.nn.Module):
         self._num_steps = num_steps
         self._step = -1
         self._last_t = None
+        self._diverged = False
 
     @property
     def step_index(self) -> int:
@@ -171,8 +176,13 @@ class RLGDenoiser(torch.nn.Module):
             raise RuntimeError(f"RLG scales were set for {n_img} images but the denoiser got a batch of {n_rows}; "
                                "call begin() with one scale per image of the pipeline call")
         scales = self.window.effective_scales(self._scales, self._step, self._num_steps).repeat(n_rows // n_img)
-        need_base = torch.nonzero(scales != 1.0).flatten()
-        need_rl = torch.nonzero(scales != 0.0).flatten()
+        group, reps = self._identical_rows(args, kwargs, n_rows, scales)
+        # a group of identical input rows is computed once per model, if any of its rows needs that model
+        n_groups = len(reps)
+        wants_base = torch.zeros(n_groups).index_add_(0, group, (scales != 1.0).float()) > 0
+        wants_rl = torch.zeros(n_groups).index_add_(0, group, (scales != 0.0).float()) > 0
+        base_groups, rl_groups = torch.nonzero(wants_base).flatten(), torch.nonzero(wants_rl).flatten()
+        need_base, need_rl = reps[base_groups], reps[rl_groups]
         self.stats.base_rows += len(need_base)
         self.stats.rl_rows += len(need_rl)
 
@@ -185,21 +195,51 @@ class RLGDenoiser(torch.nn.Module):
             pred_base = self._run(self.base, need_base, None, n_rows, args, kwargs)
             pred_rl = self._run(self.rl, need_rl, None, n_rows, args, kwargs)
 
-        like = pred_base if pred_base is not None and len(need_base) else pred_rl
+        # position of each row's group output inside pred_base / pred_rl
+        pos_base = torch.full((n_groups,), -1, dtype=torch.long)
+        pos_base[base_groups] = torch.arange(len(base_groups))
+        pos_rl = torch.full((n_groups,), -1, dtype=torch.long)
+        pos_rl[rl_groups] = torch.arange(len(rl_groups))
+        like = pred_base if pred_base is not None else pred_rl
         out = torch.empty((n_rows, *like.shape[1:]), dtype=like.dtype, device=like.device)
-        base_pos = {int(r): i for i, r in enumerate(need_base)}
-        rl_pos = {int(r): i for i, r in enumerate(need_rl)}
-        only_base = [r for r in base_pos if r not in rl_pos]
-        only_rl = [r for r in rl_pos if r not in base_pos]
-        mixed = [r for r in base_pos if r in rl_pos]
-        if only_base:
-            out[only_base] = pred_base[[base_pos[r] for r in only_base]]
-        if only_rl:
-            out[only_rl] = pred_rl[[rl_pos[r] for r in only_rl]]
-        if mixed:
-            out[mixed] = rlg_mix(pred_base[[base_pos[r] for r in mixed]], pred_rl[[rl_pos[r] for r in mixed]],
-                                 scales[mixed])
+        only_base, only_rl = scales == 0.0, scales == 1.0
+        mixed = ~(only_base | only_rl)
+        dev = like.device
+        if only_base.any():
+            out[only_base.to(dev)] = pred_base[pos_base[group[only_base]].to(dev)]
+        if only_rl.any():
+            out[only_rl.to(dev)] = pred_rl[pos_rl[group[only_rl]].to(dev)]
+        if mixed.any():
+            out[mixed.to(dev)] = rlg_mix(pred_base[pos_base[group[mixed]].to(dev)],
+                                         pred_rl[pos_rl[group[mixed]].to(dev)], scales[mixed])
+        if len(set(scales.tolist())) > 1:  # rows that shared an input now take different steps
+            self._diverged = True
         return RLGOutput(sample=out) if return_dict else (out,)
+
+    def _identical_rows(self, args, kwargs, n_rows: int, scales: torch.Tensor):
+        """Group rows whose inputs are identical: (group id per row, first row of each group).
+
+        All scales of a (prompt, sample) start from the same noise, so until the first step where
+        different scales are mixed their rows are the same input (the first step, and every step
+        before the RLG window); each such input is evaluated once per model."""
+        identity = torch.arange(n_rows)
+        if not self.dedupe or self._diverged or n_rows == 1:
+            return identity, identity
+        flat = [t.reshape(n_rows, -1).float() for t in _batched_tensors((args, kwargs), n_rows)]
+        if not flat:
+            return identity, identity
+        rows = torch.cat(flat, dim=1)
+        _, group = torch.unique(rows, dim=0, return_inverse=True)
+        group = group.cpu()
+        n_groups = int(group.max()) + 1
+        if n_groups == n_rows:
+            return identity, identity
+        # renumber groups by first occurrence, so results do not depend on torch.unique's sort order
+        first = torch.full((n_groups,), n_rows, dtype=torch.long).scatter_reduce_(0, group, identity, "amin")
+        order = torch.argsort(first)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(n_groups)
+        return rank[group], first[order]
 
     def _run(self, model, rows: torch.Tensor, tags: list[str] | None, n_rows: int, args, kwargs):
         """Run ``model`` on the given rows (repeats allowed), in micro-batches when set."""
@@ -243,6 +283,19 @@ class RLGDenoiser(torch.nn.Module):
         finally:
             for h in handles:
                 h.remove()
+
+
+def _batched_tensors(obj: Any, n_rows: int, key: str | None = None) -> list[torch.Tensor]:
+    """Every tensor in ``obj`` whose first dimension is the batch (what take_rows would slice)."""
+    if key in UNBATCHED_KEYS:
+        return []
+    if isinstance(obj, torch.Tensor):
+        return [obj] if obj.ndim >= 1 and obj.shape[0] == n_rows else []
+    if isinstance(obj, dict):
+        return [t for k, v in obj.items() for t in _batched_tensors(v, n_rows, k)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _batched_tensors(v, n_rows)]
+    return []
 
 
 def _lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -340,3 +340,28 @@ def test_guidance_rescale_is_refused(fixture_root):
     pair = load_pair(tiny_spec("sd", "full", root=fixture_root))
     with pytest.raises(ValueError, match="guidance_rescale"):
         RLGSampler(pair, SamplerSettings(guidance_rescale=0.7))
+
+
+@pytest.mark.parametrize("kind", ["full", "peft_lora"])
+def test_grid_makes_the_minimum_network_evaluations(kind, fixture_root):
+    from rlg.guidance import StepWindow
+
+    grid = [WorkItem(0, PROMPT, 0, SEED, w) for w in (0, 0.5, 1, 1.5, 2, 2.5, 3)]
+    pair = load_pair(tiny_spec("sd", kind, root=fixture_root), micro_batch=4)
+    sampler = RLGSampler(pair, settings("sd"))
+    pair.denoiser.stats.reset()
+    images = [g.image for g in sampler.generate(grid)]
+    # step 0: every scale has the same input -> (uncond, cond) once per model; steps 1-2: w=0 needs
+    # only base, w=1 only RL, the 5 others both; 2 CFG rows each
+    assert (pair.denoiser.stats.base_rows, pair.denoiser.stats.rl_rows) == (2 + 2 * 12, 2 + 2 * 12)
+    pair.denoiser.dedupe = False
+    assert all(np.array_equal(a, g.image) for a, g in zip(images, sampler.generate(grid)))
+
+    # before the window every scale follows the RL model, so rows stay identical: one RL row pair per
+    # step, and the first step inside the window is again a shared input
+    pair = load_pair(tiny_spec("sd", kind, root=fixture_root), micro_batch=4,
+                     window=StepWindow(start=0.5, outside="rl"))
+    sampler = RLGSampler(pair, SamplerSettings(num_inference_steps=4, guidance_scale=CFG, height=SIZE, width=SIZE))
+    pair.denoiser.stats.reset()
+    sampler.generate(grid)
+    assert (pair.denoiser.stats.base_rows, pair.denoiser.stats.rl_rows) == (2 + 12, 2 + 2 + 2 + 12)
