@@ -39,10 +39,10 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
-from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.configuration_utils import FrozenDict
 from diffusers.utils import BaseOutput
 from torch import nn
@@ -344,15 +344,17 @@ class AnalyticPair:
         bounds = getattr(self.reward, "bounds", None)
         if bounds is not None:
             sup = lam * (bounds[1] if lam >= 0 else bounds[0])
-            out, have = [], 0
-            rate = math.exp(-abs(lam) * (bounds[1] - bounds[0]))
+            out, have, drawn = [], 0, 0
+            rate = math.exp(-abs(lam) * (bounds[1] - bounds[0]))  # worst-case acceptance rate
             while have < n:
-                m = max(256, int(1.2 * (n - have) / max(rate, 1e-6)))
+                m = min(max(1024, int(1.5 * (n - have) / rate)), 2_000_000)
                 x = self.base.sample(m, generator)
                 u = torch.rand(m, generator=generator, dtype=_F64)
                 keep = torch.log(u) < lam * self.reward(x) - sup
                 out.append(x[keep])
                 have += int(keep.sum())
+                drawn += m
+                rate = max(have, 1) / drawn  # observed acceptance rate for the next chunk
             return torch.cat(out)[:n]
         pool = self.base.sample(oversample * n, generator)
         logw = lam * self.reward(pool)

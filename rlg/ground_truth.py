@@ -288,11 +288,23 @@ def write_ground_truth_figures(df: pd.DataFrame, out_dir, distance: str = "energ
         ax.legend(fontsize=7)
         save(fig, f"{distance}_vs_w")
     if (df.metric == "mean_reward").any():
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        fig, (ax, ax_gap) = plt.subplots(2, 1, figsize=(6.4, 6.4), sharex=True, height_ratios=[3, 2])
         panel(ax, "mean_reward", "exact")
+        ax.set_xlabel("")
         ax.set_ylabel("mean reward")
         ax.set_title(title + " (error bars: 2 s.e.)", fontsize=9)
         ax.legend(fontsize=7)
+        for s in samplers:  # the gap itself: RLG (or RL alone) minus the exact optimum
+            sub = df[(df.sampler == s) & (df.metric == "mean_reward")].sort_values("w")
+            for method, marker, ls in (("rlg", "o", "-"), ("rl_alone", "*", "none")):
+                m = sub[sub.method == method]
+                if len(m):
+                    ax_gap.errorbar(m.w, m.value - m.exact, yerr=2 * (m.stderr**2 + m.exact_stderr.fillna(0) ** 2) ** 0.5,
+                                    color=colors[s], marker=marker, ls=ls, ms=4 if marker == "o" else 11, capsize=3)
+        ax_gap.axhline(0.0, color="k", ls="--", lw=1.2)
+        ax_gap.set_ylabel("RLG - exact optimum")
+        ax_gap.set_xlabel("RLG scale w")
+        ax_gap.grid(alpha=0.3)
         save(fig, "mean_reward_vs_w")
     weights = sorted(m for m in set(df.metric) if m.startswith("weight_"))
     if weights:
