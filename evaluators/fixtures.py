@@ -15,47 +15,19 @@ scores mean nothing; they exercise the real loading and scoring code paths:
 
 from __future__ import annotations
 
-import gzip
 import json
-from functools import lru_cache
 from pathlib import Path
 
-
-def _bytes_to_unicode() -> dict[int, str]:
-    # The GPT-2/CLIP table mapping bytes to printable characters.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
+from rlg import fixtures
 
 
-@lru_cache(maxsize=1)
-def clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """OpenAI CLIP's vocabulary (49408 tokens) and merges, built as open_clip's SimpleTokenizer does."""
-    import open_clip
-
-    path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(path).read().decode("utf-8").split("\n")
-    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
-    vocab = list(_bytes_to_unicode().values())
-    vocab += [v + "</w>" for v in vocab]
-    vocab += ["".join(m) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    return {tok: i for i, tok in enumerate(vocab)}, merges
+def clip_bpe() -> tuple[dict[str, int], list[str]]:
+    """OpenAI CLIP's full vocabulary (49408 tokens) and merges, built as open_clip's SimpleTokenizer does."""
+    return fixtures.clip_bpe(fixtures.ALL_MERGES)
 
 
 def clip_tokenizer():
-    from transformers import CLIPTokenizer
-
-    vocab, merges = clip_bpe()
-    tok = CLIPTokenizer(vocab=vocab, merges=list(merges))
-    tok.model_max_length = 77
-    return tok
+    return fixtures.clip_tokenizer(num_merges=fixtures.ALL_MERGES)
 
 
 def save_tiny_hf_clip(

@@ -28,6 +28,7 @@ import torch
 FAMILIES = ("sd", "sdxl", "sd3", "flux", "sd_inpaint", "sdxl_inpaint", "ddim")
 FIXTURE_VERSION = "1"  # bump when a builder changes, so cached fixtures are rebuilt
 NUM_MERGES = 2000  # BPE merges kept from open_clip's vocabulary: a small but real tokenizer
+ALL_MERGES = 49152 - 256 - 2  # the full CLIP tokenizer (49408 tokens)
 LORA_RANK, LORA_ALPHA = 4, 8  # alpha != r, so a loader that ignores alpha is caught
 
 
@@ -52,7 +53,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 @lru_cache(maxsize=None)
-def _clip_bpe(num_merges: int = NUM_MERGES) -> tuple[dict[str, int], list[str]]:
+def clip_bpe(num_merges: int = NUM_MERGES) -> tuple[dict[str, int], list[str]]:
     """Vocabulary and merges of open_clip's CLIP tokenizer, truncated to ``num_merges`` merges
     (the construction open_clip's SimpleTokenizer uses, so ids agree with the full tokenizer for
     the tokens kept)."""
@@ -68,10 +69,10 @@ def _clip_bpe(num_merges: int = NUM_MERGES) -> tuple[dict[str, int], list[str]]:
     return {tok: i for i, tok in enumerate(vocab)}, merges
 
 
-def clip_tokenizer(max_length: int = 77):
+def clip_tokenizer(max_length: int = 77, num_merges: int = NUM_MERGES):
     from transformers import CLIPTokenizer
 
-    vocab, merges = _clip_bpe()
+    vocab, merges = clip_bpe(num_merges)
     tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
     tok.model_max_length = max_length
     return tok
@@ -80,7 +81,7 @@ def clip_tokenizer(max_length: int = 77):
 def t5_tokenizer(max_length: int = 77):
     from transformers import T5TokenizerFast
 
-    vocab, _ = _clip_bpe()
+    vocab, _ = clip_bpe()
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     seen = set()
     for tok in vocab:  # word pieces of the CLIP vocabulary, SentencePiece style
