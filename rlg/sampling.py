@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ import torch
 
 from rlg.guidance import check_scales
 from rlg.pairs import LoadedPair
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -185,9 +188,24 @@ class RLGSampler:
         kw.update(s.extra)
         return kw
 
-    @torch.no_grad()
     def generate(self, items: list[WorkItem]) -> list[Generated]:
-        """Generate one image per work item, in one pipeline call."""
+        """Generate one image per work item, in one pipeline call; a call that runs out of GPU memory
+        is split in halves (images do not change: they do not depend on the batch)."""
+        try:
+            return self._generate(items)
+        except torch.OutOfMemoryError:
+            if len(items) == 1:
+                raise RuntimeError("out of GPU memory for a single image: lower sampler.micro_batch, use "
+                                   "sampler.offload=model, or a lower pair.dtype") from None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(items) // 2
+            log.warning("out of GPU memory with %d images per call; splitting into %d + %d", len(items), half,
+                        len(items) - half)
+            return self.generate(items[:half]) + self.generate(items[half:])
+
+    @torch.no_grad()
+    def _generate(self, items: list[WorkItem]) -> list[Generated]:
         if not items:
             return []
         scales = check_scales([it.scale for it in items])

@@ -365,3 +365,30 @@ def test_grid_makes_the_minimum_network_evaluations(kind, fixture_root):
     pair.denoiser.stats.reset()
     sampler.generate(grid)
     assert (pair.denoiser.stats.base_rows, pair.denoiser.stats.rl_rows) == (2 + 12, 2 + 2 + 2 + 12)
+
+
+def test_out_of_memory_splits_the_call_without_changing_images(fixture_root, monkeypatch):
+    pair = load_pair(tiny_spec("sd", "peft_lora", root=fixture_root), micro_batch=2)
+    sampler = RLGSampler(pair, settings("sd"))
+    grid = [WorkItem(0, PROMPT, 0, SEED, w) for w in (0, 0.5, 1, 1.5, 2, 2.5, 3)]
+    expected = [g.image for g in sampler.generate(grid)]
+
+    calls, real_call = [], RLGSampler._generate
+
+    def small_gpu(self, items):  # fault injection: a pipeline call with more than 6 images runs out of memory
+        calls.append(len(items))
+        if len(items) > 6:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_call(self, items)
+
+    monkeypatch.setattr(RLGSampler, "_generate", small_gpu)
+    got = [g.image for g in sampler.generate(grid)]
+    assert calls == [7, 3, 4]
+    assert all(np.array_equal(a, b) for a, b in zip(expected, got))
+
+    def no_gpu(self, items):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(RLGSampler, "_generate", no_gpu)
+    with pytest.raises(RuntimeError, match="single image: lower sampler.micro_batch"):
+        sampler.generate(grid)  # halves down to one image, then gives the fix
