@@ -340,3 +340,30 @@ def tiny_spec(family: str, rl_kind: str = "full", root: Path | str | None = None
           "peft_lora": Checkpoint(str(d / "rl-peft"))}[rl_kind]
     return PairSpec(name=f"tiny_{family}_{rl_kind}", base=Checkpoint(str(d / "base")), rl=rl, rl_kind=rl_kind,
                     offline=True)
+
+
+def place(pair: LoadedPair, device: torch.device, *, offload: str = "none", compile: bool = False,
+          vae_tiling: bool = False) -> None:
+    """Put a loaded pair on its device with the usual GPU options.
+
+    offload: "none" (everything on ``device``), "model" (each component moves to the GPU only while it
+    runs: a pair that does not fit), "sequential" (layer by layer: slowest, least memory).
+    compile: torch.compile the denoiser network(s). With a LoRA pair the per-row adapter choice
+    changes between calls, which costs recompilations; it pays off for full-weight pairs.
+    vae_tiling: decode large images tile by tile. Attention already uses PyTorch SDPA (diffusers' default).
+    """
+    pipe = pair.pipe
+    if offload == "none":
+        pipe.to(device)
+    elif offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        raise PairError(f"offload={offload!r}; use none, model or sequential")
+    if vae_tiling and getattr(pipe, "vae", None) is not None:
+        pipe.vae.enable_tiling()
+    if compile:
+        pair.denoiser.base = torch.compile(pair.denoiser.base).eval()
+        if pair.denoiser.rl is not None:
+            pair.denoiser.rl = torch.compile(pair.denoiser.rl).eval()
