@@ -35,6 +35,22 @@ def extract_target(prompt: str) -> str:
     return parts[1]
 
 
+def check_prompts(prompts: list[str], show: int = 5) -> None:
+    """Raise ValueError listing the first ``show`` prompts without a usable quoted target (run before
+    generation, so an OCR experiment fails at start-up instead of image by image)."""
+    bad = []
+    for i, prompt in enumerate(prompts):
+        try:
+            extract_target(prompt)
+        except ValueError:
+            bad.append((i, prompt))
+    if bad:
+        listed = "; ".join(f"#{i} {p[:80]!r}" for i, p in bad[:show])
+        more = f" (and {len(bad) - show} more)" if len(bad) > show else ""
+        raise ValueError(f'{len(bad)} of {len(prompts)} prompts have no text inside double quotes for OCR to read '
+                         f'(e.g. a sign that says "OPEN"): {listed}{more}')
+
+
 def ocr_accuracy(target: str, recognised: str) -> float:
     """1 - min(dist, len(target)) / len(target), after removing spaces and lowercasing both.
 
@@ -102,6 +118,7 @@ class OCRAccuracy:
     name = "ocr"
     needs = frozenset({"image", "prompt"})
     metrics = {"ocr_accuracy": True}
+    check_prompts = staticmethod(check_prompts)  # start-up check used by rlg.experiment
 
     def __init__(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -54,7 +55,7 @@ class SamplerConf:
     guidance_rescale: float = 0.0
     window: WindowConf = field(default_factory=WindowConf)
     batch_size: int = 8  # images per pipeline call (all scales of a (prompt, sample) stay together)
-    micro_batch: Optional[int] = 8  # rows per network forward; fixed -> images independent of batching
+    micro_batch: Optional[int] = 2  # rows per network forward; fixed -> images independent of batching (2 = one CFG pair)
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,6 +103,7 @@ class PathsConf:
     root: str = "outputs"
     cache: str = "~/.cache/rlg-bench"
     fixtures: Optional[str] = None
+    min_free_gb: float = 1.0  # refuse to start (or go on) with less free disk than this under the run directory
 
 
 @dataclass
@@ -134,6 +136,11 @@ class RunConf:
 
 
 STAGES = ("generate", "evaluate", "report", "all")
+RL_KINDS = ("full", "diffusers_lora", "peft_lora")
+DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")  # rlg.pairs.DTYPES
+SCHEDULERS = ("default", "ddim", "euler_ode", "flow_grpo_sde")
+WANDB_MODES = ("offline", "online", "disabled")
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
@@ -183,6 +190,71 @@ def validate(cfg: DictConfig) -> DictConfig:
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}; check the spelling against README.md ('Config groups') "
                           "or `python run.py --cfg job`")
-    if merged.stage not in STAGES:
-        raise ConfigError(f"stage={merged.stage!r}; use one of {', '.join(STAGES)}")
+    check_values(merged)
     return merged
+
+
+def check_complete(cfg: DictConfig) -> None:
+    """Every ??? of the presets (e.g. an inpainting preset's image) filled in before a run starts."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} has no value (it is ??? in its preset); set it on the command line, "
+                          f"e.g. {missing[0]}=...")
+
+
+def _one_of(key: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not valid; use one of: {', '.join(map(str, allowed))}")
+
+
+def _at_least(key: str, value: Any, low: float, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or value < low:
+        raise ConfigError(f"{key}={value!r} is not valid; it must be {'null or ' if optional else ''}>= {low:g}")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Values the schema's types cannot express, checked at start-up (not hours later when used)."""
+    from evaluators.base import REGISTRY
+    from rlg.prompts import SOURCES
+
+    _one_of("stage", cfg.stage, STAGES)
+    for key in ("device", "evaluators.device"):
+        value = OmegaConf.select(cfg, key)
+        if not DEVICE.match(str(value)):
+            raise ConfigError(f"{key}={value!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
+    _one_of("pair.rl_kind", cfg.pair.rl_kind, RL_KINDS)
+    _one_of("pair.dtype", cfg.pair.dtype, DTYPES)
+    s = cfg.sampler
+    _one_of("sampler.scheduler", s.scheduler, SCHEDULERS)
+    _one_of("sampler.window.outside", s.window.outside, ("rl", "base"))
+    if not 0.0 <= s.window.start <= s.window.stop <= 1.0:
+        raise ConfigError(f"sampler.window needs 0 <= start <= stop <= 1 (fractions of the schedule), got "
+                          f"start={s.window.start}, stop={s.window.stop}")
+    _at_least("sampler.num_inference_steps", s.num_inference_steps, 1)
+    _at_least("sampler.batch_size", s.batch_size, 1)
+    _at_least("sampler.micro_batch", s.micro_batch, 1, optional=True)
+    _at_least("sampler.height", s.height, 8, optional=True)
+    _at_least("sampler.width", s.width, 8, optional=True)
+    if s.guidance_rescale:
+        raise ConfigError("sampler.guidance_rescale > 0 makes classifier-free guidance nonlinear, so mixing raw "
+                          "predictions no longer equals the official order; set sampler.guidance_rescale=0")
+    _one_of("prompts.source", cfg.prompts.source, ("inline", "file", *SOURCES))
+    _at_least("prompts.samples_per_prompt", cfg.prompts.samples_per_prompt, 1)
+    _at_least("prompts.max_prompts", cfg.prompts.max_prompts, 1, optional=True)
+    unknown = [e for e in cfg.evaluators.selected if e not in REGISTRY]
+    if unknown:
+        raise ConfigError(f"unknown evaluator(s) {unknown} in evaluators.selected; known evaluators: "
+                          f"{', '.join(sorted(REGISTRY))}")
+    dup = sorted({e for e in cfg.evaluators.selected if list(cfg.evaluators.selected).count(e) > 1})
+    if dup:
+        raise ConfigError(f"evaluators.selected lists {dup} more than once; list each evaluator once")
+    _at_least("evaluators.batch_size", cfg.evaluators.batch_size, 1)
+    _one_of("tracker.wandb.mode", cfg.tracker.wandb.mode, WANDB_MODES)
+    _at_least("shard.count", cfg.shard.count, 1)
+    if not 0 <= cfg.shard.index < cfg.shard.count:
+        raise ConfigError(f"shard.index={cfg.shard.index} is outside 0..shard.count-1 ({cfg.shard.count - 1})")
+    _at_least("report.n_resamples", cfg.report.n_resamples, 0)
+    _at_least("report.grid_prompts", cfg.report.grid_prompts, 0)
+    _at_least("paths.min_free_gb", cfg.paths.min_free_gb, 0)

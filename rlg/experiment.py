@@ -4,6 +4,10 @@ The work list is prompt set x samples x grid scales. All scales of a (prompt, sa
 same pipeline call (they share the initial noise), work already in the store is skipped (resume),
 and under several processes each rank takes every world-th (prompt, sample) group and writes its own
 part files.
+
+Everything a run can refuse is checked before any work starts (config, grid, prompts, evaluator
+needs, run lock, writable directory, free space), so a bad input costs seconds, not GPU hours; the
+errors in USER_ERRORS name the problem and the fix and make run.py exit with code 2.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import json
 import logging
 import os
 import platform
+import re
+import shutil
 import subprocess
 import time
 import uuid
@@ -25,15 +31,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from rlg.config import ConfigError, validate
+from rlg.config import ConfigError, check_complete, validate
 from rlg.guidance import ScaleError, StepWindow, check_scales
-from rlg.pairs import Checkpoint, LoadedPair, PairSpec, load_pair, tiny_spec
-from rlg.prompts import Prompt, load_prompts
+from rlg.pairs import Checkpoint, LoadedPair, PairError, PairSpec, load_pair, tiny_spec
+from rlg.prompts import Prompt, PromptError, load_prompts
 from rlg.sampling import RLGSampler, SamplerSettings, WorkItem
-from rlg.store import Store, content_key
+from rlg.store import Store, StoreError, content_key, write_error
 
 log = logging.getLogger("rlg")
 _PAIR_CACHE: dict[str, LoadedPair] = {}  # survives between jobs of a basic-launcher multirun
+# Errors caused by the user's input or environment: run.py prints the message (which names the fix)
+# without a traceback and exits with code 2.
+USER_ERRORS = (ConfigError, ScaleError, PairError, PromptError, StoreError, PermissionError)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +83,15 @@ def get_pair(spec: PairSpec, cfg, device: torch.device) -> LoadedPair:
     key = json.dumps([spec.identity(), asdict(window), s.micro_batch, str(device)], sort_keys=True, default=str)
     if key not in _PAIR_CACHE:
         _PAIR_CACHE.clear()  # one pair resident at a time
-        pair = load_pair(spec, window=window, micro_batch=s.micro_batch)
+        try:
+            pair = load_pair(spec, window=window, micro_batch=s.micro_batch)
+        except PairError:
+            raise
+        except Exception as exc:  # a truncated safetensors file, a refused pickle, ...: a bad checkpoint
+            log.debug("loading pair %s failed", spec.name, exc_info=True)
+            raise PairError(f"cannot load the pair {spec.name!r} (base {spec.base.describe()}, RL "
+                            f"{spec.rl.describe()}): {type(exc).__name__}: {exc}\nFix: check that the checkpoint files are complete (download "
+                            "them again) and are the kind pair.rl_kind says") from exc
         pair.pipe.to(device)
         _PAIR_CACHE[key] = pair
     return _PAIR_CACHE[key]
@@ -143,6 +160,66 @@ def work_groups(prompts: list[Prompt], samples: int, scales: list[float], seed: 
     return [[WorkItem(p.id, p.text, s, seed, w) for w in scales] for p in prompts for s in range(samples)]
 
 
+def prompt_truncation(pipe, texts: list[str], extra: dict[str, Any]) -> dict[str, bool]:
+    """Whether each prompt is longer than a text encoder of ``pipe`` reads (the pipeline then cuts it).
+
+    CLIP tokenizers are cut at their ``model_max_length`` (77); T5 ones (SD3, FLUX) at the pipeline's
+    ``max_sequence_length`` (its default, or sampler.extra.max_sequence_length)."""
+    params = inspect.signature(pipe.__call__).parameters
+    msl = extra.get("max_sequence_length")
+    if msl is None and "max_sequence_length" in params:
+        msl = params["max_sequence_length"].default
+    tokenizers = [c for n, c in pipe.components.items() if n.startswith("tokenizer") and c is not None]
+    out = {}
+    for text in set(texts):
+        cut = False
+        for tok in tokenizers:
+            limit = tok.model_max_length
+            if "CLIP" not in type(tok).__name__ and isinstance(msl, int):
+                limit = msl
+            if not limit or limit > 1_000_000:  # "no limit" sentinel of transformers
+                continue
+            if len(tok(text, truncation=False, verbose=False).input_ids) > limit:
+                cut = True
+        out[text] = cut
+    return out
+
+
+def evaluator_class(name: str):
+    from evaluators.base import REGISTRY
+
+    mod, cls = REGISTRY[name].split(":")
+    return getattr(__import__(mod, fromlist=[cls]), cls)
+
+
+def check_prompts_for_evaluators(cfg, prompts: list[Prompt]) -> None:
+    """Refuse, before anything is generated, prompts a selected evaluator cannot score (an OCR prompt
+    without a quoted target, a GenEval prompt without valid metadata). Images already stored are
+    scored anyway, with the failure recorded per image."""
+    for name in cfg.evaluators.selected:
+        check = getattr(evaluator_class(name), "check_prompts", None)
+        if check is not None:
+            try:
+                check([p.text for p in prompts])
+            except ValueError as exc:
+                raise PromptError(f"evaluator {name!r} cannot score this prompt set ({cfg.prompts.name}): {exc}\n"
+                                  f"Fix: correct those prompts, or drop {name} from evaluators.selected") from exc
+    if "geneval" in cfg.evaluators.selected:
+        from evaluators.geneval.metadata import MetadataError, validate_row
+
+        bad = []
+        for p in prompts:
+            try:
+                validate_row(p.metadata, f"prompt #{p.id}")
+            except MetadataError as exc:
+                bad.append(str(exc))
+        if bad:
+            raise PromptError(f"evaluator 'geneval' needs a GenEval metadata row with every prompt; {len(bad)} of "
+                              f"{len(prompts)} have none or an invalid one, e.g. {bad[0]}\nFix: use prompts=geneval "
+                              "(or a .jsonl file in its format with prompts.source=geneval), or drop geneval from "
+                              "evaluators.selected")
+
+
 def generate(cfg, store: Store, prompts: list[Prompt], scales: list[float], rank: int, size: int,
              run_id: str) -> dict[str, Any]:
     spec = pair_spec(cfg)
@@ -155,7 +232,7 @@ def generate(cfg, store: Store, prompts: list[Prompt], scales: list[float], rank
         keyed.append([(content_key({**ident, "prompt_id": it.prompt_index, "prompt": it.prompt,
                                     "sample": it.sample_index, "seed": it.seed, "scale": it.scale}), it)
                       for it in group])
-    stored = store.stored_keys()
+    stored = store.stored_keys(keys=[k for group in keyed for k, _ in group])  # this rank's keys only
     todo = [[(k, it) for k, it in group if k not in stored] for group in keyed]
     todo = [g for g in todo if g]
     n_todo = sum(map(len, todo))
@@ -163,9 +240,22 @@ def generate(cfg, store: Store, prompts: list[Prompt], scales: list[float], rank
     log.info("generate: %d images for this process, %d already stored, %d to make", total, total - n_todo, n_todo)
     if not n_todo:
         return {"images_made": 0, "images_skipped": total}
+    # prompts of images still to make must suit every selected evaluator: refuse them now, not image by image
+    check_prompts_for_evaluators(cfg, [by_id[i] for i in sorted({it.prompt_index for g in todo for _, it in g})])
     pair = get_pair(spec, cfg, resolve_device(cfg.device))
     set_scheduler(pair.pipe, cfg.sampler)
-    sampler = RLGSampler(pair, sampler_settings(cfg))
+    settings = sampler_settings(cfg)
+    accepted = set(inspect.signature(pair.pipe.__call__).parameters)
+    unknown = sorted(set(settings.extra) - accepted)
+    if unknown:
+        raise ConfigError(f"sampler.extra has {unknown}, which {type(pair.pipe).__name__} does not accept; "
+                          f"remove them (its arguments: {', '.join(sorted(accepted - {'self', 'kwargs'}))})")
+    sampler = RLGSampler(pair, settings)
+    truncated = prompt_truncation(pair.pipe, [it.prompt for g in todo for _, it in g], settings.extra)
+    n_cut = sum(truncated.values())
+    if n_cut:
+        log.warning("%d prompts are longer than the text encoder reads and are truncated by the pipeline "
+                    "(their image rows have truncated=True)", n_cut)
     batches, cur = [], []
     for group in todo:  # whole (prompt, sample) groups per call, so every scale shares the call
         for chunk in [group[i:i + cfg.sampler.batch_size] for i in range(0, len(group), cfg.sampler.batch_size)]:
@@ -175,9 +265,10 @@ def generate(cfg, store: Store, prompts: list[Prompt], scales: list[float], rank
             cur += chunk
     if cur:
         batches.append(cur)
-    made = 0
+    made = nonfinite = 0
     with tqdm(total=n_todo, desc="generate", unit="img") as bar:
         for batch in batches:
+            store.check_free_space()  # before spending compute on images that could not be stored
             results = sampler.generate([it for _, it in batch])
             rows = []
             for (key, it), res in zip(batch, results):
@@ -187,36 +278,42 @@ def generate(cfg, store: Store, prompts: list[Prompt], scales: list[float], rank
                              "num_inference_steps": cfg.sampler.num_inference_steps,
                              "guidance_scale": cfg.sampler.guidance_scale, "height": cfg.sampler.height,
                              "width": cfg.sampler.width, "nonfinite": res.nonfinite,
-                             "nonfinite_step": res.nonfinite_step,
+                             "nonfinite_step": res.nonfinite_step, "truncated": truncated[it.prompt],
                              "metadata": json.dumps(by_id[it.prompt_index].metadata)
                              if by_id[it.prompt_index].metadata else None})
+                if res.nonfinite:
+                    nonfinite += 1
+                    log.warning("image %s (prompt %d, sample %d, w=%g) has NaN/inf values from step %s on; it is "
+                                "stored, flagged nonfinite and left out of every mean", key[:12], it.prompt_index,
+                                it.sample_index, it.scale, res.nonfinite_step)
             store.write_images(rows, [r.image for r in results])
             made += len(batch)
             bar.update(len(batch))
-    return {"images_made": made, "images_skipped": total - n_todo, "pair_info": pair.info,
-            "network_rows": asdict(pair.denoiser.stats)}
+    return {"images_made": made, "images_skipped": total - n_todo, "nonfinite": nonfinite, "truncated_prompts": n_cut,
+            "pair_info": pair.info, "network_rows": asdict(pair.denoiser.stats)}
 
 
 def evaluate(cfg, store: Store, rank: int, size: int) -> dict[str, Any]:
     from evaluators.base import Sample, get_evaluator, run_evaluator
 
-    images = store.images()
-    images = images[[int(k, 16) % size == rank for k in images.image_key]] if len(images) else images
+    mine = [k for k in store.images().image_key if int(k, 16) % size == rank]
+    images = store.images(verify=True, keys=mine)
+    if len(images) < len(mine):
+        log.warning("evaluate: %d of this process's %d images are missing or corrupt (see quarantine/); they are "
+                    "not scored. Run stage=generate (or all) to make them again", len(mine) - len(images), len(mine))
+    sha = dict(zip(images.image_key, images.image_sha256))
     out = {}
     for name in cfg.evaluators.selected:
         opts = dict(OmegaConf.to_container(cfg.evaluators.options, resolve=True).get(name) or {})
-        from evaluators.base import REGISTRY
-
-        if name in REGISTRY:
-            mod, cls = REGISTRY[name].split(":")
-            params = inspect.signature(getattr(__import__(mod, fromlist=[cls]), cls).__init__).parameters
-            for k, v in (("batch_size", cfg.evaluators.batch_size), ("device", str(resolve_device(cfg.evaluators.device)))):
-                if k in params and k not in opts:
-                    opts[k] = v
+        params = inspect.signature(evaluator_class(name).__init__).parameters
+        for k, v in (("batch_size", cfg.evaluators.batch_size), ("device", str(resolve_device(cfg.evaluators.device)))):
+            if k in params and k not in opts:
+                opts[k] = v
         ev = get_evaluator(name, **opts)
         done = store.scored(ev.name, ev.version)
         todo = images[~images.image_key.isin(done)]
         log.info("evaluate %s (%s): %d images, %d cached", name, ev.version, len(todo), len(images) - len(todo))
+        store.check_free_space()
 
         def samples():
             for r in todo.itertuples():
@@ -226,17 +323,22 @@ def evaluate(cfg, store: Store, rank: int, size: int) -> dict[str, Any]:
         failed = 0
         with tqdm(total=len(todo), desc=f"evaluate {name}", unit="img") as bar:
             for rows in run_evaluator(ev, samples(), batch_size=cfg.evaluators.batch_size):
-                store.write_scores(asdict(r) for r in rows)
+                store.write_scores({**asdict(r), "image_sha256": sha[r.image_key]} for r in rows)
                 failed += sum(1 for r in rows if r.error)
                 bar.update(len({r.image_key for r in rows}))
+        if failed:
+            log.warning("evaluate %s: %d score rows failed (value NaN, reason in the error column); the other "
+                        "images are scored", name, failed)
         out[name] = {"version": ev.version, "scored": len(todo), "cached": len(images) - len(todo), "failed_rows": failed}
     return out
 
 
 def results_frames(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The store's tables in the report layer's contract (absolute image paths, GenEval tags)."""
-    images, scores = store.images(), store.scores()
-    images = images.assign(image_path=[str(store.root / p) for p in images.image_path])
+    """The store's tables in the report layer's contract (absolute image paths, GenEval tags); only
+    images whose PNG is present and intact."""
+    images, scores = store.images(verify=True), store.scores()
+    images = images.assign(image_path=[str(store.image_path(k)) for k in images.image_key])
+    scores = scores[scores.image_key.isin(set(images.image_key))].reset_index(drop=True)
     tags = [json.loads(m).get("tag") if isinstance(m, str) else None for m in images.metadata]
     if any(tags):
         images = images.assign(tag=tags)
@@ -244,25 +346,59 @@ def results_frames(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def per_scale_summary(images: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
-    ok = images[~images.nonfinite.astype(bool)][["image_key", "scale"]]
+    ok = images[~images.nonfinite.fillna(False).astype(bool)][["image_key", "scale"]]
     df = scores.merge(ok, on="image_key")
+    if "error" in df.columns:
+        df = df[df.error.isna()]
     if df.empty:
         return pd.DataFrame({"scale": sorted(images.scale.unique())})
-    return df.pivot_table(index="scale", columns="metric", values="value", aggfunc="mean").reset_index()
+    out = df.pivot_table(index="scale", columns="metric", values="value", aggfunc="mean").reset_index()
+    return pd.DataFrame({"scale": sorted(images.scale.unique())}).merge(out, on="scale", how="left")
 
 
-def report(cfg, store: Store, spec_info: dict[str, Any]) -> dict[str, Any]:
+def report(cfg, store: Store, spec_info: dict[str, Any], images: pd.DataFrame, scores: pd.DataFrame) -> dict[str, Any]:
+    """Tables and figures into a temporary directory, then swapped in for <run>/report: a killed
+    report leaves the previous one (or none), never a half-written one."""
     from experiments.report import write_report
 
-    images, scores = results_frames(store)
     protocol = {"steps": cfg.sampler.num_inference_steps, "cfg": cfg.sampler.guidance_scale,
                 "resolution": cfg.sampler.height, "pairs": {cfg.pair.name: spec_info}}
-    result = write_report(images, scores, store.root / "report", protocol=protocol,
-                          grid_prompts=cfg.report.grid_prompts, n_resamples=cfg.report.n_resamples)
-    return {"files": [str(f) for f in result["files"]], "notes": result.get("notes", [])}
+    final = store.root / "report"
+    tmp = store.temp_dir("report")
+    try:
+        result = write_report(images, scores, tmp, protocol=protocol, grid_prompts=cfg.report.grid_prompts,
+                              n_resamples=cfg.report.n_resamples)
+        store.swap_dir(tmp, final)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # disk full or read-only while writing figures/tables
+            raise write_error(final, exc) from exc
+        raise
+    files = [final / Path(f).relative_to(tmp) for f in result["files"]]
+    return {"files": [str(f) for f in files], "notes": result.get("notes", [])}
 
 
 # ---------------------------------------------------------------------------------------------
+SECRET_NAME = re.compile(r"(^|_)(api_?key|access_?key|secret(_access)?_?key|token|secret|passw(or)?d|credentials?)$",
+                         re.IGNORECASE)
+
+
+def redact(obj: Any, secrets: list[str] | None = None) -> Any:
+    """A copy of ``obj`` with values of secret-looking keys, and any secret from the environment
+    (WANDB_API_KEY, HF_TOKEN, ...), replaced by '<redacted>'."""
+    if secrets is None:
+        secrets = [v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 8]
+    if isinstance(obj, dict):
+        return {k: "<redacted>" if isinstance(k, str) and SECRET_NAME.search(k) and v not in (None, "")
+                else redact(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact(v, secrets) for v in obj)
+    if isinstance(obj, str):
+        for s in secrets:
+            obj = obj.replace(s, "<redacted>")
+    return obj
+
+
 def provenance(cfg, resolved: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     root = Path(__file__).resolve().parent.parent
 
@@ -291,7 +427,9 @@ def provenance(cfg, resolved: dict[str, Any], overrides: list[str]) -> dict[str,
 
 def run(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | None = None,
         job_name: str | None = None, group: str | None = None) -> dict[str, Any]:
+    # 1. everything that can be refused is checked before the run directory is touched
     cfg = validate(cfg)
+    check_complete(cfg)
     scales = grid_scales(cfg)
     run_dir = Path(run_dir) if run_dir else Path(cfg.paths.root) / cfg.name
     rank, size = world()
@@ -299,49 +437,68 @@ def run(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | Non
         rank, size = cfg.shard.index, cfg.shard.count
     if not 0 <= rank < size:
         raise ConfigError(f"shard.index={rank} is outside 0..shard.count-1 ({size})")
-    store = Store(run_dir, writer=f"r{rank}-{uuid.uuid4().hex[:8]}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    store.remove_stale_temporaries()
-    if not os.access(run_dir, os.W_OK):
-        raise PermissionError(f"the run directory {run_dir} is not writable; set paths.root to a writable place")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    run_id = uuid.uuid4().hex[:12]
-    entry: dict[str, Any] = {"run_id": run_id, "rank": rank, "world": size, "stage": cfg.stage,
-                             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                             **provenance(cfg, resolved, overrides or []), "timings": {}}
     prompts, pinfo = load_prompts(cfg.prompts, cfg.paths.cache)
-    entry["prompts"] = pinfo
     stages = ("generate", "evaluate", "report") if cfg.stage == "all" else (cfg.stage,)
     spec = pair_spec(cfg)
     spec_info = {"base": spec.base.id, "rl": spec.rl.id}
-    try:
-        if "generate" in stages:
-            t = time.time()
-            entry["generate"] = generate(cfg, store, prompts, scales, rank, size, run_id)
-            entry["timings"]["generate_s"] = round(time.time() - t, 3)
-        barrier()
-        if "evaluate" in stages:
-            t = time.time()
-            entry["evaluate"] = evaluate(cfg, store, rank, size)
-            entry["timings"]["evaluate_s"] = round(time.time() - t, 3)
-        barrier()
-        if "report" in stages and rank == 0:
-            t = time.time()
-            entry["report"] = report(cfg, store, spec_info)
-            entry["timings"]["report_s"] = round(time.time() - t, 3)
-            images, scores = results_frames(store)
-            summary = per_scale_summary(images, scores)
-            for _, row in summary.iterrows():
-                vals = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "scale" and pd.notna(v))
-                n = int((images.scale == row.scale).sum())
-                print(f"w={row.scale:g}: n={n} {vals}")
-            figs = [Path(f) for f in entry["report"]["files"] if "/figures/" in f]
-            wdir = log_tracker(cfg, resolved, store, summary, images, scores, figs, job_name or cfg.name, group)
-            entry["wandb_dir"] = str(wdir) if wdir else None
-    finally:
-        entry["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        store.append_meta(entry)
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+
+    # 2. the run directory: locked for this launch (or shared by the ranks of one job), writable, room left
+    store = Store(run_dir, writer=f"r{rank}-{uuid.uuid4().hex[:8]}", min_free_gb=cfg.paths.min_free_gb)
+    with store.lock(rank, size):
+        store.check_writable()
+        store.remove_stale_temporaries(exclusive=size == 1)
+        run_id = store.run_id()  # one id per run directory: a resumed run stays one series in the report
+        entry: dict[str, Any] = {"run_id": run_id, "invocation": uuid.uuid4().hex[:12], "rank": rank, "world": size,
+                                 "stage": cfg.stage, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                 **provenance(cfg, resolved, redact(list(overrides or []))), "timings": {},
+                                 "prompts": pinfo}
+        failed = False
+        try:
+            _stages(cfg, store, entry, stages, prompts, scales, rank, size, run_id, spec_info, resolved, job_name,
+                    group)
+        except BaseException as exc:
+            failed = True
+            entry["error"] = redact(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            entry["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            entry["quarantined"] = len(store.quarantined())
+            try:
+                store.append_meta(entry)
+            except StoreError as exc:
+                if not failed:
+                    raise
+                log.error("could not record this invocation in meta.json: %s", exc)
     return entry
+
+
+def _stages(cfg, store, entry, stages, prompts, scales, rank, size, run_id, spec_info, resolved, job_name, group):
+    if "generate" in stages:
+        t = time.time()
+        entry["generate"] = generate(cfg, store, prompts, scales, rank, size, run_id)
+        entry["timings"]["generate_s"] = round(time.time() - t, 3)
+    barrier()
+    if "evaluate" in stages:
+        t = time.time()
+        entry["evaluate"] = evaluate(cfg, store, rank, size)
+        entry["timings"]["evaluate_s"] = round(time.time() - t, 3)
+    barrier()
+    if "report" in stages and rank == 0:
+        t = time.time()
+        images, scores = results_frames(store)
+        entry["report"] = report(cfg, store, spec_info, images, scores)
+        entry["timings"]["report_s"] = round(time.time() - t, 3)
+        summary = per_scale_summary(images, scores)
+        for _, row in summary.iterrows():
+            vals = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "scale" and pd.notna(v))
+            at = images.scale == row.scale
+            bad = int(images.nonfinite[at].fillna(False).astype(bool).sum())
+            excluded = f" ({bad} nonfinite, excluded)" if bad else ""
+            print(f"w={row.scale:g}: n={int(at.sum()) - bad}{excluded} {vals}".rstrip())
+        figs = [Path(f) for f in entry["report"]["files"] if "/figures/" in f]
+        wdir = log_tracker(cfg, resolved, store, summary, images, scores, figs, job_name or cfg.name, group)
+        entry["wandb_dir"] = str(wdir) if wdir else None
 
 
 def log_tracker(cfg, resolved, store, summary, images, scores, figures, job_name, group):

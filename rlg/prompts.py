@@ -61,6 +61,27 @@ def _jsonl(text: str, where: str) -> list[Prompt]:
     return out
 
 
+def _geneval(text: str, where: str) -> list[Prompt]:
+    """GenEval metadata rows, each checked against the schema the evaluator relies on."""
+    from evaluators.geneval.metadata import MetadataError, validate_row
+
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = validate_row(json.loads(line), f"{where} line {n}")
+        except json.JSONDecodeError as exc:
+            raise PromptError(f"{where} line {n} is not JSON: {exc}") from exc
+        except MetadataError as exc:
+            raise PromptError(f"{exc}\nFix: correct that line, or use the upstream file (djghosh13/geneval @ "
+                              "af4902f24d3c prompts/evaluation_metadata.jsonl)") from exc
+        out.append(Prompt(len(out), row["prompt"], row))
+    if not out:
+        raise PromptError(f"{where} holds no prompts")
+    return out
+
+
 def _hpsv2(text: str, where: str) -> list[Prompt]:
     return [Prompt(i, p) for i, p in enumerate(json.loads(text))]
 
@@ -74,7 +95,7 @@ def _parti(text: str, where: str) -> list[Prompt]:
 GH = "https://raw.githubusercontent.com"
 SOURCES: dict[str, Source] = {
     "geneval": Source(f"{GH}/djghosh13/geneval/af4902f24d3c/prompts/evaluation_metadata.jsonl",
-                      "5c48e0813e812e3c373fa5c8ed07a8f0a483be30272b4427b0559c8048e67c13", _jsonl,
+                      "5c48e0813e812e3c373fa5c8ed07a8f0a483be30272b4427b0559c8048e67c13", _geneval,
                       "geneval_evaluation_metadata.jsonl"),
     "flow_grpo_ocr": Source(f"{GH}/yifan123/flow_grpo/ac4c86e8cae0/dataset/ocr/test.txt",
                             "4dd8caf3ab6ade73bd376c7d14c6ca49b6eacfb1bd321e22c40714ae4a98d4dc", _lines,
@@ -118,7 +139,8 @@ def _fetch(url: str, dest: Path, sha256: str | None, override_hint: str) -> byte
         with urllib.request.urlopen(url, timeout=60) as r:
             data = r.read()
     except Exception as exc:
-        raise PromptError(f"could not download {url}: {exc}\nFix: download it yourself and set {override_hint}") from exc
+        raise PromptError(f"could not download {url} ({exc}). Fix: download it yourself and set "
+                          f"{override_hint}") from exc
     if sha256 is not None and sha256_text(data) != sha256:
         raise PromptError(f"{url} has sha256 {sha256_text(data)}, expected {sha256}: upstream changed. "
                           f"Use a copy of the pinned file via {override_hint}")
@@ -131,7 +153,7 @@ def _fetch(url: str, dest: Path, sha256: str | None, override_hint: str) -> byte
 
 def _decode(data: bytes, where: str) -> str:
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark is dropped, not made part of the first prompt
     except UnicodeDecodeError as exc:
         raise PromptError(f"{where} is not UTF-8 text ({exc}); re-save it as UTF-8") from exc
 
