@@ -20,6 +20,13 @@ class CheckpointConf:
 
 
 @dataclass
+class AnalyticConf:
+    preset: str = MISSING  # rlg.analytic.PAIR_PRESETS: gaussian_linear | mixture_linear | mixture_quadratic | mixture_tanh
+    d: int = 2
+    beta: float = 1.0
+
+
+@dataclass
 class PairConf:
     name: str = MISSING
     tiny: Optional[str] = None  # a tiny offline family (rlg.fixtures.FAMILIES); fills base and rl
@@ -31,6 +38,7 @@ class PairConf:
     dtype: str = "float32"
     allow_pickle: bool = False
     offline: bool = False
+    analytic: Optional[AnalyticConf] = None  # a closed-form Gaussian-mixture pair (ground truth), not a pipeline
 
 
 @dataclass
@@ -55,6 +63,9 @@ class SamplerConf:
     guidance_rescale: float = 0.0
     window: WindowConf = field(default_factory=WindowConf)
     batch_size: int = 8  # images per pipeline call (all scales of a (prompt, sample) stay together)
+    offload: str = "none"  # none | model | sequential (CPU offload for pairs that do not fit)
+    compile: bool = False  # torch.compile the denoiser(s)
+    vae_tiling: bool = False  # decode large images tile by tile
     micro_batch: Optional[int] = 2  # rows per network forward; fixed -> images independent of batching (2 = one CFG pair)
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -119,6 +130,20 @@ class ReportConf:
 
 
 @dataclass
+class GroundTruthConf:
+    """Settings of the analytic ground-truth experiment (rlg.ground_truth.GroundTruthConfig)."""
+
+    samplers: List[str] = field(default_factory=lambda: ["flow_euler_ode", "flow_grpo_sde", "ddim_eta0", "ddim_eta1"])
+    num_inference_steps: int = 100
+    n_per_batch: int = 500
+    n_batches: int = 8
+    noise_level: float = 0.7
+    flow_shift: float = 3.0
+    init: str = "marginal"
+    rl_control: bool = True
+
+
+@dataclass
 class RunConf:
     name: str = "quickstart"
     stage: str = "all"
@@ -133,6 +158,8 @@ class RunConf:
     paths: PathsConf = field(default_factory=PathsConf)
     shard: ShardConf = field(default_factory=ShardConf)
     report: ReportConf = field(default_factory=ReportConf)
+    ground_truth: GroundTruthConf = field(default_factory=GroundTruthConf)
+    low_memory: bool = False  # free the generator before loading evaluators (both never resident at once)
 
 
 STAGES = ("generate", "evaluate", "report", "all")
@@ -225,6 +252,7 @@ def check_values(cfg: DictConfig) -> None:
         if not DEVICE.match(str(value)):
             raise ConfigError(f"{key}={value!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
     _one_of("pair.rl_kind", cfg.pair.rl_kind, RL_KINDS)
+    _one_of("sampler.offload", cfg.sampler.offload, ("none", "model", "sequential"))
     _one_of("pair.dtype", cfg.pair.dtype, DTYPES)
     s = cfg.sampler
     _one_of("sampler.scheduler", s.scheduler, SCHEDULERS)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from rlg.config import ConfigError, check_complete, validate
 from rlg.guidance import ScaleError, StepWindow, check_scales
-from rlg.pairs import Checkpoint, LoadedPair, PairError, PairSpec, load_pair, tiny_spec
+from rlg.pairs import Checkpoint, LoadedPair, PairError, PairSpec, load_pair, place, tiny_spec
 from rlg.prompts import Prompt, PromptError, load_prompts
 from rlg.sampling import RLGSampler, SamplerSettings, WorkItem
 from rlg.store import Store, StoreError, content_key, write_error
@@ -80,7 +80,8 @@ def resolve_device(name: str) -> torch.device:
 def get_pair(spec: PairSpec, cfg, device: torch.device) -> LoadedPair:
     s = cfg.sampler
     window = StepWindow(start=s.window.start, stop=s.window.stop, outside=s.window.outside)
-    key = json.dumps([spec.identity(), asdict(window), s.micro_batch, str(device)], sort_keys=True, default=str)
+    key = json.dumps([spec.identity(), asdict(window), s.micro_batch, str(device), s.offload, s.compile, s.vae_tiling],
+                     sort_keys=True, default=str)
     if key not in _PAIR_CACHE:
         _PAIR_CACHE.clear()  # one pair resident at a time
         try:
@@ -92,7 +93,7 @@ def get_pair(spec: PairSpec, cfg, device: torch.device) -> LoadedPair:
             raise PairError(f"cannot load the pair {spec.name!r} (base {spec.base.describe()}, RL "
                             f"{spec.rl.describe()}): {type(exc).__name__}: {exc}\nFix: check that the checkpoint files are complete (download "
                             "them again) and are the kind pair.rl_kind says") from exc
-        pair.pipe.to(device)
+        place(pair, device, offload=s.offload, compile=s.compile, vae_tiling=s.vae_tiling)
         _PAIR_CACHE[key] = pair
     return _PAIR_CACHE[key]
 
@@ -437,6 +438,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None, overrides: list[str] | Non
         rank, size = cfg.shard.index, cfg.shard.count
     if not 0 <= rank < size:
         raise ConfigError(f"shard.index={rank} is outside 0..shard.count-1 ({size})")
+    if cfg.pair.analytic is not None:  # closed-form pair: samples and exact targets, no images
+        return run_ground_truth_job(cfg, run_dir, scales, rank, size, overrides)
     prompts, pinfo = load_prompts(cfg.prompts, cfg.paths.cache)
     stages = ("generate", "evaluate", "report") if cfg.stage == "all" else (cfg.stage,)
     spec = pair_spec(cfg)
@@ -479,6 +482,10 @@ def _stages(cfg, store, entry, stages, prompts, scales, rank, size, run_id, spec
         entry["generate"] = generate(cfg, store, prompts, scales, rank, size, run_id)
         entry["timings"]["generate_s"] = round(time.time() - t, 3)
     barrier()
+    if cfg.low_memory and _PAIR_CACHE:  # the generator leaves before the evaluators arrive
+        _PAIR_CACHE.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     if "evaluate" in stages:
         t = time.time()
         entry["evaluate"] = evaluate(cfg, store, rank, size)
@@ -499,6 +506,52 @@ def _stages(cfg, store, entry, stages, prompts, scales, rank, size, run_id, spec
         figs = [Path(f) for f in entry["report"]["files"] if "/figures/" in f]
         wdir = log_tracker(cfg, resolved, store, summary, images, scores, figs, job_name or cfg.name, group)
         entry["wandb_dir"] = str(wdir) if wdir else None
+
+
+def run_ground_truth_job(cfg, run_dir: Path, scales: list[float], rank: int, size: int,
+                         overrides: list[str] | None) -> dict[str, Any]:
+    """The analytic ground truth (rlg.ground_truth) as a run: the RLG samples come from the same
+    RLGDenoiser the image pipelines use; rows go to the store, figures and tables to report/."""
+    from rlg.denoiser import RLGDenoiser
+    from rlg.ground_truth import GroundTruthConfig, ground_truth_tables, run_ground_truth, write_ground_truth_figures
+
+    if size > 1:
+        raise ConfigError("the analytic ground truth runs in one process; launch it without torchrun/accelerate")
+    a, g = cfg.pair.analytic, cfg.ground_truth
+    gt = GroundTruthConfig(pair=a.preset, d=a.d, beta=a.beta, scales=scales, samplers=list(g.samplers),
+                           num_inference_steps=g.num_inference_steps, n_per_batch=g.n_per_batch,
+                           n_batches=g.n_batches, noise_level=g.noise_level, flow_shift=g.flow_shift, init=g.init,
+                           rl_control=g.rl_control, seed=cfg.seed)
+
+    def rlg_denoiser(base, rl, per_sample):
+        den = RLGDenoiser(base, rl)
+        den.begin(per_sample.tolist(), g.num_inference_steps)
+        return den
+
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    store = Store(run_dir, writer=f"r{rank}-{uuid.uuid4().hex[:8]}", min_free_gb=cfg.paths.min_free_gb)
+    with store.lock(rank, size):
+        store.check_writable()
+        entry: dict[str, Any] = {"run_id": store.run_id(), "invocation": uuid.uuid4().hex[:12], "stage": "ground_truth",
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                 **provenance(cfg, resolved, redact(list(overrides or []))), "timings": {}}
+        t = time.time()
+        df = run_ground_truth(gt, guided_factory=rlg_denoiser)
+        entry["timings"]["ground_truth_s"] = round(time.time() - t, 3)
+        store.write_table("ground_truth", df)
+        final, tmp = store.root / "report", store.temp_dir("report")
+        files = write_ground_truth_figures(df, tmp / "figures")
+        (tmp / "tables").mkdir(parents=True, exist_ok=True)
+        for fmt, text in ground_truth_tables(df).items():
+            path = tmp / "tables" / f"ground_truth.{'md' if fmt == 'markdown' else 'tex'}"
+            path.write_text(text)
+            files.append(path)
+        store.swap_dir(tmp, final)
+        entry["report"] = {"files": [str(final / Path(f).relative_to(tmp)) for f in files]}
+        entry["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        store.append_meta(entry)
+    print(ground_truth_tables(df)["markdown"])
+    return entry
 
 
 def log_tracker(cfg, resolved, store, summary, images, scores, figures, job_name, group):

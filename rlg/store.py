@@ -472,6 +472,16 @@ class Store:
             self.quarantine(path, f"unreadable meta.json: {exc}")
             return {"invocations": []}
 
+    # -- other tables (e.g. ground-truth rows) -----------------------------------------------
+    def write_table(self, table: str, df: pd.DataFrame) -> None:
+        """One part of a table that has no image keys (the analytic ground truth)."""
+        self._write_part(table, df)
+
+    def read_table(self, table: str) -> pd.DataFrame:
+        parts = sorted((self.root / "rows" / table).glob("part-*.parquet"))
+        frames = [pd.read_parquet(p) for p in parts]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
     # -- parts ---------------------------------------------------------------------------------
     def _write_part(self, table: str, df: pd.DataFrame) -> None:
         df = df.assign(written_ns=time.time_ns())

@@ -277,3 +277,20 @@ def test_evaluator_presets_only_use_real_options():
             mod, cls = REGISTRY[name].split(":")
             params = inspect.signature(getattr(importlib.import_module(mod), cls).__init__).parameters
             assert set(opts) <= set(params), f"{path.name}: {name} has no option(s) {set(opts) - set(params)}"
+
+
+def test_ground_truth_preset_runs_through_the_harness(tmp_path):
+    cfg = compose_cfg("experiment=ground_truth", "grid.scales=[0,1,3]", "ground_truth.num_inference_steps=30",
+                      "ground_truth.n_per_batch=200", "ground_truth.n_batches=4",
+                      "ground_truth.samplers=[flow_euler_ode,flow_grpo_sde]", "tracker=none")
+    entry = experiment.run(cfg, run_dir=tmp_path / "gt")
+    df = Store(tmp_path / "gt").read_table("ground_truth")
+    assert set(df.sampler) == {"flow_euler_ode", "flow_grpo_sde"} and set(df.w) == {0.0, 1.0, 3.0}
+    ed = df[(df.metric == "energy_distance") & (df.method == "rlg")]
+    # the mixture + quadratic reward case is inexact: at w=3 the gap stands above the Monte-Carlo floor,
+    # at w=0 (the base model itself) it does not
+    assert (ed[ed.w == 3.0].z > 3).all() and (ed[ed.w == 0.0].z.abs() < 4).all()
+    files = entry["report"]["files"]
+    assert any("distance" in f and f.endswith(".png") for f in files)
+    table = (tmp_path / "gt" / "report" / "tables" / "ground_truth.md").read_text()
+    assert "flow_grpo_sde" in table and "| 3 |" in table
