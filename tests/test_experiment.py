@@ -79,7 +79,7 @@ def test_every_experiment_preset_composes():
 def test_every_pair_preset_is_a_valid_pair():
     for path in sorted((ROOT / "conf" / "pair").glob("*.yaml")):
         cfg = validate(compose_cfg(f"pair={path.stem}"))
-        spec_ok = cfg.pair.tiny or (cfg.pair.base.id and cfg.pair.rl.id)
+        spec_ok = cfg.pair.tiny or cfg.pair.analytic or (cfg.pair.base.id and cfg.pair.rl.id)
         assert spec_ok and cfg.pair.rl_kind in ("full", "diffusers_lora", "peft_lora"), path.name
 
 
