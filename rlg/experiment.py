@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -267,7 +268,11 @@ def generate(cfg, store: Store, prompts: list[Prompt], scales: list[float], rank
     if cur:
         batches.append(cur)
     made = nonfinite = 0
-    with tqdm(total=n_todo, desc="generate", unit="img") as bar:
+    # PNG encoding and writing run in one background thread while the next batch is sampled; at most
+    # one batch waits, and a write error surfaces at the next batch (rows are still written after PNGs)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlg-store")
+    pending = None
+    with tqdm(total=n_todo, desc="generate", unit="img") as bar, writer:
         for batch in batches:
             store.check_free_space()  # before spending compute on images that could not be stored
             results = sampler.generate([it for _, it in batch])
@@ -287,9 +292,13 @@ def generate(cfg, store: Store, prompts: list[Prompt], scales: list[float], rank
                     log.warning("image %s (prompt %d, sample %d, w=%g) has NaN/inf values from step %s on; it is "
                                 "stored, flagged nonfinite and left out of every mean", key[:12], it.prompt_index,
                                 it.sample_index, it.scale, res.nonfinite_step)
-            store.write_images(rows, [r.image for r in results])
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(store.write_images, rows, [r.image for r in results])
             made += len(batch)
             bar.update(len(batch))
+        if pending is not None:
+            pending.result()
     return {"images_made": made, "images_skipped": total - n_todo, "nonfinite": nonfinite, "truncated_prompts": n_cut,
             "pair_info": pair.info, "network_rows": asdict(pair.denoiser.stats)}
 
