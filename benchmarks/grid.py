@@ -1,7 +1,8 @@
 """Benchmark `grid`: sample a 7-scale RLG grid at the cost of the network evaluations it needs.
 
 Compares, on tiny SD1.5-like and SD3-like pairs (full-weight and PEFT LoRA), 8 prompts, 20 steps:
-  harness   rlg-bench's RLGSampler on the stock pipeline (micro_batch=null and micro_batch=8)
+  harness   rlg-bench's RLGSampler on the stock pipeline: micro_batch=null (one fused forward per
+            model and step), harness_mb2 (the default: bit-identical images whatever the batch), _mb8
   floor     a hand-written loop that makes only the network calls the grid needs, nothing else
             (text encoded once per prompt, the shared first step once, w=0 / w=1 one model each)
   official  the official RLG approach: each scale on its own, 4 network evaluations per step
@@ -30,7 +31,7 @@ SCALES = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
 PROMPTS = [f"a photo of object number {i} on a table, studio light" for i in range(8)]
 SEED, CFG, SIZE = 0, 4.5, 32
 SETUPS = [("sd", "full"), ("sd", "peft_lora"), ("sd3", "full"), ("sd3", "peft_lora")]
-MODES = ["harness", "harness_mb8", "floor", "official"]
+MODES = ["harness", "harness_mb2", "harness_mb8", "floor", "official"]  # harness_mbN: sampler.micro_batch=N
 
 
 def _load(family, kind, device, dtype, micro_batch=None):
@@ -210,8 +211,9 @@ def single(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    pair = _load(args.family, args.kind, args.device, args.dtype, micro_batch=8 if args.mode == "harness_mb8" else None)
-    fn = {"harness": run_harness, "harness_mb8": run_harness, "floor": run_floor, "official": run_official}[args.mode]
+    micro_batch = int(args.mode.split("_mb")[1]) if "_mb" in args.mode else None
+    pair = _load(args.family, args.kind, args.device, args.dtype, micro_batch=micro_batch)
+    fn = run_harness if args.mode.startswith("harness") else {"floor": run_floor, "official": run_official}[args.mode]
     fn(pair, 2, args.device, args.compile)  # warm-up (and compilation)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

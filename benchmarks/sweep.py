@@ -82,6 +82,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--micro-batch", default="null", help="harness sampler.micro_batch (null = one fused forward)")
     ap.add_argument("--official-generate", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--official-score", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -101,14 +102,16 @@ def main():
     env = {**os.environ, "OMP_NUM_THREADS": str(min(2, os.cpu_count() or 1)), "HF_HUB_OFFLINE": "1"}
     print(f"# sweep benchmark  {time.strftime('%Y-%m-%d %H:%M')}  python {platform.python_version()}  torch {torch.__version__}")
     print(f"# machine: {platform.machine()} {os.cpu_count()} cpus; tiny SD1.5-like pair + PEFT LoRA; grid {SCALES}; "
-          f"{len(PROMPTS)} prompts; {args.steps} steps; JPEG + OCR (EasyOCR) + tiny CLIP score; medians of {args.repeats}")
+          f"{len(PROMPTS)} prompts; {args.steps} steps; JPEG + OCR (EasyOCR) + tiny CLIP score; medians of {args.repeats}; "
+          f"harness sampler.micro_batch={args.micro_batch}")
     harness, official = [], []
     with tempfile.TemporaryDirectory() as tmp:
         clip_dir = str(save_tiny_hf_clip(Path(tmp) / "tiny-clip"))
         prompts = "[" + ",".join(f"'{p}'" for p in PROMPTS) + "]"
         for r in range(args.repeats):
             cmd = [sys.executable, "run.py", f"name=sweep{r}", f"paths.root={tmp}/runs", "pair=tiny_sd_peft",
-                   "grid=paper", f"sampler.num_inference_steps={args.steps}", "prompts=tiny",
+                   "grid=paper", f"sampler.num_inference_steps={args.steps}", f"sampler.micro_batch={args.micro_batch}",
+                   "prompts=tiny",
                    f"prompts.items={prompts}", "evaluators.selected=[jpeg,ocr,clip_score]",
                    f"+evaluators.options.clip_score={{model:{clip_dir},offline:true}}", "tracker=none",
                    "report.n_resamples=200"]
