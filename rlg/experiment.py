@@ -521,7 +521,6 @@ def run_ground_truth_job(cfg, run_dir: Path, scales: list[float], rank: int, siz
                          overrides: list[str] | None) -> dict[str, Any]:
     """The analytic ground truth (rlg.ground_truth) as a run: the RLG samples come from the same
     RLGDenoiser the image pipelines use; rows go to the store, figures and tables to report/."""
-    from rlg.denoiser import RLGDenoiser
     from rlg.ground_truth import GroundTruthConfig, ground_truth_tables, run_ground_truth, write_ground_truth_figures
 
     if size > 1:
@@ -532,11 +531,6 @@ def run_ground_truth_job(cfg, run_dir: Path, scales: list[float], rank: int, siz
                            n_batches=g.n_batches, noise_level=g.noise_level, flow_shift=g.flow_shift, init=g.init,
                            rl_control=g.rl_control, seed=cfg.seed)
 
-    def rlg_denoiser(base, rl, per_sample):
-        den = RLGDenoiser(base, rl)
-        den.begin(per_sample.tolist(), g.num_inference_steps)
-        return den
-
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     store = Store(run_dir, writer=f"r{rank}-{uuid.uuid4().hex[:8]}", min_free_gb=cfg.paths.min_free_gb)
     with store.lock(rank, size):
@@ -545,7 +539,7 @@ def run_ground_truth_job(cfg, run_dir: Path, scales: list[float], rank: int, siz
                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                  **provenance(cfg, resolved, redact(list(overrides or []))), "timings": {}}
         t = time.time()
-        df = run_ground_truth(gt, guided_factory=rlg_denoiser)
+        df = run_ground_truth(gt)  # RLG samples from the production RLGDenoiser
         entry["timings"]["ground_truth_s"] = round(time.time() - t, 3)
         store.write_table("ground_truth", df)
         final, tmp = store.root / "report", store.temp_dir("report")

@@ -41,7 +41,6 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from rlg.analytic import (
     AnalyticPair,
-    ReferenceRLGDenoiser,
     final_alpha_sigma,
     initial_alpha_sigma,
     make_pair,
@@ -138,8 +137,13 @@ def _generator(seed: int, *names) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + key) % (2**63))
 
 
-def _default_guided(base, rl, scales):
-    return ReferenceRLGDenoiser(base, rl).set_scales(scales)
+def rlg_denoiser(base, rl, scales, num_steps: int):
+    """The production RLGDenoiser (the one image pipelines use) over the two analytic denoisers."""
+    from rlg.denoiser import RLGDenoiser
+
+    den = RLGDenoiser(base, rl)
+    den.begin(scales.tolist(), num_steps)
+    return den
 
 
 def _evaluate(pair, w, out, ref, ref2, af, sf, config, n_batches):
@@ -201,11 +205,11 @@ def run_ground_truth(
     """Sweep scales x samplers for one analytic pair; tidy rows (see module docstring).
 
     ``pair`` overrides ``config.pair``/``d``/``beta``. ``guided_factory(base, rl, scales)`` builds the RLG
-    denoiser from the two analytic denoisers and a per-sample scale tensor; the default is
-    ``ReferenceRLGDenoiser`` (swap in ``rlg.denoiser.RLGDenoiser`` to measure the production wrapper).
+    denoiser from the two analytic denoisers and a per-sample scale tensor; the default is the
+    production ``rlg.denoiser.RLGDenoiser`` (tests compare it with ``rlg.analytic.ReferenceRLGDenoiser``).
     """
     pair = pair or make_pair(config.pair, config.d, config.beta)
-    guided_factory = guided_factory or _default_guided
+    guided_factory = guided_factory or (lambda b, r, s: rlg_denoiser(b, r, s, config.num_inference_steps))
     n = config.n_per_batch * config.n_batches
     steps = config.num_inference_steps
     scales = [float(w) for w in config.scales]

@@ -16,6 +16,7 @@ import inspect
 import math
 
 import pytest
+import pandas as pd
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
@@ -435,3 +436,14 @@ def test_sde_scheduler_is_a_drop_in_for_stable_diffusion_3(tmp_path):
     assert torch.equal(runs[0], runs[1]) and not torch.allclose(runs[0], ode)
     # the config also loads back into the stock scheduler
     assert isinstance(FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config), FlowMatchEulerDiscreteScheduler)
+
+
+def test_production_denoiser_equals_the_reference_mixer_in_the_sweep():
+    from rlg.analytic import ReferenceRLGDenoiser
+    from rlg.ground_truth import GroundTruthConfig, run_ground_truth
+
+    cfg = GroundTruthConfig(pair="mixture_quadratic", scales=[0.0, 1.0, 2.5], samplers=["flow_euler_ode", "ddim_eta1"],
+                            num_inference_steps=10, n_per_batch=50, n_batches=2)
+    ours = run_ground_truth(cfg)  # default: rlg.denoiser.RLGDenoiser
+    ref = run_ground_truth(cfg, guided_factory=lambda b, r, s: ReferenceRLGDenoiser(b, r).set_scales(s))
+    pd.testing.assert_frame_equal(ours, ref, rtol=1e-10, atol=1e-12)
