@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlg.config import ConfigError
 from rlg.guidance import check_scales
 from rlg.pairs import LoadedPair
 
@@ -163,6 +164,10 @@ class RLGSampler:
         self.pipe = pair.pipe
         make_batch_invariant(self.pipe, text_cache_size)
         self._params = set(inspect.signature(self.pipe.__call__).parameters)
+        unknown = sorted(set(settings.extra) - self._params)
+        if unknown:  # checked once here, not at every pipeline call
+            raise ConfigError(f"sampler.extra has {unknown}, which {type(self.pipe).__name__} does not accept; "
+                              f"remove them (its arguments: {', '.join(sorted(self._params - {'self', 'kwargs'}))})")
         self.conditional = "prompt" in self._params
 
     def _call_kwargs(self, items: list[WorkItem], generators: list[torch.Generator], on_step) -> dict[str, Any]:
@@ -182,9 +187,6 @@ class RLGSampler:
         if "callback_on_step_end" in self._params:
             kw["callback_on_step_end"] = on_step
             kw["callback_on_step_end_tensor_inputs"] = ["latents"]
-        unknown = set(s.extra) - self._params
-        if unknown:
-            raise ValueError(f"sampler.extra has {sorted(unknown)}, which {type(self.pipe).__name__} does not accept")
         kw.update(s.extra)
         return kw
 
