@@ -23,7 +23,7 @@ def samples(n: int, size: int):
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from evaluators.base import Sample
+    from rlg.evaluators.base import Sample
 
     rng = np.random.default_rng(0)
     out = []
@@ -36,8 +36,8 @@ def samples(n: int, size: int):
 
 def build(tmp: Path) -> dict:
     """name -> (evaluator, batch size) built on tiny local models."""
-    from evaluators import fixtures
-    from evaluators.base import get_evaluator
+    from rlg.evaluators import fixtures
+    from rlg.evaluators.base import get_evaluator
 
     clip = fixtures.save_tiny_hf_clip(tmp / "clip")
     oc = fixtures.save_tiny_open_clip(tmp / "openclip768", embed_dim=768)

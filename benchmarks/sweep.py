@@ -60,7 +60,7 @@ def official_score(images: Path, clip_dir: str) -> None:
     """One scale's scoring script: load every evaluator, score the images one at a time."""
     from PIL import Image
 
-    from evaluators.base import Sample, get_evaluator
+    from rlg.evaluators.base import Sample, get_evaluator
 
     evs = [get_evaluator("jpeg"), get_evaluator("ocr"), get_evaluator("clip_score", model=clip_dir, offline=True)]
     rows = []
@@ -95,7 +95,7 @@ def main():
 
     import torch
 
-    from evaluators.fixtures import save_tiny_hf_clip
+    from tests.helpers.scorers import save_tiny_hf_clip
     from rlg.pairs import tiny_spec
 
     tiny_spec("sd", "peft_lora")  # build the fixture once, outside the timings
@@ -112,7 +112,7 @@ def main():
             cmd = [sys.executable, "run.py", f"name=sweep{r}", f"paths.root={tmp}/runs", "pair=tiny_sd_peft",
                    "grid=paper", f"sampler.num_inference_steps={args.steps}", f"sampler.micro_batch={args.micro_batch}",
                    "prompts=tiny",
-                   f"prompts.items={prompts}", "evaluators.selected=[jpeg,ocr,clip_score]",
+                   f"prompts.items={prompts}", "rlg.evaluators.selected=[jpeg,ocr,clip_score]",
                    f"+evaluators.options.clip_score={{model:{clip_dir},offline:true}}", "tracker=none",
                    "report.n_resamples=200"]
             harness.append(timed([cmd], env))

@@ -325,7 +325,7 @@ def write_ground_truth_figures(df: pd.DataFrame, out_dir, distance: str = "energ
 def ground_truth_tables(df: pd.DataFrame, distance: str = "energy_distance") -> dict[str, str]:
     """Markdown and LaTeX tables: per sampler and w, the distance to the beta/w target against the
     Monte-Carlo floor, and the mean reward against the exact optimum's."""
-    from experiments.tables import render
+    from rlg.report.tables import render
 
     rlg = df[df.method == "rlg"]
     header = ["sampler", "w", f"{distance} (± se)", "MC floor", "z", "mean reward (± se)", "exact", "z"]

@@ -331,8 +331,8 @@ def load_pair(spec: PairSpec, *, window: StepWindow = StepWindow(), micro_batch:
 
 
 def tiny_spec(family: str, rl_kind: str = "full", root: Path | str | None = None, seed: int = 0) -> PairSpec:
-    """The PairSpec of a tiny offline pair from rlg.fixtures (built on first use)."""
-    from rlg.fixtures import build_pair
+    """The PairSpec of a tiny offline pair from rlg.tiny_pairs (built on first use)."""
+    from rlg.tiny_pairs import build_pair
 
     d = build_pair(family, root=root, seed=seed)
     rl = {"full": Checkpoint(str(d / "rl-full")),

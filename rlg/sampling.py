@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlg.config import ConfigError
+from rlg.harness.config import ConfigError
 from rlg.guidance import check_scales
 from rlg.pairs import LoadedPair
 

@@ -9,7 +9,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture(scope="session")
 def fixture_root():
-    """Tiny pairs are built once per machine (rlg.fixtures caches them by version)."""
-    from rlg.fixtures import default_root
+    """Tiny pairs are built once per machine (rlg.tiny_pairs caches them by version)."""
+    from rlg.tiny_pairs import default_root
 
     return default_root()

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import diffusers
 from diffusers.models.unets.unet_2d import UNet2DOutput
-from rlg.fixtures import LORA_ALPHA, LORA_RANK, build_pair
+from rlg.tiny_pairs import LORA_ALPHA, LORA_RANK, build_pair
 from rlg.pairs import Checkpoint, PairError, PairSpec, load_pair, tiny_spec
 from rlg.sampling import RLGSampler, SamplerSettings, WorkItem, noise_seed
 

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from skimage import data
 
-from evaluators._models import ModelNotAvailableError, open_clip_tag
-from evaluators.aesthetic import HEAD_FILENAME, HEAD_SHA256, HEAD_URL, Aesthetic, load_aesthetic_head
-from evaluators.base import Evaluator, Sample, get_evaluator, run_evaluator
-from evaluators.fixtures import save_tiny_open_clip
+from rlg.evaluators._models import ModelNotAvailableError, open_clip_tag
+from rlg.evaluators.aesthetic import HEAD_FILENAME, HEAD_SHA256, HEAD_URL, Aesthetic, load_aesthetic_head
+from rlg.evaluators.base import Evaluator, Sample, get_evaluator, run_evaluator
+from tests.helpers.scorers import save_tiny_open_clip
 
 REAL_HEAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "aesthetic" / HEAD_FILENAME
 if not REAL_HEAD.exists():  # the checkout may live elsewhere; the shared data has a fixed home
@@ -173,7 +173,7 @@ def test_openai_tag_resolves_to_quick_gelu_and_safetensors():
 
 def test_url_download_is_verified_and_atomic(tmp_path):
     # urllib also serves file:// URLs, so the download path runs here without network.
-    from evaluators._models import cached_url_file
+    from rlg.evaluators._models import cached_url_file
 
     url = REAL_HEAD.as_uri()
     path = cached_url_file(url, HEAD_SHA256, HEAD_FILENAME, cache_dir=tmp_path / "c", offline=False,

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from skimage import data
 
-from evaluators._models import ModelNotAvailableError
-from evaluators.base import Evaluator, Sample, get_evaluator, run_evaluator
-from evaluators.clip_score import CLIPScore
-from evaluators.fixtures import save_tiny_hf_clip
-from evaluators.pickscore import PickScore
+from rlg.evaluators._models import ModelNotAvailableError
+from rlg.evaluators.base import Evaluator, Sample, get_evaluator, run_evaluator
+from rlg.evaluators.clip_score import CLIPScore
+from tests.helpers.scorers import save_tiny_hf_clip
+from rlg.evaluators.pickscore import PickScore
 
 PROMPTS = [
     "a photo of an astronaut",

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluators.base import Sample, get_evaluator, run_evaluator
-from evaluators.geneval import (
+from rlg.evaluators.base import Sample, get_evaluator, run_evaluator
+from rlg.evaluators.geneval import (
     COLORS,
     OBJECT_NAMES,
     TAGS,
@@ -26,7 +26,7 @@ from evaluators.geneval import (
     select_objects,
     summarize,
 )
-from evaluators.geneval.detectors import (
+from rlg.evaluators.geneval.detectors import (
     class_names_from_labels,
     instance_postprocess,
     mmdet_resize_shape,
@@ -486,7 +486,7 @@ def _reference_logits(model, preprocess_fn, tokenizer, image, box, mask, classna
 def test_colour_classifier_on_tiny_open_clip(tiny_clip):
     import open_clip
 
-    from evaluators.geneval.colour import ClipColourClassifier
+    from rlg.evaluators.geneval.colour import ClipColourClassifier
 
     clf = ClipColourClassifier(f"local-dir:{tiny_clip}", pretrained=None, device="cpu")
     assert type(clf.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"  # as OpenAI's CLIP

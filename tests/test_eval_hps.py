@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage import data
 
-from evaluators._models import ModelNotAvailableError
-from evaluators.base import Evaluator, Sample, get_evaluator, run_evaluator
-from evaluators.fixtures import tiny_open_clip_config
-from evaluators.hps import HPSv2
+from rlg.evaluators._models import ModelNotAvailableError
+from rlg.evaluators.base import Evaluator, Sample, get_evaluator, run_evaluator
+from tests.helpers.scorers import tiny_open_clip_config
+from rlg.evaluators.hps import HPSv2
 
 ARCH = "rlgtest-hps-tiny"
 SIZE = 56

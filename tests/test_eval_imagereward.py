@@ -19,10 +19,10 @@ from PIL import Image
 from skimage import data
 from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
-from evaluators._models import ModelNotAvailableError
-from evaluators.base import Evaluator, Sample, get_evaluator, run_evaluator
-from evaluators.fixtures import save_tiny_bert_tokenizer
-from evaluators.imagereward import ImageReward
+from rlg.evaluators._models import ModelNotAvailableError
+from rlg.evaluators.base import Evaluator, Sample, get_evaluator, run_evaluator
+from tests.helpers.scorers import save_tiny_bert_tokenizer
+from rlg.evaluators.imagereward import ImageReward
 
 SIZE, VIT_DIM, TXT_DIM = 64, 64, 48
 VISION = dict(hidden_size=VIT_DIM, intermediate_size=4 * VIT_DIM, num_hidden_layers=2, num_attention_heads=4,

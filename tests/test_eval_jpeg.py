@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from evaluators.base import Sample, get_evaluator, run_evaluator
-from evaluators.jpeg import JpegCompressibility
+from rlg.evaluators.base import Sample, get_evaluator, run_evaluator
+from rlg.evaluators.jpeg import JpegCompressibility
 
 PHOTOS = {"astronaut": data.astronaut, "coffee": data.coffee, "chelsea": data.chelsea}
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from evaluators.base import Sample, get_evaluator, run_evaluator
-from evaluators.ocr import OCRAccuracy, extract_target, ocr_accuracy
+from rlg.evaluators.base import Sample, get_evaluator, run_evaluator
+from rlg.evaluators.ocr import OCRAccuracy, extract_target, ocr_accuracy
 
 OCR_PROMPTS = "/work/shared/data/flow_grpo/ocr_test.txt"
 FONT_DIR = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")

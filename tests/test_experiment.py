@@ -15,19 +15,19 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from rlg import experiment
-from rlg.config import ConfigError, validate
+from rlg.harness import experiment
+from rlg.harness.config import ConfigError, validate
 from rlg.guidance import ScaleError
-from rlg.store import Store
+from rlg.harness.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
-FAST = ["sampler.num_inference_steps=2", "grid.scales=[0,1,2]", "prompts.max_prompts=2", "evaluators.selected=[jpeg]",
+FAST = ["sampler.num_inference_steps=2", "grid.scales=[0,1,2]", "prompts.max_prompts=2", "rlg.evaluators.selected=[jpeg]",
         "tracker=none", "report.n_resamples=50", "report.grid_prompts=2"]
 
 
 def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "rlg" / "conf"), version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
 
@@ -69,7 +69,7 @@ def wandb_summary(path: Path) -> dict:
 
 
 def test_every_experiment_preset_composes():
-    names = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+    names = sorted(p.stem for p in (ROOT / "rlg" / "conf" / "experiment").glob("*.yaml"))
     assert "quickstart" in names and len(names) >= 14
     for name in names:
         cfg = validate(compose_cfg(f"experiment={name}"))
@@ -77,7 +77,7 @@ def test_every_experiment_preset_composes():
 
 
 def test_every_pair_preset_is_a_valid_pair():
-    for path in sorted((ROOT / "conf" / "pair").glob("*.yaml")):
+    for path in sorted((ROOT / "rlg" / "conf" / "pair").glob("*.yaml")):
         cfg = validate(compose_cfg(f"pair={path.stem}"))
         spec_ok = cfg.pair.tiny or cfg.pair.analytic or (cfg.pair.base.id and cfg.pair.rl.id)
         assert spec_ok and cfg.pair.rl_kind in ("full", "diffusers_lora", "peft_lora"), path.name
@@ -97,7 +97,7 @@ def test_misspelt_keys_and_wrong_types_name_the_key(tmp_path):
     # a misspelt key inside a preset file fails too, naming the key and its group
     (tmp_path / "sampler").mkdir()
     (tmp_path / "sampler" / "typo.yaml").write_text("name: typo\nguidence_scale: 3\n")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "rlg" / "conf"), version_base="1.3"):
         with pytest.raises(ConfigCompositionException, match="guidence_scale"):
             compose("config", overrides=[f"hydra.searchpath=[file://{tmp_path}]", "sampler=typo"])
     # unknown group options list the valid names
@@ -113,7 +113,7 @@ def test_bad_grids_are_refused(scales, match):
 
 
 def test_quickstart_reduced_runs_end_to_end(tmp_path):
-    cfg = compose_cfg("experiment=quickstart", *FAST, "tracker=wandb_offline", "evaluators.selected=[jpeg,ocr]")
+    cfg = compose_cfg("experiment=quickstart", *FAST, "tracker=wandb_offline", "rlg.evaluators.selected=[jpeg,ocr]")
     run_dir = tmp_path / "quickstart"
     entry = experiment.run(cfg, run_dir=run_dir)
     images, scores = Store(run_dir).images(), Store(run_dir).scores()
@@ -137,7 +137,7 @@ def test_quickstart_reduced_runs_end_to_end(tmp_path):
     assert summary["jpeg_incompressibility@w=1"] == pytest.approx(expected)
 
     # rerunning the same command makes nothing new and scores nothing again
-    again = experiment.run(compose_cfg("experiment=quickstart", *FAST, "evaluators.selected=[jpeg,ocr]"),
+    again = experiment.run(compose_cfg("experiment=quickstart", *FAST, "rlg.evaluators.selected=[jpeg,ocr]"),
                            run_dir=run_dir)
     assert again["generate"]["images_made"] == 0
     assert all(v["scored"] == 0 for v in again["evaluate"].values())
@@ -150,7 +150,7 @@ def test_stages_run_alone_and_a_new_evaluator_joins_an_old_run(tmp_path):
     assert len(Store(run_dir).images()) == 6 and len(Store(run_dir).scores()) == 0
     experiment.run(compose_cfg(*FAST, "stage=evaluate"), run_dir=run_dir)
     assert set(Store(run_dir).scores().evaluator) == {"jpeg"}
-    experiment.run(compose_cfg(*FAST, "stage=evaluate", "evaluators.selected=[jpeg,ocr]"), run_dir=run_dir)
+    experiment.run(compose_cfg(*FAST, "stage=evaluate", "rlg.evaluators.selected=[jpeg,ocr]"), run_dir=run_dir)
     scores = Store(run_dir).scores()
     assert set(scores.evaluator) == {"jpeg", "ocr"} and len(scores) == 6 * 3
     entry = experiment.run(compose_cfg(*FAST, "stage=report"), run_dir=run_dir)
@@ -167,7 +167,7 @@ def test_pair_is_loaded_once_across_jobs_of_a_sweep(tmp_path):
 def _cli(tmp_path: Path, name: str, *extra: str) -> list[str]:
     return [sys.executable, "run.py", f"name={name}", f"paths.root={tmp_path}", "sampler.num_inference_steps=2",
             "grid.scales=[0,0.5,1,1.5,2]", "prompts.samples_per_prompt=2", "sampler.batch_size=5",
-            "evaluators.selected=[jpeg]", "tracker=none", "report.n_resamples=50", "report.grid_prompts=2", *extra]
+            "rlg.evaluators.selected=[jpeg]", "tracker=none", "report.n_resamples=50", "report.grid_prompts=2", *extra]
 
 
 def test_killed_run_resumes_to_the_same_store(tmp_path):
@@ -214,7 +214,7 @@ def test_two_process_run_equals_one_process_run(tmp_path):
 
 
 def test_prompt_sets_parse_the_real_upstream_files():
-    from rlg.prompts import SOURCES, load_prompts
+    from rlg.harness.prompts import SOURCES, load_prompts
 
     def load(source, path, **kw):
         cfg = validate(compose_cfg(f"prompts.source={source}", f"prompts.path={path}",
@@ -235,7 +235,7 @@ def test_prompt_sets_parse_the_real_upstream_files():
 
 
 def test_prompt_file_errors(tmp_path):
-    from rlg.prompts import PromptError, load_prompts
+    from rlg.harness.prompts import PromptError, load_prompts
 
     def load(path):
         return load_prompts(validate(compose_cfg("prompts=file", f"prompts.path={path}")).prompts, tmp_path)
@@ -267,9 +267,9 @@ def test_evaluator_presets_only_use_real_options():
     import importlib
     import inspect
 
-    from evaluators.base import REGISTRY
+    from rlg.evaluators.base import REGISTRY
 
-    for path in sorted((ROOT / "conf" / "evaluators").glob("*.yaml")):
+    for path in sorted((ROOT / "rlg" / "conf" / "evaluators").glob("*.yaml")):
         cfg = validate(compose_cfg(f"evaluators={path.stem}")).evaluators
         for name in cfg.selected:
             assert name in REGISTRY, f"{path.name}: unknown evaluator {name}"

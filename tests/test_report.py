@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from experiments import figures, tables
-from experiments.anchors import anchors_by_key, compare_protocol, load_anchors
-from experiments.report import write_report
-from experiments.stats import bootstrap_ci, pareto_front, summarize, win_rate
+from rlg.report import figures, tables
+from rlg.report.anchors import anchors_by_key, compare_protocol, load_anchors
+from rlg.report.report import write_report
+from rlg.report.stats import bootstrap_ci, pareto_front, summarize, win_rate
 
 TAGS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 SD35 = "stabilityai/stable-diffusion-3.5-medium"

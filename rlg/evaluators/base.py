@@ -1,0 +1,127 @@
+"""The Evaluator protocol, a lazy registry, and the batched runner with per-image failure isolation.
+
+An evaluator's heavy imports (open_clip, easyocr, ...) happen only when it is selected: the registry
+maps names to "module:Class" strings and imports on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Protocol, runtime_checkable
+
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    """One stored image with what scorers may need. ``key`` is the store's content key."""
+
+    key: str
+    image: Image.Image  # RGB
+    prompt: str = ""
+    metadata: dict[str, Any] | None = None  # e.g. a GenEval metadata row
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    name: str  # registry name, e.g. "jpeg"
+    version: str  # convention string recorded with every number (engine, scale, backbone, ...)
+    metrics: dict[str, bool]  # metric name -> higher_is_better
+    needs: frozenset[str]  # subset of {"image", "prompt", "metadata"}
+
+    def score(self, batch: list[Sample]) -> list[dict[str, float]]:
+        """Scores for each sample, in order; may raise (the runner then retries one by one)."""
+        ...
+
+
+# name -> "module:Class". Add a line here to register an evaluator.
+REGISTRY: dict[str, str] = {
+    "jpeg": "rlg.evaluators.jpeg:JpegCompressibility",
+    "ocr": "rlg.evaluators.ocr:OCRAccuracy",
+    "pickscore": "rlg.evaluators.pickscore:PickScore",
+    "hps": "rlg.evaluators.hps:HPSv2",
+    "imagereward": "rlg.evaluators.imagereward:ImageReward",
+    "aesthetic": "rlg.evaluators.aesthetic:Aesthetic",
+    "clip_score": "rlg.evaluators.clip_score:CLIPScore",
+    "geneval": "rlg.evaluators.geneval:GenEval",
+}
+
+
+class UnknownEvaluatorError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+def available() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get_evaluator(name: str, **options: Any) -> Evaluator:
+    """Build the evaluator ``name`` with its options (batch size, device, dtype, weights, ...)."""
+    if name not in REGISTRY:
+        raise UnknownEvaluatorError(f"unknown evaluator {name!r}; known evaluators: {', '.join(available())}")
+    module_name, cls_name = REGISTRY[name].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(**options)
+
+
+@dataclass
+class ScoreRow:
+    """One (image, metric) result. ``value`` is NaN and ``error`` set when scoring failed."""
+
+    image_key: str
+    evaluator: str
+    version: str
+    metric: str
+    value: float
+    higher_is_better: bool
+    error: str | None = None
+
+
+def _rows(ev: Evaluator, sample: Sample, scores: dict[str, float] | None, error: str | None) -> list[ScoreRow]:
+    return [
+        ScoreRow(sample.key, ev.name, ev.version, m, float("nan") if scores is None else float(scores[m]), hib, error)
+        for m, hib in ev.metrics.items()
+    ]
+
+
+def run_evaluator(ev: Evaluator, samples: Iterable[Sample], batch_size: int = 16) -> Iterator[list[ScoreRow]]:
+    """Score samples in batches, yielding the rows of each batch as it finishes.
+
+    A batch that raises is retried image by image, so one bad image records its own failure
+    (value NaN, error = the exception) and the others are still scored.
+    """
+    batch: list[Sample] = []
+
+    def score_all(items: list[Sample]) -> list[ScoreRow]:
+        results = ev.score(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"{ev.name} returned {len(results)} results for {len(items)} images")
+        return [r for s, sc in zip(items, results) for r in _rows(ev, s, sc, None)]
+
+    def flush() -> list[ScoreRow]:
+        if len(batch) > 1:
+            try:
+                return score_all(batch)
+            except Exception as exc:
+                log.warning("%s failed on a batch (%s); retrying image by image", ev.name, exc)
+        out = []
+        for s in batch:
+            try:
+                out += score_all([s])
+            except Exception as exc:  # recorded per image, never silently dropped
+                log.warning("%s failed on %s: %s", ev.name, s.key, exc)
+                out += _rows(ev, s, None, f"{type(exc).__name__}: {exc}")
+        return out
+
+    for s in samples:
+        batch.append(s)
+        if len(batch) >= batch_size:
+            yield flush()
+            batch = []
+    if batch:
+        yield flush()

@@ -1,0 +1,96 @@
+"""CLIP score: text-image cosine similarity of a CLIP model, clipped at 0 and scaled.
+
+score = ``scale * max(cos(E_image, E_text), 0)``.
+
+- ``scale=100`` (default) is the torchmetrics convention (Lightning-AI/torchmetrics :
+  src/torchmetrics/functional/multimodal/clip_score.py, ``max(100 * cos, 0)``) with its default
+  backbone openai/clip-vit-large-patch14 loaded through transformers ``CLIPModel``/``CLIPProcessor``.
+  torchmetrics clips the *batch mean* at 0; we clip each image, so means agree whenever no cosine is
+  negative (true for any real image/prompt pair in practice). For prompts longer than 77 tokens
+  torchmetrics cuts the token ids after tokenising (dropping the end-of-text token the pooled
+  feature is read from); we let the tokenizer truncate (``truncation=True, max_length=77``), which
+  keeps that token, as OpenAI's ``clip.tokenize(truncate=True)`` does. Identical otherwise.
+- ``scale=2.5`` is CLIP-S of Hessel et al. 2021 (``w = 2.5``); their paper used ViT-B/32 and the
+  text prefix "A photo depicts" (``text_prefix="A photo depicts "``).
+
+The backbone, scale and prefix are in ``version``. ``model`` may be a local folder saved with
+``save_pretrained`` (a tiny CLIP for offline runs): the processor is read from the same place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlg.evaluators._models import (
+    check_tokenizer,
+    dtype_tag,
+    hub_commit,
+    embeddings,
+    is_offline,
+    load_pretrained,
+    resolve_device,
+    resolve_dtype,
+    source_tag,
+)
+from rlg.evaluators.base import Sample
+
+DEFAULT_MODEL = "openai/clip-vit-large-patch14"
+
+
+class CLIPScore:
+    name = "clip_score"
+    metrics = {"clip_score": True}
+    needs = frozenset({"image", "prompt"})
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        revision: str | None = None,
+        scale: float = 100.0,
+        text_prefix: str = "",
+        batch_size: int = 32,
+        device: str | None = None,
+        dtype: Any = "float32",
+        offline: bool | None = None,
+        cache_dir: str | None = None,
+    ):
+        import torch
+        from transformers import CLIPModel, CLIPProcessor
+
+        offline = is_offline(offline)
+        self.scale = float(scale)
+        self.text_prefix = text_prefix
+        self.batch_size = batch_size
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.processor = load_pretrained(
+            CLIPProcessor.from_pretrained, model, revision=revision, offline=offline,
+            option="model", what="CLIP score processor", cache_dir=cache_dir,
+        )
+        check_tokenizer(self.processor.tokenizer, model, option="model", what="CLIP score processor")
+        self.model = load_pretrained(
+            CLIPModel.from_pretrained, model, revision=revision, offline=offline,
+            option="model", what="CLIP score model", cache_dir=cache_dir,
+        ).eval().to(self.device, self.dtype)
+        self._torch = torch
+        self._max_len = self.model.config.text_config.max_position_embeddings
+        commit = hub_commit(model, revision, "config.json", cache_dir)  # the resolved commit, not "main"
+        prefix = f"/prefix={text_prefix!r}" if text_prefix else ""
+        self.version = (
+            f"clip_score/{self.scale:g}*max(cos,0)/{source_tag(model, revision, commit)}{prefix}/{dtype_tag(self.dtype)}"
+        )
+
+    def score(self, batch: list[Sample]) -> list[dict[str, float]]:
+        torch = self._torch
+        texts = [self.text_prefix + s.prompt for s in batch]
+        text_inputs = self.processor(
+            text=texts, padding=True, truncation=True, max_length=self._max_len, return_tensors="pt"
+        ).to(self.device)
+        pixel_values = self.processor(images=[s.image for s in batch], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            img = embeddings(self.model.get_image_features(pixel_values=pixel_values.to(self.device, self.dtype)))
+            txt = embeddings(self.model.get_text_features(**text_inputs))
+            img = torch.nn.functional.normalize(img.float(), dim=-1)
+            txt = torch.nn.functional.normalize(txt.float(), dim=-1)
+            scores = self.scale * (img * txt).sum(-1).clamp(min=0)
+        return [{"clip_score": float(v)} for v in scores.cpu()]

@@ -1,0 +1,153 @@
+"""The GenEval evaluator: detector back-end + colour classifier + upstream's rules, one image at a time."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rlg.evaluators.base import Sample
+from rlg.evaluators.geneval.detectors import HF_MODEL_ID, HF_REVISION, Detector, build_detector
+from rlg.evaluators.geneval.metadata import validate_row
+from rlg.evaluators.geneval.rules import (
+    COUNTING_THRESHOLD,
+    MAX_OBJECTS,
+    NMS_THRESHOLD,
+    POSITION_THRESHOLD,
+    THRESHOLD,
+    Detection,
+    judge,
+    select_objects,
+)
+
+UPSTREAM = "djghosh13/geneval@af4902f"
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Judgement:
+    correct: bool
+    reason: str
+    tag: str
+    objects: dict[str, list[list[float]]] = field(default_factory=dict)  # kept boxes + score, per class
+
+
+class GenEval:
+    name = "geneval"
+    needs = frozenset({"image", "metadata"})
+    metrics = {"geneval_correct": True}
+
+    def __init__(
+        self,
+        detector: str = "hf",
+        detector_path: str = HF_MODEL_ID,
+        detector_revision: str | None = HF_REVISION,
+        detector_checkpoint: str | None = None,  # mmdet .pth
+        detector_config: str | None = None,  # mmdet config; default: the one GenEval uses
+        clip_model: str = "ViT-L-14",
+        clip_pretrained: str | None = "openai",
+        clip_quick_gelu: bool = True,
+        clip_amp: bool = True,  # fp16 autocast on CUDA, as clip_benchmark's default under GenEval
+        threshold: float = THRESHOLD,
+        counting_threshold: float = COUNTING_THRESHOLD,
+        max_objects: int = MAX_OBJECTS,
+        max_overlap: float = NMS_THRESHOLD,
+        position_threshold: float = POSITION_THRESHOLD,
+        bgcolor: str = "#999",
+        crop: bool = True,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        batch_size: int = 4,
+        offline: bool = False,
+        cache_dir: str | None = None,
+    ):
+        if detector not in ("hf", "mmdet"):
+            raise ValueError(f"unknown GenEval detector {detector!r}; use 'hf' or 'mmdet'")
+        if isinstance(dtype, str) and dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+        self.detector_name = detector
+        self.detector_path, self.detector_revision = detector_path, detector_revision
+        self.detector_checkpoint, self.detector_config = detector_checkpoint, detector_config
+        self.clip_model, self.clip_pretrained, self.clip_quick_gelu = clip_model, clip_pretrained, clip_quick_gelu
+        self.clip_amp = clip_amp
+        self.threshold, self.counting_threshold = threshold, counting_threshold
+        self.max_objects, self.max_overlap, self.position_threshold = max_objects, max_overlap, position_threshold
+        self.bgcolor, self.crop = bgcolor, crop
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = _DTYPES[dtype] if isinstance(dtype, str) else (dtype or torch.float32)
+        self.batch_size = batch_size
+        self.offline = offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+        self.cache_dir = cache_dir
+        self._detector: Detector | None = None
+        self._colour = None
+
+        if detector == "hf":
+            local = os.path.isdir(detector_path)
+            det = f"hf:{os.path.basename(os.path.normpath(detector_path))}" if local else \
+                f"hf:{detector_path}@{(detector_revision or 'main')[:7]}"
+        else:
+            det = f"mmdet:{os.path.basename(detector_checkpoint or 'mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth')}"
+        clip = os.path.basename(os.path.normpath(clip_model)) if clip_model.startswith("local-dir:") else clip_model
+        if clip_pretrained and not clip_model.startswith(("local-dir:", "hf-hub:")):
+            clip += ":" + (os.path.basename(clip_pretrained) if os.path.sep in clip_pretrained else clip_pretrained)
+        clip += ":quickgelu" if clip_quick_gelu else ""
+        clip += ":amp-fp16" if clip_amp and self.device.startswith("cuda") else ""
+        rules = f"thr{threshold}/count{counting_threshold}/max{max_objects}/nms{max_overlap}/pos{position_threshold}"
+        extra = f"/bg{bgcolor}" + ("" if crop else "/nocrop")
+        self.version = f"geneval/{UPSTREAM}/{det}/clip:{clip}/{rules}{extra}/{str(self.dtype).removeprefix('torch.')}"
+
+    # -- models, built on first use ---------------------------------------------------------------
+
+    def detector(self) -> Detector:
+        if self._detector is None:
+            if self.detector_name == "hf":
+                self._detector = build_detector(
+                    "hf", model=self.detector_path, revision=self.detector_revision,
+                    local_files_only=self.offline, device=self.device, dtype=self.dtype, cache_dir=self.cache_dir,
+                )
+            else:
+                self._detector = build_detector(
+                    "mmdet", checkpoint=self.detector_checkpoint, config=self.detector_config, device=self.device
+                )
+        return self._detector
+
+    def colour_classifier(self):
+        if self._colour is None:
+            from rlg.evaluators.geneval.colour import ClipColourClassifier
+
+            self._colour = ClipColourClassifier(
+                self.clip_model, self.clip_pretrained, quick_gelu=self.clip_quick_gelu, device=self.device,
+                dtype=self.dtype, bgcolor=self.bgcolor, crop=self.crop, cache_dir=self.cache_dir, amp=self.clip_amp,
+            )
+        return self._colour
+
+    # -- scoring ------------------------------------------------------------------------------------
+
+    def judge_detections(self, image, metadata: dict[str, Any], detections: list[Detection]) -> Judgement:
+        objects = select_objects(
+            detections, metadata["tag"], self.threshold, self.counting_threshold, self.max_objects, self.max_overlap
+        )
+        # the classifier is built only when a colour clause is actually checked
+        colour_fn = lambda dets, cls: self.colour_classifier()(image, dets, cls)  # noqa: E731
+        correct, reason = judge(metadata, objects, colour_fn, self.position_threshold)
+        details = {k: [[*d.box, d.score] for d in v] for k, v in objects.items()}
+        return Judgement(correct, reason, metadata["tag"], details)
+
+    def judge(self, batch: list[Sample]) -> list[Judgement]:
+        """Full results (correct, reason, kept objects) for each sample."""
+        rows = []
+        for s in batch:
+            if s.metadata is None:
+                raise ValueError(f"GenEval needs the prompt's metadata row for sample {s.key}")
+            rows.append(validate_row(s.metadata, f"metadata of sample {s.key}"))
+        images = [s.image.convert("RGB") for s in batch]
+        detections = self.detector().detect(images)
+        return [self.judge_detections(img, row, dets) for img, row, dets in zip(images, rows, detections)]
+
+    def score(self, batch: list[Sample]) -> list[dict[str, float]]:
+        return [{"geneval_correct": float(j.correct)} for j in self.judge(batch)]
+

@@ -1,0 +1,71 @@
+"""JPEG (in)compressibility, the DDPO reward.
+
+Definition (kvablack/ddpo-pytorch @ 1958463 : ddpo_pytorch/rewards.py): the uint8 RGB image saved by
+PIL as JPEG at quality 95; size in kB = bytes / 1000; incompressibility = +kB, compressibility = -kB.
+
+Flow-GRPO (yifan123/flow_grpo @ ac4c86e : flow_grpo/rewards.py) keeps ``jpeg_incompressibility``
+as raw kB and only divides the compressibility by 500 (``-rew/500``); convention "flow_grpo_500"
+reproduces exactly that asymmetry.
+
+The number depends on resolution and on the libjpeg build, so both PIL's and libjpeg's versions go
+into ``version``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import PIL
+from PIL import Image, features
+
+from rlg.evaluators.base import Sample
+
+CONVENTIONS = ("ddpo_kb", "flow_grpo_500")
+
+
+def _libjpeg_version() -> str:
+    # libjpeg-turbo reports its own version; plain libjpeg only the API version ("jpg").
+    try:
+        if features.check_feature("libjpeg_turbo"):
+            return f"libjpeg-turbo-{features.version_feature('libjpeg_turbo')}"
+        return f"libjpeg-{features.version('jpg')}"
+    except Exception:  # very old PIL without the features API details
+        return "libjpeg-unknown"
+
+
+def jpeg_kb(image: Image.Image, quality: int = 95) -> float:
+    """Size in kB (bytes / 1000) of ``image`` as uint8 RGB saved by PIL as JPEG at ``quality``."""
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+    return buffer.tell() / 1000
+
+
+class JpegCompressibility:
+    name = "jpeg"
+    needs = frozenset({"image"})
+    metrics = {"jpeg_incompressibility": True, "jpeg_compressibility": True}
+
+    def __init__(
+        self,
+        convention: str = "ddpo_kb",
+        quality: int = 95,
+        batch_size: int = 64,
+        device: str | None = None,  # accepted for a uniform evaluator config; JPEG runs on the CPU
+        dtype: str | None = None,
+    ):
+        if convention not in CONVENTIONS:
+            raise ValueError(f"unknown jpeg convention {convention!r}; use one of {', '.join(CONVENTIONS)}")
+        self.convention = convention
+        self.quality = int(quality)
+        self.batch_size = batch_size  # nothing to batch; kept so every evaluator takes the same options
+        self.version = f"jpeg/{convention}/q{self.quality}/PIL-{PIL.__version__}/{_libjpeg_version()}"
+
+    def score(self, batch: list[Sample]) -> list[dict[str, float]]:
+        out = []
+        for sample in batch:
+            kb = jpeg_kb(sample.image, self.quality)
+            compress = -kb / 500 if self.convention == "flow_grpo_500" else -kb
+            out.append({"jpeg_incompressibility": kb, "jpeg_compressibility": compress})
+        return out

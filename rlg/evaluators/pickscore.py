@@ -1,0 +1,89 @@
+"""PickScore: a CLIP-H fine-tuned on Pick-a-Pic human preferences.
+
+Definition (yuvalkirstain/PickScore @ f79607f : README, "Inference with PickScore"): transformers
+``AutoModel`` yuvalkirstain/PickScore_v1 with the processor of laion/CLIP-ViT-H-14-laion2B-s32B-b79K;
+images and the prompt go through the processor with ``padding=True, truncation=True, max_length=77``;
+score = ``logit_scale.exp() * cos(text_emb, image_emb)``, the raw logit (about 18-24 for typical
+images). The README then takes a softmax over the images of one prompt; we keep the raw score, the
+number papers report. Flow-GRPO's training reward divides it by 26: not done here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlg.evaluators._models import (
+    check_tokenizer,
+    dtype_tag,
+    hub_commit,
+    embeddings,
+    is_offline,
+    load_pretrained,
+    resolve_device,
+    resolve_dtype,
+    source_tag,
+)
+from rlg.evaluators.base import Sample
+
+DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
+DEFAULT_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+
+
+class PickScore:
+    name = "pickscore"
+    metrics = {"pickscore": True}
+    needs = frozenset({"image", "prompt"})
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        model_revision: str | None = None,
+        processor: str = DEFAULT_PROCESSOR,
+        processor_revision: str | None = None,
+        batch_size: int = 16,
+        device: str | None = None,
+        dtype: Any = "float32",
+        offline: bool | None = None,
+        cache_dir: str | None = None,
+    ):
+        import torch
+        from transformers import AutoModel, AutoProcessor
+
+        offline = is_offline(offline)
+        self.batch_size = batch_size
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.processor = load_pretrained(
+            AutoProcessor.from_pretrained, processor, revision=processor_revision, offline=offline,
+            option="processor", what="PickScore processor", cache_dir=cache_dir,
+        )
+        check_tokenizer(self.processor.tokenizer, processor, option="processor", what="PickScore processor")
+        self.model = load_pretrained(
+            AutoModel.from_pretrained, model, revision=model_revision, offline=offline,
+            option="model", what="PickScore model", cache_dir=cache_dir,
+            # transformers 5.24's AutoModel looks for a PEFT adapter_config.json without passing on
+            # local_files_only, so offline it would retry the network for ~25 s before failing.
+            adapter_kwargs=dict(local_files_only=offline, cache_dir=cache_dir),
+        ).eval().to(self.device, self.dtype)
+        self._torch = torch
+        # Record the resolved hub commits, not a moving branch name like "main".
+        model_commit = hub_commit(model, model_revision, "config.json", cache_dir)
+        proc_commit = hub_commit(processor, processor_revision, "preprocessor_config.json", cache_dir)
+        self.version = (
+            f"pickscore/logit_scale*cos/{source_tag(model, model_revision, model_commit)}"
+            f"/proc={source_tag(processor, processor_revision, proc_commit)}/{dtype_tag(self.dtype)}"
+        )
+
+    def score(self, batch: list[Sample]) -> list[dict[str, float]]:
+        torch = self._torch
+        common = dict(padding=True, truncation=True, max_length=77, return_tensors="pt")
+        image_inputs = self.processor(images=[s.image for s in batch], **common).to(self.device)
+        text_inputs = self.processor(text=[s.prompt for s in batch], **common).to(self.device)
+        with torch.no_grad():
+            image_embs = embeddings(self.model.get_image_features(pixel_values=image_inputs["pixel_values"].to(self.dtype)))
+            text_embs = embeddings(self.model.get_text_features(**text_inputs))
+            image_embs = image_embs.float() / torch.norm(image_embs.float(), dim=-1, keepdim=True)
+            text_embs = text_embs.float() / torch.norm(text_embs.float(), dim=-1, keepdim=True)
+            # Row-wise dot product: each image against its own prompt (the README's diagonal).
+            scores = self.model.logit_scale.exp().float() * (text_embs * image_embs).sum(-1)
+        return [{"pickscore": float(v)} for v in scores.cpu()]

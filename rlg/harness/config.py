@@ -1,0 +1,288 @@
+"""Typed schemas for the Hydra config: a misspelt key or a wrong type fails at start-up with its name."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+@dataclass
+class CheckpointConf:
+    id: str = MISSING
+    revision: Optional[str] = None
+    subfolder: Optional[str] = None
+    weight_name: Optional[str] = None
+    variant: Optional[str] = None
+
+
+@dataclass
+class AnalyticConf:
+    preset: str = MISSING  # rlg.analytic.PAIR_PRESETS: gaussian_linear | mixture_linear | mixture_quadratic | mixture_tanh
+    d: int = 2
+    beta: float = 1.0
+
+
+@dataclass
+class PairConf:
+    name: str = MISSING
+    tiny: Optional[str] = None  # a tiny offline family (rlg.tiny_pairs.FAMILIES); fills base and rl
+    base: Optional[CheckpointConf] = None
+    rl: Optional[CheckpointConf] = None
+    rl_kind: str = "full"  # full | diffusers_lora | peft_lora
+    pipeline_class: Optional[str] = None
+    vae: Optional[CheckpointConf] = None
+    dtype: str = "float32"
+    allow_pickle: bool = False
+    offline: bool = False
+    analytic: Optional[AnalyticConf] = None  # a closed-form Gaussian-mixture pair (ground truth), not a pipeline
+
+
+@dataclass
+class WindowConf:
+    start: float = 0.0
+    stop: float = 1.0
+    outside: str = "rl"  # rl (official zero_init_step) | base
+
+
+@dataclass
+class SamplerConf:
+    name: str = MISSING
+    scheduler: str = "default"  # default | ddim | euler_ode | flow_grpo_sde
+    num_inference_steps: int = 20
+    guidance_scale: float = 4.5
+    height: Optional[int] = None
+    width: Optional[int] = None
+    negative_prompt: Optional[str] = ""
+    eta: Optional[float] = None
+    shift: Optional[float] = None
+    noise_level: float = 0.7
+    guidance_rescale: float = 0.0
+    window: WindowConf = field(default_factory=WindowConf)
+    batch_size: int = 8  # images per pipeline call (all scales of a (prompt, sample) stay together)
+    offload: str = "none"  # none | model | sequential (CPU offload for pairs that do not fit)
+    compile: bool = False  # torch.compile the denoiser(s)
+    vae_tiling: bool = False  # decode large images tile by tile
+    micro_batch: Optional[int] = 2  # rows per network forward; fixed -> images independent of batching (2 = one CFG pair)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GridConf:
+    name: str = MISSING
+    scales: List[Any] = MISSING  # validated by rlg.guidance.check_scales (so strings get a clear error)
+
+
+@dataclass
+class PromptsConf:
+    name: str = MISSING
+    source: str = MISSING  # inline | file | geneval | flow_grpo_ocr | flow_grpo_pickscore | hpsv2 | drawbench | parti
+    path: Optional[str] = None  # a local copy (skips the download)
+    items: List[str] = field(default_factory=list)
+    samples_per_prompt: int = 1
+    max_prompts: Optional[int] = None
+    sfw: bool = False
+
+
+@dataclass
+class EvaluatorsConf:
+    selected: List[str] = field(default_factory=list)
+    batch_size: int = 16
+    device: str = "cpu"
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WandbConf:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "rlg-bench"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    log_images: int = 64
+
+
+@dataclass
+class TrackerConf:
+    wandb: WandbConf = field(default_factory=WandbConf)
+
+
+@dataclass
+class PathsConf:
+    root: str = "outputs"
+    cache: str = "~/.cache/rlg-bench"
+    fixtures: Optional[str] = None
+    min_free_gb: float = 1.0  # refuse to start (or go on) with less free disk than this under the run directory
+
+
+@dataclass
+class ShardConf:
+    index: int = 0
+    count: int = 1
+
+
+@dataclass
+class ReportConf:
+    n_resamples: int = 1000
+    grid_prompts: int = 8
+
+
+@dataclass
+class GroundTruthConf:
+    """Settings of the analytic ground-truth experiment (rlg.ground_truth.GroundTruthConfig)."""
+
+    samplers: List[str] = field(default_factory=lambda: ["flow_euler_ode", "flow_grpo_sde", "ddim_eta0", "ddim_eta1"])
+    num_inference_steps: int = 100
+    n_per_batch: int = 500
+    n_batches: int = 8
+    noise_level: float = 0.7
+    flow_shift: float = 3.0
+    init: str = "marginal"
+    rl_control: bool = True
+
+
+@dataclass
+class RunConf:
+    name: str = "quickstart"
+    stage: str = "all"
+    seed: int = 42
+    device: str = "auto"
+    pair: PairConf = field(default_factory=PairConf)
+    sampler: SamplerConf = field(default_factory=SamplerConf)
+    grid: GridConf = field(default_factory=GridConf)
+    prompts: PromptsConf = field(default_factory=PromptsConf)
+    evaluators: EvaluatorsConf = field(default_factory=EvaluatorsConf)
+    tracker: TrackerConf = field(default_factory=TrackerConf)
+    paths: PathsConf = field(default_factory=PathsConf)
+    shard: ShardConf = field(default_factory=ShardConf)
+    report: ReportConf = field(default_factory=ReportConf)
+    ground_truth: GroundTruthConf = field(default_factory=GroundTruthConf)
+    low_memory: bool = False  # free the generator before loading evaluators (both never resident at once)
+
+
+STAGES = ("generate", "evaluate", "report", "all")
+RL_KINDS = ("full", "diffusers_lora", "peft_lora")
+DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")  # rlg.pairs.DTYPES
+SCHEDULERS = ("default", "ddim", "euler_ode", "flow_grpo_sde")
+WANDB_MODES = ("offline", "online", "disabled")
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
+    """Keys present in ``node`` that the dataclass ``schema`` does not declare (even if forced with '+')."""
+    import dataclasses
+    import typing
+
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    out = []
+    for key in node.keys() if isinstance(node, DictConfig) else []:
+        if key not in fields:
+            out.append(prefix + str(key))
+            continue
+        sub = [t for t in typing.get_args(hints[key]) or (hints[key],) if dataclasses.is_dataclass(t)]
+        child = node._get_node(key)
+        if sub and isinstance(child, DictConfig) and not child._is_none():
+            out += _unknown_keys(child, sub[0], f"{prefix}{key}.")
+    return out
+
+
+def register_schema() -> None:
+    """Make the schema the first entry of conf/config.yaml's defaults list, so Hydra itself rejects a
+    misspelt key or a wrong type at composition, and every schema key can be overridden without '+'."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="rlg_schema", node=RunConf)
+
+
+register_schema()
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Merge into the typed schema; raise ConfigError naming the offending key."""
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConf), cfg)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or ""
+        raise ConfigError(f"bad config key {key!r}: {exc.msg if hasattr(exc, 'msg') else exc}. "
+                          "Check the spelling against README.md ('Config groups') or `python run.py --cfg job`") from exc
+    unknown = _unknown_keys(cfg, RunConf)
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}; check the spelling against README.md ('Config groups') "
+                          "or `python run.py --cfg job`")
+    check_values(merged)
+    return merged
+
+
+def check_complete(cfg: DictConfig) -> None:
+    """Every ??? of the presets (e.g. an inpainting preset's image) filled in before a run starts."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} has no value (it is ??? in its preset); set it on the command line, "
+                          f"e.g. {missing[0]}=...")
+
+
+def _one_of(key: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not valid; use one of: {', '.join(map(str, allowed))}")
+
+
+def _at_least(key: str, value: Any, low: float, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or value < low:
+        raise ConfigError(f"{key}={value!r} is not valid; it must be {'null or ' if optional else ''}>= {low:g}")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Values the schema's types cannot express, checked at start-up (not hours later when used)."""
+    from rlg.evaluators.base import REGISTRY
+    from rlg.harness.prompts import SOURCES
+
+    _one_of("stage", cfg.stage, STAGES)
+    for key in ("device", "rlg.evaluators.device"):
+        value = OmegaConf.select(cfg, key)
+        if not DEVICE.match(str(value)):
+            raise ConfigError(f"{key}={value!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
+    _one_of("pair.rl_kind", cfg.pair.rl_kind, RL_KINDS)
+    _one_of("sampler.offload", cfg.sampler.offload, ("none", "model", "sequential"))
+    _one_of("pair.dtype", cfg.pair.dtype, DTYPES)
+    s = cfg.sampler
+    _one_of("sampler.scheduler", s.scheduler, SCHEDULERS)
+    _one_of("sampler.window.outside", s.window.outside, ("rl", "base"))
+    if not 0.0 <= s.window.start <= s.window.stop <= 1.0:
+        raise ConfigError(f"sampler.window needs 0 <= start <= stop <= 1 (fractions of the schedule), got "
+                          f"start={s.window.start}, stop={s.window.stop}")
+    _at_least("sampler.num_inference_steps", s.num_inference_steps, 1)
+    _at_least("sampler.batch_size", s.batch_size, 1)
+    _at_least("sampler.micro_batch", s.micro_batch, 1, optional=True)
+    _at_least("sampler.height", s.height, 8, optional=True)
+    _at_least("sampler.width", s.width, 8, optional=True)
+    if s.guidance_rescale:
+        raise ConfigError("sampler.guidance_rescale > 0 makes classifier-free guidance nonlinear, so mixing raw "
+                          "predictions no longer equals the official order; set sampler.guidance_rescale=0")
+    _one_of("prompts.source", cfg.prompts.source, ("inline", "file", *SOURCES))
+    _at_least("prompts.samples_per_prompt", cfg.prompts.samples_per_prompt, 1)
+    _at_least("prompts.max_prompts", cfg.prompts.max_prompts, 1, optional=True)
+    unknown = [e for e in cfg.evaluators.selected if e not in REGISTRY]
+    if unknown:
+        raise ConfigError(f"unknown evaluator(s) {unknown} in evaluators.selected; known evaluators: "
+                          f"{', '.join(sorted(REGISTRY))}")
+    dup = sorted({e for e in cfg.evaluators.selected if list(cfg.evaluators.selected).count(e) > 1})
+    if dup:
+        raise ConfigError(f"rlg.evaluators.selected lists {dup} more than once; list each evaluator once")
+    _at_least("rlg.evaluators.batch_size", cfg.evaluators.batch_size, 1)
+    _one_of("tracker.wandb.mode", cfg.tracker.wandb.mode, WANDB_MODES)
+    _at_least("shard.count", cfg.shard.count, 1)
+    if not 0 <= cfg.shard.index < cfg.shard.count:
+        raise ConfigError(f"shard.index={cfg.shard.index} is outside 0..shard.count-1 ({cfg.shard.count - 1})")
+    _at_least("report.n_resamples", cfg.report.n_resamples, 0)
+    _at_least("report.grid_prompts", cfg.report.grid_prompts, 0)
+    _at_least("paths.min_free_gb", cfg.paths.min_free_gb, 0)

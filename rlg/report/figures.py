@@ -1,0 +1,291 @@
+"""Paper figures from a summary frame (``rlg.report.stats.summarize``) and stored PNGs.
+
+One style for all, sized for a paper column (3.3 in) at 300 dpi, written as PNG and PDF. Figures are
+built on ``matplotlib.figure.Figure`` with the Agg canvas, never pyplot: no global state, no display.
+Every figure has a fixed size in inches (no tight bbox), so its pixel size is known in advance.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+import matplotlib.patches
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.transforms import blended_transform_factory
+from PIL import Image
+
+from rlg.report.stats import GENEVAL_TAGS, SERIES, _normalise_images, pareto_front
+
+COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
+TEXT_WIDTH = 6.9  # inches: a figure* across both columns
+DPI = 300
+SIZES = {"scale": (COLUMN_WIDTH, 2.3), "tradeoff": (COLUMN_WIDTH, 2.6), "geneval": (COLUMN_WIDTH, 2.8)}
+STYLE = {
+    "font.family": "DejaVu Sans", "font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7,
+    "xtick.labelsize": 6, "ytick.labelsize": 6, "legend.fontsize": 6, "legend.frameon": False,
+    "lines.linewidth": 1.0, "lines.markersize": 3, "axes.linewidth": 0.6, "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6, "axes.grid": True, "grid.linewidth": 0.4, "grid.alpha": 0.35,
+    "axes.spines.top": False, "axes.spines.right": False,
+    "pdf.fonttype": 42, "ps.fonttype": 42,  # editable text in the PDF
+}
+# Okabe-Ito: distinguishable with colour-vision deficiency; line styles and markers for greyscale print.
+COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
+LINESTYLES = ["-", "--", "-.", ":"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+REFERENCE_LINES = ((0.0, "base"), (1.0, "RL"))
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a metric or series name."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", str(text)).strip("_") or "x"
+
+
+def series_label(series: tuple[str, ...], varying: Sequence[str]) -> str:
+    parts = dict(zip(SERIES, series))
+    shown = [parts[c] for c in varying if parts[c]]
+    return " / ".join(shown) if shown else (parts["pair"] or parts["experiment"] or parts["run_id"] or "results")
+
+
+def varying_series_columns(df: pd.DataFrame) -> list[str]:
+    """Which of experiment, pair, run_id tell the curves apart (pair alone when nothing varies)."""
+    cols = [c for c in SERIES if df[c].nunique() > 1] if len(df) else []
+    return cols or ["pair"]
+
+
+def _style(i: int) -> dict:
+    return {"color": COLORS[i % len(COLORS)], "linestyle": LINESTYLES[(i // len(COLORS)) % len(LINESTYLES)],
+            "marker": MARKERS[i % len(MARKERS)]}
+
+
+def _n_text(n: pd.Series) -> str:
+    lo, hi = int(n.min()), int(n.max())
+    return f"n={hi}" if lo == hi else f"n={lo}–{hi}"
+
+
+def _arrow(higher: bool) -> str:
+    return "↑" if higher else "↓"
+
+
+FORMATS = ("png", "pdf")
+
+
+def save(fig: Figure, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write ``stem``.png (at DPI) and ``stem``.pdf (or the given formats); return the paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.parent / f"{stem.name}.{ext}" for ext in formats]
+    with matplotlib.rc_context(STYLE):
+        for p in paths:
+            fig.savefig(p, dpi=DPI)
+    return paths
+
+
+def _reference_lines(ax) -> None:
+    trans = blended_transform_factory(ax.transData, ax.transAxes)
+    for w, name in REFERENCE_LINES:
+        ax.axvline(w, color="0.45", linewidth=0.6, linestyle=(0, (3, 2)), zorder=0)
+        ax.text(w, 1.01, name, transform=trans, ha="center", va="bottom", fontsize=6, color="0.3")
+
+
+def plot_metric_vs_scale(summary: pd.DataFrame, metric: str, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Mean of ``metric`` against the guidance scale w with its 95% bootstrap band, one curve per
+    series, reference lines at w=0 (base) and w=1 (RL), and the images per point in the legend."""
+    d = summary[summary["metric"] == metric]
+    varying = varying_series_columns(d)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=SIZES["scale"], layout="constrained")
+        ax = fig.add_subplot()
+        scales = set()
+        for i, (series, g) in enumerate(d.groupby(SERIES)):
+            g = g[(g["n"] > 0) & np.isfinite(g["mean"].astype(float))].sort_values("scale")
+            if g.empty:
+                continue
+            st = _style(i)
+            ax.fill_between(g["scale"], g["lo"], g["hi"], color=st["color"], alpha=0.18, linewidth=0)
+            ax.plot(g["scale"], g["mean"], **st, label=f"{series_label(series, varying)} ({_n_text(g['n'])})")
+            scales |= set(g["scale"])
+        _reference_lines(ax)
+        if 0 < len(scales) <= 10:
+            ax.set_xticks(sorted(scales | {0.0, 1.0}))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        higher = bool(d["higher_is_better"].iloc[0]) if len(d) else True
+        ax.set_xlabel("guidance scale w")
+        ax.set_ylabel(f"{metric} {_arrow(higher)}")
+        if ax.lines:
+            ax.legend(loc="best", handlelength=2.2)
+        else:
+            ax.text(0.5, 0.5, "no scored images yet", transform=ax.transAxes, ha="center", va="center")
+        return save(fig, stem, formats)
+
+
+def plot_tradeoff(summary: pd.DataFrame, x_metric: str, y_metric: str, stem: Path,
+                  formats: Sequence[str] = FORMATS) -> list[Path]:
+    """One point per scale (labelled with w) in the plane of two metrics, joined in scale order,
+    with 95% intervals as thin bars; filled points are the Pareto front of their series."""
+    has_both = summary.groupby(SERIES)["metric"].transform(lambda m: {x_metric, y_metric} <= set(m))
+    summary = summary[has_both.astype(bool)]
+    varying = varying_series_columns(summary)
+    direction = summary.groupby("metric")["higher_is_better"].first()
+    hx, hy = bool(direction.get(x_metric, True)), bool(direction.get(y_metric, True))
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=SIZES["tradeoff"], layout="constrained")
+        ax = fig.add_subplot()
+        handles = []
+        for series, g in summary.groupby(SERIES):
+            a = g[g["metric"] == x_metric].set_index("scale")
+            b = g[g["metric"] == y_metric].set_index("scale")
+            m = a[["mean", "lo", "hi"]].add_suffix("_x").join(b[["mean", "lo", "hi"]].add_suffix("_y"), how="inner")
+            m = m[np.isfinite(m["mean_x"].astype(float)) & np.isfinite(m["mean_y"].astype(float))].sort_index()
+            if m.empty:
+                continue
+            st = _style(len(handles))
+            c = st["color"]
+            x, y = m["mean_x"].to_numpy(float), m["mean_y"].to_numpy(float)
+            xerr = np.abs(np.vstack([x - m["lo_x"], m["hi_x"] - x]).astype(float))
+            yerr = np.abs(np.vstack([y - m["lo_y"], m["hi_y"] - y]).astype(float))
+            ax.errorbar(x, y, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt="none", ecolor=c,
+                        elinewidth=0.5, alpha=0.5)
+            ax.plot(x, y, color=c, linewidth=0.6, linestyle=st["linestyle"], alpha=0.7)
+            front = pareto_front(x, y, hx, hy)
+            ax.scatter(x[~front], y[~front], s=14, marker=st["marker"], facecolors="white", edgecolors=c,
+                       linewidths=0.8, zorder=3)
+            ax.scatter(x[front], y[front], s=16, marker=st["marker"], color=c, edgecolors="black",
+                       linewidths=0.5, zorder=4)
+            for w, xi, yi in zip(m.index, x, y):
+                ax.annotate(f"{w:g}", (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=5.5)
+            handles.append(Line2D([], [], color=c, linestyle=st["linestyle"], marker=st["marker"],
+                                  label=series_label(series, varying)))
+        handles += [Line2D([], [], color="0.3", marker="o", linestyle="", markeredgecolor="black", label="Pareto front"),
+                    Line2D([], [], color="0.3", marker="o", linestyle="", markerfacecolor="white", label="dominated")]
+        ax.set_xlabel(f"{x_metric} {_arrow(hx)}")
+        ax.set_ylabel(f"{y_metric} {_arrow(hy)}")
+        ax.set_title("points labelled with guidance scale w", fontsize=6, color="0.3")
+        if len(handles) > 2:
+            ax.legend(handles=handles, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no scale has both metrics yet", transform=ax.transAxes, ha="center", va="center")
+        return save(fig, stem, formats)
+
+
+def plot_geneval_tags(tags: pd.DataFrame, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """GenEval accuracy per tag against w for one series, with the overall score (mean of tags) and its band."""
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=SIZES["geneval"], layout="constrained")
+        ax = fig.add_subplot()
+        order = [t for t in GENEVAL_TAGS if t in set(tags["tag"])] + sorted(set(tags["tag"]) - set(GENEVAL_TAGS) - {"overall"})
+        for i, tag in enumerate(order):
+            g = tags[(tags["tag"] == tag) & np.isfinite(tags["mean"].astype(float))].sort_values("scale")
+            st = _style(i)
+            ax.plot(g["scale"], g["mean"], color=st["color"], marker=st["marker"], linewidth=0.8, label=tag)
+        g = tags[(tags["tag"] == "overall") & np.isfinite(tags["mean"].astype(float))].sort_values("scale")
+        if len(g):
+            ax.fill_between(g["scale"], g["lo"], g["hi"], color="black", alpha=0.12, linewidth=0)
+            ax.plot(g["scale"], g["mean"], color="black", linewidth=1.6, marker="o", label="overall")
+        _reference_lines(ax)
+        scales = sorted(set(tags["scale"]))
+        if 0 < len(scales) <= 10:
+            ax.set_xticks(sorted(set(scales) | {0.0, 1.0}))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("guidance scale w")
+        ax.set_ylabel("GenEval accuracy ↑")
+        if ax.lines:
+            fig.legend(loc="outside lower center", ncols=4, handlelength=1.8, columnspacing=1.0)
+        return save(fig, stem, formats)
+
+
+# Image grid geometry (inches): header row with w labels, one prompt line above each image row.
+GRID_HEADER, GRID_PROMPT, GRID_MARGIN, GRID_GAP = 0.24, 0.11, 0.02, 0.015
+
+
+def grid_figsize(n_rows: int, n_cols: int, width: float = COLUMN_WIDTH) -> tuple[float, float]:
+    """Figure size of an image grid: square cells filling ``width``; height rounded to whole pixels."""
+    cell = (width - 2 * GRID_MARGIN - (n_cols - 1) * GRID_GAP) / n_cols
+    height = GRID_HEADER + n_rows * (GRID_PROMPT + cell) + GRID_MARGIN
+    return width, round(height * DPI) / DPI
+
+
+def shorten(prompt: str, width: int) -> str:
+    return textwrap.shorten(" ".join(str(prompt).split()), width=width, placeholder="…")
+
+
+def choose_grid_rows(images: pd.DataFrame, n_prompts: int = 8, prompt_ids: Sequence[int] | None = None) -> pd.DataFrame:
+    """One (prompt_id, sample, seed) per row: the noise with the most scales stored (complete rows
+    first), lowest prompt_id first unless ``prompt_ids`` is given."""
+    img = images
+    if prompt_ids is not None:
+        img = img[img["prompt_id"].isin(list(prompt_ids))]
+    per_noise = (img.groupby(["prompt_id", "sample", "seed"], as_index=False)
+                 .agg(n_scales=("scale", "nunique")).sort_values(["prompt_id", "n_scales", "sample", "seed"],
+                                                                 ascending=[True, False, True, True]))
+    best = per_noise.drop_duplicates("prompt_id")
+    if prompt_ids is not None:
+        return best.set_index("prompt_id").reindex([p for p in prompt_ids if p in set(best["prompt_id"])]).reset_index()
+    best = best.sort_values(["n_scales", "prompt_id"], ascending=[False, True])
+    return best.head(n_prompts).sort_values("prompt_id").reset_index(drop=True)
+
+
+def _thumbnail(path: str, size_px: int) -> np.ndarray | None:
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((size_px, size_px), Image.Resampling.LANCZOS)  # keeps the PDF small
+            return np.asarray(im)
+    except (OSError, ValueError):
+        return None
+
+
+def plot_image_grid(images: pd.DataFrame, stem: Path, n_prompts: int = 8, prompt_ids: Sequence[int] | None = None,
+                    scales: Sequence[float] | None = None, width: float | None = None,
+                    formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Rows are prompts, columns scales; every image of a row comes from the same initial noise
+    (prompt, sample, seed). Columns are labelled with w, rows with a shortened prompt and the seed.
+    ``images`` should hold one series (one run of one pair)."""
+    img = _normalise_images(images)
+    all_scales = sorted(img["scale"].unique()) if scales is None else [round(float(s), 6) for s in scales]
+    rows = choose_grid_rows(img, n_prompts, prompt_ids)
+    n_rows, n_cols = max(len(rows), 1), max(len(all_scales), 1)
+    width = width or (COLUMN_WIDTH if n_cols <= 6 else TEXT_WIDTH)
+    fw, fh = grid_figsize(n_rows, n_cols, width)
+    cell = (fw - 2 * GRID_MARGIN - (n_cols - 1) * GRID_GAP) / n_cols
+    by_key = img.set_index(["prompt_id", "sample", "seed", "scale"]).sort_index()
+    prompts = img.groupby("prompt_id")["prompt"].first() if "prompt" in img.columns else pd.Series(dtype=str)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(fw, fh))
+        for j, w in enumerate(all_scales):
+            x = GRID_MARGIN + j * (cell + GRID_GAP) + cell / 2
+            label = f"w={w:g}" + {0.0: "\nbase", 1.0: "\nRL"}.get(w, "")
+            fig.text(x / fw, 1 - 0.02 / fh, label, ha="center", va="top", fontsize=6)
+        max_chars = int(width * 24)
+        for i, r in rows.iterrows():
+            top = GRID_HEADER + i * (GRID_PROMPT + cell)
+            key = (r["prompt_id"], r["sample"], r["seed"])
+            prompt = str(prompts.get(r["prompt_id"], ""))
+            fig.text(GRID_MARGIN / fw, 1 - (top + GRID_PROMPT - 0.015) / fh,
+                     shorten(prompt, max_chars - 12) + f"  (seed {r['seed']})", ha="left", va="bottom", fontsize=5)
+            for j, w in enumerate(all_scales):
+                left = GRID_MARGIN + j * (cell + GRID_GAP)
+                ax = fig.add_axes(((left / fw), 1 - (top + GRID_PROMPT + cell) / fh, cell / fw, cell / fh))
+                ax.set_axis_off()
+                row = by_key.loc[(*key, w)] if (*key, w) in by_key.index else None
+                if row is None:
+                    ax.text(0.5, 0.5, "not yet", ha="center", va="center", fontsize=5, color="0.5")
+                    ax.add_patch(matplotlib.patches.Rectangle((0, 0), 1, 1, color="0.93", zorder=-1))
+                    continue
+                row = row.iloc[0] if isinstance(row, pd.DataFrame) else row
+                pixels = _thumbnail(row.get("image_path", ""), int(cell * DPI))
+                if pixels is None or bool(row.get("nonfinite", False)):
+                    ax.add_patch(matplotlib.patches.Rectangle((0, 0), 1, 1, color="0.85", zorder=-1))
+                    ax.text(0.5, 0.5, "NaN/inf" if bool(row.get("nonfinite", False)) else "missing file",
+                            ha="center", va="center", fontsize=5)
+                    continue
+                ax.imshow(pixels, interpolation="lanczos")
+        return save(fig, stem, formats)
