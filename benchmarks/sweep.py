@@ -112,7 +112,7 @@ def main():
             cmd = [sys.executable, "run.py", f"name=sweep{r}", f"paths.root={tmp}/runs", "pair=tiny_sd_peft",
                    "grid=paper", f"sampler.num_inference_steps={args.steps}", f"sampler.micro_batch={args.micro_batch}",
                    "prompts=tiny",
-                   f"prompts.items={prompts}", "rlg.evaluators.selected=[jpeg,ocr,clip_score]",
+                   f"prompts.items={prompts}", "evaluators.selected=[jpeg,ocr,clip_score]",
                    f"+evaluators.options.clip_score={{model:{clip_dir},offline:true}}", "tracker=none",
                    "report.n_resamples=200"]
             harness.append(timed([cmd], env))

@@ -22,7 +22,7 @@ from rlg.harness.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
-FAST = ["sampler.num_inference_steps=2", "grid.scales=[0,1,2]", "prompts.max_prompts=2", "rlg.evaluators.selected=[jpeg]",
+FAST = ["sampler.num_inference_steps=2", "grid.scales=[0,1,2]", "prompts.max_prompts=2", "evaluators.selected=[jpeg]",
         "tracker=none", "report.n_resamples=50", "report.grid_prompts=2"]
 
 
@@ -113,7 +113,7 @@ def test_bad_grids_are_refused(scales, match):
 
 
 def test_quickstart_reduced_runs_end_to_end(tmp_path):
-    cfg = compose_cfg("experiment=quickstart", *FAST, "tracker=wandb_offline", "rlg.evaluators.selected=[jpeg,ocr]")
+    cfg = compose_cfg("experiment=quickstart", *FAST, "tracker=wandb_offline", "evaluators.selected=[jpeg,ocr]")
     run_dir = tmp_path / "quickstart"
     entry = experiment.run(cfg, run_dir=run_dir)
     images, scores = Store(run_dir).images(), Store(run_dir).scores()
@@ -137,7 +137,7 @@ def test_quickstart_reduced_runs_end_to_end(tmp_path):
     assert summary["jpeg_incompressibility@w=1"] == pytest.approx(expected)
 
     # rerunning the same command makes nothing new and scores nothing again
-    again = experiment.run(compose_cfg("experiment=quickstart", *FAST, "rlg.evaluators.selected=[jpeg,ocr]"),
+    again = experiment.run(compose_cfg("experiment=quickstart", *FAST, "evaluators.selected=[jpeg,ocr]"),
                            run_dir=run_dir)
     assert again["generate"]["images_made"] == 0
     assert all(v["scored"] == 0 for v in again["evaluate"].values())
@@ -150,7 +150,7 @@ def test_stages_run_alone_and_a_new_evaluator_joins_an_old_run(tmp_path):
     assert len(Store(run_dir).images()) == 6 and len(Store(run_dir).scores()) == 0
     experiment.run(compose_cfg(*FAST, "stage=evaluate"), run_dir=run_dir)
     assert set(Store(run_dir).scores().evaluator) == {"jpeg"}
-    experiment.run(compose_cfg(*FAST, "stage=evaluate", "rlg.evaluators.selected=[jpeg,ocr]"), run_dir=run_dir)
+    experiment.run(compose_cfg(*FAST, "stage=evaluate", "evaluators.selected=[jpeg,ocr]"), run_dir=run_dir)
     scores = Store(run_dir).scores()
     assert set(scores.evaluator) == {"jpeg", "ocr"} and len(scores) == 6 * 3
     entry = experiment.run(compose_cfg(*FAST, "stage=report"), run_dir=run_dir)
@@ -167,7 +167,7 @@ def test_pair_is_loaded_once_across_jobs_of_a_sweep(tmp_path):
 def _cli(tmp_path: Path, name: str, *extra: str) -> list[str]:
     return [sys.executable, "run.py", f"name={name}", f"paths.root={tmp_path}", "sampler.num_inference_steps=2",
             "grid.scales=[0,0.5,1,1.5,2]", "prompts.samples_per_prompt=2", "sampler.batch_size=5",
-            "rlg.evaluators.selected=[jpeg]", "tracker=none", "report.n_resamples=50", "report.grid_prompts=2", *extra]
+            "evaluators.selected=[jpeg]", "tracker=none", "report.n_resamples=50", "report.grid_prompts=2", *extra]
 
 
 def test_killed_run_resumes_to_the_same_store(tmp_path):

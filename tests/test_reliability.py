@@ -35,7 +35,7 @@ from rlg.harness.store import RunLock, Store, StoreLockedError, StoreWriteError
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-FAST = ["sampler.num_inference_steps=2", "grid.scales=[0,1,2]", "prompts.max_prompts=2", "rlg.evaluators.selected=[jpeg]",
+FAST = ["sampler.num_inference_steps=2", "grid.scales=[0,1,2]", "prompts.max_prompts=2", "evaluators.selected=[jpeg]",
         "tracker=none", "report.n_resamples=20", "report.grid_prompts=1"]
 
 
@@ -58,7 +58,7 @@ def cfg_of(*overrides: str):
 def cli(root: Path, name: str, *extra: str) -> list[str]:
     return [sys.executable, "run.py", f"name={name}", f"paths.root={root}", "sampler.num_inference_steps=2",
             "grid.scales=[0,0.5,1,1.5,2]", "prompts.samples_per_prompt=2", "sampler.batch_size=5",
-            "rlg.evaluators.selected=[jpeg]", "rlg.evaluators.batch_size=1", "tracker=none", "report.n_resamples=20",
+            "evaluators.selected=[jpeg]", "evaluators.batch_size=1", "tracker=none", "report.n_resamples=20",
             "report.grid_prompts=2", *extra]
 
 
@@ -261,11 +261,11 @@ def test_an_evaluator_failing_on_one_image_records_that_image_only(tmp_path):
     base = [*FAST, "prompts=tiny", items, "grid.scales=[0,1]"]
     # with ocr selected, such a prompt is refused before anything is generated ...
     with pytest.raises(PromptError, match=r"(?s)1 of 2 prompts have no text inside double quotes.*#1 'a quiet lake"):
-        experiment.run(cfg_of(*base, "rlg.evaluators.selected=[jpeg,ocr]"), run_dir=run)
+        experiment.run(cfg_of(*base, "evaluators.selected=[jpeg,ocr]"), run_dir=run)
     assert not (run / "images").exists()
     # ... but images that already exist are scored, and the failure is recorded per image
     experiment.run(cfg_of(*base, "stage=generate"), run_dir=run)
-    entry = experiment.run(cfg_of(*base, "stage=all", "rlg.evaluators.selected=[ocr]"), run_dir=run)
+    entry = experiment.run(cfg_of(*base, "stage=all", "evaluators.selected=[ocr]"), run_dir=run)
     assert entry["evaluate"]["ocr"]["failed_rows"] == 2
     images, scores = Store(run).images(), Store(run).scores()
     ocr = scores[scores.evaluator == "ocr"].merge(images[["image_key", "prompt"]], on="image_key")
@@ -364,8 +364,8 @@ def test_a_read_only_store_fails_at_start_leaving_it_intact(tmp_path):
 # Bad input
 # --------------------------------------------------------------------------------------------
 BAD_CONFIGS = [
-    (["rlg.evaluators.selected=[jpeg,pickscor]"], ConfigError, r"unknown evaluator.*pickscor.*known evaluators: aesthetic"),
-    (["rlg.evaluators.selected=[jpeg,jpeg]"], ConfigError, "more than once"),
+    (["evaluators.selected=[jpeg,pickscor]"], ConfigError, r"unknown evaluator.*pickscor.*known evaluators: aesthetic"),
+    (["evaluators.selected=[jpeg,jpeg]"], ConfigError, "more than once"),
     (["prompts.source=drawbenchh"], ConfigError, r"prompts.source='drawbenchh'.*drawbench"),
     (["sampler.scheduler=euler"], ConfigError, r"sampler.scheduler='euler'.*euler_ode"),
     (["pair.rl_kind=lora"], ConfigError, r"pair.rl_kind='lora'.*peft_lora"),
@@ -444,7 +444,7 @@ def test_geneval_metadata_rows_are_checked_against_the_schema(tmp_path):
             load_prompts(validate(cfg_of("prompts=geneval", f"prompts.path={path}")).prompts, tmp_path)
     # the GenEval evaluator on prompts without metadata: refused at start-up
     with pytest.raises(PromptError, match="needs a GenEval metadata row"):
-        experiment.run(cfg_of(*FAST, "rlg.evaluators.selected=[geneval]"), run_dir=tmp_path / "g")
+        experiment.run(cfg_of(*FAST, "evaluators.selected=[geneval]"), run_dir=tmp_path / "g")
 
 
 def test_prompts_longer_than_the_text_encoder_are_flagged_truncated(tmp_path):
@@ -474,7 +474,7 @@ def test_the_cli_refuses_bad_input_with_exit_code_2_and_no_traceback(tmp_path):
         "unknown pair": (["pair=sd15_dop"], r"Available options in 'pair'.*sd15_dpo"),
         "unknown sampler": (["sampler=tinyy"], r"Available options in 'sampler'.*tiny"),
         "unknown prompt set": (["prompts=geneva"], r"Available options in 'prompts'.*geneval"),
-        "unknown evaluator": (["rlg.evaluators.selected=[jpg]"], r"unknown evaluator.*jpg.*known evaluators"),
+        "unknown evaluator": (["evaluators.selected=[jpg]"], r"unknown evaluator.*jpg.*known evaluators"),
         "misspelt key": (["sampler.num_inference_stepz=3"], r"num_inference_stepz"),
         "wrong type": (["sampler.num_inference_steps=many"], r"many.*num_inference_steps"),
         "NaN scale": (["grid.scales=[0,nan]"], r"scales must be finite numbers"),

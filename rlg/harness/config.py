@@ -247,7 +247,7 @@ def check_values(cfg: DictConfig) -> None:
     from rlg.harness.prompts import SOURCES
 
     _one_of("stage", cfg.stage, STAGES)
-    for key in ("device", "rlg.evaluators.device"):
+    for key in ("device", "evaluators.device"):
         value = OmegaConf.select(cfg, key)
         if not DEVICE.match(str(value)):
             raise ConfigError(f"{key}={value!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
@@ -277,8 +277,8 @@ def check_values(cfg: DictConfig) -> None:
                           f"{', '.join(sorted(REGISTRY))}")
     dup = sorted({e for e in cfg.evaluators.selected if list(cfg.evaluators.selected).count(e) > 1})
     if dup:
-        raise ConfigError(f"rlg.evaluators.selected lists {dup} more than once; list each evaluator once")
-    _at_least("rlg.evaluators.batch_size", cfg.evaluators.batch_size, 1)
+        raise ConfigError(f"evaluators.selected lists {dup} more than once; list each evaluator once")
+    _at_least("evaluators.batch_size", cfg.evaluators.batch_size, 1)
     _one_of("tracker.wandb.mode", cfg.tracker.wandb.mode, WANDB_MODES)
     _at_least("shard.count", cfg.shard.count, 1)
     if not 0 <= cfg.shard.index < cfg.shard.count:

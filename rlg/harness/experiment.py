@@ -205,7 +205,7 @@ def check_prompts_for_evaluators(cfg, prompts: list[Prompt]) -> None:
                 check([p.text for p in prompts])
             except ValueError as exc:
                 raise PromptError(f"evaluator {name!r} cannot score this prompt set ({cfg.prompts.name}): {exc}\n"
-                                  f"Fix: correct those prompts, or drop {name} from rlg.evaluators.selected") from exc
+                                  f"Fix: correct those prompts, or drop {name} from evaluators.selected") from exc
     if "geneval" in cfg.evaluators.selected:
         from rlg.evaluators.geneval.metadata import MetadataError, validate_row
 
@@ -219,7 +219,7 @@ def check_prompts_for_evaluators(cfg, prompts: list[Prompt]) -> None:
             raise PromptError(f"evaluator 'geneval' needs a GenEval metadata row with every prompt; {len(bad)} of "
                               f"{len(prompts)} have none or an invalid one, e.g. {bad[0]}\nFix: use prompts=geneval "
                               "(or a .jsonl file in its format with prompts.source=geneval), or drop geneval from "
-                              "rlg.evaluators.selected")
+                              "evaluators.selected")
 
 
 def generate(cfg, store: Store, prompts: list[Prompt], scales: list[float], rank: int, size: int,

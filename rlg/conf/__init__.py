@@ -1,0 +1,1 @@
+"""The Hydra config tree (a package so Hydra finds it with pkg://rlg.conf once installed)."""
