@@ -13,6 +13,12 @@ Per-sample scales: the sampler sets one scale per image with :meth:`RLGDenoiser.
 pipeline may stack the images k times (CFG puts [uncond..., cond...] in one batch), so row r of
 the network batch belongs to image r % n_images.
 
+Per-call state: ``begin(scales, num_steps, window=..., micro_batch=...)`` holds for exactly one
+pipeline call. The call ends when ``end()`` is called (``RLGSampler`` does so after the pipeline
+returns; ``with denoiser.call(...)`` does so on exit), or, for a user who calls the pipeline
+directly, when the denoiser sees a timestep past the ``num_steps`` steps given to ``begin``: a second
+pipeline call without a new ``begin()`` raises instead of silently reusing the old scales.
+
 Work per call: rows whose effective scale is 0 run only the base model, rows at 1 only the RL
 model, the others both. For a LoRA pair both come from ONE forward of the shared network with a
 per-row adapter choice (PEFT's mixed-batch ``adapter_names``, ``"__base__"`` = adapter off).
@@ -28,6 +34,8 @@ import torch
 from diffusers.utils import BaseOutput
 
 from rlg.guidance import StepWindow, check_scales, rlg_mix
+
+_DEFAULT: Any = object()  # "the value given to the constructor" for begin()'s keywords
 
 # Keyword arguments that are not batched even when their first dimension happens to equal the
 # batch size (FLUX position ids are (seq, 3)).
@@ -78,10 +86,12 @@ class RLGDenoiser(torch.nn.Module):
             signature). For a LoRA pair this is the single network carrying the adapter.
         rl: the RL denoiser for a full-weight pair; ``None`` for a LoRA pair.
         rl_adapter: name of the PEFT adapter in ``base`` that makes it the RL model (LoRA pairs).
-        window: the steps where RLG applies, and which model runs outside them.
-        micro_batch: if set, every network forward runs on exactly this many rows (the last chunk
-            padded by repeating a row). Kernels pick different reduction orders for different batch
-            sizes, so this is what makes an image bit-identical whatever batch it was generated in.
+        window: the default for :meth:`begin`: the steps where RLG applies, and which model runs
+            outside them.
+        micro_batch: the default for :meth:`begin`: if set, every network forward runs on exactly
+            this many rows (the last chunk padded by repeating a row). Kernels pick different
+            reduction orders for different batch sizes, so this is what makes an image
+            bit-identical whatever batch it was generated in. ``None``: one forward per model.
         dedupe: evaluate identical input rows once (all scales of a grid share the first step).
     """
 
@@ -103,8 +113,10 @@ class RLGDenoiser(torch.nn.Module):
         self.base = base
         self.rl = rl
         self.rl_adapter = rl_adapter
-        self.window = window
-        self.micro_batch = micro_batch
+        self.default_window = window
+        self.default_micro_batch = micro_batch
+        self.window = window  # in force for the current call (set by begin)
+        self.micro_batch = micro_batch  # in force for the current call (set by begin)
         self.stats = ForwardStats()
         self._lora_layers = _lora_layers(base) if rl_adapter else []
         if rl_adapter and not self._lora_layers:
@@ -138,29 +150,78 @@ class RLGDenoiser(torch.nn.Module):
         return self.rl_adapter is not None
 
     # -- per-call state ------------------------------------------------------------------------
-    def begin(self, scales, num_steps: int) -> None:
-        """Set one RLG scale per image for the next pipeline call of ``num_steps`` steps."""
+    def begin(self, scales, num_steps: int, *, window: StepWindow | None = None, micro_batch: Any = _DEFAULT) -> None:
+        """Set the per-image RLG scales (and the step window and micro-batch) for ONE pipeline call.
+
+        Args:
+            scales: one finite scale per image of the call (row r of the network batch belongs to
+                image r % len(scales)).
+            num_steps: the call's ``num_inference_steps``: window fractions are of this many steps,
+                and a timestep past them means a new pipeline call, which raises (call ``begin``
+                again before every call).
+            window: the step window for this call; ``None``: the constructor's.
+            micro_batch: rows per network forward for this call; ``None`` or ``0``: one forward per
+                model; omitted: the constructor's.
+        Raises:
+            rlg.guidance.ScaleError: a scale that is not a finite number.
+            ValueError: ``num_steps < 1`` or ``micro_batch < 0``.
+        """
+        if int(num_steps) < 1:
+            raise ValueError(f"num_steps must be >= 1 (the pipeline call's num_inference_steps), got {num_steps}")
+        if micro_batch is _DEFAULT:
+            micro_batch = self.default_micro_batch
+        if micro_batch is not None and micro_batch < 0:
+            raise ValueError(f"micro_batch must be >= 1, or 0/None for one forward per model, got {micro_batch}")
         self._scales = torch.tensor(check_scales(scales), dtype=torch.float64)
-        self._num_steps = num_steps
+        self._num_steps = int(num_steps)
+        self.window = self.default_window if window is None else window
+        self.micro_batch = micro_batch or None
         self._step = -1
         self._last_t = None
         self._diverged = False
 
+    def end(self) -> None:
+        """End the current call: the scales set by :meth:`begin` are dropped (idempotent)."""
+        self._scales = None
+        self._step = -1
+        self._last_t = None
+        self.window = self.default_window
+        self.micro_batch = self.default_micro_batch
+
+    @contextlib.contextmanager
+    def call(self, scales, num_steps: int, **options):
+        """``with denoiser.call(scales, num_steps): pipe(...)``: begin() for one call, end() on exit."""
+        self.begin(scales, num_steps, **options)
+        try:
+            yield self
+        finally:
+            self.end()
+
     @property
-    def step_index(self) -> int:
-        return self._step
+    def in_call(self) -> bool:
+        """Whether scales are set for a pipeline call (begin() called, call not ended)."""
+        return self._scales is not None
 
     def _advance_step(self, timestep) -> None:
         # A step is a new timestep value: FLUX true-CFG calls twice per step with the same t.
         t = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
         if t != self._last_t:
+            if self._step + 1 >= self._num_steps:  # a timestep past the call's steps: a new pipeline call
+                n = self._num_steps
+                self.end()
+                raise RuntimeError(
+                    f"RLGDenoiser: the scales set by begin() were for one pipeline call of {n} steps and are used "
+                    "up; call begin(scales, num_steps) before every pipeline call (or use rlg.RLGSampler, which "
+                    "does). If one call really makes more denoiser steps than num_inference_steps (a scheduler "
+                    "that evaluates the model at new timesteps within a step), pass that count as num_steps.")
             self._step += 1
             self._last_t = t
 
     # -- the call ------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
         if self._scales is None:
-            raise RuntimeError("RLGDenoiser.begin(scales, num_steps) must be called before the pipeline runs")
+            raise RuntimeError("RLGDenoiser has no scales for this pipeline call: call begin(scales, num_steps) before "
+                               "every pipeline call (scales are consumed by one call), or use rlg.RLGSampler")
         return_dict = kwargs.pop("return_dict", True)
         if args:
             sample = args[0]

@@ -310,7 +310,12 @@ def load_diffusers_lora(spec: PairSpec, pipe, name: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 def load_pair(spec: PairSpec, *, window: StepWindow = StepWindow(), micro_batch: int | None = None) -> LoadedPair:
-    """Load the base pipeline, the RL checkpoint, and install an RLGDenoiser in the pipeline."""
+    """Load the base pipeline, the RL checkpoint, and install an RLGDenoiser in the pipeline.
+
+    ``window`` and ``micro_batch`` are only the denoiser's defaults; ``RLGSampler`` sets them per call
+    from ``SamplerSettings`` (so a sweep over them keeps the pair loaded), as does
+    ``RLGDenoiser.begin(..., window=, micro_batch=)``.
+    """
     pipe = load_pipeline(spec)
     name = _denoiser_name(pipe)
     base = getattr(pipe, name).eval()

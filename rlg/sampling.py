@@ -1,18 +1,32 @@
-"""Generating RLG images with a loaded pair: paired noise, per-sample scales, batch invariance.
+"""Generating RLG images with a loaded pair: scheduler, paired noise, per-sample scales, batch invariance.
+
+Scheduler: ``SamplerSettings.scheduler`` picks the pipeline's sampler for each call ("default" keeps
+the one the pipeline was loaded with; "ddim", "euler_ode", "flow_grpo_sde"); ``RLGSampler`` swaps it
+in for its calls and puts the pipeline's own back afterwards, so samplers with different settings can
+share one loaded pair.
 
 Paired noise: every image has its own torch.Generator seeded from (seed, prompt index, sample
-index) only. The pipeline draws the initial latents (and any SDE / DDIM-eta noise) row by row from
-these generators, so every scale of a grid starts from the same noise and an image does not depend
-on which batch it was generated in.
+index) only. Every random draw of the call comes from these generators, row by row: the initial
+latents (the pipeline's ``generator=``), and every draw of ``scheduler.step`` (DDIM eta, ancestral /
+DDPM noise, the Flow-GRPO SDE noise, FlowMatch stochastic sampling): pipelines such as
+StableDiffusion3Pipeline and FluxPipeline call ``scheduler.step`` without a generator, so the sampler
+hands the per-image generators to every step of its call. So every scale of a grid starts from the
+same noise and takes the same noise at every step, and an image does not depend on the batch it was
+generated in, on earlier calls, or on torch's global seed.
 
 Batch invariance: kernels choose reduction orders by batch size, so the same row computed in a
 batch of 3 or of 8 can differ in the last bits. Text encoders and the VAE therefore run one row at
 a time (text encodings are also cached per prompt: computed once for base, RL and every scale), and
-the denoiser runs fixed-size micro-batches (``Sampler.micro_batch``).
+the denoiser runs fixed-size micro-batches (``SamplerSettings.micro_batch``).
+
+Errors: ``SamplerError`` (a ``ValueError``) for settings the pipeline cannot honour; the message names
+the fix.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import inspect
 import logging
@@ -23,8 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlg.harness.config import ConfigError
-from rlg.guidance import check_scales
+from rlg.guidance import StepWindow, check_scales
 from rlg.pairs import LoadedPair
 
 log = logging.getLogger(__name__)
@@ -49,9 +62,23 @@ class Generated:
     nonfinite_step: int | None = None  # first step whose latents held NaN/inf (None: unknown or finite)
 
 
+SCHEDULERS = ("default", "ddim", "euler_ode", "flow_grpo_sde")
+
+
+class SamplerError(ValueError):
+    """Sampler settings the pipeline cannot honour; the message names the fix."""
+
+
 @dataclass
 class SamplerSettings:
-    """What the pipeline call needs. ``extra`` is passed to the pipeline as is (e.g. true_cfg_scale)."""
+    """What one pipeline call needs; all of it is applied per call, so changing it keeps the pair loaded.
+
+    ``extra`` is passed to the pipeline as is (e.g. true_cfg_scale, inpainting image/mask_image).
+    ``scheduler``: one of SCHEDULERS; ``shift`` (flow schedulers: None keeps the pipeline's) and
+    ``noise_level`` (flow_grpo_sde) configure it. ``window``/``micro_batch``: the denoiser's step window
+    and rows per network forward (``None``: the denoiser's own defaults; ``micro_batch=0``: one forward
+    per model).
+    """
 
     num_inference_steps: int = 20
     guidance_scale: float = 4.5
@@ -61,6 +88,11 @@ class SamplerSettings:
     eta: float | None = None  # DDIM eta
     guidance_rescale: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    scheduler: str = "default"
+    shift: float | None = None
+    noise_level: float = 0.7
+    window: StepWindow | None = None
+    micro_batch: int | None = None
 
 
 def noise_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -151,22 +183,92 @@ def make_batch_invariant(pipe, text_cache_size: int = 64) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Scheduler choice and per-image step noise
+# ---------------------------------------------------------------------------------------------
+def default_scheduler(pipe):
+    """The scheduler the pipeline was loaded with (remembered the first time a sampler swaps it)."""
+    return getattr(pipe, "_rlg_default_scheduler", None) or pipe.scheduler
+
+
+def make_scheduler(pipe, name: str, shift: float | None = None, noise_level: float = 0.7):
+    """A scheduler ``name`` (see SCHEDULERS) built from the config of the pipeline's own scheduler.
+
+    ddim: diffusers DDIMScheduler; euler_ode: FlowMatchEulerDiscreteScheduler (deterministic Euler);
+    flow_grpo_sde: rlg.schedulers.FlowGRPOSDEScheduler (Flow-GRPO's SDE step with ``noise_level``).
+    ``shift`` overrides the flow schedulers' shift (None: the pipeline's). Raises SamplerError.
+    """
+    import diffusers
+
+    base = default_scheduler(pipe)
+    if name == "default":
+        return base
+    config = dict(base.config)
+    flow = isinstance(base, diffusers.FlowMatchEulerDiscreteScheduler)
+    if name == "ddim":
+        if flow:
+            raise SamplerError(f"scheduler=ddim needs a noise-prediction pipeline; {type(pipe).__name__} is a "
+                               "flow-matching pipeline: use euler_ode or flow_grpo_sde")
+        return diffusers.DDIMScheduler.from_config(config)
+    if name in ("euler_ode", "flow_grpo_sde"):
+        if not flow and "shift" not in config:
+            raise SamplerError(f"scheduler={name} is for flow-matching pipelines (SD3, FLUX); "
+                               f"{type(pipe).__name__} predicts noise: use default or ddim")
+        extra: dict[str, Any] = {"shift": shift} if shift is not None else {}
+        if name == "euler_ode":
+            return diffusers.FlowMatchEulerDiscreteScheduler.from_config(config, stochastic_sampling=False, **extra)
+        from rlg.schedulers import FlowGRPOSDEScheduler
+
+        return FlowGRPOSDEScheduler.from_config(config, noise_level=noise_level, stochastic_sampling=False, **extra)
+    raise SamplerError(f"scheduler={name!r}; use one of {', '.join(SCHEDULERS)}")
+
+
+@contextlib.contextmanager
+def scheduler_for_call(pipe, scheduler, generators: list[torch.Generator]):
+    """Within the block, ``pipe.scheduler`` is ``scheduler`` and every ``scheduler.step`` that gets no
+    generator draws its noise from ``generators`` (one per image row, diffusers' ``randn_tensor`` list
+    convention). Stock SD3/FLUX pipelines call ``step`` without one, which would use torch's global RNG.
+    Afterwards the pipeline's own scheduler is back and the step is unpatched."""
+    if not hasattr(pipe, "_rlg_default_scheduler"):
+        pipe._rlg_default_scheduler = pipe.scheduler
+    previous = pipe.scheduler
+    pipe.scheduler = scheduler
+    patched = "generator" in inspect.signature(scheduler.step).parameters
+    if patched:
+        step = type(scheduler).step.__get__(scheduler)
+
+        @functools.wraps(step)  # pipelines inspect step's signature (eta, generator): keep it
+        def step_with_generators(*args, **kwargs):
+            if kwargs.get("generator") is None:
+                kwargs["generator"] = generators
+            return step(*args, **kwargs)
+
+        scheduler.step = step_with_generators  # an instance attribute: the class is untouched
+    try:
+        yield scheduler
+    finally:
+        if patched:
+            del scheduler.step
+        pipe.scheduler = previous
+
+
+# ---------------------------------------------------------------------------------------------
 class RLGSampler:
     """Runs a loaded pair's pipeline on batches of work items."""
 
     def __init__(self, pair: LoadedPair, settings: SamplerSettings, text_cache_size: int = 64):
         if settings.guidance_rescale and settings.guidance_rescale > 0:
-            raise ValueError(
+            raise SamplerError(
                 "guidance_rescale > 0 makes classifier-free guidance nonlinear, so mixing raw predictions no longer "
                 "equals the official order (CFG inside each model, then the RLG mix); set sampler.guidance_rescale=0")
         self.pair = pair
         self.settings = settings
         self.pipe = pair.pipe
+        self.scheduler = make_scheduler(self.pipe, settings.scheduler, settings.shift, settings.noise_level)
         make_batch_invariant(self.pipe, text_cache_size)
         self._params = set(inspect.signature(self.pipe.__call__).parameters)
         unknown = sorted(set(settings.extra) - self._params)
         if unknown:  # checked once here, not at every pipeline call
-            raise ConfigError(f"sampler.extra has {unknown}, which {type(self.pipe).__name__} does not accept; "
+            raise SamplerError(f"sampler.extra has {unknown}, which {type(self.pipe).__name__} does not accept; "
                               f"remove them (its arguments: {', '.join(sorted(self._params - {'self', 'kwargs'}))})")
         self.conditional = "prompt" in self._params
 
@@ -223,8 +325,16 @@ class RLGSampler:
                     first_bad[r] = int(i)
             return {}
 
-        self.pair.denoiser.begin(scales, self.settings.num_inference_steps)
-        images = self.pipe(**self._call_kwargs(items, generators, on_step)).images
+        s, den = self.settings, self.pair.denoiser
+        options: dict[str, Any] = {"window": s.window}
+        if s.micro_batch is not None:
+            options["micro_batch"] = s.micro_batch
+        try:
+            with scheduler_for_call(self.pipe, self.scheduler, generators):
+                den.begin(scales, s.num_inference_steps, **options)
+                images = self.pipe(**self._call_kwargs(items, generators, on_step)).images
+        finally:
+            den.end()  # the scales were for this call only
         out = []
         for r, it in enumerate(items):
             img = np.asarray(images[r], dtype=np.float32)
