@@ -13,3 +13,20 @@ def fixture_root():
     from rlg.tiny_pairs import default_root
 
     return default_root()
+
+
+@pytest.fixture
+def compose():
+    """compose(*overrides) -> the composed config of rlg/conf, as the CLI would build it."""
+    from pathlib import Path
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    conf = Path(__file__).resolve().parent.parent / "rlg" / "conf"
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            return hydra_compose("config", overrides=list(overrides))
+
+    return _compose

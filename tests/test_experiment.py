@@ -15,15 +15,14 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from rlg.harness import experiment
+from rlg.harness import build, runner, stages
 from rlg.harness.config import ConfigError, validate
 from rlg.guidance import ScaleError
 from rlg.harness.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
-FAST = ["sampler.num_inference_steps=2", "grid.scales=[0,1,2]", "prompts.max_prompts=2", "evaluators.selected=[jpeg]",
-        "tracker=none", "report.n_resamples=50", "report.grid_prompts=2"]
+FAST = ["debug=fast"]  # rlg/conf/debug/fast.yaml
 
 
 def compose_cfg(*overrides: str):
@@ -109,13 +108,13 @@ def test_misspelt_keys_and_wrong_types_name_the_key(tmp_path):
                                           ("[0,inf]", "finite"), ("[0,abc]", "finite")])
 def test_bad_grids_are_refused(scales, match):
     with pytest.raises(ScaleError, match=match):
-        experiment.grid_scales(validate(compose_cfg(f"grid.scales={scales}")))
+        list(build.grid_scales(validate(compose_cfg(f"grid.scales={scales}")).grid.scales))
 
 
 def test_quickstart_reduced_runs_end_to_end(tmp_path):
     cfg = compose_cfg("experiment=quickstart", *FAST, "tracker=wandb_offline", "evaluators.selected=[jpeg,ocr]")
     run_dir = tmp_path / "quickstart"
-    entry = experiment.run(cfg, run_dir=run_dir)
+    entry = runner.run(cfg, run_dir=run_dir)
     images, scores = Store(run_dir).images(), Store(run_dir).scores()
     assert len(images) == 2 * 1 * 3  # prompts x samples x scales
     assert sorted(images.scale.unique()) == [0.0, 1.0, 2.0]
@@ -137,7 +136,7 @@ def test_quickstart_reduced_runs_end_to_end(tmp_path):
     assert summary["jpeg_incompressibility@w=1"] == pytest.approx(expected)
 
     # rerunning the same command makes nothing new and scores nothing again
-    again = experiment.run(compose_cfg("experiment=quickstart", *FAST, "evaluators.selected=[jpeg,ocr]"),
+    again = runner.run(compose_cfg("experiment=quickstart", *FAST, "evaluators.selected=[jpeg,ocr]"),
                            run_dir=run_dir)
     assert again["generate"]["images_made"] == 0
     assert all(v["scored"] == 0 for v in again["evaluate"].values())
@@ -146,22 +145,22 @@ def test_quickstart_reduced_runs_end_to_end(tmp_path):
 
 def test_stages_run_alone_and_a_new_evaluator_joins_an_old_run(tmp_path):
     run_dir = tmp_path / "staged"
-    experiment.run(compose_cfg(*FAST, "stage=generate"), run_dir=run_dir)
+    runner.run(compose_cfg(*FAST, "stage=generate"), run_dir=run_dir)
     assert len(Store(run_dir).images()) == 6 and len(Store(run_dir).scores()) == 0
-    experiment.run(compose_cfg(*FAST, "stage=evaluate"), run_dir=run_dir)
+    runner.run(compose_cfg(*FAST, "stage=evaluate"), run_dir=run_dir)
     assert set(Store(run_dir).scores().evaluator) == {"jpeg"}
-    experiment.run(compose_cfg(*FAST, "stage=evaluate", "evaluators.selected=[jpeg,ocr]"), run_dir=run_dir)
+    runner.run(compose_cfg(*FAST, "stage=evaluate", "evaluators.selected=[jpeg,ocr]"), run_dir=run_dir)
     scores = Store(run_dir).scores()
     assert set(scores.evaluator) == {"jpeg", "ocr"} and len(scores) == 6 * 3
-    entry = experiment.run(compose_cfg(*FAST, "stage=report"), run_dir=run_dir)
+    entry = runner.run(compose_cfg(*FAST, "stage=report"), run_dir=run_dir)
     assert (run_dir / "report" / "tables").is_dir() and entry["report"]["files"]
 
 
 def test_pair_is_loaded_once_across_jobs_of_a_sweep(tmp_path):
-    experiment.run(compose_cfg(*FAST, "stage=generate"), run_dir=tmp_path / "a")
-    pair = next(iter(experiment._PAIR_CACHE.values()))
-    experiment.run(compose_cfg(*FAST, "stage=generate", "grid.scales=[0.5,1.5]"), run_dir=tmp_path / "b")
-    assert next(iter(experiment._PAIR_CACHE.values())) is pair
+    runner.run(compose_cfg(*FAST, "stage=generate"), run_dir=tmp_path / "a")
+    pair = stages.PAIRS.pair
+    runner.run(compose_cfg(*FAST, "stage=generate", "grid.scales=[0.5,1.5]"), run_dir=tmp_path / "b")
+    assert stages.PAIRS.pair is pair
 
 
 def _cli(tmp_path: Path, name: str, *extra: str) -> list[str]:
@@ -283,7 +282,7 @@ def test_ground_truth_preset_runs_through_the_harness(tmp_path):
     cfg = compose_cfg("experiment=ground_truth", "grid.scales=[0,1,3]", "ground_truth.num_inference_steps=30",
                       "ground_truth.n_per_batch=200", "ground_truth.n_batches=4",
                       "ground_truth.samplers=[flow_euler_ode,flow_grpo_sde]", "tracker=none")
-    entry = experiment.run(cfg, run_dir=tmp_path / "gt")
+    entry = runner.run(cfg, run_dir=tmp_path / "gt")
     df = Store(tmp_path / "gt").read_table("ground_truth")
     assert set(df.sampler) == {"flow_euler_ode", "flow_grpo_sde"} and set(df.w) == {0.0, 1.0, 3.0}
     ed = df[(df.metric == "energy_distance") & (df.method == "rlg")]

@@ -25,8 +25,9 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from rlg.harness import experiment
-from rlg import store as store_mod
+from rlg.harness import build, runner, stages
+from rlg.harness import store as store_mod
+from rlg.harness.provenance import redact
 from rlg.harness.config import ConfigError, validate
 from rlg.guidance import ScaleError
 from rlg.pairs import PairError
@@ -35,8 +36,7 @@ from rlg.harness.store import RunLock, Store, StoreLockedError, StoreWriteError
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-FAST = ["sampler.num_inference_steps=2", "grid.scales=[0,1,2]", "prompts.max_prompts=2", "evaluators.selected=[jpeg]",
-        "tracker=none", "report.n_resamples=20", "report.grid_prompts=1"]
+FAST = ["debug=fast"]  # rlg/conf/debug/fast.yaml
 
 
 @pytest.fixture(autouse=True)
@@ -160,7 +160,7 @@ def test_a_second_launch_on_a_locked_run_fails_fast_naming_the_pid(tmp_path):
     run = tmp_path / "busy"
     with RunLock(run):  # this test process plays the first launch
         with pytest.raises(StoreLockedError, match=rf"pid {os.getpid()}.*kill {os.getpid()}.*name="):
-            experiment.run(cfg_of(*FAST), run_dir=run)
+            runner.run(cfg_of(*FAST), run_dir=run)
         assert not (run / "images").exists()
         out = subprocess.run(cli(tmp_path, "busy"), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
         assert out.returncode == 2 and "Traceback" not in out.stderr + out.stdout
@@ -179,7 +179,7 @@ def test_a_second_launch_on_a_locked_run_fails_fast_naming_the_pid(tmp_path):
 
 def test_corrupt_pngs_and_parquet_parts_are_quarantined_and_redone(tmp_path, caplog):
     run = tmp_path / "corrupt"
-    experiment.run(cfg_of(*FAST, "sampler.batch_size=3"), run_dir=run)
+    runner.run(cfg_of(*FAST, "sampler.batch_size=3"), run_dir=run)
     before = snapshot(run)
     s = Store(run)
     image_parts = sorted((run / "rows" / "images").glob("part-*.parquet"))
@@ -210,7 +210,7 @@ def test_corrupt_pngs_and_parquet_parts_are_quarantined_and_redone(tmp_path, cap
     assert "sha256" in caplog.text and "unreadable parquet" in caplog.text
 
     (run / "meta.json").write_text('{"invocations": [{"run_id": "abc", ')  # cut short
-    entry = experiment.run(cfg_of(*FAST, "sampler.batch_size=3"), run_dir=run)  # the same command repairs it
+    entry = runner.run(cfg_of(*FAST, "sampler.batch_size=3"), run_dir=run)  # the same command repairs it
     assert [m["invocation"] for m in Store(run).meta()["invocations"]] == [entry["invocation"]]
     assert (run / "quarantine" / "meta.json").read_text().startswith('{"invocations"')
     assert entry["generate"]["images_made"] == len({k0, k1} | lost_rows)
@@ -222,8 +222,8 @@ def test_corrupt_pngs_and_parquet_parts_are_quarantined_and_redone(tmp_path, cap
 
 def test_a_regenerated_image_invalidates_its_old_scores(tmp_path):
     run = tmp_path / "stale"
-    experiment.run(cfg_of(*FAST, "stage=generate"), run_dir=run)
-    experiment.run(cfg_of(*FAST, "stage=evaluate"), run_dir=run)
+    runner.run(cfg_of(*FAST, "stage=generate"), run_dir=run)
+    runner.run(cfg_of(*FAST, "stage=evaluate"), run_dir=run)
     s = Store(run)
     row = s.images().iloc[[0]].copy()
     key = row.image_key.iloc[0]
@@ -234,13 +234,13 @@ def test_a_regenerated_image_invalidates_its_old_scores(tmp_path):
     rows = row.drop(columns=["image_path", "image_sha256"]).to_dict("records")
     Store(run, writer="r0-other").write_images(rows, [arr])
     assert key not in Store(run).scored("jpeg", Store(run).scores().version.iloc[0])
-    entry = experiment.run(cfg_of(*FAST, "stage=evaluate"), run_dir=run)
+    entry = runner.run(cfg_of(*FAST, "stage=evaluate"), run_dir=run)
     assert entry["evaluate"]["jpeg"]["scored"] == 1
 
 
 def test_nonfinite_images_are_flagged_with_their_step_and_left_out_of_means(tmp_path, capsys):
     run = tmp_path / "nan"
-    entry = experiment.run(cfg_of(*FAST, "grid.scales=[0,1,1e30]", "prompts.max_prompts=1"), run_dir=run)
+    entry = runner.run(cfg_of(*FAST, "grid.scales=[0,1,1e30]", "prompts.max_prompts=1"), run_dir=run)
     images = Store(run).images().set_index("scale")
     assert images.loc[1e30, "nonfinite"] and images.loc[1e30, "nonfinite_step"] >= 0
     assert not images.loc[0.0, "nonfinite"] and pd.isna(images.loc[0.0, "nonfinite_step"])
@@ -261,11 +261,11 @@ def test_an_evaluator_failing_on_one_image_records_that_image_only(tmp_path):
     base = [*FAST, "prompts=tiny", items, "grid.scales=[0,1]"]
     # with ocr selected, such a prompt is refused before anything is generated ...
     with pytest.raises(PromptError, match=r"(?s)1 of 2 prompts have no text inside double quotes.*#1 'a quiet lake"):
-        experiment.run(cfg_of(*base, "evaluators.selected=[jpeg,ocr]"), run_dir=run)
+        runner.run(cfg_of(*base, "evaluators.selected=[jpeg,ocr]"), run_dir=run)
     assert not (run / "images").exists()
     # ... but images that already exist are scored, and the failure is recorded per image
-    experiment.run(cfg_of(*base, "stage=generate"), run_dir=run)
-    entry = experiment.run(cfg_of(*base, "stage=all", "evaluators.selected=[ocr]"), run_dir=run)
+    runner.run(cfg_of(*base, "stage=generate"), run_dir=run)
+    entry = runner.run(cfg_of(*base, "stage=all", "evaluators.selected=[ocr]"), run_dir=run)
     assert entry["evaluate"]["ocr"]["failed_rows"] == 2
     images, scores = Store(run).images(), Store(run).scores()
     ocr = scores[scores.evaluator == "ocr"].merge(images[["image_key", "prompt"]], on="image_key")
@@ -289,22 +289,22 @@ def test_disk_full_mid_run_stops_cleanly_and_keeps_what_was_stored(tmp_path, mon
 
     monkeypatch.setattr(store_mod, "_write_all", enospc_after_four)
     with pytest.raises(StoreWriteError, match=r"disk full.*intact.*resumes"):
-        experiment.run(cfg_of(*FAST, "sampler.batch_size=3", "stage=generate"), run_dir=run)
+        runner.run(cfg_of(*FAST, "sampler.batch_size=3", "stage=generate"), run_dir=run)
     monkeypatch.setattr(store_mod, "_write_all", real)
     s = Store(run)
     assert len(s.images()) == 3 and s.stored_keys() == set(s.images().image_key)  # readable, intact
     assert not list(run.rglob("*.tmp")) and not (run / "quarantine").exists()
     assert not (run / "meta.json").exists()  # its write hit the full disk too; logged, not masking the error
-    entry = experiment.run(cfg_of(*FAST, "sampler.batch_size=3"), run_dir=run)  # space is back: resume
+    entry = runner.run(cfg_of(*FAST, "sampler.batch_size=3"), run_dir=run)  # space is back: resume
     assert (entry["generate"]["images_made"], entry["generate"]["images_skipped"]) == (3, 3)
-    experiment.run(cfg_of(*FAST, "sampler.batch_size=3"), run_dir=tmp_path / "ref")
+    runner.run(cfg_of(*FAST, "sampler.batch_size=3"), run_dir=tmp_path / "ref")
     assert snapshot(run)["images"] == snapshot(tmp_path / "ref")["images"]
     assert_complete(snapshot(run))
 
 
 def test_low_free_space_is_refused_before_work_and_between_batches(tmp_path, monkeypatch):
     with pytest.raises(StoreWriteError, match=r"below paths.min_free_gb=1e\+09.*lower paths.min_free_gb"):
-        experiment.run(cfg_of(*FAST, "paths.min_free_gb=1e9"), run_dir=tmp_path / "a")
+        runner.run(cfg_of(*FAST, "paths.min_free_gb=1e9"), run_dir=tmp_path / "a")
     assert not (tmp_path / "a" / "images").exists()
     real, calls = shutil.disk_usage, {"n": 0}
 
@@ -315,7 +315,7 @@ def test_low_free_space_is_refused_before_work_and_between_batches(tmp_path, mon
 
     monkeypatch.setattr(store_mod.shutil, "disk_usage", shrinking)
     with pytest.raises(StoreWriteError, match="min_free_gb"):
-        experiment.run(cfg_of(*FAST, "sampler.batch_size=3"), run_dir=tmp_path / "b")
+        runner.run(cfg_of(*FAST, "sampler.batch_size=3"), run_dir=tmp_path / "b")
     s = Store(tmp_path / "b")
     assert len(s.images()) == 3 and s.stored_keys() == set(s.images().image_key)
 
@@ -337,7 +337,7 @@ def test_a_read_only_store_fails_at_start_leaving_it_intact(tmp_path):
     """The store's directories read-only (the run directory itself stays writable for Hydra's own
     run.log): a clear error before any work, and the store as it was."""
     run = tmp_path / "ro"
-    experiment.run(cfg_of(*FAST, "stage=generate"), run_dir=run)
+    runner.run(cfg_of(*FAST, "stage=generate"), run_dir=run)
     before = snapshot(run)
     store_dirs = [run / "rows", run / "images"]
     prefix = _read_only_runner(store_dirs)
@@ -392,20 +392,20 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize("overrides,error,match", BAD_CONFIGS, ids=[" ".join(o) for o, _, _ in BAD_CONFIGS])
 def test_bad_config_values_fail_before_the_run_directory_is_touched(overrides, error, match, tmp_path):
     with pytest.raises(error, match=match):
-        experiment.run(cfg_of(*FAST, *overrides), run_dir=tmp_path / "bad")
+        runner.run(cfg_of(*FAST, *overrides), run_dir=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
-    assert issubclass(error, experiment.USER_ERRORS)
+    assert issubclass(error, runner.USER_ERRORS)
 
 
 def test_negative_scales_are_allowed_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="rlg"):
-        assert experiment.grid_scales(validate(cfg_of("grid.scales=[-1,0,1]"))) == [-1.0, 0.0, 1.0]
+        assert list(build.grid_scales(validate(cfg_of("grid.scales=[-1,0,1]")).grid.scales)) == [-1.0, 0.0, 1.0]
     assert "negative RLG scales [-1.0]" in caplog.text
 
 
 def test_unknown_sampler_arguments_are_refused_before_generation(tmp_path):
     with pytest.raises(ConfigError, match=r"sampler.extra has \['strength_typo'\].*does not accept"):
-        experiment.run(cfg_of(*FAST, "+sampler.extra.strength_typo=1"), run_dir=tmp_path / "x")
+        runner.run(cfg_of(*FAST, "+sampler.extra.strength_typo=1"), run_dir=tmp_path / "x")
     assert not Store(tmp_path / "x").images().shape[0]
 
 
@@ -444,13 +444,13 @@ def test_geneval_metadata_rows_are_checked_against_the_schema(tmp_path):
             load_prompts(validate(cfg_of("prompts=geneval", f"prompts.path={path}")).prompts, tmp_path)
     # the GenEval evaluator on prompts without metadata: refused at start-up
     with pytest.raises(PromptError, match="needs a GenEval metadata row"):
-        experiment.run(cfg_of(*FAST, "evaluators.selected=[geneval]"), run_dir=tmp_path / "g")
+        runner.run(cfg_of(*FAST, "evaluators.selected=[geneval]"), run_dir=tmp_path / "g")
 
 
 def test_prompts_longer_than_the_text_encoder_are_flagged_truncated(tmp_path):
     long = "a watercolor painting of " + " and ".join(f"a small red house number {i}" for i in range(40))
     run = tmp_path / "long"
-    experiment.run(cfg_of(*FAST, "stage=generate", "grid.scales=[1]", f"prompts.items=['a cat','{long}']"),
+    runner.run(cfg_of(*FAST, "stage=generate", "grid.scales=[1]", f"prompts.items=['a cat','{long}']"),
                    run_dir=run)
     images = Store(run).images().set_index("prompt")
     assert images.loc[long, "truncated"] and not images.loc["a cat", "truncated"]
@@ -494,7 +494,7 @@ def test_the_cli_refuses_bad_input_with_exit_code_2_and_no_traceback(tmp_path):
     env = {**ENV, "HF_HOME": str(tmp_path / "empty-hf-home")}  # nothing cached: the hub ids must fail offline
     def launch(name):
         cmd = [sys.executable, "run.py", f"paths.root={tmp_path / 'runs'}", f"name={name.replace(' ', '_')}",
-               *FAST[:-3], *cases[name][0]]
+               *FAST, *cases[name][0]]
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     failures, waiting, running = [], list(cases), {}
@@ -575,9 +575,9 @@ def test_a_malicious_pickle_is_refused_even_with_allow_pickle(tmp_path):
     pair = ["pair=sd15_dpo", "pair.dtype=float32", "pair.offline=true", f"pair.base.id={sd / 'base'}",
             f"pair.rl.id={rl}"]
     with pytest.raises(PairError, match="allow_pickle=true"):  # safetensors only by default
-        experiment.run(cfg_of(*FAST, *pair), run_dir=tmp_path / "a")
+        runner.run(cfg_of(*FAST, *pair), run_dir=tmp_path / "a")
     with pytest.raises(PairError):  # opted in: read with torch.load(weights_only=True), which refuses code
-        experiment.run(cfg_of(*FAST, *pair, "pair.allow_pickle=true"), run_dir=tmp_path / "b")
+        runner.run(cfg_of(*FAST, *pair, "pair.allow_pickle=true"), run_dir=tmp_path / "b")
     assert not marker.exists(), "the pickle ran code"
 
 
@@ -588,7 +588,7 @@ def test_prompt_text_never_reaches_a_path_and_secrets_never_reach_the_run_direct
     secret = "fake-wandb-key-0123456789abcdef0123456789abcdef"
     env = {**ENV, "WANDB_API_KEY": secret, "HF_TOKEN": "hf_fakeTokenValue0123456789", "WANDB_SILENT": "true"}
     passwd = Path("/etc/passwd").stat()
-    cmd = [sys.executable, "run.py", f"paths.root={tmp_path / 'runs'}", "name=evil", *FAST[:-3],
+    cmd = [sys.executable, "run.py", f"paths.root={tmp_path / 'runs'}", "name=evil", *FAST,
            "prompts=file", f"prompts.path={prompts}", "tracker=wandb_offline", "report.n_resamples=20"]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -618,8 +618,8 @@ def test_secret_looking_config_values_are_redacted_from_run_metadata(monkeypatch
     monkeypatch.setenv("MY_SERVICE_TOKEN", "s3cr3t-value-123456")
     meta = {"overrides": ["tracker.wandb.entity=me", "x=s3cr3t-value-123456"], "api_key": "abc", "n": 1,
             "nested": {"password": "p", "ok": "fine"}}
-    assert experiment.redact(meta) == {"overrides": ["tracker.wandb.entity=me", "x=<redacted>"],
+    assert redact(meta) == {"overrides": ["tracker.wandb.entity=me", "x=<redacted>"],
                                        "api_key": "<redacted>", "n": 1,
                                        "nested": {"password": "<redacted>", "ok": "fine"}}
-    assert experiment.redact({"tokenizer": "bert-base-uncased", "max_tokens": 77}) == \
+    assert redact({"tokenizer": "bert-base-uncased", "max_tokens": 77}) == \
         {"tokenizer": "bert-base-uncased", "max_tokens": 77}  # provenance is kept

@@ -60,13 +60,20 @@ def available() -> list[str]:
     return sorted(REGISTRY)
 
 
-def get_evaluator(name: str, **options: Any) -> Evaluator:
-    """Build the evaluator ``name`` with its options (batch size, device, dtype, weights, ...)."""
+def evaluator_class(name: str) -> type:
+    """The class registered as ``name`` (imported on first use). Raises UnknownEvaluatorError listing the
+    known names. Optional class hooks the harness calls at start-up, before any image is made:
+    ``check_options(**options)`` (raise ValueError for a bad value) and
+    ``check_prompts(texts, metadata)`` (raise ValueError for prompts it cannot score)."""
     if name not in REGISTRY:
         raise UnknownEvaluatorError(f"unknown evaluator {name!r}; known evaluators: {', '.join(available())}")
     module_name, cls_name = REGISTRY[name].split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(**options)
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def get_evaluator(name: str, **options: Any) -> Evaluator:
+    """Build the evaluator ``name`` with its options (batch size, device, dtype, weights, ...)."""
+    return evaluator_class(name)(**options)
 
 
 @dataclass

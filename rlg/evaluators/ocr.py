@@ -35,7 +35,7 @@ def extract_target(prompt: str) -> str:
     return parts[1]
 
 
-def check_prompts(prompts: list[str], show: int = 5) -> None:
+def check_prompts(prompts: list[str], metadata: list | None = None, show: int = 5) -> None:
     """Raise ValueError listing the first ``show`` prompts without a usable quoted target (run before
     generation, so an OCR experiment fails at start-up instead of image by image)."""
     bad = []
@@ -118,7 +118,18 @@ class OCRAccuracy:
     name = "ocr"
     needs = frozenset({"image", "prompt"})
     metrics = {"ocr_accuracy": True}
-    check_prompts = staticmethod(check_prompts)  # start-up check used by rlg.harness.experiment
+    check_prompts = staticmethod(check_prompts)  # start-up check used by rlg.harness.build
+
+    @staticmethod
+    def check_options(engine: str = "easyocr", on_engine_error: str = "raise", model_dir: str | None = None,
+                      **_: object) -> None:
+        """Raise ValueError for option values the constructor would refuse (called at start-up)."""
+        if engine not in ENGINES:
+            raise ValueError(f"unknown OCR engine {engine!r}; use one of {', '.join(ENGINES)}")
+        if on_engine_error not in ("raise", "zero"):
+            raise ValueError(f"on_engine_error must be 'raise' or 'zero' (upstream), not {on_engine_error!r}")
+        if engine == "paddleocr" and model_dir is not None:
+            raise ValueError("model_dir applies to engine='easyocr' only; PaddleOCR manages its own weights")
 
     def __init__(
         self,
@@ -129,12 +140,7 @@ class OCRAccuracy:
         batch_size: int = 8,
         dtype: str | None = None,  # accepted for a uniform evaluator config; the engines pick their own
     ):
-        if engine not in ENGINES:
-            raise ValueError(f"unknown OCR engine {engine!r}; use one of {', '.join(ENGINES)}")
-        if on_engine_error not in ("raise", "zero"):
-            raise ValueError(f"on_engine_error must be 'raise' or 'zero' (upstream), not {on_engine_error!r}")
-        if engine == "paddleocr" and model_dir is not None:
-            raise ValueError("model_dir applies to engine='easyocr' only; PaddleOCR manages its own weights")
+        self.check_options(engine=engine, on_engine_error=on_engine_error, model_dir=model_dir)
         self.engine = engine
         self.device = device
         self.model_dir = model_dir

@@ -33,7 +33,7 @@ def _main(cfg: DictConfig) -> None:
     except ConfigError as exc:
         log.error("%s", exc)
         sys.exit(2)
-    from rlg.harness.experiment import USER_ERRORS, run
+    from rlg.harness.runner import USER_ERRORS, run
 
     hc = HydraConfig.get()
     job = hc.job.override_dirname or cfg.name

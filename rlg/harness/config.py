@@ -9,6 +9,8 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rlg.runtime import DTYPE_NAMES
+
 
 @dataclass
 class CheckpointConf:
@@ -164,7 +166,6 @@ class RunConf:
 
 STAGES = ("generate", "evaluate", "report", "all")
 RL_KINDS = ("full", "diffusers_lora", "peft_lora")
-DTYPES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")  # rlg.pairs.DTYPES
 SCHEDULERS = ("default", "ddim", "euler_ode", "flow_grpo_sde")
 WANDB_MODES = ("offline", "online", "disabled")
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -197,7 +198,23 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="rlg_schema", node=RunConf)
 
 
+def job_dir_name(override_dirname: str, limit: int = 80) -> str:
+    """A valid, unique, readable directory name for a multirun job's overrides: unsafe characters
+    (``/``, quotes, spaces, ...) become ``_``; a name that had to change or is longer than ``limit``
+    gets a hash of the full overrides, so two jobs never share a directory and rerunning the same sweep
+    finds its jobs again (resume)."""
+    import hashlib
+
+    safe = re.sub(r"[^A-Za-z0-9._=,+@-]+", "_", override_dirname).strip("._") or "default"
+    if safe == override_dirname and len(safe) <= limit:
+        return safe
+    digest = hashlib.sha256(override_dirname.encode()).hexdigest()[:10]
+    return f"{safe[: limit - 11]}-{digest}"
+
+
 register_schema()
+if not OmegaConf.has_resolver("rlg_job_dir"):
+    OmegaConf.register_new_resolver("rlg_job_dir", job_dir_name)
 
 
 class ConfigError(ValueError):
@@ -253,7 +270,7 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not valid; use auto, cpu, cuda, cuda:N or mps")
     _one_of("pair.rl_kind", cfg.pair.rl_kind, RL_KINDS)
     _one_of("sampler.offload", cfg.sampler.offload, ("none", "model", "sequential"))
-    _one_of("pair.dtype", cfg.pair.dtype, DTYPES)
+    _one_of("pair.dtype", cfg.pair.dtype, DTYPE_NAMES)
     s = cfg.sampler
     _one_of("sampler.scheduler", s.scheduler, SCHEDULERS)
     _one_of("sampler.window.outside", s.window.outside, ("rl", "base"))

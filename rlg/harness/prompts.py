@@ -162,7 +162,7 @@ def load_prompts(cfg, cache_dir: str | Path) -> tuple[list[Prompt], dict[str, An
     """The prompts of a PromptsConf, plus provenance (source, url, sha256) for the run metadata."""
     cache = Path(cache_dir).expanduser() / "prompts"
     if cfg.source == "inline":
-        prompts = [Prompt(i, p) for i, p in enumerate(cfg["items"]) if p.strip()]
+        prompts = [Prompt(i, p) for i, p in enumerate(cfg.items) if p.strip()]
         if not prompts:
             raise PromptError("prompts.items is empty; list at least one prompt")
         info: dict[str, Any] = {"source": "inline"}

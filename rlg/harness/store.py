@@ -39,14 +39,13 @@ from PIL import Image
 
 log = logging.getLogger(__name__)
 
-IMAGE_COLUMNS = ["image_key", "run_id", "experiment", "pair", "prompt_id", "prompt", "sample", "seed", "scale",
+IMAGE_COLUMNS = ["image_key", "run_id", "run_name", "config_id", "pair", "prompt_id", "prompt", "sample", "seed", "scale",
                  "sampler", "num_inference_steps", "guidance_scale", "height", "width", "image_path", "image_sha256",
                  "nonfinite", "nonfinite_step", "truncated", "metadata"]
 SCORE_COLUMNS = ["image_key", "evaluator", "version", "metric", "value", "higher_is_better", "error"]
 # stored besides the public columns: the sha256 of the image a score was computed on (a regenerated
 # image invalidates its old scores) and when the row was written (the newest row of a key wins)
-_SCORE_STORED = SCORE_COLUMNS + ["image_sha256", "written_ns"]
-_IMAGE_STORED = IMAGE_COLUMNS + ["written_ns"]
+_SCORE_WRITTEN = SCORE_COLUMNS + ["image_sha256"]  # _write_part adds written_ns
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
@@ -414,6 +413,11 @@ class Store:
             self._verified[memo] = ok
         return self._verified[memo]
 
+    def config_ids(self) -> set[str]:
+        """The config ids (``rlg.harness.build.Job.config_id``) of the images already stored."""
+        df = self._read("images", IMAGE_COLUMNS)
+        return set(df.config_id.dropna()) if "config_id" in df.columns else set()
+
     def stored_keys(self, keys: Iterable[str] | None = None) -> set[str]:
         """Keys whose row and intact PNG both exist (others are regenerated)."""
         return set(self.images(verify=True, keys=keys).image_key)
@@ -425,7 +429,7 @@ class Store:
     def write_scores(self, rows: Iterable[dict[str, Any]]) -> None:
         rows = list(rows)
         if rows:
-            self._write_part("scores", pd.DataFrame(rows, columns=_SCORE_STORED[:-1]))
+            self._write_part("scores", pd.DataFrame(rows, columns=_SCORE_WRITTEN))
 
     def scores(self) -> pd.DataFrame:
         """One row per (image, evaluator, version, metric): the newest, and only if it was computed on

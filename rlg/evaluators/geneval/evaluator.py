@@ -11,6 +11,7 @@ import torch
 from rlg.evaluators.base import Sample
 from rlg.evaluators.geneval.detectors import HF_MODEL_ID, HF_REVISION, Detector, build_detector
 from rlg.evaluators.geneval.metadata import validate_row
+from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.geneval.rules import (
     COUNTING_THRESHOLD,
     MAX_OBJECTS,
@@ -24,10 +25,6 @@ from rlg.evaluators.geneval.rules import (
 
 UPSTREAM = "djghosh13/geneval@af4902f"
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
 @dataclass
 class Judgement:
     correct: bool
@@ -40,6 +37,30 @@ class GenEval:
     name = "geneval"
     needs = frozenset({"image", "metadata"})
     metrics = {"geneval_correct": True}
+
+    @staticmethod
+    def check_options(detector: str = "hf", dtype: str | torch.dtype | None = None, **_: object) -> None:
+        """Raise ValueError for option values the constructor would refuse (called at start-up)."""
+        if detector not in ("hf", "mmdet"):
+            raise ValueError(f"unknown GenEval detector {detector!r}; use 'hf' or 'mmdet'")
+        if isinstance(dtype, str):
+            torch_dtype(dtype)  # raises ValueError naming the known dtypes
+
+    @staticmethod
+    def check_prompts(texts: list[str], metadata: list[dict | None]) -> None:
+        """Raise ValueError unless every prompt carries a valid GenEval metadata row (start-up check)."""
+        from rlg.evaluators.geneval.metadata import MetadataError, validate_row
+
+        bad = []
+        for i, meta in enumerate(metadata):
+            try:
+                validate_row(meta, f"prompt #{i}")
+            except MetadataError as exc:
+                bad.append(str(exc))
+        if bad:
+            raise ValueError(f"GenEval needs a metadata row with every prompt; {len(bad)} of {len(texts)} have none "
+                             f"or an invalid one, e.g. {bad[0]}. Use prompts=geneval (or a .jsonl file in its format "
+                             "with prompts.source=geneval)")
 
     def __init__(
         self,
@@ -65,10 +86,7 @@ class GenEval:
         offline: bool = False,
         cache_dir: str | None = None,
     ):
-        if detector not in ("hf", "mmdet"):
-            raise ValueError(f"unknown GenEval detector {detector!r}; use 'hf' or 'mmdet'")
-        if isinstance(dtype, str) and dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+        self.check_options(detector=detector, dtype=dtype)
         self.detector_name = detector
         self.detector_path, self.detector_revision = detector_path, detector_revision
         self.detector_checkpoint, self.detector_config = detector_checkpoint, detector_config
@@ -77,10 +95,10 @@ class GenEval:
         self.threshold, self.counting_threshold = threshold, counting_threshold
         self.max_objects, self.max_overlap, self.position_threshold = max_objects, max_overlap, position_threshold
         self.bgcolor, self.crop = bgcolor, crop
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = _DTYPES[dtype] if isinstance(dtype, str) else (dtype or torch.float32)
+        self.device = default_device(device)
+        self.dtype = torch_dtype(dtype) if dtype is not None else torch.float32
         self.batch_size = batch_size
-        self.offline = offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+        self.offline = hub_offline(offline)
         self.cache_dir = cache_dir
         self._detector: Detector | None = None
         self._colour = None

@@ -1,0 +1,283 @@
+"""The one border between the Hydra config and the harness: ``build(cfg) -> Job``.
+
+This module (with the schema in ``rlg.harness.config``) is the only reader of the composed
+``DictConfig``. Everything a run can refuse is checked here, before any work: the schema and values,
+the grid, the prompts against the selected evaluators, evaluator option names and values, settings
+that would silently have no effect, the shard/rank layout and the device. What comes out is a frozen
+:class:`Job` of plain objects; the stages (``rlg.harness.stages``) never see the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, validate
+from rlg.harness.provenance import redact
+from rlg.harness.prompts import Prompt, PromptError, load_prompts
+from rlg.harness.store import StoreError, content_key
+
+log = logging.getLogger("rlg")
+
+
+@dataclass(frozen=True)
+class EvaluatorPlan:
+    """One selected evaluator: its registry name and constructor options, checked at start-up."""
+
+    name: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how the pair runs (does not change an image's bits, except the device type)."""
+
+    device: str  # a torch device string, e.g. "cpu", "cuda:1" (this rank's)
+    offload: str = "none"
+    compile: bool = False
+    vae_tiling: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """A checked run plan. Built once by :func:`build`; the stages read nothing else."""
+
+    name: str  # the run name: directory <paths.root>/<name>, column ``run_name`` of every image row
+    kind: str  # "images" | "ground_truth"
+    stages: tuple[str, ...]
+    rank: int
+    world: int
+    distributed: bool  # ranks launched together (torchrun / accelerate): they share barriers
+    seed: int
+    scales: tuple[float, ...]
+    config: RunConf  # the typed, validated config (a dataclass tree: no DictConfig)
+    resolved_config: dict[str, Any]  # redacted, for meta.json and trackers
+    prompts: tuple[Prompt, ...] = ()
+    prompt_info: dict[str, Any] = field(default_factory=dict)
+    pair: Any = None  # rlg.pairs.PairSpec
+    placement: Placement | None = None
+    sampler: Any = None  # rlg.sampling.SamplerSettings
+    identity: dict[str, Any] = field(default_factory=dict)  # content-key fields besides prompt/sample/seed/scale
+    config_id: str = ""  # short hash of ``identity``: one series per (run, config_id) in every report
+    evaluators: tuple[EvaluatorPlan, ...] = ()
+    evaluator_device: str = "cpu"
+    ground_truth: Any = None  # rlg.ground_truth.GroundTruthConfig
+
+
+def resolve_rank(shard: ShardConf, env: dict[str, str] | None = None) -> tuple[int, int, bool]:
+    """(rank, world size, distributed): from torchrun / accelerate's environment when WORLD_SIZE > 1,
+    else from the manual shard keys (separate launches, no barriers)."""
+    env = os.environ if env is None else env
+    if int(env.get("WORLD_SIZE", "1")) > 1:
+        return int(env.get("RANK", "0")), int(env["WORLD_SIZE"]), True
+    if not 0 <= shard.index < shard.count:
+        raise ConfigError(f"shard.index={shard.index} is outside 0..shard.count-1 ({shard.count - 1})")
+    return shard.index, shard.count, False
+
+
+def resolve_device(name: str, local_rank: int = 0, cuda_count: int | None = None) -> str:
+    """The torch device string for ``device`` = auto | cpu | mps | cuda | cuda:N on this rank.
+
+    ``auto`` and a bare ``cuda`` mean this rank's own GPU, ``cuda:LOCAL_RANK`` (torchrun and
+    accelerate put one process per GPU); several ranks never share GPU 0 by accident."""
+    if cuda_count is None:
+        import torch
+
+        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if name == "auto":
+        name = "cuda" if cuda_count else "cpu"
+    if name == "cuda":
+        if not cuda_count:
+            raise ConfigError("device=cuda but no CUDA device is visible; use device=cpu (or auto)")
+        if local_rank >= cuda_count:
+            raise ConfigError(f"rank with LOCAL_RANK={local_rank} has no GPU of its own ({cuda_count} visible); "
+                              "launch at most one process per GPU")
+        return f"cuda:{local_rank}"
+    return name
+
+
+def grid_scales(scales: list[Any]) -> tuple[float, ...]:
+    from rlg.guidance import ScaleError, check_scales
+
+    out = check_scales(list(scales))
+    if not out:
+        raise ScaleError("grid.scales is empty; give at least one scale, e.g. grid.scales=[0,1,2]")
+    dup = sorted({w for w in out if out.count(w) > 1})
+    if dup:
+        raise ScaleError(f"grid.scales has duplicates {dup}; each scale once")
+    if any(w < 0 for w in out):
+        log.warning("negative RLG scales %s move away from the RL model (allowed, but unusual)", [w for w in out if w < 0])
+    return tuple(out)
+
+
+def pair_spec(conf) -> Any:
+    """rlg.pairs.PairSpec from the typed ``pair`` node."""
+    from rlg.pairs import Checkpoint, PairSpec, tiny_spec
+
+    p = conf.pair
+    if p.tiny:
+        spec = tiny_spec(p.tiny, p.rl_kind, root=conf.paths.fixtures)
+        spec.name = p.name
+        return spec
+    if p.base is None or p.rl is None:
+        raise ConfigError(f"pair {p.name!r} needs pair.base.id and pair.rl.id (or pair.tiny=<family>)")
+    ck = lambda c: Checkpoint(**dataclasses.asdict(c)) if c is not None else None  # noqa: E731
+    return PairSpec(name=p.name, base=ck(p.base), rl=ck(p.rl), rl_kind=p.rl_kind, pipeline_class=p.pipeline_class,
+                    vae=ck(p.vae), dtype=p.dtype, allow_pickle=p.allow_pickle, offline=p.offline)
+
+
+def sampler_settings(s) -> Any:
+    """rlg.sampling.SamplerSettings from the typed ``sampler`` node (inpainting inputs opened here)."""
+    from PIL import Image
+
+    from rlg.guidance import StepWindow
+    from rlg.sampling import SamplerSettings
+
+    extra = dict(s.extra)
+    for k in ("image", "mask_image"):  # inpainting inputs are given as paths
+        if isinstance(extra.get(k), str):
+            path = Path(extra[k]).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"sampler.extra.{k}={path} does not exist; fix the path")
+            extra[k] = Image.open(path).convert("L" if k == "mask_image" else "RGB")
+    return SamplerSettings(num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+                           height=s.height, width=s.width, negative_prompt=s.negative_prompt, eta=s.eta,
+                           guidance_rescale=s.guidance_rescale, extra=extra, scheduler=s.scheduler, shift=s.shift,
+                           noise_level=s.noise_level, micro_batch=s.micro_batch,
+                           window=StepWindow(start=s.window.start, stop=s.window.stop, outside=s.window.outside))
+
+
+def image_identity(conf: RunConf, spec, device: str) -> dict[str, Any]:
+    """Everything besides (prompt, sample, seed, scale) that determines an image's bits: the pair with
+    the resolved identity of every weight file, the sampler, the device type."""
+    import rlg.pairs
+
+    weights_identity = getattr(rlg.pairs, "weights_identity", lambda spec: None)  # TEMP until the library lands it
+    s = dataclasses.asdict(conf.sampler)
+    s.pop("name")
+    s.pop("batch_size")  # the batch layout does not change an image (micro_batch does, so it stays)
+    return {"pair": spec.identity(), "weights": weights_identity(spec), "sampler": s,
+            "device": device.split(":")[0]}
+
+
+def _check_no_effect(conf: RunConf, default) -> None:
+    """Refuse sampler settings that the chosen scheduler ignores: the image would not change, yet the
+    content key and the report would call it another setting."""
+    s, d = conf.sampler, default.sampler
+    if s.scheduler in ("euler_ode", "flow_grpo_sde") and s.eta is not None:
+        raise ConfigError(f"sampler.eta={s.eta} has no effect with sampler.scheduler={s.scheduler} (eta is DDIM's); "
+                          "remove it (sampler.eta=null)")
+    if s.scheduler != "flow_grpo_sde" and s.noise_level != d.noise_level:
+        raise ConfigError(f"sampler.noise_level={s.noise_level} has no effect with sampler.scheduler={s.scheduler}; "
+                          "use sampler.scheduler=flow_grpo_sde or drop the override")
+    if s.scheduler in ("default", "ddim") and s.shift is not None:
+        raise ConfigError(f"sampler.shift={s.shift} has no effect with sampler.scheduler={s.scheduler} (shift is for "
+                          "flow-matching schedulers); use euler_ode / flow_grpo_sde or sampler.shift=null")
+    if (s.window.start, s.window.stop) == (0.0, 1.0) and s.window.outside != d.window.outside:
+        raise ConfigError("sampler.window.outside has no effect when the window covers every step (start=0, stop=1); "
+                          "narrow the window or drop the override")
+
+
+def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: str) -> tuple[EvaluatorPlan, ...]:
+    """Check each selected evaluator's options against its constructor (names, then values through
+    the evaluator's own ``check_options`` when it has one) and its prompt needs; merge batch size and
+    device. Raises ConfigError / PromptError naming the fix."""
+    from rlg.evaluators.base import evaluator_class
+
+    plans = []
+    given = conf.evaluators.options or {}
+    unknown = sorted(set(given) - set(conf.evaluators.selected))
+    if unknown:
+        raise ConfigError(f"evaluators.options has options for {unknown}, which are not in evaluators.selected "
+                          f"({list(conf.evaluators.selected)}); select them or drop those options")
+    for name in conf.evaluators.selected:
+        cls = evaluator_class(name)
+        params = inspect.signature(cls.__init__).parameters
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        opts = dict(given.get(name) or {})
+        known = sorted(k for k in params if k not in ("self",) and params[k].kind is not params[k].VAR_KEYWORD)
+        bad = sorted(k for k in opts if k not in params) if not accepts_any else []
+        if bad:
+            raise ConfigError(f"evaluators.options.{name} has unknown option(s) {bad}; {name} accepts: "
+                              f"{', '.join(known)}")
+        for k, v in (("batch_size", conf.evaluators.batch_size), ("device", device)):
+            if k in params and k not in opts:
+                opts[k] = v
+        check = getattr(cls, "check_options", None)
+        if check is not None:
+            try:
+                check(**opts)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"evaluators.options.{name}: {exc}") from exc
+        check_prompts = getattr(cls, "check_prompts", None)
+        if check_prompts is not None and prompts:
+            try:
+                check_prompts([p.text for p in prompts], [p.metadata for p in prompts])
+            except ValueError as exc:
+                raise PromptError(f"evaluator {name!r} cannot score this prompt set ({conf.prompts.name}): {exc}\n"
+                                  f"Fix: correct those prompts, or drop {name} from evaluators.selected") from exc
+        plans.append(EvaluatorPlan(name, opts))
+    return tuple(plans)
+
+
+def build(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str] | None = None) -> Job:
+    """Validate the composed config and turn it into a :class:`Job`. Raises the errors in
+    ``rlg.harness.runner.USER_ERRORS`` (each names the fix); touches no file of the run directory."""
+    cfg = validate(cfg)
+    check_complete(cfg)
+    conf: RunConf = OmegaConf.to_object(cfg)  # the dataclass tree: from here on no DictConfig
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
+    scales = grid_scales(conf.grid.scales)
+    rank, world, distributed = resolve_rank(conf.shard)
+    local_rank = 0
+    if distributed:  # accelerate's view of torchrun / accelerate launch; it also selects this rank's GPU
+        import torch
+        from accelerate import PartialState
+
+        # cpu=True: without it accelerate ignores torchrun's ranks on a machine without a GPU
+        state = PartialState(cpu=conf.device == "cpu" or not torch.cuda.is_available())
+        rank, world, local_rank = state.process_index, state.num_processes, state.local_process_index
+    stages = ("generate", "evaluate", "report") if conf.stage == "all" else (conf.stage,)
+    common = dict(name=conf.name, stages=stages, rank=rank, world=world, distributed=distributed, seed=conf.seed,
+                  scales=scales, config=conf, resolved_config=resolved)
+    if conf.pair.analytic is not None:  # closed-form pair: samples and exact targets, no images
+        return _ground_truth_job(conf, common)
+    _check_no_effect(conf, RunConf())
+    device = resolve_device(conf.device, local_rank)
+    eval_device = resolve_device(conf.evaluators.device, local_rank)
+    prompts, prompt_info = load_prompts(conf.prompts, conf.paths.cache)
+    spec = pair_spec(conf)
+    evaluators = evaluator_plans(conf, prompts, eval_device)
+    ident = image_identity(conf, spec, device)
+    s = conf.sampler
+    return Job(kind="images", **common, prompts=tuple(prompts), prompt_info=prompt_info, pair=spec,
+               placement=Placement(device, s.offload, s.compile, s.vae_tiling), sampler=sampler_settings(s),
+               identity=ident, config_id=content_key(ident)[:16], evaluators=evaluators, evaluator_device=eval_device)
+
+
+def _ground_truth_job(conf: RunConf, common: dict[str, Any]) -> Job:
+    from rlg.ground_truth import GroundTruthConfig
+
+    if common["world"] > 1:
+        raise ConfigError("the analytic ground truth runs in one process; launch it without torchrun/accelerate "
+                          "or shard.count")
+    a, g = conf.pair.analytic, conf.ground_truth
+    try:
+        gt = GroundTruthConfig(pair=a.preset, d=a.d, beta=a.beta, scales=list(common["scales"]),
+                               samplers=list(g.samplers), num_inference_steps=g.num_inference_steps,
+                               n_per_batch=g.n_per_batch, n_batches=g.n_batches, noise_level=g.noise_level,
+                               flow_shift=g.flow_shift, init=g.init, rl_control=g.rl_control, seed=conf.seed)
+    except ValueError as exc:
+        raise ConfigError(f"ground_truth: {exc}") from exc
+    stages = tuple(st for st in common.pop("stages") if st != "evaluate") or ("generate",)
+    return Job(kind="ground_truth", stages=stages, **common, ground_truth=gt)
+
+
+__all__ = ["Job", "EvaluatorPlan", "Placement", "build", "resolve_device", "resolve_rank", "StoreError"]

@@ -1,0 +1,168 @@
+"""One invocation: build the job (every check), then lock the run directory and run its stages.
+
+The invocation skeleton (lock, writable check, stale temporaries, provenance entry, error record,
+meta.json append) is written once here and serves the image run and the analytic ground truth.
+Errors in USER_ERRORS are the user's input or environment: the CLI prints their message (which names
+the fix) without a traceback and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import DictConfig
+
+from rlg.evaluators.base import UnknownEvaluatorError
+from rlg.guidance import ScaleError
+from rlg.harness import stages
+from rlg.harness.build import Job, build
+from rlg.harness.config import ConfigError
+from rlg.harness.prompts import PromptError
+from rlg.harness.provenance import provenance, redact
+from rlg.harness.store import Store, StoreError
+from rlg.pairs import PairError
+from rlg.sampling import SamplerError
+
+log = logging.getLogger("rlg")
+USER_ERRORS = (ConfigError, ScaleError, PairError, PromptError, SamplerError, StoreError, PermissionError,
+               UnknownEvaluatorError)
+
+
+class Ranks:
+    """Barriers between the stages when ranks run together (torchrun / accelerate launch); nothing
+    for one process or manual shards (separate launches that never wait for each other)."""
+
+    def __init__(self, job: Job):
+        self.state = None
+        if job.distributed:
+            from accelerate import PartialState
+
+            self.state = PartialState()  # the shared state build() created (rank, world, this rank's device)
+
+    def wait(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def invocation(job: Job, store: Store, overrides: list[str], device: str) -> Iterator[dict[str, Any]]:
+    """Lock the run directory for this launch (or the ranks of one job), check it is writable, remove
+    stale temporaries, and record this invocation (provenance, timings, error if any) in meta.json."""
+    with store.lock(job.rank, job.world):
+        store.check_writable()
+        store.remove_stale_temporaries(exclusive=job.world == 1)
+        entry: dict[str, Any] = {"run_id": store.run_id(), "invocation": uuid.uuid4().hex[:12], "kind": job.kind,
+                                 "rank": job.rank, "world": job.world, "stage": job.config.stage,
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                 **provenance(device, job.resolved_config, overrides, job.seed), "timings": {},
+                                 "prompts": job.prompt_info, "config_id": job.config_id}
+        failed = False
+        try:
+            yield entry
+        except BaseException as exc:
+            failed = True
+            entry["error"] = redact(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            entry["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            entry["quarantined"] = len(store.quarantined())
+            try:
+                store.append_meta(entry)
+            except StoreError as exc:
+                if not failed:
+                    raise
+                log.error("could not record this invocation in meta.json: %s", exc)
+
+
+@contextlib.contextmanager
+def timed(entry: dict[str, Any], name: str) -> Iterator[None]:
+    t = time.time()
+    yield
+    entry["timings"][f"{name}_s"] = round(time.time() - t, 3)
+
+
+def run(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str] | None = None,
+        job_name: str | None = None, group: str | None = None) -> dict[str, Any]:
+    """Run one job from a composed config; returns its meta.json entry. Raises USER_ERRORS."""
+    job = build(cfg)
+    return run_job(job, run_dir, overrides, job_name, group)
+
+
+def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | None = None,
+            job_name: str | None = None, group: str | None = None) -> dict[str, Any]:
+    run_dir = Path(run_dir) if run_dir else Path(job.config.paths.root) / job.name
+    ranks = Ranks(job)
+    device = job.placement.device if job.placement else "cpu"
+    store = Store(run_dir, writer=f"r{job.rank}-{uuid.uuid4().hex[:8]}", min_free_gb=job.config.paths.min_free_gb)
+    with invocation(job, store, list(overrides or []), device) as entry:
+        if job.kind == "ground_truth":
+            with timed(entry, "ground_truth"):
+                entry["report"] = stages.ground_truth(job, store)
+        else:
+            _image_stages(job, store, entry, ranks, job_name or job.name, group)
+    return entry
+
+
+def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, job_name: str,
+                  group: str | None) -> None:
+    others = store.config_ids() - {job.config_id}
+    if others and job.rank == 0:
+        log.warning("%s already holds images of %d other setting(s) (config ids %s); each setting is its own "
+                    "series in the report. To keep runs apart, give this one its own name=<run name>", store.root,
+                    len(others), ", ".join(sorted(others)))
+    if "generate" in job.stages:
+        with timed(entry, "generate"):
+            entry["generate"] = stages.generate(job, store, entry["run_id"])
+    ranks.wait()
+    if job.config.low_memory:  # the generator leaves before the evaluators arrive
+        stages.PAIRS.clear()
+    if "evaluate" in job.stages:
+        with timed(entry, "evaluate"):
+            entry["evaluate"] = stages.evaluate(job, store)
+    ranks.wait()
+    if "report" in job.stages and job.rank == 0:
+        with timed(entry, "report"):
+            result = stages.report(job, store)
+        entry["report"] = {"files": result["files"], "notes": result["notes"]}
+        _print_summary(result["summary"] or [])
+        figs = [Path(f) for f in result["files"] if "/figures/" in f]
+        wdir = _log_tracker(job, store, result, figs, job_name, group)
+        entry["wandb_dir"] = str(wdir) if wdir else None
+
+
+def _print_summary(records: list[dict[str, Any]]) -> None:
+    """One line per (series, scale): the report's own per-scale means (the one owner of them)."""
+    import pandas as pd
+
+    if not records:
+        return
+    df = pd.DataFrame(records)
+    series = [c for c in ("run_name", "experiment", "pair", "config_id") if c in df.columns]
+    for key, g in df.groupby(series, sort=True):
+        print("series " + " ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)) if k))
+        for scale, s in g.groupby("scale", sort=True):
+            vals = ", ".join(f"{r.metric}={r.mean:.4g}" for r in s.itertuples() if pd.notna(r.mean))
+            n = int(s["n"].max()) if "n" in s else 0
+            print(f"  w={scale:g}: n={n} {vals}".rstrip())
+
+
+def _log_tracker(job: Job, store: Store, result: dict[str, Any], figures: list[Path], job_name: str,
+                 group: str | None):
+    import os
+
+    import pandas as pd
+
+    from rlg.harness.tracking import log_to_wandb
+
+    images, scores = result["images"], result["scores"]
+    per_scale = pd.DataFrame(result["summary"] or [])
+    if len(per_scale):
+        per_scale = per_scale.pivot_table(index="scale", columns="metric", values="mean").reset_index()
+    rel = images.assign(image_path=[os.path.relpath(p, store.root) for p in images.image_path])
+    return log_to_wandb(job.config, job.resolved_config, store.root, per_scale, rel, scores, figures, job_name,
+                        group)

@@ -1,0 +1,307 @@
+"""The stages of a job: generate -> evaluate -> report, and the analytic ground truth.
+
+Each stage takes the checked :class:`~rlg.harness.build.Job` and the run's
+:class:`~rlg.harness.store.Store`, never the config. The work list is prompt set x samples x grid
+scales; all scales of a (prompt, sample) travel in the same pipeline call (they share the initial
+noise), work already in the store is skipped (resume), and a rank or shard takes every world-th
+(prompt, sample) group.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from rlg.harness.build import Job
+from rlg.harness.prompts import Prompt
+from rlg.harness.store import Store, content_key, write_error
+
+log = logging.getLogger("rlg")
+
+
+class PairCache:
+    """The loaded pair, kept between jobs of a basic-launcher multirun (one pair resident at a time).
+
+    Keyed by what loading and placement depend on; sampler settings (scheduler, window, micro_batch)
+    are applied per call, so a sweep over them keeps the pair."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.pair = None
+
+    def get(self, job: Job):
+        from rlg.pairs import PairError, load_pair, place
+
+        key = json.dumps([job.pair.identity(), job.identity["weights"], asdict(job.placement)], sort_keys=True,
+                         default=str)
+        if key != self.key:
+            self.clear()
+            spec = job.pair
+            try:
+                pair = load_pair(spec)
+            except PairError:
+                raise
+            except Exception as exc:  # a truncated safetensors file, a refused pickle, ...: a bad checkpoint
+                log.debug("loading pair %s failed", spec.name, exc_info=True)
+                raise PairError(f"cannot load the pair {spec.name!r} (base {spec.base.describe()}, RL "
+                                f"{spec.rl.describe()}): {type(exc).__name__}: {exc}\nFix: check that the checkpoint "
+                                "files are complete (download them again) and are the kind pair.rl_kind says") from exc
+            p = job.placement
+            place(pair, p.device, offload=p.offload, compile=p.compile, vae_tiling=p.vae_tiling)
+            self.key, self.pair = key, pair
+        return self.pair
+
+    def clear(self) -> None:
+        self.key = self.pair = None
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+PAIRS = PairCache()
+
+
+# ---------------------------------------------------------------------------------------------
+def work_groups(job: Job) -> list[list[tuple[str, Any]]]:
+    """This rank's (content key, WorkItem) groups: one group per (prompt, sample), every scale in it."""
+    from rlg.sampling import WorkItem
+
+    groups = []
+    g = 0
+    for p in job.prompts:
+        for s in range(job.config.prompts.samples_per_prompt):
+            if g % job.world == job.rank:
+                groups.append([(image_key(job, p, s, w), WorkItem(p.id, p.text, s, job.seed, w)) for w in job.scales])
+            g += 1
+    return groups
+
+
+def image_key(job: Job, prompt: Prompt, sample: int, scale: float) -> str:
+    return content_key({**job.identity, "prompt_id": prompt.id, "prompt": prompt.text, "sample": sample,
+                        "seed": job.seed, "scale": scale})
+
+
+def prompt_truncation(pipe, texts: list[str], extra: dict[str, Any]) -> dict[str, bool]:
+    """Whether each prompt is longer than a text encoder of ``pipe`` reads (the pipeline then cuts it).
+
+    CLIP tokenizers are cut at their ``model_max_length`` (77); T5 ones (SD3, FLUX) at the pipeline's
+    ``max_sequence_length`` (its default, or sampler.extra.max_sequence_length)."""
+    params = inspect.signature(pipe.__call__).parameters
+    msl = extra.get("max_sequence_length")
+    if msl is None and "max_sequence_length" in params:
+        msl = params["max_sequence_length"].default
+    tokenizers = [c for n, c in pipe.components.items() if n.startswith("tokenizer") and c is not None]
+    out = {}
+    for text in set(texts):
+        cut = False
+        for tok in tokenizers:
+            limit = tok.model_max_length
+            if "CLIP" not in type(tok).__name__ and isinstance(msl, int):
+                limit = msl
+            if not limit or limit > 1_000_000:  # "no limit" sentinel of transformers
+                continue
+            if len(tok(text, truncation=False, verbose=False).input_ids) > limit:
+                cut = True
+        out[text] = cut
+    return out
+
+
+def _batches(todo: list[list[tuple[str, Any]]], size: int) -> list[list[tuple[str, Any]]]:
+    """Whole (prompt, sample) groups per pipeline call where they fit, so every scale shares the call."""
+    batches, cur = [], []
+    for group in todo:
+        for chunk in [group[i:i + size] for i in range(0, len(group), size)]:
+            if cur and len(cur) + len(chunk) > size:
+                batches.append(cur)
+                cur = []
+            cur += chunk
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _image_row(job: Job, run_id: str, key: str, it, res, truncated: bool, prompt: Prompt) -> dict[str, Any]:
+    s = job.config.sampler
+    return {"image_key": key, "run_id": run_id, "run_name": job.name, "config_id": job.config_id,
+            "pair": job.pair.name, "prompt_id": it.prompt_index, "prompt": it.prompt, "sample": it.sample_index,
+            "seed": it.seed, "scale": it.scale, "sampler": s.name, "num_inference_steps": s.num_inference_steps,
+            "guidance_scale": s.guidance_scale, "height": s.height, "width": s.width, "nonfinite": res.nonfinite,
+            "nonfinite_step": res.nonfinite_step, "truncated": truncated,
+            "metadata": json.dumps(prompt.metadata) if prompt.metadata else None}
+
+
+def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, Any]:
+    """Make this rank's missing images. ``progress(done, total, images_per_s)`` is called after each batch."""
+    from rlg.sampling import RLGSampler
+
+    by_id = {p.id: p for p in job.prompts}
+    keyed = work_groups(job)
+    stored = store.stored_keys(keys=[k for group in keyed for k, _ in group])  # this rank's keys only
+    todo = [g for g in ([(k, it) for k, it in group if k not in stored] for group in keyed) if g]
+    n_todo, total = sum(map(len, todo)), sum(map(len, keyed))
+    log.info("generate: %d images for this process, %d already stored, %d to make", total, total - n_todo, n_todo)
+    if not n_todo:
+        return {"images_made": 0, "images_skipped": total}
+    pair = PAIRS.get(job)
+    sampler = RLGSampler(pair, job.sampler)  # refuses sampler.extra keys the pipeline does not accept
+    truncated = prompt_truncation(pair.pipe, [it.prompt for g in todo for _, it in g], job.sampler.extra)
+    n_cut = sum(truncated.values())
+    if n_cut:
+        log.warning("%d prompts are longer than the text encoder reads and are truncated by the pipeline "
+                    "(their image rows have truncated=True)", n_cut)
+    made = nonfinite = 0
+    start = time.time()
+    # PNG encoding and writing run in one background thread while the next batch is sampled; at most
+    # one batch waits, and a write error surfaces at the next batch (rows are still written after PNGs)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlg-store")
+    pending = None
+    with tqdm(total=n_todo, desc="generate", unit="img") as bar, writer:
+        for batch in _batches(todo, job.config.sampler.batch_size):
+            store.check_free_space()  # before spending compute on images that could not be stored
+            results = sampler.generate([it for _, it in batch])
+            rows = [_image_row(job, run_id, key, it, res, truncated[it.prompt], by_id[it.prompt_index])
+                    for (key, it), res in zip(batch, results)]
+            for row, res in zip(rows, results):
+                if res.nonfinite:
+                    nonfinite += 1
+                    log.warning("image %s (prompt %d, sample %d, w=%g) has NaN/inf values from step %s on; it is "
+                                "stored, flagged nonfinite and left out of every mean", row["image_key"][:12],
+                                row["prompt_id"], row["sample"], row["scale"], res.nonfinite_step)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(store.write_images, rows, [r.image for r in results])
+            made += len(batch)
+            bar.update(len(batch))
+            if progress is not None:
+                progress(made, n_todo, made / max(time.time() - start, 1e-9))
+        if pending is not None:
+            pending.result()
+    return {"images_made": made, "images_skipped": total - n_todo, "nonfinite": nonfinite, "truncated_prompts": n_cut,
+            "pair_info": pair.info, "network_rows": asdict(pair.denoiser.stats)}
+
+
+def keys_to_score(job: Job, store: Store) -> list[str]:
+    """The stored images this rank scores: those of its own work list (whoever made them), plus every
+    stored image whose key falls to this rank (images of earlier settings, other shards' leftovers).
+    So shards and ranks launched in any order leave every image scored."""
+    stored = set(store.images().image_key)
+    own = {k for group in work_groups(job) for k, _ in group} if job.prompts else set()
+    return sorted((own & stored) | {k for k in stored if int(k, 16) % job.world == job.rank})
+
+
+def evaluate(job: Job, store: Store) -> dict[str, Any]:
+    from rlg.evaluators.base import Sample, get_evaluator, run_evaluator
+
+    mine = keys_to_score(job, store)
+    images = store.images(verify=True, keys=mine)
+    if len(images) < len(mine):
+        log.warning("evaluate: %d of this process's %d images are missing or corrupt (see quarantine/); they are "
+                    "not scored. Run stage=generate (or all) to make them again", len(mine) - len(images), len(mine))
+    sha = dict(zip(images.image_key, images.image_sha256))
+    batch_size = job.config.evaluators.batch_size
+    out = {}
+    for plan in job.evaluators:
+        ev = get_evaluator(plan.name, **plan.options)
+        done = store.scored(ev.name, ev.version)
+        todo = images[~images.image_key.isin(done)]
+        log.info("evaluate %s (%s): %d images, %d cached", plan.name, ev.version, len(todo), len(images) - len(todo))
+        store.check_free_space()
+
+        def samples():
+            for r in todo.itertuples():
+                meta = json.loads(r.metadata) if isinstance(r.metadata, str) else None
+                yield Sample(key=r.image_key, image=store.load_image(r), prompt=r.prompt, metadata=meta)
+
+        failed = 0
+        with tqdm(total=len(todo), desc=f"evaluate {plan.name}", unit="img") as bar:
+            for rows in run_evaluator(ev, samples(), batch_size=batch_size):
+                store.write_scores({**asdict(r), "image_sha256": sha[r.image_key]} for r in rows)
+                failed += sum(1 for r in rows if r.error)
+                bar.update(len({r.image_key for r in rows}))
+        if failed:
+            log.warning("evaluate %s: %d score rows failed (value NaN, reason in the error column); the other "
+                        "images are scored", plan.name, failed)
+        out[plan.name] = {"version": ev.version, "scored": len(todo), "cached": len(images) - len(todo),
+                          "failed_rows": failed}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+def results_frames(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The store's tables in the report layer's contract (absolute image paths, GenEval tags); only
+    images whose PNG is present and intact."""
+    images, scores = store.images(verify=True), store.scores()
+    images = images.assign(image_path=[str(store.image_path(k)) for k in images.image_key])
+    scores = scores[scores.image_key.isin(set(images.image_key))].reset_index(drop=True)
+    tags = [json.loads(m).get("tag") if isinstance(m, str) else None for m in images.metadata]
+    if any(tags):
+        images = images.assign(tag=tags)
+    return images, scores
+
+
+def _written(store: Store, tmp: Path, final: Path, write) -> list[str]:
+    """Run ``write(tmp)`` -> files, then swap ``tmp`` in for ``final``: a killed report leaves the previous
+    one (or none), never a half-written one."""
+    try:
+        files = write(tmp)
+        store.swap_dir(tmp, final)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # disk full or read-only while writing figures/tables
+            raise write_error(final, exc) from exc
+        raise
+    return [str(final / Path(f).relative_to(tmp)) for f in files]
+
+
+def report(job: Job, store: Store) -> dict[str, Any]:
+    """Tables and figures of every series in the store into <run>/report."""
+    from rlg.report.report import write_report
+
+    images, scores = results_frames(store)
+    protocol = {"steps": job.config.sampler.num_inference_steps, "cfg": job.config.sampler.guidance_scale,
+                "resolution": job.config.sampler.height,
+                "pairs": {job.pair.name: {"base": job.pair.base.id, "rl": job.pair.rl.id}}}
+    result: dict[str, Any] = {}
+
+    def write(tmp: Path) -> list[str]:
+        result.update(write_report(images, scores, tmp, protocol=protocol, grid_prompts=job.config.report.grid_prompts,
+                                   n_resamples=job.config.report.n_resamples))
+        return result["files"]
+
+    files = _written(store, store.temp_dir("report"), store.root / "report", write)
+    return {"files": files, "notes": result.get("notes", []), "summary": result.get("summary"),
+            "images": images, "scores": scores}
+
+
+def ground_truth(job: Job, store: Store) -> dict[str, Any]:
+    """The analytic ground truth: RLG samples from the production RLGDenoiser against exact targets;
+    rows into the store's ``ground_truth`` table, figures and tables into <run>/report."""
+    from rlg.ground_truth import run_ground_truth
+    from rlg.ground_truth import ground_truth_tables, write_ground_truth_figures  # moves to rlg.report (kl branch)
+
+    df = run_ground_truth(job.ground_truth)
+    store.write_table("ground_truth", df)
+
+    def write(tmp: Path) -> list[str]:
+        files = write_ground_truth_figures(df, tmp / "figures")
+        (tmp / "tables").mkdir(parents=True, exist_ok=True)
+        for fmt, text in ground_truth_tables(df).items():
+            path = tmp / "tables" / f"ground_truth.{'md' if fmt == 'markdown' else 'tex'}"
+            path.write_text(text)
+            files.append(path)
+        return files
+
+    files = _written(store, store.temp_dir("report"), store.root / "report", write)
+    print(ground_truth_tables(df)["markdown"])
+    return {"files": files, "rows": len(df)}

@@ -1,0 +1,209 @@
+"""The harness's trust guarantees (issue 12) and its structure (issue 11): one protocol per series,
+complete splits, refusals before any work, per-rank devices, valid sweep directories, import layering,
+and every experiment preset running on the tiny pair of its family."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rlg.harness import build, runner
+from rlg.harness.config import ConfigError, job_dir_name
+from rlg.harness.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_ONE_THREAD = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _scores_by_image(store: Store) -> dict[tuple[str, str], float]:
+    s = store.scores()
+    return {(k, m): v for k, m, v in zip(s.image_key, s.metric, s.value)}
+
+
+# -- 3. one protocol per series ----------------------------------------------------------------
+def test_two_settings_in_one_directory_are_two_series_and_the_second_launch_says_so(compose, tmp_path, caplog):
+    run = tmp_path / "r"
+    runner.run(compose("debug=fast", "prompts.max_prompts=1", "sampler.num_inference_steps=2"), run_dir=run)
+    with caplog.at_level(logging.WARNING, logger="rlg"):
+        entry = runner.run(compose("debug=fast", "prompts.max_prompts=1", "sampler.num_inference_steps=3"),
+                           run_dir=run)
+    assert any("other setting" in r.message and "name=" in r.message for r in caplog.records)
+    images = Store(run).images()
+    assert images.groupby("config_id").size().to_dict() == {cid: 3 for cid in images.config_id.unique()}
+    assert images.config_id.nunique() == 2 and entry["config_id"] in set(images.config_id)
+    summary = pd.read_csv(run / "report" / "tables" / "summary.csv")
+    per_series = summary[summary.metric == "jpeg_compressibility"].groupby("config_id")
+    # each setting is its own series with its own single image per scale, never pooled (n=2)
+    assert per_series.ngroups == 2 and set(summary.n) == {1}
+    # the series means equal the hand-computed means of that setting's own images
+    scores = Store(run).scores()
+    merged = scores[scores.metric == "jpeg_compressibility"].merge(images, on="image_key")
+    expected = merged.groupby(["config_id", "scale"]).value.mean()
+    got = summary[summary.metric == "jpeg_compressibility"].set_index(["config_id", "scale"])["mean"]
+    pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_names=False)
+
+
+# -- 4. any split gives the same store ----------------------------------------------------------
+def test_manual_shards_in_sequence_give_the_store_of_one_process(compose, tmp_path):
+    common = ("debug=fast", "grid.scales=[0,1]", "prompts.samples_per_prompt=2")
+    runner.run(compose(*common), run_dir=tmp_path / "one")
+    split = tmp_path / "split"
+    runner.run(compose(*common, "shard.count=2", "shard.index=0"), run_dir=split)  # generate + evaluate
+    runner.run(compose(*common, "shard.count=2", "shard.index=1"), run_dir=split)
+    runner.run(compose(*common, "stage=report"), run_dir=split)
+    one, two = Store(tmp_path / "one"), Store(split)
+    assert set(zip(one.images().image_key, one.images().image_sha256)) == \
+        set(zip(two.images().image_key, two.images().image_sha256))
+    assert len(one.images()) == 8
+    assert _scores_by_image(one) == _scores_by_image(two)  # every image scored, with the same values
+    summary = pd.read_csv(split / "report" / "tables" / "summary.csv")
+    assert summary.n_unscored.sum() == 0
+
+
+# -- 6. refuse at start-up ----------------------------------------------------------------------
+@pytest.mark.parametrize("override,message", [
+    ("+evaluators.options.ocr.engin=paddleocr", r"evaluators.options.ocr has unknown option\(s\) \['engin'\]"),
+    ("+evaluators.options.ocr.engine=tesseract", r"unknown OCR engine 'tesseract'"),
+    ("+evaluators.options.jpeg.quality=90", r"options for \['jpeg'\], which are not in evaluators.selected"),
+    ("sampler.noise_level=0.5", r"noise_level=0.5 has no effect"),
+    ("sampler.shift=3", r"shift=3.0 has no effect"),
+    ("sampler.window.outside=base", r"window.outside has no effect"),
+])
+def test_what_cannot_be_honoured_is_refused_before_any_work(compose, tmp_path, override, message):
+    cfg = compose("debug=fast", "evaluators.selected=[ocr]", "prompts=tiny", override)
+    with pytest.raises(runner.USER_ERRORS, match=message):
+        runner.run(cfg, run_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # nothing touched
+
+
+def test_a_misspelt_evaluator_option_exits_2_with_one_line_before_generation(tmp_path):
+    cmd = [sys.executable, "run.py", f"paths.root={tmp_path}", "name=x", "debug=fast", "evaluators.selected=[ocr]",
+           "+evaluators.options.ocr.engin=paddleocr"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, **ENV_ONE_THREAD})
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "unknown option(s) ['engin']; ocr accepts:" in out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "x" / "images").exists()
+
+
+def test_sampler_eta_with_a_flow_scheduler_is_refused(compose, tmp_path):
+    cfg = compose("debug=fast", "pair=tiny_sd3_full", "sampler.scheduler=euler_ode", "sampler.eta=1.0")
+    with pytest.raises(ConfigError, match="eta=1.0 has no effect with sampler.scheduler=euler_ode"):
+        build.build(cfg)
+
+
+# -- 5. each rank on its own device -------------------------------------------------------------
+def test_each_rank_gets_its_own_gpu_and_no_rank_shares_gpu_0():
+    assert build.resolve_device("auto", local_rank=0, cuda_count=4) == "cuda:0"
+    assert build.resolve_device("auto", local_rank=3, cuda_count=4) == "cuda:3"
+    assert build.resolve_device("cuda", local_rank=1, cuda_count=2) == "cuda:1"
+    assert build.resolve_device("auto", local_rank=1, cuda_count=0) == "cpu"
+    assert build.resolve_device("cuda:1", local_rank=0, cuda_count=2) == "cuda:1"  # explicit stays explicit
+    with pytest.raises(ConfigError, match="LOCAL_RANK=2 has no GPU of its own"):
+        build.resolve_device("auto", local_rank=2, cuda_count=2)
+    assert build.resolve_rank(build.ShardConf(index=1, count=3), env={}) == (1, 3, False)
+    assert build.resolve_rank(build.ShardConf(), env={"WORLD_SIZE": "4", "RANK": "2"}) == (2, 4, True)
+
+
+# -- 8. sweep directories -----------------------------------------------------------------------
+def test_sweep_job_directories_are_valid_unique_and_stable():
+    long = "sampler.negative_prompt='" + "blurry, " * 36 + "',sampler.guidance_scale=4"
+    a, b = job_dir_name(long), job_dir_name(long.replace("=4", "=5"))
+    assert len(a) <= 80 and "/" not in a and a != b and a == job_dir_name(long)
+    assert "/" not in job_dir_name("prompts.path=/data/p.txt") and job_dir_name("sampler.guidance_scale=5") == \
+        "sampler.guidance_scale=5"
+
+
+def test_a_multirun_with_a_long_value_and_a_slash_runs_and_resumes(tmp_path):
+    neg = "x" * 288
+    cmd = [sys.executable, "run.py", "-m", f"paths.root={tmp_path}", "name=sw", "debug=fast", "stage=generate",
+           "grid.scales=[1]", "prompts.max_prompts=1", f"sampler.negative_prompt='{neg}'",
+           "sampler.guidance_scale=4,5", f"paths.cache={tmp_path}/c/d"]
+    env = {**__import__("os").environ, **ENV_ONE_THREAD}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = sorted(p for p in (tmp_path / "sw-sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) == 2 and all(len(p.name) <= 80 for p in jobs)
+    assert all(len(Store(p).images()) == 1 for p in jobs)
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0 and again.stderr.count("0 to make") == 2
+
+
+# -- issue 11: layering ---------------------------------------------------------------------------
+LIBRARY = ["guidance", "denoiser", "pairs", "sampling", "schedulers", "tiny_pairs", "analytic", "analytic_metrics",
+           "ground_truth"]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def _under(mods: set[str], prefix: str) -> set[str]:
+    return {m for m in mods if m == prefix or m.startswith(prefix + ".")}
+
+
+def test_import_rules_hold():
+    rlg = ROOT / "rlg"
+    for name in LIBRARY:
+        path = rlg / f"{name}.py"
+        if not path.exists():
+            continue
+        mods = _imports(path)
+        # the library works without the app: no Hydra, no store, no report, no evaluators
+        for banned in ("hydra", "omegaconf", "rlg.harness", "rlg.report", "rlg.evaluators", "matplotlib"):
+            assert not _under(mods, banned), f"rlg/{name}.py imports {banned}"
+    for path in (rlg / "evaluators").rglob("*.py"):  # scorers know nothing of RLG or the app
+        bad = {m for m in _under(_imports(path), "rlg") if not m.startswith("rlg.evaluators") and m != "rlg.runtime"}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+    for path in (rlg / "report").rglob("*.py"):  # the report draws stored rows; it runs no model
+        mods = _imports(path)
+        assert not (_under(mods, "rlg.pairs") | _under(mods, "rlg.sampling") | _under(mods, "hydra")), path
+    readers = {p.relative_to(ROOT).as_posix() for p in rlg.rglob("*.py") if "DictConfig" in p.read_text()}
+    assert readers <= {"rlg/harness/build.py", "rlg/harness/config.py", "rlg/harness/cli.py"}, readers
+    installed_top_level = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    assert installed_top_level == {"rlg"} or installed_top_level == {"rlg", "tests"}
+
+
+# -- issue 11: every preset runs on its tiny family -------------------------------------------------
+FAMILY = {"sd15": "sd", "sdxl": "sdxl", "sd35m": "sd3", "flux": "flux"}
+
+
+def _presets() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "rlg" / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", _presets())
+def test_every_experiment_preset_runs_on_the_tiny_pair_of_its_family(compose, tmp_path, preset):
+    cfg = compose(f"experiment={preset}")
+    if cfg.pair.get("analytic") is not None or str(cfg.pair.get("tiny") or "").startswith("zoo") or \
+            str(cfg.pair.name).startswith(("zoo", "kl_")):
+        pytest.skip("runs as its own pair (analytic / zoo presets have their own tests)")
+    family = FAMILY.get(str(cfg.pair.name).split("_")[0])
+    assert family, f"no tiny family known for pair {cfg.pair.name}; add it to FAMILY"
+    kind = {"full": "full", "diffusers_lora": "lora", "peft_lora": "peft"}[cfg.pair.rl_kind]
+    extra = [f"pair=tiny_{family}_{kind}", "prompts=tiny"]
+    if cfg.pair.get("pipeline_class") == "StableDiffusionInpaintPipeline":
+        from PIL import Image
+
+        Image.new("RGB", (32, 32), (120, 60, 30)).save(tmp_path / "img.png")
+        Image.new("L", (32, 32), 255).save(tmp_path / "mask.png")
+        extra = ["pair=tiny_sd_full", "pair.tiny=sd_inpaint", "prompts=tiny", f"sampler.extra.image={tmp_path}/img.png",
+                 f"sampler.extra.mask_image={tmp_path}/mask.png"]
+    if cfg.pair.base is not None and cfg.pair.base.id == "???":
+        extra.append("pair.base.id=unused")  # the tiny family fills base and rl
+    entry = runner.run(compose(f"experiment={preset}", "debug=fast", *extra), run_dir=tmp_path / "run")
+    assert entry["generate"]["images_made"] == 6 and entry["evaluate"]["jpeg"]["scored"] == 6
