@@ -121,6 +121,10 @@ class RLGDenoiser(torch.nn.Module):
         self._lora_layers = _lora_layers(base) if rl_adapter else []
         if rl_adapter and not self._lora_layers:
             raise ValueError("rl_adapter was given but the base network has no LoRA layers; load the adapter first (rlg.pairs)")
+        # PEFT's per-row adapter choice cannot serve DoRA layers or modules_to_save copies (e.g. conv_in):
+        # such adapters run base (adapters disabled) and RL (enabled) as two forwards instead
+        self._adapter_modules = _adapter_modules(base) if rl_adapter else []
+        self.mixed_adapter_batch = bool(rl_adapter) and not _needs_separate_forwards(base, rl_adapter)
         self.dedupe = dedupe
         self._diverged = False
         self._scales: torch.Tensor | None = None
@@ -247,7 +251,12 @@ class RLGDenoiser(torch.nn.Module):
         self.stats.base_rows += len(need_base)
         self.stats.rl_rows += len(need_rl)
 
-        if self.is_lora_pair:
+        if self.is_lora_pair and not self.mixed_adapter_batch:
+            with self._adapters_enabled(False):
+                pred_base = self._run(self.base, need_base, None, n_rows, args, kwargs)
+            with self._adapters_enabled(True):
+                pred_rl = self._run(self.base, need_rl, None, n_rows, args, kwargs)
+        elif self.is_lora_pair:
             rows = torch.cat([need_base, need_rl])
             tags = [BASE_ADAPTER] * len(need_base) + [self.rl_adapter] * len(need_rl)
             both = self._run(self.base, rows, tags, n_rows, args, kwargs)
@@ -344,6 +353,40 @@ class RLGDenoiser(torch.nn.Module):
         finally:
             for h in handles:
                 h.remove()
+
+
+    @contextlib.contextmanager
+    def _adapters_enabled(self, enabled: bool):
+        """Every PEFT adapter module of the network on (the RL model) or off (the base model) for one forward;
+        adapters are left enabled afterwards, as loading leaves them."""
+        for m in self._adapter_modules:
+            m.enable_adapters(enabled)
+        try:
+            yield
+        finally:
+            for m in self._adapter_modules:
+                m.enable_adapters(True)
+
+
+def _adapter_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """PEFT's LoRA/DoRA layers and modules_to_save wrappers inside ``model`` (what enable_adapters toggles)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    return [m for m in model.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+
+
+def _needs_separate_forwards(model: torch.nn.Module, adapter: str) -> bool:
+    """True when PEFT's mixed-batch ``adapter_names`` cannot serve ``adapter``: DoRA layers (PEFT refuses
+    adapter_names with DoRA) or modules_to_save wrappers (the per-row hooks reach only LoRA layers)."""
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    for m in model.modules():
+        if isinstance(m, AuxiliaryTrainingWrapper):
+            return True
+        if bool(getattr(m, "use_dora", {}).get(adapter, False)):
+            return True
+    return False
 
 
 def _batched_tensors(obj: Any, n_rows: int, key: str | None = None) -> list[torch.Tensor]:

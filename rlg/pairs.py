@@ -13,10 +13,11 @@ LoRA pairs share one network; base and RL come from one batched forward (rlg.den
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,12 +62,18 @@ class PairSpec:
     dtype: str = "float32"
     allow_pickle: bool = False  # .bin/.pt weights (DDPO) only when the user opts in
     offline: bool = False  # or HF_HUB_OFFLINE=1
+    # pipeline components passed to from_pretrained as given, e.g. {"text_encoder_3": None, "tokenizer_3": None}
+    # loads SD3 without T5 (diffusers' documented way to save memory)
+    components: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         """What about the pair determines an image (part of every content key)."""
-        return {"name": self.name, "base": asdict(self.base), "rl": asdict(self.rl), "rl_kind": self.rl_kind,
-                "pipeline_class": self.pipeline_class, "vae": asdict(self.vae) if self.vae else None,
-                "dtype": self.dtype}
+        out = {"name": self.name, "base": asdict(self.base), "rl": asdict(self.rl), "rl_kind": self.rl_kind,
+               "pipeline_class": self.pipeline_class, "vae": asdict(self.vae) if self.vae else None,
+               "dtype": self.dtype}
+        if self.components:  # only when set, so the keys of pairs without it do not change
+            out["components"] = {k: None if v is None else repr(v) for k, v in sorted(self.components.items())}
+        return out
 
 
 @dataclass
@@ -76,6 +83,12 @@ class LoadedPair:
     denoiser: RLGDenoiser
     denoiser_name: str  # "unet" or "transformer"
     info: dict[str, Any] = field(default_factory=dict)  # what was loaded (LoRA layers, scaling, ...)
+
+
+    def unwrap(self):
+        """Put the pipeline's own denoiser back (a LoRA stays loaded on it, enabled) and return the pipeline."""
+        setattr(self.pipe, self.denoiser_name, self.denoiser.base)
+        return self.pipe
 
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -89,7 +102,139 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def _offline(spec: PairSpec) -> bool:
-    return spec.offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    """The pair's own switch, or huggingface_hub's offline rule (HF_HUB_OFFLINE, read by the hub)."""
+    from huggingface_hub import is_offline_mode
+
+    return spec.offline or is_offline_mode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight identity: what an image depends on, resolved before loading
+# ---------------------------------------------------------------------------------------------
+COMMIT_LENGTH = 40  # a full git commit hash, as the hub names snapshots
+
+
+def fingerprint_cache_path() -> Path:
+    """Where file content hashes are cached: $RLG_FINGERPRINT_CACHE or ~/.cache/rlg-bench/fingerprints.json."""
+    default = Path.home() / ".cache" / "rlg-bench" / "fingerprints.json"
+    return Path(os.environ.get("RLG_FINGERPRINT_CACHE", default)).expanduser()
+
+
+def _file_sha256(path: Path, cache: dict[str, list]) -> str:
+    """Content sha256 of a file, cached by (absolute path, size, mtime_ns): a rerun hashes nothing,
+    a file rewritten in place is hashed again."""
+    st = path.stat()
+    key = str(path.resolve())
+    hit = cache.get(key)
+    if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+        return hit[2]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    cache[key] = [st.st_size, st.st_mtime_ns, h.hexdigest()]
+    return cache[key][2]
+
+
+def _local_files(ckpt: Checkpoint, role: str) -> tuple[Path, list[Path]]:
+    """The files of a local checkpoint that an image depends on (hidden files excluded; none when the
+    subfolder or file is missing, which loading then reports)."""
+    root = Path(ckpt.id).expanduser().resolve()
+    folder = root / ckpt.subfolder if ckpt.subfolder else root
+    if folder.is_file():
+        return folder.parent, [folder]
+    if not folder.is_dir():  # loading names the missing part; the identity just has no files
+        return folder, []
+    if ckpt.weight_name:  # a single weight file plus the configs beside it
+        files = [folder / ckpt.weight_name] + sorted(folder.glob("*.json"))
+    else:
+        files = sorted(p for p in folder.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return folder, [p for p in files if p.is_file()]
+
+
+def _hub_commit(ckpt: Checkpoint, offline: bool, cache_dir: str | Path | None) -> tuple[str | None, str]:
+    """(commit, how it was resolved) for a hub checkpoint: a full-hash revision as given; else the hub
+    (when online); else the local HF cache's ref for the revision; else (None, "unresolved")."""
+    rev = ckpt.revision or "main"
+    if len(rev) == COMMIT_LENGTH and all(c in "0123456789abcdef" for c in rev):
+        return rev, "pinned"
+    if not offline:
+        from huggingface_hub import HfApi
+
+        try:
+            return HfApi().model_info(ckpt.id, revision=rev, timeout=10).sha, "hub"
+        except Exception as exc:  # no network, gated, rate limit: fall back to the cache
+            log.debug("could not resolve %s on the hub: %s", ckpt.describe(), exc)
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    ref = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ckpt.id, repo_type="model") / "refs" / rev
+    if ref.is_file():
+        return ref.read_text().strip(), "cache"
+    return None, "unresolved"
+
+
+def checkpoint_identity(ckpt: Checkpoint, role: str, *, offline: bool = False, cache_dir: str | Path | None = None,
+                        hash_cache: dict[str, list] | None = None) -> dict[str, Any]:
+    """The resolved identity of one checkpoint (see ``weights_identity``)."""
+    where = {"subfolder": ckpt.subfolder, "weight_name": ckpt.weight_name, "variant": ckpt.variant}
+    if Path(ckpt.id).expanduser().exists():
+        folder, files = _local_files(ckpt, role)
+        cache = {} if hash_cache is None else hash_cache
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f"{f.relative_to(folder).as_posix()}\0{_file_sha256(f, cache)}\n".encode())
+        return {"source": "local", "path": str(folder), **where, "files": len(files), "sha256": h.hexdigest()}
+    commit, how = _hub_commit(ckpt, offline, cache_dir)
+    return {"source": "hub", "id": ckpt.id, "revision": ckpt.revision, **where, "commit": commit, "resolved_by": how}
+
+
+def weights_identity(spec: PairSpec, *, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """The resolved identity of every weight file an image of ``spec`` depends on, before loading.
+
+    Returns ``{"base": ..., "rl": ..., "vae": ... | None}``, each a JSON-ready dict:
+      hub checkpoints:   {"source": "hub", "id", "revision", "subfolder", "weight_name", "variant",
+                          "commit": <40-hex snapshot commit or None>, "resolved_by": pinned|hub|cache|unresolved}
+                         (a full-hash revision is used as is; otherwise the hub is asked when online, and the
+                         local HF cache's ref for the revision is read when offline or the hub cannot be reached)
+      local checkpoints: {"source": "local", "path", ..., "files": n, "sha256": <hash over (relative path,
+                         content sha256) of every file it depends on>}; content hashes are cached by
+                         (path, size, mtime) in ``fingerprint_cache_path()``, so a rerun reads no weights and a
+                         file rewritten in place is hashed again.
+    ``cache_dir``: the HF hub cache (default: huggingface_hub's). Raises PairError for a local path that does
+    not hold the checkpoint. Content keys that include this change when any weight changes.
+    """
+    offline = _offline(spec)
+    cache_file = fingerprint_cache_path()
+    try:
+        hash_cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    except (OSError, ValueError):  # a damaged cache is only a cache
+        hash_cache = {}
+    before = dict(hash_cache)
+    out = {role: checkpoint_identity(ckpt, role, offline=offline, cache_dir=cache_dir, hash_cache=hash_cache)
+           if ckpt is not None else None for role, ckpt in (("base", spec.base), ("rl", spec.rl), ("vae", spec.vae))}
+    if hash_cache != before:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(hash_cache))
+            os.replace(tmp, cache_file)  # atomic: concurrent ranks never read half a file
+        except OSError as exc:
+            log.warning("could not write the fingerprint cache %s (%s); weights are hashed again next time", cache_file, exc)
+    return out
+
+
+def pin_resolved(spec: PairSpec, identity: dict[str, Any]) -> PairSpec:
+    """``spec`` with every unpinned hub checkpoint set to the commit ``identity`` resolved, so what is loaded
+    is what the identity names (a hub ``main`` that moves between the two cannot slip in)."""
+    def pin(ckpt: Checkpoint | None, ident: dict[str, Any] | None) -> Checkpoint | None:
+        if ckpt is None or not ident or ident["source"] != "hub" or not ident["commit"]:
+            return ckpt
+        return replace(ckpt, revision=ident["commit"])
+
+    return replace(spec, base=pin(spec.base, identity.get("base")), rl=pin(spec.rl, identity.get("rl")),
+                   vae=pin(spec.vae, identity.get("vae")))
 
 
 def _not_found(what: str, ckpt: Checkpoint, exc: Exception, offline: bool) -> PairError:
@@ -143,12 +288,62 @@ def load_pipeline(spec: PairSpec):
         cls = getattr(diffusers, spec.pipeline_class)
     try:
         config = cls.load_config(spec.base.id, **{k: v for k, v in kw.items() if k in ("revision", "local_files_only")})
-        if "safety_checker" in config:  # research images are scored, not filtered (black images would bias every metric)
-            kw.update(safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise _not_found("base pipeline (its model_index.json)", spec.base, exc, _offline(spec)) from exc
+    if "safety_checker" in config:  # research images are scored, not filtered (black images would bias every metric)
+        kw.update(safety_checker=None, requires_safety_checker=False)
+    for comp, value in config.items():  # a pipeline saved without a component lists it as [null, null]
+        if not comp.startswith("_") and isinstance(value, (list, tuple)) and list(value) == [None, None]:
+            kw.setdefault(comp, None)
+    kw.update(spec.components)
+    missing = _missing_components(spec, config, kw)
+    if missing:
+        comp, where = missing[0]
+        raise PairError(f"cannot load component {comp!r} of the base pipeline {spec.base.describe()}: {where} "
+                        f"does not hold it.\nFix: download it, or load the pipeline without it if it allows that: "
+                        f"pair.components: {{{comp}: null{_paired_tokenizer(comp, config)}}}")
+    try:
         pipe = cls.from_pretrained(spec.base.id, dtype=dtype, **kw)
     except (OSError, ValueError, EnvironmentError) as exc:
-        raise _safetensors_hint(exc, spec, spec.base) or _not_found("base pipeline", spec.base, exc, _offline(spec)) from exc
+        comp = _failed_component(exc)
+        what = f"component {comp!r} of the base pipeline" if comp else "base pipeline"
+        raise _safetensors_hint(exc, spec, spec.base) or _not_found(what, spec.base, exc, _offline(spec)) from exc
     return pipe
+
+
+def _paired_tokenizer(comp: str, config: dict[str, Any]) -> str:
+    twin = comp.replace("text_encoder", "tokenizer")
+    return f", {twin}: null" if twin != comp and twin in config else ""
+
+
+def _missing_components(spec: PairSpec, config: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, str]]:
+    """Components that model_index.json lists but the local directory (or the offline hub snapshot) lacks."""
+    wanted = [c for c, v in config.items() if not c.startswith("_") and isinstance(v, (list, tuple))
+              and len(v) == 2 and v[1] is not None and c not in given]
+    local = Path(spec.base.id).expanduser()
+    if local.is_dir():
+        root = local / (spec.base.subfolder or "")
+    elif _offline(spec):
+        from huggingface_hub import try_to_load_from_cache
+
+        index = try_to_load_from_cache(spec.base.id, "model_index.json", revision=spec.base.revision)
+        if not isinstance(index, str):
+            return []
+        root = Path(index).parent
+    else:
+        return []
+    return [(c, f"{root / c} (listed in model_index.json)") for c in wanted if not (root / c).is_dir()]
+
+
+def _failed_component(exc: BaseException) -> str | None:
+    """The component diffusers was loading when ``exc`` was raised (its ``load_sub_model(name=...)``), if any."""
+    tb = exc.__traceback__
+    name = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "load_sub_model":
+            name = tb.tb_frame.f_locals.get("name")
+        tb = tb.tb_next
+    return name if isinstance(name, str) else None
 
 
 def _denoiser_name(pipe) -> str:
@@ -256,6 +451,10 @@ def load_peft_lora(spec: PairSpec, model: torch.nn.Module) -> dict[str, Any]:
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 
     config_path = _resolve_file(spec, spec.rl, "adapter_config.json")
+    peft_type = json.loads(config_path.read_text()).get("peft_type", "LORA")
+    if peft_type != "LORA":
+        raise PairError(f"the PEFT adapter {spec.rl.describe()} is a {peft_type} adapter; RLG loads LoRA adapters "
+                        "(including DoRA and modules_to_save). Merge it into the denoiser and use rl_kind: full")
     config = LoraConfig.from_pretrained(str(config_path.parent))
     config.inference_mode = True
     weight_file = spec.rl.weight_name or "adapter_model.safetensors"
@@ -273,8 +472,22 @@ def load_peft_lora(spec: PairSpec, model: torch.nn.Module) -> dict[str, Any]:
         raise PairError(f"the PEFT adapter {spec.rl.describe()} matches no module of {type(model).__name__} "
                         f"(target_modules={sorted(config.target_modules or [])}): {exc}") from exc
     result = set_peft_model_state_dict(model, state, adapter_name=RL_ADAPTER)
-    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-    return _check_lora(model, spec, len(state), unexpected)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k or "modules_to_save" in k]
+    n_lora = sum(1 for k in state if ".lora_A." in k or ".lora_B." in k)
+    info = _check_lora(model, spec, n_lora, unexpected)
+    saved = sorted(config.modules_to_save or [])
+    if saved:
+        from peft.utils.other import ModulesToSaveWrapper
+
+        wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)})
+        copies = [k for k in state if "lora_" not in k]
+        if not wrapped or not copies:
+            raise PairError(f"the PEFT adapter {spec.rl.describe()} lists modules_to_save={saved} but "
+                            f"{'no module of the base matches' if not wrapped else 'its file holds no weights for them'}; "
+                            "the adapter does not fit this base model")
+        info["modules_to_save"] = wrapped
+    info["dora"] = bool(config.use_dora)
+    return info
 
 
 def load_diffusers_lora(spec: PairSpec, pipe, name: str) -> dict[str, Any]:
@@ -315,7 +528,17 @@ def load_pair(spec: PairSpec, *, window: StepWindow = StepWindow(), micro_batch:
     ``window`` and ``micro_batch`` are only the denoiser's defaults; ``RLGSampler`` sets them per call
     from ``SamplerSettings`` (so a sweep over them keeps the pair loaded), as does
     ``RLGDenoiser.begin(..., window=, micro_batch=)``.
+    The resolved weight identity (``weights_identity``) is in ``pair.info["weights"]``; an unpinned hub
+    checkpoint is loaded at the commit resolved for it, with a warning naming the revision to pin.
     """
+    identity = weights_identity(spec)
+    for role, ident in identity.items():
+        if ident and ident["source"] == "hub" and ident["resolved_by"] != "pinned":
+            log.warning("pair %s: the %s %s is not pinned (revision %s); loading commit %s. For exact reproduction "
+                        "set pair.%s.revision=%s", spec.name, role, ident["id"], ident["revision"], ident["commit"],
+                        role, ident["commit"] or "<commit>")
+    requested = spec
+    spec = pin_resolved(spec, identity)
     pipe = load_pipeline(spec)
     name = _denoiser_name(pipe)
     base = getattr(pipe, name).eval()
@@ -331,8 +554,9 @@ def load_pair(spec: PairSpec, *, window: StepWindow = StepWindow(), micro_batch:
         raise PairError(f"unknown rl_kind {spec.rl_kind!r}; use full, diffusers_lora or peft_lora")
     setattr(pipe, name, denoiser)
     pipe.set_progress_bar_config(disable=True)
+    info["weights"] = identity
     log.info("loaded pair %s (%s) %s", spec.name, spec.rl_kind, json.dumps(info))
-    return LoadedPair(spec=spec, pipe=pipe, denoiser=denoiser, denoiser_name=name, info=info)
+    return LoadedPair(spec=requested, pipe=pipe, denoiser=denoiser, denoiser_name=name, info=info)
 
 
 def tiny_spec(family: str, rl_kind: str = "full", root: Path | str | None = None, seed: int = 0) -> PairSpec:
@@ -372,3 +596,53 @@ def place(pair: LoadedPair, device: torch.device, *, offload: str = "none", comp
         pair.denoiser.base = torch.compile(pair.denoiser.base).eval()
         if pair.denoiser.rl is not None:
             pair.denoiser.rl = torch.compile(pair.denoiser.rl).eval()
+
+
+def from_pipeline(pipe, rl: Any = None, *, rl_adapter: str | None = None, weight_name: str | None = None,
+                  name: str = "pipeline") -> LoadedPair:
+    """Make an already-loaded diffusers pipeline an RLG pair, in place (the notebook entry point).
+
+    Args:
+        pipe: a stock pipeline with a ``unet`` or ``transformer`` (SD1.5, SDXL, SD3, FLUX, inpainting, ...).
+        rl: the RL model: a denoiser module of the same class and config as the pipeline's (a full-weight
+            fine-tune, e.g. ``UNet2DConditionModel.from_pretrained("mhdang/dpo-sd1.5-text2image-v1",
+            subfolder="unet")``), or a path / hub id of a LoRA: a PEFT adapter directory
+            (adapter_config.json), a diffusers LoRA file, or a hub id (a PEFT adapter repo, or with
+            ``weight_name`` a diffusers LoRA file in it).
+        rl_adapter: instead of ``rl``, the name of a LoRA adapter already loaded on the pipeline's denoiser
+            (e.g. ``pipe.load_lora_weights(..., adapter_name="rl")``).
+    Returns a LoadedPair whose ``pipe`` is ``pipe`` with an RLGDenoiser installed; ``pair.unwrap()`` undoes it.
+    Raises PairError for an RL model that does not fit the pipeline.
+    """
+    dname = _denoiser_name(pipe)
+    base = getattr(pipe, dname)
+    if isinstance(base, RLGDenoiser):
+        raise PairError("this pipeline already carries an RLGDenoiser; call pair.unwrap() first or reuse that pair")
+    base.eval()
+    where = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
+    spec = PairSpec(name=name, base=Checkpoint(str(where or "<in-memory pipeline>")), rl=Checkpoint("<in-memory>"))
+    info: dict[str, Any] = {}
+    if (rl is None) == (rl_adapter is None):
+        raise PairError("from_pipeline needs the RL model: rl=<denoiser module or LoRA path>, or rl_adapter=<name>")
+    if rl_adapter is not None:
+        spec.rl_kind = "peft_lora"
+        denoiser = RLGDenoiser(base, rl_adapter=rl_adapter)
+    elif isinstance(rl, torch.nn.Module):
+        check_compatible(base, rl, f"given to from_pipeline ({type(rl).__name__})")
+        rl = rl.to(device=base.device, dtype=base.dtype).eval()
+        denoiser = RLGDenoiser(base, rl)
+    else:
+        path = Path(str(rl)).expanduser()
+        if path.is_file():  # a diffusers LoRA file
+            spec.rl, is_peft = Checkpoint(str(path.parent), weight_name=path.name), False
+        elif path.is_dir():
+            is_peft = (path / "adapter_config.json").is_file()
+            spec.rl = Checkpoint(str(path), weight_name=weight_name if not is_peft else None)
+        else:  # a hub id: a PEFT adapter repo, or a diffusers LoRA file named by weight_name
+            spec.rl, is_peft = Checkpoint(str(rl), weight_name=weight_name), weight_name is None
+        spec.rl_kind = "peft_lora" if is_peft else "diffusers_lora"
+        info = load_peft_lora(spec, base) if is_peft else load_diffusers_lora(spec, pipe, dname)
+        base.eval()
+        denoiser = RLGDenoiser(base, rl_adapter=RL_ADAPTER)
+    setattr(pipe, dname, denoiser)
+    return LoadedPair(spec=spec, pipe=pipe, denoiser=denoiser, denoiser_name=dname, info=info)

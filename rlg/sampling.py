@@ -251,6 +251,20 @@ def scheduler_for_call(pipe, scheduler, generators: list[torch.Generator]):
         pipe.scheduler = previous
 
 
+# Pipeline inputs given once for all images. Inpainting pipelines VAE-encode a single image with the
+# FIRST row's generator only (diffusers' _encode_vae_image loops over the image batch), which would
+# shift that row's noise; given one copy per row, every row draws from its own generator.
+PER_ROW_INPUTS = ("image", "mask_image")
+
+
+def _single_image(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.ndim == 3 or (value.ndim == 4 and value.shape[0] == 1)
+    if isinstance(value, np.ndarray):
+        return value.ndim in (2, 3)
+    return hasattr(value, "getpixel")  # a PIL image
+
+
 # ---------------------------------------------------------------------------------------------
 class RLGSampler:
     """Runs a loaded pair's pipeline on batches of work items."""
@@ -290,6 +304,9 @@ class RLGSampler:
             kw["callback_on_step_end"] = on_step
             kw["callback_on_step_end_tensor_inputs"] = ["latents"]
         kw.update(s.extra)
+        for key in PER_ROW_INPUTS:  # one copy per image, so each row's VAE sample uses its own generator
+            if key in kw and _single_image(kw[key]):
+                kw[key] = [kw[key]] * len(items)
         return kw
 
     def generate(self, items: list[WorkItem]) -> list[Generated]:
@@ -343,3 +360,35 @@ class RLGSampler:
             u8 = (np.nan_to_num(img, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8)
             out.append(Generated(it, u8, bad, first_bad[r]))
         return out
+
+
+def generate_grid(pair: LoadedPair, prompts: str | list[str], scales, *, seed: int = 0, samples: int = 1,
+                  output: str = "pil", **settings) -> list[list[list[Any]]]:
+    """Images of every (prompt, sample, scale), with paired noise: ``grid[prompt][sample][scale]``.
+
+    ``settings`` are SamplerSettings fields (num_inference_steps, guidance_scale, height, width,
+    negative_prompt, scheduler, window, micro_batch, ...); any other keyword goes to the pipeline as is
+    (``SamplerSettings.extra``). All scales of one (prompt, sample) run in one pipeline call from the same
+    noise, seeded by (seed, prompt index, sample index) only. ``output``: "pil" or "np" (uint8 HxWx3).
+    Nothing stays set on the pair after the call.
+    """
+    import dataclasses
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    scales = check_scales(scales)
+    names = {f.name for f in dataclasses.fields(SamplerSettings)} - {"extra"}
+    own = {k: v for k, v in settings.items() if k in names}
+    extra = {k: v for k, v in settings.items() if k not in names}
+    sampler = RLGSampler(pair, SamplerSettings(**own, extra=extra))
+    grid: list[list[list[Any]]] = []
+    for p, prompt in enumerate(prompts):
+        grid.append([])
+        for k in range(samples):
+            made = sampler.generate([WorkItem(p, prompt, k, seed, w) for w in scales])
+            if output == "pil":
+                from PIL import Image
+
+                grid[-1].append([Image.fromarray(g.image) for g in made])
+            else:
+                grid[-1].append([g.image for g in made])
+    return grid
