@@ -128,9 +128,19 @@ def pair_spec(conf) -> Any:
         return spec
     if p.base is None or p.rl is None:
         raise ConfigError(f"pair {p.name!r} needs pair.base.id and pair.rl.id (or pair.tiny=<family>)")
-    ck = lambda c: Checkpoint(**dataclasses.asdict(c)) if c is not None else None  # noqa: E731
+    def ck(c):
+        if c is None:
+            return None
+        fields = dataclasses.asdict(c)
+        if fields["id"].startswith("zoo:"):  # a model of the offline zoo shipped inside the package
+            from rlg.zoo import resolve_zoo_id
+
+            fields["id"] = resolve_zoo_id(fields["id"])
+        return Checkpoint(**fields)
+
     return PairSpec(name=p.name, base=ck(p.base), rl=ck(p.rl), rl_kind=p.rl_kind, pipeline_class=p.pipeline_class,
-                    vae=ck(p.vae), dtype=p.dtype, allow_pickle=p.allow_pickle, offline=p.offline)
+                    vae=ck(p.vae), dtype=p.dtype, allow_pickle=p.allow_pickle, offline=p.offline,
+                    components=dict(p.components))
 
 
 def sampler_settings(s) -> Any:
@@ -157,9 +167,8 @@ def sampler_settings(s) -> Any:
 def image_identity(conf: RunConf, spec, device: str) -> dict[str, Any]:
     """Everything besides (prompt, sample, seed, scale) that determines an image's bits: the pair with
     the resolved identity of every weight file, the sampler, the device type."""
-    import rlg.pairs
+    from rlg.pairs import weights_identity
 
-    weights_identity = getattr(rlg.pairs, "weights_identity", lambda spec: None)  # TEMP until the library lands it
     s = dataclasses.asdict(conf.sampler)
     s.pop("name")
     s.pop("batch_size")  # the batch layout does not change an image (micro_batch does, so it stays)

@@ -41,6 +41,8 @@ class PairConf:
     allow_pickle: bool = False
     offline: bool = False
     analytic: Optional[AnalyticConf] = None  # a closed-form Gaussian-mixture pair (ground truth), not a pipeline
+    # pipeline components passed to from_pretrained as given, e.g. {text_encoder_3: null, tokenizer_3: null} (SD3 w/o T5)
+    components: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
