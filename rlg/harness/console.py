@@ -9,7 +9,7 @@ report path. Everything silenced here is the libraries' own documented switch:
 * huggingface_hub: ``huggingface_hub.utils.disable_progress_bars()`` (download bars);
 * known warnings that say nothing a user can act on (``KNOWN_WARNINGS``), filtered by message.
 
-Errors are never silenced. ``quiet_third_party(verbose=True)`` turns everything back on.
+Errors are never silenced. ``quiet_third_party(verbose=True)`` puts the libraries' defaults back.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def quiet_third_party(verbose: bool = False) -> None:
 
     Call it once at start-up, before a pipeline or evaluator is loaded.
     """
-    level = logging.INFO if verbose else logging.ERROR
+    level = logging.WARNING if verbose else logging.ERROR  # WARNING: the libraries' own default
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
     try:

@@ -199,3 +199,7 @@ class SweepReport(_Callback):
             log.warning("no combined sweep report: %s", exc)
             return
         print(f"Report: {result['index']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

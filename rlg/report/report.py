@@ -64,7 +64,9 @@ def series_protocol(protocol: dict[str, Any] | None, series: tuple, df: pd.DataF
         if c in df.columns:
             mask &= (df[c] == v).to_numpy()
     d = df[mask]
-    per_run = protocol.pop(run_id, None) if isinstance(protocol.get(run_id), dict) else None
+    per_run = protocol.get(run_id) if isinstance(protocol.get(run_id), dict) else None
+    run_ids = set(df["run_id"].astype(str)) if "run_id" in df.columns else set()
+    protocol = {k: v for k, v in protocol.items() if not (isinstance(v, dict) and (k in run_ids or k == run_id))}
     derived: dict[str, Any] = {}
     if len(d):
         derived["evaluator_versions"] = d.groupby("evaluator")["version"].first().to_dict()
