@@ -55,13 +55,19 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def _labels(runs: Sequence[Path]) -> list[str]:
-    """Short unique names: the directory name, with parents added until names differ."""
-    depth = 1
-    while depth < 6:
+    """Short unique names: the directory name, with parents added until names differ; for Hydra
+    sweep jobs (override_dirname "a=1,b=2,...") only the overrides that differ between the runs."""
+    names = [r.name for r in runs]
+    if len(runs) > 1 and all("=" in n for n in names):
+        tokens = [n.split(",") for n in names]
+        common = set(tokens[0]).intersection(*map(set, tokens[1:]))
+        short = [",".join(t for t in ts if t not in common) or n for ts, n in zip(tokens, names)]
+        if len(set(short)) == len(short):
+            return short
+    for depth in range(1, 6):
         names = ["/".join(r.parts[-depth:]) for r in runs]
         if len(set(names)) == len(names):
             return names
-        depth += 1
     return [str(r) for r in runs]
 
 

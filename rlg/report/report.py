@@ -297,7 +297,7 @@ def _protocol_rows(proto: dict[str, Any], pair: str | None) -> list[list[str]]:
             v = "; ".join(f"{a}: {b}" for a, b in v.items()) if v else None
         if v is None or v == "":
             continue
-        rows.append([k, str(v)])
+        rows.append([k, f"{v:g}" if isinstance(v, float) else str(v)])
     return rows
 
 
