@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from rlg.extras import require
+
 FAMILIES = ("sd", "sdxl", "sd3", "flux", "sd_inpaint", "sdxl_inpaint", "ddim")
 FIXTURE_VERSION = "1"  # bump when a builder changes, so cached fixtures are rebuilt
 NUM_MERGES = 2000  # BPE merges kept from open_clip's vocabulary: a small but real tokenizer
@@ -57,7 +59,7 @@ def clip_bpe(num_merges: int = NUM_MERGES) -> tuple[dict[str, int], list[str]]:
     """Vocabulary and merges of open_clip's CLIP tokenizer, truncated to ``num_merges`` merges
     (the construction open_clip's SimpleTokenizer uses, so ids agree with the full tokenizer for
     the tokens kept)."""
-    import open_clip
+    open_clip = require("open_clip", purpose="the tiny offline pairs (CLIP vocabulary file)")
 
     path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     lines = gzip.open(path).read().decode("utf-8").split("\n")

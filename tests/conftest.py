@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+from tests.helpers.shared_data import missing_reason, shared_path
+
 # Tests are CPU-only and small; two threads match the CI machine and keep results repeatable.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -30,3 +32,16 @@ def compose():
             return hydra_compose("config", overrides=list(overrides))
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def shared_file():
+    """``shared_file("geneval/evaluation_metadata.jsonl")``: the path of an upstream data file the
+    project does not ship, or a skip naming it (see tests/helpers/shared_data.py)."""
+    def get(relative: str):
+        path = shared_path(relative)
+        if path is None:
+            pytest.skip(missing_reason(relative))
+        return path
+
+    return get

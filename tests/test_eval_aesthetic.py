@@ -20,15 +20,14 @@ from rlg.evaluators._models import ModelNotAvailableError, open_clip_tag
 from rlg.evaluators.aesthetic import HEAD_FILENAME, HEAD_SHA256, HEAD_URL, Aesthetic, load_aesthetic_head
 from rlg.evaluators.base import Evaluator, Sample, get_evaluator, run_evaluator
 from tests.helpers.scorers import save_tiny_open_clip
+from tests.helpers.shared_data import missing_reason, shared_path
 
-REAL_HEAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "aesthetic" / HEAD_FILENAME
-if not REAL_HEAD.exists():  # the checkout may live elsewhere; the shared data has a fixed home
-    REAL_HEAD = Path("/work/shared/data/aesthetic") / HEAD_FILENAME
+REAL_HEAD = shared_path(f"aesthetic/{HEAD_FILENAME}") or Path("missing") / HEAD_FILENAME
 SIZE = 64
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
-pytestmark = pytest.mark.skipif(not REAL_HEAD.exists(), reason=f"real aesthetic head not found at {REAL_HEAD}")
+pytestmark = pytest.mark.skipif(not REAL_HEAD.exists(), reason=missing_reason(f"aesthetic/{HEAD_FILENAME}"))
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,7 @@ from rlg.evaluators.geneval.detectors import (
     preprocess,
 )
 
-DATA = "/work/shared/data"
-METADATA = f"{DATA}/geneval/evaluation_metadata.jsonl"
+METADATA = "geneval/evaluation_metadata.jsonl"  # in the upstream data files (tests/helpers/shared_data.py)
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -247,8 +246,8 @@ def test_relative_position_y_axis_diagonals_and_margin_option():
     assert relative_position(a, b, margin=0.0) == {"right of"}
 
 
-def test_counting_excess_is_judged_after_threshold_in_real_rows():
-    row = next(r for r in load_metadata(METADATA) if r["tag"] == "counting" and r["include"][0]["count"] == 3)
+def test_counting_excess_is_judged_after_threshold_in_real_rows(shared_file):
+    row = next(r for r in load_metadata(shared_file(METADATA)) if r["tag"] == "counting" and r["include"][0]["count"] == 3)
     cls = row["include"][0]["class"]
     assert row["exclude"] == [{"class": cls, "count": 4}]
     three = [det(cls, 0.95), det(cls, 0.93), det(cls, 0.92)]
@@ -300,8 +299,8 @@ def test_summarize_leaves_out_failures_and_groups_by_metadata():
 # ---- metadata -------------------------------------------------------------------------------------
 
 
-def test_load_real_metadata():
-    rows = load_metadata(METADATA)
+def test_load_real_metadata(shared_file):
+    rows = load_metadata(shared_file(METADATA))
     assert len(rows) == 553
     counts = pd.Series([r["tag"] for r in rows]).value_counts().to_dict()
     assert counts == {"position": 100, "color_attr": 100, "two_object": 99, "colors": 94,
@@ -309,11 +308,11 @@ def test_load_real_metadata():
     assert set(counts) == set(TAGS)
     assert rows[0] == {"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "a photo of a bench"}
     # Flow-GRPO's copy (553 prompts x 4) has the same schema
-    assert len(load_metadata(f"{DATA}/flow_grpo/geneval_test_metadata.jsonl")) == 2212
+    assert len(load_metadata(shared_file("flow_grpo/geneval_test_metadata.jsonl"))) == 2212
 
 
-def test_object_names_match_upstream_file():
-    with open(f"{DATA}/geneval/object_names.txt") as f:
+def test_object_names_match_upstream_file(shared_file):
+    with open(shared_file("geneval/object_names.txt")) as f:
         assert tuple(line.strip() for line in f if line.strip()) == OBJECT_NAMES
 
 
@@ -519,8 +518,8 @@ def test_colour_classifier_on_tiny_open_clip(tiny_clip):
     assert not torch.allclose(clf.text_classifier("car"), clf.text_classifier("apple"))
 
 
-def test_geneval_end_to_end_with_tiny_models(tiny_mask2former, tiny_clip):
-    rows = load_metadata(METADATA)
+def test_geneval_end_to_end_with_tiny_models(tiny_mask2former, tiny_clip, shared_file):
+    rows = load_metadata(shared_file(METADATA))
     pick = {tag: next(r for r in rows if r["tag"] == tag) for tag in ("single_object", "colors", "counting")}
     img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     samples = [Sample(tag, img, row["prompt"], row) for tag, row in pick.items()]

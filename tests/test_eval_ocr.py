@@ -12,7 +12,6 @@ from PIL import Image, ImageDraw, ImageFont
 from rlg.evaluators.base import Sample, get_evaluator, run_evaluator
 from rlg.evaluators.ocr import OCRAccuracy, extract_target, ocr_accuracy
 
-OCR_PROMPTS = "/work/shared/data/flow_grpo/ocr_test.txt"
 FONT_DIR = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
 
 
@@ -60,8 +59,8 @@ def test_extract_target():
         extract_target('an empty "  " sign')
 
 
-def test_extract_target_on_real_flow_grpo_prompts():
-    with open(OCR_PROMPTS) as f:
+def test_extract_target_on_real_flow_grpo_prompts(shared_file):
+    with open(shared_file("flow_grpo/ocr_test.txt")) as f:
         prompts = f.read().split("\n")
     assert len(prompts) == 1018
     targets = [extract_target(p) for p in prompts]

@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from rlg.extras import require
+
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -210,7 +212,7 @@ def embeddings(output: Any):
 def open_clip_tag(model_name: str, tag: str) -> tuple[str, list[str], dict[str, Any]]:
     """Hub repo, weight file candidates (safetensors first) and ``create_model_and_transforms``
     keyword arguments (QuickGELU flag, preprocessing) of an open_clip pretrained tag."""
-    import open_clip
+    open_clip = require("open_clip", purpose="open_clip models (hps, aesthetic, geneval)")
 
     cfg = open_clip.get_pretrained_cfg(model_name, tag)
     if not cfg:
@@ -255,7 +257,7 @@ def load_open_clip(
     because open_clip builds e.g. ``ViT-L-14`` with plain GELU even for the "openai" weights.
     Returns ``(model, preprocess, source)`` with ``source`` for version strings.
     """
-    import open_clip
+    open_clip = require("open_clip", purpose="open_clip models (hps, aesthetic, geneval)")
 
     extra: dict[str, Any] = {}
     if model_name.startswith("local-dir:"):

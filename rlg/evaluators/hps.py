@@ -41,6 +41,7 @@ from rlg.evaluators._models import (
     sha256_of,
 )
 from rlg.evaluators.base import Sample
+from rlg.extras import require
 
 HUB_REPO = "xswu/HPSv2"
 CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}  # upstream hps_version_map
@@ -50,7 +51,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def hps_preprocess(image, size: int, antialias: bool = True):
     """Upstream's val transform: longer side to ``size`` (bicubic, on the tensor), centred zero pad."""
-    import torchvision.transforms.functional as TF
+    TF = require("torchvision.transforms.functional", purpose="the hps evaluator")
     from torchvision.transforms import InterpolationMode
 
     x = TF.to_tensor(image.convert("RGB"))
@@ -97,7 +98,7 @@ class HPSv2:
         offline: bool | None = None,
         cache_dir: str | None = None,
     ):
-        import open_clip
+        open_clip = require("open_clip", purpose="the hps evaluator")
         import torch
 
         if hps_version not in CHECKPOINTS:

@@ -55,6 +55,7 @@ from rlg.evaluators._models import (
 )
 from rlg.evaluators.aesthetic import aesthetic_head
 from rlg.evaluators.base import Sample
+from rlg.extras import require
 
 HUB_REPO = "THUDM/ImageReward"
 CHECKPOINT = "ImageReward.pt"
@@ -133,7 +134,7 @@ class ImageReward:
         cache_dir: str | None = None,
     ):
         import torch
-        from torchvision import transforms as T
+        T = require("torchvision.transforms", purpose="the imagereward evaluator")
         from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
         offline = is_offline(offline)

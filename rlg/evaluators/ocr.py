@@ -18,7 +18,9 @@ import importlib.metadata
 from typing import Any, Callable
 
 import numpy as np
-from rapidfuzz.distance import Levenshtein
+from rlg.extras import require
+
+Levenshtein = require("rapidfuzz.distance", purpose="the ocr evaluator").Levenshtein
 
 from rlg.evaluators.base import Sample
 
@@ -72,7 +74,7 @@ def _dist_version(name: str) -> str:
 
 
 def _easyocr_reader(gpu: bool, model_dir: str | None) -> Callable[[np.ndarray], str]:
-    import easyocr
+    easyocr = require("easyocr", purpose="the ocr evaluator (engine=easyocr)")
 
     if model_dir is None:
         try:

@@ -1,5 +1,12 @@
-"""Prompt sets: downloaded on first use from their upstream source (pinned commit + sha256) into a
-cache, or read from a local path (``prompts.path``)."""
+"""Prompt sets: fetched on first use from their upstream source, or read from a local path
+(``prompts.path``).
+
+Sets hosted on the Hugging Face hub (HPDv2, DrawBench) come through ``huggingface_hub`` (its cache,
+HF_HUB_OFFLINE and HF_ENDPOINT mirrors apply; the commit read is recorded); sets on GitHub come from
+a URL pinned to a commit and a sha256, cached under ``<cache>/prompts`` (``rlg.downloads``).
+
+    prompts, info = load_prompt_set("geneval", cache_dir="~/.cache/rlg-bench", max_prompts=64)
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,6 @@ import hashlib
 import json
 import logging
 import re
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,10 +30,14 @@ class Prompt:
 
 @dataclass(frozen=True)
 class Source:
+    """Where a prompt set lives: a URL (pinned by ``sha256``) or, with ``hub_repo``, a file of a hub
+    dataset repo at ``revision`` (``url`` is then the file's path inside the repo)."""
     url: str | None  # None: no public file (list it yourself with prompts.path)
     sha256: str | None  # None: upstream has no pinned version we know of; the hash is recorded instead
     parse: Callable[[str, str], list[Prompt]]
     filename: str
+    hub_repo: str | None = None
+    revision: str | None = None  # a hub commit; None reads the default branch (the commit read is recorded)
 
 
 class PromptError(ValueError):
@@ -103,11 +113,10 @@ SOURCES: dict[str, Source] = {
     "flow_grpo_pickscore": Source(f"{GH}/yifan123/flow_grpo/ac4c86e8cae0/dataset/pickscore/test.txt",
                                   "d75c025fa451866e70f7e36243f7cdd93095523cb51f5f9651f2ce3236d20262", _lines,
                                   "flow_grpo_pickscore_test.txt"),
-    # 4 styles x 800; fetched one style file at a time (see load_prompts)
-    "hpsv2": Source("https://huggingface.co/datasets/zhwang/HPDv2/resolve/main/benchmark/{style}.json", None,
-                    _hpsv2, "hpsv2_{style}.json"),
-    "drawbench": Source("https://huggingface.co/datasets/sayakpaul/drawbench/resolve/main/drawbench.csv", None,
-                        lambda t, w: [Prompt(i, r) for i, r in enumerate(_csv_first_column(t))], "drawbench.csv"),
+    # 4 styles x 800; fetched one style file at a time (see load_prompt_set)
+    "hpsv2": Source("benchmark/{style}.json", None, _hpsv2, "hpsv2_{style}.json", hub_repo="zhwang/HPDv2"),
+    "drawbench": Source("drawbench.csv", None, lambda t, w: [Prompt(i, r) for i, r in enumerate(_csv_first_column(t))],
+                        "drawbench.csv", hub_repo="sayakpaul/drawbench"),
     "parti": Source(f"{GH}/google-research/parti/main/PartiPrompts.tsv", None, _parti, "PartiPrompts.tsv"),
 }
 HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
@@ -129,26 +138,22 @@ def sha256_text(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fetch(url: str, dest: Path, sha256: str | None, override_hint: str) -> bytes:
-    if dest.exists():
-        data = dest.read_bytes()
-        if sha256 is None or sha256_text(data) == sha256:
-            return data
-        log.warning("cached %s has the wrong checksum; downloading again", dest)
+def _fetch(src: Source, cache: Path, hint: str, revision: str | None = None, **fmt: str) -> tuple[bytes, dict]:
+    """The bytes of one source file and where they came from (url or hub repo@commit, sha256)."""
+    from rlg.downloads import DownloadError, hub_file, url_file
+
     try:
-        with urllib.request.urlopen(url, timeout=60) as r:
-            data = r.read()
-    except Exception as exc:
-        raise PromptError(f"could not download {url} ({exc}). Fix: download it yourself and set "
-                          f"{override_hint}") from exc
-    if sha256 is not None and sha256_text(data) != sha256:
-        raise PromptError(f"{url} has sha256 {sha256_text(data)}, expected {sha256}: upstream changed. "
-                          f"Use a copy of the pinned file via {override_hint}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(dest)
-    return data
+        if src.hub_repo:
+            got = hub_file(src.hub_repo, src.url.format(**fmt), revision=revision or src.revision,
+                           repo_type="dataset", fix=hint)
+            where = {"hub": src.hub_repo, "file": src.url.format(**fmt), "commit": got.commit}
+        else:
+            got = url_file(src.url.format(**fmt), cache / src.filename.format(**fmt), sha256=src.sha256,
+                           fix=f"download it yourself and set {hint}")
+            where = {"url": src.url.format(**fmt)}
+    except DownloadError as exc:
+        raise PromptError(str(exc)) from exc
+    return got.read_bytes(), {**where, "sha256": got.sha256}
 
 
 def _decode(data: bytes, where: str) -> str:
@@ -159,52 +164,66 @@ def _decode(data: bytes, where: str) -> str:
 
 
 def load_prompts(cfg, cache_dir: str | Path) -> tuple[list[Prompt], dict[str, Any]]:
-    """The prompts of a PromptsConf, plus provenance (source, url, sha256) for the run metadata."""
+    """``load_prompt_set`` from a PromptsConf (any object with its fields)."""
+    get = (lambda k, d=None: cfg.get(k, d)) if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
+    return load_prompt_set(get("source"), cache_dir=cache_dir, path=get("path"), items=get("items"),
+                           max_prompts=get("max_prompts"), sfw=bool(get("sfw", False)), revision=get("revision"))
+
+
+def load_prompt_set(source: str, *, cache_dir: str | Path, path: str | Path | None = None,
+                    items: list[str] | None = None, max_prompts: int | None = None, sfw: bool = False,
+                    revision: str | None = None) -> tuple[list[Prompt], dict[str, Any]]:
+    """The prompts of ``source`` (inline, file, or a name in SOURCES), plus provenance for the run
+    metadata (source, url or hub repo and commit, sha256, count).
+
+    ``path``: a local copy (read instead of downloading; checked against the pinned sha256 if any).
+    ``revision``: hub commit for hub-hosted sets (default: Source.revision). Raises PromptError.
+    """
     cache = Path(cache_dir).expanduser() / "prompts"
-    if cfg.source == "inline":
-        prompts = [Prompt(i, p) for i, p in enumerate(cfg.items) if p.strip()]
+    if source == "inline":
+        prompts = [Prompt(i, p) for i, p in enumerate(items or []) if p.strip()]
         if not prompts:
             raise PromptError("prompts.items is empty; list at least one prompt")
         info: dict[str, Any] = {"source": "inline"}
-    elif cfg.source == "file" or cfg.path:
-        if not cfg.path:
+    elif source == "file" or path:
+        if not path:
             raise PromptError("prompts.source=file needs prompts.path=/path/to/prompts.txt (or .jsonl)")
-        path = Path(cfg.path).expanduser()
+        path = Path(path).expanduser()
         if not path.is_file():
             raise PromptError(f"prompt file {path} does not exist; fix prompts.path")
         data = path.read_bytes()
         text = _decode(data, str(path))
-        parse = SOURCES[cfg.source].parse if cfg.source in SOURCES else (_jsonl if path.suffix == ".jsonl" else _lines)
+        parse = SOURCES[source].parse if source in SOURCES else (_jsonl if path.suffix == ".jsonl" else _lines)
         prompts = parse(text, str(path))
-        info = {"source": cfg.source, "path": str(path), "sha256": sha256_text(data)}
-        expected = SOURCES[cfg.source].sha256 if cfg.source in SOURCES else None
+        info = {"source": source, "path": str(path), "sha256": sha256_text(data)}
+        expected = SOURCES[source].sha256 if source in SOURCES else None
         if expected and info["sha256"] != expected:
             log.warning("%s differs from the pinned upstream file (sha256 %s, expected %s)", path, info["sha256"], expected)
-    elif cfg.source in SOURCES:
-        src = SOURCES[cfg.source]
+    elif source in SOURCES:
+        src = SOURCES[source]
         hint = f"prompts.path=/local/{src.filename}"
-        if cfg.source == "hpsv2":
-            prompts, hashes = [], {}
+        if source == "hpsv2":
+            prompts, files = [], {}
             for style in HPS_STYLES:
-                data = _fetch(src.url.format(style=style), cache / src.filename.format(style=style), None, hint)
-                hashes[style] = sha256_text(data)
+                data, files[style] = _fetch(src, cache, hint.format(style=style), revision, style=style)
                 for p in src.parse(_decode(data, style), style):
                     prompts.append(Prompt(len(prompts), p.text, {"style": style}))
-            info = {"source": "hpsv2", "sha256": hashes}
+            info = {"source": "hpsv2", "files": files, "sha256": {k: v["sha256"] for k, v in files.items()}}
         else:
-            data = _fetch(src.url, cache / src.filename, src.sha256, hint)
+            data, where = _fetch(src, cache, hint, revision)
             prompts = src.parse(_decode(data, src.url), src.url)
-            info = {"source": cfg.source, "url": src.url, "sha256": sha256_text(data)}
-        if src.sha256 is None:
-            log.warning("prompt set %s has no pinned checksum; its sha256 is recorded in the run metadata", cfg.source)
+            info = {"source": source, **where}
+        if src.sha256 is None and not (src.hub_repo and (revision or src.revision)):
+            log.warning("prompt set %s is not pinned upstream; its sha256 (and hub commit) are recorded in the run "
+                        "metadata", source)
     else:
-        raise PromptError(f"unknown prompt source {cfg.source!r}; known: inline, file, {', '.join(SOURCES)}")
-    if cfg.sfw:
+        raise PromptError(f"unknown prompt source {source!r}; known: inline, file, {', '.join(SOURCES)}")
+    if sfw:
         pattern = re.compile(r"\b(" + "|".join(NSFW_WORDS) + r")\b", re.IGNORECASE)
         before = len(prompts)
         prompts = [p for p in prompts if not pattern.search(p.text)]
         info["sfw_removed"] = before - len(prompts)
-    if cfg.max_prompts is not None:
-        prompts = prompts[: cfg.max_prompts]
+    if max_prompts is not None:
+        prompts = prompts[:max_prompts]
     info["count"] = len(prompts)
     return prompts, info

@@ -139,6 +139,12 @@ def _sha256_file(path: Path) -> str:
 
 
 # -- the run lock ------------------------------------------------------------------------------
+# errnos of a filesystem that has no flock (some NFS mounts without lockd, Lustre without -o flock,
+# FUSE and SMB mounts): the lock cannot be taken at all, which is not the same as "held by another"
+NO_FLOCK_ERRNOS = frozenset(e for e in (getattr(errno, n, None) for n in ("ENOLCK", "EOPNOTSUPP", "ENOTSUP",
+                                                                         "ENOSYS")) if e is not None)
+
+
 class RunLock:
     """An advisory lock on <run>/.lock held while a process works on the run directory.
 
@@ -146,11 +152,34 @@ class RunLock:
     with the first one's pid. The ranks (or manual shards) of one job take it shared and each also
     holds <run>/.lock.rank<r> exclusively: ranks work together, a second job or a plain launch does
     not. The kernel releases the locks when a process dies, even by kill -9.
+
+    On a filesystem without flock (flock raises ENOLCK / EOPNOTSUPP / ENOSYS), a plain launch falls
+    back to an exclusive lock file <run>/.lock.excl created with O_EXCL and holding the owner's pid
+    and host; a leftover of a dead process on this host is removed, one from another host names the
+    file to delete. Ranks of one job cannot share that kind of lock: they stop with a message naming
+    the fix (a run directory on a filesystem with flock, or shard.index/shard.count runs).
     """
+
+    FALLBACK = ".lock.excl"
 
     def __init__(self, root: Path, rank: int = 0, world: int = 1):
         self.root, self.rank, self.world = Path(root), rank, world
         self._fds: list[int] = []
+        self._fallback: Path | None = None  # the O_EXCL lock file we created, when flock is unavailable
+
+    @staticmethod
+    def flock(fd: int, operation: int) -> bool:
+        """``fcntl.flock(fd, operation)``; False (nothing locked) if the filesystem has no flock.
+        BlockingIOError (held by another) propagates."""
+        try:
+            fcntl.flock(fd, operation)
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            if exc.errno in NO_FLOCK_ERRNOS:
+                return False
+            raise
+        return True
 
     def _info(self) -> bytes:
         return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "rank": self.rank, "world": self.world,
@@ -162,14 +191,14 @@ class RunLock:
         for path in sorted(self.root.glob(".lock.rank*")):
             fd = os.open(path, os.O_RDONLY)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(fd, fcntl.LOCK_UN)  # free: a stale file
+                if self.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                    fcntl.flock(fd, fcntl.LOCK_UN)  # free: a stale file
             except BlockingIOError:
                 held.append(path)
             finally:
                 os.close(fd)
         out = []
-        for path in held or [self.root / ".lock"]:
+        for path in held or [self.root / ".lock", self.root / self.FALLBACK]:
             try:
                 info = json.loads(path.read_text() or "{}")
             except (OSError, ValueError):
@@ -177,7 +206,7 @@ class RunLock:
             if info.get("pid"):
                 rank = f", rank {info['rank']} of {info['world']}" if int(info.get("world", 1)) > 1 else ""
                 out.append(f"pid {info['pid']} on {info.get('host', '?')} (started {info.get('started', '?')}{rank})")
-        return "; ".join(out) or "an unknown process"
+        return "; ".join(dict.fromkeys(out)) or "an unknown process"
 
     def _refuse(self, what: str) -> StoreLockedError:
         holders = self._holders()
@@ -189,6 +218,49 @@ class RunLock:
             "paths.root=...). To split one run over several processes, launch them as ranks of one job "
             "(torchrun / accelerate launch) or with shard.index/shard.count.")
 
+    def _no_flock(self, exc_errno: int | None = None) -> StoreLockedError:
+        why = f" ({errno.errorcode.get(exc_errno, exc_errno)})" if exc_errno else ""
+        return StoreLockedError(
+            f"the filesystem of {self.root} does not support flock{why}, so the {self.world} ranks of this job "
+            "cannot share the run lock. Fix: put the run directory on a filesystem with flock (paths.root=<local "
+            "disk or an NFS/Lustre mount with locking>), or run the parts as separate launches with "
+            "shard.index=i shard.count=n (each takes the lock in turn)")
+
+    def _acquire_fallback(self) -> "RunLock":
+        """The exclusive O_EXCL lock file of a filesystem without flock (plain launches only)."""
+        if self.world > 1:
+            raise self._no_flock()
+        path = self.root / self.FALLBACK
+        for _ in range(2):  # a second try after removing a dead owner's file
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                try:
+                    info = json.loads(path.read_text() or "{}")
+                except (OSError, ValueError):
+                    info = {}
+                host, pid = info.get("host"), info.get("pid")
+                if host == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+                    log.warning("removing the lock file %s of pid %d, which is no longer running", path, pid)
+                    path.unlink(missing_ok=True)
+                    continue
+                if host not in (None, socket.gethostname()):
+                    raise StoreLockedError(
+                        f"{self.root} is locked by {path} (pid {pid} on {host}; this filesystem has no flock, so "
+                        "the lock is a file). Fix: if no rlg-bench process runs there any more, delete that "
+                        "file; else wait for it or use another run directory (name=... or paths.root=...)") from None
+                raise self._refuse("(This filesystem has no flock; the lock is the file .lock.excl.)") from None
+            except OSError as exc:
+                raise write_error(path, exc) from exc
+            try:
+                _write_all(fd, self._info())
+            finally:
+                os.close(fd)
+            self._fallback = path
+            log.info("the filesystem of %s has no flock; the run is locked by the file %s instead", self.root, path)
+            return self
+        raise self._refuse("(This filesystem has no flock; the lock is the file .lock.excl.)")
+
     def acquire(self) -> "RunLock":
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -196,10 +268,16 @@ class RunLock:
         except OSError as exc:
             raise write_error(self.root / ".lock", exc) from exc
         try:
-            fcntl.flock(fd, (fcntl.LOCK_EX if self.world <= 1 else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            locked = self.flock(fd, (fcntl.LOCK_EX if self.world <= 1 else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise self._refuse("This launch is not a rank of that job.") from None
+        except OSError:
+            os.close(fd)
+            raise
+        if not locked:
+            os.close(fd)
+            return self._acquire_fallback()
         self._fds.append(fd)
         if self.world <= 1:
             os.ftruncate(fd, 0)
@@ -219,14 +297,19 @@ class RunLock:
 
     @property
     def exclusive(self) -> bool:
-        return bool(self._fds) and self.world <= 1
+        return (bool(self._fds) or self._fallback is not None) and self.world <= 1
 
     def release(self) -> None:
         for fd in reversed(self._fds):
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds.clear()
+        if self._fallback is not None:
+            with contextlib.suppress(OSError):
+                self._fallback.unlink()
+            self._fallback = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

@@ -43,6 +43,29 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 REFERENCE_LINES = ((0.0, "base"), (1.0, "RL"))
 
 
+# Readable axis labels of the evaluators' metric ids (rlg.evaluators.*.metrics); an id not listed is shown as is.
+METRIC_LABELS = {
+    "pickscore": "PickScore",
+    "hps_v2.0": "HPSv2.0",
+    "hps_v2.1": "HPSv2.1",
+    "imagereward": "ImageReward",
+    "aesthetic": "LAION aesthetic score",
+    "clip_score": "CLIP score",
+    "ocr_accuracy": "OCR accuracy",
+    "geneval_correct": "GenEval accuracy",
+    "geneval_overall": "GenEval overall",
+    "jpeg_incompressibility": "JPEG size (kB)",
+    "jpeg_compressibility": "JPEG compressibility (−kB)",
+}
+SCALE_LABEL = "RLG scale w"  # not "guidance scale", which reads as the CFG guidance_scale
+
+
+def metric_label(metric: str) -> str:
+    """The readable name of a metric id; a "metric (version)" id keeps its version."""
+    base, sep, rest = str(metric).partition(" (")
+    return METRIC_LABELS.get(base, base) + (f" ({rest}" if sep else "")
+
+
 def slug(text: str) -> str:
     """A file-name-safe form of a metric or series name."""
     return re.sub(r"[^A-Za-z0-9_-]+", "_", str(text)).strip("_") or "x"
@@ -96,7 +119,7 @@ def _reference_lines(ax) -> None:
 
 
 def plot_metric_vs_scale(summary: pd.DataFrame, metric: str, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Mean of ``metric`` against the guidance scale w with its 95% bootstrap band, one curve per
+    """Mean of ``metric`` against the RLG scale w with its 95% bootstrap band, one curve per
     series, reference lines at w=0 (base) and w=1 (RL), and the images per point in the legend."""
     d = summary[summary["metric"] == metric]
     varying = varying_series_columns(d)
@@ -117,8 +140,8 @@ def plot_metric_vs_scale(summary: pd.DataFrame, metric: str, stem: Path, formats
             ax.set_xticks(sorted(scales | {0.0, 1.0}))
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         higher = bool(d["higher_is_better"].iloc[0]) if len(d) else True
-        ax.set_xlabel("guidance scale w")
-        ax.set_ylabel(f"{metric} {_arrow(higher)}")
+        ax.set_xlabel(SCALE_LABEL)
+        ax.set_ylabel(f"{metric_label(metric)} {_arrow(higher)}")
         if ax.lines:
             ax.legend(loc="best", handlelength=2.2)
         else:
@@ -165,9 +188,9 @@ def plot_tradeoff(summary: pd.DataFrame, x_metric: str, y_metric: str, stem: Pat
                                   label=series_label(series, varying)))
         handles += [Line2D([], [], color="0.3", marker="o", linestyle="", markeredgecolor="black", label="Pareto front"),
                     Line2D([], [], color="0.3", marker="o", linestyle="", markerfacecolor="white", label="dominated")]
-        ax.set_xlabel(f"{x_metric} {_arrow(hx)}")
-        ax.set_ylabel(f"{y_metric} {_arrow(hy)}")
-        ax.set_title("points labelled with guidance scale w", fontsize=6, color="0.3")
+        ax.set_xlabel(f"{metric_label(x_metric)} {_arrow(hx)}")
+        ax.set_ylabel(f"{metric_label(y_metric)} {_arrow(hy)}")
+        ax.set_title(f"points labelled with the {SCALE_LABEL}", fontsize=6, color="0.3")
         if len(handles) > 2:
             ax.legend(handles=handles, loc="best")
         else:
@@ -195,7 +218,7 @@ def plot_geneval_tags(tags: pd.DataFrame, stem: Path, formats: Sequence[str] = F
             ax.set_xticks(sorted(set(scales) | {0.0, 1.0}))
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("guidance scale w")
+        ax.set_xlabel(SCALE_LABEL)
         ax.set_ylabel("GenEval accuracy ↑")
         if ax.lines:
             fig.legend(loc="outside lower center", ncols=4, handlelength=1.8, columnspacing=1.0)

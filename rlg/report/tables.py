@@ -1,10 +1,12 @@
 """Tables from a summary frame (``rlg.report.stats.summarize``): per experiment, each metric at each
 scale with its interval, paired difference and win rate against w=1; published anchors side by side
-with ours; GenEval per-tag accuracy. Each comes as Markdown or as a LaTeX booktabs tabular.
+with ours; GenEval per-tag accuracy. Each comes as Markdown, a LaTeX booktabs tabular, or an HTML
+table (for the report's index.html).
 """
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Any, Callable, Sequence
 
@@ -14,8 +16,8 @@ import pandas as pd
 from rlg.report.anchors import Anchor, compare_protocol, describe_comparability, match_scale
 from rlg.report.stats import GENEVAL_TAGS, SERIES
 
-FORMATS = ("markdown", "latex")
-DASH = {"markdown": "–", "latex": "--"}
+FORMATS = ("markdown", "latex", "html")
+DASH = {"markdown": "–", "latex": "--", "html": "–"}
 
 
 def decimals_for(values: Sequence[float]) -> int:
@@ -64,9 +66,8 @@ def _escape_latex(s: str) -> str:
 
 def render(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, align: str | None = None,
            notes: Sequence[str] = (), groups: Sequence[int] = ()) -> str:
-    """A Markdown table, or a LaTeX booktabs tabular (``groups``: row indices that start a new block).
-
-    Cells are plain text; LaTeX special characters are escaped here.
+    """A Markdown table, a LaTeX booktabs tabular or an HTML table (``groups``: row indices that start
+    a new block). Cells are plain text; LaTeX special characters and HTML are escaped here.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; use one of {FORMATS}")
@@ -78,6 +79,17 @@ def render(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, align
         lines.append("| " + " | ".join(esc(h) for h in header) + " |")
         lines.append("| " + " | ".join(sep[a] for a in align) + " |")
         lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+        return "\n".join(lines) + "\n"
+    if fmt == "html":
+        side = {"l": "left", "r": "right", "c": "center"}
+        cell = lambda tag, a, c: f'<{tag} style="text-align:{side[a]}">{html.escape(str(c))}</{tag}>'  # noqa: E731
+        lines = [f'<p class="note">{html.escape(str(n))}</p>' for n in notes]
+        lines += ["<table>", "<thead><tr>" + "".join(cell("th", a, h) for a, h in zip(align, header)) + "</tr></thead>",
+                  "<tbody>"]
+        for i, r in enumerate(rows):
+            cls = ' class="group"' if i in groups and i > 0 else ""
+            lines.append(f"<tr{cls}>" + "".join(cell("td", a, c) for a, c in zip(align, r)) + "</tr>")
+        lines += ["</tbody>", "</table>"]
         return "\n".join(lines) + "\n"
     lines = [f"% {n}" for n in notes]
     lines += [rf"\begin{{tabular}}{{{align}}}", r"\toprule",
@@ -96,6 +108,9 @@ def _excluded(row: pd.Series) -> str:
     return ", ".join(parts) if parts else "0"
 
 
+COLUMN_NAMES = {"pair": "pair", "run_id": "run", "config_id": "config", "experiment": "experiment"}
+
+
 def _varying(df: pd.DataFrame, cols: Sequence[str]) -> list[str]:
     return [c for c in cols if df[c].nunique() > 1]
 
@@ -104,14 +119,16 @@ def experiment_table(summary: pd.DataFrame, experiment: str, fmt: str = "markdow
                      reference_scale: float = 1.0, notes: Sequence[str] = ()) -> str:
     """Each metric at each scale: mean, 95% interval, paired delta and win rate vs ``reference_scale``,
     the images the mean rests on (prompts), and the excluded images."""
-    df = summary[summary["experiment"] == experiment].sort_values(["pair", "run_id", "metric", "scale"])
-    ids = _varying(df, ["pair", "run_id"]) if len(df) else []
+    within = [c for c in SERIES if c != "experiment"]  # what tells curves of one experiment apart
+    df = summary[summary["experiment"] == experiment].sort_values([*within, "metric", "scale"])
+    ids = _varying(df, within) if len(df) else []
     ref = f"w={reference_scale:g}"
-    header = [{"pair": "pair", "run_id": "run"}[c] for c in ids] + [
+    header = [COLUMN_NAMES.get(c, c) for c in ids] + [
         "metric", "w", "mean", "95% CI", f"Δ vs {ref} (95% CI)", f"win vs {ref}", "n (prompts)", "excluded"]
     rows, groups = [], []
     previous = None
-    for (pair, run, metric), g in df.groupby(["pair", "run_id", "metric"], sort=False):
+    for key, g in df.groupby([*within, "metric"], sort=False):
+        label, metric = dict(zip(within, key[:-1])), key[-1]
         dec = decimals_for(g["mean"])
         arrow = "higher" if bool(g["higher_is_better"].iloc[0]) else "lower"
         if previous is not None:
@@ -125,7 +142,6 @@ def experiment_table(summary: pd.DataFrame, experiment: str, fmt: str = "markdow
                 f"{format_number(r['delta'], dec, fmt, signed=True)} "
                 f"[{format_number(r['delta_lo'], dec, fmt, signed=True)}, {format_number(r['delta_hi'], dec, fmt, signed=True)}]")
             win = DASH[fmt] if is_ref or not np.isfinite(r["win_rate"]) else f"{100 * r['win_rate']:.1f}%"
-            label = {"pair": pair, "run_id": run}
             rows.append([label[c] for c in ids] + [
                 f"{metric} ({arrow} better)", format_scale(r["scale"]),
                 format_number(r["mean"], dec, fmt), ci, delta, win, f"{int(r['n'])} ({int(r['n_prompts'])})",
@@ -139,13 +155,13 @@ def anchor_rows(summary: pd.DataFrame, anchors: Sequence[Anchor],
     """Anchors matched to our series: one row per (anchor, series) where the series' pair has the
     anchor's model as base (w=0) or RL model (w=1) and the metric was scored.
 
-    ``protocol_for(series)`` gives the run protocol of a series (experiment, pair, run_id).
+    ``protocol_for(series)`` gives the run protocol of a series (a tuple of the SERIES columns).
     """
     out = []
     for series, g in summary.groupby(SERIES):
         run = protocol_for(series)
         for a in anchors:
-            scale = match_scale(a, run, series[1])
+            scale = match_scale(a, run, dict(zip(SERIES, series))["pair"])
             if scale is None:
                 continue
             hit = g[(g["metric"] == a.metric) & np.isclose(g["scale"], scale)]
@@ -171,7 +187,7 @@ def anchor_table(rows: pd.DataFrame, fmt: str = "markdown", notes: Sequence[str]
     body = []
     for _, r in rows.iterrows():
         dec = max(decimals_for([r["published"]]), 2)
-        run = r["pair"] + (f" / {r['run_id']}" if r["run_id"] else "")
+        run = " / ".join(str(r[c]) for c in SERIES if c != "experiment" and r.get(c))
         body.append([r["anchor"], r["model"], f"{r['metric']} ({r['convention']})", run, format_scale(r["scale"]),
                      format_number(r["published"], dec, fmt),
                      f"{format_number(r['ours'], dec, fmt)} [{format_number(r['ours_lo'], dec, fmt)}, "

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rlg.evaluators.geneval.rules import COLORS, Detection
+from rlg.extras import require
 
 TEMPLATES = ("a photo of a {{c}} {cls}", "a photo of a {{c}}-colored {cls}", "a photo of a {{c}} object")
 
@@ -72,7 +73,7 @@ class ClipColourClassifier:
         cache_dir: str | None = None,
         amp: bool = True,
     ):
-        import open_clip
+        open_clip = require("open_clip", purpose="the geneval colour classifier")
 
         self.device = torch.device(device)
         self.bgcolor, self.crop, self.batch_size = bgcolor, crop, batch_size

@@ -29,6 +29,7 @@ from PIL import Image
 
 from rlg.evaluators.geneval.metadata import OBJECT_NAMES
 from rlg.evaluators.geneval.rules import Detection
+from rlg.extras import require
 
 HF_MODEL_ID = "facebook/mask2former-swin-small-coco-instance"
 # Last commit touching the weights/config is f8eb176 (2023-01-16); f77f179 (2023-01-24) is a later
@@ -98,7 +99,7 @@ def mmdet_resize_shape(width: int, height: int, scale: tuple[int, int] = IMG_SCA
 
 def preprocess(image: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
     """(3, H_pad, W_pad) float tensor as mmdet's test pipeline feeds the network, and the resized (h, w)."""
-    import cv2  # mmcv resizes with cv2 bilinear on uint8; installed with easyocr (opencv-python-headless)
+    cv2 = require("cv2", extra="geneval", purpose="the geneval detector")  # mmcv resizes with cv2 bilinear on uint8
 
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     new_w, new_h = mmdet_resize_shape(rgb.shape[1], rgb.shape[0])

