@@ -68,6 +68,7 @@ class Job:
     config_id: str = ""  # short hash of ``identity``: one series per (run, config_id) in every report
     evaluators: tuple[EvaluatorPlan, ...] = ()
     evaluator_device: str = "cpu"
+    tracker_mode: str | None = None  # None: the user's W&B setup decides (WANDB_MODE, `wandb offline`, login)
     ground_truth: Any = None  # rlg.ground_truth.GroundTruthConfig
 
 
@@ -236,7 +237,15 @@ def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: str) -> tuple[
     return tuple(plans)
 
 
-def build(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str] | None = None) -> Job:
+def tracker_mode(mode: str, overrides: list[str]) -> str | None:
+    """The W&B mode to force, or None to let the user's W&B setup decide. The default preset's
+    "offline" defers to WANDB_MODE / `wandb online`; a mode chosen on purpose (another preset, e.g.
+    tracker=none or debug=fast, or a tracker override on the command line) is kept."""
+    chosen = any(o.lstrip("+~").split("=")[0] in ("tracker", "tracker.wandb.mode") for o in overrides)
+    return mode if chosen or mode != "offline" else None
+
+
+def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
     """Validate the composed config and turn it into a :class:`Job`. Raises the errors in
     ``rlg.harness.runner.USER_ERRORS`` (each names the fix); touches no file of the run directory."""
     cfg = validate(cfg)
@@ -268,7 +277,8 @@ def build(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[st
     s = conf.sampler
     return Job(kind="images", **common, prompts=tuple(prompts), prompt_info=prompt_info, pair=spec,
                placement=Placement(device, s.offload, s.compile, s.vae_tiling), sampler=sampler_settings(s),
-               identity=ident, config_id=content_key(ident)[:16], evaluators=evaluators, evaluator_device=eval_device)
+               identity=ident, config_id=content_key(ident)[:16], evaluators=evaluators, evaluator_device=eval_device,
+               tracker_mode=tracker_mode(conf.tracker.wandb.mode, list(overrides or [])))
 
 
 def _ground_truth_job(conf: RunConf, common: dict[str, Any]) -> Job:

@@ -17,8 +17,6 @@ from omegaconf import DictConfig
 import rlg.harness.config  # noqa: F401  registers the typed schema before Hydra composes (light: no torch)
 
 log = logging.getLogger("rlg")
-for noisy in ("fontTools", "matplotlib", "PIL"):  # PDF font subsetting logs every table at INFO
-    logging.getLogger(noisy).setLevel(logging.WARNING)
 _STARTED = False  # whether Hydra got as far as calling main (else it refused the command line)
 
 
@@ -33,6 +31,9 @@ def _main(cfg: DictConfig) -> None:
     except ConfigError as exc:
         log.error("%s", exc)
         sys.exit(2)
+    from rlg.harness.console import quiet_third_party
+
+    quiet_third_party(verbose=bool(cfg.verbose))
     from rlg.harness.runner import USER_ERRORS, run
 
     hc = HydraConfig.get()

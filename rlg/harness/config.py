@@ -164,6 +164,7 @@ class RunConf:
     report: ReportConf = field(default_factory=ReportConf)
     ground_truth: GroundTruthConf = field(default_factory=GroundTruthConf)
     low_memory: bool = False  # free the generator before loading evaluators (both never resident at once)
+    verbose: bool = False  # third-party loading bars and warnings (silenced by default)
 
 
 STAGES = ("generate", "evaluate", "report", "all")

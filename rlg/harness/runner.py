@@ -25,6 +25,8 @@ from rlg.harness.config import ConfigError
 from rlg.harness.prompts import PromptError
 from rlg.harness.provenance import provenance, redact
 from rlg.harness.store import Store, StoreError
+from rlg.harness.tracking import Tracker
+from rlg.report.stats import SERIES
 from rlg.pairs import PairError
 from rlg.sampling import SamplerError
 
@@ -89,7 +91,7 @@ def timed(entry: dict[str, Any], name: str) -> Iterator[None]:
 def run(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str] | None = None,
         job_name: str | None = None, group: str | None = None) -> dict[str, Any]:
     """Run one job from a composed config; returns its meta.json entry. Raises USER_ERRORS."""
-    job = build(cfg)
+    job = build(cfg, overrides=overrides)
     return run_job(job, run_dir, overrides, job_name, group)
 
 
@@ -104,12 +106,25 @@ def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | 
             with timed(entry, "ground_truth"):
                 entry["report"] = stages.ground_truth(job, store)
         else:
-            _image_stages(job, store, entry, ranks, job_name or job.name, group)
+            with _tracker(job, store, job_name or job.name, group) as tracker:
+                _image_stages(job, store, entry, ranks, tracker)
+                entry["wandb_dir"] = str(tracker.run_path) if tracker.active else None
+    index = (entry.get("report") or {}).get("index")
+    if index:
+        print(f"Report: {index}")  # the run's last line: the one page to open
     return entry
 
 
-def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, job_name: str,
-                  group: str | None) -> None:
+def _tracker(job: Job, store: Store, job_name: str, group: str | None) -> Tracker:
+    """W&B from the start of the run (rank 0): progress during generation, results against w at the end."""
+    w = job.config.tracker.wandb
+    s = job.config.sampler
+    return Tracker(run_dir=store.root, name=job_name, project=w.project, entity=w.entity, group=w.group or group or
+                   job.name, job_type=job.config.stage, tags=[job.pair.name, s.name, job.name],
+                   config=job.resolved_config, mode=job.tracker_mode, log_images=w.log_images, rank=job.rank)
+
+
+def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, tracker: Tracker) -> None:
     others = store.config_ids() - {job.config_id}
     if others and job.rank == 0:
         log.warning("%s already holds images of %d other setting(s) (config ids %s); each setting is its own "
@@ -117,7 +132,7 @@ def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, j
                     len(others), ", ".join(sorted(others)))
     if "generate" in job.stages:
         with timed(entry, "generate"):
-            entry["generate"] = stages.generate(job, store, entry["run_id"])
+            entry["generate"] = stages.generate(job, store, entry["run_id"], progress=tracker.progress)
     ranks.wait()
     if job.config.low_memory:  # the generator leaves before the evaluators arrive
         stages.PAIRS.clear()
@@ -128,11 +143,11 @@ def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, j
     if "report" in job.stages and job.rank == 0:
         with timed(entry, "report"):
             result = stages.report(job, store)
-        entry["report"] = {"files": result["files"], "notes": result["notes"]}
+        entry["report"] = {k: result[k] for k in ("files", "notes", "index", "index_html")}
         _print_summary(result["summary"] or [])
-        figs = [Path(f) for f in result["files"] if "/figures/" in f]
-        wdir = _log_tracker(job, store, result, figs, job_name, group)
-        entry["wandb_dir"] = str(wdir) if wdir else None
+        tracker.log_scales(result["summary"] or [])
+        tracker.log_image_table(result["images"], result["scores"])
+        tracker.log_report(result["index_html"], [Path(f) for f in result["files"] if "/figures/" in f])
 
 
 def _print_summary(records: list[dict[str, Any]]) -> None:
@@ -142,27 +157,10 @@ def _print_summary(records: list[dict[str, Any]]) -> None:
     if not records:
         return
     df = pd.DataFrame(records)
-    series = [c for c in ("run_name", "experiment", "pair", "config_id") if c in df.columns]
+    series = [c for c in SERIES if c in df.columns and df[c].nunique() > 1] or [c for c in SERIES if c in df.columns][:1]
     for key, g in df.groupby(series, sort=True):
-        print("series " + " ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)) if k))
-        for scale, s in g.groupby("scale", sort=True):
-            vals = ", ".join(f"{r.metric}={r.mean:.4g}" for r in s.itertuples() if pd.notna(r.mean))
-            n = int(s["n"].max()) if "n" in s else 0
+        print("series " + " ".join(f"{c}={k}" for c, k in zip(series, key if isinstance(key, tuple) else (key,))))
+        for scale, rows in g.groupby("scale", sort=True):
+            vals = ", ".join(f"{r.metric}={r.mean:.4g}" for r in rows.itertuples() if pd.notna(r.mean))
+            n = int(rows["n"].max()) if "n" in rows else 0
             print(f"  w={scale:g}: n={n} {vals}".rstrip())
-
-
-def _log_tracker(job: Job, store: Store, result: dict[str, Any], figures: list[Path], job_name: str,
-                 group: str | None):
-    import os
-
-    import pandas as pd
-
-    from rlg.harness.tracking import log_to_wandb
-
-    images, scores = result["images"], result["scores"]
-    per_scale = pd.DataFrame(result["summary"] or [])
-    if len(per_scale):
-        per_scale = per_scale.pivot_table(index="scale", columns="metric", values="mean").reset_index()
-    rel = images.assign(image_path=[os.path.relpath(p, store.root) for p in images.image_path])
-    return log_to_wandb(job.config, job.resolved_config, store.root, per_scale, rel, scores, figures, job_name,
-                        group)

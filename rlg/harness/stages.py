@@ -142,7 +142,8 @@ def _image_row(job: Job, run_id: str, key: str, it, res, truncated: bool, prompt
 
 
 def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, Any]:
-    """Make this rank's missing images. ``progress(done, total, images_per_s)`` is called after each batch."""
+    """Make this rank's missing images. ``progress(done, total)`` is called after each batch (the tracker
+    turns it into images/s and an ETA)."""
     from rlg.sampling import RLGSampler
 
     by_id = {p.id: p for p in job.prompts}
@@ -161,7 +162,6 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
         log.warning("%d prompts are longer than the text encoder reads and are truncated by the pipeline "
                     "(their image rows have truncated=True)", n_cut)
     made = nonfinite = 0
-    start = time.time()
     # PNG encoding and writing run in one background thread while the next batch is sampled; at most
     # one batch waits, and a write error surfaces at the next batch (rows are still written after PNGs)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlg-store")
@@ -184,7 +184,7 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
             made += len(batch)
             bar.update(len(batch))
             if progress is not None:
-                progress(made, n_todo, made / max(time.time() - start, 1e-9))
+                progress(made, n_todo)
         if pending is not None:
             pending.result()
     return {"images_made": made, "images_skipped": total - n_todo, "nonfinite": nonfinite, "truncated_prompts": n_cut,
@@ -238,18 +238,6 @@ def evaluate(job: Job, store: Store) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-def results_frames(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The store's tables in the report layer's contract (absolute image paths, GenEval tags); only
-    images whose PNG is present and intact."""
-    images, scores = store.images(verify=True), store.scores()
-    images = images.assign(image_path=[str(store.image_path(k)) for k in images.image_key])
-    scores = scores[scores.image_key.isin(set(images.image_key))].reset_index(drop=True)
-    tags = [json.loads(m).get("tag") if isinstance(m, str) else None for m in images.metadata]
-    if any(tags):
-        images = images.assign(tag=tags)
-    return images, scores
-
-
 def _written(store: Store, tmp: Path, final: Path, write) -> list[str]:
     """Run ``write(tmp)`` -> files, then swap ``tmp`` in for ``final``: a killed report leaves the previous
     one (or none), never a half-written one."""
@@ -265,13 +253,11 @@ def _written(store: Store, tmp: Path, final: Path, write) -> list[str]:
 
 
 def report(job: Job, store: Store) -> dict[str, Any]:
-    """Tables and figures of every series in the store into <run>/report."""
+    """Tables, figures and report/index.md|html of every series in the store, each with its own protocol."""
+    from rlg.report.compare import load_run
     from rlg.report.report import write_report
 
-    images, scores = results_frames(store)
-    protocol = {"steps": job.config.sampler.num_inference_steps, "cfg": job.config.sampler.guidance_scale,
-                "resolution": job.config.sampler.height,
-                "pairs": {job.pair.name: {"base": job.pair.base.id, "rl": job.pair.rl.id}}}
+    images, scores, protocol = load_run(store.root)
     result: dict[str, Any] = {}
 
     def write(tmp: Path) -> list[str]:
@@ -280,8 +266,9 @@ def report(job: Job, store: Store) -> dict[str, Any]:
         return result["files"]
 
     files = _written(store, store.temp_dir("report"), store.root / "report", write)
-    return {"files": files, "notes": result.get("notes", []), "summary": result.get("summary"),
-            "images": images, "scores": scores}
+    final = store.root / "report"
+    return {"files": files, "notes": result.get("notes", []), "summary": result.get("summary"), "images": images,
+            "scores": scores, "index": str(final / "index.md"), "index_html": str(final / "index.html")}
 
 
 def ground_truth(job: Job, store: Store) -> dict[str, Any]:

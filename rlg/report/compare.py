@@ -87,12 +87,14 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str,
         if any(tags):
             images = images.assign(tag=tags)
     protocol: dict[str, Any] = {}
-    for entry in reversed(store.meta().get("invocations", [])):
+    for entry in store.meta().get("invocations", []):  # oldest first: the latest of each setting wins
         if isinstance(entry.get("config"), dict):
             info = (entry.get("generate") or {}).get("pair_info") or {}
             ids = {k: info.get(k) for k in ("base", "rl") if isinstance(info, dict) and info.get(k)}
-            protocol = run_protocol(entry["config"], ids or None)
-            break
+            latest = run_protocol(entry["config"], ids or None)
+            if entry.get("config_id"):  # the protocol of one setting (series) of the run
+                protocol[entry["config_id"]] = latest
+            protocol.update({k: v for k, v in latest.items()})
     return images, scores, protocol
 
 

@@ -74,11 +74,11 @@ def slug(text: str) -> str:
 def series_label(series: tuple[str, ...], varying: Sequence[str]) -> str:
     parts = dict(zip(SERIES, series))
     shown = [parts[c] for c in varying if parts[c]]
-    return " / ".join(shown) if shown else (parts["pair"] or parts["experiment"] or parts["run_id"] or "results")
+    return " / ".join(shown) if shown else (parts["pair"] or parts["run_name"] or parts["run_id"] or "results")
 
 
 def varying_series_columns(df: pd.DataFrame) -> list[str]:
-    """Which of experiment, pair, run_id tell the curves apart (pair alone when nothing varies)."""
+    """Which of run_name, pair, run_id, config_id tell the curves apart (pair alone when nothing varies)."""
     cols = [c for c in SERIES if df[c].nunique() > 1] if len(df) else []
     return cols or ["pair"]
 

@@ -64,10 +64,15 @@ def series_protocol(protocol: dict[str, Any] | None, series: tuple, df: pd.DataF
         if c in df.columns:
             mask &= (df[c] == v).to_numpy()
     d = df[mask]
-    per_run = protocol.get(run_id) if isinstance(protocol.get(run_id), dict) else None
-    run_ids = set(df["run_id"].astype(str)) if "run_id" in df.columns else set()
-    protocol = {k: v for k, v in protocol.items() if not (isinstance(v, dict) and (k in run_ids or k == run_id))}
+    config_id = key.get("config_id")
+    per_run = next((protocol[k] for k in (config_id, run_id) if k and isinstance(protocol.get(k), dict)), None)
+    ids = {str(v) for c in ("run_id", "config_id") if c in df.columns for v in df[c].unique()}
+    protocol = {k: v for k, v in protocol.items() if not (isinstance(v, dict) and (k in ids or k in (run_id, config_id)))}
     derived: dict[str, Any] = {}
+    for field, col in (("steps", "num_inference_steps"), ("cfg", "guidance_scale"), ("resolution", "height")):
+        values = d[col].dropna().unique() if col in d.columns else []
+        if len(values) == 1:  # what this series' own images were made with
+            protocol[field] = values[0].item() if hasattr(values[0], "item") else values[0]
     if len(d):
         derived["evaluator_versions"] = d.groupby("evaluator")["version"].first().to_dict()
         derived["prompts"] = int(d["prompt_id"].nunique())
@@ -148,10 +153,10 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     path = tab_dir / "summary.csv"
     summary.to_csv(path, index=False)
     files.append(path)
-    for experiment in sorted(summary["experiment"].unique()):
+    for experiment in sorted(summary["run_name"].unique()):
         name = figures.slug(experiment or "results")
         for fmt, ext in (("markdown", "md"), ("latex", "tex")):
-            text = tables.experiment_table(summary, experiment, fmt, reference_scale, notes=[f"Experiment: {experiment}", *notes])
+            text = tables.experiment_table(summary, experiment, fmt, reference_scale, notes=[f"Run: {experiment}", *notes])
             path = tab_dir / f"metrics_{name}.{ext}"
             path.write_text(text)
             files.append(path)
@@ -219,8 +224,8 @@ def _series_of(images: pd.DataFrame) -> list[tuple]:
 
 
 def _title(summary: pd.DataFrame, images: pd.DataFrame) -> str:
-    names = sorted(set(summary["experiment"]) if len(summary) else
-                   set(images["experiment"].fillna("").astype(str)) if "experiment" in images.columns else set())
+    names = sorted(set(summary["run_name"]) if len(summary) else
+                   set(images["run_name"].fillna("").astype(str)) if "run_name" in images.columns else set())
     names = [n for n in names if n]
     return "rlg-bench report" + (f": {', '.join(names)}" if names else "")
 
@@ -315,8 +320,8 @@ def _write_index(index: _Index, out_dir: Path, summary: pd.DataFrame, tags: pd.D
     index.section("results", "Results")
     if summary.empty:
         index.text("No scored images yet.")
-    for experiment in sorted(summary["experiment"].unique()):
-        index.sub(f"Experiment: {experiment}" if experiment else "Results")
+    for experiment in sorted(summary["run_name"].unique()):
+        index.sub(f"Run: {experiment}" if experiment else "Results")
         index.table(tables.experiment_table(summary, experiment, "markdown", reference_scale),
                      tables.experiment_table(summary, experiment, "html", reference_scale))
     for line in notes + progress:

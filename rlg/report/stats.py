@@ -2,10 +2,10 @@
 rates against a reference scale, counts of what each number rests on, and Pareto fronts.
 
 Every function takes the long frame built by ``tidy(images, scores)``: one row per (image, metric)
-with the image's run_id, experiment, pair, prompt_id, sample, seed, scale and a ``status``:
+with the image's run_id, run_name, config_id, pair, prompt_id, sample, seed, scale and a ``status``:
 "ok", "nonfinite" (the image had NaN/inf) or "failed" (the evaluator failed on it). ``value`` is NaN
 unless the status is "ok", so excluded images never enter a mean; they are counted instead.
-A curve ("series") is one (experiment, pair, run_id).
+A curve ("series") is one (run_name, pair, run_id, config_id): one setting of one run, never pooled.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-SERIES = ["experiment", "pair", "run_id"]
+SERIES = ["run_name", "pair", "run_id", "config_id"]  # a curve: one setting (config_id) of one run
 PAIRING = ["prompt_id", "sample", "seed"]  # one initial noise: the images of one row of a grid
 GENEVAL_TAGS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 GENEVAL_METRIC = "geneval_correct"
@@ -28,8 +28,10 @@ def _normalise_images(images: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in ("image_key", "prompt_id", "scale") if c not in images.columns]
     if missing:
         raise ValueError(f"images frame lacks column(s) {missing}; it needs one row per image with "
-                         "image_key, prompt_id, scale (and run_id, experiment, pair, sample, seed, nonfinite)")
+                         "image_key, prompt_id, scale (and run_id, run_name, config_id, pair, sample, seed, nonfinite)")
     img = images.copy()
+    if "run_name" not in img.columns and "experiment" in img.columns:  # stores written before the rename
+        img = img.rename(columns={"experiment": "run_name"})
     for c in SERIES:
         img[c] = img[c].fillna("").astype(str) if c in img.columns else ""
     for c in ("sample", "seed"):

@@ -1,4 +1,4 @@
-"""Tables from a summary frame (``rlg.report.stats.summarize``): per experiment, each metric at each
+"""Tables from a summary frame (``rlg.report.stats.summarize``): per run, each metric at each
 scale with its interval, paired difference and win rate against w=1; published anchors side by side
 with ours; GenEval per-tag accuracy. Each comes as Markdown, a LaTeX booktabs tabular, or an HTML
 table (for the report's index.html).
@@ -108,7 +108,7 @@ def _excluded(row: pd.Series) -> str:
     return ", ".join(parts) if parts else "0"
 
 
-COLUMN_NAMES = {"pair": "pair", "run_id": "run", "config_id": "config", "experiment": "experiment"}
+COLUMN_NAMES = {"pair": "pair", "run_id": "run", "config_id": "config", "run_name": "run name"}
 
 
 def _varying(df: pd.DataFrame, cols: Sequence[str]) -> list[str]:
@@ -119,8 +119,8 @@ def experiment_table(summary: pd.DataFrame, experiment: str, fmt: str = "markdow
                      reference_scale: float = 1.0, notes: Sequence[str] = ()) -> str:
     """Each metric at each scale: mean, 95% interval, paired delta and win rate vs ``reference_scale``,
     the images the mean rests on (prompts), and the excluded images."""
-    within = [c for c in SERIES if c != "experiment"]  # what tells curves of one experiment apart
-    df = summary[summary["experiment"] == experiment].sort_values([*within, "metric", "scale"])
+    within = [c for c in SERIES if c != "run_name"]  # what tells curves of one experiment apart
+    df = summary[summary["run_name"] == experiment].sort_values([*within, "metric", "scale"])
     ids = _varying(df, within) if len(df) else []
     ref = f"w={reference_scale:g}"
     header = [COLUMN_NAMES.get(c, c) for c in ids] + [
@@ -187,7 +187,7 @@ def anchor_table(rows: pd.DataFrame, fmt: str = "markdown", notes: Sequence[str]
     body = []
     for _, r in rows.iterrows():
         dec = max(decimals_for([r["published"]]), 2)
-        run = " / ".join(str(r[c]) for c in SERIES if c != "experiment" and r.get(c))
+        run = " / ".join(str(r[c]) for c in SERIES if c != "run_name" and r.get(c))
         body.append([r["anchor"], r["model"], f"{r['metric']} ({r['convention']})", run, format_scale(r["scale"]),
                      format_number(r["published"], dec, fmt),
                      f"{format_number(r['ours'], dec, fmt)} [{format_number(r['ours_lo'], dec, fmt)}, "
