@@ -11,6 +11,13 @@ Conventions (record them with every number):
 * Error bars: distances are computed on ``m`` independent batches and reported as mean and
   standard error std / sqrt(m) (``batched``); means of per-sample quantities (reward, posterior
   weights) use all i.i.d. samples: std / sqrt(n) (``mean_stderr``).
+* Per-dimension moments (``moment_influence``): a statistic and its per-sample influence values, whose
+  mean is the statistic, so that its standard error is std(influence) / sqrt(n) and the standard error
+  of a difference between two PAIRED sample sets (same initial noise and step noise, row i of one
+  paired with row i of the other) is std(influence_a - influence_b) / sqrt(n) (``paired_difference``).
+  For the variance the influence is n/(n-1) (x_i - mean)^2: its mean is the unbiased sample variance,
+  and its standard error is the delta-method one, sqrt((m4 - s^4) / n) to first order (m4 the fourth
+  central moment), which does not assume normality.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ __all__ = [
     "mean_stderr",
     "batched",
     "soft_component_weights",
+    "moment_influence",
+    "paired_difference",
 ]
 
 _F64 = torch.float64
@@ -90,3 +99,24 @@ def soft_component_weights(x: torch.Tensor, mixture) -> tuple[torch.Tensor, torc
     r = mixture.responsibilities(x.to(_F64))
     n = r.shape[0]
     return r.mean(0), r.std(0, unbiased=True) / math.sqrt(n)
+
+
+def moment_influence(x: torch.Tensor, moment: str) -> torch.Tensor:
+    """Per-sample influence values (n,) of the ``moment`` ("mean" or "var") of the scalar samples x (n,):
+    their mean is the sample mean, resp. the unbiased sample variance (see the module docstring)."""
+    v = x.to(_F64).reshape(-1)
+    n = v.numel()
+    if n < 2:
+        raise ValueError("moment_influence needs at least 2 samples")
+    if moment == "mean":
+        return v
+    if moment == "var":
+        return (v - v.mean()) ** 2 * (n / (n - 1))
+    raise ValueError(f"moment must be 'mean' or 'var', got {moment!r}")
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Mean of a - b and its standard error std(a - b) / sqrt(n) for paired per-sample values a, b (n,)."""
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return mean_stderr(a.to(_F64) - b.to(_F64))
