@@ -98,6 +98,7 @@ class KLClaimSettings:
     set_metrics: list[str] = field(default_factory=lambda: ["digit_fd:digit_fd"])
     features: str = "classifier"  # "classifier" | "pixels"
     feature_evaluator: str = "digit_fd"
+    evaluator_options: dict = field(default_factory=dict)  # evaluator name -> options, e.g. {digit_fd: {weights: ...}}
     distance: str = "energy_distance"  # "energy_distance" | "mmd2"
     n_batches: int = 4
     n_boot: int = 200
@@ -252,7 +253,7 @@ class _Scorer:
         names = {m.split(":")[0] for m in settings.metrics + settings.set_metrics}
         if settings.features == "classifier":
             names.add(settings.feature_evaluator)
-        self.evaluators = {n: get_evaluator(n) for n in sorted(names)}
+        self.evaluators = {n: get_evaluator(n, **settings.evaluator_options.get(n, {})) for n in sorted(names)}
 
     def _samples(self, images: np.ndarray):
         from rlg.evaluators import Sample
@@ -402,3 +403,81 @@ def settings_from_mapping(node) -> tuple[KLClaimSettings, "GroundTruthConfig | N
             raise ValueError(f"unknown kl_claim.analytic keys {bad}; known: {sorted(GroundTruthConfig.__dataclass_fields__)}")
         gt = GroundTruthConfig(**analytic)
     return KLClaimSettings(**node), gt
+
+
+# ------------------------------------------------------------------------------------------------------
+# Shipping the retrained models, and a small command line (until the harness has a kl_claim job)
+# ------------------------------------------------------------------------------------------------------
+def ship_models(settings: KLClaimSettings, manifest: Path | None = None, half: bool = True) -> dict[str, Any]:
+    """Store full-weight UNets of the required models in float16 (a Diffusion-DPO UNet of the digits zoo is
+    3.9 MB in float32; the loader casts back to the base's dtype) and record every model in ``manifest``
+    (sha256 per file, size, training config; default ``<weights_dir>/../kl_manifest.json``, i.e.
+    rlg/zoo/kl_manifest.json). LoRA files are kept as trained. Returns the manifest."""
+    import hashlib
+
+    from diffusers import UNet2DConditionModel
+
+    root = _weights_dir(settings)
+    manifest = Path(manifest) if manifest is not None else root.parent / "kl_manifest.json"
+    data = json.loads(manifest.read_text()) if manifest.exists() else {"models": {}}
+    for b, s in required_models(settings):
+        p = model_dir(settings, b, s)
+        unet_dir = p / "unet"
+        if half and (unet_dir / "config.json").exists():
+            unet = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=torch.float16)
+            unet.save_pretrained(str(unet_dir), safe_serialization=True)
+        files = {f.relative_to(p).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+                 for f in sorted(p.rglob("*")) if f.is_file()}
+        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        data["models"][p.relative_to(root).as_posix()] = {
+            "task": settings.task, "beta": b, "seed": s, "role": "source" if s == settings.source_seed else "retrained",
+            "stored_dtype": "float16" if half and (unet_dir / "config.json").exists() else "as trained",
+            "size_mb": round(size / 1e6, 3), "sha256": files,
+            "training_config": json.loads((p / "training_config.json").read_text())}
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """python -m rlg.kl_claim PRESET.yaml --out DIR [--train-missing] [key=value ...]: run the ``kl_claim:``
+    node of a preset (and its analytic sub-node), write rows (parquet), figures, tables and report.md."""
+    import argparse
+
+    from omegaconf import OmegaConf
+
+    ap = argparse.ArgumentParser(prog="python -m rlg.kl_claim", description=main.__doc__)
+    ap.add_argument("preset")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--train-missing", action="store_true", help="train absent models, store them, update the manifest")
+    ap.add_argument("overrides", nargs="*", help="kl_claim keys, e.g. n_per_prompt=8")
+    a = ap.parse_intermixed_args(argv)
+    node = OmegaConf.merge(OmegaConf.load(a.preset).kl_claim, OmegaConf.from_dotlist(list(a.overrides)))
+    settings, analytic = settings_from_mapping(node)
+    if a.train_missing:
+        settings.train_missing = True
+        torch.set_num_threads(settings.threads)
+        ensure_models(settings)
+        ship_models(settings)
+    from rlg.ground_truth import run_ground_truth
+    from rlg.report.kl_claim import write_kl_claim_report
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    df = run_kl_claim(settings)
+    t1 = time.time()
+    adf = run_ground_truth(analytic) if analytic is not None else None
+    t2 = time.time()
+    df.to_parquet(out / "kl_claim.parquet")
+    if adf is not None:
+        adf.to_parquet(out / "ground_truth.parquet")
+    files = write_kl_claim_report(df, adf, out)
+    (out / "timings.json").write_text(json.dumps({"kl_claim_s": round(t1 - t0, 1), "analytic_s": round(t2 - t1, 1),
+                                                  "report_s": round(time.time() - t2, 1)}) + "\n")
+    print((out / "report.md").read_text())
+    print(f"wrote {len(files)} files under {out}")
+
+
+if __name__ == "__main__":
+    main()
