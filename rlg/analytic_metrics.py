@@ -50,15 +50,30 @@ def _offdiag_mean(m: torch.Tensor) -> torch.Tensor:
     return (m.sum() - m.diagonal().sum()) / (n * (n - 1))
 
 
-def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Unbiased energy distance between samples x (n, d) and y (m, d), n, m >= 2."""
+def _cross_mean(m: torch.Tensor, paired: bool) -> torch.Tensor:
+    if not paired:
+        return m.mean()
+    if m.shape[0] != m.shape[1]:
+        raise ValueError(f"paired samples need the same size, got {m.shape[0]} and {m.shape[1]}")
+    return _offdiag_mean(m)
+
+
+def energy_distance(x: torch.Tensor, y: torch.Tensor, paired: bool = False) -> float:
+    """Unbiased energy distance between samples x (n, d) and y (m, d), n, m >= 2.
+
+    ``paired=True`` when row i of x and row i of y share their randomness (the same initial noise): then
+    x_i and y_i are dependent and the cross term E|X - Y| is averaged over i != j only (each x_i with the
+    y_j of other rows, which are independent of it); including i = j would bias the distance down by about
+    2 E|X - Y| / n for near-identical pairs. Needs n == m."""
     if x.shape[0] < 2 or y.shape[0] < 2:
         raise ValueError("energy_distance needs at least 2 samples on each side")
-    return float(2 * _pairwise(x, y).mean() - _offdiag_mean(_pairwise(x, x)) - _offdiag_mean(_pairwise(y, y)))
+    cross = _cross_mean(_pairwise(x, y), paired)
+    return float(2 * cross - _offdiag_mean(_pairwise(x, x)) - _offdiag_mean(_pairwise(y, y)))
 
 
-def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
-    """Unbiased MMD^2 with the Gaussian kernel exp(-|u - v|^2 / (2 bandwidth^2))."""
+def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float, paired: bool = False) -> float:
+    """Unbiased MMD^2 with the Gaussian kernel exp(-|u - v|^2 / (2 bandwidth^2)); ``paired`` as in
+    ``energy_distance`` (cross term over i != j)."""
     if bandwidth <= 0:
         raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
     g = -0.5 / bandwidth**2
@@ -66,7 +81,7 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
     def k(a, b):
         return torch.exp(g * _pairwise(a, b) ** 2)
 
-    return float(_offdiag_mean(k(x, x)) + _offdiag_mean(k(y, y)) - 2 * k(x, y).mean())
+    return float(_offdiag_mean(k(x, x)) + _offdiag_mean(k(y, y)) - 2 * _cross_mean(k(x, y), paired))
 
 
 def median_bandwidth(x: torch.Tensor) -> float:

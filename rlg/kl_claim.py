@@ -31,7 +31,9 @@ Rows (a DataFrame), per w (with b = beta / w):
   over ``n_batches`` disjoint batches of images; ``floor`` ± ``floor_stderr`` = the same distance between
   retrained(b, seed B) and retrained(b, seed A) on the same batches (two retrainings differ by training
   noise: the smallest gap a stand-in for retraining can be held to). Both comparisons share the per-image
-  noise, so neither is inflated by sampling noise the other lacks. ``gap = value - floor``;
+  noise, so neither is inflated by sampling noise the other lacks; because image i of two arms shares its
+  noise, the distances' cross terms skip the i = j pairs (``paired=True`` in ``rlg.analytic_metrics``).
+  ``gap = value - floor``;
   ``gap_in_floor_se = gap / floor_stderr`` (what the issue asks for) and ``z = gap / sqrt(stderr^2 +
   floor_stderr^2)`` (the test statistic).
 
@@ -150,6 +152,14 @@ def _resolve(model_id: str) -> str:
     return resolve_zoo_id(model_id)
 
 
+def _base_digest(settings: KLClaimSettings) -> str | None:
+    """sha256 of the base UNet's weights (so a model can be checked against the base it was tuned from)."""
+    import hashlib
+
+    f = Path(_resolve(settings.base)) / "unet" / "diffusion_pytorch_model.safetensors"
+    return hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else None
+
+
 def _trainer(spec) -> Callable:
     if callable(spec):
         return spec
@@ -193,8 +203,8 @@ def ensure_models(settings: KLClaimSettings) -> dict[tuple[float, int], Path]:
             info = train(**kw)
             name = settings.trainer if isinstance(settings.trainer, str) else getattr(train, "__qualname__", "?")
             config = dict(trainer=name, trainer_kwargs=settings.trainer_kwargs, beta=b, seed=s,
-                          steps=settings.train_steps or None,
-                          base=settings.base, task=settings.task, train_seconds=round(time.time() - t0, 1))
+                          steps=settings.train_steps or None, base=settings.base, base_unet_sha256=_base_digest(settings),
+                          task=settings.task, train_seconds=round(time.time() - t0, 1))
             if isinstance(info, dict):
                 config["trainer_info"] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, list, dict))}
             (p / "training_config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
@@ -359,9 +369,9 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
         fa, fo, fr = feats[ref], feats[other], feats[("rlg", w, settings.source_seed)]
         if settings.distance == "mmd2":
             h = median_bandwidth(fa)
-            fn = lambda x, y: mmd2(x, y, h)  # noqa: E731
+            fn = lambda x, y: mmd2(x, y, h, paired=True)  # noqa: E731
         else:
-            fn = energy_distance
+            fn = lambda x, y: energy_distance(x, y, paired=True)  # noqa: E731
         v, se = batched(fn, [fr[i] for i in batches], [fa[i] for i in batches])
         f, fse = batched(fn, [fo[i] for i in batches], [fa[i] for i in batches])
         gap = v - f

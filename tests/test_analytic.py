@@ -356,6 +356,22 @@ def test_run_ground_truth_rows_and_figures(tmp_path):
         run_ground_truth(GroundTruthConfig(pair="mixture_tanh", samplers=["ddim_eta0"], num_inference_steps=2))
 
 
+def test_paired_distances_skip_the_dependent_diagonal():
+    # y_i = x_i + small noise: the laws are nearly equal, but the pairs are nearly identical. The unpaired
+    # U-statistic counts |x_i - y_i| ~ 0 in the cross term and comes out near -2 E|X - X'| / n; the paired
+    # one (cross term over i != j) is near 0, like two independent samples of one law.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(200, 3, generator=g, dtype=F64)
+    y = x + 1e-3 * torch.randn(200, 3, generator=g, dtype=F64)
+    mean_dist = float(torch.cdist(x, x).sum() / (200 * 199))
+    assert energy_distance(x, y) == pytest.approx(-2 * mean_dist / 200, rel=0.02)
+    assert abs(energy_distance(x, y, paired=True)) < 1e-3
+    h = median_bandwidth(x)
+    assert mmd2(x, y, h) < -1e-3 and abs(mmd2(x, y, h, paired=True)) < 1e-4  # k(x_i, y_i) ~ 1 biases it down too
+    with pytest.raises(ValueError, match="same size"):
+        energy_distance(x, y[:100], paired=True)
+
+
 def test_moment_influence_standard_errors():
     # For N(0, s^2) samples: se of the sample variance ~ s^2 sqrt(2 / n) (normal theory, independent of
     # the influence formula); the paired se of x - (x + small noise) is the small noise's se.

@@ -74,7 +74,8 @@ def test_kl_claim_pipeline_rows_pairing_and_report(tmp_path, tiny_base):
     # the distance is the batched energy distance on pixels, recomputed independently
     feats = {k: torch.from_numpy(v.reshape(len(v), -1).astype(np.float64) / 255) for k, v in images.items()}
     batches = [np.array([0, 1, 4, 5]), np.array([2, 3, 6, 7])]  # sample halves of both prompts
-    expect = np.mean([energy_distance(feats[("rlg", 2.0, 0)][i], feats[("retrained", 2.0, 1)][i]) for i in batches])
+    expect = np.mean([energy_distance(feats[("rlg", 2.0, 0)][i], feats[("retrained", 2.0, 1)][i], paired=True)
+                      for i in batches])
     assert dist.loc[2.0, "value"] == pytest.approx(expect, rel=1e-12)
     # RLG at w != 1 is not the retrained model (the stand-in's tilt is not linear in 1/b): a non-zero gap
     assert dist.loc[2.0, "gap"] != 0 and dist.loc[0.5, "gap"] != 0

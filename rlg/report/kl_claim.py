@@ -44,7 +44,7 @@ def write_kl_claim_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] = F
     metrics = list(dict.fromkeys(m.metric))
     with matplotlib.rc_context(STYLE):
         if metrics:
-            fig = Figure(figsize=(min(TEXT_WIDTH, COLUMN_WIDTH * len(metrics)), 2.6), layout="constrained")
+            fig = Figure(figsize=(min(TEXT_WIDTH, COLUMN_WIDTH * len(metrics)), 2.9), layout="constrained")
             axes = fig.subplots(1, len(metrics), squeeze=False)[0]
             for ax, metric in zip(axes, metrics):
                 d = m[m.metric == metric]
@@ -57,16 +57,19 @@ def write_kl_claim_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] = F
                                 color=COLORS[1 + i], marker=MARKERS[1 + i], linestyle="none", capsize=2,
                                 label=f"retrained at beta/w, seed {seed}")
                 ax.set_xscale("log")
-                ax.set_xticks(sorted(set(r.beta_eff)))
+                ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(sorted(set(r.beta_eff))))
                 ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
-                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+                ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
                 top = ax.secondary_xaxis("top")
-                top.set_xticks(list(r.beta_eff), labels=[f"w={w:g}" for w in r.w])
+                top.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(list(r.beta_eff)))
+                top.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"w={w:g}" for w in r.w]))
+                top.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
                 top.tick_params(labelsize=5)
-                ax.set_xlabel("effective KL coefficient beta / w")
+                ax.set_xlabel("KL coefficient beta/w")
                 arrow = {True: " ↑", False: " ↓"}.get(HIGHER_IS_BETTER.get(metric), "")
                 ax.set_ylabel(metric + arrow)
-            axes[0].legend(fontsize=5)
+            handles, labels = axes[0].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=5)
             fig.suptitle(_title(df) + " (bars: 95%)", fontsize=6)
             written += save(fig, out_dir / "kl_claim_metrics", formats)
         dist = df[df.kind == "distance"].sort_values("w")
