@@ -137,7 +137,13 @@ class GaussianMixture:
         return self.means.shape[1]
 
     def mean(self) -> torch.Tensor:
+        """Per-dimension mean sum_k pi_k mu_k, shape (d,)."""
         return (self.weights[:, None] * self.means).sum(0)
+
+    def variance(self) -> torch.Tensor:
+        """Per-dimension variance sum_k pi_k (s_k + mu_k^2) - mean^2 (law of total variance), shape (d,)."""
+        second = (self.weights[:, None] * (self.variances + self.means**2)).sum(0)
+        return second - self.mean() ** 2
 
     def noised(self, alpha: float, sigma: float) -> "GaussianMixture":
         """The law of alpha x0 + sigma eps for x0 from this mixture."""
@@ -645,13 +651,15 @@ def sample_loop(
     num_inference_steps: int,
     *,
     generator: torch.Generator | list[torch.Generator] | None = None,
+    callback: Callable[[int], Any] | None = None,
     **step_kwargs,
 ) -> torch.Tensor:
     """Run ``scheduler`` from ``latents`` with any diffusers-style ``denoiser`` (called as
     ``denoiser(x, t_batch, return_dict=False)[0]``, the SD3 convention of a per-sample timestep tensor),
     as a stock pipeline's loop does: ``set_timesteps``, ``scale_model_input`` if the scheduler has it,
     then ``scheduler.step(pred, t, x, **step_kwargs)``. ``generator`` is passed to ``step`` when its
-    signature accepts one (DDIM eta > 0, Flow-GRPO SDE). Returns the final ``prev_sample``."""
+    signature accepts one (DDIM eta > 0, Flow-GRPO SDE). ``callback(i)`` runs after step i (a progress
+    bar's ``update``). Returns the final ``prev_sample``."""
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
     accepts = set(inspect.signature(scheduler.step).parameters)
     kwargs = dict(step_kwargs)
@@ -659,8 +667,10 @@ def sample_loop(
         kwargs["generator"] = generator
     x = latents
     B = x.shape[0]
-    for t in scheduler.timesteps:
+    for i, t in enumerate(scheduler.timesteps):
         model_in = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
         pred = denoiser(model_in, t.expand(B), return_dict=False)[0]
         x = scheduler.step(pred, t, x, return_dict=False, **kwargs)[0]
+        if callback is not None:
+            callback(i)
     return x

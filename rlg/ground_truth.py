@@ -3,28 +3,54 @@
 ``run_ground_truth(GroundTruthConfig(...))`` samples an analytic pair (``rlg.analytic``) with RLG at
 every scale of the grid, with each sampler (real diffusers schedulers: FlowMatch Euler ODE, the
 Flow-GRPO SDE, DDIM eta 0 and eta 1), and compares the samples with exact samples of
-p_ref exp(w R / beta). It returns tidy rows; ``write_ground_truth_figures`` draws them.
+p_ref exp(w R / beta). It returns tidy rows; ``rlg.report.ground_truth`` draws the figures and tables.
 
 What a run does, per sampler:
 
-1. One batch with ``n = n_per_batch * n_batches`` samples per scale, all scales together (per-sample
-   scales, one model pair, the same initial noise for every scale, as the image harness does).
+1. ``method="rlg"``: one batch with ``n = n_per_batch * n_batches`` samples per scale, all scales
+   together (per-sample scales, one model pair, the same initial noise for every scale, as the image
+   harness does), through the production ``rlg.denoiser.RLGDenoiser``.
    Initial latents: ``init="marginal"`` draws x_T = alpha_T x0 + sigma_T eps with x0 an exact sample of
    the scale's target, i.e. the target's exact noised marginal at the first timestep, so that only
    the guidance and the discretisation are measured (for FlowMatch alpha_T = 0 and this is plain
    N(0, I); DDIM's SD1.5 schedule starts at abar(981) ~ 0.005, where N(0, I) is not the marginal).
    ``init="noise"`` draws N(0, I), as a stock pipeline does.
-2. The output is compared with exact target samples pushed to the sampler's final noise level
+2. ``method="exact_score"`` (the sampler control, ``rl_control=True``): the same sampler, steps, initial
+   latents and step noise (the same generator, so row i of both runs is paired), but each block of rows
+   driven by the exact closed-form denoiser of its own beta/w target instead of the RLG mix. Its error
+   against exact samples is the sampler's own error at that w (discretisation; the score is exact). At
+   w = 0 and w = 1 it IS the base model, resp. the RL model alone, i.e. the same computation as RLG
+   there (RLGDenoiser runs one model at those scales), so the endpoint rows measure the sampler's error
+   against exact samples, and RLG equals the control there bit for bit.
+3. Both outputs are compared with exact target samples pushed to the sampler's final noise level
    (FlowMatch: 0; DDIM with set_alpha_to_one=False: abar = alphas_cumprod[0]).
-3. Control (``rl_control``): the RL model alone (no mixing) with the same sampler, against the w = 1
-   target; it measures the sampler's own error. Monte-Carlo floor: the same distance between two
-   independent exact sample sets of the same size.
 
-Rows: pair, d, beta, schedule, sampler, method ("rlg" or "rl_alone"), w, metric, value, stderr,
-floor, floor_stderr, exact, exact_stderr, z, n, n_batches, steps, init, seed. Metrics:
-``energy_distance`` and ``mmd2`` (value = distance RLG vs exact, floor = exact vs exact;
-z = (value - floor) / sqrt(stderr^2 + floor_stderr^2)), ``mean_reward`` and ``weight_k`` (posterior
-weight of target component k; value = RLG, exact = target, z = (value - exact) / sqrt(...)).
+What is subtracted, and why (``net`` columns): RLG(w) - exact(w) mixes two errors: the sampler's
+discretisation error, which any finite-step sampler has even with the exact score, and the RLG-specific
+error, that the mixed prediction is not the score of the beta/w optimum (the noised marginal of
+p_ref^(1-w) p_rl^w is not the mixture of noised marginals). The net gap RLG(w) - exact_score(w) removes
+the first: both runs share sampler, steps, initial latents and step noise and differ only in the
+prediction, so the difference is what the mixing rule changes, as the sampler propagates it. Its
+standard error is the paired one (std of per-row differences / sqrt(n)), much smaller than either
+run's own. It is not "RLG(w) - exact(w) minus a sampler error interpolated from the endpoints": the
+sampler's error depends on the field it integrates, so measuring it at each w on the exact target's
+own score replaces an interpolation (and, for w > 1, an extrapolation) with a measurement. The
+endpoint rows (w = 0, 1) still report the sampler's error against exact samples, as the issue asks.
+Residual caveat: the two runs integrate different fields, so their discretisation errors need not be
+identical; the difference of the two, which the net gap contains, vanishes as steps grow.
+
+Rows: pair, d, beta, schedule, sampler, method ("rlg" | "exact_score"), w, metric, value, stderr,
+floor, floor_stderr, exact, exact_stderr, z, control, control_stderr, net, net_stderr, net_z, n,
+n_batches, steps, init, seed. Metrics:
+
+* ``energy_distance``, ``mmd2``: value = distance(samples, exact), floor = distance(exact, exact');
+  z = (value - floor) / sqrt(stderr^2 + floor_stderr^2); se over ``n_batches`` independent batches.
+* ``mean_reward``, ``weight_k`` (posterior weight of target component k), ``mean_i`` and ``var_i``
+  (per-dimension mean and unbiased variance of the output, dimensions i < ``moment_dims``): value vs
+  the exact value in closed form (noised to the output level); z = (value - exact) / stderr with the
+  influence-function standard error (``rlg.analytic_metrics.moment_influence``). On ``rlg`` rows,
+  ``control`` is the exact_score run's value and ``net`` = value - control with its paired standard
+  error and ``net_z`` = net / net_stderr (NaN at w where the two runs are identical: se = 0).
 """
 
 from __future__ import annotations
@@ -32,27 +58,30 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+from torch import nn
+from tqdm.auto import tqdm
 
 from rlg.analytic import (
+    AnalyticDenoiserOutput,
     AnalyticPair,
     final_alpha_sigma,
     initial_alpha_sigma,
+    make_denoiser,
     make_pair,
     sample_loop,
 )
 from rlg.analytic_metrics import (
     batched,
     energy_distance,
-    mean_stderr,
     median_bandwidth,
     mmd2,
-    soft_component_weights,
+    moment_influence,
+    paired_difference,
 )
 from rlg.schedulers import FlowGRPOSDEScheduler
 
@@ -60,9 +89,11 @@ __all__ = [
     "GroundTruthConfig",
     "SAMPLERS",
     "SD15_DDIM_CONFIG",
+    "METRICS",
     "make_sampler",
     "run_ground_truth",
     "write_ground_truth_figures",
+    "ground_truth_tables",
 ]
 
 # stable-diffusion-v1-5 scheduler_config.json, as DDIMScheduler reads it (clip_sample off).
@@ -86,7 +117,7 @@ SAMPLERS = {
     "ddim_eta1": "vp",
 }
 
-METRICS = ("energy_distance", "mmd2", "mean_reward", "component_weight")
+METRICS = ("energy_distance", "mmd2", "mean_reward", "component_weight", "moments")
 
 
 @dataclass
@@ -103,7 +134,9 @@ class GroundTruthConfig:
     flow_shift: float = 3.0  # SD3.5's FlowMatch shift
     init: str = "marginal"  # "marginal" | "noise"
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
-    rl_control: bool = True
+    rl_control: bool = True  # the sampler control: the exact target's own score at every w ("exact_score")
+    moment_dims: int = 8  # per-dimension mean/variance tests for dimensions i < moment_dims
+    progress: bool = True  # a tqdm bar over the sampling steps
     seed: int = 0
 
     def __post_init__(self):
@@ -146,54 +179,112 @@ def rlg_denoiser(base, rl, scales, num_steps: int):
     return den
 
 
-def _evaluate(pair, w, out, ref, ref2, af, sf, config, n_batches):
-    """Rows (without run identifiers) comparing sampler output ``out`` with exact ``ref`` at scale w."""
-    rows = []
-    nan = float("nan")
+class _RowBlocks(nn.Module):
+    """Rows [i*n, (i+1)*n) go to ``denoisers[i]``: one batch, one generator, several exact targets, so
+    the control run shares every random draw with the RLG run."""
 
-    def split(x):
-        return list(torch.chunk(x, n_batches))
+    def __init__(self, denoisers: list[nn.Module], n: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(denoisers)
+        self.n = n
 
-    def row(metric, value, stderr, floor=nan, floor_stderr=nan, exact=nan, exact_stderr=nan):
-        if not math.isnan(floor):
-            z = (value - floor) / math.sqrt(stderr**2 + floor_stderr**2)
-        elif not math.isnan(exact):
-            denom = math.sqrt(stderr**2 + (0.0 if math.isnan(exact_stderr) else exact_stderr**2))
-            z = (value - exact) / denom if denom > 0 else nan
-        else:
-            z = nan
-        rows.append(dict(w=w, metric=metric, value=value, stderr=stderr, floor=floor,
-                         floor_stderr=floor_stderr, exact=exact, exact_stderr=exact_stderr, z=z))
+    @property
+    def config(self):
+        return self.blocks[0].config
 
-    ob, rb, r2b = split(out), split(ref), split(ref2)
-    if "energy_distance" in config.metrics:
-        v, se = batched(energy_distance, ob, rb)
-        f, fse = batched(energy_distance, r2b, rb)
-        row("energy_distance", v, se, f, fse)
-    if "mmd2" in config.metrics:
-        h = median_bandwidth(rb[0])
-        v, se = batched(lambda a, b: mmd2(a, b, h), ob, rb)
-        f, fse = batched(lambda a, b: mmd2(a, b, h), r2b, rb)
-        row("mmd2", v, se, f, fse)
+    def forward(self, sample, timestep, *args, return_dict: bool = True, **kwargs):
+        t = torch.as_tensor(timestep).reshape(-1)
+        t = t.expand(sample.shape[0]) if t.numel() == 1 else t
+        parts = [den(sample[i * self.n:(i + 1) * self.n], t[i * self.n:(i + 1) * self.n], return_dict=False)[0]
+                 for i, den in enumerate(self.blocks)]
+        out = torch.cat(parts)
+        return AnalyticDenoiserOutput(sample=out) if return_dict else (out,)
+
+
+_NAN = float("nan")
+
+
+def _scalar_stats(pair, w, x, ref, af, sf, config) -> dict[str, tuple[torch.Tensor, float, float]]:
+    """metric -> (per-sample influence values (n,), exact value, exact_stderr) for the scalar statistics."""
+    stats = {}
     target = pair.target(w)
+    noised = target.noised(af, sf) if target is not None else None
     if "mean_reward" in config.metrics:
-        v, se = mean_stderr(pair.reward(out))
-        if target is not None:
+        if noised is not None:
             ex, ese = pair.exact_mean_reward(w, af, sf), 0.0
         else:
-            ex, ese = mean_stderr(pair.reward(ref))
-        row("mean_reward", v, se, exact=ex, exact_stderr=ese)
+            r = pair.reward(ref)
+            ex, ese = float(r.mean()), float(r.std() / math.sqrt(r.numel()))
+        stats["mean_reward"] = (pair.reward(x), ex, ese)
     if "component_weight" in config.metrics and pair.base.K > 1:
-        # posterior weights under the exact target (noised to the output level) when it is a
-        # mixture; else under the base, with the exact value estimated from exact samples.
-        mix = (target if target is not None else pair.base).noised(af, sf)
-        v, se = soft_component_weights(out, mix)
-        if target is not None:
-            ex, ese = mix.weights, torch.zeros_like(mix.weights)
-        else:
-            ex, ese = soft_component_weights(ref, mix)
+        # posterior weights under the exact target (noised to the output level) when it is a mixture;
+        # else under the base, with the exact value estimated from exact samples.
+        mix = noised if noised is not None else pair.base.noised(af, sf)
+        resp = mix.responsibilities(x.to(torch.float64))
+        resp_ref = None if noised is not None else mix.responsibilities(ref)
         for k in range(mix.K):
-            row(f"weight_{k}", float(v[k]), float(se[k]), exact=float(ex[k]), exact_stderr=float(ese[k]))
+            if resp_ref is None:
+                ex, ese = float(mix.weights[k]), 0.0
+            else:
+                ex, ese = float(resp_ref[:, k].mean()), float(resp_ref[:, k].std() / math.sqrt(resp_ref.shape[0]))
+            stats[f"weight_{k}"] = (resp[:, k], ex, ese)
+    if "moments" in config.metrics:
+        for i in range(min(pair.d, config.moment_dims)):
+            for moment in ("mean", "var"):
+                if noised is not None:
+                    ex = float((noised.mean() if moment == "mean" else noised.variance())[i])
+                    ese = 0.0
+                else:
+                    infl = moment_influence(ref[:, i], moment)
+                    ex, ese = float(infl.mean()), float(infl.std() / math.sqrt(infl.numel()))
+                stats[f"{moment}_{i}"] = (moment_influence(x[:, i], moment), ex, ese)
+    return stats
+
+
+def _z(diff: float, *ses: float) -> float:
+    se = math.sqrt(sum(s**2 for s in ses if not math.isnan(s)))
+    return diff / se if se > 0 else _NAN
+
+
+def _evaluate(pair, w, outs: dict[str, torch.Tensor], ref, ref2, af, sf, config) -> list[dict]:
+    """Rows (without run identifiers) for scale w; ``outs`` maps method -> its (n, d) samples."""
+    rows = []
+    nb = config.n_batches
+
+    def row(method, metric, value, stderr, floor=_NAN, floor_stderr=_NAN, exact=_NAN, exact_stderr=_NAN,
+            control=_NAN, control_stderr=_NAN, net=_NAN, net_stderr=_NAN):
+        z = _z(value - floor, stderr, floor_stderr) if not math.isnan(floor) else (
+            _z(value - exact, stderr, exact_stderr) if not math.isnan(exact) else _NAN)
+        rows.append(dict(method=method, w=w, metric=metric, value=value, stderr=stderr, floor=floor,
+                         floor_stderr=floor_stderr, exact=exact, exact_stderr=exact_stderr, z=z, control=control,
+                         control_stderr=control_stderr, net=net, net_stderr=net_stderr,
+                         net_z=_z(net, net_stderr) if not math.isnan(net) else _NAN))
+
+    rb, r2b = list(torch.chunk(ref, nb)), list(torch.chunk(ref2, nb))
+    distances = {}
+    if "energy_distance" in config.metrics:
+        distances["energy_distance"] = energy_distance
+    if "mmd2" in config.metrics:
+        h = median_bandwidth(rb[0])
+        distances["mmd2"] = lambda a, b: mmd2(a, b, h)
+    for metric, fn in distances.items():
+        f, fse = batched(fn, r2b, rb)
+        for method, out in outs.items():
+            v, se = batched(fn, list(torch.chunk(out, nb)), rb)
+            row(method, metric, v, se, f, fse)
+    per_method = {method: _scalar_stats(pair, w, out, ref, af, sf, config) for method, out in outs.items()}
+    ctrl = per_method.get("exact_score")
+    for method, stats in per_method.items():
+        for metric, (infl, ex, ese) in stats.items():
+            n = infl.numel()
+            v, se = float(infl.mean()), float(infl.std() / math.sqrt(n))
+            extra = {}
+            if method == "rlg" and ctrl is not None:
+                c = ctrl[metric][0]
+                net, net_se = paired_difference(infl, c)
+                extra = dict(control=float(c.mean()), control_stderr=float(c.std() / math.sqrt(n)), net=net,
+                             net_stderr=net_se)
+            row(method, metric, v, se, exact=ex, exact_stderr=ese, **extra)
     return rows
 
 
@@ -207,140 +298,55 @@ def run_ground_truth(
     ``pair`` overrides ``config.pair``/``d``/``beta``. ``guided_factory(base, rl, scales)`` builds the RLG
     denoiser from the two analytic denoisers and a per-sample scale tensor; the default is the
     production ``rlg.denoiser.RLGDenoiser`` (tests compare it with ``rlg.analytic.ReferenceRLGDenoiser``).
+    Raises ValueError for a pair without a closed-form RL model (``mixture_tanh``).
     """
     pair = pair or make_pair(config.pair, config.d, config.beta)
     guided_factory = guided_factory or (lambda b, r, s: rlg_denoiser(b, r, s, config.num_inference_steps))
     n = config.n_per_batch * config.n_batches
     steps = config.num_inference_steps
     scales = [float(w) for w in config.scales]
+    methods = ["rlg"] + (["exact_score"] if config.rl_control else [])
     rows = []
-    for sampler in config.samplers:
-        scheduler, schedule, step_kwargs = make_sampler(sampler, config)
-        base, rl = pair.denoisers(scheduler, torch.float64)
-        a0, s0 = initial_alpha_sigma(scheduler, steps)
-        af, sf = final_alpha_sigma(scheduler, steps)
-        runs = [("rlg", scales)] + ([("rl_alone", [1.0])] if config.rl_control else [])
-        for method, ws in runs:
-            g = _generator(config.seed, pair.name, sampler, method)
-            eps = torch.randn(n, pair.d, generator=g, dtype=torch.float64).repeat(len(ws), 1)  # paired across w
-            if config.init == "marginal":
-                x0 = torch.cat([pair.exact_samples(w, n, g) for w in ws])
-                latents = a0 * x0 + s0 * eps
-            else:
-                latents = eps
-            if method == "rlg":
-                den = guided_factory(base, rl, torch.tensor(ws, dtype=torch.float64).repeat_interleave(n))
-            else:
-                den = rl
-            out = sample_loop(den, scheduler, latents, steps, generator=g, **step_kwargs)
-            gr = _generator(config.seed, pair.name, sampler, method, "reference")
-            for i, w in enumerate(ws):
+    bar = tqdm(total=len(config.samplers) * len(methods) * steps, desc=f"ground truth {pair.name}", unit="step",
+               disable=not config.progress, leave=False)
+    with bar:
+        for sampler in config.samplers:
+            scheduler, schedule, step_kwargs = make_sampler(sampler, config)
+            base, rl = pair.denoisers(scheduler, torch.float64)
+            a0, s0 = initial_alpha_sigma(scheduler, steps)
+            af, sf = final_alpha_sigma(scheduler, steps)
+            outs = {}
+            for method in methods:
+                bar.set_postfix_str(f"{sampler} {method}")
+                g = _generator(config.seed, pair.name, sampler)  # the same draws for every method: paired rows
+                eps = torch.randn(n, pair.d, generator=g, dtype=torch.float64).repeat(len(scales), 1)  # paired across w
+                if config.init == "marginal":
+                    latents = a0 * torch.cat([pair.exact_samples(w, n, g) for w in scales]) + s0 * eps
+                else:
+                    latents = eps
+                if method == "rlg":
+                    den = guided_factory(base, rl, torch.tensor(scales, dtype=torch.float64).repeat_interleave(n))
+                else:
+                    den = _RowBlocks([make_denoiser(pair.target(w), scheduler, torch.float64) for w in scales], n)
+                outs[method] = sample_loop(den, scheduler, latents, steps, generator=g,
+                                           callback=lambda _: bar.update(1), **step_kwargs)
+            gr = _generator(config.seed, pair.name, sampler, "reference")
+            for i, w in enumerate(scales):
                 refs = [af * pair.exact_samples(w, n, gr) + sf * torch.randn(n, pair.d, generator=gr, dtype=torch.float64)
                         for _ in range(2)]
-                for r in _evaluate(pair, w, out[i * n:(i + 1) * n], refs[0], refs[1], af, sf, config, config.n_batches):
+                block = {m: out[i * n:(i + 1) * n] for m, out in outs.items()}
+                for r in _evaluate(pair, w, block, refs[0], refs[1], af, sf, config):
                     rows.append(dict(pair=pair.name, d=pair.d, beta=pair.beta, schedule=schedule, sampler=sampler,
-                                     method=method, **r, n=n, n_batches=config.n_batches, steps=steps,
-                                     init=config.init, seed=config.seed))
+                                     **r, n=n, n_batches=config.n_batches, steps=steps, init=config.init,
+                                     seed=config.seed))
     return pd.DataFrame(rows)
 
 
-def write_ground_truth_figures(df: pd.DataFrame, out_dir, distance: str = "energy_distance") -> list[Path]:
-    """Write "distance to the beta/w target versus w", "mean reward versus w" and (for mixtures)
-    "component weight versus w" as PNG and PDF into ``out_dir``; returns the paths written."""
-    import matplotlib
+def __getattr__(name: str):
+    # The figures and tables live in the report layer (rlg.report.ground_truth); these two names stay
+    # importable from here until the harness imports them from there.
+    if name in ("write_ground_truth_figures", "ground_truth_tables"):
+        from rlg.report import ground_truth as report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    samplers = list(dict.fromkeys(df["sampler"]))
-    colors = {s: f"C{i}" for i, s in enumerate(samplers)}
-    title = f"{df['pair'].iloc[0]}, d={df['d'].iloc[0]}, beta={df['beta'].iloc[0]}, {df['steps'].iloc[0]} steps"
-
-    def save(fig, stem):
-        for ext in ("png", "pdf"):
-            p = out_dir / f"{stem}.{ext}"
-            fig.savefig(p, dpi=150, bbox_inches="tight")
-            written.append(p)
-        plt.close(fig)
-
-    def panel(ax, metric, reference):
-        for s in samplers:
-            sub = df[(df.sampler == s) & (df.metric == metric)].sort_values("w")
-            rlg_rows, ctrl = sub[sub.method == "rlg"], sub[sub.method == "rl_alone"]
-            ax.errorbar(rlg_rows.w, rlg_rows.value, yerr=2 * rlg_rows.stderr, color=colors[s], marker="o",
-                        ms=4, capsize=3, label=f"RLG, {s}")
-            if len(ctrl):
-                ax.errorbar(ctrl.w, ctrl.value, yerr=2 * ctrl.stderr, color=colors[s], marker="*", ms=11,
-                            ls="none", capsize=3, label=f"RL alone, {s}")
-        ref = df[(df.metric == metric) & (df.method == "rlg")].groupby("w")[[reference, f"{reference}_stderr"]].mean()
-        if len(ref) and ref[reference].notna().any():
-            label = "Monte-Carlo floor (exact vs exact)" if reference == "floor" else "exact beta/w optimum"
-            ax.plot(ref.index, ref[reference], color="k", ls="--", lw=1.2, label=label)
-            ax.fill_between(ref.index, ref[reference] - 2 * ref[f"{reference}_stderr"],
-                            ref[reference] + 2 * ref[f"{reference}_stderr"], color="k", alpha=0.12, lw=0)
-        ax.set_xlabel("RLG scale w")
-        ax.grid(alpha=0.3)
-
-    if (df.metric == distance).any():
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        panel(ax, distance, "floor")
-        ax.set_ylabel(f"{distance.replace('_', ' ')} to the beta/w optimum")
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
-        save(fig, f"{distance}_vs_w")
-    if (df.metric == "mean_reward").any():
-        fig, (ax, ax_gap) = plt.subplots(2, 1, figsize=(6.4, 6.4), sharex=True, height_ratios=[3, 2])
-        panel(ax, "mean_reward", "exact")
-        ax.set_xlabel("")
-        ax.set_ylabel("mean reward")
-        ax.set_title(title + " (error bars: 2 s.e.)", fontsize=9)
-        ax.legend(fontsize=7)
-        for s in samplers:  # the gap itself: RLG (or RL alone) minus the exact optimum
-            sub = df[(df.sampler == s) & (df.metric == "mean_reward")].sort_values("w")
-            for method, marker, ls in (("rlg", "o", "-"), ("rl_alone", "*", "none")):
-                m = sub[sub.method == method]
-                if len(m):
-                    ax_gap.errorbar(m.w, m.value - m.exact, yerr=2 * (m.stderr**2 + m.exact_stderr.fillna(0) ** 2) ** 0.5,
-                                    color=colors[s], marker=marker, ls=ls, ms=4 if marker == "o" else 11, capsize=3)
-        ax_gap.axhline(0.0, color="k", ls="--", lw=1.2)
-        ax_gap.set_ylabel("RLG - exact optimum")
-        ax_gap.set_xlabel("RLG scale w")
-        ax_gap.grid(alpha=0.3)
-        save(fig, "mean_reward_vs_w")
-    weights = sorted(m for m in set(df.metric) if m.startswith("weight_"))
-    if weights:
-        fig, axes = plt.subplots(1, len(weights), figsize=(4.2 * len(weights), 3.8), squeeze=False)
-        for ax, m in zip(axes[0], weights):
-            panel(ax, m, "exact")
-            ax.set_ylabel(f"posterior weight of target component {m.split('_')[1]}")
-        axes[0][0].legend(fontsize=6)
-        fig.suptitle(title, fontsize=9)
-        save(fig, "component_weight_vs_w")
-    return written
-
-
-def ground_truth_tables(df: pd.DataFrame, distance: str = "energy_distance") -> dict[str, str]:
-    """Markdown and LaTeX tables: per sampler and w, the distance to the beta/w target against the
-    Monte-Carlo floor, and the mean reward against the exact optimum's."""
-    from rlg.report.tables import render
-
-    rlg = df[df.method == "rlg"]
-    header = ["sampler", "w", f"{distance} (± se)", "MC floor", "z", "mean reward (± se)", "exact", "z"]
-    rows, groups = [], []
-    for sampler, part in rlg.groupby("sampler", sort=False):
-        groups.append(len(rows))
-        for w, at in part.groupby("w"):
-            d = at[at.metric == distance].iloc[0]
-            r = at[at.metric == "mean_reward"].iloc[0]
-            rows.append([sampler, f"{w:g}", f"{d.value:.2e} ± {d.stderr:.1e}", f"{d.floor:.1e}", f"{d.z:+.1f}",
-                         f"{r.value:.4f} ± {r.stderr:.4f}", f"{r.exact:.4f}", f"{r.z:+.1f}"])
-    first = df.iloc[0]
-    notes = [f"Ground truth: {first.pair}, d={first.d}, beta={first.beta}, {first.steps} steps, "
-             f"{first.n} samples per w ({first.n_batches} batches for the error bars), init={first.init}.",
-             f"z = (distance - floor) / combined se; |z| < ~3 means RLG at w is indistinguishable from the exact "
-             "beta/w optimum at this sample size."]
-    return {fmt: render(header, rows, fmt, align="lrrrrrrr", notes=notes, groups=groups[1:])
-            for fmt in ("markdown", "latex")}
+        return getattr(report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

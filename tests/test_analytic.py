@@ -32,9 +32,18 @@ from rlg.analytic import (
     make_denoiser,
     make_pair,
     quadratic_reward,
+    sample_loop,
 )
-from rlg.analytic_metrics import energy_distance, median_bandwidth, mmd2, soft_component_weights
-from rlg.ground_truth import SD15_DDIM_CONFIG, GroundTruthConfig, run_ground_truth, write_ground_truth_figures
+from rlg.analytic_metrics import (
+    energy_distance,
+    median_bandwidth,
+    mmd2,
+    moment_influence,
+    paired_difference,
+    soft_component_weights,
+)
+from rlg.ground_truth import SD15_DDIM_CONFIG, GroundTruthConfig, run_ground_truth
+from rlg.report.ground_truth import ground_truth_moment_tables, ground_truth_tables, write_ground_truth_report
 from rlg.guidance import rlg_mix
 from rlg.schedulers import FlowGRPOSDEScheduler
 
@@ -245,13 +254,18 @@ def test_rlg_matches_target_for_gaussian_base_and_linear_reward(d, samplers):
     # Real diffusers schedulers, 100 steps, 4000 samples per w (8 batches of 500). At this size the
     # samplers' discretisation bias is below the Monte-Carlo error (ED bias <= 4e-4 at 100 steps,
     # measured with 16k samples; s.e. here ~1e-3). Criterion: |z| < 4 for energy distance and mean reward.
+    # Here the mixed prediction IS the target's score (test above), so RLG and the exact-score control
+    # (same sampler, same noise) must agree row for row up to float64 rounding: the net gap is ~0.
     scales = [0.0, 0.5, 1.0, 2.0, 3.0]
     cfg = GroundTruthConfig(pair="gaussian_linear", d=d, scales=scales, samplers=samplers, num_inference_steps=100,
-                            n_per_batch=500, n_batches=8, metrics=["energy_distance", "mean_reward"], seed=0)
+                            n_per_batch=500, n_batches=8, metrics=["energy_distance", "mean_reward"], seed=0,
+                            progress=False)
     df = run_ground_truth(cfg)
-    assert len(df) == len(samplers) * (len(scales) + 1) * 2
+    assert len(df) == len(samplers) * len(scales) * 2 * 2  # (rlg, exact_score) x (energy distance, mean reward)
     bad = df[df.z.abs() >= 4]
     assert bad.empty, bad[["sampler", "method", "w", "metric", "value", "floor", "exact", "z"]].to_string()
+    net = df[(df.method == "rlg") & (df.metric == "mean_reward")]
+    assert (net.net.abs() < 1e-8).all(), net[["sampler", "w", "net", "net_stderr"]].to_string()
 
 
 def test_rlg_gap_is_detected_for_mixture_base_and_quadratic_reward():
@@ -267,16 +281,27 @@ def test_rlg_gap_is_detected_for_mixture_base_and_quadratic_reward():
     # at w = 3 is the guidance, not the sampler. Mean reward is not asserted on those rows: at 100 steps
     # the samplers' own bias in it is 0.00-0.02 here (DDIM eta 1 largest; measured on the RL-alone control
     # with 32k samples), up to ~2 s.e. at n = 4000; the control row reports it.
+    # The exact-score control (the same sampler on the beta/w target's own score) must match at every w,
+    # and the net (paired) gap at w = 3 must be detected in the reward and in the variance of x_0.
     samplers = ["flow_euler_ode", "flow_grpo_sde", "ddim_eta0", "ddim_eta1"]
     cfg = GroundTruthConfig(pair="mixture_quadratic", d=2, scales=[0.0, 1.0, 3.0], samplers=samplers,
                             num_inference_steps=100, n_per_batch=500, n_batches=8,
-                            metrics=["energy_distance", "mean_reward", "component_weight"], seed=0)
+                            metrics=["energy_distance", "mean_reward", "component_weight", "moments"], seed=0,
+                            progress=False)
     df = run_ground_truth(cfg)
     report = df[df.metric.isin(["energy_distance", "weight_0", "mean_reward"])][
         ["sampler", "method", "w", "metric", "value", "stderr", "floor", "exact", "z"]]
     print("\n" + report.to_string())
     exact_rows = df[(df.w < 3.0) & df.metric.isin(["energy_distance", "weight_0"])]
     assert (exact_rows.z.abs() < 4).all(), exact_rows.to_string()
+    control = df[(df.method == "exact_score") & df.metric.isin(["energy_distance", "weight_0"])]
+    assert (control.z.abs() < 4).all(), control.to_string()
+    # RLG runs one model at w = 0, 1: identical to the control (distances carry no net column)
+    ends = df[(df.method == "rlg") & (df.w < 3.0) & ~df.metric.isin(["energy_distance", "mmd2"])]
+    assert (ends.net == 0).all() and ends.net_z.isna().all(), ends.to_string()
+    for s in ["flow_euler_ode", "flow_grpo_sde", "ddim_eta0"]:
+        at3 = df[(df.sampler == s) & (df.method == "rlg") & (df.w == 3.0)].set_index("metric")
+        assert at3.loc["mean_reward", "net_z"] < -8 and at3.loc["var_0", "net_z"] < -6, at3.to_string()
     for s in samplers:
         assert _z(df, s, "rlg", 3.0, "weight_0") < -8, report.to_string()
     for s in ["flow_euler_ode", "flow_grpo_sde", "ddim_eta0"]:
@@ -292,7 +317,7 @@ def test_production_rlg_denoiser_reproduces_the_reference_mix():
 
     cfg = GroundTruthConfig(pair="mixture_quadratic", scales=[0.0, 0.5, 1.0, 3.0], samplers=["flow_grpo_sde", "ddim_eta1"],
                             num_inference_steps=20, n_per_batch=100, n_batches=2,
-                            metrics=["energy_distance", "mean_reward", "component_weight"])
+                            metrics=["energy_distance", "mean_reward", "component_weight"], progress=False)
 
     def production(base, rl, scales):
         den = RLGDenoiser(base, rl)
@@ -304,19 +329,71 @@ def test_production_rlg_denoiser_reproduces_the_reference_mix():
 
 
 def test_run_ground_truth_rows_and_figures(tmp_path):
-    cfg = GroundTruthConfig(pair="mixture_linear", scales=[0.0, 2.0], samplers=["ddim_eta0"], num_inference_steps=10,
-                            n_per_batch=50, n_batches=2)
+    cfg = GroundTruthConfig(pair="mixture_linear", d=3, scales=[0.0, 2.0], samplers=["ddim_eta0"], num_inference_steps=10,
+                            n_per_batch=50, n_batches=2, moment_dims=2)
     df = run_ground_truth(cfg)
-    for col in ["w", "sampler", "schedule", "metric", "value", "stderr", "floor", "exact", "z", "method"]:
+    for col in ["w", "sampler", "schedule", "metric", "value", "stderr", "floor", "exact", "z", "method", "control",
+                "net", "net_stderr", "net_z"]:
         assert col in df.columns
-    assert set(df.metric) == {"energy_distance", "mmd2", "mean_reward", "weight_0", "weight_1"}
-    assert set(df[df.method == "rl_alone"].w) == {1.0}
-    paths = write_ground_truth_figures(df, tmp_path)
+    assert set(df.metric) == {"energy_distance", "mmd2", "mean_reward", "weight_0", "weight_1", "mean_0", "var_0",
+                              "mean_1", "var_1"}
+    assert set(df.method) == {"rlg", "exact_score"} and set(df[df.method == "exact_score"].w) == {0.0, 2.0}
+    # the exact moments are the target mixture's, noised to DDIM's final level (independent: from samples)
+    af, sf = final_alpha_sigma(DDIMScheduler(**SD15_DDIM_CONFIG), 10)
+    big = make_pair("mixture_linear", d=3).exact_samples(2.0, 400_000, torch.Generator().manual_seed(9))
+    big = af * big + sf * torch.randn(big.shape, generator=torch.Generator().manual_seed(10), dtype=F64)
+    row = df[(df.method == "rlg") & (df.w == 2.0)].set_index("metric")
+    assert abs(row.loc["var_0", "exact"] - float(big[:, 0].var())) < 0.01
+    assert abs(row.loc["mean_0", "exact"] - float(big[:, 0].mean())) < 0.01
+    paths = write_ground_truth_report(df, tmp_path)
     names = {p.name for p in paths}
-    assert {"energy_distance_vs_w.png", "energy_distance_vs_w.pdf", "mean_reward_vs_w.png", "mean_reward_vs_w.pdf"} <= names
+    assert {"energy_distance_vs_w.png", "energy_distance_vs_w.pdf", "mean_reward_vs_w.png", "mean_reward_vs_w.pdf",
+            "moments_vs_w.png", "ground_truth.md", "ground_truth_moments.md"} <= names
     assert all(p.stat().st_size > 0 for p in paths)
+    assert "| ddim_eta0 | 2 |" in ground_truth_tables(df)["markdown"]
+    assert "| ddim_eta0 | 2 | 1 |" in ground_truth_moment_tables(df)["markdown"]
     with pytest.raises(ValueError, match="no closed-form tilt"):
         run_ground_truth(GroundTruthConfig(pair="mixture_tanh", samplers=["ddim_eta0"], num_inference_steps=2))
+
+
+def test_paired_distances_skip_the_dependent_diagonal():
+    # y_i = x_i + small noise: the laws are nearly equal, but the pairs are nearly identical. The unpaired
+    # U-statistic counts |x_i - y_i| ~ 0 in the cross term and comes out near -2 E|X - X'| / n; the paired
+    # one (cross term over i != j) is near 0, like two independent samples of one law.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(200, 3, generator=g, dtype=F64)
+    y = x + 1e-3 * torch.randn(200, 3, generator=g, dtype=F64)
+    mean_dist = float(torch.cdist(x, x).sum() / (200 * 199))
+    assert energy_distance(x, y) == pytest.approx(-2 * mean_dist / 200, rel=0.02)
+    assert abs(energy_distance(x, y, paired=True)) < 1e-3
+    h = median_bandwidth(x)
+    assert mmd2(x, y, h) < -1e-3 and abs(mmd2(x, y, h, paired=True)) < 1e-4  # k(x_i, y_i) ~ 1 biases it down too
+    with pytest.raises(ValueError, match="same size"):
+        energy_distance(x, y[:100], paired=True)
+
+
+def test_moment_influence_standard_errors():
+    # For N(0, s^2) samples: se of the sample variance ~ s^2 sqrt(2 / n) (normal theory, independent of
+    # the influence formula); the paired se of x - (x + small noise) is the small noise's se.
+    g = torch.Generator().manual_seed(3)
+    x = 2.0 * torch.randn(50_000, generator=g, dtype=F64)
+    infl = moment_influence(x, "var")
+    assert abs(float(infl.mean()) - float(x.var())) < 1e-9
+    se = float(infl.std() / math.sqrt(x.numel()))
+    assert abs(se / (4.0 * math.sqrt(2 / x.numel())) - 1) < 0.03
+    y = x + 0.01 * torch.randn(50_000, generator=g, dtype=F64)
+    diff, dse = paired_difference(moment_influence(x, "mean"), moment_influence(y, "mean"))
+    assert abs(dse - 0.01 / math.sqrt(50_000)) < 2e-6 and abs(diff) < 5 * dse
+    with pytest.raises(ValueError, match="mean' or 'var"):
+        moment_influence(x, "skew")
+
+
+def test_sample_loop_reports_progress():
+    pair = make_pair("gaussian_linear", d=2)
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    seen = []
+    sample_loop(make_denoiser(pair.base, sched, F64), sched, torch.zeros(4, 2, dtype=F64), 7, callback=seen.append)
+    assert seen == list(range(7))
 
 
 def test_sample_metrics_behave():
@@ -446,4 +523,6 @@ def test_production_denoiser_equals_the_reference_mixer_in_the_sweep():
                             num_inference_steps=10, n_per_batch=50, n_batches=2)
     ours = run_ground_truth(cfg)  # default: rlg.denoiser.RLGDenoiser
     ref = run_ground_truth(cfg, guided_factory=lambda b, r, s: ReferenceRLGDenoiser(b, r).set_scales(s))
-    pd.testing.assert_frame_equal(ours, ref, rtol=1e-10, atol=1e-12)
+    # net_z at w = 1 is 0/0 for the production mixer (it runs the RL model alone, identical to the control)
+    # and rounding/rounding for the reference mixer (pb + 1 * (pr - pb)); compare everything else.
+    pd.testing.assert_frame_equal(ours.drop(columns="net_z"), ref.drop(columns="net_z"), rtol=1e-10, atol=1e-12)

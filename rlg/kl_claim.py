@@ -1,0 +1,493 @@
+"""Does RLG at scale w behave like a model retrained at KL coefficient beta / w? The trained-model check.
+
+The paper's claim (FACTS.md §1): if the RL model is the KL-regularised optimum for coefficient beta, RLG at
+scale w targets the optimum for beta / w. The analytic ground truth (``rlg.ground_truth``) measures how
+exactly guided sampling realises that target when the optimum is known in closed form. Here the optimum
+is not known; what is measured is the practical question: does RLG(w) from the beta model sample like a
+model actually fine-tuned from the same base at beta / w, everything else equal?
+
+Arms (``run_kl_claim``), all through the project's production path (``rlg.pairs.load_pair`` ->
+``RLGDenoiser`` in the stock pipeline, ``rlg.sampling.RLGSampler``), with the same prompts, the same
+sampler and steps, and the same per-image noise (``rlg.sampling.noise_seed(seed, prompt, sample)``: image
+i of every arm starts from the same latents and sees the same DDIM step noise; images do not depend on
+the batch they were made in):
+
+* ``rlg`` at each w in ``scales``: base + the beta model trained with ``source_seed``;
+* ``retrained`` at each effective coefficient b = beta / w and each seed in ``floor_seeds``: base + the
+  model fine-tuned at b, sampled at w = 1 (the RL model alone: RLGDenoiser runs only it at w = 1).
+  The source seed is not among the floor seeds, so RLG(1) is compared with other seeds of the beta model.
+
+Rows (a DataFrame), per w (with b = beta / w):
+
+* ``kind="metric"``: per arm (``arm`` = "rlg" | "retrained", ``model_seed``) and per-image metric
+  (e.g. ``digit_prob``, ``jpeg_incompressibility``): mean, its standard error and a 95% normal interval
+  over images; for ``rlg`` rows also ``diff`` = mean(RLG) - mean(retrained, first floor seed), paired
+  per image, with its paired standard error ``diff_stderr`` and ``diff_floor`` = the same paired
+  difference between the two retrained seeds (how far two retrainings at b differ).
+  Set metrics (``digit_fd``): the value on the arm's whole set, se and interval from ``n_boot``
+  bootstrap resamples of images.
+* ``kind="distance"``: ``distance`` (energy distance or MMD^2, ``rlg.analytic_metrics``) on the
+  classifier's features or on pixels between RLG(w) and retrained(b, seed A), ``value`` ± ``stderr``
+  over ``n_batches`` disjoint batches of images; ``floor`` ± ``floor_stderr`` = the same distance between
+  retrained(b, seed B) and retrained(b, seed A) on the same batches (two retrainings differ by training
+  noise: the smallest gap a stand-in for retraining can be held to). Both comparisons share the per-image
+  noise, so neither is inflated by sampling noise the other lacks; because image i of two arms shares its
+  noise, the distances' cross terms skip the i = j pairs (``paired=True`` in ``rlg.analytic_metrics``).
+  ``gap = value - floor``;
+  ``gap_in_floor_se = gap / floor_stderr`` (what the issue asks for) and ``z = gap / sqrt(stderr^2 +
+  floor_stderr^2)`` (the test statistic).
+
+What this does not separate: the sampler's own error is common to every arm (same sampler, steps and
+noise), so the comparison is between two finite-step samplers of two fields, as a user would run them;
+training noise enters through the floor.
+
+Models live under ``<weights_dir>/kl_<task>/beta<b>_seed<s>/`` (full weights in diffusers layout,
+``unet/`` or a diffusers/PEFT LoRA) with ``training_config.json``. ``train_missing=True`` trains absent
+ones with ``trainer`` = "module:function", called as ``function(beta=b, seed=s, steps=steps,
+out_dir=path)`` (the zoo's trainer interface).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from rlg.analytic_metrics import batched, energy_distance, median_bandwidth, mmd2
+
+__all__ = ["KLClaimSettings", "model_dir", "effective_betas", "required_models", "ensure_models", "run_kl_claim",
+           "settings_from_mapping", "DIGIT_PROMPTS"]
+
+DIGIT_PROMPTS = [f"a handwritten digit {d}" for d in range(10)]
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
+
+
+@dataclass
+class KLClaimSettings:
+    """What one KL-claim measurement runs. ``metrics`` are "evaluator:metric" names of per-image metrics
+    (``rlg.evaluators`` registry); ``set_metrics`` the same for set metrics (an evaluator with
+    ``score_set``); ``features`` = "classifier" (the ``feature_evaluator``'s ``features(images)``) or
+    "pixels" (uint8 / 255, flattened)."""
+
+    task: str = "digits_dpo"  # names the model directory kl_<task>
+    base: str = "zoo:digits_base"  # the base pipeline (hub layout); zoo: ids resolve via rlg.zoo
+    trainer: Any = ""  # "module:function" (or a callable) train(beta, seed, steps, out_dir); only to train
+    trainer_kwargs: dict = field(default_factory=dict)  # passed to the trainer as is (e.g. reward: incompress)
+    train_steps: int = 0  # 0: the trainer's default
+    train_missing: bool = False
+    beta: float = 1.0  # the KL coefficient of the source (RL) model
+    scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0])
+    source_seed: int = 0
+    floor_seeds: list[int] = field(default_factory=lambda: [1, 2])
+    weights_dir: str = ""  # default rlg/zoo/weights
+    prompts: list[str] = field(default_factory=lambda: list(DIGIT_PROMPTS))
+    n_per_prompt: int = 16
+    num_inference_steps: int = 20
+    guidance_scale: float = 2.0
+    eta: float = 1.0
+    negative_prompt: str = ""
+    metrics: list[str] = field(default_factory=lambda: ["digit_prob:digit_prob", "jpeg:jpeg_incompressibility"])
+    set_metrics: list[str] = field(default_factory=lambda: ["digit_fd:digit_fd"])
+    features: str = "classifier"  # "classifier" | "pixels"
+    feature_evaluator: str = "digit_fd"
+    evaluator_options: dict = field(default_factory=dict)  # evaluator name -> options, e.g. {digit_fd: {weights: ...}}
+    distance: str = "energy_distance"  # "energy_distance" | "mmd2"
+    n_batches: int = 4
+    n_boot: int = 200
+    micro_batch: int = 64  # images per pipeline call
+    seed: int = 0
+    threads: int = 1  # torch intra-op threads while sampling (the CPUs are shared); restored afterwards
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if any(w <= 0 for w in self.scales):
+            raise ValueError(f"scales must be > 0 (w = 0 is the base model: no KL coefficient), got {self.scales}")
+        if len(self.floor_seeds) < 2:
+            raise ValueError("floor_seeds needs two seeds per beta: the floor is the distance between two retrainings")
+        if self.source_seed in self.floor_seeds:
+            raise ValueError(f"source_seed {self.source_seed} is among floor_seeds {self.floor_seeds}; use another "
+                             "seed so that RLG(1) is compared with independent retrainings")
+        if self.features not in ("classifier", "pixels"):
+            raise ValueError(f"features={self.features!r}; use 'classifier' or 'pixels'")
+        if self.distance not in ("energy_distance", "mmd2"):
+            raise ValueError(f"distance={self.distance!r}; use 'energy_distance' or 'mmd2'")
+        if self.n_batches < 2 or len(self.prompts) * self.n_per_prompt < 2 * self.n_batches:
+            raise ValueError("need n_batches >= 2 and at least 2 images per batch for the distance error bars")
+
+
+def effective_betas(settings: KLClaimSettings) -> dict[float, float]:
+    """w -> beta / w."""
+    return {float(w): settings.beta / float(w) for w in settings.scales}
+
+
+def _weights_dir(settings: KLClaimSettings) -> Path:
+    return Path(settings.weights_dir) if settings.weights_dir else DEFAULT_WEIGHTS_DIR
+
+
+def model_dir(settings: KLClaimSettings, beta: float, seed: int) -> Path:
+    """``<weights_dir>/kl_<task>/beta<b>_seed<s>`` (b with 6 significant digits)."""
+    return _weights_dir(settings) / f"kl_{settings.task}" / f"beta{beta:.6g}_seed{seed}"
+
+
+def _resolve(model_id: str) -> str:
+    try:
+        from rlg.zoo import resolve_zoo_id
+    except ImportError:  # the zoo package is not on this branch: only plain paths
+        if model_id.startswith("zoo:"):
+            raise FileNotFoundError(f"{model_id!r} needs the rlg.zoo package (the trained zoo); "
+                                    "put its branch on PYTHONPATH or use a local path") from None
+        return model_id
+    return resolve_zoo_id(model_id)
+
+
+def _base_digest(settings: KLClaimSettings) -> str | None:
+    """sha256 of the base UNet's weights (so a model can be checked against the base it was tuned from)."""
+    import hashlib
+
+    f = Path(_resolve(settings.base)) / "unet" / "diffusion_pytorch_model.safetensors"
+    return hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else None
+
+
+def _trainer(spec) -> Callable:
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"trainer must be 'module:function', got {spec!r}")
+    module, fn = spec.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def required_models(settings: KLClaimSettings) -> list[tuple[float, int]]:
+    """(beta, seed) of every model the measurement needs: the source, and the floor seeds at each beta / w."""
+    need = [(settings.beta, settings.source_seed)]
+    for b in effective_betas(settings).values():
+        need += [(b, s) for s in settings.floor_seeds]
+    return list(dict.fromkeys(need))
+
+
+def ensure_models(settings: KLClaimSettings) -> dict[tuple[float, int], Path]:
+    """Paths of the required models; trains the missing ones when ``train_missing`` (else FileNotFoundError
+    naming them and the fix). Writes ``training_config.json`` beside a model the trainer did not describe."""
+    paths, missing = {}, []
+    for b, s in required_models(settings):
+        p = model_dir(settings, b, s)
+        paths[(b, s)] = p
+        if not (p / "training_config.json").exists():
+            missing.append((b, s))
+    if missing and not settings.train_missing:
+        raise FileNotFoundError(
+            f"KL-claim models missing under {_weights_dir(settings) / f'kl_{settings.task}'}: "
+            f"{[model_dir(settings, b, s).name for b, s in missing]}; train them with train_missing=true "
+            f"(trainer {settings.trainer or '<unset>'}) or point weights_dir at the shipped ones")
+    if missing:
+        train = _trainer(settings.trainer)
+        for b, s in missing:
+            p = paths[(b, s)]
+            p.mkdir(parents=True, exist_ok=True)
+            t0 = time.time()
+            kw: dict[str, Any] = dict(settings.trainer_kwargs, beta=b, seed=s, out_dir=p)
+            if settings.train_steps:
+                kw["steps"] = settings.train_steps
+            info = train(**kw)
+            name = settings.trainer if isinstance(settings.trainer, str) else getattr(train, "__qualname__", "?")
+            config = dict(trainer=name, trainer_kwargs=settings.trainer_kwargs, beta=b, seed=s,
+                          steps=settings.train_steps or None, base=settings.base, base_unet_sha256=_base_digest(settings),
+                          task=settings.task, train_seconds=round(time.time() - t0, 1))
+            if isinstance(info, dict):
+                config["trainer_info"] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, list, dict))}
+            (p / "training_config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
+    return paths
+
+
+def _rl_checkpoint(path: Path):
+    """(Checkpoint, rl_kind) for a model directory: full UNet (``unet/`` or top-level config.json),
+    diffusers LoRA (pytorch_lora_weights.safetensors) or PEFT LoRA (adapter_config.json)."""
+    from rlg.pairs import Checkpoint
+
+    if (path / "unet" / "config.json").exists():
+        return Checkpoint(str(path), subfolder="unet"), "full"
+    if (path / "config.json").exists():
+        return Checkpoint(str(path), subfolder=""), "full"
+    if (path / "pytorch_lora_weights.safetensors").exists():
+        return Checkpoint(str(path), weight_name="pytorch_lora_weights.safetensors"), "diffusers_lora"
+    if (path / "adapter_config.json").exists():
+        return Checkpoint(str(path)), "peft_lora"
+    raise FileNotFoundError(f"{path} holds no unet/, config.json, pytorch_lora_weights.safetensors or "
+                            "adapter_config.json; is it a trained model directory?")
+
+
+def _sample_arm(settings: KLClaimSettings, model: Path, scale: float, bar) -> np.ndarray:
+    """uint8 (N, H, W, 3) images of base + ``model`` at RLG scale ``scale``, image order (prompt, sample)."""
+    from rlg.pairs import Checkpoint, PairSpec, load_pair
+    from rlg.sampling import RLGSampler, SamplerSettings, WorkItem
+
+    rl, kind = _rl_checkpoint(model)
+    spec = PairSpec(name=f"kl_{settings.task}", base=Checkpoint(_resolve(settings.base)), rl=rl, rl_kind=kind,
+                    offline=True)
+    pair = load_pair(spec)
+    sampler = RLGSampler(pair, SamplerSettings(num_inference_steps=settings.num_inference_steps,
+                                               guidance_scale=settings.guidance_scale,
+                                               negative_prompt=settings.negative_prompt, eta=settings.eta))
+    items = [WorkItem(p, prompt, k, settings.seed, float(scale)) for p, prompt in enumerate(settings.prompts)
+             for k in range(settings.n_per_prompt)]
+    out = []
+    for i in range(0, len(items), settings.micro_batch):
+        chunk = items[i:i + settings.micro_batch]
+        gen = sampler.generate(chunk)
+        if any(g.nonfinite for g in gen):
+            raise FloatingPointError(f"non-finite latents sampling {model.name} at w={scale}")
+        out += [g.image for g in gen]
+        bar.update(len(chunk))
+    return np.stack(out)
+
+
+class _Scorer:
+    """Per-image metrics, set metrics and features of uint8 image arrays, through the evaluator registry."""
+
+    def __init__(self, settings: KLClaimSettings):
+        from rlg.evaluators import get_evaluator
+
+        self.settings = settings
+        names = {m.split(":")[0] for m in settings.metrics + settings.set_metrics}
+        if settings.features == "classifier":
+            names.add(settings.feature_evaluator)
+        self.evaluators = {n: get_evaluator(n, **settings.evaluator_options.get(n, {})) for n in sorted(names)}
+
+    def _samples(self, images: np.ndarray):
+        from rlg.evaluators import Sample
+
+        n = self.settings.n_per_prompt
+        return [Sample(key=str(i), image=Image.fromarray(im), prompt=self.settings.prompts[i // n])
+                for i, im in enumerate(images)]
+
+    def per_image(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        samples = self._samples(images)
+        out = {}
+        for spec in self.settings.metrics:
+            ev, metric = spec.split(":")
+            out[metric] = np.array([r[metric] for r in self.evaluators[ev].score(samples)], dtype=np.float64)
+        return out
+
+    def set_values(self, images: np.ndarray, index: np.ndarray | None = None) -> dict[str, float]:
+        samples = self._samples(images)
+        if index is not None:
+            samples = [samples[i] for i in index]
+        out = {}
+        for spec in self.settings.set_metrics:
+            ev, metric = spec.split(":")
+            out[metric] = float(self.evaluators[ev].score_set(samples)[metric])
+        return out
+
+    def features(self, images: np.ndarray) -> torch.Tensor:
+        if self.settings.features == "pixels":
+            return torch.from_numpy(images.reshape(len(images), -1).astype(np.float64) / 255.0)
+        return torch.as_tensor(np.asarray(self.evaluators[self.settings.feature_evaluator].features(
+            [Image.fromarray(im) for im in images]), dtype=np.float64))
+
+
+def _mean_row(v: np.ndarray) -> dict[str, float]:
+    m, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
+    return dict(value=m, stderr=se, lo=m - 1.96 * se, hi=m + 1.96 * se)
+
+
+def _batches(n_prompts: int, n_per_prompt: int, n_batches: int) -> list[np.ndarray]:
+    """Disjoint image index sets, each holding every prompt (sample indices split into n_batches parts)."""
+    parts = np.array_split(np.arange(n_per_prompt), n_batches)
+    return [np.concatenate([p * n_per_prompt + part for p in range(n_prompts)]) for part in parts]
+
+
+def run_kl_claim(settings: KLClaimSettings, images_out: dict | None = None) -> pd.DataFrame:
+    """Sample every arm, score it, compare RLG(w) with retrained(beta / w); tidy rows (module docstring).
+    ``images_out``, if given, receives {(arm, w, model_seed): uint8 images} (for image grids)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        return _run(settings, images_out)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
+    paths = ensure_models(settings)
+    betas = effective_betas(settings)
+    n_images = len(settings.prompts) * settings.n_per_prompt
+    arms = [("rlg", w, settings.source_seed, paths[(settings.beta, settings.source_seed)], w) for w in betas]
+    arms += [("retrained", w, s, paths[(b, s)], 1.0) for w, b in betas.items() for s in settings.floor_seeds]
+    scorer = _Scorer(settings)
+    images, per_image, feats = {}, {}, {}
+    with tqdm(total=len(arms) * n_images, desc=f"kl_claim {settings.task}", unit="img",
+              disable=not settings.progress) as bar:
+        for arm, w, seed, path, scale in arms:
+            key = (arm, w, seed)
+            bar.set_postfix_str(f"{arm} w={w:g} seed={seed}")
+            images[key] = _sample_arm(settings, path, scale, bar)
+            per_image[key] = scorer.per_image(images[key])
+            feats[key] = scorer.features(images[key])
+    if images_out is not None:
+        images_out.update(images)
+    rng = np.random.default_rng(settings.seed)
+    boot = [rng.integers(0, n_images, n_images) for _ in range(settings.n_boot)]
+    batches = _batches(len(settings.prompts), settings.n_per_prompt, settings.n_batches)
+    seed_a, seed_b = settings.floor_seeds[:2]
+    common = dict(task=settings.task, beta=settings.beta, n=n_images, steps=settings.num_inference_steps,
+                  eta=settings.eta, guidance_scale=settings.guidance_scale, seed=settings.seed)
+    rows = []
+    for w, b in betas.items():
+        ref, other = ("retrained", w, seed_a), ("retrained", w, seed_b)
+        for key in [("rlg", w, settings.source_seed), ref, other]:
+            arm, _, mseed = key
+            for metric, v in per_image[key].items():
+                extra = {}
+                if arm == "rlg":
+                    d = v - per_image[ref][metric]
+                    df_ = per_image[other][metric] - per_image[ref][metric]
+                    extra = dict(diff=float(d.mean()), diff_stderr=float(d.std(ddof=1) / math.sqrt(len(d))),
+                                 diff_floor=float(df_.mean()),
+                                 diff_floor_stderr=float(df_.std(ddof=1) / math.sqrt(len(df_))))
+                rows.append(dict(kind="metric", arm=arm, w=w, beta_eff=b, model_seed=mseed, metric=metric,
+                                 **_mean_row(v), **extra, **common))
+            if settings.set_metrics:
+                full = scorer.set_values(images[key])
+                resampled = [scorer.set_values(images[key], idx) for idx in boot]
+                for metric, value in full.items():
+                    bs = np.array([r[metric] for r in resampled])
+                    lo, hi = np.percentile(bs, [2.5, 97.5])
+                    rows.append(dict(kind="metric", arm=arm, w=w, beta_eff=b, model_seed=mseed, metric=metric,
+                                     value=value, stderr=float(bs.std(ddof=1)), lo=float(lo), hi=float(hi), **common))
+        fa, fo, fr = feats[ref], feats[other], feats[("rlg", w, settings.source_seed)]
+        if settings.distance == "mmd2":
+            h = median_bandwidth(fa)
+            fn = lambda x, y: mmd2(x, y, h, paired=True)  # noqa: E731
+        else:
+            fn = lambda x, y: energy_distance(x, y, paired=True)  # noqa: E731
+        v, se = batched(fn, [fr[i] for i in batches], [fa[i] for i in batches])
+        f, fse = batched(fn, [fo[i] for i in batches], [fa[i] for i in batches])
+        gap = v - f
+        rows.append(dict(kind="distance", arm="rlg", w=w, beta_eff=b, model_seed=settings.source_seed,
+                         metric=f"{settings.distance}/{settings.features}", value=v, stderr=se, floor=f,
+                         floor_stderr=fse, gap=gap, gap_in_floor_se=gap / fse if fse > 0 else float("nan"),
+                         z=gap / math.sqrt(se**2 + fse**2) if se > 0 or fse > 0 else float("nan"), **common))
+    df = pd.DataFrame(rows)
+    attrs = asdict(settings)
+    attrs["trainer"] = settings.trainer if isinstance(settings.trainer, str) else repr(settings.trainer)
+    df.attrs["settings"] = attrs
+    return df
+
+
+def _plain(v):
+    if isinstance(v, dict) or hasattr(v, "items"):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, Sequence) and not isinstance(v, str):
+        return [_plain(x) for x in v]
+    return v
+
+
+def settings_from_mapping(node) -> tuple[KLClaimSettings, "GroundTruthConfig | None"]:
+    """(KLClaimSettings, GroundTruthConfig or None) from the ``kl_claim:`` node of a preset (a dict or an
+    OmegaConf DictConfig); its optional ``analytic:`` sub-node holds ``rlg.ground_truth.GroundTruthConfig``
+    fields (the closed-form result shown beside the trained one). Unknown keys raise ValueError."""
+    from rlg.ground_truth import GroundTruthConfig
+
+    node = _plain(node)
+    analytic = node.pop("analytic", None)
+    known = set(KLClaimSettings.__dataclass_fields__)
+    unknown = sorted(set(node) - known)
+    if unknown:
+        raise ValueError(f"unknown kl_claim keys {unknown}; known: {sorted(known)}")
+    gt = None
+    if analytic:
+        bad = sorted(set(analytic) - set(GroundTruthConfig.__dataclass_fields__))
+        if bad:
+            raise ValueError(f"unknown kl_claim.analytic keys {bad}; known: {sorted(GroundTruthConfig.__dataclass_fields__)}")
+        gt = GroundTruthConfig(**analytic)
+    return KLClaimSettings(**node), gt
+
+
+# ------------------------------------------------------------------------------------------------------
+# Shipping the retrained models, and a small command line (until the harness has a kl_claim job)
+# ------------------------------------------------------------------------------------------------------
+def ship_models(settings: KLClaimSettings, manifest: Path | None = None, half: bool = True) -> dict[str, Any]:
+    """Store full-weight UNets of the required models in float16 (a Diffusion-DPO UNet of the digits zoo is
+    3.9 MB in float32; the loader casts back to the base's dtype) and record every model in ``manifest``
+    (sha256 per file, size, training config; default ``<weights_dir>/../kl_manifest.json``, i.e.
+    rlg/zoo/kl_manifest.json). LoRA files are kept as trained. Returns the manifest."""
+    import hashlib
+
+    from diffusers import UNet2DConditionModel
+
+    root = _weights_dir(settings)
+    manifest = Path(manifest) if manifest is not None else root.parent / "kl_manifest.json"
+    data = json.loads(manifest.read_text()) if manifest.exists() else {"models": {}}
+    for b, s in required_models(settings):
+        p = model_dir(settings, b, s)
+        unet_dir = p / "unet"
+        if half and (unet_dir / "config.json").exists():
+            unet = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=torch.float16)
+            unet.save_pretrained(str(unet_dir), safe_serialization=True)
+        files = {f.relative_to(p).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+                 for f in sorted(p.rglob("*")) if f.is_file()}
+        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        data["models"][p.relative_to(root).as_posix()] = {
+            "task": settings.task, "beta": b, "seed": s, "role": "source" if s == settings.source_seed else "retrained",
+            "stored_dtype": "float16" if half and (unet_dir / "config.json").exists() else "as trained",
+            "size_mb": round(size / 1e6, 3), "sha256": files,
+            "training_config": json.loads((p / "training_config.json").read_text())}
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """python -m rlg.kl_claim PRESET.yaml --out DIR [--train-missing] [key=value ...]: run the ``kl_claim:``
+    node of a preset (and its analytic sub-node), write rows (parquet), figures, tables and report.md."""
+    import argparse
+
+    from omegaconf import OmegaConf
+
+    ap = argparse.ArgumentParser(prog="python -m rlg.kl_claim", description=main.__doc__)
+    ap.add_argument("preset")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--train-missing", action="store_true", help="train absent models, store them, update the manifest")
+    ap.add_argument("overrides", nargs="*", help="kl_claim keys, e.g. n_per_prompt=8")
+    a = ap.parse_intermixed_args(argv)
+    node = OmegaConf.merge(OmegaConf.load(a.preset).kl_claim, OmegaConf.from_dotlist(list(a.overrides)))
+    settings, analytic = settings_from_mapping(node)
+    if a.train_missing:
+        settings.train_missing = True
+        torch.set_num_threads(settings.threads)
+        ensure_models(settings)
+        ship_models(settings)
+    from rlg.ground_truth import run_ground_truth
+    from rlg.report.kl_claim import write_kl_claim_report
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    df = run_kl_claim(settings)
+    t1 = time.time()
+    adf = run_ground_truth(analytic) if analytic is not None else None
+    t2 = time.time()
+    df.to_parquet(out / "kl_claim.parquet")
+    if adf is not None:
+        adf.to_parquet(out / "ground_truth.parquet")
+    files = write_kl_claim_report(df, adf, out)
+    (out / "timings.json").write_text(json.dumps({"kl_claim_s": round(t1 - t0, 1), "analytic_s": round(t2 - t1, 1),
+                                                  "report_s": round(time.time() - t2, 1)}) + "\n")
+    print((out / "report.md").read_text())
+    print(f"wrote {len(files)} files under {out}")
+
+
+if __name__ == "__main__":
+    main()

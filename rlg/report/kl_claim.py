@@ -1,0 +1,168 @@
+"""Figures and tables of the trained-model KL claim (rows from ``rlg.kl_claim.run_kl_claim``), with the
+analytic ground truth (``rlg.ground_truth.run_ground_truth`` rows) beside it in the same report.
+
+Figures (report style of ``rlg.report.figures``; PNG and PDF):
+* ``kl_claim_metrics``: each metric against the effective KL coefficient beta / w (log axis; w marked on
+  top), the RLG curve from the beta model through its w points, and the retrained models at beta / w
+  (one marker per seed); bars are 95% intervals.
+* ``kl_claim_distance``: the distance between RLG(w) and retrained(beta / w) against the floor between two
+  retrained seeds, per w (bars: 2 se).
+Tables: ``kl_claim.md``/``.tex`` (distance gap per w, in floor standard errors) and
+``kl_claim_metrics.md``/``.tex`` (per arm and metric); ``report.md`` puts both and the analytic tables
+together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, MARKERS, STYLE, TEXT_WIDTH, save
+from rlg.report.tables import render
+
+__all__ = ["kl_claim_tables", "kl_claim_metric_tables", "write_kl_claim_figures", "write_kl_claim_report"]
+
+HIGHER_IS_BETTER = {"digit_prob": True, "jpeg_compressibility": True, "jpeg_incompressibility": True,
+                    "digit_fd": False, "digit_mahalanobis": False}
+
+
+def _title(df: pd.DataFrame) -> str:
+    f = df.iloc[0]
+    return (f"{f.task}: beta={f.beta:g}, n={f.n} images per arm, DDIM {f.steps} steps, eta {f.eta:g}, "
+            f"CFG {f.guidance_scale:g}")
+
+
+def write_kl_claim_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] = FORMATS) -> list[Path]:
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    m = df[df.kind == "metric"]
+    metrics = list(dict.fromkeys(m.metric))
+    with matplotlib.rc_context(STYLE):
+        if metrics:
+            fig = Figure(figsize=(min(TEXT_WIDTH, COLUMN_WIDTH * len(metrics)), 2.9), layout="constrained")
+            axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+            for ax, metric in zip(axes, metrics):
+                d = m[m.metric == metric]
+                r = d[d.arm == "rlg"].sort_values("beta_eff")
+                ax.errorbar(r.beta_eff, r.value, yerr=[r.value - r.lo, r.hi - r.value], color=COLORS[0], marker="o",
+                            capsize=2, label="RLG from the beta model")
+                for i, (seed, g) in enumerate(d[d.arm == "retrained"].groupby("model_seed")):
+                    g = g.sort_values("beta_eff")
+                    ax.errorbar(g.beta_eff * (1.04 if i else 0.96), g.value, yerr=[g.value - g.lo, g.hi - g.value],
+                                color=COLORS[1 + i], marker=MARKERS[1 + i], linestyle="none", capsize=2,
+                                label=f"retrained at beta/w, seed {seed}")
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(sorted(set(r.beta_eff))))
+                ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+                ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+                top = ax.secondary_xaxis("top")
+                top.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(list(r.beta_eff)))
+                top.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"w={w:g}" for w in r.w]))
+                top.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+                top.tick_params(labelsize=5)
+                ax.set_xlabel("KL coefficient beta/w")
+                arrow = {True: " ↑", False: " ↓"}.get(HIGHER_IS_BETTER.get(metric), "")
+                ax.set_ylabel(metric + arrow)
+            handles, labels = axes[0].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=5)
+            fig.suptitle(_title(df) + " (bars: 95%)", fontsize=6)
+            written += save(fig, out_dir / "kl_claim_metrics", formats)
+        dist = df[df.kind == "distance"].sort_values("w")
+        if len(dist):
+            fig = Figure(figsize=(COLUMN_WIDTH, 2.4), layout="constrained")
+            ax = fig.add_subplot()
+            ax.errorbar(dist.w - 0.03, dist.value, yerr=2 * dist.stderr, color=COLORS[0], marker="o", capsize=2,
+                        label="RLG(w) vs retrained(beta/w)")
+            ax.errorbar(dist.w + 0.03, dist.floor, yerr=2 * dist.floor_stderr, color="0.4", marker="s", capsize=2,
+                        linestyle="--", label="floor: two retrained seeds at beta/w")
+            ax.axhline(0.0, color="k", linewidth=0.6)
+            ax.set_xticks(list(dist.w))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set_xlabel("RLG scale w")
+            ax.set_ylabel(str(dist.metric.iloc[0]).replace("_", " "))
+            ax.set_title(_title(df) + " (bars: 2 se)", fontsize=5)
+            ax.legend(fontsize=5)
+            written += save(fig, out_dir / "kl_claim_distance", formats)
+    return written
+
+
+def _pm(v: float, se: float, digits: int = 4) -> str:
+    return "–" if not np.isfinite(v) else f"{v:.{digits}g} ± {se:.2g}"
+
+
+def kl_claim_tables(df: pd.DataFrame) -> dict[str, str]:
+    """Per w: beta / w, the distance RLG(w) vs retrained(beta / w) and the floor (two retrained seeds),
+    the gap in units of the floor's standard error, and z."""
+    dist = df[df.kind == "distance"].sort_values("w")
+    header = ["w", "beta/w", "distance RLG vs retrained (± se)", "floor: seed vs seed (± se)", "gap",
+              "gap / floor se", "z"]
+    rows = [[f"{r.w:g}", f"{r.beta_eff:.4g}", _pm(r.value, r.stderr), _pm(r.floor, r.floor_stderr),
+             f"{r.gap:+.3g}", f"{r.gap_in_floor_se:+.1f}", f"{r.z:+.1f}"] for r in dist.itertuples()]
+    f = df.iloc[0]
+    metric = dist.metric.iloc[0] if len(dist) else "distance"
+    notes = [f"KL claim, {_title(df)}; {metric} over {int(df.attrs.get('settings', {}).get('n_batches', 0)) or '?'} "
+             "disjoint image batches (se over batches).",
+             "All arms share prompts, sampler, steps and per-image noise. Floor = the same distance between two "
+             "models retrained at beta/w with different seeds; gap = distance - floor; z = gap / combined se."]
+    return {fmt: render(header, rows, fmt, align="rrrrrrr", notes=notes) for fmt in ("markdown", "latex")}
+
+
+def kl_claim_metric_tables(df: pd.DataFrame) -> dict[str, str]:
+    """Per metric and w: RLG(w) and each retrained seed at beta / w (mean, 95% interval), the paired
+    per-image difference RLG - retrained (seed A) with its se, and the same difference between the
+    retrained seeds (the floor)."""
+    m = df[df.kind == "metric"]
+    header = ["metric", "w", "beta/w", "RLG(w) [95%]", "retrained seed A [95%]", "retrained seed B [95%]",
+              "RLG - A (± se)", "B - A (± se)"]
+    rows, groups = [], []
+    for metric, part in m.groupby("metric", sort=False):
+        groups.append(len(rows))
+        for w, at in part.groupby("w"):
+            r = at[at.arm == "rlg"].iloc[0]
+            ret = at[at.arm == "retrained"].sort_values("model_seed")
+            cell = lambda x: f"{x.value:.4g} [{x.lo:.4g}, {x.hi:.4g}]"  # noqa: E731
+            diff = f"{r['diff']:+.3g} ± {r.diff_stderr:.2g}" if "diff" in r and np.isfinite(r.get("diff", np.nan)) else "–"
+            floor = (f"{r.diff_floor:+.3g} ± {r.diff_floor_stderr:.2g}"
+                     if "diff_floor" in r and np.isfinite(r.get("diff_floor", np.nan)) else "–")
+            rows.append([metric, f"{w:g}", f"{r.beta_eff:.4g}", cell(r), *(cell(x) for x in ret.itertuples()),
+                         diff, floor])
+    notes = ["Per-image metrics: mean over images, normal 95% interval; set metrics (digit_fd): value on the whole "
+             "set, bootstrap 95% interval over images; paired differences share the per-image noise."]
+    return {fmt: render(header, rows, fmt, align="lrr" + "r" * (len(header) - 3), notes=notes, groups=groups[1:])
+            for fmt in ("markdown", "latex")}
+
+
+def write_kl_claim_report(df: pd.DataFrame, analytic_df: pd.DataFrame | None, out_dir) -> list[Path]:
+    """Figures (``figures/``), tables (``tables/``) and ``report.md`` with the trained-model result and the
+    analytic ground truth beside it; returns the paths written."""
+    out_dir = Path(out_dir)
+    files = write_kl_claim_figures(df, out_dir / "figures")
+    (out_dir / "tables").mkdir(parents=True, exist_ok=True)
+    tables = {"kl_claim": kl_claim_tables(df), "kl_claim_metrics": kl_claim_metric_tables(df)}
+    if analytic_df is not None and len(analytic_df):
+        from rlg.report.ground_truth import ground_truth_moment_tables, ground_truth_tables, write_ground_truth_figures
+
+        files += write_ground_truth_figures(analytic_df, out_dir / "figures" / "analytic")
+        tables["ground_truth"] = ground_truth_tables(analytic_df)
+        tables["ground_truth_moments"] = ground_truth_moment_tables(analytic_df)
+    for stem, t in tables.items():
+        for fmt, text in t.items():
+            p = out_dir / "tables" / f"{stem}.{'md' if fmt == 'markdown' else 'tex'}"
+            p.write_text(text)
+            files.append(p)
+    parts = ["# Does the RLG scale act as the KL coefficient?", "",
+             "## Trained models: RLG(w) from the beta model vs models retrained at beta / w", "",
+             tables["kl_claim"]["markdown"], "", tables["kl_claim_metrics"]["markdown"], "",
+             "![metrics](figures/kl_claim_metrics.png)", "", "![distance](figures/kl_claim_distance.png)", ""]
+    if "ground_truth" in tables:
+        parts += ["## Analytic ground truth (closed-form beta/w optimum)", "", tables["ground_truth"]["markdown"], "",
+                  tables["ground_truth_moments"]["markdown"], ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(parts))
+    files.append(report)
+    return files

@@ -1,0 +1,117 @@
+"""The pipeline of the trained-model KL-claim measurement (rlg.kl_claim, rlg.report.kl_claim), on the tiny
+random-weight SD pair (rlg.tiny_pairs) in seconds. It checks plumbing, not the scientific outcome.
+
+The "trainer" here is a stand-in with a known answer: the model at coefficient b is the base UNet with
+every weight moved along one fixed random direction by 0.02 / b (a larger move for a smaller b, as a
+KL-regularised fine-tune would), and it ignores the seed. So the two "retrained" seeds are the same
+model, and RLG(1) (the beta model alone) is that model too: with paired noise their images must be
+identical, their paired differences exactly 0, and the distance equal to the floor.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rlg.analytic_metrics import energy_distance
+from rlg.kl_claim import KLClaimSettings, model_dir, required_models, run_kl_claim, settings_from_mapping
+from rlg.report.kl_claim import write_kl_claim_report
+
+
+def shifted_unet_trainer(base_dir):
+    def train(beta, seed, out_dir, steps=None):
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(str(base_dir), subfolder="unet")
+        g = torch.Generator().manual_seed(123)  # one direction for every b and seed
+        with torch.no_grad():
+            for p in unet.parameters():
+                p.add_((0.02 / beta) * (p.std() if p.numel() > 1 else 1.0) * torch.randn(p.shape, generator=g))
+        unet.save_pretrained(str(out_dir / "unet"))
+        return {"kl_coefficient": beta}
+
+    return train
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    from rlg.tiny_pairs import build_pair
+
+    return build_pair("sd", root=tmp_path_factory.mktemp("tiny")) / "base"
+
+
+def settings(tmp_path, base, **kw):
+    opts = dict(task="tiny", base=str(base), trainer=shifted_unet_trainer(base), train_missing=True, beta=0.1,
+                scales=[1.0, 2.0], source_seed=0, floor_seeds=[1, 2], weights_dir=str(tmp_path / "w"),
+                prompts=["a handwritten digit 1", "a handwritten digit 7"], n_per_prompt=4, num_inference_steps=3,
+                guidance_scale=2.0, eta=1.0, metrics=["jpeg:jpeg_incompressibility"], set_metrics=[],
+                features="pixels", n_batches=2, progress=False)
+    opts.update(kw)
+    return KLClaimSettings(**opts)
+
+
+def test_kl_claim_pipeline_rows_pairing_and_report(tmp_path, tiny_base):
+    s = settings(tmp_path, tiny_base)
+    assert required_models(s) == [(0.1, 0), (0.1, 1), (0.1, 2), (0.05, 1), (0.05, 2)]
+    images = {}
+    df = run_kl_claim(s, images_out=images)
+    for b, seed in required_models(s):  # trained, with a training config beside the weights
+        cfg = json.loads((model_dir(s, b, seed) / "training_config.json").read_text())
+        assert cfg["beta"] == b and cfg["seed"] == seed and cfg["trainer_info"] == {"kl_coefficient": b}
+    dist = df[df.kind == "distance"].set_index("w")
+    metric = df[(df.kind == "metric") & (df.arm == "rlg")].set_index("w")
+    assert list(dist.index) == [1.0, 2.0] and list(dist.beta_eff) == pytest.approx([0.1, 0.05])
+    # paired noise: the same model in two arms gives the same images
+    np.testing.assert_array_equal(images[("rlg", 1.0, 0)], images[("retrained", 1.0, 1)])
+    np.testing.assert_array_equal(images[("retrained", 2.0, 1)], images[("retrained", 2.0, 2)])
+    assert dist.loc[1.0, "value"] == dist.loc[1.0, "floor"] and dist.loc[1.0, "gap"] == 0
+    assert metric.loc[1.0, "diff"] == 0 and metric.loc[1.0, "diff_stderr"] == 0
+    assert (metric.diff_floor == 0).all()
+    # the distance is the batched energy distance on pixels, recomputed independently
+    feats = {k: torch.from_numpy(v.reshape(len(v), -1).astype(np.float64) / 255) for k, v in images.items()}
+    batches = [np.array([0, 1, 4, 5]), np.array([2, 3, 6, 7])]  # sample halves of both prompts
+    expect = np.mean([energy_distance(feats[("rlg", 2.0, 0)][i], feats[("retrained", 2.0, 1)][i], paired=True)
+                      for i in batches])
+    assert dist.loc[2.0, "value"] == pytest.approx(expect, rel=1e-12)
+    # RLG at w != 1 is not the retrained model (the stand-in's tilt is not linear in 1/b): a non-zero gap
+    assert dist.loc[2.0, "gap"] != 0
+    # per-image metric rows with intervals, per arm
+    jpeg = df[(df.kind == "metric") & (df.metric == "jpeg_incompressibility")]
+    assert len(jpeg) == 2 * 3 and (jpeg.lo <= jpeg.value).all() and (jpeg.value <= jpeg.hi).all()
+    paths = write_kl_claim_report(df, None, tmp_path / "report")
+    names = {p.name for p in paths}
+    assert {"kl_claim_metrics.png", "kl_claim_distance.pdf", "kl_claim.md", "kl_claim_metrics.tex", "report.md"} <= names
+    text = (tmp_path / "report" / "tables" / "kl_claim.md").read_text()
+    assert "| 2 | 0.05 |" in text
+
+
+def test_missing_models_name_the_fix_and_settings_validate(tmp_path, tiny_base):
+    with pytest.raises(FileNotFoundError, match="train_missing=true"):
+        run_kl_claim(settings(tmp_path, tiny_base, train_missing=False))
+    with pytest.raises(ValueError, match="source_seed"):
+        settings(tmp_path, tiny_base, source_seed=1)
+    with pytest.raises(ValueError, match="w = 0 is the base"):
+        settings(tmp_path, tiny_base, scales=[0.0, 1.0])
+    s, gt = settings_from_mapping({"task": "x", "beta": 2.0, "scales": [1, 2],
+                                   "analytic": {"pair": "mixture_quadratic", "samplers": ["ddim_eta1"]}})
+    assert s.beta == 2.0 and gt.samplers == ["ddim_eta1"]
+    with pytest.raises(ValueError, match="unknown kl_claim keys"):
+        settings_from_mapping({"betta": 1.0})
+
+
+def test_report_puts_the_analytic_result_beside(tmp_path):
+    from rlg.ground_truth import GroundTruthConfig, run_ground_truth
+
+    gt = run_ground_truth(GroundTruthConfig(scales=[0.0, 1.0, 2.0], samplers=["ddim_eta1"], num_inference_steps=5,
+                                            n_per_batch=20, n_batches=2, progress=False))
+    rows = [dict(kind="distance", arm="rlg", w=w, beta_eff=1.0 / w, model_seed=0, metric="energy_distance/pixels",
+                 value=0.1, stderr=0.01, floor=0.05, floor_stderr=0.01, gap=0.05, gap_in_floor_se=5.0, z=3.5,
+                 task="t", beta=1.0, n=8, steps=3, eta=1.0, guidance_scale=2.0, seed=0) for w in (1.0, 2.0)]
+    paths = write_kl_claim_report(pd.DataFrame(rows), gt, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "Analytic ground truth" in report and "| ddim_eta1 | 2 |" in report
+    assert any(p.parent.name == "analytic" and p.name == "mean_reward_vs_w.png" for p in paths)
