@@ -19,6 +19,7 @@ from rlg.harness import build, runner, stages
 from rlg.harness.config import ConfigError, validate
 from rlg.guidance import ScaleError
 from rlg.harness.store import Store
+from rlg.harness.tracking import read_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -36,35 +37,6 @@ def store_state(run_dir: Path) -> tuple[set, int, set]:
     raw = s._read("images", [])
     pngs = {str(p.relative_to(run_dir)) for p in run_dir.glob("images/*/*.png")}
     return set(zip(s.images().image_key, s.images().image_sha256)), len(raw), pngs
-
-
-def wandb_summary(path: Path) -> dict:
-    """Summary values logged to a W&B offline run, read from its transaction log (LevelDB log
-    format: 7-byte ':W&B' header, 32 KiB blocks, records split FULL/FIRST/MIDDLE/LAST)."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    pos, buf, out = 7, b"", {}
-    while pos + 7 <= len(data):
-        left = 32768 - pos % 32768
-        if left < 7:
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:
-            pos += left
-            continue
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
-        buf = chunk if kind in (1, 2) else buf + chunk
-        if kind in (1, 4):
-            rec = pb.Record()
-            rec.ParseFromString(buf)
-            if rec.WhichOneof("record_type") == "summary":
-                out.update({i.key: json.loads(i.value_json) for i in rec.summary.update})
-    return out
 
 
 def test_every_experiment_preset_composes():
@@ -129,7 +101,7 @@ def test_quickstart_reduced_runs_end_to_end(tmp_path):
     assert "WANDB_API_KEY" not in json.dumps(meta)
     runs = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert runs, "no W&B offline run directory"
-    summary = wandb_summary(Path(runs[0]))
+    summary = read_run(Path(runs[0]))["summary"]  # W&B's own reader of an offline run
     assert {"jpeg_incompressibility@w=1", "ocr_accuracy@w=1"} <= set(summary)
     at_one = images[images.scale == 1.0].image_key
     expected = scores[scores.image_key.isin(at_one) & (scores.metric == "jpeg_incompressibility")].value.mean()

@@ -69,7 +69,8 @@ class Job:
     evaluators: tuple[EvaluatorPlan, ...] = ()
     evaluator_device: str = "cpu"
     tracker_mode: str | None = None  # None: the user's W&B setup decides (WANDB_MODE, `wandb offline`, login)
-    ground_truth: Any = None  # rlg.ground_truth.GroundTruthConfig
+    ground_truth: Any = None  # rlg.ground_truth.GroundTruthConfig (ground_truth jobs; kl_claim: the analytic part)
+    kl_claim: Any = None  # rlg.kl_claim.KLClaimSettings (kl_claim jobs)
 
 
 def resolve_rank(shard: ShardConf, env: dict[str, str] | None = None) -> tuple[int, int, bool]:
@@ -265,6 +266,8 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
     stages = ("generate", "evaluate", "report") if conf.stage == "all" else (conf.stage,)
     common = dict(name=conf.name, stages=stages, rank=rank, world=world, distributed=distributed, seed=conf.seed,
                   scales=scales, config=conf, resolved_config=resolved)
+    if conf.kl_claim is not None:  # RLG(w) against models retrained at beta / w
+        return _kl_claim_job(conf, common)
     if conf.pair.analytic is not None:  # closed-form pair: samples and exact targets, no images
         return _ground_truth_job(conf, common)
     _check_no_effect(conf, RunConf())
@@ -297,6 +300,20 @@ def _ground_truth_job(conf: RunConf, common: dict[str, Any]) -> Job:
         raise ConfigError(f"ground_truth: {exc}") from exc
     stages = tuple(st for st in common.pop("stages") if st != "evaluate") or ("generate",)
     return Job(kind="ground_truth", stages=stages, **common, ground_truth=gt)
+
+
+def _kl_claim_job(conf: RunConf, common: dict[str, Any]) -> Job:
+    from rlg.kl_claim import settings_from_mapping
+
+    if common["world"] > 1:
+        raise ConfigError("the KL-claim measurement runs in one process; launch it without torchrun/accelerate "
+                          "or shard.count")
+    try:
+        settings, analytic = settings_from_mapping(dict(conf.kl_claim))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"kl_claim: {exc}") from exc
+    common.pop("stages")
+    return Job(kind="kl_claim", stages=("generate",), **common, kl_claim=settings, ground_truth=analytic)
 
 
 __all__ = ["Job", "EvaluatorPlan", "Placement", "build", "resolve_device", "resolve_rank", "StoreError"]

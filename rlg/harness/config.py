@@ -165,6 +165,9 @@ class RunConf:
     ground_truth: GroundTruthConf = field(default_factory=GroundTruthConf)
     low_memory: bool = False  # free the generator before loading evaluators (both never resident at once)
     verbose: bool = False  # third-party loading bars and warnings (silenced by default)
+    # the KL-claim measurement (rlg.kl_claim.KLClaimSettings fields, + an optional analytic: node); set by
+    # the kl_claim_* presets, it makes the run a kl_claim job (no pair, sampler or evaluators of its own)
+    kl_claim: Optional[Dict[str, Any]] = None
 
 
 STAGES = ("generate", "evaluate", "report", "all")

@@ -275,20 +275,30 @@ def ground_truth(job: Job, store: Store) -> dict[str, Any]:
     """The analytic ground truth: RLG samples from the production RLGDenoiser against exact targets;
     rows into the store's ``ground_truth`` table, figures and tables into <run>/report."""
     from rlg.ground_truth import run_ground_truth
-    from rlg.ground_truth import ground_truth_tables, write_ground_truth_figures  # moves to rlg.report (kl branch)
+    from rlg.report.ground_truth import ground_truth_tables, write_ground_truth_report
 
     df = run_ground_truth(job.ground_truth)
     store.write_table("ground_truth", df)
-
-    def write(tmp: Path) -> list[str]:
-        files = write_ground_truth_figures(df, tmp / "figures")
-        (tmp / "tables").mkdir(parents=True, exist_ok=True)
-        for fmt, text in ground_truth_tables(df).items():
-            path = tmp / "tables" / f"ground_truth.{'md' if fmt == 'markdown' else 'tex'}"
-            path.write_text(text)
-            files.append(path)
-        return files
-
-    files = _written(store, store.temp_dir("report"), store.root / "report", write)
+    files = _written(store, store.temp_dir("report"), store.root / "report",
+                     lambda tmp: write_ground_truth_report(df, tmp))
     print(ground_truth_tables(df)["markdown"])
     return {"files": files, "rows": len(df)}
+
+
+def kl_claim(job: Job, store: Store) -> dict[str, Any]:
+    """RLG(w) from the beta model against models retrained at beta / w (rlg.kl_claim), with the analytic
+    ground truth beside it; rows into the store's ``kl_claim`` / ``ground_truth`` tables, the report
+    (figures, tables, report.md) into <run>/report."""
+    from rlg.ground_truth import run_ground_truth
+    from rlg.kl_claim import run_kl_claim
+    from rlg.report.kl_claim import write_kl_claim_report
+
+    df = run_kl_claim(job.kl_claim)
+    store.write_table("kl_claim", df)
+    analytic = run_ground_truth(job.ground_truth) if job.ground_truth is not None else None
+    if analytic is not None:
+        store.write_table("ground_truth", analytic)
+    files = _written(store, store.temp_dir("report"), store.root / "report",
+                     lambda tmp: write_kl_claim_report(df, analytic, tmp))
+    print((store.root / "report" / "report.md").read_text())
+    return {"files": files, "rows": len(df), "index": str(store.root / "report" / "report.md")}
