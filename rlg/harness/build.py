@@ -200,14 +200,14 @@ def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: str) -> tuple[
     """Check each selected evaluator's options against its constructor (names, then values through
     the evaluator's own ``check_options`` when it has one) and its prompt needs; merge batch size and
     device. Raises ConfigError / PromptError naming the fix."""
-    from rlg.evaluators.base import evaluator_class
+    from rlg.evaluators.base import REGISTRY, evaluator_class
 
     plans = []
     given = conf.evaluators.options or {}
-    unknown = sorted(set(given) - set(conf.evaluators.selected))
-    if unknown:
-        raise ConfigError(f"evaluators.options has options for {unknown}, which are not in evaluators.selected "
-                          f"({list(conf.evaluators.selected)}); select them or drop those options")
+    unknown = sorted(set(given) - set(REGISTRY))
+    if unknown:  # options of an unselected evaluator (e.g. from an evaluator preset) are fine; a misspelt name is not
+        raise ConfigError(f"evaluators.options names {unknown}, which is not an evaluator; known evaluators: "
+                          f"{', '.join(sorted(REGISTRY))}")
     for name in conf.evaluators.selected:
         cls = evaluator_class(name)
         params = inspect.signature(cls.__init__).parameters
