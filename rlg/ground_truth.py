@@ -92,8 +92,6 @@ __all__ = [
     "METRICS",
     "make_sampler",
     "run_ground_truth",
-    "write_ground_truth_figures",
-    "ground_truth_tables",
 ]
 
 # stable-diffusion-v1-5 scheduler_config.json, as DDIMScheduler reads it (clip_sample off).
@@ -341,12 +339,3 @@ def run_ground_truth(
                                      seed=config.seed))
     return pd.DataFrame(rows)
 
-
-def __getattr__(name: str):
-    # The figures and tables live in the report layer (rlg.report.ground_truth); these two names stay
-    # importable from here until the harness imports them from there.
-    if name in ("write_ground_truth_figures", "ground_truth_tables"):
-        from rlg.report import ground_truth as report
-
-        return getattr(report, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -309,7 +309,8 @@ def _fake_run(root: Path, steps: int, offset: float) -> Path:
 
 
 def test_compare_runs_puts_each_run_in_one_report_with_its_protocol(tmp_path):
-    from rlg.report.compare import SweepReport, compare_runs, find_runs
+    from rlg.harness.callbacks import SweepReport
+    from rlg.report.compare import compare_runs, find_runs
 
     sweep = tmp_path / "sweep"
     a, b = _fake_run(sweep / "cfg=5", steps=2, offset=10.0), _fake_run(sweep / "cfg=7", steps=4, offset=20.0)
@@ -367,8 +368,7 @@ def test_sweep_runs_through_submitit_local_and_writes_one_combined_report(tmp_pa
     cmd = [sys.executable, "run.py", "-m", "hydra/launcher=submitit_local", "name=sub", f"paths.root={tmp_path}",
            "sampler.num_inference_steps=2", "grid.scales=[0,1]", "prompts.max_prompts=1", "evaluators.selected=[jpeg]",
            "tracker=none", "report.n_resamples=20", "report.grid_prompts=1", "sampler.guidance_scale=3,5",
-           "hydra.launcher.timeout_min=20", "+hydra.callbacks.sweep_report._target_=rlg.report.compare.SweepReport",
-           "+hydra.callbacks.sweep_report.n_resamples=20"]
+           "hydra.launcher.timeout_min=20", "hydra.callbacks.sweep_report.n_resamples=20"]  # the default callback
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])

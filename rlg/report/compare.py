@@ -10,7 +10,7 @@
 Each run directory is read through its store (``rlg.harness.store.Store``: intact PNGs only, the
 newest row of each key), its series are named by the directory, and each keeps its own protocol
 (from its meta.json), so the anchors and the protocol table stay per series. A Hydra multirun gets
-one combined report at its end with the ``SweepReport`` callback (see its docstring).
+one combined report at its end with the ``rlg.harness.callbacks.SweepReport`` Hydra callback (on by default).
 """
 
 from __future__ import annotations
@@ -174,39 +174,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: {run}")
     print(f"Report: {result['index']}")
     return 0
-
-
-try:  # a Hydra callback when Hydra is there (it is a core dependency; the guard keeps this module light)
-    from hydra.experimental.callback import Callback as _Callback
-except ImportError:  # pragma: no cover
-    _Callback = object
-
-
-class SweepReport(_Callback):
-    """Hydra callback: at the end of a multirun, one combined report over every job of the sweep in
-    ``<sweep dir>/report`` (each job one series). Enable it in the Hydra config:
-
-        hydra:
-          callbacks:
-            sweep_report:
-              _target_: rlg.report.compare.SweepReport
-
-    or on the command line: ``+hydra.callbacks.sweep_report._target_=rlg.report.compare.SweepReport``.
-    Works with every launcher whose ``launch`` returns when the jobs are done (basic, submitit).
-    """
-
-    def __init__(self, out: str | None = None, n_resamples: int = 1000, grid_prompts: int = 4) -> None:
-        self.out, self.n_resamples, self.grid_prompts = out, n_resamples, grid_prompts
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        sweep = Path(str(config.hydra.sweep.dir))
-        try:
-            result = compare_runs([sweep], Path(self.out) if self.out else sweep / "report",
-                                  n_resamples=self.n_resamples, grid_prompts=self.grid_prompts)
-        except CompareError as exc:
-            log.warning("no combined sweep report: %s", exc)
-            return
-        print(f"Report: {result['index']}")
 
 
 if __name__ == "__main__":
