@@ -112,6 +112,7 @@ def _offline(spec: PairSpec) -> bool:
 # Weight identity: what an image depends on, resolved before loading
 # ---------------------------------------------------------------------------------------------
 COMMIT_LENGTH = 40  # a full git commit hash, as the hub names snapshots
+_HUB_COMMITS: dict[tuple[str, str], str | None] = {}  # (repo id, revision) -> commit the hub named (None: unreachable)
 
 
 def fingerprint_cache_path() -> Path:
@@ -160,12 +161,18 @@ def _hub_commit(ckpt: Checkpoint, offline: bool, cache_dir: str | Path | None) -
     if len(rev) == COMMIT_LENGTH and all(c in "0123456789abcdef" for c in rev):
         return rev, "pinned"
     if not offline:
-        from huggingface_hub import HfApi
+        key = (ckpt.id, rev)
+        if key not in _HUB_COMMITS:  # once per process: build and load_pair both ask
+            from huggingface_hub import HfApi
 
-        try:
-            return HfApi().model_info(ckpt.id, revision=rev, timeout=10).sha, "hub"
-        except Exception as exc:  # no network, gated, rate limit: fall back to the cache
-            log.debug("could not resolve %s on the hub: %s", ckpt.describe(), exc)
+            try:
+                _HUB_COMMITS[key] = HfApi().model_info(ckpt.id, revision=rev, timeout=10).sha
+            except Exception as exc:  # no network, gated, rate limit: fall back to the cache
+                log.warning("could not resolve %s on the hub (%s: %s); using the local HF cache. Offline runs: set "
+                            "HF_HUB_OFFLINE=1", ckpt.describe(), type(exc).__name__, exc)
+                _HUB_COMMITS[key] = None
+        if _HUB_COMMITS[key]:
+            return _HUB_COMMITS[key], "hub"
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
