@@ -112,6 +112,7 @@ def _offline(spec: PairSpec) -> bool:
 # Weight identity: what an image depends on, resolved before loading
 # ---------------------------------------------------------------------------------------------
 COMMIT_LENGTH = 40  # a full git commit hash, as the hub names snapshots
+_HUB_COMMITS: dict[tuple[str, str], str | None] = {}  # (repo id, revision) -> commit the hub named (None: unreachable)
 
 
 def fingerprint_cache_path() -> Path:
@@ -160,16 +161,23 @@ def _hub_commit(ckpt: Checkpoint, offline: bool, cache_dir: str | Path | None) -
     if len(rev) == COMMIT_LENGTH and all(c in "0123456789abcdef" for c in rev):
         return rev, "pinned"
     if not offline:
-        from huggingface_hub import HfApi
+        key = (ckpt.id, rev)
+        if key not in _HUB_COMMITS:  # once per process: build and load_pair both ask
+            from huggingface_hub import HfApi
 
-        try:
-            return HfApi().model_info(ckpt.id, revision=rev, timeout=10).sha, "hub"
-        except Exception as exc:  # no network, gated, rate limit: fall back to the cache
-            log.debug("could not resolve %s on the hub: %s", ckpt.describe(), exc)
+            try:
+                _HUB_COMMITS[key] = HfApi().model_info(ckpt.id, revision=rev, timeout=10).sha
+            except Exception as exc:  # no network, gated, rate limit: fall back to the cache
+                log.warning("could not resolve %s on the hub (%s: %s); using the local HF cache. Offline runs: set "
+                            "HF_HUB_OFFLINE=1", ckpt.describe(), type(exc).__name__, exc)
+                _HUB_COMMITS[key] = None
+        if _HUB_COMMITS[key]:
+            return _HUB_COMMITS[key], "hub"
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
-    ref = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ckpt.id, repo_type="model") / "refs" / rev
+    repo = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ckpt.id, repo_type="model")
+    ref = repo / "refs" / rev
     if ref.is_file():
         return ref.read_text().strip(), "cache"
     return None, "unresolved"
@@ -221,7 +229,8 @@ def weights_identity(spec: PairSpec, *, cache_dir: str | Path | None = None) -> 
             tmp.write_text(json.dumps(hash_cache))
             os.replace(tmp, cache_file)  # atomic: concurrent ranks never read half a file
         except OSError as exc:
-            log.warning("could not write the fingerprint cache %s (%s); weights are hashed again next time", cache_file, exc)
+            log.warning("could not write the fingerprint cache %s (%s); weights are hashed again next time",
+                        cache_file, exc)
     return out
 
 
@@ -479,11 +488,12 @@ def load_peft_lora(spec: PairSpec, model: torch.nn.Module) -> dict[str, Any]:
     if saved:
         from peft.utils.other import ModulesToSaveWrapper
 
-        wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)})
+        wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                          if isinstance(m, ModulesToSaveWrapper)})
         copies = [k for k in state if "lora_" not in k]
         if not wrapped or not copies:
-            raise PairError(f"the PEFT adapter {spec.rl.describe()} lists modules_to_save={saved} but "
-                            f"{'no module of the base matches' if not wrapped else 'its file holds no weights for them'}; "
+            why = "no module of the base matches" if not wrapped else "its file holds no weights for them"
+            raise PairError(f"the PEFT adapter {spec.rl.describe()} lists modules_to_save={saved} but {why}; "
                             "the adapter does not fit this base model")
         info["modules_to_save"] = wrapped
     info["dora"] = bool(config.use_dora)

@@ -273,7 +273,8 @@ def test_real_pair_presets_pin_what_they_can():
             ck = p.get(role)
             if ck and ck.get("revision") is not None:
                 assert len(ck["revision"]) == 40, f"{path.name} {role}: pin a full commit hash"
-        if p["base"]["id"] in ("stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/stable-diffusion-xl-base-1.0"):
+        fp16_repos = ("stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/stable-diffusion-xl-base-1.0")
+        if p["base"]["id"] in fp16_repos:
             assert p["base"].get("variant") == "fp16" and p["dtype"] == "float16", path.name
 
 
