@@ -36,7 +36,7 @@ def _png(path: Path, scale: float) -> str:
 
 def _image(root, run, exp, pair, p, s, w, tag=None, nonfinite=False):
     key = f"{run}-{p}-{s}-{w:g}"
-    return {"run_id": run, "experiment": exp, "pair": pair, "prompt_id": p, "prompt": f"a photo of thing number {p}",
+    return {"run_id": run, "run_name": exp, "pair": pair, "prompt_id": p, "prompt": f"a photo of thing number {p}",
             "sample": s, "seed": 1000 + 10 * p + s, "scale": w, "image_key": key,
             "image_path": _png(root / f"{key}.png", w), "nonfinite": nonfinite, "tag": tag}
 
@@ -163,7 +163,7 @@ def test_geneval_overall_is_the_mean_of_tag_accuracies(store, report):
 
 def _frame(values: np.ndarray, scales, samples=1, run="r") -> pd.DataFrame:
     """Tidy rows from values[prompt, scale] (each value repeated ``samples`` times per prompt)."""
-    rows = [{"experiment": "e", "pair": "p", "run_id": run, "metric": "m", "higher_is_better": True, "status": "ok",
+    rows = [{"run_name": "e", "pair": "p", "run_id": run, "metric": "m", "higher_is_better": True, "status": "ok",
              "prompt_id": i, "sample": k, "seed": k, "scale": w, "value": values[i, j]}
             for i in range(values.shape[0]) for j, w in enumerate(scales) for k in range(samples)]
     return pd.DataFrame(rows)

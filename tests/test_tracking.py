@@ -40,7 +40,7 @@ def results(tmp_path):
                 path = tmp_path / "img" / f"{key}.png"
                 path.parent.mkdir(exist_ok=True)
                 Image.new("RGB", (8, 8), _colour(p, w)).save(path)
-                rows.append(dict(image_key=key, run_id="r", experiment="quick", pair="tiny_sd", prompt_id=p,
+                rows.append(dict(image_key=key, run_id="r", run_name="quick", pair="tiny_sd", prompt_id=p,
                                  prompt=f"prompt {p}", sample=s, seed=100 + s, scale=w, image_path=str(path),
                                  nonfinite=False))
                 noise = 0.1 * (s - 0.5)
