@@ -321,22 +321,3 @@ def read_run(path: str | Path, timeout: float = 120.0) -> dict[str, Any]:
             out["records"] = [json.loads(line) for line in proc.stdout.splitlines() if line.strip().startswith("{")]
     return out
 
-
-def log_to_wandb(cfg, resolved: dict[str, Any], run_dir: Path, per_scale: pd.DataFrame, images: pd.DataFrame,
-                 scores: pd.DataFrame, figures: list[Path], job_name: str, group: str | None) -> Path | None:
-    """Compatibility adapter for the current rlg.harness.experiment (until build/stages use Tracker):
-    one W&B run at the end with the per-scale means, the image table and the figures."""
-    w = cfg.tracker.wandb
-    tracker = Tracker(run_dir=run_dir, name=job_name, project=w.project, entity=w.entity, group=w.group or group,
-                      job_type=str(cfg.stage), tags=[cfg.pair.name, cfg.sampler.name, cfg.name], config=resolved,
-                      mode=w.mode, log_images=w.log_images).start()
-    if not tracker.active:
-        return None
-    try:
-        long = per_scale.melt(id_vars="scale", var_name="metric", value_name="mean").dropna(subset=["mean"])
-        tracker.log_scales(long)
-        tracker.log_image_table(images, scores)
-        tracker.log_report(None, figures)
-        return tracker.run_path
-    finally:
-        tracker.finish()
