@@ -108,7 +108,7 @@ def _sha256_file(path: Path) -> str:
 
 
 def url_file(url: str, dest: str | Path, *, sha256: str | None, offline: bool | None = None, retries: int = 3,
-             timeout: float = 60.0, backoff: float = 2.0, fix: str = "") -> Fetched:
+             timeout: float = 60.0, backoff: float = 1.0, fix: str = "") -> Fetched:
     """``dest`` if it exists and matches ``sha256``; else ``url`` downloaded (``retries`` more tries
     after the first, waiting backoff, 2*backoff, ... seconds), checked against ``sha256`` and
     written atomically to ``dest``. ``sha256=None`` accepts any content (its hash is returned so the

@@ -22,7 +22,6 @@ from rlg.harness.store import Store
 from rlg.harness.tracking import read_run
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
 FAST = ["debug=fast"]  # rlg/conf/debug/fast.yaml
 
 
@@ -184,7 +183,7 @@ def test_two_process_run_equals_one_process_run(tmp_path):
                                   s2.sort_values(key)[key + ["value"]].reset_index(drop=True))
 
 
-def test_prompt_sets_parse_the_real_upstream_files():
+def test_prompt_sets_parse_the_real_upstream_files(shared_file):
     from rlg.harness.prompts import SOURCES, load_prompts
 
     def load(source, path, **kw):
@@ -192,15 +191,15 @@ def test_prompt_sets_parse_the_real_upstream_files():
                                    *[f"prompts.{k}={v}" for k, v in kw.items()])).prompts
         return load_prompts(cfg, "/nonexistent-cache")
 
-    geneval, info = load("geneval", SHARED / "geneval" / "evaluation_metadata.jsonl")
+    geneval, info = load("geneval", shared_file("geneval/evaluation_metadata.jsonl"))
     assert len(geneval) == 553 and info["sha256"] == SOURCES["geneval"].sha256
     assert {p.metadata["tag"] for p in geneval} == {"single_object", "two_object", "counting", "colors", "position",
                                                     "color_attr"}
-    ocr, info = load("flow_grpo_ocr", SHARED / "flow_grpo" / "ocr_test.txt")
+    ocr, info = load("flow_grpo_ocr", shared_file("flow_grpo/ocr_test.txt"))
     assert len(ocr) == 1018 and info["sha256"] == SOURCES["flow_grpo_ocr"].sha256
     assert all('"' in p.text for p in ocr)
-    pick, _ = load("flow_grpo_pickscore", SHARED / "flow_grpo" / "pickscore_test.txt")
-    sfw, info = load("flow_grpo_pickscore", SHARED / "flow_grpo" / "pickscore_test.txt", sfw="true")
+    pick, _ = load("flow_grpo_pickscore", shared_file("flow_grpo/pickscore_test.txt"))
+    sfw, info = load("flow_grpo_pickscore", shared_file("flow_grpo/pickscore_test.txt"), sfw="true")
     assert len(pick) == 2048 and 0 < info["sfw_removed"] == 2048 - len(sfw)
     assert {p.id for p in sfw} <= {p.id for p in pick}  # ids stay those of the full set
 
@@ -224,7 +223,7 @@ def test_prompt_file_errors(tmp_path):
 
 
 def test_failed_download_names_url_and_override(tmp_path, monkeypatch):
-    from rlg import prompts
+    from rlg.harness import prompts
 
     src = prompts.SOURCES["geneval"]
     monkeypatch.setitem(prompts.SOURCES, "geneval", prompts.Source("http://127.0.0.1:9/metadata.jsonl", src.sha256,

@@ -36,7 +36,7 @@ def _png(path: Path, scale: float) -> str:
 
 def _image(root, run, exp, pair, p, s, w, tag=None, nonfinite=False):
     key = f"{run}-{p}-{s}-{w:g}"
-    return {"run_id": run, "experiment": exp, "pair": pair, "prompt_id": p, "prompt": f"a photo of thing number {p}",
+    return {"run_id": run, "run_name": exp, "pair": pair, "prompt_id": p, "prompt": f"a photo of thing number {p}",
             "sample": s, "seed": 1000 + 10 * p + s, "scale": w, "image_key": key,
             "image_path": _png(root / f"{key}.png", w), "nonfinite": nonfinite, "tag": tag}
 
@@ -163,7 +163,7 @@ def test_geneval_overall_is_the_mean_of_tag_accuracies(store, report):
 
 def _frame(values: np.ndarray, scales, samples=1, run="r") -> pd.DataFrame:
     """Tidy rows from values[prompt, scale] (each value repeated ``samples`` times per prompt)."""
-    rows = [{"experiment": "e", "pair": "p", "run_id": run, "metric": "m", "higher_is_better": True, "status": "ok",
+    rows = [{"run_name": "e", "pair": "p", "run_id": run, "metric": "m", "higher_is_better": True, "status": "ok",
              "prompt_id": i, "sample": k, "seed": k, "scale": w, "value": values[i, j]}
             for i in range(values.shape[0]) for j, w in enumerate(scales) for k in range(samples)]
     return pd.DataFrame(rows)
@@ -382,3 +382,67 @@ def test_partial_results_and_several_runs(store, tmp_path):
     assert empty["summary"] == [] and any(p.name.startswith("grid_") for p in empty["files"])
     both = summarize(images, scores, n_resamples=50)
     assert set(both[both.metric == "pickscore"]["run_id"]) == {"r1", "r2"}
+
+
+# --- one page to open ---------------------------------------------------------------------------
+
+def test_index_md_and_self_contained_html(report):
+    import base64
+    import html as html_lib
+
+    out, result = report
+    assert result["index"] == out / "index.md" and result["index_html"] == out / "index.html"
+    md, page = (out / "index.md").read_text(), (out / "index.html").read_text()
+    for anchor in ("protocol", "results", "figures", "anchors", "geneval"):
+        assert f'<a id="{anchor}"></a>' in md and f'id="{anchor}"' in page and f"(#{anchor})" in md
+    # the main table of each experiment, with the exact means, intervals and win rates of its table file
+    for name in ("pickscore", "geneval"):
+        table = (out / "tables" / f"metrics_{name}.md").read_text()
+        body = [l for l in table.splitlines() if l.startswith("|")]
+        assert "\n".join(body) in md
+    mean, n = expected_pickscore_mean("r1", 1.0)
+    assert f"| {mean:.2f} |" in md and f">{mean:.2f}<" in page
+    # protocol per series: what the caller gave and what the store tells, each under its series
+    proto = md[md.index("## Protocol"):md.index("## Results")]
+    assert proto.count("### ") == 3  # r1, r2, g1
+    assert "| rl | jieliu/SD3.5M-FlowGRPO-GenEval |" in proto and "| steps | 20 |" in proto
+    assert "| prompts | 12 |" in proto.split("### geneval")[1]
+    # figures: linked in the .md, embedded (and byte-identical) in the .html, no external reference
+    linked = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", md)
+    assert linked and all((out / rel).is_file() for rel in linked)
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(srcs) == len(linked) and all(s.startswith("data:image/png;base64,") for s in srcs)
+    embedded = {base64.b64decode(s.split(",", 1)[1]) for s in srcs}
+    assert embedded == {(out / rel).read_bytes() for rel in linked}
+    assert not re.search(r'(src|href)="(?!data:|#|tables/|figures/)', page)
+    assert html_lib.unescape(page).count("<table>") >= 5
+
+
+def test_anchor_table_is_not_written_when_nothing_matches(store, tmp_path):
+    images, scores = store
+    keep = images[images.run_id == "r2"]
+    result = write_report(keep, scores[scores.image_key.isin(keep.image_key)], tmp_path, anchors=load_anchors(),
+                          protocol={"pairs": {"sd35m_pickscore": {"base": "someone/else", "rl": "x/y"}}},
+                          grid_prompts=0, n_resamples=20, formats=("png",))
+    assert not (tmp_path / "tables" / "anchors.md").exists()
+    assert "## Published anchors" not in result["index"].read_text()
+
+
+def test_figures_say_rlg_scale_w_and_readable_metric_names(store, monkeypatch, tmp_path):
+    images, scores = store
+    summary = summarize(images, scores, n_resamples=20)
+    seen = []
+    monkeypatch.setattr(figures, "save", lambda fig, stem, formats=(): seen.append(fig) or [])
+    figures.plot_metric_vs_scale(summary, "pickscore", tmp_path / "a")
+    figures.plot_tradeoff(summary, "ocr_accuracy", "pickscore", tmp_path / "b")
+    (scale_ax,), (trade_ax,) = seen[0].axes, seen[1].axes
+    assert scale_ax.get_xlabel() == "RLG scale w" and scale_ax.get_ylabel() == "PickScore ↑"
+    assert trade_ax.get_xlabel() == "OCR accuracy ↑" and "RLG scale w" in trade_ax.get_title()
+    assert figures.metric_label("hps_v2.1") == "HPSv2.1" and figures.metric_label("new_metric") == "new_metric"
+    assert figures.metric_label("pickscore (v2)") == "PickScore (v2)"
+
+
+def test_html_tables_escape_and_align():
+    text = tables.render(["a", "b"], [["<x>", "1"], ["y", "2"]], "html", "lr", notes=["n & m"], groups=[1])
+    assert '<p class="note">n &amp; m</p>' in text and "&lt;x&gt;" in text
+    assert '<td style="text-align:right">1</td>' in text and '<tr class="group">' in text

@@ -40,7 +40,7 @@ def results(tmp_path):
                 path = tmp_path / "img" / f"{key}.png"
                 path.parent.mkdir(exist_ok=True)
                 Image.new("RGB", (8, 8), _colour(p, w)).save(path)
-                rows.append(dict(image_key=key, run_id="r", experiment="quick", pair="tiny_sd", prompt_id=p,
+                rows.append(dict(image_key=key, run_id="r", run_name="quick", pair="tiny_sd", prompt_id=p,
                                  prompt=f"prompt {p}", sample=s, seed=100 + s, scale=w, image_path=str(path),
                                  nonfinite=False))
                 noise = 0.1 * (s - 0.5)
@@ -79,9 +79,10 @@ def test_offline_run_has_progress_w_axis_summaries_and_a_wide_image_table(tmp_pa
     assert "pickscore" not in run["summary"] and "jpeg_incompressibility" not in run["summary"]
 
     history = [r["history"]["item"] for r in run["records"] if r["type"] == "history"]
-    progress = [h for h in history if "generate/items" in h]
-    assert [h["generate/items"] for h in progress] == [4, 8, 24] and progress[-1]["generate/fraction"] == 1
-    assert progress[-1]["generate/items_per_s"] > 0 and progress[-1]["generate/eta_s"] == 0
+    progress = [h for h in history if "generate/images" in h]
+    assert [h["generate/images"] for h in progress] == [4, 8, 24] and progress[-1]["generate/fraction"] == 1
+    assert progress[-1]["generate/images_per_s"] > 0 and progress[-1]["generate/eta_s"] == 0
+    assert defined[None]["glob_name"] == "generate/*" and defined[None]["step_metric"] == "generate/images"
     per_w = {h[SCALE_AXIS]: h for h in history if SCALE_AXIS in h}
     assert sorted(per_w) == SCALES
     for w in SCALES:  # the means are the plain means of the stored scores (noise averages out per prompt)
@@ -121,8 +122,16 @@ def test_several_series_get_their_label_as_prefix(tmp_path, results):
     both = pd.concat([scores, scores.assign(image_key="o" + scores.image_key)], ignore_index=True)
     tracker = Tracker(run_dir=tmp_path, mode="offline", log_images=0).start()
     out = tracker.log_scales(summarize(two, both, n_resamples=20))
+    assert tracker.log_image_table(images, scores) == 0  # log_images=0: no table
+    page = tmp_path / "index.html"
+    page.write_text("<html><body><h1>report</h1></body></html>")
+    tracker.log_report(page, [images.image_path.iloc[0], tmp_path / "missing.pdf"])
+    path = tracker.run_path
     tracker.finish()
     assert {"tiny_sd/pickscore@w=1", "other/pickscore@w=1"} <= set(out)
+    summary = read_run(path)["summary"]
+    assert summary["report"]["_type"] == "html-file" and summary[f"figures/{Path(images.image_path.iloc[0]).stem}"]
+    assert "images_by_scale" not in summary
 
 
 def test_disabled_and_other_ranks_log_nothing(tmp_path, monkeypatch):

@@ -294,7 +294,7 @@ def _fake_run(root: Path, steps: int, offset: float) -> Path:
     for p in range(3):
         for w in (0.0, 1.0):
             key = content_key({"p": p, "w": w})  # the same keys in every run: the report must keep runs apart
-            rows.append({"image_key": key, "run_id": store.run_id(), "experiment": "cmp", "pair": "tiny_sd",
+            rows.append({"image_key": key, "run_id": store.run_id(), "run_name": "cmp", "pair": "tiny_sd",
                          "prompt_id": p, "prompt": f"prompt {p}", "sample": 0, "seed": 1, "scale": w,
                          "nonfinite": False, "metadata": None})
             arrays.append(np.full((8, 8, 3), 40 * p + int(100 * w), dtype=np.uint8))
@@ -368,7 +368,7 @@ def test_sweep_runs_through_submitit_local_and_writes_one_combined_report(tmp_pa
     cmd = [sys.executable, "run.py", "-m", "hydra/launcher=submitit_local", "name=sub", f"paths.root={tmp_path}",
            "sampler.num_inference_steps=2", "grid.scales=[0,1]", "prompts.max_prompts=1", "evaluators.selected=[jpeg]",
            "tracker=none", "report.n_resamples=20", "report.grid_prompts=1", "sampler.guidance_scale=3,5",
-           "hydra.launcher.timeout_min=20", "hydra.callbacks.sweep_report.n_resamples=20"]  # the default callback
+           "hydra.launcher.timeout_min=20", "+hydra.callbacks.sweep_report.n_resamples=20"]  # the config's callback
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])

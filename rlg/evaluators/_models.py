@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -177,24 +175,14 @@ def cached_url_file(
                 f"{path} or pass {option}=<the file>"
             )
         cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache, prefix=filename + ".", suffix=".part")
-        os.close(fd)
+        from rlg.downloads import DownloadError, url_file  # the project's one downloader (retries, pin, atomic)
+
         try:
-            urllib.request.urlretrieve(url, tmp)
-            got = sha256_of(tmp)
-            if got != sha256:
-                raise ModelNotAvailableError(f"{what}: {url} has sha256 {got}, expected {sha256}; not using it")
-            os.replace(tmp, path)  # atomic: a half-written file never sits under the final name
-        except ModelNotAvailableError:
-            raise
-        except Exception as exc:
+            url_file(url, path, sha256=sha256, offline=False)
+        except DownloadError as exc:
             raise ModelNotAvailableError(
-                f"{what}: could not download {url}: {exc}. Download it (sha256 {sha256}) by hand and "
-                f"pass {option}=<the file> or put it at {path}"
+                f"{what}: {exc} Download it (sha256 {sha256}) by hand and pass {option}=<the file> or put it at {path}"
             ) from exc
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     got = sha256_of(path)
     if got != sha256:
         raise ModelNotAvailableError(

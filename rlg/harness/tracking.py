@@ -6,7 +6,7 @@ per job, on rank 0 only (other ranks get an inert one):
     tracker = Tracker(run_dir=run_dir, name=job, group=experiment, job_type=stage,
                       tags=[pair, sampler, preset], config=resolved, mode=None, rank=rank).start()
     for ...:                                    # generation: progress, images/s, ETA (rate-limited)
-        tracker.progress(done, total)
+        tracker.progress(done, total)           # keys generate/images, generate/images_per_s, generate/eta_s
     tracker.log_scales(report["summary"])       # one W&B step per w: mean, 95% CI, win rate, n; summaries
     tracker.log_image_table(images, scores)     # one row per (prompt, sample, seed), one image column per w
     tracker.log_report(index_html, figures)
@@ -164,25 +164,28 @@ class Tracker:
         return Path(self.run.dir).parent if self.run is not None else None
 
     # -- generation progress -----------------------------------------------------------------
-    def progress(self, done: int, total: int, *, phase: str = "generate", force: bool = False) -> None:
-        """``done`` of ``total`` work items of ``phase`` are finished: logs ``<phase>/items``,
-        ``<phase>/fraction``, ``<phase>/items_per_s`` and ``<phase>/eta_s`` (at most once per
-        progress_every_s; always when done == total or ``force``). Rates count from the first call."""
+    def progress(self, done: int, total: int, *, phase: str = "generate", unit: str = "images",
+                 force: bool = False) -> None:
+        """``done`` of ``total`` ``unit`` of ``phase`` are finished: logs ``<phase>/<unit>`` (its x-axis),
+        ``<phase>/fraction``, ``<phase>/<unit>_per_s`` and ``<phase>/eta_s`` (at most once per
+        progress_every_s; always when done == total or ``force``). Rates count from the first call,
+        so call it once before the first batch (done=0)."""
         if self.run is None:
             return
         now = time.monotonic()
+        axis = f"{phase}/{unit}"
         if phase not in self._progress:
             self._progress[phase] = (now, -math.inf, done)
-            self.run.define_metric(f"{phase}/items")
-            self.run.define_metric(f"{phase}/*", step_metric=f"{phase}/items")
+            self.run.define_metric(axis)
+            self.run.define_metric(f"{phase}/*", step_metric=axis)
         t0, last, done0 = self._progress[phase]
         if not (force or done >= total or now - last >= self.progress_every_s):
             return
         elapsed = now - t0
         rate = (done - done0) / elapsed if elapsed > 0 else float("nan")
-        row = {f"{phase}/items": done, f"{phase}/fraction": done / total if total else 1.0}
+        row = {axis: done, f"{phase}/fraction": done / total if total else 1.0}
         if _finite(rate) and rate > 0:
-            row[f"{phase}/items_per_s"] = rate
+            row[f"{axis}_per_s"] = rate
             row[f"{phase}/eta_s"] = (total - done) / rate
         self.run.log(row)
         self._progress[phase] = (t0, now, done0)
@@ -318,22 +321,3 @@ def read_run(path: str | Path, timeout: float = 120.0) -> dict[str, Any]:
             out["records"] = [json.loads(line) for line in proc.stdout.splitlines() if line.strip().startswith("{")]
     return out
 
-
-def log_to_wandb(cfg, resolved: dict[str, Any], run_dir: Path, per_scale: pd.DataFrame, images: pd.DataFrame,
-                 scores: pd.DataFrame, figures: list[Path], job_name: str, group: str | None) -> Path | None:
-    """Compatibility adapter for the current rlg.harness.experiment (until build/stages use Tracker):
-    one W&B run at the end with the per-scale means, the image table and the figures."""
-    w = cfg.tracker.wandb
-    tracker = Tracker(run_dir=run_dir, name=job_name, project=w.project, entity=w.entity, group=w.group or group,
-                      job_type=str(cfg.stage), tags=[cfg.pair.name, cfg.sampler.name, cfg.name], config=resolved,
-                      mode=w.mode, log_images=w.log_images).start()
-    if not tracker.active:
-        return None
-    try:
-        long = per_scale.melt(id_vars="scale", var_name="metric", value_name="mean").dropna(subset=["mean"])
-        tracker.log_scales(long)
-        tracker.log_image_table(images, scores)
-        tracker.log_report(None, figures)
-        return tracker.run_path
-    finally:
-        tracker.finish()

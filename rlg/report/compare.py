@@ -54,15 +54,32 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(r.resolve() for r in runs))
 
 
+def _differing(token_lists: Sequence[Sequence[str]]) -> list[str] | None:
+    """For each list, its tokens not shared by all lists, joined by ","; None unless all are unique."""
+    common = set(token_lists[0]).intersection(*map(set, token_lists[1:]))
+    short = [",".join(t for t in ts if t not in common) for ts in token_lists]
+    return short if all(short) and len(set(short)) == len(short) else None
+
+
+def _overrides(run: Path) -> list[str] | None:
+    """The Hydra overrides of the run's latest invocation (meta.json), if recorded."""
+    from rlg.harness.store import Store
+
+    for entry in reversed(Store(run).meta().get("invocations", [])):
+        if isinstance(entry.get("overrides"), list):
+            return [str(o) for o in entry["overrides"]]
+    return None
+
+
 def _labels(runs: Sequence[Path]) -> list[str]:
-    """Short unique names: the directory name, with parents added until names differ; for Hydra
-    sweep jobs (override_dirname "a=1,b=2,...") only the overrides that differ between the runs."""
-    names = [r.name for r in runs]
-    if len(runs) > 1 and all("=" in n for n in names):
-        tokens = [n.split(",") for n in names]
-        common = set(tokens[0]).intersection(*map(set, tokens[1:]))
-        short = [",".join(t for t in ts if t not in common) or n for ts, n in zip(tokens, names)]
-        if len(set(short)) == len(short):
+    """Short unique names for the runs: the Hydra overrides that differ between them (a sweep's jobs,
+    from meta.json), else the overrides that differ in their directory names ("a=1,b=2"), else the
+    directory name with as many parents as it takes to tell them apart."""
+    if len(runs) > 1:
+        overrides = [_overrides(r) for r in runs]
+        if all(o is not None for o in overrides) and (short := _differing(overrides)):
+            return short
+        if all("=" in r.name for r in runs) and (short := _differing([r.name.split(",") for r in runs])):
             return short
     for depth in range(1, 6):
         names = ["/".join(r.parts[-depth:]) for r in runs]

@@ -28,7 +28,7 @@ import pandas as pd
 
 from rlg.report import figures, tables
 from rlg.report.anchors import Anchor, load_anchors
-from rlg.report.stats import GENEVAL_METRIC, GENEVAL_OVERALL, SERIES, geneval_tags, summarize, tidy
+from rlg.report.stats import GENEVAL_METRIC, GENEVAL_OVERALL, SERIES, geneval_tags, summarize, tidy, with_series
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +196,7 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
         files += figures.plot_tradeoff(summary, x, y, fig_dir / f"tradeoff_{figures.slug(x)}__{figures.slug(y)}", formats)
 
     if grid_prompts > 0 and "image_path" in images.columns:
-        img = images.copy()
-        for c in SERIES:
-            img[c] = img[c].fillna("").astype(str) if c in img.columns else ""
+        img = with_series(images)
         for series, g in img.groupby(SERIES):
             stem = fig_dir / f"grid_{figures.slug('_'.join(s for s in series if s))}"
             files += figures.plot_image_grid(g, stem, n_prompts=grid_prompts, formats=formats)
@@ -217,15 +215,11 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
 
 
 def _series_of(images: pd.DataFrame) -> list[tuple]:
-    img = images.copy()
-    for c in SERIES:
-        img[c] = img[c].fillna("").astype(str) if c in img.columns else ""
-    return list(img[SERIES].drop_duplicates().itertuples(index=False))
+    return list(with_series(images)[SERIES].drop_duplicates().itertuples(index=False))
 
 
 def _title(summary: pd.DataFrame, images: pd.DataFrame) -> str:
-    names = sorted(set(summary["run_name"]) if len(summary) else
-                   set(images["run_name"].fillna("").astype(str)) if "run_name" in images.columns else set())
+    names = sorted(set(summary["run_name"]) if len(summary) else set(with_series(images)["run_name"]))
     names = [n for n in names if n]
     return "rlg-bench report" + (f": {', '.join(names)}" if names else "")
 

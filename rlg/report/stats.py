@@ -24,16 +24,23 @@ GENEVAL_OVERALL = "geneval_overall"
 SCALE_DECIMALS = 6  # float grids (0.30000000000000004) must still pair up
 
 
+def with_series(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every SERIES column as text ("" where absent); a frame from before the rename
+    (``experiment`` instead of ``run_name``) is read as such. The one place series columns are made."""
+    out = df.copy()
+    if "run_name" not in out.columns and "experiment" in out.columns:  # stores written before the rename
+        out = out.rename(columns={"experiment": "run_name"})
+    for c in SERIES:
+        out[c] = out[c].fillna("").astype(str) if c in out.columns else ""
+    return out
+
+
 def _normalise_images(images: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in ("image_key", "prompt_id", "scale") if c not in images.columns]
     if missing:
         raise ValueError(f"images frame lacks column(s) {missing}; it needs one row per image with "
                          "image_key, prompt_id, scale (and run_id, run_name, config_id, pair, sample, seed, nonfinite)")
-    img = images.copy()
-    if "run_name" not in img.columns and "experiment" in img.columns:  # stores written before the rename
-        img = img.rename(columns={"experiment": "run_name"})
-    for c in SERIES:
-        img[c] = img[c].fillna("").astype(str) if c in img.columns else ""
+    img = with_series(images)
     for c in ("sample", "seed"):
         if c not in img.columns:
             img[c] = 0
@@ -164,7 +171,7 @@ def bootstrap_ci(df: pd.DataFrame, metric: str, n_resamples: int = 1000, seed: i
     (e.g. "tag") the mean is the unweighted mean of per-stratum means (GenEval overall) and prompts
     are resampled within strata. Each series uses ``seed``, so results are reproducible.
     """
-    d = df[df["metric"] == metric]
+    d = with_series(df[df["metric"] == metric])
     rows = []
     for key, g in d.groupby(SERIES, sort=True):
         scales = np.sort(g["scale"].unique())
@@ -194,7 +201,7 @@ def win_rate(df: pd.DataFrame, metric: str, reference_scale: float = 1.0) -> pd.
     Pairs share (prompt_id, sample, seed), i.e. the same initial noise. Ties count half; the
     direction comes from higher_is_better. Pairs with an excluded image on either side are dropped.
     """
-    d = df[df["metric"] == metric]
+    d = with_series(df[df["metric"] == metric])
     cols = SERIES + ["scale", "win_rate", "wins", "ties", "losses", "n_pairs"]
     if d.empty:
         return pd.DataFrame(columns=cols)
