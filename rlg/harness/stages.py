@@ -162,6 +162,8 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
         log.warning("%d prompts are longer than the text encoder reads and are truncated by the pipeline "
                     "(their image rows have truncated=True)", n_cut)
     made = nonfinite = 0
+    if progress is not None:
+        progress(0, n_todo)  # the rate counts from here, first batch included
     # PNG encoding and writing run in one background thread while the next batch is sampled; at most
     # one batch waits, and a write error surfaces at the next batch (rows are still written after PNGs)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlg-store")

@@ -539,7 +539,7 @@ class Store:
         except OSError as exc:
             raise write_error(path, exc) from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            RunLock.flock(fd, fcntl.LOCK_EX)  # no-op where the filesystem has no flock (the run lock fell back)
             meta = self.meta()
             meta["invocations"].append(entry)
             _atomic_write(path, json.dumps(meta, indent=2, default=str).encode())
