@@ -47,7 +47,6 @@ from diffusers.configuration_utils import FrozenDict
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from rlg.guidance import rlg_mix
 
 __all__ = [
     "GaussianMixture",
@@ -62,7 +61,6 @@ __all__ = [
     "VPEpsilonDenoiser",
     "FlowVelocityDenoiser",
     "make_denoiser",
-    "ReferenceRLGDenoiser",
     "schedule_alpha_sigma",
     "initial_alpha_sigma",
     "final_alpha_sigma",
@@ -572,44 +570,6 @@ def make_denoiser(mixture: GaussianMixture, scheduler, dtype: torch.dtype = torc
     if hasattr(scheduler, "alphas_cumprod"):
         return VPEpsilonDenoiser.from_scheduler(mixture, scheduler, dtype)
     raise TypeError(f"no analytic denoiser for {type(scheduler).__name__}; use a DDIM-like or FlowMatch scheduler")
-
-
-class ReferenceRLGDenoiser(nn.Module):
-    """pred_base + w (pred_rl - pred_base) per sample (``rlg.guidance.rlg_mix``), called like a
-    diffusers denoiser. A minimal stand-in for ``rlg.denoiser.RLGDenoiser`` (and an independent check of
-    it): set per-sample scales with ``set_scales`` before sampling; no step window."""
-
-    def __init__(self, base: nn.Module, rl: nn.Module):
-        super().__init__()
-        self.base = base
-        self.rl = rl
-        self.scales: torch.Tensor | None = None
-
-    def set_scales(self, scales) -> "ReferenceRLGDenoiser":
-        self.scales = torch.as_tensor(scales, dtype=torch.float64).reshape(-1)
-        return self
-
-    @property
-    def config(self):
-        return self.base.config
-
-    @property
-    def dtype(self):
-        return self.base.dtype
-
-    @property
-    def device(self):
-        return self.base.device
-
-    def forward(self, sample, timestep, *args, return_dict: bool = True, **kwargs):
-        if self.scales is None:
-            raise RuntimeError("call set_scales(...) before sampling with ReferenceRLGDenoiser")
-        if self.scales.numel() != sample.shape[0]:
-            raise ValueError(f"{self.scales.numel()} scales for a batch of {sample.shape[0]}")
-        pb = self.base(sample, timestep, *args, return_dict=False, **kwargs)[0]
-        pr = self.rl(sample, timestep, *args, return_dict=False, **kwargs)[0]
-        out = rlg_mix(pb, pr, self.scales)
-        return AnalyticDenoiserOutput(sample=out) if return_dict else (out,)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ per-row adapter choice (PEFT's mixed-batch ``adapter_names``, ``"__base__"`` = a
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch

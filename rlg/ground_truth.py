@@ -295,7 +295,7 @@ def run_ground_truth(
 
     ``pair`` overrides ``config.pair``/``d``/``beta``. ``guided_factory(base, rl, scales)`` builds the RLG
     denoiser from the two analytic denoisers and a per-sample scale tensor; the default is the
-    production ``rlg.denoiser.RLGDenoiser`` (tests compare it with ``rlg.analytic.ReferenceRLGDenoiser``).
+    production ``rlg.denoiser.RLGDenoiser`` (tests compare it with an independent reference mixer).
     Raises ValueError for a pair without a closed-form RL model (``mixture_tanh``).
     """
     pair = pair or make_pair(config.pair, config.d, config.beta)

@@ -61,11 +61,6 @@ class StepWindow:
         if self.outside not in ("rl", "base"):
             raise ValueError(f"RLG window outside={self.outside!r}; use 'rl' (official zero_init_step) or 'base'")
 
-    @classmethod
-    def from_zero_init_step(cls, k: int, num_steps: int) -> "StepWindow":
-        """The official ``zero_init_step=k``: RL model alone for steps i < k."""
-        return cls(start=k / num_steps, stop=1.0, outside="rl")
-
     def contains(self, step_index: int, num_steps: int) -> bool:
         frac = step_index / max(num_steps, 1)
         return self.start <= frac < self.stop or (self.stop >= 1.0 and frac >= 1.0)

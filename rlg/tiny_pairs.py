@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import gzip
-import hashlib
 import json
 import os
 from functools import lru_cache
@@ -279,12 +278,3 @@ def build_pair(family: str, root: Path | str | None = None, seed: int = 0) -> Pa
         peft_model.save_pretrained(out / "rl-peft")
     (out / "DONE").write_text(json.dumps({"family": family, "seed": seed, "version": FIXTURE_VERSION}))
     return out
-
-
-def fixture_digest(path: Path) -> str:
-    """A short content hash of a fixture directory, for content keys of images made from it."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]

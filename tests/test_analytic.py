@@ -20,11 +20,11 @@ import pandas as pd
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
+from tests.helpers.reference import ReferenceRLGDenoiser
 from rlg.analytic import (
     AnalyticPair,
     FlowVelocityDenoiser,
     GaussianMixture,
-    ReferenceRLGDenoiser,
     VPEpsilonDenoiser,
     final_alpha_sigma,
     initial_alpha_sigma,
@@ -516,7 +516,6 @@ def test_sde_scheduler_is_a_drop_in_for_stable_diffusion_3(tmp_path):
 
 
 def test_production_denoiser_equals_the_reference_mixer_in_the_sweep():
-    from rlg.analytic import ReferenceRLGDenoiser
     from rlg.ground_truth import GroundTruthConfig, run_ground_truth
 
     cfg = GroundTruthConfig(pair="mixture_quadratic", scales=[0.0, 1.0, 2.5], samplers=["flow_euler_ode", "ddim_eta1"],

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from rlg.harness import build, runner, stages
+from rlg.harness import build, runner
 from rlg.harness import store as store_mod
 from rlg.harness.provenance import redact
 from rlg.harness.config import ConfigError, validate

@@ -79,7 +79,6 @@ class Aesthetic:
         clip_pretrained: str | None = "openai",
         head_path: str | None = None,
         cache_dir: str | None = None,
-        batch_size: int = 32,
         device: str | None = None,
         dtype: Any = "float32",
         offline: bool | None = None,
@@ -87,7 +86,6 @@ class Aesthetic:
         import torch
 
         offline = is_offline(offline)
-        self.batch_size = batch_size
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
 

@@ -48,7 +48,6 @@ class CLIPScore:
         revision: str | None = None,
         scale: float = 100.0,
         text_prefix: str = "",
-        batch_size: int = 32,
         device: str | None = None,
         dtype: Any = "float32",
         offline: bool | None = None,
@@ -60,7 +59,6 @@ class CLIPScore:
         offline = is_offline(offline)
         self.scale = float(scale)
         self.text_prefix = text_prefix
-        self.batch_size = batch_size
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.processor = load_pretrained(

@@ -92,7 +92,6 @@ class HPSv2:
         model_name: str = "ViT-H-14",
         antialias: bool = True,
         scale: float = 100.0,
-        batch_size: int = 16,
         device: str | None = None,
         dtype: Any = "float32",
         offline: bool | None = None,
@@ -108,7 +107,6 @@ class HPSv2:
         self.metrics = {self.metric: True}
         self.antialias = bool(antialias)
         self.scale = float(scale)
-        self.batch_size = batch_size
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         filename = CHECKPOINTS[hps_version]

@@ -127,7 +127,6 @@ class ImageReward:
         tokenizer: str = "bert-base-uncased",
         tokenizer_revision: str | None = None,
         vision_config: dict | None = None,
-        batch_size: int = 16,
         device: str | None = None,
         dtype: Any = "float32",
         offline: bool | None = None,
@@ -138,7 +137,6 @@ class ImageReward:
         from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
         offline = is_offline(offline)
-        self.batch_size = batch_size
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
 

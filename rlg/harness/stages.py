@@ -13,13 +13,11 @@ import inspect
 import json
 import logging
 import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from tqdm.auto import tqdm
 
 from rlg.harness.build import Job
