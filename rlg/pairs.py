@@ -176,18 +176,26 @@ def _hub_commit(ckpt: Checkpoint, offline: bool, cache_dir: str | Path | None) -
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
-    repo = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ckpt.id, repo_type="model")
+    try:
+        repo = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ckpt.id, repo_type="model")
+    except ValueError:  # not a valid repo id (HFValidationError): nothing to resolve; loading names the fix
+        return None, "unresolved"
     ref = repo / "refs" / rev
     if ref.is_file():
         return ref.read_text().strip(), "cache"
     return None, "unresolved"
 
 
+def _looks_local(id_: str) -> bool:
+    """A path rather than a hub id (``org/name``), even when it does not exist."""
+    return id_.startswith((".", "~", os.sep)) or id_.count("/") > 1
+
+
 def checkpoint_identity(ckpt: Checkpoint, role: str, *, offline: bool = False, cache_dir: str | Path | None = None,
                         hash_cache: dict[str, list] | None = None) -> dict[str, Any]:
     """The resolved identity of one checkpoint (see ``weights_identity``)."""
     where = {"subfolder": ckpt.subfolder, "weight_name": ckpt.weight_name, "variant": ckpt.variant}
-    if Path(ckpt.id).expanduser().exists():
+    if Path(ckpt.id).expanduser().exists() or _looks_local(ckpt.id):
         folder, files = _local_files(ckpt, role)
         cache = {} if hash_cache is None else hash_cache
         h = hashlib.sha256()
