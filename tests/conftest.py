@@ -5,7 +5,8 @@ import torch
 
 from tests.helpers.shared_data import missing_reason, shared_path
 
-# Tests are offline (no hub lookups that would wait for a network that is not there), CPU-only and small; two threads match the CI machine and keep results repeatable.
+# Offline (no hub lookup waits for a network that is not there), CPU-only and small; two threads match the
+# CI machine and keep results repeatable.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
