@@ -79,7 +79,7 @@ def snapshot(run: Path) -> dict:
         # report files (their names carry the run's name and id) and its numbers
         "report": sorted(re.sub(r"[0-9a-f]{12}", "<id>", str(p.relative_to(run / "report")).replace(run.name, "<name>"))
                          for p in (run / "report").rglob("*") if p.is_file()),
-        "summary": pd.read_csv(run / "report" / "tables" / "summary.csv").drop(columns=["run_id", "experiment"])
+        "summary": pd.read_csv(run / "report" / "tables" / "summary.csv").drop(columns=["run_id", "run_name"])
         .to_csv(index=False) if (run / "report" / "tables" / "summary.csv").exists() else None,
         "quarantine": (run / "quarantine").exists(),
     }

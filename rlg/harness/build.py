@@ -2,7 +2,8 @@
 
 This module (with the schema in ``rlg.harness.config``) is the only reader of the composed
 ``DictConfig``. Everything a run can refuse is checked here, before any work: the schema and values,
-the grid, the prompts against the selected evaluators, evaluator option names and values, settings
+the grid, the prompts against the selected evaluators (refused by generation before it starts, when
+it has images to make), evaluator option names and values, settings
 that would silently have no effect, the shard/rank layout and the device. What comes out is a frozen
 :class:`Job` of plain objects; the stages (``rlg.harness.stages``) never see the config.
 """
@@ -68,6 +69,7 @@ class Job:
     config_id: str = ""  # short hash of ``identity``: one series per (run, config_id) in every report
     evaluators: tuple[EvaluatorPlan, ...] = ()
     evaluator_device: str = "cpu"
+    prompt_problem: str | None = None  # a selected evaluator cannot score these prompts: generate refuses to start
     tracker_mode: str | None = None  # None: the user's W&B setup decides (WANDB_MODE, `wandb offline`, login)
     ground_truth: Any = None  # rlg.ground_truth.GroundTruthConfig (ground_truth jobs; kl_claim: the analytic part)
     kl_claim: Any = None  # rlg.kl_claim.KLClaimSettings (kl_claim jobs)
@@ -199,7 +201,7 @@ def _check_no_effect(conf: RunConf, default) -> None:
 def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: str) -> tuple[EvaluatorPlan, ...]:
     """Check each selected evaluator's options against its constructor (names, then values through
     the evaluator's own ``check_options`` when it has one) and its prompt needs; merge batch size and
-    device. Raises ConfigError / PromptError naming the fix."""
+    device. Raises ConfigError naming the fix."""
     from rlg.evaluators.base import REGISTRY, evaluator_class
 
     plans = []
@@ -227,15 +229,26 @@ def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: str) -> tuple[
                 check(**opts)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"evaluators.options.{name}: {exc}") from exc
-        check_prompts = getattr(cls, "check_prompts", None)
+        plans.append(EvaluatorPlan(name, opts))
+    return tuple(plans)
+
+
+def prompt_problem(conf: RunConf, prompts: list[Prompt]) -> str | None:
+    """Why a selected evaluator cannot score these prompts (an OCR prompt without a quoted target, a
+    GenEval prompt without metadata), through each evaluator's ``check_prompts`` hook; None if all can.
+    Generation refuses to make images for such prompts before it starts; images already stored are
+    scored anyway, with the failure recorded per image."""
+    from rlg.evaluators.base import evaluator_class
+
+    for name in conf.evaluators.selected:
+        check_prompts = getattr(evaluator_class(name), "check_prompts", None)
         if check_prompts is not None and prompts:
             try:
                 check_prompts([p.text for p in prompts], [p.metadata for p in prompts])
             except ValueError as exc:
-                raise PromptError(f"evaluator {name!r} cannot score this prompt set ({conf.prompts.name}): {exc}\n"
-                                  f"Fix: correct those prompts, or drop {name} from evaluators.selected") from exc
-        plans.append(EvaluatorPlan(name, opts))
-    return tuple(plans)
+                return (f"evaluator {name!r} cannot score this prompt set ({conf.prompts.name}): {exc}\n"
+                        f"Fix: correct those prompts, or drop {name} from evaluators.selected")
+    return None
 
 
 def tracker_mode(mode: str, overrides: list[str]) -> str | None:
@@ -281,7 +294,8 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
     return Job(kind="images", **common, prompts=tuple(prompts), prompt_info=prompt_info, pair=spec,
                placement=Placement(device, s.offload, s.compile, s.vae_tiling), sampler=sampler_settings(s),
                identity=ident, config_id=content_key(ident)[:16], evaluators=evaluators, evaluator_device=eval_device,
-               tracker_mode=tracker_mode(conf.tracker.wandb.mode, list(overrides or [])))
+               tracker_mode=tracker_mode(conf.tracker.wandb.mode, list(overrides or [])),
+               prompt_problem=prompt_problem(conf, prompts))
 
 
 def _ground_truth_job(conf: RunConf, common: dict[str, Any]) -> Job:

@@ -163,4 +163,6 @@ def _print_summary(records: list[dict[str, Any]]) -> None:
         for scale, rows in g.groupby("scale", sort=True):
             vals = ", ".join(f"{r.metric}={r.mean:.4g}" for r in rows.itertuples() if pd.notna(r.mean))
             n = int(rows["n"].max()) if "n" in rows else 0
-            print(f"  w={scale:g}: n={n} {vals}".rstrip())
+            bad = int(rows["n_nonfinite"].max()) if "n_nonfinite" in rows else 0
+            excluded = f" ({bad} nonfinite, excluded)" if bad else ""
+            print(f"  w={scale:g}: n={n}{excluded} {vals}".rstrip())

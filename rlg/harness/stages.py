@@ -21,7 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from rlg.harness.build import Job
-from rlg.harness.prompts import Prompt
+from rlg.harness.prompts import Prompt, PromptError
 from rlg.harness.store import Store, content_key, write_error
 
 log = logging.getLogger("rlg")
@@ -152,6 +152,8 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     log.info("generate: %d images for this process, %d already stored, %d to make", total, total - n_todo, n_todo)
     if not n_todo:
         return {"images_made": 0, "images_skipped": total}
+    if job.prompt_problem:  # refuse before any image is made (stored images are still scored)
+        raise PromptError(job.prompt_problem)
     pair = PAIRS.get(job)
     sampler = RLGSampler(pair, job.sampler)  # refuses sampler.extra keys the pipeline does not accept
     truncated = prompt_truncation(pair.pipe, [it.prompt for g in todo for _, it in g], job.sampler.extra)
