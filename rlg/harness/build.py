@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, validate
 from rlg.harness.provenance import redact
-from rlg.harness.prompts import Prompt, PromptError, load_prompts
+from rlg.harness.prompts import Prompt, load_prompts
 from rlg.harness.store import StoreError, content_key
 
 log = logging.getLogger("rlg")
