@@ -348,9 +348,8 @@ def bench(args, family: str, kind: str, dtype, compile_: bool, modes: list[tuple
                 peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
         useful = first["base_rows"] * f_base + first["rl_rows"] * f_rl
         mfu = useful / seconds / (peak * 1e12) if seconds and peak else None
-        label = "-" if mode != "harness" else ("0" if mb == 0 else f"{mb} (auto)" if mb == "auto" else str(mb))
-        if mb == "auto":
-            label = f"{resolve_micro_batch('auto', device)} (auto)"
+        label = ("-" if mode != "harness" else "0" if mb == 0
+                 else f"{resolve_micro_batch('auto', device)} (auto)" if mb == "auto" else str(mb))
         r = Result(family, kind, str(dtype).replace("torch.", ""), compile_, mode, label,
                    n_images / seconds if seconds else None, seconds, first["rows"], first["padded_rows"], peak_mb,
                    mfu, stable, shape_ok)
