@@ -111,8 +111,8 @@ def scaling(args) -> None:
     pair = common.load(family, kind, args.device, args.dtype)
     print(f"# scaling: {family}/{kind}, {args.steps} steps, scales evenly spaced in [0, 3] (1 scale: 1.5); harness "
           f"micro_batch={args.micro_batch!r} batch_size={args.batch_size}; medians of {args.repeats}")
-    print("| scales | prompts | minimum rows | harness rows | official rows | harness s | floor s | official s "
-          "| harness / floor | official / floor | official / harness |")
+    print("| scales | prompts | minimum rows | harness rows (+ padding) | official rows | harness s | floor s "
+          "| official s | harness / floor | official / floor | official / harness |")
     print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     table = []
     for n_prompts in prompt_counts:
@@ -120,10 +120,11 @@ def scaling(args) -> None:
             grid, texts = common.scales(n), common.prompts(n_prompts)
             res = measure(pair, SCALING_MODES, texts, grid, args)
             row = {"scales": n, "prompts": n_prompts, "minimum": common.minimum_rows(grid, args.steps, n_prompts),
-                   **{f"{m}_rows": res[m]["rows"] for m in SCALING_MODES},
+                   **{f"{m}_rows": res[m]["rows"] for m in SCALING_MODES}, "padded": res["harness"]["padded_rows"],
                    **{f"{m}_s": res[m]["seconds"] for m in SCALING_MODES}}
             table.append(row)
-            print(f"| {n} | {n_prompts} | {row['minimum']} | {row['harness_rows']} | {row['official_rows']} | "
+            print(f"| {n} | {n_prompts} | {row['minimum']} | {row['harness_rows']} (+{row['padded']}) | "
+                  f"{row['official_rows']} | "
                   f"{row['harness_s']:.2f} | {row['floor_s']:.2f} | {row['official_s']:.2f} | "
                   f"{row['harness_s'] / row['floor_s']:.2f} | {row['official_s'] / row['floor_s']:.2f} | "
                   f"{row['official_s'] / row['harness_s']:.2f} |", flush=True)
@@ -132,26 +133,33 @@ def scaling(args) -> None:
 
 
 def figure(table: list[dict], args) -> None:
+    """Left: network rows per prompt vs grid size (official, minimum, harness). Right: time / floor,
+    one line per prompt count (the harness fills its calls with more groups as prompts grow)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n_prompts = max(r["prompts"] for r in table)
-    rows = [r for r in table if r["prompts"] == n_prompts]
-    x = [r["scales"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
-    a.plot(x, [r["official_rows"] / n_prompts for r in rows], "s-", label="official (per scale)")
-    a.plot(x, [r["minimum"] / n_prompts for r in rows], "k--", label="minimum")
-    a.plot(x, [r["harness_rows"] / n_prompts for r in rows], "o", label="harness")
-    a.set(xlabel="scales in the grid", ylabel="network rows per prompt", title="work")
-    b.plot(x, [r["official_s"] / r["floor_s"] for r in rows], "s-", label="official")
-    b.plot(x, [r["harness_s"] / r["floor_s"] for r in rows], "o-", label="harness (defaults)")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.5, 3.3))
+    first = [r for r in table if r["prompts"] == table[0]["prompts"]]
+    x = [r["scales"] for r in first]
+    per = lambda r, k: r[k] / r["prompts"]  # noqa: E731
+    a.plot(x, [per(r, "official_rows") for r in first], "s-", color="C1", label="official (per scale)")
+    a.plot(x, [per(r, "minimum") for r in first], "k--", label="minimum")
+    a.plot(x, [per(r, "harness_rows") for r in first], "o", color="C0", label="harness")
+    a.set(xlabel="scales in the grid", ylabel="network rows per prompt", title=f"work ({args.steps} steps)")
+    for i, n in enumerate(sorted({r["prompts"] for r in table})):
+        rows = [r for r in table if r["prompts"] == n]
+        xs = [r["scales"] for r in rows]
+        b.plot(xs, [r["official_s"] / r["floor_s"] for r in rows], "s-", color="C1", alpha=0.5 + 0.5 * i,
+               label=f"official, {n} prompt(s)")
+        b.plot(xs, [r["harness_s"] / r["floor_s"] for r in rows], "o-", color="C0", alpha=0.5 + 0.5 * i,
+               label=f"harness, {n} prompt(s)")
     b.axhline(1.0, color="k", ls="--", label="floor")
-    b.set(xlabel="scales in the grid", ylabel="time / floor", title=f"time ({n_prompts} prompts, {args.steps} steps)")
+    b.set(xlabel="scales in the grid", ylabel="time / floor", title="time (CPU, tiny SD3-like LoRA pair)")
     for ax in (a, b):
         ax.set_xticks(x)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(args.figure, dpi=110)
     print(f"# figure: {args.figure}")

@@ -43,10 +43,11 @@ UNBATCHED_KEYS = frozenset({"txt_ids", "img_ids"})
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 # Rows per network forward that ``micro_batch="auto"`` resolves to, by device type. A fixed size per
-# device keeps images bit-identical whatever the batch; 16 rows amortise the per-forward overhead on
-# a CPU (benchmarks/grid.py: within 5% of the per-row cost of 64-row forwards on the tiny pairs) and
-# fill a GPU at realistic shapes (16 x 1357 tokens for SD3.5-M at 512px). benchmarks/gpu.py measures
-# other sizes; changing an entry changes the images' content keys (they are not mixed with old ones).
+# device keeps images bit-identical whatever the batch. 16 rows amortise most of the per-forward
+# overhead of the tiny CPU pairs (benchmarks/grid.py) and fill a GPU at realistic shapes (16 x 1357
+# tokens for SD3.5-M at 512px); padding costs at most 15 rows per model and step of a pipeline call,
+# so the harness fills calls with many (prompt, sample) groups (sampler.batch_size). benchmarks/gpu.py
+# measures other sizes; changing an entry changes the images' content keys (old ones are not mixed in).
 AUTO_MICRO_BATCH = {"cpu": 16, "cuda": 16, "mps": 16, "xpu": 16}
 AUTO_MICRO_BATCH_OTHER = 16  # any other device type
 
