@@ -1,72 +1,171 @@
-"""Benchmark `grid`: sample a 7-scale RLG grid at the cost of the network evaluations it needs.
+"""Benchmark `grid`: sample an RLG grid at the cost of the network evaluations it needs.
 
-Compares, on tiny SD1.5-like and SD3-like pairs (full-weight and PEFT LoRA), 8 prompts, 20 steps:
-  harness   rlg-bench's RLGSampler on the stock pipeline: micro_batch=null (one fused forward per
-            model and step), harness_mb2 (the default: bit-identical images whatever the batch), _mb8
-  floor     a hand-written loop that makes only the network calls the grid needs, nothing else
-            (text encoded once per prompt, the shared first step once, w=0 / w=1 one model each)
-  official  the official RLG approach: each scale on its own, 4 network evaluations per step
-            (base and RL as separate CFG forwards), as in the official SD3 script
+Default mode, on tiny SD1.5-like and SD3-like pairs (full weights and PEFT LoRA), 8 prompts x the
+paper's 7 scales:
+  harness           rlg-bench's RLGSampler on the stock pipeline at the harness defaults
+                    (sampler.micro_batch, sampler.batch_size): images bit-identical whatever the batch
+  harness_unpadded  the same calls with micro_batch=0: one forward per model and step (fastest, but
+                    an image then depends on its batch)
+  harness_old       the previous defaults (micro_batch=2, batch_size=8), for the record
+  floor             a hand-written loop that makes only the network calls the grid needs, one prompt
+                    at a time (text encoded once per prompt, the shared first step once per model,
+                    w=0 / w=1 one model each, one forward per model and step)
+  official          the official approach: each scale on its own, 4 network evaluations per step
+                    (base and RL as separate CFG forwards), as in the official SD3 script
 
-Each (setup, mode) runs in its own process (clean peak memory), `--repeats` times; medians are
-reported. Run by hand:  python benchmarks/grid.py [--repeats 3] [--device cuda] [--dtype bfloat16]
+Scaling mode (--scaling): grid size 1, 3, 7, 13 scales x prompt counts; network rows and time of
+the harness (defaults), the floor and the official approach; writes a figure (--figure).
+
+Modes run interleaved in one process (repeat r runs every mode once), after a warm-up of each; the
+clock is process CPU time on a CPU (one thread by default: robust to other jobs on shared cores) and
+wall time on a GPU. Medians are reported. Run by hand:
+    python benchmarks/grid.py [--repeats 3] [--steps 10]
+    python benchmarks/grid.py --scaling [--prompts 1,8] [--figure benchmarks/figures/scaling.png]
+    python benchmarks/grid.py --device cuda --dtype bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+try:
+    from benchmarks import _common as common
+except ImportError:  # run as a script: python benchmarks/grid.py
+    import _common as common
 
-SCALES = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
-PROMPTS = [f"a photo of object number {i} on a table, studio light" for i in range(8)]
-SEED, CFG, SIZE = 0, 4.5, 32
-SETUPS = [("sd", "full"), ("sd", "peft_lora"), ("sd3", "full"), ("sd3", "peft_lora")]
-MODES = ["harness", "harness_mb2", "harness_mb8", "floor", "official"]  # harness_mbN: sampler.micro_batch=N
+MODES = ["harness", "harness_unpadded", "harness_old", "floor", "official"]
+SCALING_MODES = ["harness", "floor", "official"]
+OLD_DEFAULTS = (2, 8)  # (micro_batch, batch_size) before issue 14
 
 
-def _load(family, kind, device, dtype, micro_batch=None):
+def run_mode(pair, mode: str, texts, grid, steps: int, args) -> dict:
+    micro_batch, batch_size = args.micro_batch, args.batch_size
+    if mode == "harness":
+        return common.run_harness(pair, texts, grid, steps, micro_batch, batch_size)
+    if mode == "harness_unpadded":
+        return common.run_harness(pair, texts, grid, steps, 0, batch_size)
+    if mode == "harness_old":
+        return common.run_harness(pair, texts, grid, steps, *OLD_DEFAULTS)
+    fn = {"floor": common.run_floor, "official": common.run_official}[mode]
+    return fn(pair, texts, grid, steps, args.device)
+
+
+def measure(pair, modes: list[str], texts, grid, args) -> dict[str, dict]:
+    """Median seconds (and rows, peak memory) per mode; repeats interleave the modes."""
     import torch
 
-    from rlg.pairs import load_pair, tiny_spec
-
-    spec = tiny_spec(family, kind)
-    spec.dtype = dtype
-    pair = load_pair(spec, micro_batch=micro_batch)
-    pair.pipe.to(torch.device(device))
-    return pair
-
-
-def _sync(device):
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def run_harness(pair, steps, device, compile_):
-    from rlg.sampling import RLGSampler, SamplerSettings, WorkItem
-
-    if compile_:
-        _compile(pair)
-    sampler = RLGSampler(pair, SamplerSettings(num_inference_steps=steps, guidance_scale=CFG, height=SIZE, width=SIZE))
-    pair.denoiser.stats.reset()
-    for p, prompt in enumerate(PROMPTS):
-        sampler.generate([WorkItem(p, prompt, 0, SEED, w) for w in SCALES])
-    st = pair.denoiser.stats
-    return st.base_rows + st.rl_rows + st.padded_rows
+    clock = common.Clock(args.device, args.clock)
+    for mode in modes:  # warm-up (kernel selection, allocator, caches)
+        run_mode(pair, mode, texts[:1], grid, 2, args)
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    out: dict[str, dict] = {}
+    for _ in range(args.repeats):
+        for mode in modes:
+            if args.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            t0 = clock.now()
+            res = run_mode(pair, mode, texts, grid, args.steps, args)
+            times[mode].append(clock.now() - t0)
+            out[mode] = {"rows": res["rows"], "padded_rows": res["padded_rows"],
+                         "peak_mb": common.peak_mb(args.device) if args.device.startswith("cuda") else None}
+    for mode in modes:
+        out[mode]["seconds"] = statistics.median(times[mode])
+        out[mode]["all"] = times[mode]
+    return out
 
 
-def _compile(pair):
+def main_table(args) -> None:
+    texts, grid = common.prompts(args.n_prompts), common.PAPER_SCALES
+    minimum = common.minimum_rows(grid, args.steps, len(texts))
+    print(f"# grid {grid}, {len(texts)} prompts, {args.steps} steps, {common.SIZE}px, CFG {common.CFG}; "
+          f"harness micro_batch={args.micro_batch!r} batch_size={args.batch_size}; medians of {args.repeats}")
+    print("| pair | mode | images/s | s (median) | network rows | rows / minimum | padded rows | time / floor "
+          "| time / unpadded | peak MB |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    modes = args.modes.split(",")
+    for setup in args.setups.split(","):
+        family, kind = setup.split(":")
+        pair = common.load(family, kind, args.device, args.dtype)
+        if args.compile:
+            compile_pair(pair)
+        res = measure(pair, modes, texts, grid, args)
+        floor = res.get("floor", {}).get("seconds")
+        unpadded = res.get("harness_unpadded", {}).get("seconds")
+        for mode, r in res.items():
+            ratio = f"{r['seconds'] / floor:.2f}" if floor else "-"
+            ratio_u = f"{r['seconds'] / unpadded:.2f}" if unpadded else "-"
+            peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
+            print(f"| {family}/{kind} | {mode} | {len(texts) * len(grid) / r['seconds']:.2f} | {r['seconds']:.2f} | "
+                  f"{r['rows']} | {r['rows'] / minimum:.2f} | {r['padded_rows']} | {ratio} | {ratio_u} | {peak} |",
+                  flush=True)
+        if args.verbose:
+            print(f"#   all {setup}: " + ", ".join(f"{m}={[round(t, 2) for t in r['all']]}" for m, r in res.items()))
+
+
+def scaling(args) -> None:
+    family, kind = args.setups.split(",")[0].split(":")
+    counts = [int(n) for n in args.scale_counts.split(",")]
+    prompt_counts = [int(n) for n in args.prompts.split(",")]
+    pair = common.load(family, kind, args.device, args.dtype)
+    print(f"# scaling: {family}/{kind}, {args.steps} steps, scales evenly spaced in [0, 3] (1 scale: 1.5); harness "
+          f"micro_batch={args.micro_batch!r} batch_size={args.batch_size}; medians of {args.repeats}")
+    print("| scales | prompts | minimum rows | harness rows (+ padding) | official rows | harness s | floor s "
+          "| official s | harness / floor | official / floor | official / harness |")
+    print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    table = []
+    for n_prompts in prompt_counts:
+        for n in counts:
+            grid, texts = common.scales(n), common.prompts(n_prompts)
+            res = measure(pair, SCALING_MODES, texts, grid, args)
+            row = {"scales": n, "prompts": n_prompts, "minimum": common.minimum_rows(grid, args.steps, n_prompts),
+                   **{f"{m}_rows": res[m]["rows"] for m in SCALING_MODES}, "padded": res["harness"]["padded_rows"],
+                   **{f"{m}_s": res[m]["seconds"] for m in SCALING_MODES}}
+            table.append(row)
+            print(f"| {n} | {n_prompts} | {row['minimum']} | {row['harness_rows']} (+{row['padded']}) | "
+                  f"{row['official_rows']} | "
+                  f"{row['harness_s']:.2f} | {row['floor_s']:.2f} | {row['official_s']:.2f} | "
+                  f"{row['harness_s'] / row['floor_s']:.2f} | {row['official_s'] / row['floor_s']:.2f} | "
+                  f"{row['official_s'] / row['harness_s']:.2f} |", flush=True)
+    if args.figure:
+        figure(table, args)
+
+
+def figure(table: list[dict], args) -> None:
+    """Left: network rows per prompt vs grid size (official, minimum, harness). Right: time / floor,
+    one line per prompt count (the harness fills its calls with more groups as prompts grow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.5, 3.3))
+    first = [r for r in table if r["prompts"] == table[0]["prompts"]]
+    x = [r["scales"] for r in first]
+    per = lambda r, k: r[k] / r["prompts"]  # noqa: E731
+    a.plot(x, [per(r, "official_rows") for r in first], "s-", color="C1", label="official (per scale)")
+    a.plot(x, [per(r, "minimum") for r in first], "k--", label="minimum")
+    a.plot(x, [per(r, "harness_rows") for r in first], "o", color="C0", label="harness")
+    a.set(xlabel="scales in the grid", ylabel="network rows per prompt", title=f"work ({args.steps} steps)")
+    for i, n in enumerate(sorted({r["prompts"] for r in table})):
+        rows = [r for r in table if r["prompts"] == n]
+        xs = [r["scales"] for r in rows]
+        b.plot(xs, [r["official_s"] / r["floor_s"] for r in rows], "s-", color="C1", alpha=0.5 + 0.5 * i,
+               label=f"official, {n} prompt(s)")
+        b.plot(xs, [r["harness_s"] / r["floor_s"] for r in rows], "o-", color="C0", alpha=0.5 + 0.5 * i,
+               label=f"harness, {n} prompt(s)")
+    b.axhline(1.0, color="k", ls="--", label="floor")
+    b.set(xlabel="scales in the grid", ylabel="time / floor", title="time (CPU, tiny SD3-like LoRA pair)")
+    for ax in (a, b):
+        ax.set_xticks(x)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.figure, dpi=110)
+    print(f"# figure: {args.figure}")
+
+
+def compile_pair(pair) -> None:
     import torch
 
     pair.denoiser.base = torch.compile(pair.denoiser.base)
@@ -74,210 +173,42 @@ def _compile(pair):
         pair.denoiser.rl = torch.compile(pair.denoiser.rl)
 
 
-class _Loop:
-    """What both hand-written loops share: prompt encoding, noise, one network call, decoding."""
-
-    def __init__(self, pair, steps, device):
-        import torch
-
-        self.pair, self.steps, self.device = pair, steps, torch.device(device)
-        self.pipe = pair.pipe
-        self.sd3 = pair.denoiser_name == "transformer"
-        self.net = pair.denoiser.base
-        self.rows = 0
-
-    def encode(self, prompt):
-        if self.sd3:
-            pe, npe, pp, npp = self.pipe.encode_prompt(prompt, prompt, prompt, device=self.device,
-                                                       do_classifier_free_guidance=True, negative_prompt="",
-                                                       negative_prompt_2="", negative_prompt_3="")
-            return pe, npe, pp, npp
-        pe, npe = self.pipe.encode_prompt(prompt, self.device, 1, True, negative_prompt="")
-        return pe, npe, None, None
-
-    def noise(self, p):
-        import torch
-
-        from rlg.sampling import noise_seed
-
-        g = torch.Generator().manual_seed(noise_seed(SEED, p, 0))
-        ch = self.net.config.in_channels
-        n = SIZE // self.pipe.vae_scale_factor
-        return torch.randn((1, ch, n, n), generator=g).to(self.device, self.net.dtype)
-
-    def call(self, model, x, t, emb, pooled, tags=None):
-        """One forward over the rows of x (CFG rows included); tags select LoRA per row."""
-        import torch
-
-        self.rows += x.shape[0]
-        with self.pair.denoiser._adapter_rows(tags):
-            if self.sd3:
-                return model(hidden_states=x, timestep=t.expand(x.shape[0]).to(self.device), encoder_hidden_states=emb,
-                             pooled_projections=pooled, return_dict=False)[0]
-            return model(x, t.to(self.device), encoder_hidden_states=emb, return_dict=False)[0]
-
-    def scheduler(self):
-        import copy
-
-        s = copy.deepcopy(self.pipe.scheduler)
-        s.set_timesteps(self.steps, device=self.device)
-        return s
-
-    def decode(self, x):
-        vae = self.pipe.vae
-        shift = (vae.config.shift_factor or 0.0) if self.sd3 else 0.0
-        z = x / vae.config.scaling_factor + shift
-        img = vae.decode(z.to(vae.dtype), return_dict=False)[0]
-        return ((img / 2 + 0.5).clamp(0, 1) * 255).round().byte().cpu()
-
-
-def run_floor(pair, steps, device, compile_):
-    import torch
-
-    loop = _Loop(pair, steps, device)
-    lora = pair.denoiser.is_lora_pair
-    base_net, rl_net = pair.denoiser.base, (pair.denoiser.rl or pair.denoiser.base)
-    w = torch.tensor(SCALES, device=loop.device).view(-1, 1, 1, 1)
-    need_b, need_r = w.flatten() != 1, w.flatten() != 0
-    with torch.no_grad():
-        for p, prompt in enumerate(PROMPTS):
-            pe, npe, pp, npp = loop.encode(prompt)
-            sched = loop.scheduler()
-            x = loop.noise(p).repeat(len(SCALES), 1, 1, 1)
-            for i, t in enumerate(sched.timesteps):
-                # rows needing each model (step 0: all scales share the input, so one row each)
-                xb, xr = (x[:1], x[:1]) if i == 0 else (x[need_b], x[need_r])
-                nb, nr = xb.shape[0], xr.shape[0]
-
-                def cfg_rows(xs, n):
-                    return (torch.cat([xs, xs]), torch.cat([npe.expand(n, -1, -1), pe.expand(n, -1, -1)]),
-                            None if pp is None else torch.cat([npp.expand(n, -1), pp.expand(n, -1)]))
-
-                (ib, eb, qb), (ir, er, qr) = cfg_rows(xb, nb), cfg_rows(xr, nr)
-                if lora:  # one forward, per-row adapter
-                    out = loop.call(base_net, torch.cat([ib, ir]), t, torch.cat([eb, er]),
-                                    None if qb is None else torch.cat([qb, qr]),
-                                    ["__base__"] * 2 * nb + ["rl"] * 2 * nr)
-                    ob, orl = out[: 2 * nb], out[2 * nb:]
-                else:
-                    ob, orl = loop.call(base_net, ib, t, eb, qb), loop.call(rl_net, ir, t, er, qr)
-                ub, cb = ob.chunk(2)
-                ur, cr = orl.chunk(2)
-                pb, pr = ub + CFG * (cb - ub), ur + CFG * (cr - ur)
-                full_b = pb.expand(len(SCALES), -1, -1, -1) if i == 0 else torch.zeros_like(x).index_copy(
-                    0, torch.nonzero(need_b).flatten(), pb)
-                full_r = pr.expand(len(SCALES), -1, -1, -1) if i == 0 else torch.zeros_like(x).index_copy(
-                    0, torch.nonzero(need_r).flatten(), pr)
-                pred = full_b + w * (full_r - full_b)
-                x = sched.step(pred, t, x, return_dict=False)[0]
-            torch.cat([loop.decode(x[k:k + 1]) for k in range(len(SCALES))])
-    return loop.rows
-
-
-def run_official(pair, steps, device, compile_):
-    import torch
-
-    loop = _Loop(pair, steps, device)
-    lora = pair.denoiser.is_lora_pair
-    base_net, rl_net = pair.denoiser.base, (pair.denoiser.rl or pair.denoiser.base)
-    with torch.no_grad():
-        for p, prompt in enumerate(PROMPTS):
-            for w in SCALES:  # each scale its own generation (the official script is run per scale)
-                pe, npe, pp, npp = loop.encode(prompt)
-                sched = loop.scheduler()
-                x = loop.noise(p)
-                emb = torch.cat([npe, pe])
-                pooled = None if pp is None else torch.cat([npp, pp])
-                for t in sched.timesteps:
-                    xi = torch.cat([x, x])
-                    ob = loop.call(base_net, xi, t, emb, pooled, ["__base__"] * 2 if lora else None)
-                    orl = loop.call(rl_net, xi, t, emb, pooled, ["rl"] * 2 if lora else None)
-                    ub, cb = ob.chunk(2)
-                    ur, cr = orl.chunk(2)
-                    pb, pr = ub + CFG * (cb - ub), ur + CFG * (cr - ur)
-                    x = sched.step(pb + w * (pr - pb), t, x, return_dict=False)[0]
-                loop.decode(x)
-    return loop.rows
-
-
-def minimum_rows(steps: int) -> int:
-    """Network rows a 7-scale grid needs per prompt: the shared first step (2 models x 2 CFG rows),
-    then w=0 and w=1 one model each, the other scales both."""
-    per_step = 2 * (1 + 1 + 2 * (len(SCALES) - 2))
-    return len(PROMPTS) * (4 + (steps - 1) * per_step)
-
-
-def single(args) -> dict:
-    import torch
-
-    torch.set_num_threads(args.threads)
-    micro_batch = int(args.mode.split("_mb")[1]) if "_mb" in args.mode else None
-    pair = _load(args.family, args.kind, args.device, args.dtype, micro_batch=micro_batch)
-    fn = run_harness if args.mode.startswith("harness") else {"floor": run_floor, "official": run_official}[args.mode]
-    fn(pair, 2, args.device, args.compile)  # warm-up (and compilation)
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    _sync(args.device)
-    t0 = time.perf_counter()
-    rows = fn(pair, args.steps, args.device, False)
-    _sync(args.device)
-    dt = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda")
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"seconds": dt, "rows": rows, "peak_mb": peak}
-
-
-def main():
+def main(argv=None) -> None:
+    micro_batch, batch_size = common.harness_defaults()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--n-prompts", type=int, default=8, help="prompts in the default mode")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--compile", action="store_true", help="torch.compile the denoiser(s)")
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    ap.add_argument("--setups", default=",".join(f"{f}:{k}" for f, k in SETUPS))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on shared cores)")
+    ap.add_argument("--clock", default="auto", choices=["auto", "cpu", "wall"],
+                    help="auto: process CPU time on a CPU, wall time on a GPU")
+    ap.add_argument("--setups", default=",".join(f"{f}:{k}" for f, k in common.SETUPS))
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--family")
-    ap.add_argument("--kind")
-    ap.add_argument("--mode")
-    args = ap.parse_args()
-    if args.single:
-        print(json.dumps(single(args)))
-        return
+    ap.add_argument("--micro-batch", default=micro_batch, type=lambda v: v if v == "auto" else int(v),
+                    help=f"harness sampler.micro_batch (default: the harness's, {micro_batch!r})")
+    ap.add_argument("--batch-size", type=int, default=batch_size,
+                    help=f"harness sampler.batch_size (default: the harness's, {batch_size})")
+    ap.add_argument("--scaling", action="store_true", help="sweep grid size and prompt count (first setup only)")
+    ap.add_argument("--scale-counts", default="1,3,7,13")
+    ap.add_argument("--prompts", default="1,8", help="prompt counts of the scaling mode")
+    ap.add_argument("--figure", default=None, help="scaling mode: write the figure here (png)")
+    ap.add_argument("--verbose", action="store_true", help="print every repeat's time")
+    args = ap.parse_args(argv)
+    if args.scaling and args.setups == ",".join(f"{f}:{k}" for f, k in common.SETUPS):
+        args.setups = "sd3:peft_lora"  # the fastest tiny pair: the sweep is about counts, not the network
 
-    import diffusers
-    import peft
     import torch
 
-    print(f"# grid benchmark  {time.strftime('%Y-%m-%d %H:%M')}  python {platform.python_version()}  torch {torch.__version__}"
-          f"  diffusers {diffusers.__version__}  peft {peft.__version__}")
-    print(f"# machine: {platform.machine()} {os.cpu_count()} cpus, device={args.device}, dtype={args.dtype}, "
-          f"threads={args.threads}, compile={args.compile}")
-    print(f"# grid {SCALES}, {len(PROMPTS)} prompts, {args.steps} steps, {SIZE}px, CFG {CFG}; medians of {args.repeats}")
-    print("| pair | mode | images/s | s (median) | network rows | rows / minimum | time / floor | peak MB |")
-    print("|---|---|--:|--:|--:|--:|--:|--:|")
-    n_images = len(PROMPTS) * len(SCALES)
-    minimum = minimum_rows(args.steps)
-    for setup in args.setups.split(","):
-        family, kind = setup.split(":")
-        results = {}
-        for mode in args.modes.split(","):
-            runs = []
-            for _ in range(args.repeats):  # interleave-free but each run is a fresh process
-                cmd = [sys.executable, __file__, "--single", "--family", family, "--kind", kind, "--mode", mode,
-                       "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype,
-                       "--threads", str(args.threads)] + (["--compile"] if args.compile else [])
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            results[mode] = {"seconds": statistics.median(r["seconds"] for r in runs), "rows": runs[0]["rows"],
-                             "peak_mb": max(r["peak_mb"] for r in runs)}
-        floor = results.get("floor", {}).get("seconds")
-        for mode, r in results.items():
-            ratio = f"{r['seconds'] / floor:.2f}" if floor else "-"
-            print(f"| {family}/{kind} | {mode} | {n_images / r['seconds']:.2f} | {r['seconds']:.2f} | {r['rows']} | "
-                  f"{r['rows'] / minimum:.2f} | {ratio} | {r['peak_mb']:.0f} |", flush=True)
+    torch.set_num_threads(args.threads)
+    print(common.header("grid benchmark", args.device, args.threads, common.Clock(args.device, args.clock).kind))
+    if args.scaling:
+        scaling(args)
+    else:
+        main_table(args)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

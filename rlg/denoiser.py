@@ -42,6 +42,39 @@ _DEFAULT: Any = object()  # "the value given to the constructor" for begin()'s k
 UNBATCHED_KEYS = frozenset({"txt_ids", "img_ids"})
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
+# Rows per network forward that ``micro_batch="auto"`` resolves to, by device type. A fixed size per
+# device keeps images bit-identical whatever the batch. 16 rows amortise most of the per-forward
+# overhead of the tiny CPU pairs (benchmarks/grid.py) and fill a GPU at realistic shapes (16 x 1357
+# tokens for SD3.5-M at 512px); padding costs at most 15 rows per model and step of a pipeline call,
+# so the harness fills calls with many (prompt, sample) groups (sampler.batch_size). benchmarks/gpu.py
+# measures other sizes; changing an entry changes the images' content keys (old ones are not mixed in).
+AUTO_MICRO_BATCH = {"cpu": 16, "cuda": 16, "mps": 16, "xpu": 16}
+AUTO_MICRO_BATCH_OTHER = 16  # any other device type
+
+
+def resolve_micro_batch(micro_batch: int | str | None, device: torch.device | str) -> int | None:
+    """The rows per network forward that ``micro_batch`` means on ``device``.
+
+    Args:
+        micro_batch: an int >= 1 (that many rows per forward), ``"auto"`` (``AUTO_MICRO_BATCH`` for
+            the device type), or ``None`` / ``0`` (one unpadded forward per model and step: fastest,
+            but an image then depends on the batch it was made in).
+        device: where the denoiser runs (only its type matters).
+    Returns:
+        int >= 1, or ``None`` for one forward per model.
+    Raises:
+        ValueError: anything else (a negative number, another string).
+    """
+    if micro_batch is None or (isinstance(micro_batch, int) and not isinstance(micro_batch, bool)
+                               and micro_batch == 0):
+        return None
+    if micro_batch == "auto":
+        return AUTO_MICRO_BATCH.get(torch.device(device).type, AUTO_MICRO_BATCH_OTHER)
+    if isinstance(micro_batch, int) and not isinstance(micro_batch, bool) and micro_batch >= 1:
+        return micro_batch
+    raise ValueError(f"micro_batch={micro_batch!r} is not valid; use an int >= 1 (rows per network forward), "
+                     "'auto' (a fixed size per device type) or null/0 (one forward per model, batch-dependent)")
+
 
 @dataclass
 class RLGOutput(BaseOutput):
@@ -88,10 +121,12 @@ class RLGDenoiser(torch.nn.Module):
         rl_adapter: name of the PEFT adapter in ``base`` that makes it the RL model (LoRA pairs).
         window: the default for :meth:`begin`: the steps where RLG applies, and which model runs
             outside them.
-        micro_batch: the default for :meth:`begin`: if set, every network forward runs on exactly
-            this many rows (the last chunk padded by repeating a row). Kernels pick different
-            reduction orders for different batch sizes, so this is what makes an image
-            bit-identical whatever batch it was generated in. ``None``: one forward per model.
+        micro_batch: the default for :meth:`begin`: if set, the rows every model needs in a call
+            (all images, scales, CFG branches; base and RL together for a LoRA pair) are packed into
+            forwards of exactly this many rows, only the last one padded by repeating a row. Kernels
+            pick different reduction orders for different batch sizes, so this is what makes an
+            image bit-identical whatever batch it was generated in. ``"auto"``: a fixed size per
+            device type (:func:`resolve_micro_batch`). ``None``: one forward per model.
         dedupe: evaluate identical input rows once (all scales of a grid share the first step).
     """
 
@@ -102,14 +137,13 @@ class RLGDenoiser(torch.nn.Module):
         *,
         rl_adapter: str | None = None,
         window: StepWindow = StepWindow(),
-        micro_batch: int | None = None,
+        micro_batch: int | str | None = None,
         dedupe: bool = True,
     ):
         super().__init__()
         if (rl is None) == (rl_adapter is None):
             raise ValueError("RLGDenoiser needs either an RL denoiser (full-weight pair) or rl_adapter (LoRA pair), not both")
-        if micro_batch is not None and micro_batch < 1:
-            raise ValueError(f"micro_batch must be >= 1 or None, got {micro_batch}")
+        resolve_micro_batch(micro_batch, "cpu")  # refuses a bad value now, not at the first forward
         self.base = base
         self.rl = rl
         self.rl_adapter = rl_adapter
@@ -164,18 +198,18 @@ class RLGDenoiser(torch.nn.Module):
                 and a timestep past them means a new pipeline call, which raises (call ``begin``
                 again before every call).
             window: the step window for this call; ``None``: the constructor's.
-            micro_batch: rows per network forward for this call; ``None`` or ``0``: one forward per
-                model; omitted: the constructor's.
+            micro_batch: rows per network forward for this call (an int, or ``"auto"``: see
+                :func:`resolve_micro_batch`); ``None`` or ``0``: one forward per model; omitted: the
+                constructor's.
         Raises:
             rlg.guidance.ScaleError: a scale that is not a finite number.
-            ValueError: ``num_steps < 1`` or ``micro_batch < 0``.
+            ValueError: ``num_steps < 1`` or a ``micro_batch`` that is not >= 0 or ``"auto"``.
         """
         if int(num_steps) < 1:
             raise ValueError(f"num_steps must be >= 1 (the pipeline call's num_inference_steps), got {num_steps}")
         if micro_batch is _DEFAULT:
             micro_batch = self.default_micro_batch
-        if micro_batch is not None and micro_batch < 0:
-            raise ValueError(f"micro_batch must be >= 1, or 0/None for one forward per model, got {micro_batch}")
+        resolve_micro_batch(micro_batch, "cpu")  # refuses a bad value
         self._scales = torch.tensor(check_scales(scales), dtype=torch.float64)
         self._num_steps = int(num_steps)
         self.window = self.default_window if window is None else window
@@ -315,13 +349,14 @@ class RLGDenoiser(torch.nn.Module):
         """Run ``model`` on the given rows (repeats allowed), in micro-batches when set."""
         if len(rows) == 0:
             return None
-        size = self.micro_batch or len(rows)
+        fixed = resolve_micro_batch(self.micro_batch, _first_tensor((args, kwargs)).device)
+        size = fixed or len(rows)
         outs = []
         for start in range(0, len(rows), size):
             chunk = rows[start:start + size]
             chunk_tags = tags[start:start + size] if tags else None
             n_real = len(chunk)
-            if self.micro_batch and n_real < size:  # pad to the fixed size, drop the pad after
+            if n_real < size:  # only the last micro-batch: pad to the fixed size, drop the pad after
                 pad = size - n_real
                 chunk = torch.cat([chunk, chunk[-1:].repeat(pad)])
                 chunk_tags = chunk_tags + chunk_tags[-1:] * pad if chunk_tags else None
@@ -387,6 +422,18 @@ def _needs_separate_forwards(model: torch.nn.Module, adapter: str) -> bool:
         if bool(getattr(m, "use_dora", {}).get(adapter, False)):
             return True
     return False
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    """The first tensor inside ``obj`` (the pipeline's latents come first): where the forward runs."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    for v in values:
+        found = _first_tensor(v)
+        if found is not None:
+            return found
+    return None
 
 
 def _batched_tensors(obj: Any, n_rows: int, key: str | None = None) -> list[torch.Tensor]:

@@ -171,11 +171,13 @@ def sampler_settings(s) -> Any:
 def image_identity(conf: RunConf, spec, device: str) -> dict[str, Any]:
     """Everything besides (prompt, sample, seed, scale) that determines an image's bits: the pair with
     the resolved identity of every weight file, the sampler, the device type."""
+    from rlg.denoiser import resolve_micro_batch
     from rlg.pairs import weights_identity
 
     s = dataclasses.asdict(conf.sampler)
     s.pop("name")
     s.pop("batch_size")  # the batch layout does not change an image (micro_batch does, so it stays)
+    s["micro_batch"] = resolve_micro_batch(s["micro_batch"], device)  # the number ("auto" is per device type)
     return {"pair": spec.identity(), "weights": weights_identity(spec), "sampler": s,
             "device": device.split(":")[0]}
 

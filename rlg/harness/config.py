@@ -66,11 +66,11 @@ class SamplerConf:
     noise_level: float = 0.7
     guidance_rescale: float = 0.0
     window: WindowConf = field(default_factory=WindowConf)
-    batch_size: int = 8  # images per pipeline call (all scales of a (prompt, sample) stay together)
+    batch_size: int = 64  # images per pipeline call (whole (prompt, sample) groups; many fill the micro-batches)
     offload: str = "none"  # none | model | sequential (CPU offload for pairs that do not fit)
     compile: bool = False  # torch.compile the denoiser(s)
     vae_tiling: bool = False  # decode large images tile by tile
-    micro_batch: Optional[int] = 2  # rows per network forward; fixed -> images independent of batching (2 = one CFG pair)
+    micro_batch: Any = "auto"  # rows per forward: int, "auto" (fixed per device type) or null (batch-dependent)
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -285,7 +285,12 @@ def check_values(cfg: DictConfig) -> None:
                           f"start={s.window.start}, stop={s.window.stop}")
     _at_least("sampler.num_inference_steps", s.num_inference_steps, 1)
     _at_least("sampler.batch_size", s.batch_size, 1)
-    _at_least("sampler.micro_batch", s.micro_batch, 1, optional=True)
+    from rlg.denoiser import resolve_micro_batch
+
+    try:
+        resolve_micro_batch(s.micro_batch, "cpu")
+    except ValueError as exc:
+        raise ConfigError(f"sampler.{exc}") from None
     _at_least("sampler.height", s.height, 8, optional=True)
     _at_least("sampler.width", s.width, 8, optional=True)
     if s.guidance_rescale:
