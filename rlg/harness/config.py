@@ -285,12 +285,10 @@ def check_values(cfg: DictConfig) -> None:
                           f"start={s.window.start}, stop={s.window.stop}")
     _at_least("sampler.num_inference_steps", s.num_inference_steps, 1)
     _at_least("sampler.batch_size", s.batch_size, 1)
-    from rlg.denoiser import resolve_micro_batch
-
-    try:
-        resolve_micro_batch(s.micro_batch, "cpu")
-    except ValueError as exc:
-        raise ConfigError(f"sampler.{exc}") from None
+    mb = s.micro_batch  # the same rule as rlg.denoiser.resolve_micro_batch, without importing torch here
+    if not (mb is None or mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and mb >= 0)):
+        raise ConfigError(f"sampler.micro_batch={mb!r} is not valid; use an int >= 1 (rows per network forward), "
+                          "'auto' (a fixed size per device type) or null/0 (one forward per model, batch-dependent)")
     _at_least("sampler.height", s.height, 8, optional=True)
     _at_least("sampler.width", s.width, 8, optional=True)
     if s.guidance_rescale:
