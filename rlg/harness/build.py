@@ -2,10 +2,11 @@
 
 This module (with the schema in ``rlg.harness.config``) is the only reader of the composed
 ``DictConfig``. Everything a run can refuse is checked here, before any work: the schema and values,
-the grid, the prompts against the selected evaluators (refused by generation before it starts, when
-it has images to make), evaluator option names and values, settings
-that would silently have no effect, the shard/rank layout and the device. What comes out is a frozen
-:class:`Job` of plain objects; the stages (``rlg.harness.stages``) never see the config.
+the grid, evaluator option names and values, settings that would silently have no effect, the
+shard/rank layout and the device; prompts a selected evaluator cannot score are found here and
+refused by generation before it makes an image. What comes out is a frozen :class:`Job` of plain
+objects; the stages (``rlg.harness.stages``) never see the config. Raises the errors in
+``rlg.harness.runner.USER_ERRORS``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, validate
 from rlg.harness.provenance import redact
 from rlg.harness.prompts import Prompt, load_prompts
-from rlg.harness.store import StoreError, content_key
+from rlg.harness.store import content_key
 
 log = logging.getLogger("rlg")
 
@@ -51,7 +52,7 @@ class Job:
     """A checked run plan. Built once by :func:`build`; the stages read nothing else."""
 
     name: str  # the run name: directory <paths.root>/<name>, column ``run_name`` of every image row
-    kind: str  # "images" | "ground_truth"
+    kind: str  # "images" | "ground_truth" | "kl_claim"
     stages: tuple[str, ...]
     rank: int
     world: int
@@ -300,12 +301,15 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
                prompt_problem=prompt_problem(conf, prompts))
 
 
+def _one_process(common: dict[str, Any], what: str) -> None:
+    if common["world"] > 1:
+        raise ConfigError(f"{what} runs in one process; launch it without torchrun/accelerate or shard.count")
+
+
 def _ground_truth_job(conf: RunConf, common: dict[str, Any]) -> Job:
     from rlg.ground_truth import GroundTruthConfig
 
-    if common["world"] > 1:
-        raise ConfigError("the analytic ground truth runs in one process; launch it without torchrun/accelerate "
-                          "or shard.count")
+    _one_process(common, "the analytic ground truth")
     a, g = conf.pair.analytic, conf.ground_truth
     try:
         gt = GroundTruthConfig(pair=a.preset, d=a.d, beta=a.beta, scales=list(common["scales"]),
@@ -321,9 +325,7 @@ def _ground_truth_job(conf: RunConf, common: dict[str, Any]) -> Job:
 def _kl_claim_job(conf: RunConf, common: dict[str, Any]) -> Job:
     from rlg.kl_claim import settings_from_mapping
 
-    if common["world"] > 1:
-        raise ConfigError("the KL-claim measurement runs in one process; launch it without torchrun/accelerate "
-                          "or shard.count")
+    _one_process(common, "the KL-claim measurement")
     try:
         settings, analytic = settings_from_mapping(dict(conf.kl_claim))
     except (TypeError, ValueError) as exc:
@@ -332,4 +334,4 @@ def _kl_claim_job(conf: RunConf, common: dict[str, Any]) -> Job:
     return Job(kind="kl_claim", stages=("generate",), **common, kl_claim=settings, ground_truth=analytic)
 
 
-__all__ = ["Job", "EvaluatorPlan", "Placement", "build", "resolve_device", "resolve_rank", "StoreError"]
+__all__ = ["Job", "EvaluatorPlan", "Placement", "build", "resolve_device", "resolve_rank"]
