@@ -40,7 +40,9 @@ def _real_heldout(n: int = 100):
 
 # ---------------------------------------------------------------------------------------------
 def test_resolve_zoo_id():
-    assert resolve_zoo_id("stable-diffusion-v1-5/stable-diffusion-v1-5") == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    hub_id = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert resolve_zoo_id(hub_id) == hub_id
+    assert resolve_zoo_id("zoo:digits_classifier") == str(WEIGHTS_DIR / "digits_classifier")
     with pytest.raises(FileNotFoundError, match="rlg.zoo.train"):
         resolve_zoo_id("zoo:no_such_model")
 
@@ -61,7 +63,8 @@ def test_digit_evaluators_on_real_digits():
     assert {"digit_prob", "digit_fd"} <= set(REGISTRY)
     imgs, labels = _real_heldout(100)
     right = [Sample(str(i), Image.fromarray(im), prompt_for(y)) for i, (im, y) in enumerate(zip(imgs, labels))]
-    wrong = [Sample(str(i), Image.fromarray(im), prompt_for((y + 1) % 10)) for i, (im, y) in enumerate(zip(imgs, labels))]
+    wrong = [Sample(str(i), Image.fromarray(im), prompt_for((y + 1) % 10))
+             for i, (im, y) in enumerate(zip(imgs, labels))]
     prob = get_evaluator("digit_prob")
     assert prob.version.startswith("digit_prob/")
     p_right = np.array([r["digit_prob"] for r in prob.score(right)])
@@ -140,7 +143,7 @@ def test_zoo_pair_loads_and_equals_stock_pipelines(name):
     assert diff(stock_base, stock_rl) > 1, "the RL model changes nothing"
 
 
-CONTROL = {  # pair -> (samples per prompt, scales)
+CONTROL = {  # pair -> samples per prompt (10 prompts each)
     "zoo_digits_dpo": 6,
     "zoo_digits_ddpo_compress": 3,
     "zoo_digits_ddpo_incompress": 3,

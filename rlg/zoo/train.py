@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         for model, r in rep.items():
             for metric, c in r.get("reproduction", {}).items():
                 ok &= c.get("ok") is not False
+                verdict = "n/a" if c.get("ok") is None else "OK" if c["ok"] else "FAIL"
                 print(f"{task}/{model} {metric}: shipped {c.get('shipped')} retrained {c.get('retrained')} "
-                      f"tol {c.get('tolerance')} -> {'OK' if c.get('ok') else 'n/a' if c.get('ok') is None else 'FAIL'}")
+                      f"tol {c.get('tolerance')} -> {verdict}")
     print(json.dumps({"reproduced": ok}))
     return 0 if ok else 1
 

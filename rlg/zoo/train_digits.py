@@ -32,7 +32,8 @@ TOLERANCES = {
     "digits_classifier": {"heldout_accuracy": ("abs", 0.02)},
     "digits_base": {"vae.heldout_recon_mse": ("rel", 0.5)},
     "digits_dpo": {"eval.scales.0.0.digit_prob.mean": ("abs", 0.08), "eval.scales.1.0.digit_prob.mean": ("abs", 0.08)},
-    "digits_ddpo_compress": {"eval.scales.0.0.jpeg_kb.mean": ("rel", 0.1), "eval.scales.1.0.jpeg_kb.mean": ("rel", 0.1)},
+    "digits_ddpo_compress": {"eval.scales.0.0.jpeg_kb.mean": ("rel", 0.1),
+                             "eval.scales.1.0.jpeg_kb.mean": ("rel", 0.1)},
     "digits_ddpo_incompress": {"eval.scales.0.0.jpeg_kb.mean": ("rel", 0.1),
                                "eval.scales.1.0.jpeg_kb.mean": ("rel", 0.1)},
 }
@@ -64,11 +65,13 @@ def train_model(model: str, out_dir: Path, log=print) -> dict[str, Any]:
     if model == "digits_base":
         from rlg.zoo.train_digits_base import train_base
         return train_base(out_dir, log=log)
-    base = str(out_dir.parent / "digits_base")
+    # upstream models from the same run when it trained them, else the shipped ones (--only <an RL model>)
+    local = {m: out_dir.parent / m for m in ("digits_base", "digits_classifier")}
+    base, classifier = (str(p) if p.exists() else f"zoo:{m}" for m, p in local.items())
+    log(f"   {model}: base {base}, classifier {classifier}")
     if model == "digits_dpo":
         from rlg.zoo.train_digits_dpo import DEFAULTS, train_dpo
-        return train_dpo(DEFAULTS["beta"], 0, DEFAULTS["steps"], out_dir, base=base,
-                         classifier=str(out_dir.parent / "digits_classifier"), log=log)
+        return train_dpo(DEFAULTS["beta"], 0, DEFAULTS["steps"], out_dir, base=base, classifier=classifier, log=log)
     from rlg.zoo.train_digits_ddpo import DEFAULTS as DD, train_ddpo
     kind = model.rsplit("_", 1)[1]
     return train_ddpo(DD["beta"], 0, DD["steps"], out_dir, reward=kind, base=base, log=log)
