@@ -33,7 +33,7 @@ from rlg.zoo.digits_rl import (ETA, GUIDANCE, NUM_STEPS, cfg_eps, decode_uint8, 
                                load_base, sample_trajectories, step_coefficients)
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
-DEFAULTS = dict(beta=0.1, steps=40, lr=3e-3, batch_size=16, timestep_fraction=0.5, rank=4, reward_scale=0.02)
+DEFAULTS = dict(beta=0.1, steps=10, lr=5e-3, batch_size=8, timestep_fraction=0.5, rank=4, reward_scale=0.02)
 
 
 def train_ddpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAULTS["steps"],

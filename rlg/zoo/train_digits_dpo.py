@@ -9,7 +9,8 @@ with the same t and eps for the winner and the loser. ``beta`` is the official `
 coefficient of the objective, with the 1/T of eq. 14 folded in, as the official code does).
 
 Preference data (one offline round, like Pick-a-Pic in the paper but self-generated): ``n_per_prompt``
-samples per digit prompt from the base with the zoo sampler (DDIM 20 steps, eta 1, CFG 2), scored by
+samples per digit prompt from the base with DDIM (``data_steps`` steps, eta 1, CFG 2; 10 steps by default,
+half the evaluation sampler's, to keep data generation within the CPU budget), scored by
 the digit classifier; within each prompt, samples are paired at random and a pair is kept when its
 digit_prob values differ by at least ``margin``; the winner is the higher. The winner's and loser's
 final DDIM latents are the x_0 of the loss (what the VAE would encode them to, up to its error).
@@ -32,17 +33,18 @@ from rlg.zoo.common import setup_torch, timer
 from rlg.zoo.digits_rl import (GUIDANCE, NUM_STEPS, decode_uint8, digit_prob_reward, load_base, load_classifier,
                                sample_trajectories)
 
-DEFAULTS = dict(beta=500.0, steps=400, lr=3e-5, batch_pairs=16, n_per_prompt=48, margin=0.2, data_seed=0)
+DEFAULTS = dict(beta=500.0, steps=150, lr=3e-5, batch_pairs=16, n_per_prompt=16, margin=0.2, data_seed=0,
+                data_steps=10)
 CACHE_DIR = Path.home() / ".cache" / "rlg-bench" / "zoo"
 
 
-def make_preference_pairs(base_dir: str, data_seed: int = 0, n_per_prompt: int = 48, margin: float = 0.2,
-                          classifier: str = "zoo:digits_classifier", cache: bool = True, log=print
+def make_preference_pairs(base_dir: str, data_seed: int = 0, n_per_prompt: int = 16, margin: float = 0.2,
+                          classifier: str = "zoo:digits_classifier", data_steps: int = 10, cache: bool = True, log=print
                           ) -> dict[str, torch.Tensor]:
     """{'x_w','x_l': (P, 4, 8, 8) final latents, 'digit': (P,), 'p_w','p_l': (P,) digit_prob,
     'base_prob': (10 * n_per_prompt,) digit_prob of every base sample}. Cached by the base's weights hash."""
     digest = hashlib.sha256((Path(base_dir) / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
-    key = f"dpo-pairs-{digest[:12]}-{data_seed}-{n_per_prompt}-{margin}.pt"
+    key = f"dpo-pairs-{digest[:12]}-{data_seed}-{n_per_prompt}-{margin}-{data_steps}.pt"
     if cache and (CACHE_DIR / key).exists():
         return torch.load(CACHE_DIR / key, weights_only=True)
     parts = load_base(base_dir)
@@ -52,7 +54,7 @@ def make_preference_pairs(base_dir: str, data_seed: int = 0, n_per_prompt: int =
     lat, probs = [], []
     for i in range(0, len(digits), 80):
         d = digits[i:i + 80]
-        tr = sample_trajectories(parts, parts.unet, d, gen)
+        tr = sample_trajectories(parts, parts.unet, d, gen, num_steps=data_steps)
         x0 = tr["latents"][-1]
         lat.append(x0)
         probs.append(digit_prob_reward(decode_uint8(parts, x0), d, clf))
@@ -79,12 +81,13 @@ def train_dpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
               out_dir: Path | str = "digits_dpo", base: str = "zoo:digits_base", lr: float = DEFAULTS["lr"],
               batch_pairs: int = DEFAULTS["batch_pairs"], n_per_prompt: int = DEFAULTS["n_per_prompt"],
               margin: float = DEFAULTS["margin"], data_seed: int = DEFAULTS["data_seed"],
-              classifier: str = "zoo:digits_classifier", log=print) -> dict[str, Any]:
+              classifier: str = "zoo:digits_classifier", data_steps: int = DEFAULTS["data_steps"], log=print
+              ) -> dict[str, Any]:
     """Diffusion-DPO fine-tune of the base UNet; saves ``<out_dir>/unet`` (full weights). Deterministic given
     (seed, data_seed) on one machine and thread count. Returns the training config and log."""
     base_dir = resolve_zoo_id(base)
     with timer() as t_data:
-        data = make_preference_pairs(base_dir, data_seed, n_per_prompt, margin, classifier, log=log)
+        data = make_preference_pairs(base_dir, data_seed, n_per_prompt, margin, classifier, data_steps, log=log)
     gen = setup_torch(seed)
     parts = load_base(base_dir)
     ref = parts.unet
@@ -122,7 +125,8 @@ def train_dpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
     policy.eval().save_pretrained(str(out / "unet"), safe_serialization=True)
     return {"method": "Diffusion-DPO (Wallace et al. 2023)", "beta": beta, "kl_coefficient": beta, "seed": seed,
             "steps": steps, "lr": lr, "batch_pairs": batch_pairs, "base": base, "reward": "digit_prob",
-            "n_per_prompt": n_per_prompt, "margin": margin, "data_seed": data_seed, "n_pairs": int(n_pairs),
+            "n_per_prompt": n_per_prompt, "margin": margin, "data_seed": data_seed, "data_steps": data_steps,
+            "n_pairs": int(n_pairs),
             "sampler": {"scheduler": "DDIM", "steps": NUM_STEPS, "eta": 1.0, "guidance": GUIDANCE},
             "base_sample_digit_prob": round(float(data["base_prob"].mean()), 4),
             "seconds": round(t_data["seconds"] + t_train["seconds"], 1), "seconds_data": t_data["seconds"],
