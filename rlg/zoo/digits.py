@@ -57,6 +57,9 @@ def to_images(scans: np.ndarray) -> torch.Tensor:
 @lru_cache(maxsize=1)
 def load_split() -> dict[str, np.ndarray]:
     """{'train_x','train_y','test_x','test_y'}: the 8x8 scans (float 0..16) and labels of the fixed split."""
+    from rlg.extras import require
+
+    require("sklearn", purpose="the digits zoo's data (sklearn.datasets.load_digits)")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
