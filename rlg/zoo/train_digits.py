@@ -1,0 +1,137 @@
+"""Retrain the digits half of the zoo from scratch, measure it, and compare with the shipped models.
+
+Order: classifier -> base pipeline (VAE + UNet) -> Diffusion-DPO -> DDPO+KL compress / incompress.
+Every model is written to ``<out>/<model>`` in the layout of rlg/zoo/weights; the metrics of the
+retrained pairs are measured with the production sampler (rlg.zoo.digits_eval) and compared with
+the shipped manifest's within TOLERANCES. With ``ship=True`` the output directory is rlg/zoo/weights
+and the manifest is rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from rlg.zoo import MANIFEST, WEIGHTS_DIR
+from rlg.zoo import digits as D
+from rlg.zoo.common import dir_size_mb, file_hashes, read_manifest, write_manifest_entry
+
+MODELS = ("digits_classifier", "digits_base", "digits_dpo", "digits_ddpo_compress", "digits_ddpo_incompress")
+TRAINERS = {
+    "digits_classifier": "rlg.zoo.train_digits_classifier:train_classifier(out_dir, seed=0)",
+    "digits_base": "rlg.zoo.train_digits_base:train_base(out_dir, seed=0)",
+    "digits_dpo": "rlg.zoo.train_digits_dpo:train_dpo(beta, seed, steps, out_dir)",
+    "digits_ddpo_compress": "rlg.zoo.train_digits_ddpo:train_ddpo(beta, seed, steps, out_dir, reward='compress')",
+    "digits_ddpo_incompress": "rlg.zoo.train_digits_ddpo:train_ddpo(beta, seed, steps, out_dir, reward='incompress')",
+}
+# metric path -> (kind, tolerance): "abs" |retrained - shipped| <= tol; "rel" <= tol * |shipped|
+TOLERANCES = {
+    "digits_classifier": {"heldout_accuracy": ("abs", 0.02)},
+    "digits_base": {"vae.heldout_recon_mse": ("rel", 0.5)},
+    "digits_dpo": {"eval.scales.0.0.digit_prob.mean": ("abs", 0.08), "eval.scales.1.0.digit_prob.mean": ("abs", 0.08)},
+    "digits_ddpo_compress": {"eval.scales.0.0.jpeg_kb.mean": ("rel", 0.1),
+                             "eval.scales.1.0.jpeg_kb.mean": ("rel", 0.1)},
+    "digits_ddpo_incompress": {"eval.scales.0.0.jpeg_kb.mean": ("rel", 0.1),
+                               "eval.scales.1.0.jpeg_kb.mean": ("rel", 0.1)},
+}
+PAIR_OF = {"digits_dpo": "zoo_digits_dpo", "digits_ddpo_compress": "zoo_digits_ddpo_compress",
+           "digits_ddpo_incompress": "zoo_digits_ddpo_incompress"}
+
+
+def _get(d: dict[str, Any], path: str) -> Any:
+    # keys may contain dots ("0.0"): match greedily against the dict's keys
+    parts = path.split(".")
+    cur: Any = d
+    i = 0
+    while i < len(parts):
+        for j in range(len(parts), i, -1):
+            key = ".".join(parts[i:j])
+            if isinstance(cur, dict) and key in cur:
+                cur, i = cur[key], j
+                break
+        else:
+            return None
+    return cur
+
+
+def train_model(model: str, out_dir: Path, log=print) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if model == "digits_classifier":
+        from rlg.zoo.train_digits_classifier import train_classifier
+        return train_classifier(out_dir, log=log)
+    if model == "digits_base":
+        from rlg.zoo.train_digits_base import train_base
+        return train_base(out_dir, log=log)
+    # upstream models from the same run when it trained them, else the shipped ones (--only <an RL model>)
+    local = {m: out_dir.parent / m for m in ("digits_base", "digits_classifier")}
+    base, classifier = (str(p) if p.exists() else f"zoo:{m}" for m, p in local.items())
+    log(f"   {model}: base {base}, classifier {classifier}")
+    if model == "digits_dpo":
+        from rlg.zoo.train_digits_dpo import DEFAULTS, train_dpo
+        return train_dpo(DEFAULTS["beta"], 0, DEFAULTS["steps"], out_dir, base=base, classifier=classifier, log=log)
+    from rlg.zoo.train_digits_ddpo import DEFAULTS as DD, train_ddpo
+    kind = model.rsplit("_", 1)[1]
+    return train_ddpo(DD["beta"], 0, DD["steps"], out_dir, reward=kind, base=base, log=log)
+
+
+def run(out: Path | str | None = None, ship: bool = False, only: list[str] | None = None, eval_samples: int = 10,
+        log=print) -> dict[str, Any]:
+    """Train ``only`` (default: all digits models) into ``out`` and return {model: {config, metrics, check}}."""
+    out = WEIGHTS_DIR if ship else Path(out or f"outputs/zoo_retrain/{time.strftime('%Y%m%d-%H%M%S')}")
+    report: dict[str, Any] = {}
+    for model in MODELS:
+        if only and model not in only:
+            continue
+        if (out / model).exists() and out != WEIGHTS_DIR:
+            shutil.rmtree(out / model)
+        log(f"== training {model} -> {out / model}")
+        info = train_model(model, out / model, log=log)
+        if model in PAIR_OF:  # measured with the shipped classifier: one fixed instrument for every retrain
+            from rlg.zoo.digits_eval import measure_pair
+            info["eval"] = measure_pair(PAIR_OF[model], samples_per_prompt=eval_samples, weights=out)
+        if not ship:
+            (out / f"{model}.train.json").write_text(json.dumps(info, indent=1) + "\n")
+        check = compare(model, info, out / model)  # the manifest as it is now (parallel runs ship meanwhile)
+        report[model] = {"config": info, "reproduction": check}
+        log(f"== {model}: {json.dumps(check)}")
+        if ship:
+            ship_model(model, out / model, info)
+    return report
+
+
+def compare(model: str, info: dict[str, Any], model_dir: Path, shipped: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """Each TOLERANCES metric of a retrained model against the shipped manifest; plus whether the files
+    are bit-identical (same machine type and thread count usually gives identical weights)."""
+    shipped = read_manifest().get("models", {}) if shipped is None else shipped
+    entry = shipped.get(model, {})
+    check: dict[str, Any] = {}
+    for path, (kind, tol) in TOLERANCES.get(model, {}).items():
+        new, old = _get(info, path), _get(entry.get("config", {}), path)
+        if old is None or new is None:
+            check[path] = {"retrained": new, "shipped": old, "ok": None}
+            continue
+        bound = tol if kind == "abs" else tol * abs(old)
+        check[path] = {"retrained": new, "shipped": old, "tolerance": round(bound, 5),
+                       "ok": bool(abs(new - old) <= bound)}
+    if entry.get("files") and model_dir.exists():
+        check["bit_identical_files"] = {"ok": None, "retrained": file_hashes(model_dir) == entry["files"],
+                                        "shipped": True}
+    return check
+
+
+def ship_model(model: str, src: Path, info: dict[str, Any]) -> None:
+    """Copy ``src`` to rlg/zoo/weights/<model> (unless it is already there) and record it in the manifest."""
+    dst = WEIGHTS_DIR / model
+    if Path(src).resolve() != dst.resolve():
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst)
+    write_manifest_entry(model, {
+        "path": f"weights/{model}", "trainer": TRAINERS[model], "files": file_hashes(dst), "size_mb": dir_size_mb(dst),
+        "data": {"source": D.DATA_SOURCE, "licence": D.DATA_LICENCE,
+                 "split": f"stratified, seed {D.SPLIT_SEED}, {D.N_HELDOUT} held out"},
+        "config": info})
