@@ -22,7 +22,7 @@ from rlg.harness.store import Store
 from rlg.harness.tracking import read_run
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["debug=fast"]  # rlg/conf/debug/fast.yaml
+FAST = ["experiment=tiny", "debug=fast"]  # the random-weight plumbing pair, rlg/conf/debug/fast.yaml
 
 
 def compose_cfg(*overrides: str):
@@ -82,9 +82,9 @@ def test_bad_grids_are_refused(scales, match):
         list(build.grid_scales(validate(compose_cfg(f"grid.scales={scales}")).grid.scales))
 
 
-def test_quickstart_reduced_runs_end_to_end(tmp_path):
-    cfg = compose_cfg("experiment=quickstart", *FAST, "tracker=wandb_offline", "evaluators.selected=[jpeg,ocr]")
-    run_dir = tmp_path / "quickstart"
+def test_tiny_reduced_runs_end_to_end(tmp_path):
+    cfg = compose_cfg(*FAST, "tracker=wandb_offline", "evaluators.selected=[jpeg,ocr]")
+    run_dir = tmp_path / "tiny"
     entry = runner.run(cfg, run_dir=run_dir)
     images, scores = Store(run_dir).images(), Store(run_dir).scores()
     assert len(images) == 2 * 1 * 3  # prompts x samples x scales
@@ -107,7 +107,7 @@ def test_quickstart_reduced_runs_end_to_end(tmp_path):
     assert summary["jpeg_incompressibility@w=1"] == pytest.approx(expected)
 
     # rerunning the same command makes nothing new and scores nothing again
-    again = runner.run(compose_cfg("experiment=quickstart", *FAST, "evaluators.selected=[jpeg,ocr]"),
+    again = runner.run(compose_cfg(*FAST, "evaluators.selected=[jpeg,ocr]"),
                            run_dir=run_dir)
     assert again["generate"]["images_made"] == 0
     assert all(v["scored"] == 0 for v in again["evaluate"].values())
@@ -135,7 +135,8 @@ def test_pair_is_loaded_once_across_jobs_of_a_sweep(tmp_path):
 
 
 def _cli(tmp_path: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "run.py", f"name={name}", f"paths.root={tmp_path}", "sampler.num_inference_steps=2",
+    return [sys.executable, "run.py", "experiment=tiny", f"name={name}", f"paths.root={tmp_path}",
+            "sampler.num_inference_steps=2",
             "grid.scales=[0,0.5,1,1.5,2]", "prompts.samples_per_prompt=2", "sampler.batch_size=5",
             "evaluators.selected=[jpeg]", "tracker=none", "report.n_resamples=50", "report.grid_prompts=2", *extra]
 
@@ -177,6 +178,8 @@ def test_two_process_run_equals_one_process_run(tmp_path):
     assert two == one and len(one) == 4 * 5
     writers = {p.name.split("-")[1] for p in (tmp_path / "two" / "rows" / "images").glob("part-*.parquet")}
     assert writers == {"r0", "r1"}  # one shard per rank, merged on read
+    ranks = json.loads((tmp_path / "two" / "meta.json").read_text())["invocations"]
+    assert {(e["rank"], e["world"], e["device"]) for e in ranks} == {(0, 2, "cpu"), (1, 2, "cpu")}  # each rank's own
     s1, s2 = Store(tmp_path / "one").scores(), Store(tmp_path / "two").scores()
     key = ["image_key", "metric"]
     pd.testing.assert_frame_equal(s1.sort_values(key)[key + ["value"]].reset_index(drop=True),

@@ -36,7 +36,7 @@ from rlg.harness.store import RunLock, Store, StoreLockedError, StoreWriteError
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-FAST = ["debug=fast"]  # rlg/conf/debug/fast.yaml
+FAST = ["experiment=tiny", "debug=fast"]  # the random-weight plumbing pair, rlg/conf/debug/fast.yaml
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +56,8 @@ def cfg_of(*overrides: str):
 
 
 def cli(root: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "run.py", f"name={name}", f"paths.root={root}", "sampler.num_inference_steps=2",
+    return [sys.executable, "run.py", "experiment=tiny", f"name={name}", f"paths.root={root}",
+            "sampler.num_inference_steps=2",
             "grid.scales=[0,0.5,1,1.5,2]", "prompts.samples_per_prompt=2", "sampler.batch_size=5",
             "evaluators.selected=[jpeg]", "evaluators.batch_size=1", "tracker=none", "report.n_resamples=20",
             "report.grid_prompts=2", *extra]

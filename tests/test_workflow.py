@@ -365,7 +365,8 @@ def _has_submitit_plugin() -> bool:
 def test_sweep_runs_through_submitit_local_and_writes_one_combined_report(tmp_path):
     """The SLURM launcher's code path (submitit pickles each job, runs it in its own process and
     collects the result), with the local executor instead of sbatch; then one report for the sweep."""
-    cmd = [sys.executable, "run.py", "-m", "hydra/launcher=submitit_local", "name=sub", f"paths.root={tmp_path}",
+    cmd = [sys.executable, "run.py", "-m", "hydra/launcher=submitit_local", "experiment=tiny", "name=sub",
+           f"paths.root={tmp_path}",
            "sampler.num_inference_steps=2", "grid.scales=[0,1]", "prompts.max_prompts=1", "evaluators.selected=[jpeg]",
            "tracker=none", "report.n_resamples=20", "report.grid_prompts=1", "sampler.guidance_scale=3,5",
            "hydra.launcher.timeout_min=20", "+hydra.callbacks.sweep_report.n_resamples=20"]  # the config's callback
