@@ -1,0 +1,69 @@
+"""Shared helpers of the zoo trainers: determinism, timing, file hashes and the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from rlg.zoo import MANIFEST
+
+
+def setup_torch(seed: int, threads: int | None = None) -> torch.Generator:
+    """Seed python/numpy/torch, use ``threads`` CPU threads (default env RLG_ZOO_THREADS or 1: the
+    training machines are shared) and return a torch.Generator seeded with ``seed``."""
+    threads = threads or int(os.environ.get("RLG_ZOO_THREADS", "1"))
+    torch.set_num_threads(threads)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def timer() -> Iterator[dict[str, float]]:
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    try:
+        yield out
+    finally:
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+
+
+def file_hashes(root: Path | str) -> dict[str, str]:
+    """sha256 of every file under ``root``, keyed by its path relative to ``root``."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def dir_size_mb(root: Path | str) -> float:
+    return round(sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file()) / 1e6, 3)
+
+
+def read_manifest(path: Path = MANIFEST) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {"models": {}}
+
+
+def write_manifest_entry(name: str, entry: dict[str, Any], path: Path = MANIFEST) -> None:
+    """Insert/replace ``models[name]`` in the manifest (sorted keys, so diffs stay small)."""
+    manifest = read_manifest(path)
+    manifest.setdefault("models", {})[name] = entry
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def mean_ci(values: Any, z: float = 1.96) -> dict[str, float]:
+    """Mean, standard error and a normal-approximation 95% interval of a 1-D sample."""
+    v = np.asarray(values, dtype=np.float64)
+    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    m = float(v.mean())
+    return {"mean": round(m, 5), "se": round(se, 5), "lo": round(m - z * se, 5), "hi": round(m + z * se, 5),
+            "n": int(len(v))}
