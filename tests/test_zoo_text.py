@@ -118,8 +118,8 @@ def _stock(pipe, items, steps: int = 4) -> np.ndarray:
 
     gens = [torch.Generator().manual_seed(noise_seed(it.seed, it.prompt_index, it.sample_index)) for it in items]
     with torch.no_grad():
-        img = pipe(prompt=[it.prompt for it in items], negative_prompt=[""] * len(items), generator=gens,
-                   output_type="np", **T.sampler_kwargs(steps=steps)).images
+        img = pipe(prompt=[it.prompt for it in items], generator=gens, output_type="np",
+                   **T.sampler_kwargs(steps=steps)).images
     return (img.clip(0, 1) * 255).round().astype(np.int16)
 
 
@@ -164,13 +164,21 @@ def test_flow_grpo_sde_sampler_preset_runs_on_the_pair():
     pair = load_pair(T.pair_spec())
     set_scheduler(pair.pipe, s)
     assert isinstance(pair.pipe.scheduler, FlowGRPOSDEScheduler) and pair.pipe.scheduler.config.noise_level == 0.7
+    # RLGSampler installs no per-image step-noise generators on the SDE scheduler, so its step noise comes from
+    # torch's global RNG: reproducible only under a fixed global seed (and not paired across scales).
+    torch.manual_seed(0)
     out = RLGSampler(pair, _settings(steps=4)).generate(_items(1.5))
     assert all(not g.nonfinite and g.image.shape == (T.HEIGHT, T.WIDTH, 3) for g in out)
-    again = RLGSampler(pair, _settings(steps=4)).generate(_items(1.5))  # paired noise: reproducible
+    torch.manual_seed(0)
+    again = RLGSampler(pair, _settings(steps=4)).generate(_items(1.5))
     assert all(np.array_equal(a.image, b.image) for a, b in zip(out, again))
+    set_scheduler(pair.pipe, OmegaConf.load(ROOT / "rlg" / "conf" / "sampler" / "zoo_text_ode.yaml"))
+    ode = RLGSampler(pair, _settings(steps=4)).generate(_items(1.5))
+    assert all(np.abs(a.image.astype(int) - b.image.astype(int)).mean() > 1 for a, b in zip(out, ode))
 
 
-# Measured on the shipped weights (rlg/zoo/manifest.json, text_sd3_flowgrpo_ocr): see CONTROL below.
+# The control claim the zoo needs. NOT met by the first trained text pair (OCR 0.04 at w = 0, 0.5 .. 2 all within
+# 0.03-0.09, 48 images per scale): its base does not render readable words yet; retrain with a longer budget.
 CONTROL_SAMPLES = 2
 
 

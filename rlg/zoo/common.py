@@ -54,10 +54,17 @@ def read_manifest(path: Path = MANIFEST) -> dict[str, Any]:
 
 
 def write_manifest_entry(name: str, entry: dict[str, Any], path: Path = MANIFEST) -> None:
-    """Insert/replace ``models[name]`` in the manifest (sorted keys, so diffs stay small)."""
-    manifest = read_manifest(path)
-    manifest.setdefault("models", {})[name] = entry
-    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    """Insert/replace ``models[name]`` in the manifest (sorted keys, so diffs stay small). Holds an exclusive
+    lock (a file in the temp directory) so trainers running in parallel do not drop each other's entries."""
+    import fcntl
+    import tempfile
+
+    lock_path = Path(tempfile.gettempdir()) / f"rlg-zoo-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = read_manifest(path)
+        manifest.setdefault("models", {})[name] = entry
+        path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def mean_ci(values: Any, z: float = 1.96) -> dict[str, float]:
