@@ -151,29 +151,33 @@ def test_pair_loads_and_equals_the_stock_pipelines_at_w0_and_w1():
     assert np.abs(want0 - want1).mean() > 1.0  # the LoRA changes the images
 
 
-@needs_weights
-def test_flow_grpo_sde_sampler_preset_runs_on_the_pair():
-    from rlg.harness.experiment import set_scheduler
-    from rlg.pairs import load_pair
-    from rlg.sampling import RLGSampler
-    from rlg.schedulers import FlowGRPOSDEScheduler
+def _preset_settings(name: str, steps: int = 4):
+    """SamplerSettings from a sampler preset yaml (the fields RLGSampler applies per call)."""
     from omegaconf import OmegaConf
 
+    from rlg.sampling import SamplerSettings
+
+    s = OmegaConf.load(ROOT / "rlg" / "conf" / "sampler" / f"{name}.yaml")
+    return SamplerSettings(num_inference_steps=steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
+                           negative_prompt=s.negative_prompt, extra=OmegaConf.to_container(s.extra),
+                           scheduler=s.scheduler, shift=s.shift, noise_level=s.get("noise_level", 0.7))
+
+
+@needs_weights
+def test_flow_grpo_sde_sampler_preset_runs_on_the_pair():
+    from rlg.pairs import load_pair
+    from rlg.sampling import RLGSampler
+
     torch.set_num_threads(1)
-    s = OmegaConf.load(ROOT / "rlg" / "conf" / "sampler" / "zoo_text_sde.yaml")
     pair = load_pair(T.pair_spec())
-    set_scheduler(pair.pipe, s)
-    assert isinstance(pair.pipe.scheduler, FlowGRPOSDEScheduler) and pair.pipe.scheduler.config.noise_level == 0.7
-    # RLGSampler installs no per-image step-noise generators on the SDE scheduler, so its step noise comes from
-    # torch's global RNG: reproducible only under a fixed global seed (and not paired across scales).
-    torch.manual_seed(0)
-    out = RLGSampler(pair, _settings(steps=4)).generate(_items(1.5))
+    sde = _preset_settings("zoo_text_sde")
+    assert sde.scheduler == "flow_grpo_sde" and sde.noise_level == 0.7 and sde.extra["max_sequence_length"] == 8
+    out = RLGSampler(pair, sde).generate(_items(1.5))
     assert all(not g.nonfinite and g.image.shape == (T.HEIGHT, T.WIDTH, 3) for g in out)
-    torch.manual_seed(0)
-    again = RLGSampler(pair, _settings(steps=4)).generate(_items(1.5))
+    torch.manual_seed(123)  # per-image step noise: the global RNG must not matter
+    again = RLGSampler(pair, sde).generate(_items(1.5))
     assert all(np.array_equal(a.image, b.image) for a, b in zip(out, again))
-    set_scheduler(pair.pipe, OmegaConf.load(ROOT / "rlg" / "conf" / "sampler" / "zoo_text_ode.yaml"))
-    ode = RLGSampler(pair, _settings(steps=4)).generate(_items(1.5))
+    ode = RLGSampler(pair, _preset_settings("zoo_text_ode")).generate(_items(1.5))
     assert all(np.abs(a.image.astype(int) - b.image.astype(int)).mean() > 1 for a, b in zip(out, ode))
 
 
