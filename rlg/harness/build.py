@@ -140,7 +140,10 @@ def pair_spec(conf) -> Any:
         if fields["id"].startswith("zoo:"):  # a model of the offline zoo shipped inside the package
             from rlg.zoo import resolve_zoo_id
 
-            fields["id"] = resolve_zoo_id(fields["id"])
+            try:
+                fields["id"] = resolve_zoo_id(fields["id"])
+            except FileNotFoundError as exc:
+                raise ConfigError(str(exc)) from exc
         return Checkpoint(**fields)
 
     return PairSpec(name=p.name, base=ck(p.base), rl=ck(p.rl), rl_kind=p.rl_kind, pipeline_class=p.pipeline_class,

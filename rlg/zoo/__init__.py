@@ -30,5 +30,5 @@ def resolve_zoo_id(model_id: str) -> str:
     if not path.exists():
         known = sorted(p.name for p in WEIGHTS_DIR.iterdir() if p.is_dir()) if WEIGHTS_DIR.is_dir() else []
         raise FileNotFoundError(f"zoo model {model_id!r} not found at {path}; shipped zoo models: {known}. "
-                                "Retrain with `python -m rlg.zoo.train all` (or fix the id).")
+                                "Train it with `python -m rlg.zoo.train all --ship` (or fix the id).")
     return str(path)

@@ -14,7 +14,7 @@ import json
 import sys
 
 # task -> "module:function"; the function takes (out, ship, only, eval_samples, log) and returns a report
-TASKS = {"digits": "rlg.zoo.train_digits:run"}
+TASKS = {"digits": "rlg.zoo.train_digits:run", "text": "rlg.zoo.train_text:run"}
 
 
 def main(argv: list[str] | None = None) -> int:
