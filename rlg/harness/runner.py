@@ -15,8 +15,6 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from omegaconf import DictConfig
-
 from rlg.evaluators.base import UnknownEvaluatorError
 from rlg.guidance import ScaleError
 from rlg.harness import stages
@@ -88,9 +86,10 @@ def timed(entry: dict[str, Any], name: str) -> Iterator[None]:
     entry["timings"][f"{name}_s"] = round(time.time() - t, 3)
 
 
-def run(cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str] | None = None,
+def run(cfg: Any, run_dir: str | Path | None = None, overrides: list[str] | None = None,
         job_name: str | None = None, group: str | None = None) -> dict[str, Any]:
-    """Run one job from a composed config; returns its meta.json entry. Raises USER_ERRORS."""
+    """Run one job from a composed Hydra config (read only by ``build``); returns its meta.json entry.
+    Raises USER_ERRORS."""
     job = build(cfg, overrides=overrides)
     return run_job(job, run_dir, overrides, job_name, group)
 
