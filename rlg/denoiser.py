@@ -43,12 +43,13 @@ UNBATCHED_KEYS = frozenset({"txt_ids", "img_ids"})
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 # Rows per network forward that ``micro_batch="auto"`` resolves to, by device type. A fixed size per
-# device keeps images bit-identical whatever the batch. 16 rows amortise most of the per-forward
-# overhead of the tiny CPU pairs (benchmarks/grid.py) and fill a GPU at realistic shapes (16 x 1357
-# tokens for SD3.5-M at 512px); padding costs at most 15 rows per model and step of a pipeline call,
-# so the harness fills calls with many (prompt, sample) groups (sampler.batch_size). benchmarks/gpu.py
-# measures other sizes; changing an entry changes the images' content keys (old ones are not mixed in).
-AUTO_MICRO_BATCH = {"cpu": 16, "cuda": 16, "mps": 16, "xpu": 16}
+# device keeps images bit-identical whatever the batch. CPU: 32 rows amortise the per-forward overhead
+# (benchmarks/grid.py, tiny pairs, 8 prompts x 7 scales per call: the PEFT-LoRA UNet pair took 1.14x
+# the floor at 16 rows, 0.88x at 32). GPU: 16 rows fill a GPU at realistic shapes (16 x 1357 tokens
+# for SD3.5-M at 512px; not yet measured: benchmarks/gpu.py sweeps 8-64). Padding costs at most size-1
+# rows per model and step of a pipeline call, so the harness fills calls with many (prompt, sample)
+# groups (sampler.batch_size). Changing an entry changes the images' content keys (no mixing).
+AUTO_MICRO_BATCH = {"cpu": 32, "cuda": 16, "mps": 16, "xpu": 16}
 AUTO_MICRO_BATCH_OTHER = 16  # any other device type
 
 
