@@ -92,7 +92,7 @@ class SamplerSettings:
     shift: float | None = None
     noise_level: float = 0.7
     window: StepWindow | None = None
-    micro_batch: int | None = None
+    micro_batch: int | str | None = None  # rows per forward, "auto" (per device type) or None/0
 
 
 def noise_seed(seed: int, prompt_index: int, sample_index: int) -> int:
