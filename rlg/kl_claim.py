@@ -341,8 +341,9 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
     boot = [rng.integers(0, n_images, n_images) for _ in range(settings.n_boot)]
     batches = _batches(len(settings.prompts), settings.n_per_prompt, settings.n_batches)
     seed_a, seed_b = settings.floor_seeds[:2]
-    common = dict(task=settings.task, beta=settings.beta, n=n_images, steps=settings.num_inference_steps,
-                  eta=settings.eta, guidance_scale=settings.guidance_scale, seed=settings.seed)
+    common = dict(task=settings.task, beta=settings.beta, n=n_images, n_batches=settings.n_batches,
+                  steps=settings.num_inference_steps, eta=settings.eta, guidance_scale=settings.guidance_scale,
+                  seed=settings.seed)
     rows = []
     for w, b in betas.items():
         ref, other = ("retrained", w, seed_a), ("retrained", w, seed_b)

@@ -110,7 +110,7 @@ def test_report_puts_the_analytic_result_beside(tmp_path):
                                             n_per_batch=20, n_batches=2, progress=False))
     rows = [dict(kind="distance", arm="rlg", w=w, beta_eff=1.0 / w, model_seed=0, metric="energy_distance/pixels",
                  value=0.1, stderr=0.01, floor=0.05, floor_stderr=0.01, gap=0.05, gap_in_floor_se=5.0, z=3.5,
-                 task="t", beta=1.0, n=8, steps=3, eta=1.0, guidance_scale=2.0, seed=0) for w in (1.0, 2.0)]
+                 task="t", beta=1.0, n=8, n_batches=2, steps=3, eta=1.0, guidance_scale=2.0, seed=0) for w in (1.0, 2.0)]
     paths = write_kl_claim_report(pd.DataFrame(rows), gt, tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert "Analytic ground truth" in report and "| ddim_eta1 | 2 |" in report

@@ -105,8 +105,8 @@ def kl_claim_tables(df: pd.DataFrame) -> dict[str, str]:
              f"{r.gap:+.3g}", f"{r.gap_in_floor_se:+.1f}", f"{r.z:+.1f}"] for r in dist.itertuples()]
     f = df.iloc[0]
     metric = dist.metric.iloc[0] if len(dist) else "distance"
-    notes = [f"KL claim, {_title(df)}; {metric} over {int(df.attrs.get('settings', {}).get('n_batches', 0)) or '?'} "
-             "disjoint image batches (se over batches).",
+    batches = int(f.n_batches) if "n_batches" in df.columns else "?"
+    notes = [f"KL claim, {_title(df)}; {metric} over {batches} disjoint image batches (se over batches).",
              "All arms share prompts, sampler, steps and per-image noise. Floor = the same distance between two "
              "models retrained at beta/w with different seeds; gap = distance - floor; z = gap / combined se."]
     return {fmt: render(header, rows, fmt, align="rrrrrrr", notes=notes) for fmt in ("markdown", "latex")}
