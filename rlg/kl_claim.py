@@ -179,13 +179,24 @@ def required_models(settings: KLClaimSettings) -> list[tuple[float, int]]:
 
 def ensure_models(settings: KLClaimSettings) -> dict[tuple[float, int], Path]:
     """Paths of the required models; trains the missing ones when ``train_missing`` (else FileNotFoundError
-    naming them and the fix). Writes ``training_config.json`` beside a model the trainer did not describe."""
+    naming them and the fix). Writes ``training_config.json`` (with the base UNet's sha256) beside each model
+    it trains; raises ValueError when an existing model was tuned from another base than ``settings.base``."""
     paths, missing = {}, []
     for b, s in required_models(settings):
         p = model_dir(settings, b, s)
         paths[(b, s)] = p
         if not (p / "training_config.json").exists():
             missing.append((b, s))
+    base_digest = _base_digest(settings)
+    for b, s in required_models(settings):
+        cfg_file = paths[(b, s)] / "training_config.json"
+        if (b, s) in missing or base_digest is None:
+            continue
+        tuned_from = json.loads(cfg_file.read_text()).get("base_unet_sha256")
+        if tuned_from and tuned_from != base_digest:
+            raise ValueError(f"{paths[(b, s)]} was fine-tuned from a base UNet with sha256 {tuned_from[:12]}, but "
+                             f"{settings.base} has {base_digest[:12]}; point base at the base it was tuned from or "
+                             "retrain (delete the directory, train_missing=true)")
     if missing and not settings.train_missing:
         raise FileNotFoundError(
             f"KL-claim models missing under {_weights_dir(settings) / f'kl_{settings.task}'}: "

@@ -87,6 +87,12 @@ def test_kl_claim_pipeline_rows_pairing_and_report(tmp_path, tiny_base):
     assert {"kl_claim_metrics.png", "kl_claim_distance.pdf", "kl_claim.md", "kl_claim_metrics.tex", "report.md"} <= names
     text = (tmp_path / "report" / "tables" / "kl_claim.md").read_text()
     assert "| 2 | 0.05 |" in text
+    # a model tuned from another base is refused
+    cfg_file = model_dir(s, 0.05, 2) / "training_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg_file.write_text(json.dumps({**cfg, "base_unet_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="fine-tuned from a base UNet"):
+        run_kl_claim(s)
 
 
 def test_missing_models_name_the_fix_and_settings_validate(tmp_path, tiny_base):
