@@ -301,6 +301,23 @@ class _Scorer:
             out[metric] = float(self.evaluators[ev].score_set(samples)[metric])
         return out
 
+    def set_bootstrap(self, images: np.ndarray, resamples: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Each set metric on every resample of the images. A Fréchet-distance evaluator (``features`` and a
+        ``reference`` with mean and cov, e.g. digit_fd) gets one feature pass, resampled; others are called
+        on each resample."""
+        out = {}
+        for spec in self.settings.set_metrics:
+            name, metric = spec.split(":")
+            ev = self.evaluators[name]
+            ref = getattr(ev, "reference", None)
+            if hasattr(ev, "features") and isinstance(ref, dict) and {"mean", "cov"} <= set(ref):
+                fd = importlib.import_module(type(ev).__module__).frechet_distance
+                feats = np.asarray(ev.features([Image.fromarray(im) for im in images]))
+                out[metric] = np.array([fd(feats[idx], ref["mean"], ref["cov"]) for idx in resamples])
+            else:
+                out[metric] = np.array([self.set_values(images, idx)[metric] for idx in resamples])
+        return out
+
     def features(self, images: np.ndarray) -> torch.Tensor:
         if self.settings.features == "pixels":
             return torch.from_numpy(images.reshape(len(images), -1).astype(np.float64) / 255.0)
@@ -372,9 +389,9 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
                                  **_mean_row(v), **extra, **common))
             if settings.set_metrics:
                 full = scorer.set_values(images[key])
-                resampled = [scorer.set_values(images[key], idx) for idx in boot]
+                resampled = scorer.set_bootstrap(images[key], boot)
                 for metric, value in full.items():
-                    bs = np.array([r[metric] for r in resampled])
+                    bs = resampled[metric]
                     lo, hi = np.percentile(bs, [2.5, 97.5])
                     rows.append(dict(kind="metric", arm=arm, w=w, beta_eff=b, model_seed=mseed, metric=metric,
                                      value=value, stderr=float(bs.std(ddof=1)), lo=float(lo), hi=float(hi), **common))
