@@ -37,6 +37,10 @@ def _title(df: pd.DataFrame) -> str:
             f"CFG {f.guidance_scale:g}")
 
 
+def _yerr(d: pd.DataFrame) -> list:
+    return [(d.value - d.lo).clip(lower=0), (d.hi - d.value).clip(lower=0)]
+
+
 def write_kl_claim_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] = FORMATS) -> list[Path]:
     out_dir = Path(out_dir)
     written: list[Path] = []
@@ -49,11 +53,12 @@ def write_kl_claim_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] = F
             for ax, metric in zip(axes, metrics):
                 d = m[m.metric == metric]
                 r = d[d.arm == "rlg"].sort_values("beta_eff")
-                ax.errorbar(r.beta_eff, r.value, yerr=[r.value - r.lo, r.hi - r.value], color=COLORS[0], marker="o",
+                # a bootstrap percentile interval of a biased set metric (digit_fd) need not contain the value
+                ax.errorbar(r.beta_eff, r.value, yerr=_yerr(r), color=COLORS[0], marker="o",
                             capsize=2, label="RLG from the beta model")
                 for i, (seed, g) in enumerate(d[d.arm == "retrained"].groupby("model_seed")):
                     g = g.sort_values("beta_eff")
-                    ax.errorbar(g.beta_eff * (1.04 if i else 0.96), g.value, yerr=[g.value - g.lo, g.hi - g.value],
+                    ax.errorbar(g.beta_eff * (1.04 if i else 0.96), g.value, yerr=_yerr(g),
                                 color=COLORS[1 + i], marker=MARKERS[1 + i], linestyle="none", capsize=2,
                                 label=f"retrained at beta/w, seed {seed}")
                 ax.set_xscale("log")
