@@ -424,8 +424,8 @@ def _plain(v):
 
 
 def settings_from_mapping(node) -> tuple[KLClaimSettings, "GroundTruthConfig | None"]:
-    """(KLClaimSettings, GroundTruthConfig or None) from the ``kl_claim:`` node of a preset (a dict or an
-    OmegaConf DictConfig); its optional ``analytic:`` sub-node holds ``rlg.ground_truth.GroundTruthConfig``
+    """(KLClaimSettings, GroundTruthConfig or None) from the ``kl_claim:`` node of a preset (a mapping);
+    its optional ``analytic:`` sub-node holds ``rlg.ground_truth.GroundTruthConfig``
     fields (the closed-form result shown beside the trained one). Unknown keys raise ValueError."""
     from rlg.ground_truth import GroundTruthConfig
 
@@ -479,43 +479,27 @@ def ship_models(settings: KLClaimSettings, manifest: Path | None = None, half: b
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """python -m rlg.kl_claim PRESET.yaml --out DIR [--train-missing] [key=value ...]: run the ``kl_claim:``
-    node of a preset (and its analytic sub-node), write rows (parquet), figures, tables and report.md."""
+    """python -m rlg.kl_claim PRESET.yaml [key=value ...]: train the models a KL-claim preset needs that are
+    not shipped yet, store them and update the manifest (CPU, not part of CI). The measurement itself runs
+    through the harness: ``rlg-bench experiment=kl_claim_digits_dpo``."""
     import argparse
 
-    from omegaconf import OmegaConf
+    import yaml
 
     ap = argparse.ArgumentParser(prog="python -m rlg.kl_claim", description=main.__doc__)
     ap.add_argument("preset")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--train-missing", action="store_true", help="train absent models, store them, update the manifest")
-    ap.add_argument("overrides", nargs="*", help="kl_claim keys, e.g. n_per_prompt=8")
+    ap.add_argument("overrides", nargs="*", help="kl_claim keys, e.g. train_steps=200")
     a = ap.parse_intermixed_args(argv)
-    node = OmegaConf.merge(OmegaConf.load(a.preset).kl_claim, OmegaConf.from_dotlist(list(a.overrides)))
-    settings, analytic = settings_from_mapping(node)
-    if a.train_missing:
-        settings.train_missing = True
-        torch.set_num_threads(settings.threads)
-        ensure_models(settings)
-        ship_models(settings)
-    from rlg.ground_truth import run_ground_truth
-    from rlg.report.kl_claim import write_kl_claim_report
-
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    df = run_kl_claim(settings)
-    t1 = time.time()
-    adf = run_ground_truth(analytic) if analytic is not None else None
-    t2 = time.time()
-    df.to_parquet(out / "kl_claim.parquet")
-    if adf is not None:
-        adf.to_parquet(out / "ground_truth.parquet")
-    files = write_kl_claim_report(df, adf, out)
-    (out / "timings.json").write_text(json.dumps({"kl_claim_s": round(t1 - t0, 1), "analytic_s": round(t2 - t1, 1),
-                                                  "report_s": round(time.time() - t2, 1)}) + "\n")
-    print((out / "report.md").read_text())
-    print(f"wrote {len(files)} files under {out}")
+    node = dict(yaml.safe_load(Path(a.preset).read_text())["kl_claim"])
+    for item in a.overrides:
+        key, _, value = item.partition("=")
+        node[key] = yaml.safe_load(value)
+    settings, _ = settings_from_mapping(node)
+    settings.train_missing = True
+    torch.set_num_threads(settings.threads)
+    ensure_models(settings)
+    ship_models(settings)
+    print(f"trained and shipped the models of {a.preset}; measure with rlg-bench experiment={Path(a.preset).stem}")
 
 
 if __name__ == "__main__":
