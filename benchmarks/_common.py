@@ -14,6 +14,8 @@ import resource
 import time
 from dataclasses import dataclass
 
+from rlg.harness.stages import pack_calls  # the harness's own packing of work items into calls
+
 SEED, CFG, SIZE = 0, 4.5, 32
 PAPER_SCALES = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]  # the official 7-scale grid
 SETUPS = [("sd", "full"), ("sd", "peft_lora"), ("sd3", "full"), ("sd3", "peft_lora")]
@@ -65,21 +67,6 @@ def load(family: str, kind: str, device: str = "cpu", dtype: str = "float32"):
     pair = load_pair(spec)
     pair.pipe.to(torch.device(device))
     return pair
-
-
-def pack_calls(groups: list[list], batch_size: int) -> list[list]:
-    """The harness's packing of work items into pipeline calls: whole (prompt, sample) groups (every
-    scale of a group shares a call), as many as fit in ``batch_size`` images."""
-    calls, cur = [], []
-    for group in groups:
-        for chunk in [group[i:i + batch_size] for i in range(0, len(group), batch_size)]:
-            if cur and len(cur) + len(chunk) > batch_size:
-                calls.append(cur)
-                cur = []
-            cur += chunk
-    if cur:
-        calls.append(cur)
-    return calls
 
 
 def run_harness(pair, texts: list[str], grid: list[float], steps: int, micro_batch, batch_size: int,

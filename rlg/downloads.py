@@ -95,11 +95,12 @@ def hub_file(repo_id: str, filename: str, *, revision: str | None = None, repo_t
         raise DownloadError(f"{at}: no such repo (or it is private; set HF_TOKEN).{tail}") from exc
     except OSError as exc:  # requests' ConnectionError and friends are OSErrors
         raise DownloadError(f"could not download {at}: {type(exc).__name__}: {exc}.{tail}") from exc
-    data_sha = _sha256_file(path)
+    data_sha = sha256_file(path)
     return Fetched(path, data_sha, _snapshot_commit(path))
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """sha256 hex digest of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -122,7 +123,7 @@ def url_file(url: str, dest: str | Path, *, sha256: str | None, offline: bool | 
     dest = Path(dest).expanduser()
     tail = f" Fix: {fix}" if fix else ""
     if dest.is_file():
-        got = _sha256_file(dest)
+        got = sha256_file(dest)
         if sha256 is None or got == sha256:
             return Fetched(dest, got)
         log.warning("cached %s has sha256 %s, expected %s; fetching it again", dest, got, sha256)

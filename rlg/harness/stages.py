@@ -115,8 +115,9 @@ def prompt_truncation(pipe, texts: list[str], extra: dict[str, Any]) -> dict[str
     return out
 
 
-def _batches(todo: list[list[tuple[str, Any]]], size: int) -> list[list[tuple[str, Any]]]:
-    """Whole (prompt, sample) groups per pipeline call where they fit, so every scale shares the call."""
+def pack_calls(todo: list[list[Any]], size: int) -> list[list[Any]]:
+    """Work items into pipeline calls of at most ``size`` images: whole (prompt, sample) groups where they
+    fit, so every scale of a group shares a call (and its noise); many groups fill the micro-batches."""
     batches, cur = [], []
     for group in todo:
         for chunk in [group[i:i + size] for i in range(0, len(group), size)]:
@@ -169,7 +170,7 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlg-store")
     pending = None
     with tqdm(total=n_todo, desc="generate", unit="img") as bar, writer:
-        for batch in _batches(todo, job.config.sampler.batch_size):
+        for batch in pack_calls(todo, job.config.sampler.batch_size):
             store.check_free_space()  # before spending compute on images that could not be stored
             results = sampler.generate([it for _, it in batch])
             rows = [_image_row(job, run_id, key, it, res, truncated[it.prompt], by_id[it.prompt_index])

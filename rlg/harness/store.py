@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from rlg.downloads import sha256_file
+
 log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ["image_key", "run_id", "run_name", "config_id", "pair", "prompt_id", "prompt", "sample", "seed", "scale",
@@ -128,14 +130,6 @@ def _temp_owner(name: str) -> tuple[str, int] | None:
         if pid.isdigit():
             return host or HOST, int(pid)  # names without a host come from this machine's older versions
     return None
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- the run lock ------------------------------------------------------------------------------
@@ -486,7 +480,7 @@ class Store:
         memo = (str(path), st.st_size, st.st_mtime_ns, sha)
         if memo not in self._verified:
             try:
-                got = _sha256_file(path)
+                got = sha256_file(path)
             except FileNotFoundError:
                 return False
             ok = got == sha
