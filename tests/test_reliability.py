@@ -31,6 +31,7 @@ from rlg.harness.provenance import redact
 from rlg.harness.config import ConfigError, validate
 from rlg.guidance import ScaleError
 from rlg.pairs import PairError
+from rlg.sampling import SamplerError
 from rlg.harness.prompts import PromptError
 from rlg.harness.store import RunLock, Store, StoreLockedError, StoreWriteError
 
@@ -405,7 +406,7 @@ def test_negative_scales_are_allowed_with_a_warning(caplog):
 
 
 def test_unknown_sampler_arguments_are_refused_before_generation(tmp_path):
-    with pytest.raises(ConfigError, match=r"sampler.extra has \['strength_typo'\].*does not accept"):
+    with pytest.raises(SamplerError, match=r"sampler.extra has \['strength_typo'\].*does not accept"):
         runner.run(cfg_of(*FAST, "+sampler.extra.strength_typo=1"), run_dir=tmp_path / "x")
     assert not Store(tmp_path / "x").images().shape[0]
 
@@ -444,7 +445,7 @@ def test_geneval_metadata_rows_are_checked_against_the_schema(tmp_path):
         with pytest.raises(PromptError, match=rf"(?s)meta.jsonl line 2.*{match}.*Fix"):
             load_prompts(validate(cfg_of("prompts=geneval", f"prompts.path={path}")).prompts, tmp_path)
     # the GenEval evaluator on prompts without metadata: refused at start-up
-    with pytest.raises(PromptError, match="needs a GenEval metadata row"):
+    with pytest.raises(PromptError, match="GenEval needs a metadata row with every prompt"):
         runner.run(cfg_of(*FAST, "evaluators.selected=[geneval]"), run_dir=tmp_path / "g")
 
 
@@ -469,7 +470,9 @@ def test_the_cli_refuses_bad_input_with_exit_code_2_and_no_traceback(tmp_path):
     shutil.copytree(sd / "rl-peft", truncated)
     weights = truncated / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    local = ["pair=sd15_dpo", "pair.dtype=float32", "pair.offline=true", "pair.rl.subfolder=null"]
+    # the real preset pointed at local tiny checkpoints: its pinned hub revision and fp16 variant do not apply
+    local = ["pair=sd15_dpo", "pair.dtype=float32", "pair.offline=true", "pair.rl.subfolder=null",
+             "pair.base.revision=null", "pair.base.variant=null"]
     cases = {  # name -> (overrides, what the message must say)
         "unknown experiment": (["experiment=quickstrat"], r"Available options in 'experiment'.*quickstart"),
         "unknown pair": (["pair=sd15_dop"], r"Available options in 'pair'.*sd15_dpo"),
@@ -574,7 +577,7 @@ def test_a_malicious_pickle_is_refused_even_with_allow_pickle(tmp_path):
     with open(rl / "unet" / "diffusion_pytorch_model.bin", "wb") as f:
         pickle.dump({"w": _Payload(marker)}, f)
     pair = ["pair=sd15_dpo", "pair.dtype=float32", "pair.offline=true", f"pair.base.id={sd / 'base'}",
-            f"pair.rl.id={rl}"]
+            f"pair.rl.id={rl}", "pair.base.revision=null", "pair.base.variant=null"]
     with pytest.raises(PairError, match="allow_pickle=true"):  # safetensors only by default
         runner.run(cfg_of(*FAST, *pair), run_dir=tmp_path / "a")
     with pytest.raises(PairError):  # opted in: read with torch.load(weights_only=True), which refuses code

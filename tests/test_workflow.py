@@ -104,7 +104,8 @@ def test_no_absolute_machine_path_in_the_repository():
 
 def test_a_missing_extra_fails_with_one_line_naming_the_pip_install(monkeypatch):
     for module in ("easyocr", "cv2", "torchvision", "wandb"):
-        monkeypatch.setitem(sys.modules, module, None)  # import now fails as if not installed
+        for name in [m for m in list(sys.modules) if m == module or m.startswith(module + ".")] or [module]:
+            monkeypatch.setitem(sys.modules, name, None)  # import now fails as if not installed (submodules too)
     from rlg.evaluators import ocr
     from rlg.evaluators.geneval import detectors
     from rlg.evaluators.hps import hps_preprocess
