@@ -220,3 +220,22 @@ def test_every_experiment_preset_runs_on_the_tiny_pair_of_its_family(compose, tm
         extra.append("pair.base.id=unused")  # the tiny family fills base and rl
     entry = runner.run(compose(f"experiment={preset}", "debug=fast", *extra), run_dir=tmp_path / "run")
     assert entry["generate"]["images_made"] == 3 and entry["evaluate"]["jpeg"]["scored"] == 3
+
+
+def test_the_kl_claim_preset_runs_through_the_harness_on_the_shipped_models(compose, tmp_path):
+    """The kl_claim job kind end to end (reduced: plumbing, not the scientific outcome)."""
+    overrides = ["experiment=kl_claim_digits_ddpo", "kl_claim.scales=[1.0,2.0]", "kl_claim.n_per_prompt=2",
+                 "+kl_claim.prompts=['a handwritten digit 3','a handwritten digit 7']", "kl_claim.n_batches=2",
+                 "kl_claim.num_inference_steps=2", "kl_claim.n_boot=5", "kl_claim.analytic.n_per_batch=50",
+                 "kl_claim.analytic.n_batches=2", "kl_claim.analytic.num_inference_steps=4",
+                 "kl_claim.analytic.scales=[0.0,1.0]"]
+    entry = runner.run(compose(*overrides), run_dir=tmp_path / "kl")
+    store = Store(tmp_path / "kl")
+    rows, analytic = store.read_table("kl_claim"), store.read_table("ground_truth")
+    assert entry["kind"] == "kl_claim" and len(rows) and len(analytic)
+    metric = rows[rows["kind"] == "metric"]
+    assert set(metric.arm) == {"rlg", "retrained"} and set(metric.w) == {1.0, 2.0}
+    assert set(metric.beta_eff.round(6)) == {0.1, 0.05}  # beta / w of the shipped DDPO+KL models
+    assert (tmp_path / "kl" / "report" / "report.md").is_file()
+    with pytest.raises(ConfigError, match="unknown kl_claim keys"):
+        build.build(compose("experiment=kl_claim_digits_ddpo", "+kl_claim.n_per_promt=2"))
