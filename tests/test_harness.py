@@ -177,8 +177,10 @@ def test_import_rules_hold():
         assert not (_under(mods, "rlg.pairs") | _under(mods, "rlg.sampling") | _under(mods, "hydra")), path
     readers = {p.relative_to(ROOT).as_posix() for p in rlg.rglob("*.py") if "DictConfig" in p.read_text()}
     assert readers <= {"rlg/harness/build.py", "rlg/harness/config.py", "rlg/harness/cli.py"}, readers
-    installed_top_level = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
-    assert installed_top_level == {"rlg"} or installed_top_level == {"rlg", "tests"}
+    import tomllib
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert find["include"] == ["rlg*"]  # the wheel installs one top-level package
 
 
 # -- issue 11: every preset runs on its tiny family -------------------------------------------------
