@@ -74,3 +74,17 @@ def mean_ci(values: Any, z: float = 1.96) -> dict[str, float]:
     m = float(v.mean())
     return {"mean": round(m, 5), "se": round(se, 5), "lo": round(m - z * se, 5), "hi": round(m + z * se, 5),
             "n": int(len(v))}
+
+
+def dotted_get(d: dict[str, Any], path: str) -> Any:
+    """A value by dotted path whose keys may themselves hold dots ("0.0"); None when absent."""
+    parts, cur, i = path.split("."), d, 0
+    while i < len(parts):
+        for j in range(len(parts), i, -1):
+            key = ".".join(parts[i:j])
+            if isinstance(cur, dict) and key in cur:
+                cur, i = cur[key], j
+                break
+        else:
+            return None
+    return cur

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlg.zoo import MANIFEST, WEIGHTS_DIR
+from rlg.zoo import WEIGHTS_DIR
 from rlg.zoo import digits as D
-from rlg.zoo.common import dir_size_mb, file_hashes, read_manifest, write_manifest_entry
+from rlg.zoo.common import dir_size_mb, dotted_get, file_hashes, read_manifest, write_manifest_entry
 
 MODELS = ("digits_classifier", "digits_base", "digits_dpo", "digits_ddpo_compress", "digits_ddpo_incompress")
 TRAINERS = {
@@ -40,21 +40,6 @@ TOLERANCES = {
 PAIR_OF = {"digits_dpo": "zoo_digits_dpo", "digits_ddpo_compress": "zoo_digits_ddpo_compress",
            "digits_ddpo_incompress": "zoo_digits_ddpo_incompress"}
 
-
-def _get(d: dict[str, Any], path: str) -> Any:
-    # keys may contain dots ("0.0"): match greedily against the dict's keys
-    parts = path.split(".")
-    cur: Any = d
-    i = 0
-    while i < len(parts):
-        for j in range(len(parts), i, -1):
-            key = ".".join(parts[i:j])
-            if isinstance(cur, dict) and key in cur:
-                cur, i = cur[key], j
-                break
-        else:
-            return None
-    return cur
 
 
 def train_model(model: str, out_dir: Path, log=print) -> dict[str, Any]:
@@ -110,7 +95,7 @@ def compare(model: str, info: dict[str, Any], model_dir: Path, shipped: dict[str
     entry = shipped.get(model, {})
     check: dict[str, Any] = {}
     for path, (kind, tol) in TOLERANCES.get(model, {}).items():
-        new, old = _get(info, path), _get(entry.get("config", {}), path)
+        new, old = dotted_get(info, path), dotted_get(entry.get("config", {}), path)
         if old is None or new is None:
             check[path] = {"retrained": new, "shipped": old, "ok": None}
             continue

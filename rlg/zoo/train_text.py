@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from rlg.zoo import text as T
+from rlg.zoo.common import dotted_get
 
 BASE_NAME, RL_NAME = "text_sd3_base", "text_sd3_flowgrpo_ocr"
 SEED = 0
@@ -74,19 +74,6 @@ def evaluate(base_dir: Path | str, rl_dir: Path | str, scales=EVAL_SCALES, sampl
     return out
 
 
-def _get(d: dict[str, Any], path: str) -> Any:
-    """A value by dotted path whose keys may themselves hold dots ("0.0")."""
-    parts, cur, i = path.split("."), d, 0
-    while i < len(parts):
-        for j in range(len(parts), i, -1):
-            key = ".".join(parts[i:j])
-            if isinstance(cur, dict) and key in cur:
-                cur, i = cur[key], j
-                break
-        else:
-            return None
-    return cur
-
 
 def train_model(model: str, out_dir: Path, eval_samples: int = EVAL_SAMPLES, log=print) -> dict[str, Any]:
     """Train one text zoo model into ``out_dir``; returns its info (config, training metrics, eval for the pair)."""
@@ -113,7 +100,7 @@ def compare(model: str, info: dict[str, Any], model_dir: Path, shipped: dict[str
     entry = shipped.get(model, {})
     check: dict[str, Any] = {}
     for path, (kind, tol) in TOLERANCES[model].items():
-        new, old = _get(info, path), _get(entry.get("config", {}), path)
+        new, old = dotted_get(info, path), dotted_get(entry.get("config", {}), path)
         if old is None or new is None:
             check[path] = {"retrained": new, "shipped": old, "ok": None}
             continue
