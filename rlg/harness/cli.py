@@ -54,6 +54,12 @@ def _terminate(signum, frame):
 def main() -> None:
     """Console script ``rlg-bench`` (and ``python run.py`` in a clone)."""
     signal.signal(signal.SIGTERM, _terminate)
+    from rlg.harness.config import misspelt_override
+
+    problem = misspelt_override(sys.argv[1:])
+    if problem:  # one line with the closest key, instead of Hydra's multi-line error
+        print(f"rlg-bench: {problem}", file=sys.stderr)
+        sys.exit(2)
     try:
         _main()
     except SystemExit as exc:

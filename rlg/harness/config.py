@@ -204,6 +204,37 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="rlg_schema", node=RunConf)
 
 
+def misspelt_override(overrides: list[str]) -> str | None:
+    """One line naming a command-line key the schema does not have, with the closest known key, or None.
+
+    Checked before Hydra composes (whose own message is several lines and suggests '+', the wrong fix).
+    Keys under free-form nodes (``evaluators.options``, ``sampler.extra``, ``pair.components``,
+    ``kl_claim``) and Hydra's own keys are left to the later checks."""
+    import dataclasses
+    import difflib
+    import typing
+
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "=" not in item or key.startswith(("+", "~", "hydra.", "hydra/")) or "." not in key:
+            continue
+        schema, path = RunConf, []
+        for part in key.split("."):
+            fields = {f.name for f in dataclasses.fields(schema)}
+            if part not in fields:
+                close = difflib.get_close_matches(part, sorted(fields), n=1)
+                hint = f"; did you mean '{'.'.join(path + close)}'?" if close else ""
+                return (f"unknown config key '{key}'{hint} Check the spelling against README.md ('Config groups') or "
+                        "`rlg-bench --cfg job`")
+            path.append(part)
+            hint = typing.get_type_hints(schema)[part]
+            nested = [t for t in typing.get_args(hint) or (hint,) if dataclasses.is_dataclass(t)]
+            if not nested:
+                break  # a leaf or a free-form dict: the value checks come later
+            schema = nested[0]
+    return None
+
+
 def job_dir_name(override_dirname: str, limit: int = 80) -> str:
     """A valid, unique, readable directory name for a multirun job's overrides: unsafe characters
     (``/``, quotes, spaces, ...) become ``_``; a name that had to change or is longer than ``limit``
@@ -235,11 +266,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""
         raise ConfigError(f"bad config key {key!r}: {exc.msg if hasattr(exc, 'msg') else exc}. "
-                          "Check the spelling against README.md ('Config groups') or `python run.py --cfg job`") from exc
+                          "Check the spelling against README.md ('Config groups') or `rlg-bench --cfg job`") from exc
     unknown = _unknown_keys(cfg, RunConf)
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}; check the spelling against README.md ('Config groups') "
-                          "or `python run.py --cfg job`")
+                          "or `rlg-bench --cfg job`")
     check_values(merged)
     return merged
 
