@@ -88,3 +88,20 @@ def dotted_get(d: dict[str, Any], path: str) -> Any:
         else:
             return None
     return cur
+
+
+def ship_model(model: str, src: Path | str, trainer: str, info: dict[str, Any], **fields: Any) -> None:
+    """Copy ``src`` to rlg/zoo/weights/<model> (unless it is already there) and record it in the manifest
+    with its trainer, file hashes, size and training ``info``; ``fields`` (data source, licence, ...) are
+    stored beside them."""
+    import shutil
+
+    from rlg.zoo import WEIGHTS_DIR
+
+    dst = WEIGHTS_DIR / model
+    if Path(src).resolve() != dst.resolve():
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst)
+    write_manifest_entry(model, {"path": f"weights/{model}", "trainer": trainer, "files": file_hashes(dst),
+                                 "size_mb": dir_size_mb(dst), **fields, "config": info})

@@ -17,7 +17,8 @@ from typing import Any
 
 from rlg.zoo import WEIGHTS_DIR
 from rlg.zoo import digits as D
-from rlg.zoo.common import dir_size_mb, dotted_get, file_hashes, read_manifest, write_manifest_entry
+from rlg.zoo.common import dotted_get, file_hashes, read_manifest
+from rlg.zoo.common import ship_model as common_ship
 
 MODELS = ("digits_classifier", "digits_base", "digits_dpo", "digits_ddpo_compress", "digits_ddpo_incompress")
 TRAINERS = {
@@ -109,14 +110,7 @@ def compare(model: str, info: dict[str, Any], model_dir: Path, shipped: dict[str
 
 
 def ship_model(model: str, src: Path, info: dict[str, Any]) -> None:
-    """Copy ``src`` to rlg/zoo/weights/<model> (unless it is already there) and record it in the manifest."""
-    dst = WEIGHTS_DIR / model
-    if Path(src).resolve() != dst.resolve():
-        if dst.exists():
-            shutil.rmtree(dst)
-        shutil.copytree(src, dst)
-    write_manifest_entry(model, {
-        "path": f"weights/{model}", "trainer": TRAINERS[model], "files": file_hashes(dst), "size_mb": dir_size_mb(dst),
-        "data": {"source": D.DATA_SOURCE, "licence": D.DATA_LICENCE,
-                 "split": f"stratified, seed {D.SPLIT_SEED}, {D.N_HELDOUT} held out"},
-        "config": info})
+    """Ship a digits model (rlg.zoo.common.ship_model) with its data source and split."""
+    common_ship(model, src, TRAINERS[model], info, data={
+        "source": D.DATA_SOURCE, "licence": D.DATA_LICENCE,
+        "split": f"stratified, seed {D.SPLIT_SEED}, {D.N_HELDOUT} held out"})

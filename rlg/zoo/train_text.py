@@ -116,22 +116,13 @@ def compare(model: str, info: dict[str, Any], model_dir: Path, shipped: dict[str
 
 
 def ship_model(model: str, src: Path, info: dict[str, Any]) -> None:
-    """Copy ``src`` to rlg/zoo/weights/<model> (unless it is there) and record it in the manifest."""
-    import shutil
+    """Ship a text model (rlg.zoo.common.ship_model) with its data source, vocabulary and machine."""
+    from rlg.zoo.common import ship_model as common_ship
 
-    from rlg.zoo.common import dir_size_mb, file_hashes, write_manifest_entry
-
-    dst = T.WEIGHTS / model
-    if Path(src).resolve() != dst.resolve():
-        if dst.exists():
-            shutil.rmtree(dst)
-        shutil.copytree(src, dst)
-    write_manifest_entry(model, {
-        "path": f"weights/{model}", "trainer": TRAINERS[model], "files": file_hashes(dst), "size_mb": dir_size_mb(dst),
-        "data": {"source": T.DATA_SOURCE, "licence": T.DATA_LICENCE, "vocab": list(T.VOCAB),
-                 "image_size": [T.HEIGHT, T.WIDTH], "prompt": T.prompt("WORD")},
-        "machine": f"{platform.machine()}, {T.threads()} torch thread(s) on a shared 2-core CPU",
-        "config": info})
+    common_ship(model, src, TRAINERS[model], info, data={
+        "source": T.DATA_SOURCE, "licence": T.DATA_LICENCE, "vocab": list(T.VOCAB),
+        "image_size": [T.HEIGHT, T.WIDTH], "prompt": T.prompt("WORD")},
+        machine=f"{platform.machine()}, {T.threads()} torch thread(s) on a shared 2-core CPU")
 
 
 def run(out: Path | str | None = None, ship: bool = False, only: list[str] | None = None,
