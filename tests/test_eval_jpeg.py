@@ -85,3 +85,21 @@ def test_pixel_values_drive_the_score():
     ev = JpegCompressibility()
     a = ev.score([Sample("n", noise), Sample("p", _photo("coffee", 256))])
     assert a[0]["jpeg_incompressibility"] > 2 * a[1]["jpeg_incompressibility"]
+
+
+@pytest.mark.parametrize("direction,metric,sign", [("compressibility", "jpeg_compressibility", -1),
+                                                   ("incompressibility", "jpeg_incompressibility", 1)])
+def test_one_direction_stores_only_the_reward_it_names(direction, metric, sign):
+    img = _photo("astronaut", 128)
+    ev = JpegCompressibility(direction=direction)
+    assert ev.metrics == {metric: True} and JpegCompressibility.metrics != ev.metrics  # the class keeps both
+    assert ev.score([Sample("a", img)]) == [{metric: sign * _reference_kb(img)}]
+    assert ev.version.endswith("/" + direction) and ev.version != JpegCompressibility().version
+    rows = [r for batch in run_evaluator(ev, [Sample("a", img)]) for r in batch]
+    assert [(r.metric, r.value) for r in rows] == [(metric, sign * _reference_kb(img))]
+
+
+def test_unknown_direction_names_the_allowed_values():
+    with pytest.raises(ValueError, match="unknown jpeg direction 'smaller'; use one of compressibility, "
+                                         "incompressibility, both"):
+        JpegCompressibility.check_options(direction="smaller")

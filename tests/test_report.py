@@ -446,3 +446,16 @@ def test_html_tables_escape_and_align():
     text = tables.render(["a", "b"], [["<x>", "1"], ["y", "2"]], "html", "lr", notes=["n & m"], groups=[1])
     assert '<p class="note">n &amp; m</p>' in text and "&lt;x&gt;" in text
     assert '<td style="text-align:right">1</td>' in text and '<tr class="group">' in text
+
+
+def test_series_names_say_what_each_id_is():
+    from rlg.report.figures import series_label
+    from rlg.report.stats import series_name
+
+    series = ("quickstart", "zoo_pair", "5b5bfb64dfe5", "5d67b4b28fdc2436")
+    assert series_name(series) == "quickstart / zoo_pair (run 5b5bfb64dfe5, setting 5d67b4b2)"
+    assert series_name((None, "zoo_pair", None, None)) == "zoo_pair"
+    assert series_name((None, None, "r1", None)) == "run r1"
+    assert series_name((None, None, None, None)) == "results"
+    assert series_label(series, ["run_id", "config_id"]) == "run 5b5bfb64dfe5 / setting 5d67b4b2"
+    assert series_label(series, ["pair"]) == "zoo_pair"

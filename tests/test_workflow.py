@@ -323,8 +323,8 @@ def test_compare_runs_puts_each_run_in_one_report_with_its_protocol(tmp_path):
     index = result["index"].read_text()
     assert result["index"] == tmp_path / "cmp" / "index.md" and (tmp_path / "cmp" / "index.html").is_file()
     protocol = index[index.index("## Protocol"):index.index("## Results")]
-    first, second = protocol.split("### cmp / tiny_sd / cfg=7")
-    assert "### cmp / tiny_sd / cfg=5" in first and "| steps | 2 |" in first and "| steps | 4 |" in second
+    first, second = protocol.split("### cmp / tiny_sd (run cfg=7")
+    assert "### cmp / tiny_sd (run cfg=5" in first and "| steps | 2 |" in first and "| steps | 4 |" in second
     assert "steps: 4" not in first and "cfg=7" not in first  # no run's protocol leaks into another's
     assert "| cfg=5 |" in index and "| cfg=7 |" in index  # one table, a row group per run
     assert not list(tmp_path.glob(".cmp.*"))  # the temporary report directory was swapped in
@@ -384,5 +384,5 @@ def test_sweep_runs_through_submitit_local_and_writes_one_combined_report(tmp_pa
     assert scales == [3.0, 5.0] and all(len(Store(j).images()) == 2 for j in jobs)
     index = (sweep / "report" / "index.md").read_text()
     assert "| cfg | 3 |" in index and "| cfg | 5 |" in index  # one report, each job with its own protocol
-    assert "### sub / tiny_sd_peft / sampler.guidance_scale=3" in index  # series named by what differs
+    assert "### sub / tiny_sd_peft (run sampler.guidance_scale=3" in index  # series named by what differs
     assert out.stdout.strip().splitlines()[-1] == f"Report: {sweep / 'report' / 'index.md'}"

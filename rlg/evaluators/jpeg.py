@@ -22,6 +22,9 @@ from PIL import Image, features
 from rlg.evaluators.base import Sample
 
 CONVENTIONS = ("ddpo_kb", "flow_grpo_500")
+# Which reward(s) to store: the two are the same number with opposite signs, so a run that optimises one
+# (DDPO's compressibility or incompressibility row) reports that one; "both" keeps the two columns.
+DIRECTIONS = ("compressibility", "incompressibility", "both")
 
 
 def _libjpeg_version() -> str:
@@ -45,25 +48,39 @@ def jpeg_kb(image: Image.Image, quality: int = 95) -> float:
 class JpegCompressibility:
     name = "jpeg"
     needs = frozenset({"image"})
-    metrics = {"jpeg_incompressibility": True, "jpeg_compressibility": True}
+    metrics = {"jpeg_incompressibility": True, "jpeg_compressibility": True}  # with direction="both"
 
     def __init__(
         self,
         convention: str = "ddpo_kb",
         quality: int = 95,
+        direction: str = "both",
         device: str | None = None,  # accepted for a uniform evaluator config; JPEG runs on the CPU
         dtype: str | None = None,
     ):
-        if convention not in CONVENTIONS:
-            raise ValueError(f"unknown jpeg convention {convention!r}; use one of {', '.join(CONVENTIONS)}")
+        self.check_options(convention=convention, direction=direction)
         self.convention = convention
         self.quality = int(quality)
-        self.version = f"jpeg/{convention}/q{self.quality}/PIL-{PIL.__version__}/{_libjpeg_version()}"
+        self.direction = direction
+        if direction != "both":  # an instance attribute: the store and report read the instance's metrics
+            self.metrics = {f"jpeg_{direction}": True}
+        # A one-direction run stores a subset of the columns, so it must not pass for a "both" run in the cache.
+        suffix = "" if direction == "both" else f"/{direction}"
+        self.version = f"jpeg/{convention}/q{self.quality}/PIL-{PIL.__version__}/{_libjpeg_version()}{suffix}"
+
+    @staticmethod
+    def check_options(convention: str = "ddpo_kb", quality: int = 95, direction: str = "both", **_) -> None:
+        """Raise ValueError naming the allowed values for an unknown ``convention`` or ``direction``."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"unknown jpeg direction {direction!r}; use one of {', '.join(DIRECTIONS)}")
+        if convention not in CONVENTIONS:
+            raise ValueError(f"unknown jpeg convention {convention!r}; use one of {', '.join(CONVENTIONS)}")
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:
         out = []
         for sample in batch:
             kb = jpeg_kb(sample.image, self.quality)
             compress = -kb / 500 if self.convention == "flow_grpo_500" else -kb
-            out.append({"jpeg_incompressibility": kb, "jpeg_compressibility": compress})
+            both = {"jpeg_incompressibility": kb, "jpeg_compressibility": compress}
+            out.append({m: both[m] for m in self.metrics})
         return out

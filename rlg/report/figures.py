@@ -72,8 +72,11 @@ def slug(text: str) -> str:
 
 
 def series_label(series: tuple[str, ...], varying: Sequence[str]) -> str:
+    """A legend entry: only the SERIES columns that tell the curves apart, ids named as in the index
+    (``run <run_id>``, ``setting <config_id[:8]>``)."""
     parts = dict(zip(SERIES, series))
-    shown = [parts[c] for c in varying if parts[c]]
+    named = {"run_id": lambda v: f"run {v}", "config_id": lambda v: f"setting {v[:8]}"}
+    shown = [named.get(c, str)(str(parts[c])) for c in varying if parts[c]]
     return " / ".join(shown) if shown else (parts["pair"] or parts["run_name"] or parts["run_id"] or "results")
 
 

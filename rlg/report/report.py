@@ -28,7 +28,8 @@ import pandas as pd
 
 from rlg.report import figures, tables
 from rlg.report.anchors import Anchor, load_anchors
-from rlg.report.stats import GENEVAL_METRIC, GENEVAL_OVERALL, SERIES, geneval_tags, summarize, tidy, with_series
+from rlg.report.stats import (GENEVAL_METRIC, GENEVAL_OVERALL, SERIES, geneval_tags, series_name, summarize, tidy,
+                              with_series)
 
 log = logging.getLogger(__name__)
 
@@ -222,11 +223,6 @@ def _title(summary: pd.DataFrame, images: pd.DataFrame) -> str:
     names = sorted(set(summary["run_name"]) if len(summary) else set(with_series(images)["run_name"]))
     names = [n for n in names if n]
     return "rlg-bench report" + (f": {', '.join(names)}" if names else "")
-
-
-def series_name(series: tuple) -> str:
-    """A series in words: its SERIES values that are set, joined."""
-    return " / ".join(f"{v}" for v in series if v) or "results"
 
 
 class _Index:

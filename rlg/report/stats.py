@@ -286,3 +286,14 @@ def summarize(images: pd.DataFrame, scores: pd.DataFrame, n_resamples: int = 100
     out = cnt.merge(stats, on=SERIES + ["metric", "scale"], how="left").merge(meta, on=SERIES + ["metric"], how="left")
     out["n_prompts"] = out["n_prompts"].fillna(0).astype(int)
     return out[cols].sort_values(SERIES + ["metric", "scale"]).reset_index(drop=True)
+
+
+def series_name(series: Sequence) -> str:
+    """A series in words: ``run_name / pair (run <run_id>, setting <config_id>)`` with the unset parts left out.
+    ``series``: the values of the SERIES columns. run_id names the launch that made the images (meta.json);
+    config_id hashes every setting that changes an image (rlg.harness.build), shown by its first 8 characters."""
+    parts = dict(zip(SERIES, series))
+    name = " / ".join(str(parts[c]) for c in ("run_name", "pair") if parts.get(c))
+    ids = ", ".join(f"{label} {str(parts[c])[:n]}" for c, label, n in
+                    (("run_id", "run", None), ("config_id", "setting", 8)) if parts.get(c))
+    return (f"{name} ({ids})" if name and ids else name or ids) or "results"

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from rlg.report.anchors import Anchor, compare_protocol, describe_comparability, match_scale
-from rlg.report.stats import GENEVAL_TAGS, SERIES
+from rlg.report.stats import GENEVAL_TAGS, SERIES, series_name
 
 FORMATS = ("markdown", "latex", "html")
 DASH = {"markdown": "–", "latex": "--", "html": "–"}
@@ -187,7 +187,7 @@ def anchor_table(rows: pd.DataFrame, fmt: str = "markdown", notes: Sequence[str]
     body = []
     for _, r in rows.iterrows():
         dec = max(decimals_for([r["published"]]), 2)
-        run = " / ".join(str(r[c]) for c in SERIES if c != "run_name" and r.get(c))
+        run = series_name([None if c == "run_name" else r.get(c) for c in SERIES])
         body.append([r["anchor"], r["model"], f"{r['metric']} ({r['convention']})", run, format_scale(r["scale"]),
                      format_number(r["published"], dec, fmt),
                      f"{format_number(r['ours'], dec, fmt)} [{format_number(r['ours_lo'], dec, fmt)}, "
