@@ -1,7 +1,7 @@
 """Benchmark `evaluators`: images per second of each evaluator that runs here, batched vs one image
 at a time (what upstream scoring scripts do: hpsv2.score and ImageReward score one image per call).
 
-Models are the tiny random ones of evaluators.fixtures (real code paths, meaningless scores); JPEG
+Models are the tiny random ones of tests/helpers/scorers.py (real code paths, meaningless scores); JPEG
 and OCR are the real thing. Run by hand:  python benchmarks/evaluators.py [--images 32] [--size 256]
 """
 
@@ -36,7 +36,7 @@ def samples(n: int, size: int):
 
 def build(tmp: Path) -> dict:
     """name -> (evaluator, batch size) built on tiny local models."""
-    from rlg.evaluators import fixtures
+    from tests.helpers import scorers as fixtures  # the test suite's tiny scorer builders
     from rlg.evaluators.base import get_evaluator
 
     clip = fixtures.save_tiny_hf_clip(tmp / "clip")

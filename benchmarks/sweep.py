@@ -32,6 +32,7 @@ except ImportError:  # run as a script: python benchmarks/sweep.py
     import _common as common
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the tiny scorer builders live with the tests (tests/helpers), in a clone
 
 
 def texts(n: int) -> list[str]:

@@ -130,3 +130,35 @@ def test_gpu_benchmark_dry_run_checks_shapes_rows_and_bit_stability():
             assert fl["row_flops_rl"] > fl["row_flops_base"]
         else:
             assert fl["row_flops_rl"] == fl["row_flops_base"]
+
+
+def test_every_project_name_a_benchmark_imports_exists():
+    """The benchmarks run by hand only, so a moved helper would break them unseen (sweep.py and evaluators.py
+    once imported test helpers from their old place): every `from rlg... / tests... / benchmarks... import name`
+    in benchmarks/*.py must resolve."""
+    import ast
+    import importlib
+
+    root = Path(__file__).resolve().parent.parent
+    missing = []
+    for path in sorted((root / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in (
+                    "rlg", "tests", "benchmarks"):
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                            if not hasattr(module, a.name) and not importlib.util.find_spec(f"{node.module}.{a.name}")]
+    assert missing == []
+
+
+def test_quickstart_profile_split_counts_each_sample_once_in_its_most_specific_category(tmp_path):
+    from benchmarks.quickstart import categorise
+
+    raw = tmp_path / "raw.txt"
+    raw.write_text("main (run.py:1);forward (diffusers/models/unets/unet_2d_condition.py:9) 6\n"
+                   "main (run.py:1);decode (diffusers/models/autoencoders/autoencoder_kl.py:3);"
+                   "forward (diffusers/models/unets/unet_2d_condition.py:9) 2\n"
+                   "main (run.py:1);save (PIL/PngImagePlugin.py:5) 1\n"
+                   "main (run.py:1);idle (x.py:1) 1\n")
+    assert categorise(raw) == {"network (UNet / transformer forward)": 0.6, "VAE decode": 0.2, "PNG writing": 0.1,
+                               "other": 0.1}
