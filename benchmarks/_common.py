@@ -271,7 +271,7 @@ def header(name: str, device: str, threads: int, clock: str) -> str:
     import peft
     import torch
 
-    return (f"# {name}  {time.strftime('%Y-%m-%d %H:%M')}  python {platform.python_version()}  torch {torch.__version__}  "
-            f"diffusers {diffusers.__version__}  peft {peft.__version__}\n"
+    return (f"# {name}  {time.strftime('%Y-%m-%d %H:%M')}  python {platform.python_version()}  "
+            f"torch {torch.__version__}  diffusers {diffusers.__version__}  peft {peft.__version__}\n"
             f"# machine: {platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}, device={device}, "
             f"threads={threads}, clock={clock}")

@@ -41,7 +41,8 @@ def build(tmp: Path) -> dict:
 
     clip = fixtures.save_tiny_hf_clip(tmp / "clip")
     oc = fixtures.save_tiny_open_clip(tmp / "openclip768", embed_dim=768)
-    head = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "aesthetic" / "sac+logos+ava1-l14-linearMSE.pth"
+    head = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "aesthetic"
+            / "sac+logos+ava1-l14-linearMSE.pth")
     evs = {
         "jpeg": get_evaluator("jpeg"),
         "ocr": get_evaluator("ocr"),
@@ -58,7 +59,8 @@ def build(tmp: Path) -> dict:
                                                                                    patch_size=14)))
     open_clip.add_model_config(tmp / "hps-tiny.json")
     torch.save({"state_dict": open_clip.create_model("hps-tiny").state_dict()}, tmp / "HPS_v2.1_compressed.pt")
-    evs["hps"] = get_evaluator("hps", checkpoint=str(tmp / "HPS_v2.1_compressed.pt"), model_name="hps-tiny", offline=True)
+    evs["hps"] = get_evaluator("hps", checkpoint=str(tmp / "HPS_v2.1_compressed.pt"), model_name="hps-tiny",
+                               offline=True)
     if head.exists():
         evs["aesthetic"] = get_evaluator("aesthetic", clip_model=f"local-dir:{oc}", clip_pretrained=None,
                                          head_path=str(head), offline=True)
@@ -86,7 +88,8 @@ def main():
 
     print(f"# evaluators benchmark  {time.strftime('%Y-%m-%d %H:%M')}  python {platform.python_version()}  "
           f"torch {torch.__version__}  threads {torch.get_num_threads()}  {os.cpu_count()} cpus")
-    print(f"# {args.images} images of {args.size}px, batch {args.batch}, medians of {args.repeats}; tiny models except jpeg/ocr")
+    print(f"# {args.images} images of {args.size}px, batch {args.batch}, medians of {args.repeats}; "
+          "tiny models except jpeg/ocr")
     print("| evaluator | batched img/s | one-at-a-time img/s | speed-up |")
     print("|---|--:|--:|--:|")
     items = samples(args.images, args.size)

@@ -363,8 +363,8 @@ def bench(args, family: str, kind: str, dtype, compile_: bool, modes: list[tuple
 def row(r: Result) -> str:
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
     return (f"| {r.model}/{r.kind} | {r.dtype} | {'on' if r.compile else 'off'} | {r.mode} | {r.micro_batch} | "
-            f"{f(r.images_per_s, '.2f')} | {f(r.seconds, '.3f')} | {r.rows} | {r.padded_rows} | {f(r.peak_mb, '.0f')} | "
-            f"{f(r.mfu and 100 * r.mfu, '.1f')} | {r.bit_stable} |")
+            f"{f(r.images_per_s, '.2f')} | {f(r.seconds, '.3f')} | {r.rows} | {r.padded_rows} | "
+            f"{f(r.peak_mb, '.0f')} | {f(r.mfu and 100 * r.mfu, '.1f')} | {r.bit_stable} |")
 
 
 def plan(args) -> list[tuple]:
@@ -458,7 +458,8 @@ def main(argv=None) -> dict:
     if args.device.startswith("cuda"):
         print(f"# {torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} GPU(s)")
     print(f"# grid {GRID}, {args.prompts} prompts, {args.steps} steps, CFG rows; sd3: {args.layers} joint blocks at "
-          f"SD3.5-M width, sd: SD1.5 widths 1 layer/block; 512px; LoRA rank {args.lora_rank}; medians of {args.repeats}")
+          f"SD3.5-M width, sd: SD1.5 widths 1 layer/block; 512px; LoRA rank {args.lora_rank}; "
+          f"medians of {args.repeats}")
     print("| pair | dtype | compile | mode | micro-batch | images/s | s | network rows | padded | peak MB | MFU % "
           "| bit-stable |")
     print("|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|")

@@ -481,7 +481,8 @@ class _AnalyticDenoiser(nn.Module):
         B = sample.shape[0]
         x = sample.reshape(B, -1).to(_F64)
         if x.shape[1] != self.means.shape[1]:
-            raise ValueError(f"sample has {x.shape[1]} features per item; this denoiser is {self.means.shape[1]}-dimensional")
+            raise ValueError(f"sample has {x.shape[1]} features per item; "
+                             f"this denoiser is {self.means.shape[1]}-dimensional")
         alpha, sigma = self.alpha_sigma(timestep, B)
         mix = GaussianMixture(self.weights.double(), self.means.double(), self.variances.double())
         out = self.predict(mix, x, alpha.to(x.device), sigma.to(x.device)).reshape(sample.shape).to(sample.dtype)
@@ -516,7 +517,8 @@ class VPEpsilonDenoiser(_AnalyticDenoiser):
     @classmethod
     def from_scheduler(cls, mixture: GaussianMixture, scheduler, dtype: torch.dtype = torch.float32):
         if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
-            raise ValueError(f"VPEpsilonDenoiser predicts epsilon; scheduler has prediction_type={scheduler.config.prediction_type!r}")
+            raise ValueError("VPEpsilonDenoiser predicts epsilon; "
+                             f"scheduler has prediction_type={scheduler.config.prediction_type!r}")
         return cls(mixture, scheduler.alphas_cumprod, dtype)
 
     def alpha_sigma(self, timestep, batch):
@@ -554,7 +556,8 @@ class FlowVelocityDenoiser(_AnalyticDenoiser):
     def alpha_sigma(self, timestep, batch):
         s = self._timesteps(timestep, batch).to(_F64) / self.config.num_train_timesteps
         if bool((s < 0).any()) or bool((s > 1 + 1e-6).any()):
-            raise ValueError(f"flow timesteps must lie in [0, num_train_timesteps], got {(s * self.config.num_train_timesteps)[:4].tolist()}")
+            raise ValueError("flow timesteps must lie in [0, num_train_timesteps], "
+                             f"got {(s * self.config.num_train_timesteps)[:4].tolist()}")
         s = s.clamp(0.0, 1.0)
         return 1 - s, s
 

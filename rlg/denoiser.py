@@ -143,7 +143,8 @@ class RLGDenoiser(torch.nn.Module):
     ):
         super().__init__()
         if (rl is None) == (rl_adapter is None):
-            raise ValueError("RLGDenoiser needs either an RL denoiser (full-weight pair) or rl_adapter (LoRA pair), not both")
+            raise ValueError("RLGDenoiser needs either an RL denoiser (full-weight pair) or rl_adapter (LoRA pair), "
+                             "not both")
         resolve_micro_batch(micro_batch, "cpu")  # refuses a bad value now, not at the first forward
         self.base = base
         self.rl = rl
@@ -155,7 +156,8 @@ class RLGDenoiser(torch.nn.Module):
         self.stats = ForwardStats()
         self._lora_layers = _lora_layers(base) if rl_adapter else []
         if rl_adapter and not self._lora_layers:
-            raise ValueError("rl_adapter was given but the base network has no LoRA layers; load the adapter first (rlg.pairs)")
+            raise ValueError("rl_adapter was given but the base network has no LoRA layers; "
+                             "load the adapter first (rlg.pairs)")
         # PEFT's per-row adapter choice cannot serve DoRA layers or modules_to_save copies (e.g. conv_in):
         # such adapters run base (adapters disabled) and RL (enabled) as two forwards instead
         self._adapter_modules = _adapter_modules(base) if rl_adapter else []

@@ -128,8 +128,9 @@ def url_file(url: str, dest: str | Path, *, sha256: str | None, offline: bool | 
             return Fetched(dest, got)
         log.warning("cached %s has sha256 %s, expected %s; fetching it again", dest, got, sha256)
     if offline_mode(offline):
+        fix_hint = tail or " Fix: download it on a machine with network access and put it at " + str(dest)
         raise DownloadError(f"{dest} is not cached and offline mode is on (HF_HUB_OFFLINE=1), so {url} is not "
-                            f"downloaded.{tail or ' Fix: download it on a machine with network access and put it at ' + str(dest)}")
+                            f"downloaded.{fix_hint}")
     data: bytes | None = None
     last: Exception | None = None
     tries = 0

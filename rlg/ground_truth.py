@@ -155,7 +155,8 @@ def make_sampler(name: str, config: GroundTruthConfig):
     if name == "flow_euler_ode":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=config.flow_shift), "flow", {}
     if name == "flow_grpo_sde":
-        return FlowGRPOSDEScheduler(num_train_timesteps=1000, shift=config.flow_shift, noise_level=config.noise_level), "flow", {}
+        return FlowGRPOSDEScheduler(num_train_timesteps=1000, shift=config.flow_shift,
+                                    noise_level=config.noise_level), "flow", {}
     if name == "ddim_eta0":
         return DDIMScheduler(**SD15_DDIM_CONFIG), "vp", {"eta": 0.0}
     if name == "ddim_eta1":
@@ -330,7 +331,8 @@ def run_ground_truth(
                                            callback=lambda _: bar.update(1), **step_kwargs)
             gr = _generator(config.seed, pair.name, sampler, "reference")
             for i, w in enumerate(scales):
-                refs = [af * pair.exact_samples(w, n, gr) + sf * torch.randn(n, pair.d, generator=gr, dtype=torch.float64)
+                refs = [af * pair.exact_samples(w, n, gr)
+                        + sf * torch.randn(n, pair.d, generator=gr, dtype=torch.float64)
                         for _ in range(2)]
                 block = {m: out[i * n:(i + 1) * n] for m, out in outs.items()}
                 for r in _evaluate(pair, w, block, refs[0], refs[1], af, sf, config):

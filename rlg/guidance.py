@@ -24,7 +24,8 @@ def check_scales(scales: Sequence[float] | torch.Tensor) -> list[float]:
     out = []
     for i, w in enumerate(values):
         if isinstance(w, bool) or not isinstance(w, (int, float)):
-            raise ScaleError(f"RLG scale #{i} is {w!r} ({type(w).__name__}); scales must be finite numbers, e.g. grid.scales=[0,1,1.5]")
+            raise ScaleError(f"RLG scale #{i} is {w!r} ({type(w).__name__}); "
+                             "scales must be finite numbers, e.g. grid.scales=[0,1,1.5]")
         if not math.isfinite(w):
             raise ScaleError(f"RLG scale #{i} is {w}; scales must be finite numbers, e.g. grid.scales=[0,1,1.5]")
         out.append(float(w))

@@ -214,8 +214,9 @@ def ensure_models(settings: KLClaimSettings) -> dict[tuple[float, int], Path]:
             info = train(**kw)
             name = settings.trainer if isinstance(settings.trainer, str) else getattr(train, "__qualname__", "?")
             config = dict(trainer=name, trainer_kwargs=settings.trainer_kwargs, beta=b, seed=s,
-                          steps=settings.train_steps or None, base=settings.base, base_unet_sha256=_base_digest(settings),
-                          task=settings.task, train_seconds=round(time.time() - t0, 1))
+                          steps=settings.train_steps or None, base=settings.base,
+                          base_unet_sha256=_base_digest(settings), task=settings.task,
+                          train_seconds=round(time.time() - t0, 1))
             if isinstance(info, dict):
                 config["trainer_info"] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, list, dict))}
             (p / "training_config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
@@ -439,7 +440,8 @@ def settings_from_mapping(node) -> tuple[KLClaimSettings, "GroundTruthConfig | N
     if analytic:
         bad = sorted(set(analytic) - set(GroundTruthConfig.__dataclass_fields__))
         if bad:
-            raise ValueError(f"unknown kl_claim.analytic keys {bad}; known: {sorted(GroundTruthConfig.__dataclass_fields__)}")
+            raise ValueError(f"unknown kl_claim.analytic keys {bad}; "
+                             f"known: {sorted(GroundTruthConfig.__dataclass_fields__)}")
         gt = GroundTruthConfig(**analytic)
     return KLClaimSettings(**node), gt
 

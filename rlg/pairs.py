@@ -410,7 +410,8 @@ def _resolve_file(spec: PairSpec, ckpt: Checkpoint, filename: str) -> Path:
     if local.is_dir():
         path = local / rel
         if not path.is_file():
-            raise _not_found("file", Checkpoint(str(local), subfolder=str(rel)), FileNotFoundError(path), _offline(spec))
+            raise _not_found("file", Checkpoint(str(local), subfolder=str(rel)), FileNotFoundError(path),
+                             _offline(spec))
         return path
     from huggingface_hub import hf_hub_download
 
@@ -429,7 +430,8 @@ def _read_weights(spec: PairSpec, path: Path) -> dict[str, torch.Tensor]:
     if path.suffix in PICKLE_SUFFIXES:
         if not spec.allow_pickle:
             raise PairError(f"{path.name} is a pickle file, which can run code when loaded; set "
-                            "pair.allow_pickle=true if you trust it (it is then read with torch.load(weights_only=True))")
+                            "pair.allow_pickle=true if you trust it "
+                            "(it is then read with torch.load(weights_only=True))")
         return torch.load(path, map_location="cpu", weights_only=True)
     raise PairError(f"unsupported weight file {path}; expected .safetensors (or .bin/.pt with pair.allow_pickle=true)")
 
@@ -525,7 +527,8 @@ def load_diffusers_lora(spec: PairSpec, pipe, name: str) -> dict[str, Any]:
         raise _safetensors_hint(exc, spec, spec.rl) or _not_found("LoRA", spec.rl, exc, _offline(spec)) from exc
     state, alphas, metadata = (out if len(out) == 3 else (out[0], None, out[1]))
     if any(k.startswith("base_model.model.") for k in state):
-        raise PairError(f"{spec.rl.describe()} is a PEFT-format adapter (keys base_model.model.*); set rl_kind: peft_lora")
+        raise PairError(f"{spec.rl.describe()} is a PEFT-format adapter (keys base_model.model.*); "
+                        "set rl_kind: peft_lora")
     other = sorted({k.split(".")[0] for k in state if not k.startswith(name + ".")})
     if other and any(k.startswith(name + ".") for k in state):
         raise PairError(f"the LoRA {spec.rl.describe()} also changes {other}; RLG shares text embeddings between "

@@ -79,8 +79,9 @@ class FlowGRPOSDEScheduler(FlowMatchEulerDiscreteScheduler):
     ):
         if stochastic_sampling:
             raise ValueError(
-                "FlowGRPOSDEScheduler injects its own noise (noise_level); stochastic_sampling=True selects a different "
-                "sampler. Build it with stochastic_sampling=False, e.g. FlowGRPOSDEScheduler.from_config(cfg, stochastic_sampling=False)."
+                "FlowGRPOSDEScheduler injects its own noise (noise_level); stochastic_sampling=True selects a "
+                "different sampler. Build it with stochastic_sampling=False, "
+                "e.g. FlowGRPOSDEScheduler.from_config(cfg, stochastic_sampling=False)."
             )
         if invert_sigmas:
             raise ValueError("FlowGRPOSDEScheduler does not support invert_sigmas=True (a Mochi-only schedule).")
@@ -171,7 +172,8 @@ class FlowGRPOSDEScheduler(FlowMatchEulerDiscreteScheduler):
         dt = sigma_next - sigma
 
         std_dev_t = self._sde_std(sigma, noise_level)
-        prev_sample_mean = x * (1 + std_dev_t**2 / (2 * sigma) * dt) + v * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt
+        prev_sample_mean = (x * (1 + std_dev_t**2 / (2 * sigma) * dt)
+                            + v * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt)
         sqrt_neg_dt = torch.sqrt(-1 * dt)
         if generator is None:
             generator = self._noise_generator

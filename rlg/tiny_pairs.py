@@ -126,7 +126,8 @@ def _vae(latent_channels=4, flow=False, seed=0):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    extra = dict(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035) if flow else {}
+    extra = (dict(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+             if flow else {})
     return AutoencoderKL(block_out_channels=[8, 16], in_channels=3, out_channels=3,
                          down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                          latent_channels=latent_channels, norm_num_groups=4, sample_size=32, **extra).eval()

@@ -75,7 +75,8 @@ class CLIPScore:
         commit = hub_commit(model, revision, "config.json", cache_dir)  # the resolved commit, not "main"
         prefix = f"/prefix={text_prefix!r}" if text_prefix else ""
         self.version = (
-            f"clip_score/{self.scale:g}*max(cos,0)/{source_tag(model, revision, commit)}{prefix}/{dtype_tag(self.dtype)}"
+            f"clip_score/{self.scale:g}*max(cos,0)/{source_tag(model, revision, commit)}{prefix}"
+            f"/{dtype_tag(self.dtype)}"
         )
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:

@@ -204,7 +204,8 @@ class ImageReward:
             if not f.is_file():
                 raise ModelNotAvailableError(
                     f"ImageReward: {str(f)!r} not found (option checkpoint=). Get both files with "
-                    f"`huggingface-cli download {repo} {CHECKPOINT} {MED_CONFIG} --local-dir DIR` and pass checkpoint=DIR"
+                    f"`huggingface-cli download {repo} {CHECKPOINT} {MED_CONFIG} --local-dir DIR` "
+                    "and pass checkpoint=DIR"
                 )
         return str(ckpt), str(med)
 

@@ -174,7 +174,8 @@ class OCRAccuracy:
 
     def recognise(self, image: Any) -> str:
         """All recognised text pieces joined, from a PIL image or uint8 RGB array."""
-        array = np.ascontiguousarray(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8))
+        array = np.ascontiguousarray(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image,
+                                                dtype=np.uint8))
         return self.reader()(array)
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:

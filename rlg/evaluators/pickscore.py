@@ -78,7 +78,8 @@ class PickScore:
         image_inputs = self.processor(images=[s.image for s in batch], **common).to(self.device)
         text_inputs = self.processor(text=[s.prompt for s in batch], **common).to(self.device)
         with torch.no_grad():
-            image_embs = embeddings(self.model.get_image_features(pixel_values=image_inputs["pixel_values"].to(self.dtype)))
+            image_embs = embeddings(
+                self.model.get_image_features(pixel_values=image_inputs["pixel_values"].to(self.dtype)))
             text_embs = embeddings(self.model.get_text_features(**text_inputs))
             image_embs = image_embs.float() / torch.norm(image_embs.float(), dim=-1, keepdim=True)
             text_embs = text_embs.float() / torch.norm(text_embs.float(), dim=-1, keepdim=True)

@@ -118,7 +118,8 @@ def grid_scales(scales: list[Any]) -> tuple[float, ...]:
     if dup:
         raise ScaleError(f"grid.scales has duplicates {dup}; each scale once")
     if any(w < 0 for w in out):
-        log.warning("negative RLG scales %s move away from the RL model (allowed, but unusual)", [w for w in out if w < 0])
+        log.warning("negative RLG scales %s move away from the RL model (allowed, but unusual)",
+                    [w for w in out if w < 0])
     return tuple(out)
 
 

@@ -23,7 +23,8 @@ class CheckpointConf:
 
 @dataclass
 class AnalyticConf:
-    preset: str = MISSING  # rlg.analytic.PAIR_PRESETS: gaussian_linear | mixture_linear | mixture_quadratic | mixture_tanh
+    # rlg.analytic.PAIR_PRESETS: gaussian_linear | mixture_linear | mixture_quadratic | mixture_tanh
+    preset: str = MISSING
     d: int = 2
     beta: float = 1.0
 
@@ -41,7 +42,8 @@ class PairConf:
     allow_pickle: bool = False
     offline: bool = False
     analytic: Optional[AnalyticConf] = None  # a closed-form Gaussian-mixture pair (ground truth), not a pipeline
-    # pipeline components passed to from_pretrained as given, e.g. {text_encoder_3: null, tokenizer_3: null} (SD3 w/o T5)
+    # pipeline components passed to from_pretrained as given,
+    # e.g. {text_encoder_3: null, tokenizer_3: null} (SD3 w/o T5)
     components: Dict[str, Any] = field(default_factory=dict)
 
 

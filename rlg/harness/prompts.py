@@ -198,7 +198,8 @@ def load_prompt_set(source: str, *, cache_dir: str | Path, path: str | Path | No
         info = {"source": source, "path": str(path), "sha256": sha256_text(data)}
         expected = SOURCES[source].sha256 if source in SOURCES else None
         if expected and info["sha256"] != expected:
-            log.warning("%s differs from the pinned upstream file (sha256 %s, expected %s)", path, info["sha256"], expected)
+            log.warning("%s differs from the pinned upstream file (sha256 %s, expected %s)", path, info["sha256"],
+                        expected)
     elif source in SOURCES:
         src = SOURCES[source]
         hint = f"prompts.path=/local/{src.filename}"

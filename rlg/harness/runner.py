@@ -156,7 +156,8 @@ def _print_summary(records: list[dict[str, Any]]) -> None:
     if not records:
         return
     df = pd.DataFrame(records)
-    series = [c for c in SERIES if c in df.columns and df[c].nunique() > 1] or [c for c in SERIES if c in df.columns][:1]
+    series = ([c for c in SERIES if c in df.columns and df[c].nunique() > 1]
+              or [c for c in SERIES if c in df.columns][:1])
     for key, g in df.groupby(series, sort=True):
         print("series " + " ".join(f"{c}={k}" for c, k in zip(series, key if isinstance(key, tuple) else (key,))))
         for scale, rows in g.groupby("scale", sort=True):

@@ -41,9 +41,9 @@ from rlg.downloads import sha256_file
 
 log = logging.getLogger(__name__)
 
-IMAGE_COLUMNS = ["image_key", "run_id", "run_name", "config_id", "pair", "prompt_id", "prompt", "sample", "seed", "scale",
-                 "sampler", "num_inference_steps", "guidance_scale", "height", "width", "image_path", "image_sha256",
-                 "nonfinite", "nonfinite_step", "truncated", "metadata"]
+IMAGE_COLUMNS = ["image_key", "run_id", "run_name", "config_id", "pair", "prompt_id", "prompt", "sample", "seed",
+                 "scale", "sampler", "num_inference_steps", "guidance_scale", "height", "width", "image_path",
+                 "image_sha256", "nonfinite", "nonfinite_step", "truncated", "metadata"]
 SCORE_COLUMNS = ["image_key", "evaluator", "version", "metric", "value", "higher_is_better", "error"]
 # stored besides the public columns: the sha256 of the image a score was computed on (a regenerated
 # image invalidates its old scores) and when the row was written (the newest row of a key wins)

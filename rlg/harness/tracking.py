@@ -15,9 +15,9 @@ per job, on rank 0 only (other ranks get an inert one):
 Mode: ``mode=None`` lets the user's W&B setup decide: ``WANDB_MODE`` if set, else the mode saved by
 ``wandb offline`` / ``wandb disabled``, else online when a W&B login exists (``WANDB_API_KEY`` or a
 netrc entry from ``wandb login``) and offline otherwise, so a machine without an account still
-works (and without wandb installed, disabled). An explicit mode ("online", "offline", "disabled", e.g. from a tracker preset the user
-chose) wins over all of that. ``project=None`` likewise defers to ``WANDB_PROJECT`` (default
-"rlg-bench"), ``entity=None`` to ``WANDB_ENTITY``.
+works (and without wandb installed, disabled). An explicit mode ("online", "offline", "disabled",
+e.g. from a tracker preset the user chose) wins over all of that. ``project=None`` likewise defers
+to ``WANDB_PROJECT`` (default "rlg-bench"), ``entity=None`` to ``WANDB_ENTITY``.
 
 The W&B key is read by wandb itself; nothing here reads, logs or stores it. An offline run can be
 read back without uploading it: ``read_run(path)`` (W&B's own reader, ``wandb leet inspect``).

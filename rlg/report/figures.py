@@ -121,7 +121,8 @@ def _reference_lines(ax) -> None:
         ax.text(w, 1.01, name, transform=trans, ha="center", va="bottom", fontsize=6, color="0.3")
 
 
-def plot_metric_vs_scale(summary: pd.DataFrame, metric: str, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+def plot_metric_vs_scale(summary: pd.DataFrame, metric: str, stem: Path,
+                         formats: Sequence[str] = FORMATS) -> list[Path]:
     """Mean of ``metric`` against the RLG scale w with its 95% bootstrap band, one curve per
     series, reference lines at w=0 (base) and w=1 (RL), and the images per point in the legend."""
     d = summary[summary["metric"] == metric]
@@ -189,7 +190,8 @@ def plot_tradeoff(summary: pd.DataFrame, x_metric: str, y_metric: str, stem: Pat
                 ax.annotate(f"{w:g}", (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=5.5)
             handles.append(Line2D([], [], color=c, linestyle=st["linestyle"], marker=st["marker"],
                                   label=series_label(series, varying)))
-        handles += [Line2D([], [], color="0.3", marker="o", linestyle="", markeredgecolor="black", label="Pareto front"),
+        handles += [Line2D([], [], color="0.3", marker="o", linestyle="", markeredgecolor="black",
+                           label="Pareto front"),
                     Line2D([], [], color="0.3", marker="o", linestyle="", markerfacecolor="white", label="dominated")]
         ax.set_xlabel(f"{metric_label(x_metric)} {_arrow(hx)}")
         ax.set_ylabel(f"{metric_label(y_metric)} {_arrow(hy)}")
@@ -206,7 +208,8 @@ def plot_geneval_tags(tags: pd.DataFrame, stem: Path, formats: Sequence[str] = F
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=SIZES["geneval"], layout="constrained")
         ax = fig.add_subplot()
-        order = [t for t in GENEVAL_TAGS if t in set(tags["tag"])] + sorted(set(tags["tag"]) - set(GENEVAL_TAGS) - {"overall"})
+        order = ([t for t in GENEVAL_TAGS if t in set(tags["tag"])]
+                 + sorted(set(tags["tag"]) - set(GENEVAL_TAGS) - {"overall"}))
         for i, tag in enumerate(order):
             g = tags[(tags["tag"] == tag) & np.isfinite(tags["mean"].astype(float))].sort_values("scale")
             st = _style(i)

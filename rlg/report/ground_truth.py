@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, STYLE, TEXT_WIDTH, _reference_lines, save
 from rlg.report.tables import render
 
-__all__ = ["write_ground_truth_figures", "ground_truth_tables", "ground_truth_moment_tables", "write_ground_truth_report"]
+__all__ = ["write_ground_truth_figures", "ground_truth_tables", "ground_truth_moment_tables",
+           "write_ground_truth_report"]
 
 X_LABEL = "RLG scale w"
 METHOD_STYLE = {"rlg": dict(linestyle="-", marker="o", label="RLG"),
@@ -104,7 +105,8 @@ def write_ground_truth_figures(df: pd.DataFrame, out_dir, distance: str = "energ
             axes = fig.subplots(2, len(dims), squeeze=False, sharex=True)
             for j, i in enumerate(dims):
                 _curves(axes[0][j], df, f"mean_{i}", y=lambda r: r.value - r.exact)
-                _curves(axes[1][j], df, f"var_{i}", y=lambda r: r.value / r.exact - 1, yerr=lambda r: 2 * r.stderr / r.exact)
+                _curves(axes[1][j], df, f"var_{i}", y=lambda r: r.value / r.exact - 1,
+                        yerr=lambda r: 2 * r.stderr / r.exact)
                 axes[0][j].set_ylabel(f"mean of x_{i}: sample - exact")
                 axes[1][j].set_ylabel(f"var of x_{i}: sample / exact - 1")
                 for ax in (axes[0][j], axes[1][j]):
@@ -174,16 +176,16 @@ def ground_truth_tables(df: pd.DataFrame, distance: str = "energy_distance") -> 
                           f"{r.net:+.4f} ({_fmt_z(r.net_z)})" if np.isfinite(r.net) else "–"]
             else:
                 cells += ["–", "–"]
-            cells += [_fmt_z(_max_abs(at, "rlg", "z")).lstrip("+"), _fmt_z(_max_abs(at, "exact_score", "z")).lstrip("+"),
-                      _largest_net(at)]
+            cells += [_fmt_z(_max_abs(at, "rlg", "z")).lstrip("+"),
+                      _fmt_z(_max_abs(at, "exact_score", "z")).lstrip("+"), _largest_net(at)]
             rows.append(cells)
     f = df.iloc[0]
     notes = [f"Ground truth: {f.pair}, d={f.d}, beta={f.beta}, {f.steps} steps, {f.n} samples per w "
              f"({f.n_batches} batches for the distance error bars), init={f.init}.",
              "z = (value - reference) / combined se (distance: reference = exact-vs-exact floor; reward and moments: "
-             "exact closed form). 'exact score' = the same sampler, steps and noise driven by the exact beta/w target's "
-             "own score: its error is the sampler's. Net gap = RLG - exact score on paired rows (paired se): the "
-             "RLG-specific part. Moments: per-dimension mean and variance; '–' where RLG and the control coincide "
+             "exact closed form). 'exact score' = the same sampler, steps and noise driven by the exact beta/w "
+             "target's own score: its error is the sampler's. Net gap = RLG - exact score on paired rows (paired se): "
+             "the RLG-specific part. Moments: per-dimension mean and variance; '–' where RLG and the control coincide "
              "(w = 0, 1)."]
     return {fmt: render(header, rows, fmt, align="lr" + "r" * (len(header) - 2), notes=notes, groups=groups[1:])
             for fmt in ("markdown", "latex")}
@@ -200,7 +202,8 @@ def ground_truth_moment_tables(df: pd.DataFrame, max_dims: int = 4) -> dict[str,
         for w, at in part.groupby("w"):
             dims = sorted({int(m.split("_")[1]) for m in at.metric if m.startswith("var_")})[:max_dims]
             for i in dims:
-                m, v, vc = _pick(at, "rlg", f"mean_{i}"), _pick(at, "rlg", f"var_{i}"), _pick(at, "exact_score", f"var_{i}")
+                m, v, vc = (_pick(at, "rlg", f"mean_{i}"), _pick(at, "rlg", f"var_{i}"),
+                            _pick(at, "exact_score", f"var_{i}"))
                 rows.append([sampler, f"{w:g}", str(i), f"{m.value - m.exact:+.4f} ({_fmt_z(m.z)})",
                              f"{v.value / v.exact - 1:+.2%} ({_fmt_z(v.z)})",
                              f"{vc.value / vc.exact - 1:+.2%} ({_fmt_z(vc.z)})" if vc is not None else "–",
@@ -217,7 +220,8 @@ def write_ground_truth_report(df: pd.DataFrame, out_dir) -> list[Path]:
     out_dir = Path(out_dir)
     files = write_ground_truth_figures(df, out_dir / "figures")
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
-    for stem, tables in (("ground_truth", ground_truth_tables(df)), ("ground_truth_moments", ground_truth_moment_tables(df))):
+    for stem, tables in (("ground_truth", ground_truth_tables(df)),
+                         ("ground_truth_moments", ground_truth_moment_tables(df))):
         for fmt, text in tables.items():
             path = out_dir / "tables" / f"{stem}.{'md' if fmt == 'markdown' else 'tex'}"
             path.write_text(text)

@@ -131,7 +131,8 @@ def kl_claim_metric_tables(df: pd.DataFrame) -> dict[str, str]:
             r = at[at.arm == "rlg"].iloc[0]
             ret = at[at.arm == "retrained"].sort_values("model_seed")
             cell = lambda x: f"{x.value:.4g} [{x.lo:.4g}, {x.hi:.4g}]"  # noqa: E731
-            diff = f"{r['diff']:+.3g} ± {r.diff_stderr:.2g}" if "diff" in r and np.isfinite(r.get("diff", np.nan)) else "–"
+            diff = (f"{r['diff']:+.3g} ± {r.diff_stderr:.2g}"
+                    if "diff" in r and np.isfinite(r.get("diff", np.nan)) else "–")
             floor = (f"{r.diff_floor:+.3g} ± {r.diff_floor_stderr:.2g}"
                      if "diff_floor" in r and np.isfinite(r.get("diff_floor", np.nan)) else "–")
             rows.append([metric, f"{w:g}", f"{r.beta_eff:.4g}", cell(r), *(cell(x) for x in ret.itertuples()),

@@ -68,7 +68,8 @@ def series_protocol(protocol: dict[str, Any] | None, series: tuple, df: pd.DataF
     config_id = key.get("config_id")
     per_run = next((protocol[k] for k in (config_id, run_id) if k and isinstance(protocol.get(k), dict)), None)
     ids = {str(v) for c in ("run_id", "config_id") if c in df.columns for v in df[c].unique()}
-    protocol = {k: v for k, v in protocol.items() if not (isinstance(v, dict) and (k in ids or k in (run_id, config_id)))}
+    protocol = {k: v for k, v in protocol.items()
+                if not (isinstance(v, dict) and (k in ids or k in (run_id, config_id)))}
     derived: dict[str, Any] = {}
     for field, col in (("steps", "num_inference_steps"), ("cfg", "guidance_scale"), ("resolution", "height")):
         values = d[col].dropna().unique() if col in d.columns else []
@@ -80,7 +81,8 @@ def series_protocol(protocol: dict[str, Any] | None, series: tuple, df: pd.DataF
         derived["samples_per_prompt"] = int(d.drop_duplicates(["prompt_id", "sample", "seed"])
                                             .groupby("prompt_id").size().max())
     merged = {**derived, **protocol, **(per_run or {})}
-    merged["evaluator_versions"] = {**derived.get("evaluator_versions", {}), **(protocol.get("evaluator_versions") or {}),
+    merged["evaluator_versions"] = {**derived.get("evaluator_versions", {}),
+                                    **(protocol.get("evaluator_versions") or {}),
                                     **((per_run or {}).get("evaluator_versions") or {})}
     return merged
 
@@ -103,10 +105,12 @@ def run_protocol(config: dict[str, Any], pair_ids: dict[str, Any] | None = None)
 
 def _notes(n_resamples: int, seed: int, level: float, reference_scale: float) -> list[str]:
     return [
-        "Mean over finite, successfully scored images; n = images used (prompts); excluded images are counted, never averaged.",
+        "Mean over finite, successfully scored images; n = images used (prompts); excluded images are counted, "
+        "never averaged.",
         f"{100 * level:g}% CI: percentile bootstrap over prompts (all samples/seeds of a prompt together), "
         f"{n_resamples} resamples, seed {seed}, paired across scales; delta = mean(w) - mean(w={reference_scale:g}).",
-        f"Win rate: share of paired images (same prompt, sample, seed) better than at w={reference_scale:g}; ties count half.",
+        f"Win rate: share of paired images (same prompt, sample, seed) better than at w={reference_scale:g}; "
+        "ties count half.",
     ]
 
 
@@ -157,7 +161,8 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     for experiment in sorted(summary["run_name"].unique()):
         name = figures.slug(experiment or "results")
         for fmt, ext in (("markdown", "md"), ("latex", "tex")):
-            text = tables.experiment_table(summary, experiment, fmt, reference_scale, notes=[f"Run: {experiment}", *notes])
+            text = tables.experiment_table(summary, experiment, fmt, reference_scale,
+                                           notes=[f"Run: {experiment}", *notes])
             path = tab_dir / f"metrics_{name}.{ext}"
             path.write_text(text)
             files.append(path)
@@ -166,11 +171,12 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     if not tags.empty:
         for fmt, ext in (("markdown", "md"), ("latex", "tex")):
             path = tab_dir / f"geneval_tags.{ext}"
-            path.write_text(tables.geneval_table(tags, fmt, notes=["GenEval accuracy per tag; overall = unweighted mean of the tag accuracies."]))
+            path.write_text(tables.geneval_table(
+                tags, fmt, notes=["GenEval accuracy per tag; overall = unweighted mean of the tag accuracies."]))
             files.append(path)
         for series, g in tags.groupby(SERIES):
-            files += figures.plot_geneval_tags(g, fig_dir / f"geneval_tags_{figures.slug('_'.join(s for s in series if s))}",
-                                              formats)
+            files += figures.plot_geneval_tags(
+                g, fig_dir / f"geneval_tags_{figures.slug('_'.join(s for s in series if s))}", formats)
 
     anchor_rows = pd.DataFrame()
     if anchors:
@@ -182,8 +188,9 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
         files.append(path)
         for fmt, ext in (("markdown", "md"), ("latex", "tex")):
             path = tab_dir / f"anchors.{ext}"
-            path.write_text(tables.anchor_table(rows, fmt, notes=["Published numbers next to ours at the matching scale "
-                                                                  "(w=0 base, w=1 RL model), in the published unit."]))
+            path.write_text(tables.anchor_table(rows, fmt, notes=["Published numbers next to ours at the matching "
+                                                                  "scale (w=0 base, w=1 RL model), in the published "
+                                                                  "unit."]))
             files.append(path)
 
     for metric in sorted(summary["metric"].unique()):
@@ -194,7 +201,8 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     together = {frozenset(g["metric"]) for _, g in with_data.groupby(SERIES + ["scale"])}
     pairs = [(x, y) for x, y in pairs if any({x, y} <= m for m in together)]  # some scale has both
     for x, y in pairs:
-        files += figures.plot_tradeoff(summary, x, y, fig_dir / f"tradeoff_{figures.slug(x)}__{figures.slug(y)}", formats)
+        files += figures.plot_tradeoff(summary, x, y, fig_dir / f"tradeoff_{figures.slug(x)}__{figures.slug(y)}",
+                                       formats)
 
     if grid_prompts > 0 and "image_path" in images.columns:
         img = with_series(images)
@@ -275,7 +283,8 @@ class _Index:
     def html(self) -> str:
         nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in self.toc)
         return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}'
-                f"</title><style>{self.CSS}</style></head><body>\n<h1>{html.escape(self.title)}</h1>\n<nav>{nav}</nav>\n"
+                f"</title><style>{self.CSS}</style></head><body>\n<h1>{html.escape(self.title)}</h1>\n"
+                f"<nav>{nav}</nav>\n"
                 + "\n".join(self.body) + "\n</body></html>\n")
 
 
@@ -306,7 +315,8 @@ def _write_index(index: _Index, out_dir: Path, summary: pd.DataFrame, tags: pd.D
     for series, proto in protocols.items():
         index.sub(series_name(series))
         rows = _protocol_rows(proto, dict(zip(SERIES, series)).get("pair"))
-        index.table(tables.render(["field", "value"], rows, "markdown"), tables.render(["field", "value"], rows, "html"))
+        index.table(tables.render(["field", "value"], rows, "markdown"),
+                    tables.render(["field", "value"], rows, "html"))
     index.section("results", "Results")
     if summary.empty:
         index.text("No scored images yet.")

@@ -140,7 +140,8 @@ def experiment_table(summary: pd.DataFrame, experiment: str, fmt: str = "markdow
                   if np.isfinite(r["lo"]) else DASH[fmt])
             delta = DASH[fmt] if is_ref or not np.isfinite(r["delta"]) else (
                 f"{format_number(r['delta'], dec, fmt, signed=True)} "
-                f"[{format_number(r['delta_lo'], dec, fmt, signed=True)}, {format_number(r['delta_hi'], dec, fmt, signed=True)}]")
+                f"[{format_number(r['delta_lo'], dec, fmt, signed=True)}, "
+                f"{format_number(r['delta_hi'], dec, fmt, signed=True)}]")
             win = DASH[fmt] if is_ref or not np.isfinite(r["win_rate"]) else f"{100 * r['win_rate']:.1f}%"
             rows.append([label[c] for c in ids] + [
                 f"{metric} ({arrow} better)", format_scale(r["scale"]),
@@ -219,6 +220,7 @@ def geneval_table(tags: pd.DataFrame, fmt: str = "markdown", notes: Sequence[str
         for w in sorted(g["scale"].unique()):
             o = overall.loc[w]
             cells = [format_number(wide.loc[w].get(t, np.nan), 3, fmt) for t in present]
-            ci = f"{format_number(o['mean'], 3, fmt)} [{format_number(o['lo'], 3, fmt)}, {format_number(o['hi'], 3, fmt)}]"
+            ci = (f"{format_number(o['mean'], 3, fmt)} "
+                  f"[{format_number(o['lo'], 3, fmt)}, {format_number(o['hi'], 3, fmt)}]")
             rows.append([dict(zip(SERIES, series))[c] for c in ids] + [format_scale(w), *cells, ci, str(int(o["n"]))])
     return render(header, rows, fmt, "l" * len(ids) + "l" + "r" * (len(present) + 2), notes, groups)

@@ -6,7 +6,8 @@ models; ``detectors`` and ``colour`` load their libraries only when a model is b
 
 from rlg.evaluators.geneval.evaluator import GenEval, Judgement
 from rlg.evaluators.geneval.metadata import OBJECT_NAMES, TAGS, MetadataError, load_metadata, validate_row
-from rlg.evaluators.geneval.rules import COLORS, Detection, evaluate_detections, judge, relative_position, select_objects
+from rlg.evaluators.geneval.rules import (COLORS, Detection, evaluate_detections, judge, relative_position,
+                                          select_objects)
 from rlg.evaluators.geneval.summary import summarize
 
 __all__ = [

@@ -189,7 +189,8 @@ class HFMask2FormerDetector:
             pixels, (h, w) = preprocess(image)
             pixels = pixels[None].to(self.device, self.dtype)
             res = self.model(pixel_values=pixels)
-            masks = F.interpolate(res.masks_queries_logits.float(), size=pixels.shape[-2:], mode="bilinear", align_corners=False)
+            masks = F.interpolate(res.masks_queries_logits.float(), size=pixels.shape[-2:], mode="bilinear",
+                                  align_corners=False)
             masks = masks[:, :, :h, :w]
             masks = F.interpolate(masks, size=(image.height, image.width), mode="bilinear", align_corners=False)[0]
             labels, scores, boxes, binary = instance_postprocess(res.class_queries_logits[0], masks)
@@ -220,8 +221,8 @@ class MMDetMask2FormerDetector:
             ) from exc
         if checkpoint is None or not os.path.isfile(checkpoint):
             raise FileNotFoundError(
-                f"detector='mmdet' needs detector_checkpoint=<path to mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth>, "
-                f"got {checkpoint!r}; download it from {MMDET_CHECKPOINT_URL}"
+                "detector='mmdet' needs detector_checkpoint=<path to mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth>"
+                f", got {checkpoint!r}; download it from {MMDET_CHECKPOINT_URL}"
             )
         if config is None:
             config = os.path.join(os.path.dirname(mmdet.__file__), "..", MMDET_CONFIG)

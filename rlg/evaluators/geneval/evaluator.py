@@ -108,7 +108,8 @@ class GenEval:
             det = f"hf:{os.path.basename(os.path.normpath(detector_path))}" if local else \
                 f"hf:{detector_path}@{(detector_revision or 'main')[:7]}"
         else:
-            det = f"mmdet:{os.path.basename(detector_checkpoint or 'mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth')}"
+            det = ("mmdet:"
+                   f"{os.path.basename(detector_checkpoint or 'mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth')}")
         clip = os.path.basename(os.path.normpath(clip_model)) if clip_model.startswith("local-dir:") else clip_model
         if clip_pretrained and not clip_model.startswith(("local-dir:", "hf-hub:")):
             clip += ":" + (os.path.basename(clip_pretrained) if os.path.sep in clip_pretrained else clip_pretrained)

@@ -48,11 +48,13 @@ def _check_clause(clause: Any, where: str, allowed: set[str], index: int) -> Non
     if "position" in clause:
         pos = clause["position"]
         if not (isinstance(pos, list) and len(pos) == 2 and pos[0] in POSITIONS):
-            raise MetadataError(f"{where}: position must be [relation, include index] with relation in {POSITIONS}, got {pos!r}")
+            raise MetadataError(f"{where}: position must be [relation, include index] with relation in {POSITIONS}, "
+                                f"got {pos!r}")
         target = pos[1]
         # the rule engine looks the target up among include clauses already judged
         if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < index:
-            raise MetadataError(f"{where}: position target must be the index of an earlier include clause (< {index}), got {target!r}")
+            raise MetadataError(f"{where}: position target must be the index of an earlier include clause "
+                                f"(< {index}), got {target!r}")
 
 
 def validate_row(row: Any, where: str = "metadata row") -> dict[str, Any]:

@@ -68,7 +68,8 @@ def load_anchors(paths: Iterable[Path | str] | None = None) -> list[Anchor]:
         doc = yaml.safe_load(path.read_text()) or {}
         defaults = doc.get("defaults", {}) or {}
         for i, entry in enumerate(doc.get("anchors", []) or []):
-            merged = {**defaults, **entry, "protocol": {**(defaults.get("protocol") or {}), **(entry.get("protocol") or {})}}
+            merged = {**defaults, **entry,
+                      "protocol": {**(defaults.get("protocol") or {}), **(entry.get("protocol") or {})}}
             merged.setdefault("source", doc.get("source", ""))
             merged.setdefault("convention", merged.get("metric", ""))
             missing = [k for k in ("id", "model", "metric", "value") if merged.get(k) is None]
