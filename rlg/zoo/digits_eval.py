@@ -23,7 +23,7 @@ REWARD = {"zoo_digits_dpo": "digit_prob", "zoo_digits_ddpo_compress": "jpeg_comp
 
 def pair_spec(name: str, weights: Path | str | None = None):
     """The PairSpec of a zoo pair preset (rlg/conf/pair/<name>.yaml) with its ``zoo:`` ids resolved;
-    ``weights`` (a directory) replaces the shipped rlg/zoo/weights (e.g. a retrained copy)."""
+    ``weights`` (a directory, e.g. a retrained copy) replaces the shipped rlg/zoo/weights for the models it holds."""
     from rlg.pairs import Checkpoint, PairSpec
     from rlg.zoo import ZOO_PREFIX, resolve_zoo_id
 
@@ -31,8 +31,9 @@ def pair_spec(name: str, weights: Path | str | None = None):
 
     def ck(d: dict[str, Any]) -> Checkpoint:
         d = dict(d)
-        if weights is not None and d["id"].startswith(ZOO_PREFIX):
-            d["id"] = str(Path(weights) / d["id"][len(ZOO_PREFIX):])
+        local = Path(weights) / d["id"][len(ZOO_PREFIX):] if weights is not None else None
+        if local is not None and d["id"].startswith(ZOO_PREFIX) and local.exists():
+            d["id"] = str(local)  # a model the retrain did not produce (--only) stays the shipped one
         d["id"] = resolve_zoo_id(d["id"])
         return Checkpoint(**d)
 

@@ -9,11 +9,11 @@ with the same t and eps for the winner and the loser. ``beta`` is the official `
 coefficient of the objective, with the 1/T of eq. 14 folded in, as the official code does).
 
 Preference data (one offline round, like Pick-a-Pic in the paper but self-generated): ``n_per_prompt``
-samples per digit prompt from the base with DDIM (``data_steps`` steps, eta 1, CFG 2; 10 steps by default,
-half the evaluation sampler's, to keep data generation within the CPU budget), scored by
-the digit classifier; within each prompt, samples are paired at random and a pair is kept when its
-digit_prob values differ by at least ``margin``; the winner is the higher. The winner's and loser's
-final DDIM latents are the x_0 of the loss (what the VAE would encode them to, up to its error).
+samples per digit prompt from the base with the evaluation sampler (DDIM ``data_steps`` = 20 steps, eta 1, CFG 2),
+scored by the digit classifier; within each prompt, every (winner, loser) whose digit_prob values differ by at
+least ``margin`` is a candidate and ``pairs_per_prompt`` of them are drawn (make_preference_pairs). The base's
+samples are nearly all right (p > 0.9) or wrong (p < 0.1), so a 0.5 margin keeps clean pairs. The winner's and
+loser's final DDIM latents are the x_0 of the loss (what the VAE would encode them to, up to its error).
 The data depend only on the base and ``data_seed``, so a beta/seed sweep trains on the same pairs.
 Full UNet weights are trained and saved as ``<out_dir>/unet`` (like mhdang/dpo-sd1.5-text2image-v1).
 """
@@ -33,44 +33,54 @@ from rlg.zoo.common import setup_torch, timer
 from rlg.zoo.digits_rl import (GUIDANCE, NUM_STEPS, decode_uint8, digit_prob_reward, load_base, load_classifier,
                                sample_trajectories)
 
-DEFAULTS = dict(beta=500.0, steps=150, lr=3e-5, batch_pairs=16, n_per_prompt=16, margin=0.2, data_seed=0,
-                data_steps=10)
+DEFAULTS = dict(beta=500.0, steps=600, lr=3e-5, batch_pairs=16, n_per_prompt=100, margin=0.5, pairs_per_prompt=60,
+                data_seed=0, data_steps=NUM_STEPS, uncond_prob=0.0,
+                lora_rank=0)
 CACHE_DIR = Path.home() / ".cache" / "rlg-bench" / "zoo"
 
 
-def make_preference_pairs(base_dir: str, data_seed: int = 0, n_per_prompt: int = 16, margin: float = 0.2,
-                          classifier: str = "zoo:digits_classifier", data_steps: int = 10, cache: bool = True, log=print
+def make_preference_pairs(base_dir: str, data_seed: int = 0, n_per_prompt: int = DEFAULTS["n_per_prompt"],
+                          margin: float = DEFAULTS["margin"], classifier: str = "zoo:digits_classifier",
+                          data_steps: int = DEFAULTS["data_steps"],
+                          pairs_per_prompt: int = DEFAULTS["pairs_per_prompt"], cache: bool = True, log=print
                           ) -> dict[str, torch.Tensor]:
     """{'x_w','x_l': (P, 4, 8, 8) final latents, 'digit': (P,), 'p_w','p_l': (P,) digit_prob,
-    'base_prob': (10 * n_per_prompt,) digit_prob of every base sample}. Cached by the base's weights hash."""
+    'base_prob': (10 * n_per_prompt,) digit_prob of every base sample}.
+
+    Per digit prompt, every (winner, loser) of its ``n_per_prompt`` samples whose digit_prob differ by at least
+    ``margin`` is a candidate; ``pairs_per_prompt`` of them are drawn without replacement (all when fewer), so a
+    sample can appear in several pairs (as images do in Pick-a-Pic). P <= 10 * pairs_per_prompt; a digit the base
+    never (or always) draws right contributes no pairs. Cached under ~/.cache/rlg-bench/zoo by the base's
+    weights hash and the arguments when ``cache``."""
     digest = hashlib.sha256((Path(base_dir) / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
-    key = f"dpo-pairs-{digest[:12]}-{data_seed}-{n_per_prompt}-{margin}-{data_steps}.pt"
+    clf_digest = hashlib.sha256(str(resolve_zoo_id(classifier)).encode()).hexdigest()[:6]
+    key = (f"dpo-pairs2-{digest[:12]}-{clf_digest}-{data_seed}-{n_per_prompt}-{margin}-{data_steps}-"
+           f"{pairs_per_prompt}.pt")
     if cache and (CACHE_DIR / key).exists():
         return torch.load(CACHE_DIR / key, weights_only=True)
+    gen = setup_torch(data_seed)  # one thread (the machines are shared) before the first forward pass
     parts = load_base(base_dir)
     clf = load_classifier(classifier)
-    gen = torch.Generator().manual_seed(data_seed)
     digits = torch.arange(10).repeat_interleave(n_per_prompt)
     lat, probs = [], []
-    for i in range(0, len(digits), 80):
-        d = digits[i:i + 80]
+    for i in range(0, len(digits), 100):
+        d = digits[i:i + 100]
         tr = sample_trajectories(parts, parts.unet, d, gen, num_steps=data_steps)
         x0 = tr["latents"][-1]
         lat.append(x0)
         probs.append(digit_prob_reward(decode_uint8(parts, x0), d, clf))
         log(f"dpo data: {i + len(d)}/{len(digits)} samples")
     lat, probs = torch.cat(lat), torch.cat(probs).float()
-    xw, xl, dg, pw, pl = [], [], [], [], []
+    win, lose = [], []
     for d in range(10):
         idx = torch.nonzero(digits == d).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        for a, b in zip(idx[0::2].tolist(), idx[1::2].tolist()):
-            if abs(probs[a] - probs[b]) < margin:
-                continue
-            w, l_ = (a, b) if probs[a] > probs[b] else (b, a)
-            xw.append(lat[w]); xl.append(lat[l_]); dg.append(d); pw.append(probs[w]); pl.append(probs[l_])
-    data = {"x_w": torch.stack(xw), "x_l": torch.stack(xl), "digit": torch.tensor(dg), "p_w": torch.stack(pw),
-            "p_l": torch.stack(pl), "base_prob": probs}
+        gap = probs[idx][:, None] - probs[idx][None, :]  # gap[i, j] = p_i - p_j
+        cand = torch.nonzero(gap >= margin)  # (K, 2) rows (winner, loser) in idx positions
+        cand = cand[torch.randperm(len(cand), generator=gen)[:pairs_per_prompt]]
+        win.append(idx[cand[:, 0]]); lose.append(idx[cand[:, 1]])
+    win, lose = torch.cat(win), torch.cat(lose)
+    data = {"x_w": lat[win], "x_l": lat[lose], "digit": digits[win], "p_w": probs[win], "p_l": probs[lose],
+            "base_prob": probs}
     if cache:
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         torch.save(data, CACHE_DIR / key)
@@ -81,27 +91,57 @@ def train_dpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
               out_dir: Path | str = "digits_dpo", base: str = "zoo:digits_base", lr: float = DEFAULTS["lr"],
               batch_pairs: int = DEFAULTS["batch_pairs"], n_per_prompt: int = DEFAULTS["n_per_prompt"],
               margin: float = DEFAULTS["margin"], data_seed: int = DEFAULTS["data_seed"],
-              classifier: str = "zoo:digits_classifier", data_steps: int = DEFAULTS["data_steps"], log=print
-              ) -> dict[str, Any]:
-    """Diffusion-DPO fine-tune of the base UNet; saves ``<out_dir>/unet`` (full weights). Deterministic given
-    (seed, data_seed) on one machine and thread count. Returns the training config and log."""
+              classifier: str = "zoo:digits_classifier", data_steps: int = DEFAULTS["data_steps"],
+              pairs_per_prompt: int = DEFAULTS["pairs_per_prompt"], uncond_prob: float = DEFAULTS["uncond_prob"],
+              lora_rank: int = DEFAULTS["lora_rank"], cache: bool = True, log=print) -> dict[str, Any]:
+    """Diffusion-DPO fine-tune of the base UNet; saves ``<out_dir>/unet`` (full weights). ``lora_rank`` 0 trains
+    every weight; r > 0 trains a rank-r LoRA (alpha r) on the DDPO LoRA targets, the reference being the same
+    network with the adapter off, and fuses it into the saved full weights (diffusers' research_projects/
+    diffusion_dpo trains a LoRA the same way). Deterministic given (seed, data_seed) on one machine and thread
+    count. Returns the training config and log."""
     base_dir = resolve_zoo_id(base)
     with timer() as t_data:
-        data = make_preference_pairs(base_dir, data_seed, n_per_prompt, margin, classifier, data_steps, log=log)
+        data = make_preference_pairs(base_dir, data_seed, n_per_prompt, margin, classifier, data_steps,
+                                     pairs_per_prompt, cache=cache, log=log)
     gen = setup_torch(seed)
     parts = load_base(base_dir)
-    ref = parts.unet
-    policy = copy.deepcopy(ref).train().requires_grad_(True)
-    emb = D.encode_prompts((parts.tokenizer, parts.text_encoder), D.PROMPTS)
+    if lora_rank:
+        from peft import LoraConfig
+
+        from rlg.zoo.train_digits_ddpo import LORA_TARGETS
+
+        policy = parts.unet
+        policy.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS,
+                                      init_lora_weights="gaussian"))
+        params = [p for n, p in policy.named_parameters() if "lora_" in n]
+        for p in params:
+            p.requires_grad_(True)
+    else:
+        policy = copy.deepcopy(parts.unet).requires_grad_(True)
+        params = list(policy.parameters())
+    policy.train()
+
+    def ref(*args, **kw):  # the base: a frozen copy, or the policy with its adapter off
+        if not lora_rank:
+            return parts.unet(*args, **kw)
+        policy.disable_adapters()
+        try:
+            return policy(*args, **kw)
+        finally:
+            policy.enable_adapters()
+    emb = D.encode_prompts((parts.tokenizer, parts.text_encoder), D.PROMPTS + [""])  # row 10: the empty prompt
     abar = parts.scheduler.alphas_cumprod
-    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     n_pairs = len(data["digit"])
     history = []
     with timer() as t_train:
         for step in range(steps):
             idx = torch.randint(0, n_pairs, (batch_pairs,), generator=gen)
             x0 = torch.cat([data["x_w"][idx], data["x_l"][idx]])
-            cond = emb[data["digit"][idx]].repeat(2, 1, 1)
+            # the empty prompt for a pair with probability uncond_prob (the official --proportion_empty_prompts),
+            # so CFG's unconditional branch follows the preferences instead of drifting untrained
+            rows = torch.where(torch.rand(batch_pairs, generator=gen) < uncond_prob, 10, data["digit"][idx])
+            cond = emb[rows].repeat(2, 1, 1)
             tt = torch.randint(0, len(abar), (batch_pairs,), generator=gen).repeat(2)
             eps = torch.randn(x0[:batch_pairs].shape, generator=gen).repeat(2, 1, 1, 1)
             a = abar[tt].view(-1, 1, 1, 1)
@@ -115,18 +155,26 @@ def train_dpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
             loss = -torch.nn.functional.logsigmoid(inside).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             if step % 50 == 0 or step == steps - 1:
                 acc = float((inside > 0).float().mean())
                 history.append({"step": step, "loss": round(loss.item(), 4), "implicit_acc": acc})
                 log(f"dpo step {step} loss {loss.item():.4f} implicit_acc {acc:.2f}")
     out = Path(out_dir)
-    policy.eval().save_pretrained(str(out / "unet"), safe_serialization=True)
+    policy.eval()
+    if lora_rank:  # fold W + (alpha / r) B A into W, then drop the adapter: a plain UNet2DConditionModel
+        policy.fuse_lora(lora_scale=1.0)
+        policy.unload_lora()
+    policy.save_pretrained(str(out / "unet"), safe_serialization=True)
     return {"method": "Diffusion-DPO (Wallace et al. 2023)", "beta": beta, "kl_coefficient": beta, "seed": seed,
             "steps": steps, "lr": lr, "batch_pairs": batch_pairs, "base": base, "reward": "digit_prob",
             "n_per_prompt": n_per_prompt, "margin": margin, "data_seed": data_seed, "data_steps": data_steps,
+            "pairs_per_prompt": pairs_per_prompt, "uncond_prob": uncond_prob, "lora_rank": lora_rank,
             "n_pairs": int(n_pairs),
+            "pairs_per_digit": torch.bincount(data["digit"], minlength=10).tolist(),
+            "pair_digit_prob": {"winner": round(float(data["p_w"].mean()), 4),
+                                "loser": round(float(data["p_l"].mean()), 4)},
             "sampler": {"scheduler": "DDIM", "steps": NUM_STEPS, "eta": 1.0, "guidance": GUIDANCE},
             "base_sample_digit_prob": round(float(data["base_prob"].mean()), 4),
             "seconds": round(t_data["seconds"] + t_train["seconds"], 1), "seconds_data": t_data["seconds"],
