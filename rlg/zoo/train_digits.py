@@ -55,7 +55,8 @@ def train_model(model: str, out_dir: Path, log=print) -> dict[str, Any]:
         return train_base(out_dir, log=log)
     # upstream models from the same run when it trained them, else the shipped ones (--only <an RL model>)
     local = {m: out_dir.parent / m for m in ("digits_base", "digits_classifier")}
-    base, classifier = (str(p) if p.exists() else f"zoo:{m}" for m, p in local.items())
+    base, classifier = (str(p) if p.exists() and p.parent.resolve() != WEIGHTS_DIR.resolve() else f"zoo:{m}"
+                        for m, p in local.items())
     log(f"   {model}: base {base}, classifier {classifier}")
     if model == "digits_dpo":
         from rlg.zoo.train_digits_dpo import DEFAULTS, train_dpo

@@ -166,6 +166,7 @@ def train_dpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
     if lora_rank:  # fold W + (alpha / r) B A into W, then drop the adapter: a plain UNet2DConditionModel
         policy.fuse_lora(lora_scale=1.0)
         policy.unload_lora()
+    policy.register_to_config(_name_or_path=f"{base}/unet")  # the zoo id, not this machine's path
     policy.save_pretrained(str(out / "unet"), safe_serialization=True)
     return {"method": "Diffusion-DPO (Wallace et al. 2023)", "beta": beta, "kl_coefficient": beta, "seed": seed,
             "steps": steps, "lr": lr, "batch_pairs": batch_pairs, "base": base, "reward": "digit_prob",
