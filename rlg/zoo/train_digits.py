@@ -111,7 +111,27 @@ def compare(model: str, info: dict[str, Any], model_dir: Path, shipped: dict[str
     if entry.get("files") and model_dir.exists():
         check["bit_identical_files"] = {"ok": None, "retrained": file_hashes(model_dir) == entry["files"],
                                         "shipped": True}
+        shipped_dir = WEIGHTS_DIR / model
+        if shipped_dir.exists() and shipped_dir.resolve() != model_dir.resolve():
+            check["identical_tensors"] = {"ok": None, "retrained": _same_tensors(model_dir, shipped_dir),
+                                          "shipped": True}
     return check
+
+
+def _same_tensors(a: Path, b: Path) -> bool:
+    """Whether every safetensors file of ``b`` exists in ``a`` with exactly equal tensors (files can differ in
+    their bytes, e.g. header order, while holding the same weights)."""
+    import torch
+    from safetensors.torch import load_file
+
+    files = sorted(p.relative_to(b) for p in b.rglob("*.safetensors"))
+    for f in files:
+        if not (a / f).exists():
+            return False
+        x, y = load_file(str(a / f)), load_file(str(b / f))
+        if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
+            return False
+    return bool(files)
 
 
 def _metric(info: dict[str, Any], path: str) -> float | None:
