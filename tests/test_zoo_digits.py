@@ -153,7 +153,7 @@ CONTROL = {  # pair -> samples per prompt (10 prompts): digit_prob is nearly 0/1
 SCALES = (0.0, 0.5, 1.0, 2.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _control_rewards(name: str) -> dict[float, np.ndarray]:
     """Per-image reward of the shipped pair at each scale (paired noise, seed 11); computed once per pair."""
     from rlg.pairs import load_pair
