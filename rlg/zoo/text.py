@@ -5,9 +5,12 @@ Data: words rendered with the DejaVu fonts matplotlib ships (``matplotlib/mpl-da
 public domain). Dark text on a light background, uint8 RGB (H, W, 3) = (32, 64, 3); one of ``VOCAB`` words
 per image, font/size/offset/grey levels drawn from a seeded numpy Generator (deterministic).
 
-Narrowing (issue 16: until the base model renders partly readable words on a CPU budget): 8 upper-case
-4-letter words, 32x64 images, glyphs 14-20 px high, 4 DejaVu faces. Prompts follow the Flow-GRPO OCR
-convention that ``rlg.evaluators.ocr`` parses: ``a sign that says "MOON"``.
+Narrowing (issue 16: until the base model renders partly readable words on a CPU budget): 4 upper-case
+3-letter words, 32x64 images, font size 22-24 (capitals about 17 px high, words 50-60 px wide), offsets within
++-1 px; the VAE sees 4 DejaVu faces, the transformer DejaVu Sans Bold only. (The first attempt, 8 four-letter
+words at size 17-22 with +-2 px offsets, left the base unreadable after 1000-2400 CPU steps: OCR 0.03-0.05.)
+EasyOCR reads the clean renders and their VAE reconstructions with accuracy 1.0. Prompts follow the Flow-GRPO
+OCR convention that ``rlg.evaluators.ocr`` parses: ``a sign that says "SUN"``.
 
 Model (a stock ``StableDiffusion3Pipeline``):
   transformer     SD3Transformer2DModel, 4 joint blocks, 4 heads x 16, patch 2, trained with rectified flow
@@ -32,9 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-VOCAB = ("MOON", "STAR", "OPEN", "STOP", "SALE", "COLD", "FIRE", "RAIN")
+VOCAB = ("SUN", "CAT", "BOX", "RED")
 FONTS = ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSansMono-Bold.ttf")  # VAE data
 FLOW_FONTS = ("DejaVuSans-Bold.ttf",)  # transformer data: one face (4 faces left the base unreadable on budget)
+FONT_SIZES = (22, 25)  # [low, high) font size in points
+JITTER = 1.0  # px, uniform offset around the centre
 HEIGHT, WIDTH = 32, 64
 MAX_SEQUENCE_LENGTH = 8  # T5 tokens; see the module docstring
 CLIP_MAX_LENGTH = 16
@@ -73,7 +78,7 @@ def render(word: str, rng: np.random.Generator, fonts: tuple[str, ...] = FONTS) 
     from PIL import Image, ImageDraw
 
     name = fonts[int(rng.integers(len(fonts)))]
-    size = int(rng.integers(17, 23))
+    size = int(rng.integers(*FONT_SIZES))
     while True:  # shrink until the word fits with a 3 px margin
         x0, y0, x1, y1 = _font(name, size).getbbox(word)
         if x1 - x0 <= WIDTH - 6 or size <= 8:
@@ -82,8 +87,8 @@ def render(word: str, rng: np.random.Generator, fonts: tuple[str, ...] = FONTS) 
     font = _font(name, size)
     bg, fg = int(rng.integers(215, 256)), int(rng.integers(0, 45))
     img = Image.new("L", (WIDTH, HEIGHT), bg)
-    dx = (WIDTH - (x1 - x0)) / 2 - x0 + rng.uniform(-2, 2)
-    dy = (HEIGHT - (y1 - y0)) / 2 - y0 + rng.uniform(-2, 2)
+    dx = (WIDTH - (x1 - x0)) / 2 - x0 + rng.uniform(-JITTER, JITTER)
+    dy = (HEIGHT - (y1 - y0)) / 2 - y0 + rng.uniform(-JITTER, JITTER)
     ImageDraw.Draw(img).text((dx, dy), word, font=font, fill=fg)
     return np.repeat(np.asarray(img)[:, :, None], 3, axis=2)
 
@@ -101,6 +106,9 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+ENCODER_KEYS = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "tokenizer_3", "text_encoder_3")
+
+
 def build_text_encoders(seed: int = 0) -> dict:
     """Frozen tiny CLIP encoders and tokenizers (pipeline components), random from ``seed``."""
     from rlg.tiny_pairs import _clip_text, _t5_text, clip_tokenizer, t5_tokenizer
