@@ -4,7 +4,6 @@ the ordinary pair loader against independently built stock pipelines, and RLG co
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np

@@ -109,7 +109,8 @@ def compare(model: str, info: dict[str, Any], model_dir: Path, shipped: dict[str
             check[path] = {"retrained": new, "shipped": old, "ok": None}
             continue
         bound = tol if kind == "abs" else tol * abs(old)
-        check[path] = {"retrained": new, "shipped": old, "tolerance": round(bound, 5), "ok": bool(abs(new - old) <= bound)}
+        check[path] = {"retrained": new, "shipped": old, "tolerance": round(bound, 5),
+                       "ok": bool(abs(new - old) <= bound)}
     if model == RL_NAME and "eval" in info:
         check["rl_beats_base"] = {"retrained": info["eval"]["1.0"]["mean"] > info["eval"]["0.0"]["mean"],
                                   "shipped": True, "ok": info["eval"]["1.0"]["mean"] > info["eval"]["0.0"]["mean"]}

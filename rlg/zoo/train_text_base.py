@@ -150,8 +150,11 @@ def train_base(seed: int, out_dir: Path, vae_steps: int = 300, flow_steps: int =
         (path / "train_metrics.json").write_text(json.dumps(metrics, indent=1))
         return metrics
 
+    def snapshot(n: int, ema, m_flow: dict) -> None:
+        save(ema, m_flow, out_dir.with_name(f"{out_dir.name}_flow{n}"))
+
     ema, m_flow = train_transformer(pipe, seed, flow_steps, log=log, snapshot_steps=snapshot_steps,
-                                    on_snapshot=lambda n, e, m: save(e, m, out_dir.with_name(f"{out_dir.name}_flow{n}")))
+                                    on_snapshot=snapshot)
     return save(ema, m_flow, out_dir)
 
 
