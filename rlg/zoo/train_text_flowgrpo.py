@@ -179,7 +179,7 @@ def train_flowgrpo(beta: float, seed: int, steps: int, out_dir: Path | str, base
         torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"])
         opt.step()
         history.append({"step": it, "reward": rewards.mean().item(), "kl": float(np.mean(kls)) if kls else 0.0})
-        log(f"grpo step {it} reward {rewards.mean():.3f} kl {history[-1]['kl']:.4f} ({time.time() - t0:.0f}s)")
+        log(f"grpo step {it} reward {rewards.mean():.3f} kl {history[-1]['kl']:.3g} ({time.time() - t0:.0f}s)")
         if it + 1 in snapshot_steps and it + 1 < steps:  # equals a run with steps = it + 1 (nothing depends on steps)
             save(out_dir.with_name(f"{out_dir.name}_it{it + 1}"), {**cfg, "steps": it + 1})
     return save(out_dir, cfg)
