@@ -105,3 +105,50 @@ def ship_model(model: str, src: Path | str, trainer: str, info: dict[str, Any], 
         shutil.copytree(src, dst)
     write_manifest_entry(model, {"path": f"weights/{model}", "trainer": trainer, "files": file_hashes(dst),
                                  "size_mb": dir_size_mb(dst), **fields, "config": info})
+
+
+def compare_with_shipped(entry: dict[str, Any], info: dict[str, Any], model_dir: Path, shipped_dir: Path,
+                         tolerances: dict[str, tuple[str, float]]) -> dict[str, Any]:
+    """A retrained model against its shipped manifest ``entry``: each ``tolerances`` metric (path -> ("abs" |
+    "rel", tol); a path "a - b" is the difference of two dotted paths), then whether the files are bit-identical
+    and whether the safetensors hold identical tensors (files can differ in header bytes, not in weights).
+    Returns {check: {"retrained", "shipped", "tolerance"?, "ok"}}; ok None where there is nothing to judge."""
+    check: dict[str, Any] = {}
+    for path, (kind, tol) in tolerances.items():
+        new, old = metric_value(info, path), metric_value(entry.get("config", {}), path)
+        if old is None or new is None:
+            check[path] = {"retrained": new, "shipped": old, "ok": None}
+            continue
+        bound = tol if kind == "abs" else tol * abs(old)
+        check[path] = {"retrained": new, "shipped": old, "tolerance": round(bound, 5),
+                       "ok": bool(abs(new - old) <= bound)}
+    if entry.get("files") and model_dir.exists():
+        check["bit_identical_files"] = {"ok": None, "retrained": file_hashes(model_dir) == entry["files"],
+                                        "shipped": True}
+        if shipped_dir.exists() and shipped_dir.resolve() != model_dir.resolve():
+            check["identical_tensors"] = {"ok": None, "retrained": same_tensors(model_dir, shipped_dir),
+                                          "shipped": True}
+    return check
+
+
+def metric_value(info: dict[str, Any], path: str) -> float | None:
+    """A tolerance metric: a dotted path, or "a - b" of two, rounded to 5 decimals (None when either is absent)."""
+    parts = [p.strip() for p in path.split(" - ")]
+    vals = [dotted_get(info, p) for p in parts]
+    if any(v is None for v in vals):
+        return None
+    return vals[0] if len(vals) == 1 else round(vals[0] - sum(vals[1:]), 5)
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    """Whether every safetensors file of ``b`` exists in ``a`` with exactly equal tensors."""
+    from safetensors.torch import load_file
+
+    files = sorted(p.relative_to(b) for p in b.rglob("*.safetensors"))
+    for f in files:
+        if not (a / f).exists():
+            return False
+        x, y = load_file(str(a / f)), load_file(str(b / f))
+        if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
+            return False
+    return bool(files)

@@ -17,7 +17,7 @@ from typing import Any
 
 from rlg.zoo import WEIGHTS_DIR
 from rlg.zoo import digits as D
-from rlg.zoo.common import dotted_get, file_hashes, read_manifest
+from rlg.zoo.common import compare_with_shipped, read_manifest
 from rlg.zoo.common import ship_model as common_ship
 
 MODELS = ("digits_classifier", "digits_base", "digits_dpo", "digits_ddpo_compress", "digits_ddpo_incompress")
@@ -98,48 +98,8 @@ def compare(model: str, info: dict[str, Any], model_dir: Path, shipped: dict[str
     """Each TOLERANCES metric of a retrained model against the shipped manifest; plus whether the files
     are bit-identical (same machine type and thread count usually gives identical weights)."""
     shipped = read_manifest().get("models", {}) if shipped is None else shipped
-    entry = shipped.get(model, {})
-    check: dict[str, Any] = {}
-    for path, (kind, tol) in TOLERANCES.get(model, {}).items():
-        new, old = _metric(info, path), _metric(entry.get("config", {}), path)
-        if old is None or new is None:
-            check[path] = {"retrained": new, "shipped": old, "ok": None}
-            continue
-        bound = tol if kind == "abs" else tol * abs(old)
-        check[path] = {"retrained": new, "shipped": old, "tolerance": round(bound, 5),
-                       "ok": bool(abs(new - old) <= bound)}
-    if entry.get("files") and model_dir.exists():
-        check["bit_identical_files"] = {"ok": None, "retrained": file_hashes(model_dir) == entry["files"],
-                                        "shipped": True}
-        shipped_dir = WEIGHTS_DIR / model
-        if shipped_dir.exists() and shipped_dir.resolve() != model_dir.resolve():
-            check["identical_tensors"] = {"ok": None, "retrained": _same_tensors(model_dir, shipped_dir),
-                                          "shipped": True}
-    return check
-
-
-def _same_tensors(a: Path, b: Path) -> bool:
-    """Whether every safetensors file of ``b`` exists in ``a`` with exactly equal tensors (files can differ in
-    their bytes, e.g. header order, while holding the same weights)."""
-    import torch
-    from safetensors.torch import load_file
-
-    files = sorted(p.relative_to(b) for p in b.rglob("*.safetensors"))
-    for f in files:
-        if not (a / f).exists():
-            return False
-        x, y = load_file(str(a / f)), load_file(str(b / f))
-        if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
-            return False
-    return bool(files)
-
-
-def _metric(info: dict[str, Any], path: str) -> float | None:
-    """A TOLERANCES metric: a dotted path, or "a - b" of two (None when either is absent)."""
-    vals = [dotted_get(info, p.strip()) for p in path.split(" - ")]
-    if any(v is None for v in vals):
-        return None
-    return round(vals[0] - sum(vals[1:]), 5)
+    return compare_with_shipped(shipped.get(model, {}), info, model_dir, WEIGHTS_DIR / model,
+                                TOLERANCES.get(model, {}))
 
 
 def ship_model(model: str, src: Path, info: dict[str, Any]) -> None:
