@@ -20,4 +20,4 @@ quickstart: setup
 	$(BIN)/python run.py experiment=quickstart
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
