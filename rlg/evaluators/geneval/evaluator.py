@@ -39,6 +39,11 @@ class GenEval:
     metrics = {"geneval_correct": True}
 
     @staticmethod
+    def requires_for(detector: str = "hf", **_: object) -> tuple[str, ...]:
+        """Packages the chosen detector and the colour classifier import (start-up check)."""
+        return ("open_clip", "cv2") + (("mmdet", "mmcv") if detector == "mmdet" else ())
+
+    @staticmethod
     def check_options(detector: str = "hf", dtype: str | torch.dtype | None = None, **_: object) -> None:
         """Raise ValueError for option values the constructor would refuse (called at start-up)."""
         if detector not in ("hf", "mmdet"):
