@@ -4,6 +4,7 @@ cannot score fails instead of reporting n = 0."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,50 @@ def test_an_evaluator_that_fails_on_every_image_fails_the_run_and_keeps_each_fai
     assert len(ocr) == n and ocr.error.str.startswith("ValueError: OCR prompt has no text").all()
     assert ocr.value.isna().all()
     assert jpeg.image_key.nunique() == n and jpeg.error.isna().all()  # the other evaluator's scores are stored
+
+
+# -- kind 6: refusals come before torch and diffusers are imported, and leave nothing on disk ---------------
+CLI_PROBE = """
+import sys
+from pathlib import Path
+from rlg.harness import cli
+try:
+    cli.main()
+except SystemExit as exc:
+    print("PROBE", exc.code, "torch" in sys.modules, "diffusers" in sys.modules)
+    raise
+"""
+
+
+def run_cli(*args: str, timeout: int = 120):
+    """``rlg-bench args`` in a subprocess that reports, when it exits, whether torch/diffusers were imported."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", CLI_PROBE, *args], cwd=root, capture_output=True, text=True,
+                         timeout=timeout, env=env)
+    return out, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("grid.scales=[0,abc]", "RLG scale #1 is 'abc' (str); scales must be finite numbers"),
+    ("grid.scales=[0,1,1e6]", "grid.scales [1000000.0] are beyond |w| <= 10"),
+    ("prompts.path=/nonexistent/prompts.txt", "prompt file /nonexistent/prompts.txt does not exist; fix prompts.path"),
+    ("grid.scales=[1,1.0000001]", "differ from [1.0] only beyond 6 decimals, which the report cannot tell apart"),
+])
+def test_start_up_refusals_come_before_torch_and_leave_no_directory(tmp_path, override, message):
+    out, text = run_cli("debug=fast", f"paths.root={tmp_path}", "name=x", override)
+    assert out.returncode == 2, text[-2000:]
+    assert message in text and "Traceback" not in text
+    assert "PROBE 2 False False" in out.stdout  # exit 2 with neither torch nor diffusers imported
+    assert not (tmp_path / "x").exists()
+
+
+def test_large_scales_run_when_allowed_explicitly(compose):
+    assert build.grid_scales([0, 1, 1e6], allow_large=True) == (0.0, 1.0, 1e6)
+    job = build.build(compose("debug=fast", "grid.scales=[0,20]", "grid.allow_large_scales=true"))
+    assert job.scales == (0.0, 20.0) and "allow_large_scales" not in str(job.identity)  # placement-only
+    with pytest.raises(ConfigError, match=r"report would pool as \[0.3\]"):
+        build.grid_scales([0.3, 0.1 + 0.2])  # float noise is not refused, but two of it are one scale

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, validate
+from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, grid_scale_values, validate
 from rlg.harness.provenance import redact
 from rlg.harness.prompts import Prompt, load_prompts
 from rlg.harness.store import content_key
@@ -108,15 +108,9 @@ def resolve_device(name: str, local_rank: int = 0, cuda_count: int | None = None
     return name
 
 
-def grid_scales(scales: list[Any]) -> tuple[float, ...]:
-    from rlg.guidance import ScaleError, check_scales
-
-    out = check_scales(list(scales))
-    if not out:
-        raise ScaleError("grid.scales is empty; give at least one scale, e.g. grid.scales=[0,1,2]")
-    dup = sorted({w for w in out if out.count(w) > 1})
-    if dup:
-        raise ScaleError(f"grid.scales has duplicates {dup}; each scale once")
+def grid_scales(scales: list[Any], allow_large: bool = False) -> tuple[float, ...]:
+    """The checked scales (rlg.harness.config.grid_scale_values); warns about negative ones."""
+    out = grid_scale_values(list(scales), allow_large)
     if any(w < 0 for w in out):
         log.warning("negative RLG scales %s move away from the RL model (allowed, but unusual)",
                     [w for w in out if w < 0])
@@ -283,7 +277,7 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
     check_complete(cfg)
     conf: RunConf = OmegaConf.to_object(cfg)  # the dataclass tree: from here on no DictConfig
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-    scales = grid_scales(conf.grid.scales)
+    scales = grid_scales(conf.grid.scales, conf.grid.allow_large_scales)
     rank, world, distributed = resolve_rank(conf.shard)
     local_rank = 0
     if distributed:  # accelerate's view of torchrun / accelerate launch; it also selects this rank's GPU

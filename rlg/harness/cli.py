@@ -7,8 +7,10 @@ like Ctrl-C: what was stored stays stored and the same command resumes.
 """
 
 import logging
+import shutil
 import signal
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -26,25 +28,33 @@ def _main(cfg: DictConfig) -> None:
     _STARTED = True
     from rlg.harness.config import ConfigError, validate
 
+    hc = HydraConfig.get()
     try:
         validate(cfg)  # bad values fail in a second, before torch is imported
     except ConfigError as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+        _refuse(exc, hc.runtime.output_dir)
     from rlg.harness.console import quiet_third_party
 
     quiet_third_party(verbose=bool(cfg.verbose))
     from rlg.harness.runner import USER_ERRORS, run
 
-    hc = HydraConfig.get()
     job = hc.job.override_dirname or cfg.name
     group = f"{cfg.name}-sweep" if hc.mode.name == "MULTIRUN" else None
     try:
         run(cfg, run_dir=hc.runtime.output_dir, overrides=list(hc.overrides.task), job_name=job, group=group)
     except USER_ERRORS as exc:
         log.debug("user error", exc_info=True)
-        log.error("%s", exc)
-        sys.exit(2)
+        _refuse(exc, hc.runtime.output_dir)
+
+
+def _refuse(exc: BaseException, run_dir: str) -> None:
+    """Print the refusal (one line) and exit 2, removing the run directory if Hydra made it for nothing
+    (it holds only Hydra's .hydra/ and log): a refused command leaves nothing on disk."""
+    log.error("%s", exc)
+    root = Path(run_dir)
+    if root.is_dir() and {p.name for p in root.iterdir()} <= {".hydra", f"{HydraConfig.get().job.name}.log"}:
+        shutil.rmtree(root, ignore_errors=True)
+    sys.exit(2)
 
 
 def _terminate(signum, frame):

@@ -79,7 +79,8 @@ class SamplerConf:
 @dataclass
 class GridConf:
     name: str = MISSING
-    scales: List[Any] = MISSING  # validated by rlg.guidance.check_scales (so strings get a clear error)
+    scales: List[Any] = MISSING  # validated by grid_scale_values at start-up (so strings get a clear error)
+    allow_large_scales: bool = False  # lift the |w| <= MAX_ABS_SCALE bound (refusal only: no effect on an image)
 
 
 @dataclass
@@ -173,6 +174,8 @@ class RunConf:
 
 
 STAGES = ("generate", "evaluate", "report", "all")
+MAX_ABS_SCALE = 10.0  # |w| beyond this is refused unless grid.allow_large_scales=true (the paper's range is [1, 3])
+SCALE_DECIMALS = 6  # the report's scale resolution (rlg.report.stats): finer scales are refused at start-up
 RL_KINDS = ("full", "diffusers_lora", "peft_lora")
 SCHEDULERS = ("default", "ddim", "euler_ode", "flow_grpo_sde")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -297,12 +300,49 @@ def _at_least(key: str, value: Any, low: float, optional: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} is not valid; it must be {'null or ' if optional else ''}>= {low:g}")
 
 
+def grid_scale_values(scales: list[Any], allow_large: bool = False) -> list[float]:
+    """The grid's RLG scales as floats, or ConfigError naming the fix: not a finite number, none, a duplicate,
+    two scales the report cannot tell apart (they differ only beyond SCALE_DECIMALS decimals, so the report
+    would pool them under one label), or |w| > MAX_ABS_SCALE without ``grid.allow_large_scales=true``.
+    Pure Python: runs before torch is imported."""
+    import math
+
+    out = []
+    for i, w in enumerate(scales):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise ConfigError(f"RLG scale #{i} is {w!r} ({type(w).__name__}); scales must be finite numbers, "
+                              "e.g. grid.scales=[0,1,1.5]")
+        out.append(float(w))
+    if not out:
+        raise ConfigError("grid.scales is empty; give at least one scale, e.g. grid.scales=[0,1,2]")
+    dup = sorted({w for w in out if out.count(w) > 1})
+    if dup:
+        raise ConfigError(f"grid.scales has duplicates {dup}; each scale once")
+    fine = [w for w in out if abs(w - round(w, SCALE_DECIMALS)) > 1e-9]  # 1e-9: float noise such as 0.1 + 0.2
+    if fine:
+        raise ConfigError(f"grid.scales {fine} differ from {[round(w, SCALE_DECIMALS) for w in fine]} only beyond "
+                          f"{SCALE_DECIMALS} decimals, which the report cannot tell apart; round them")
+    merged = sorted({round(w, SCALE_DECIMALS) for w in out if [round(v, SCALE_DECIMALS) for v in out].count(
+        round(w, SCALE_DECIMALS)) > 1})
+    if merged:
+        raise ConfigError(f"grid.scales has scales the report would pool as {merged}; each scale once")
+    large = [w for w in out if abs(w) > MAX_ABS_SCALE]
+    if large and not allow_large:
+        raise ConfigError(f"grid.scales {large} are beyond |w| <= {MAX_ABS_SCALE:g} (the paper uses 1 to 3; larger "
+                          "scales give noise); if you mean it, add grid.allow_large_scales=true")
+    return out
+
+
 def check_values(cfg: DictConfig) -> None:
     """Values the schema's types cannot express, checked at start-up (not hours later when used)."""
+    from pathlib import Path
+
     from rlg.evaluators.base import REGISTRY
     from rlg.harness.prompts import SOURCES
 
     _one_of("stage", cfg.stage, STAGES)
+    if cfg.kl_claim is None:
+        grid_scale_values(list(cfg.grid.scales), cfg.grid.allow_large_scales)
     for key in ("device", "evaluators.device"):
         value = OmegaConf.select(cfg, key)
         if not DEVICE.match(str(value)):
@@ -328,6 +368,11 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError("sampler.guidance_rescale > 0 makes classifier-free guidance nonlinear, so mixing raw "
                           "predictions no longer equals the official order; set sampler.guidance_rescale=0")
     _one_of("prompts.source", cfg.prompts.source, ("inline", "file", *SOURCES))
+    path = cfg.prompts.path
+    if path and not Path(path).expanduser().is_file():  # the loader reads it later; refuse before any import
+        raise ConfigError(f"prompt file {Path(path).expanduser()} does not exist; fix prompts.path")
+    if cfg.prompts.source == "file" and not path:
+        raise ConfigError("prompts.source=file needs prompts.path=/path/to/prompts.txt (or .jsonl)")
     _at_least("prompts.samples_per_prompt", cfg.prompts.samples_per_prompt, 1)
     _at_least("prompts.max_prompts", cfg.prompts.max_prompts, 1, optional=True)
     unknown = [e for e in cfg.evaluators.selected if e not in REGISTRY]
