@@ -220,7 +220,7 @@ def test_prompt_file_errors(tmp_path):
         load(tmp_path / "latin1.txt")
     (tmp_path / "blank.txt").write_text("a cat\n\n\na dog\n")
     assert [p.text for p in load(tmp_path / "blank.txt")[0]] == ["a cat", "a dog"]
-    with pytest.raises(PromptError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):  # refused by validate(), before torch is imported
         load(tmp_path / "missing.txt")
 
 
