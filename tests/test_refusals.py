@@ -95,3 +95,41 @@ def test_large_scales_run_when_allowed_explicitly(compose):
     assert job.scales == (0.0, 20.0) and "allow_large_scales" not in str(job.identity)  # placement-only
     with pytest.raises(ConfigError, match=r"report would pool as \[0.3\]"):
         build.grid_scales([0.3, 0.1 + 0.2])  # float noise is not refused, but two of it are one scale
+
+
+# -- kind 9: everyday interruptions get one line (what happened, what is safe, what to run) -------------------
+def test_an_output_folder_that_cannot_be_made_gets_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for root, reason in ((tmp_path / "afile", "is a file, not a folder"),
+                         (tmp_path / "afile" / "sub", "Not a directory"), ("/proc/rlg-runs", "No such file")):
+        out, text = run_cli("debug=fast", f"paths.root={root}", "name=m")
+        assert out.returncode == 2 and "Traceback" not in text, text[-2000:]
+        line = [x for x in out.stderr.splitlines() if x.startswith("rlg-bench:")]
+        assert len(line) == 1 and reason in line[0] and "nothing was written" in line[0] and "paths.root=" in line[0]
+        assert "PROBE 2 False False" in out.stdout
+
+
+def test_ctrl_c_prints_one_line_naming_the_resume_command(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    args = ["debug=fast", f"paths.root={tmp_path}", "name=c", "prompts.samples_per_prompt=8", "sampler.batch_size=3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "run.py", *args], cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / "c" / "rows" / "images"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(parts.glob("part-*.parquet")) and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted; make it longer"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    line = [x for x in stderr.splitlines() if "interrupted" in x]
+    assert line == [f"rlg-bench: interrupted (Ctrl-C). Every image and score stored so far is kept; to resume, run "
+                    f"the same command again: rlg-bench {' '.join(args)}"]
+    assert len(Store(tmp_path / "c").images()) > 0  # what was stored stays

@@ -123,8 +123,13 @@ def pair_spec(conf) -> Any:
 
     p = conf.pair
     if p.tiny:
+        ignored = [k for k in ("base", "rl", "vae", "pipeline_class") if getattr(p, k) is not None] + \
+            (["components"] if p.components else [])
+        if ignored:  # the tiny family fills these; a value here would be dropped without a word
+            raise ConfigError(f"pair.tiny={p.tiny} brings its own checkpoints, so pair.{ignored[0]} would have no "
+                              f"effect; drop it, or set pair.tiny=null to use pair.base / pair.rl")
         spec = tiny_spec(p.tiny, p.rl_kind, root=conf.paths.fixtures)
-        spec.name = p.name
+        spec.name, spec.dtype = p.name, p.dtype  # the dtype applies to tiny pairs as to any other
         return spec
     if p.base is None or p.rl is None:
         raise ConfigError(f"pair {p.name!r} needs pair.base.id and pair.rl.id (or pair.tiny=<family>)")
@@ -194,9 +199,47 @@ def _check_no_effect(conf: RunConf, default) -> None:
     if s.scheduler in ("default", "ddim") and s.shift is not None:
         raise ConfigError(f"sampler.shift={s.shift} has no effect with sampler.scheduler={s.scheduler} (shift is for "
                           "flow-matching schedulers); use euler_ode / flow_grpo_sde or sampler.shift=null")
-    if (s.window.start, s.window.stop) == (0.0, 1.0) and s.window.outside != d.window.outside:
-        raise ConfigError("sampler.window.outside has no effect when the window covers every step (start=0, stop=1); "
-                          "narrow the window or drop the override")
+
+
+def _pipeline_file(ck, name: str) -> dict[str, Any] | None:
+    """JSON file ``name`` of a checkpoint when it is on disk (a local folder or the hub cache), else None."""
+    import json
+
+    from huggingface_hub import try_to_load_from_cache
+
+    folder = Path(ck.id).expanduser()
+    if folder.is_dir():
+        path = folder / name
+    else:
+        hit = try_to_load_from_cache(ck.id, name, revision=ck.revision)
+        path = Path(hit) if isinstance(hit, str) else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def _check_eta(conf: RunConf, spec) -> None:
+    """Refuse sampler.eta when the pair's pipeline or scheduler would drop it, read from the checkpoint's
+    model_index.json / scheduler_config.json (no model loaded). A checkpoint not yet downloaded is checked
+    by rlg.sampling.RLGSampler before the first image."""
+    s = conf.sampler
+    if s.eta is None or s.scheduler in ("euler_ode", "flow_grpo_sde"):
+        return
+    import diffusers
+
+    from rlg.sampling import eta_ignored
+
+    index = _pipeline_file(spec.base, "model_index.json")
+    scheduler = _pipeline_file(spec.base, "scheduler/scheduler_config.json")
+    if index is None or scheduler is None:
+        return
+    pipeline_cls = getattr(diffusers, spec.pipeline_class or index.get("_class_name", ""), None)
+    scheduler_cls = diffusers.DDIMScheduler if s.scheduler == "ddim" else getattr(
+        diffusers, scheduler.get("_class_name", ""), None)
+    if pipeline_cls is None or scheduler_cls is None:
+        return
+    why = eta_ignored(pipeline_cls.__call__, scheduler_cls)
+    if why:
+        raise ConfigError(f"sampler.eta={s.eta} has no effect with pair {spec.name} and sampler.scheduler="
+                          f"{s.scheduler}: {why}; remove it (sampler.eta=null) or use sampler.scheduler=ddim")
 
 
 def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: str) -> tuple[EvaluatorPlan, ...]:
@@ -299,6 +342,7 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
     eval_device = resolve_device(conf.evaluators.device, local_rank)
     prompts, prompt_info = load_prompts(conf.prompts, conf.paths.cache)
     spec = pair_spec(conf)
+    _check_eta(conf, spec)
     evaluators = evaluator_plans(conf, prompts, eval_device)
     ident = image_identity(conf, spec, device)
     s = conf.sampler
