@@ -133,3 +133,23 @@ def test_ctrl_c_prints_one_line_naming_the_resume_command(tmp_path):
     assert line == [f"rlg-bench: interrupted (Ctrl-C). Every image and score stored so far is kept; to resume, run "
                     f"the same command again: rlg-bench {' '.join(args)}"]
     assert len(Store(tmp_path / "c").images()) > 0  # what was stored stays
+
+
+# -- kind 2: the report keeps apart the scales the store keeps apart ------------------------------------------
+def test_the_report_keeps_apart_scales_that_differ_in_the_7th_decimal():
+    import pandas as pd
+
+    from rlg.report.stats import summarize
+    from rlg.report.tables import format_scale
+
+    scales = [1.0, 1.0000001, 0.1 + 0.2]  # the third is float noise of 0.3, the second a scale of its own
+    images = pd.DataFrame([{"image_key": f"k{p}{i}", "prompt_id": p, "scale": w, "run_name": "r", "pair": "p",
+                            "run_id": "x", "config_id": "c", "sample": 0, "seed": 0, "nonfinite": False}
+                           for p in range(3) for i, w in enumerate(scales)])
+    values = {(p, i): 10 * p + i for p in range(3) for i in range(3)}
+    scores = pd.DataFrame([{"image_key": f"k{p}{i}", "evaluator": "e", "version": "v", "metric": "m", "value": v,
+                            "higher_is_better": True, "error": None} for (p, i), v in values.items()])
+    got = summarize(images, scores, n_resamples=10).set_index("scale")["mean"].to_dict()
+    expected = {1.0: (0 + 10 + 20) / 3, 1.0000001: (1 + 11 + 21) / 3, 0.3: (2 + 12 + 22) / 3}  # by hand
+    assert got == pytest.approx(expected)
+    assert len({format_scale(w) for w in expected}) == 3 and format_scale(1.0000001) == "1.0000001"

@@ -24,7 +24,7 @@ from rlg.harness.prompts import PromptError
 from rlg.harness.provenance import provenance, redact
 from rlg.harness.store import Store, StoreError
 from rlg.harness.tracking import Tracker
-from rlg.report.stats import SERIES
+from rlg.report.stats import SERIES, scale_label
 from rlg.pairs import PairError
 from rlg.sampling import SamplerError
 
@@ -165,4 +165,4 @@ def _print_summary(records: list[dict[str, Any]]) -> None:
             n = int(rows["n"].max()) if "n" in rows else 0
             bad = int(rows["n_nonfinite"].max()) if "n_nonfinite" in rows else 0
             excluded = f" ({bad} nonfinite, excluded)" if bad else ""
-            print(f"  w={scale:g}: n={n}{excluded} {vals}".rstrip())
+            print(f"  w={scale_label(scale)}: n={n}{excluded} {vals}".rstrip())
