@@ -311,7 +311,7 @@ class RLGSampler:
         if s.shift is not None and s.scheduler in ("default", "ddim"):
             raise SamplerError(f"shift={s.shift} has no effect with scheduler={s.scheduler} (shift is for the flow "
                                "schedulers euler_ode / flow_grpo_sde); remove it")
-        if not s.window.steps_inside(s.num_inference_steps):
+        if s.window is not None and not s.window.steps_inside(s.num_inference_steps):
             raise SamplerError(f"the RLG window [{s.window.start:g}, {s.window.stop:g}) contains no step of the "
                                f"{s.num_inference_steps}-step schedule, so every scale gives the same image; widen it")
         self.conditional = "prompt" in self._params
