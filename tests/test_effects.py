@@ -131,19 +131,24 @@ def test_an_image_key_changes_the_image_bits(key):
 
 def test_checkpoint_fields_are_part_of_the_content_key_and_a_local_copy_gives_the_tiny_images(fixture_root):
     d = fixture_root / "sd-s0-v1"
-    local = ("pair.tiny=null", f"+pair.base.id={d / 'base'}", f"+pair.rl.id={d / 'rl-full'}", "pair.rl_kind=full")
-    assert images(local)[0] == images(("pair.rl_kind=full",))[0]  # the same checkpoints by another route
-    assert images(local)[0] != images((*local[:2], f"+pair.rl.id={d / 'base'}", "pair.rl_kind=full"))[0]
-    ref = _job(local).identity
-    for field in CHECKPOINT_FIELDS[1:]:
-        changed = _job((*local, f"+pair.rl.{field}=x")).identity if field != "revision" else None
-        if changed is not None:
-            assert content_key(changed) != content_key(ref), field
-    for extra in (f"+pair.vae.id={d / 'base'}", "pair.pipeline_class=StableDiffusionPipeline",
-                  "+pair.components.safety_checker=null"):
-        assert content_key(_job((*local, extra)).identity) != content_key(ref), extra
-    with pytest.raises(ConfigError, match=r"pair.tiny=sd brings its own checkpoints, so pair.base would have no"):
-        _job((f"+pair.base.id={d / 'base'}",))
+    # the real SD1.5 + Diffusion-DPO preset pointed at the tiny family's folders (its hub pins do not apply)
+    local = ("pair=sd15_dpo", "pair.dtype=float32", "pair.offline=true", "pair.base.revision=null",
+             "pair.base.variant=null", "pair.rl.revision=null", f"pair.base.id={d / 'base'}")
+    full = (*local, f"pair.rl.id={d / 'rl-full'}")
+    assert images(full)[0] == images(("pair.rl_kind=full",))[0]  # the same checkpoints by another route
+    assert images(full)[0] != images((*local, f"pair.rl.id={d / 'base'}"))[0]  # another RL checkpoint
+    ref = content_key(_job(full).identity)
+    for change in ("pair.rl.revision=abc", "pair.rl.subfolder=other", "pair.rl.weight_name=w.safetensors",
+                   "pair.rl.variant=fp16", "pair.pipeline_class=X", "+pair.components.safety_checker=null"):
+        assert content_key(_job((*full, change)).identity) != ref, change
+    spec = _job(full).pair  # a vae override (OmegaConf cannot merge a node into the preset's null from the CLI)
+    for field in CHECKPOINT_FIELDS:
+        vae = rlg.Checkpoint(**{"id": str(d / "base"), field: "x"} if field != "id" else {"id": str(d)})
+        assert dataclasses.replace(spec, vae=vae).identity() != spec.identity(), field
+    for change, key in (("pair.pipeline_class=StableDiffusionPipeline", "pipeline_class"),
+                        ("+pair.components.safety_checker=null", "components")):
+        with pytest.raises(ConfigError, match=rf"pair.tiny=sd brings its own checkpoints, so pair.{key} would have"):
+            _job((change,))
 
 
 @pytest.mark.parametrize("key", sorted(REFUSED))
