@@ -119,7 +119,7 @@ def test_tables_contain_the_exact_means(report):
     for run, ws in {"r1": [0, 0.5, 1, 1.5, 2], "r2": [0, 1, 2]}.items():
         for w in ws:
             mean, n = expected_pickscore_mean(run, w)
-            row = md[(md["run"] == run) & md["metric"].str.startswith("pickscore") & md["w"].str.match(f"{w:g}( |$)")]
+            row = md[(md["run"] == run) & md["metric"].str.startswith("PickScore [pickscore]") & md["w"].str.match(f"{w:g}( |$)")]
             assert len(row) == 1
             assert row["mean"].iloc[0] == f"{mean:.2f}"  # ~4 significant digits for values near 21
             assert row["n (prompts)"].iloc[0].startswith(f"{n} (")
@@ -139,7 +139,7 @@ def test_nonfinite_and_failed_images_are_excluded_and_counted(store, report):
     ocr = s[(s.run_id == "r1") & (s.metric == "ocr_accuracy")].set_index("scale")
     assert (ocr.loc[2.0, "n"], ocr.loc[2.0, "n_nonfinite"], ocr.loc[2.0, "n_unscored"]) == (10, 1, 1)
     md = _md_table((report[0] / "tables" / "metrics_pickscore.md").read_text())
-    cell = lambda metric, w: md[(md.run == "r1") & md.metric.str.startswith(metric) & md.w.str.match(f"{w}( |$)")]["excluded"].iloc[0]
+    cell = lambda metric, w: md[(md.run == "r1") & md.metric.str.contains(f"[{metric}]", regex=False) & md.w.str.match(f"{w}( |$)")]["excluded"].iloc[0]
     assert cell("pickscore", "2") == "1 nonfinite"
     assert cell("pickscore", "1.5") == "1 failed"
     assert cell("ocr_accuracy", "2") == "1 nonfinite, 1 unscored"
@@ -414,7 +414,7 @@ def test_index_md_and_self_contained_html(report):
     assert len(srcs) == len(linked) and all(s.startswith("data:image/png;base64,") for s in srcs)
     embedded = {base64.b64decode(s.split(",", 1)[1]) for s in srcs}
     assert embedded == {(out / rel).read_bytes() for rel in linked}
-    assert not re.search(r'(src|href)="(?!data:|#|tables/|figures/)', page)
+    assert not re.search(r'(src|href)="(?!data:|#|tables/|figures/|images.html")', page)
     assert html_lib.unescape(page).count("<table>") >= 5
 
 
@@ -457,5 +457,5 @@ def test_series_names_say_what_each_id_is():
     assert series_name((None, "zoo_pair", None, None)) == "zoo_pair"
     assert series_name((None, None, "r1", None)) == "run r1"
     assert series_name((None, None, None, None)) == "results"
-    assert series_label(series, ["run_id", "config_id"]) == "run 5b5bfb64dfe5 / setting 5d67b4b2"
+    assert series_label(series, ["run_id", "config_id"]) == "5b5bfb64dfe5 / setting 5d67b4b2"
     assert series_label(series, ["pair"]) == "zoo_pair"
