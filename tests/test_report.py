@@ -459,3 +459,64 @@ def test_series_names_say_what_each_id_is():
     assert series_name((None, None, None, None)) == "results"
     assert series_label(series, ["run_id", "config_id"]) == "5b5bfb64dfe5 / setting 5d67b4b2"
     assert series_label(series, ["pair"]) == "zoo_pair"
+
+
+# --- the first screen: headline, image browser, screenshot ------------------------------------------
+
+def test_headline_reads_its_numbers_from_the_summary(store):
+    from rlg.report.headline import MIN_PROMPTS, RewardError, headlines, pick_reward
+
+    images, scores = store
+    s = summarize(images, scores, n_resamples=50)
+    heads = {h.series[2]: h for h in headlines(s, "pickscore")}
+    h = heads["r1"]
+    for point, w in ((h.base, 0.0), (h.rl, 1.0), (h.best, 2.0)):  # pickscore rises with w: best is the largest
+        assert point.scale == w and point.mean == pytest.approx(expected_pickscore_mean("r1", w)[0], abs=1e-12)
+    r = s[(s.run_id == "r1") & (s.metric == "pickscore") & (s.scale == 2.0)].iloc[0]
+    assert h.step["scale"] == 2.0 and h.step["delta"] == r["delta"] and h.step["win_rate"] == r["win_rate"]
+    ocr = next(c for c in h.costs if c.metric == "ocr_accuracy")  # 0.2 + 0.1 w: better at w=2 than at 1
+    assert ocr.verdict == "better" and ocr.delta == pytest.approx(0.1, abs=1e-9)
+    assert h.n_prompts == 6 < MIN_PROMPTS and "6 prompt(s)" in h.caution
+    assert f"w=2 vs w=1: {r['delta']:+.2f}" in h.sentence and "(11 images per scale, 6 prompts)" in h.sentence
+    assert pick_reward(["pickscore", "ocr_accuracy", "jpeg_compressibility"]) == "ocr_accuracy"
+    with pytest.raises(RewardError, match=r"report.reward='hps_v2.1' is not a scored metric.*ocr_accuracy, pickscore"):
+        pick_reward(["pickscore", "ocr_accuracy"], "hps_v2.1")
+
+
+def test_image_browser_holds_every_image_with_its_scores(report, store):
+    import json
+
+    from rlg.report.stats import tidy
+
+    out, _ = report
+    images, scores = store
+    page = (out / "images.html").read_text()
+    data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S).group(1))
+    cells = {(r["series"], r["prompt_id"], r["sample"], w): c for r in data["rows"] for w, c in r["cells"].items()}
+    assert len(cells) == len(images)  # every image once
+    assert not re.search(r'(src|href)="https?:', page)  # offline: no network reference
+    df = tidy(images, scores)
+    for row in df.sample(40, random_state=0).itertuples():
+        c = next(c for (_, p, smp, w), c in cells.items()
+                 if p == row.prompt_id and smp == row.sample and float(w) == row.scale
+                 and c["src"].endswith(f"{row.image_key}.png"))
+        expected = row.value if np.isfinite(row.value) else None
+        assert c["scores"][row.metric] == (pytest.approx(expected) if expected is not None else None)
+        assert (out / c["src"]).resolve() == Path(row.image_path).resolve()
+
+
+def test_first_screen_shows_the_headline_in_a_real_browser(report):
+    """What a reader sees first (1400x900 in headless Chromium): the headline box and its caution."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from report_screenshot import find_browser, screenshot
+
+    if find_browser() is None:
+        pytest.skip("no Chromium/Chrome on PATH: apt-get install chromium (benchmarks/report_screenshot.py)")
+    out, _ = report
+    png = screenshot(out / "index.html", out / "first_screen.png", (1400, 900))
+    pixels = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3)
+    colours = {tuple(p) for p in np.unique(pixels, axis=0)}
+    assert (246, 248, 250) in colours  # the headline box (.headline background)
+    assert (255, 244, 224) in colours  # the caution (6 prompts < 20)
