@@ -63,6 +63,10 @@ def series_label(series: tuple[str, ...], varying: Sequence[str]) -> str:
 def varying_series_columns(df: pd.DataFrame) -> list[str]:
     """Which of run_name, pair, run_id, config_id tell the curves apart (pair alone when nothing varies)."""
     cols = [c for c in SERIES if df[c].nunique() > 1] if len(df) else []
+    if "run_id" in cols:  # a comparison's run label names the run: its run name and pair go without saying
+        cols = [c for c in cols if c not in ("run_name", "pair")]
+        if "config_id" in cols and (df.groupby("run_id")["config_id"].nunique() <= 1).all():
+            cols.remove("config_id")  # one setting per run: the run label tells them apart
     return cols or ["pair"]
 
 

@@ -144,16 +144,19 @@ def _point(g: pd.DataFrame, scale: float) -> Point | None:
 
 
 def headlines(summary: pd.DataFrame, reward: str | None = None, reference_scale: float = 1.0,
-              step_scale: float = 2.0) -> list[Headline]:
+              step_scale: float = 2.0, run_rewards: dict[str, str] | None = None) -> list[Headline]:
     """One Headline per series of ``summary`` (``rlg.report.stats.summarize``), for the ``reward``
     metric (``pick_reward`` when None). The extrapolation step is ``step_scale`` against
     ``reference_scale`` when both were run, else the largest scale above the reference.
+    ``run_rewards``: {run_id: reward} for runs that optimise different rewards (a comparison).
     Raises RewardError from pick_reward."""
     if summary.empty:
         return []
-    reward = pick_reward(summary["metric"].unique(), reward)
+    default = pick_reward(summary["metric"].unique(), reward)
     out = []
     for series, g in summary.groupby(SERIES, sort=True):
+        run_reward = (run_rewards or {}).get(dict(zip(SERIES, series))["run_id"])
+        reward = run_reward if run_reward in set(g["metric"]) else default
         r = g[(g["metric"] == reward) & np.isfinite(g["mean"].astype(float))].sort_values("scale")
         if r.empty:
             continue

@@ -161,7 +161,8 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     reward = reward or (protocol or {}).get("reward") or None
     if len(summary):
         reward = pick_reward(summary["metric"].unique(), reward)
-    heads = headlines(summary, reward, reference_scale) if reward else []
+    run_rewards = {k: v["reward"] for k, v in (protocol or {}).items() if isinstance(v, dict) and v.get("reward")}
+    heads = headlines(summary, reward, reference_scale, run_rewards=run_rewards) if reward else []
     notes = _notes(n_resamples, seed, level, reference_scale)
     progress = []
     for col, what in (("n_nonfinite", "nonfinite"), ("n_failed", "failed"), ("n_unscored", "not yet scored")):
@@ -253,12 +254,18 @@ def series_names(series: Sequence[tuple]) -> dict[tuple, str]:
     8 characters of the config id, a hash of every setting that changes an image)."""
     series = [tuple(s) for s in series]
     parts = [dict(zip(SERIES, s)) for s in series]
-    varying = [c for c in ("run_id", "config_id") if len({p[c] for p in parts}) > 1]
+    show_run = len({p["run_id"] for p in parts}) > 1
+    configs: dict[str, set] = {}
+    for p in parts:
+        configs.setdefault(p["run_id"], set()).add(p["config_id"])
+    show_config = any(len(c) > 1 for c in configs.values())  # settings within one run (else the run tells)
     out = {}
     for s, p in zip(series, parts):
         name = [str(p[c]) for c in ("run_name", "pair") if p.get(c)]
-        name += [str(p["run_id"]) for c in varying if c == "run_id" and p["run_id"]]
-        name += [f"setting {str(p['config_id'])[:8]}" for c in varying if c == "config_id" and p["config_id"]]
+        if show_run and p["run_id"] and p["run_id"] not in name:
+            name.append(str(p["run_id"]))
+        if show_config and p["config_id"]:
+            name.append(f"setting {str(p['config_id'])[:8]}")
         out[s] = " / ".join(name) or "results"
     return out
 
