@@ -169,29 +169,49 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     # one batch waits, and a write error surfaces at the next batch (rows are still written after PNGs)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlg-store")
     pending = None
-    with tqdm(total=n_todo, desc="generate", unit="img") as bar, writer:
-        for batch in pack_calls(todo, job.config.sampler.batch_size):
-            store.check_free_space()  # before spending compute on images that could not be stored
-            results = sampler.generate([it for _, it in batch])
-            rows = [_image_row(job, run_id, key, it, res, truncated[it.prompt], by_id[it.prompt_index])
-                    for (key, it), res in zip(batch, results)]
-            for row, res in zip(rows, results):
-                if res.nonfinite:
-                    nonfinite += 1
-                    log.warning("image %s (prompt %d, sample %d, w=%g) has NaN/inf values from step %s on; it is "
-                                "stored, flagged nonfinite and left out of every mean", row["image_key"][:12],
-                                row["prompt_id"], row["sample"], row["scale"], res.nonfinite_step)
+    # the bar moves at every denoising step (a forward hook on the denoiser, called once per step of a
+    # pipeline call), so a slow machine shows progress and an ETA long before a batch of images is done
+    steps = max(int(job.config.sampler.num_inference_steps), 1)
+    step_share = [0.0]
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} img [{elapsed}<{remaining}, {rate_fmt}]"
+    with tqdm(total=n_todo, desc="generate", unit="img", bar_format=bar_format, mininterval=1.0) as bar, writer:
+        def tick(*_) -> None:  # returns None: a forward hook's return value would replace the output
+            bar.update(step_share[0])
+
+        hook = pair.denoiser.register_forward_hook(tick)
+        try:
+            for batch in pack_calls(todo, job.config.sampler.batch_size):
+                store.check_free_space()  # before spending compute on images that could not be stored
+                step_share[0] = len(batch) / steps
+                results = sampler.generate([it for _, it in batch])
+                bar.n = made + len(batch)  # exact at the end of each call, whatever the step count was
+                bar.refresh()
+                pending = _store_batch(job, store, run_id, batch, results, truncated, by_id, writer, pending)
+                made += len(batch)
+                nonfinite += sum(1 for res in results if res.nonfinite)
+                if progress is not None:
+                    progress(made, n_todo)
             if pending is not None:
                 pending.result()
-            pending = writer.submit(store.write_images, rows, [r.image for r in results])
-            made += len(batch)
-            bar.update(len(batch))
-            if progress is not None:
-                progress(made, n_todo)
-        if pending is not None:
-            pending.result()
+        finally:
+            hook.remove()
     return {"images_made": made, "images_skipped": total - n_todo, "nonfinite": nonfinite, "truncated_prompts": n_cut,
             "pair_info": pair.info, "network_rows": asdict(pair.denoiser.stats)}
+
+
+def _store_batch(job: Job, store: Store, run_id: str, batch, results, truncated: dict[str, bool],
+                 by_id: dict[int, Prompt], writer: ThreadPoolExecutor, pending):
+    """Warn about nonfinite images, wait for the previous batch's write, and submit this one's."""
+    rows = [_image_row(job, run_id, key, it, res, truncated[it.prompt], by_id[it.prompt_index])
+            for (key, it), res in zip(batch, results)]
+    for row, res in zip(rows, results):
+        if res.nonfinite:
+            log.warning("image %s (prompt %d, sample %d, w=%g) has NaN/inf values from step %s on; it is "
+                        "stored, flagged nonfinite and left out of every mean", row["image_key"][:12],
+                        row["prompt_id"], row["sample"], row["scale"], res.nonfinite_step)
+    if pending is not None:
+        pending.result()
+    return writer.submit(store.write_images, rows, [r.image for r in results])
 
 
 def keys_to_score(job: Job, store: Store) -> list[str]:
@@ -277,6 +297,7 @@ def report(job: Job, store: Store) -> dict[str, Any]:
     files = _written(store, store.temp_dir("report"), store.root / "report", write)
     final = store.root / "report"
     return {"files": files, "notes": result.get("notes", []), "summary": result.get("summary"), "images": images,
+            "headlines": result.get("headlines", []),
             "scores": scores, "index": str(final / "index.md"), "index_html": str(final / "index.html")}
 
 
