@@ -271,7 +271,12 @@ def test_quiet_third_party_silences_bars_verbosity_and_known_warnings():
             warnings.warn_explicit("`local_dir_use_symlinks` is deprecated", UserWarning, "x.py", 1,
                                    module="huggingface_hub.file_download")
             warnings.warn_explicit("an unrelated warning", UserWarning, "x.py", 2, module="huggingface_hub.x")
+            # EasyOCR's DataLoader on a CPU machine (3 per OCR run before)
+            warnings.warn_explicit("'pin_memory' argument is set as true but no accelerator is found, then device "
+                                   "pinned memory won't be used.", UserWarning, "x.py", 4,
+                                   module="torch.utils.data.dataloader")
             assert [str(w.message) for w in caught] == ["an unrelated warning"]
+            assert os.environ.get("WANDB_SILENT") == "true" or "WANDB_QUIET" in os.environ  # wandb's own lines off
         finally:
             quiet_third_party(verbose=True)
         assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
@@ -279,6 +284,17 @@ def test_quiet_third_party_silences_bars_verbosity_and_known_warnings():
         warnings.warn_explicit("`local_dir_use_symlinks` is deprecated", UserWarning, "x.py", 3,
                                module="huggingface_hub.file_download")
         assert len(caught) == 2
+
+
+def test_help_says_what_the_tool_does_with_examples_before_the_groups():
+    out = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert text.startswith("rlg-bench: Reinforcement Learning Guidance")
+    examples = text[text.index("Examples:"):text.index("== Config groups")]
+    assert len([l for l in examples.splitlines() if l.strip().startswith("rlg-bench ") or l.strip() == "rlg-bench"
+                or l.strip().startswith("rlg-bench  ")]) == 3
+    assert "experiment: " in text and "== Config ==" not in text and len(text.splitlines()) < 40
 
 
 # --- several runs in one report ---------------------------------------------------------------------
