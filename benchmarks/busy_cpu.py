@@ -94,7 +94,11 @@ def run_cell(threads: int, policy: str | None, prompts: int, samples: int, timeo
     cmd = [sys.executable, "-c", CELL, str(ROOT / "rlg" / "conf"), "experiment=quickstart", "tracker=none",
            f"prompts.max_prompts={prompts}", f"prompts.samples_per_prompt={samples}"]
     load_before = os.getloadavg()[0]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:  # the cell is slower than the time box: recorded as such, not dropped
+        return {"threads": threads, "policy": policy or "default", "timed_out_s": timeout, "img_per_s": 0.0,
+                "generate_s": None, "load_before": load_before, "load_after": os.getloadavg()[0]}
     load_after = os.getloadavg()[0]
     if proc.returncode != 0:
         raise RuntimeError(f"cell threads={threads} policy={policy} failed:\n{proc.stderr[-2000:]}")
@@ -110,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load", type=int, default=None, help="background spinning processes (default: 2 x cores)")
     ap.add_argument("--load-limit-s", type=float, default=600.0, help="each load process stops itself after this")
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--timeout", type=float, default=900.0, help="per cell")
+    ap.add_argument("--timeout", type=float, default=600.0, help="per cell (start-up included); a slower cell "
+                    "is reported as timed out")
+    ap.add_argument("--only", choices=("idle", "loaded"), default=None, help="run one condition only")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args(argv)
     cores = os.cpu_count() or 1
@@ -120,26 +126,29 @@ def main(argv: list[str] | None = None) -> int:
           f"background load = {n_load} spinning processes")
     rows = []
     for _ in range(args.repeats):
-        for condition in ("idle", "loaded"):
+        for condition in [c for c in ("idle", "loaded") if args.only in (None, c)]:
             for threads, policy in CELLS:
                 n = n_load if condition == "loaded" else 0
                 with BackgroundLoad(n, args.load_limit_s):
                     r = run_cell(threads, policy, args.prompts, args.samples, args.timeout)
                 r["condition"] = condition
                 rows.append(r)
+                took = (f"generate {r['generate_s']:7.1f} s" if r.get("generate_s") is not None
+                        else f"timed out after {r['timed_out_s']:.0f} s (start-up included)")
                 print(f"{condition:6s} threads={threads} OMP_WAIT_POLICY={r['policy']:8s} "
-                      f"{r['img_per_s']:6.2f} img/s  generate {r['generate_s']:7.1f} s  "
-                      f"(load {r['load_before']:.1f} -> {r['load_after']:.1f})", flush=True)
+                      f"{r['img_per_s']:6.2f} img/s  {took}  (load {r['load_before']:.1f} -> {r['load_after']:.1f})",
+                      flush=True)
     print("\n| threads | OMP_WAIT_POLICY | idle img/s (load) | loaded img/s (load) | loaded / idle |")
     print("|--:|---|--:|--:|--:|")
     for threads, policy in CELLS:
         pol = policy or "default"
         cell = {c: [r for r in rows if r["threads"] == threads and r["policy"] == pol and r["condition"] == c]
                 for c in ("idle", "loaded")}
-        med = {c: sorted(r["img_per_s"] for r in v)[len(v) // 2] for c, v in cell.items()}
-        load = {c: sum(r["load_before"] for r in v) / len(v) for c, v in cell.items()}
-        print(f"| {threads} | {pol} | {med['idle']:.2f} ({load['idle']:.1f}) | {med['loaded']:.2f} "
-              f"({load['loaded']:.1f}) | {med['loaded'] / med['idle']:.2f} |")
+        med = {c: sorted(r["img_per_s"] for r in v)[len(v) // 2] for c, v in cell.items() if v}
+        load = {c: sum(r["load_before"] for r in v) / len(v) for c, v in cell.items() if v}
+        shown = {c: f"{med[c]:.2f} ({load[c]:.1f})" if c in med else "–" for c in ("idle", "loaded")}
+        ratio = f"{med['loaded'] / med['idle']:.2f}" if len(med) == 2 and med["idle"] else "–"
+        print(f"| {threads} | {pol} | {shown['idle']} | {shown['loaded']} | {ratio} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -13,6 +13,7 @@ import pytest
 
 from rlg.harness.store import Store, content_key
 from rlg.report.export import ExportError, export_frame, write_export
+from tests.helpers.store_read import direct_read
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,27 +42,12 @@ def _run(root: Path) -> Path:
     return root
 
 
-def _direct(root: Path) -> pd.DataFrame:
-    """The read rule written out independently: newest written_ns per key, images whose file hashes match."""
-    import hashlib
-
-    img = pd.read_parquet(root / "rows" / "images")
-    img = img.sort_values("written_ns").drop_duplicates("image_key", keep="last")
-    ok = [hashlib.sha256(Path(root / p).read_bytes()).hexdigest() == h if (root / p).is_file() else False
-          for p, h in zip(img.image_path, img.image_sha256)]
-    img = img[ok]
-    sc = pd.read_parquet(root / "rows" / "scores")
-    sc = sc.sort_values("written_ns").drop_duplicates(["image_key", "evaluator", "version", "metric"], keep="last")
-    return sc[sc.image_key.isin(img.image_key)].merge(img[["image_key", "prompt_id", "scale", "nonfinite"]],
-                                                       on="image_key")
-
-
 def test_export_matches_a_direct_read_of_the_store(tmp_path):
     root = _run(tmp_path / "run")
     raw = pd.read_parquet(root / "rows" / "scores")
     assert len(raw) == 7  # a plain read sees the superseded row too
     df = export_frame([root])
-    direct = _direct(root)
+    direct = direct_read(root)
     assert len(df) == len(direct) == 5  # one row per intact image and metric: 6 images - 1 corrupt
     got = df.set_index("image_key")["value"].sort_index()
     want = direct.set_index("image_key")["value"].sort_index()
