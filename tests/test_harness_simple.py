@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 import rlg
-from tests.helpers.store_read import direct_read
 from rlg.harness.config import ConfigError
+from tests.helpers.store_read import direct_read
 
 
 def test_run_returns_the_stores_results_as_frames_and_the_report(tmp_path, fixture_root):

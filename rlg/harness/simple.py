@@ -50,11 +50,13 @@ def run(experiment: str | None = None, overrides: Sequence[str] = (), *, verbose
     ``overrides``: Hydra overrides as on the command line (``["grid.scales=[0,1,2]", "name=my-run"]``).
     Raises the CLI's USER_ERRORS (ConfigError for a misspelt key or bad value, PairError, ...).
     """
+    from rlg.harness.cli import cpu_defaults
     from rlg.harness.config import validate
     from rlg.harness.console import quiet_third_party
     from rlg.harness.runner import run as run_cfg
     from rlg.report.export import ExportError, export_frame
 
+    cpu_defaults()  # as the CLI (takes effect if torch has not started its threads yet)
     args = ([f"experiment={experiment}"] if experiment else []) + [str(o) for o in overrides]
     cfg = _compose(args)
     validate(cfg)  # the CLI's early checks, before torch is imported
