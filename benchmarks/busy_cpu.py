@@ -3,9 +3,9 @@
     python benchmarks/busy_cpu.py                    # 4 prompts x 4 samples x 5 scales = 80 images per cell
     python benchmarks/busy_cpu.py --prompts 2 --load 4 --repeats 2
 
-Each cell is one fresh process that builds the quickstart job as ``rlg-bench`` does (Hydra compose +
-``rlg.harness.build``), loads the pair, warms up with one 2-image call and times the sampling of the
-job's images in the harness's own pipeline calls (``stages.pack_calls``), with ``OMP_NUM_THREADS`` = 1 or 2 and ``OMP_WAIT_POLICY`` unset (libgomp's default: threads spin
+Each cell is one fresh process that builds the quickstart job as ``rlg-bench`` does
+(``rlg.harness.api.job``), loads the pair, warms up with one 2-image call and times the sampling of the
+job's images in the harness's own pipeline calls (``rlg.grid.pack_calls``), with ``OMP_NUM_THREADS`` = 1 or 2 and ``OMP_WAIT_POLICY`` unset (libgomp's default: threads spin
 for a while before sleeping) or ``PASSIVE`` (they sleep at once), first on the machine as it is
 ("idle"), then with ``--load`` background processes that each spin one core (plain Python busy loops,
 started before the cell and stopped after it; each also stops itself after ``--load-limit-s``).
@@ -59,23 +59,21 @@ class BackgroundLoad:
             p.join(5)
 
 
-# One cell: build the quickstart job as the CLI does, load the pair, warm up with one call, then time the
+# One cell: build the quickstart job as the CLI does (rlg.harness.api.job), load the pair, warm up with one call, then time the
 # sampling of every (prompt, sample, w) image of the job in the harness's own pipeline calls.
 CELL = """
 import json, sys, time, torch
-from hydra import compose, initialize_config_dir
-from rlg.harness.build import build
+from rlg.grid import pack_calls
 from rlg.harness import stages
+from rlg.harness.api import job as make_job
 from rlg.sampling import RLGSampler
-with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
-    cfg = compose("config", overrides=sys.argv[2:])
-job = build(cfg, overrides=sys.argv[2:])
+job = make_job(*sys.argv[2:])
 t0 = time.perf_counter()
 pair = stages.PAIRS.get(job)
 sampler = RLGSampler(pair, job.sampler)
 load_s = time.perf_counter() - t0
 items = [it for group in stages.work_groups(job) for _, it in group]
-batches = stages.pack_calls([[it] for it in items], job.config.sampler.batch_size)
+batches = pack_calls([[it] for it in items], job.config.sampler.batch_size)
 sampler.generate(batches[0][:2])  # warm-up: first-call allocations and lazy initialisation
 t0 = time.perf_counter()
 for b in batches:
