@@ -67,7 +67,7 @@ from rlg.grid import pack_calls
 from rlg.harness import stages
 from rlg.harness.api import job as make_job
 from rlg.sampling import RLGSampler
-job = make_job(*sys.argv[2:])
+job = make_job(*sys.argv[1:])
 t0 = time.perf_counter()
 pair = stages.PAIRS.get(job)
 sampler = RLGSampler(pair, job.sampler)
@@ -89,7 +89,7 @@ def run_cell(threads: int, policy: str | None, prompts: int, samples: int, timeo
     env.pop("OMP_WAIT_POLICY", None)
     if policy:
         env["OMP_WAIT_POLICY"] = policy
-    cmd = [sys.executable, "-c", CELL, str(ROOT / "rlg" / "conf"), "experiment=quickstart", "tracker=none",
+    cmd = [sys.executable, "-c", CELL, "experiment=quickstart", "tracker=none",
            f"prompts.max_prompts={prompts}", f"prompts.samples_per_prompt={samples}"]
     load_before = os.getloadavg()[0]
     try:
