@@ -21,8 +21,9 @@ def test_run_returns_the_stores_results_as_frames_and_the_report(tmp_path, fixtu
     assert res.report.is_file() and res.headlines and res.meta["stage"] == "all"
     direct = direct_read(res.run_dir)
     assert len(res.scores) == len(direct) == 2 * 3 * 2  # 2 prompts x 3 scales x JPEG (in)compressibility
-    got = res.scores.set_index("image_key")["value"].sort_index()
-    pd.testing.assert_series_equal(got, direct.set_index("image_key")["value"].sort_index(), check_names=False)
+    got = res.scores.set_index(["image_key", "metric"])["value"].sort_index()
+    want = direct.set_index(["image_key", "metric"])["value"].sort_index()
+    pd.testing.assert_series_equal(got, want, check_names=False)
     # the summary's means are the means of the stored values per scale
     means = direct[~direct.nonfinite].groupby(["metric", "scale"])["value"].mean()
     s = res.summary.set_index(["metric", "scale"])["mean"]

@@ -520,3 +520,13 @@ def test_first_screen_shows_the_headline_in_a_real_browser(report):
     colours = {tuple(p) for p in np.unique(pixels, axis=0)}
     assert (246, 248, 250) in colours  # the headline box (.headline background)
     assert (255, 244, 224) in colours  # the caution (6 prompts < 20)
+
+
+def test_an_unscored_reward_is_named_and_the_headline_picks_by_name(store, tmp_path):
+    images, scores = store
+    keep = images[images.run_id == "r2"]
+    result = write_report(keep, scores[scores.image_key.isin(keep.image_key)], tmp_path, anchors=[],
+                          grid_prompts=0, n_resamples=20, formats=("png",), reward="hps_v2.1")
+    assert result["reward"] == "ocr_accuracy" and result["headlines"][0].startswith("OCR accuracy is")
+    page = (tmp_path / "index.md").read_text()
+    assert "report.reward=hps_v2.1 was not scored in this run, so the headline uses ocr_accuracy" in page

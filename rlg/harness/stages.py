@@ -251,21 +251,15 @@ def _written(store: Store, tmp: Path, final: Path, write) -> list[str]:
 
 def report(job: Job, store: Store) -> dict[str, Any]:
     """Tables, figures and report/index.md|html of every series in the store, each with its own protocol."""
-    from rlg.harness.config import ConfigError
     from rlg.report.compare import load_run
-    from rlg.report.headline import RewardError
     from rlg.report.report import write_report
 
     images, scores, protocol = load_run(store.root)
     result: dict[str, Any] = {}
 
     def write(tmp: Path) -> list[str]:
-        try:
-            result.update(write_report(images, scores, tmp, protocol=protocol,
-                                       grid_prompts=job.config.report.grid_prompts,
-                                       n_resamples=job.config.report.n_resamples, reward=job.config.report.reward))
-        except RewardError as exc:
-            raise ConfigError(str(exc)) from None
+        result.update(write_report(images, scores, tmp, protocol=protocol, grid_prompts=job.config.report.grid_prompts,
+                                   n_resamples=job.config.report.n_resamples, reward=job.config.report.reward))
         return result["files"]
 
     files = _written(store, store.temp_dir("report"), store.root / "report", write)

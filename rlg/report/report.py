@@ -144,8 +144,8 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     records for logging], "notes": [str], "index": out_dir/index.md, "index_html": out_dir/index.html}.
     ``formats``: figure file types (the HTML page embeds the PNGs). ``title``: the page title.
     ``reward``: the metric the RL model was trained for (the headline's and the trade-off figure's x);
-    None takes ``protocol["reward"]``, else ``rlg.report.headline.pick_reward``. Raises ValueError
-    when a given reward is not a scored metric.
+    None takes ``protocol["reward"]``, else ``rlg.report.headline.pick_reward``; a reward that was not
+    scored is named in a warning and on the page, and the headline falls back to pick_reward.
     """
     out_dir = Path(out_dir)
     fig_dir, tab_dir = out_dir / "figures", out_dir / "tables"
@@ -159,8 +159,16 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     df = tidy(images, scores)
     summary = summarize(images, scores, n_resamples, seed, level, reference_scale, df=df)
     reward = reward or (protocol or {}).get("reward") or None
+    reward_note = None
     if len(summary):
-        reward = pick_reward(summary["metric"].unique(), reward)
+        scored = summary["metric"].unique()
+        if reward and reward not in set(scored):  # e.g. a preset's reward with debug=fast's JPEG-only scoring
+            reward_note = (f"report.reward={reward} was not scored in this run, so the headline uses "
+                           f"{pick_reward(scored)} (picked by name); score it with stage=evaluate "
+                           f"evaluators.selected=[...] or set report.reward to one of {', '.join(sorted(scored))}")
+            log.warning("report: %s", reward_note)
+            reward = None
+        reward = pick_reward(scored, reward)
     run_rewards = {k: v["reward"] for k, v in (protocol or {}).items() if isinstance(v, dict) and v.get("reward")}
     heads = headlines(summary, reward, reference_scale, run_rewards=run_rewards) if reward else []
     notes = _notes(n_resamples, seed, level, reference_scale)
@@ -237,7 +245,7 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
         [tuple(k) for k in _series_of(images)]
     protocols = {s: series_protocol(protocol, s, df) for s in series}
     index = _Index(title or _title(summary, images))
-    _write_headline(index, out_dir, heads, summary, files, browser)
+    _write_headline(index, out_dir, heads, summary, files, browser, reward_note)
     _write_index(index, out_dir, summary, tags, anchor_rows, protocols, files, notes, progress, reference_scale)
     md, page = out_dir / "index.md", out_dir / "index.html"
     md.write_text(index.markdown(), encoding="utf-8")
@@ -387,13 +395,15 @@ def _headline_rows(h: Headline) -> tuple[list[str], list[list[str]]]:
 
 
 def _write_headline(index: _Index, out_dir: Path, heads: list[Headline], summary: pd.DataFrame,
-                    files: list[Path], browser: Path | None) -> None:
+                    files: list[Path], browser: Path | None, reward_note: str | None = None) -> None:
     """The first screen: per series what RLG did (numbers, one sentence, a caution), then the trade-off figure."""
     if browser is not None:  # a nav entry of its own page
         index.toc.append((browser.name, "Every image (browser)"))
     if not heads:
         return
     index.section("headline", "What RLG did here")
+    if reward_note:
+        index.raw(f"**{reward_note}**", f'<p class="caution">{html.escape(reward_note)}</p>')
     names = series_names([h.series for h in heads])
     for h in heads:
         lines_md, lines_html = [], ['<div class="headline">']
