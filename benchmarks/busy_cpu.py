@@ -5,11 +5,12 @@
 
 Each cell is one fresh process that builds the quickstart job as ``rlg-bench`` does
 (``rlg.harness.api.job``), loads the pair, warms up with one 2-image call and times the sampling of the
-job's images in the harness's own pipeline calls (``rlg.grid.pack_calls``), with ``OMP_NUM_THREADS`` = 1 or 2 and ``OMP_WAIT_POLICY`` unset (libgomp's default: threads spin
-for a while before sleeping) or ``PASSIVE`` (they sleep at once), first on the machine as it is
-("idle"), then with ``--load`` background processes that each spin one core (plain Python busy loops,
-started before the cell and stopped after it; each also stops itself after ``--load-limit-s``).
-The figure is images per second of sampling (no start-up, loading or PNG writing), with the 1-minute load average before and after each cell
+job's images in the harness's own pipeline calls (``rlg.grid.pack_calls``), with ``OMP_NUM_THREADS`` = 1
+or 2 and ``OMP_WAIT_POLICY`` unset (libgomp's default: threads spin for a while before sleeping) or
+``PASSIVE`` (they sleep at once), first on the machine as it is ("idle"), then with ``--load`` background
+processes that each spin one core (plain Python busy loops, started before the cell and stopped after it;
+each also stops itself after ``--load-limit-s``). The figure is images per second of sampling (no
+start-up, loading or PNG writing), with the 1-minute load average before and after each cell
 (``os.getloadavg``), so every figure states the load it was measured under.
 
 The question it answers: which default (threads, wait policy) degrades gracefully under load without
@@ -59,8 +60,8 @@ class BackgroundLoad:
             p.join(5)
 
 
-# One cell: build the quickstart job as the CLI does (rlg.harness.api.job), load the pair, warm up with one call, then time the
-# sampling of every (prompt, sample, w) image of the job in the harness's own pipeline calls.
+# One cell: build the quickstart job as the CLI does (rlg.harness.api.job), load the pair, warm up with one
+# call, then time the sampling of every (prompt, sample, w) image of the job in the harness's own pipeline calls.
 CELL = """
 import json, sys, time, torch
 from rlg.grid import pack_calls
@@ -79,7 +80,8 @@ t0 = time.perf_counter()
 for b in batches:
     sampler.generate(b)
 gen_s = time.perf_counter() - t0
-print(json.dumps({"load_s": load_s, "generate_s": gen_s, "images": len(items), "torch_threads": torch.get_num_threads()}))
+print(json.dumps({"load_s": load_s, "generate_s": gen_s, "images": len(items),
+                  "torch_threads": torch.get_num_threads()}))
 """
 
 

@@ -67,7 +67,8 @@ function render() {{
       if (!c) return '<td class="none">not made</td>';
       const t = Object.entries(c.scores).map(([k, v]) => `${{k}}=${{fmt(v)}}`).join("\\n");
       return `<td title="${{esc(t)}}"><a href="${{esc(c.src)}}"><img loading="lazy" src="${{esc(c.src)}}"></a>` +
-        `<span class="s">${{esc(D.short[m])}} ${{fmt(c.scores[m])}}${{c.nonfinite ? " NaN/inf" : ""}}</span></td>`; }}).join("") +
+        `<span class="s">${{esc(D.short[m])}} ${{fmt(c.scores[m])}}${{c.nonfinite ? " NaN/inf" : ""}}</span></td>`;
+      }}).join("") +
     "</tr>").join("");
   $("count").textContent = `${{rows.length}} of ${{D.rows.length}} rows`;
 }}
@@ -119,7 +120,8 @@ def browser_data(images: pd.DataFrame, tidy_scores: pd.DataFrame, out_dir: Path,
         rows.append({"series": names.get(series, " / ".join(s for s in series if s)), "prompt_id": int(prompt_id),
                      "prompt": str(prompt), "sample": int(sample), "seed": int(seed), "cells": cells})
     return {"series": sorted({r["series"] for r in rows}), "scales": sorted({float(w) for w in img["scale"]}),
-            "metrics": metrics, "metric_labels": [f"{metric_label(m)} ({'↑' if higher[m] else '↓'})" for m in metrics],
+            "metrics": metrics,
+            "metric_labels": [f"{metric_label(m)} ({'↑' if higher[m] else '↓'})" for m in metrics],
             "short": {m: metric_label(m) for m in metrics}, "higher": higher, "rows": rows}
 
 

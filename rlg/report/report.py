@@ -464,7 +464,9 @@ def _write_index(index: _Index, out_dir: Path, summary: pd.DataFrame, tags: pd.D
         index.text(line)
     pngs = [f for f in files if f.suffix == ".png"]
     groups = [("scale_", "Metrics against the RLG scale w"), ("tradeoff_", "Trade-offs (points labelled with w)"),
-              ("geneval_tags_", "GenEval per tag"), ("grid_", "Image grids (rows share the initial noise)")]
+              ("geneval_tags_", "GenEval per tag"),
+              ("grid_", "Image grids (a row: one prompt and sample, labelled with its sample index and the run's "
+                        "seed; its noise comes from (seed, prompt, sample) and is the same at every w)")]
     if pngs:
         index.section("figures", "Figures")
         for prefix, title in groups:
