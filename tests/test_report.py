@@ -530,3 +530,19 @@ def test_an_unscored_reward_is_named_and_the_headline_picks_by_name(store, tmp_p
     assert result["reward"] == "ocr_accuracy" and result["headlines"][0].startswith("OCR accuracy is")
     page = (tmp_path / "index.md").read_text()
     assert "report.reward=hps_v2.1 was not scored in this run, so the headline uses ocr_accuracy" in page
+
+
+def test_pixel_diversity_is_the_mean_pairwise_rms_distance_of_a_prompts_samples(tmp_path):
+    from rlg.report.headline import pixel_diversity
+
+    rows = []
+    for w, shades in ((0.0, (0, 255, 255)), (1.0, (100, 100, 100))):  # w=0: pairs at distance 1, 1, 0
+        for s, shade in enumerate(shades):
+            path = tmp_path / f"{w}-{s}.png"
+            Image.new("RGB", (40, 40), (shade,) * 3).save(path)
+            rows.append({"image_key": f"{w}-{s}", "prompt_id": 0, "sample": s, "seed": 1, "scale": w,
+                         "image_path": str(path), "run_name": "r", "pair": "p"})
+    rows.append({**rows[0], "image_key": "lone", "prompt_id": 1})  # one sample: no pair, left out
+    d = pixel_diversity(pd.DataFrame(rows)).set_index("scale")
+    assert d.loc[0.0, "diversity"] == pytest.approx(2 / 3) and d.loc[1.0, "diversity"] == 0.0
+    assert (d["n_prompts"] == 1).all()

@@ -6,7 +6,8 @@
 
 Per series: the reward at the base (w=0), at the RL model (w=1) and at the best w; the extrapolation
 step (w=2 against w=1, or the largest w above 1) with its paired 95% interval and win rate; what
-every other metric did between w=1 and the best w (the quality cost); and a caution when the
+every other metric did between w=1 and the best w (the quality cost); ``pixel_diversity``, how
+varied a prompt's samples are at each w (the diversity cost); and a caution when the
 intervals rest on fewer than ``MIN_PROMPTS`` prompts. All numbers are read from the summary frame,
 so the headline, the tables and the figures can never disagree.
 """
@@ -183,3 +184,42 @@ def headlines(summary: pd.DataFrame, reward: str | None = None, reference_scale:
                             costs, n_images=int(best_row["n"]), n_prompts=int(best_row["n_prompts"]),
                             best_delta=tuple(float(best_row[c]) for c in ("delta", "delta_lo", "delta_hi"))))
     return out
+
+
+DIVERSITY_PX = 32  # images are compared as DIVERSITY_PX x DIVERSITY_PX greyscale thumbnails
+
+
+def pixel_diversity(images: pd.DataFrame) -> pd.DataFrame:
+    """How different the samples of one prompt are at each scale: per (series, scale), the mean over
+    prompts of the mean pairwise RMS distance (0-1 on [0, 1] intensities) between the prompt's
+    samples, as DIVERSITY_PX greyscale thumbnails (a plain pixel distance: it falls when a reward
+    collapses the samples onto one picture; it is no perceptual metric). Images flagged nonfinite or
+    whose file cannot be read are left out; a prompt needs two samples. Columns: SERIES + ["scale",
+    "diversity", "n_prompts"]. ``images``: rows with image_path, prompt_id, sample, scale."""
+    from PIL import Image
+
+    from rlg.report.stats import _normalise_images
+
+    img = _normalise_images(images)
+    if "image_path" not in img.columns:
+        return pd.DataFrame(columns=SERIES + ["scale", "diversity", "n_prompts"])
+    img = img[~img["nonfinite"]]
+    rows = []
+    for key, g in img.groupby(SERIES + ["scale"], sort=True):
+        per_prompt = []
+        for _, p in g.groupby("prompt_id"):
+            arrays = []
+            for path in p["image_path"]:
+                try:
+                    with Image.open(path) as im:
+                        arrays.append(np.asarray(im.convert("L").resize((DIVERSITY_PX, DIVERSITY_PX)), float) / 255)
+                except (OSError, ValueError, TypeError, AttributeError):
+                    continue
+            if len(arrays) < 2:
+                continue
+            x = np.stack(arrays).reshape(len(arrays), -1)
+            d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).mean(-1))
+            per_prompt.append(d[np.triu_indices(len(x), 1)].mean())
+        if per_prompt:
+            rows.append([*key, float(np.mean(per_prompt)), len(per_prompt)])
+    return pd.DataFrame(rows, columns=SERIES + ["scale", "diversity", "n_prompts"])

@@ -29,7 +29,7 @@ import pandas as pd
 from rlg.report import figures, tables
 from rlg.report.browser import write_browser
 from rlg.report.anchors import Anchor, load_anchors
-from rlg.report.headline import Headline, headlines, pick_reward
+from rlg.report.headline import Headline, headlines, pick_reward, pixel_diversity
 from rlg.report.stats import GENEVAL_METRIC, GENEVAL_OVERALL, SERIES, geneval_tags, summarize, tidy, with_series
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,7 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
         reward = pick_reward(scored, reward)
     run_rewards = {k: v["reward"] for k, v in (protocol or {}).items() if isinstance(v, dict) and v.get("reward")}
     heads = headlines(summary, reward, reference_scale, run_rewards=run_rewards) if reward else []
+    diversity = pixel_diversity(images) if heads else pd.DataFrame()
     notes = _notes(n_resamples, seed, level, reference_scale)
     progress = []
     for col, what in (("n_nonfinite", "nonfinite"), ("n_failed", "failed"), ("n_unscored", "not yet scored")):
@@ -245,7 +246,7 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
         [tuple(k) for k in _series_of(images)]
     protocols = {s: series_protocol(protocol, s, df) for s in series}
     index = _Index(title or _title(summary, images))
-    _write_headline(index, out_dir, heads, summary, files, browser, reward_note)
+    _write_headline(index, out_dir, heads, summary, files, browser, reward_note, diversity)
     _write_index(index, out_dir, summary, tags, anchor_rows, protocols, files, notes, progress, reference_scale)
     md, page = out_dir / "index.md", out_dir / "index.html"
     md.write_text(index.markdown(), encoding="utf-8")
@@ -394,8 +395,20 @@ def _headline_rows(h: Headline) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _diversity_rows(h: Headline, diversity: pd.DataFrame | None) -> list[list[str]]:
+    """The headline row of the samples' pixel diversity (rlg.report.headline.pixel_diversity); no interval."""
+    if diversity is None or diversity.empty or h.best is None:
+        return []
+    d = diversity[np.all([diversity[c] == v for c, v in zip(SERIES, h.series)], axis=0)].set_index("scale")["diversity"]
+    at = lambda w: f"{d[w]:.3f}" if w in d.index else "–"  # noqa: E731
+    change = f"{d[h.best.scale] - d[1.0]:+.3f}" if {1.0, h.best.scale} <= set(d.index) else "–"
+    return [["sample diversity: mean pairwise pixel RMS distance between a prompt's samples (higher: more varied)",
+             at(0.0), at(1.0), at(h.best.scale), f"{change} (no interval)", "–"]]
+
+
 def _write_headline(index: _Index, out_dir: Path, heads: list[Headline], summary: pd.DataFrame,
-                    files: list[Path], browser: Path | None, reward_note: str | None = None) -> None:
+                    files: list[Path], browser: Path | None, reward_note: str | None = None,
+                    diversity: pd.DataFrame | None = None) -> None:
     """The first screen: per series what RLG did (numbers, one sentence, a caution), then the trade-off figure."""
     if browser is not None:  # a nav entry of its own page
         index.toc.append((browser.name, "Every image (browser)"))
@@ -413,6 +426,7 @@ def _write_headline(index: _Index, out_dir: Path, heads: list[Headline], summary
         lines_md.append(f"> {h.sentence}")
         lines_html.append(f"<blockquote>{html.escape(h.sentence)}</blockquote>")
         header, rows = _headline_rows(h)
+        rows += _diversity_rows(h, diversity)
         lines_md.append(tables.render(header, rows, "markdown", "lrrrrl"))
         lines_html.append(tables.render(header, rows, "html", "lrrrrl"))
         if h.caution:
