@@ -425,8 +425,6 @@ def check_values(cfg: DictConfig) -> None:
     path = cfg.prompts.path
     if path and not Path(path).expanduser().is_file():  # the loader reads it later; refuse before any import
         raise ConfigError(f"prompt file {Path(path).expanduser()} does not exist; fix prompts.path")
-    if cfg.prompts.source == "file" and not path:
-        raise ConfigError("prompts.source=file needs prompts.path=/path/to/prompts.txt (or .jsonl)")
     _at_least("prompts.samples_per_prompt", cfg.prompts.samples_per_prompt, 1)
     _at_least("prompts.max_prompts", cfg.prompts.max_prompts, 1, optional=True)
     unknown = [e for e in cfg.evaluators.selected if e not in REGISTRY]
