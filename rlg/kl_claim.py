@@ -17,7 +17,8 @@ the batch they were made in):
   model fine-tuned at b, sampled at w = 1 (the RL model alone: RLGDenoiser runs only it at w = 1).
   The source seed is not among the floor seeds, so RLG(1) is compared with other seeds of the beta model.
 
-Rows (a DataFrame), per w (with b = beta / w):
+Rows (a DataFrame), per w (with b = beta / w), and ``kind="training"`` rows (``training_rows``: each model's
+logged training curve):
 
 * ``kind="metric"``: per arm (``arm`` = "rlg" | "retrained", ``model_seed``) and per-image metric
   (e.g. ``digit_prob``, ``jpeg_incompressibility``): mean, its standard error and a 95% normal interval
@@ -343,6 +344,23 @@ def _batches(n_prompts: int, n_per_prompt: int, n_batches: int) -> list[np.ndarr
     return [np.concatenate([p * n_per_prompt + part for p in range(n_prompts)]) for part in parts]
 
 
+def training_rows(settings: KLClaimSettings, paths: dict[tuple[float, int], Path]) -> list[dict]:
+    """``kind="training"`` rows from each model's ``training_config.json`` (``trainer_info.history``, the zoo
+    trainers' log): arm ("source" | "retrained"), beta_eff, model_seed, step, and the logged ``train_reward``
+    (DDPO: the on-policy batch's mean reward), ``train_kl`` (DDPO: the KL to the base) and ``train_loss`` (DPO),
+    NaN where a trainer does not log it. The reward curve per beta shows whether a model reached a plateau."""
+    rows = []
+    for (b, s), p in paths.items():
+        f = p / "training_config.json"
+        info = json.loads(f.read_text()).get("trainer_info", {}) if f.exists() else {}
+        for h in info.get("history", []):
+            rows.append(dict(kind="training", arm="source" if s == settings.source_seed else "retrained",
+                             beta_eff=b, model_seed=s, step=h.get("iter", h.get("step")),
+                             train_reward=h.get("reward_mean", math.nan), train_kl=h.get("kl", math.nan),
+                             train_loss=h.get("loss", math.nan), task=settings.task, beta=settings.beta))
+    return rows
+
+
 def run_kl_claim(settings: KLClaimSettings, images_out: dict | None = None) -> pd.DataFrame:
     """Sample every arm, score it, compare RLG(w) with retrained(beta / w); tidy rows (module docstring).
     ``images_out``, if given, receives {(arm, w, model_seed): uint8 images} (for image grids)."""
@@ -418,6 +436,7 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
                          metric=f"{settings.distance}/{settings.features}", value=v, stderr=se, floor=f,
                          floor_stderr=fse, gap=gap,
                          z=gap / math.sqrt(se**2 + fse**2) if se > 0 or fse > 0 else float("nan"), **common))
+    rows += training_rows(settings, paths)
     df = pd.DataFrame(rows)
     attrs = asdict(settings)
     attrs["trainer"] = settings.trainer if isinstance(settings.trainer, str) else repr(settings.trainer)

@@ -151,7 +151,7 @@ def test_a_multirun_with_a_long_value_and_a_slash_runs_and_resumes(tmp_path):
 
 # -- issue 11: layering ---------------------------------------------------------------------------
 LIBRARY = ["guidance", "denoiser", "pairs", "sampling", "schedulers", "tiny_pairs", "analytic", "analytic_metrics",
-           "ground_truth"]
+           "ground_truth", "kl_learned", "kl_stats"]
 
 
 NEUTRAL = ("rlg.runtime", "rlg.extras", "rlg.downloads", "rlg.zoo")  # conventions, optional imports, downloads, zoo data

@@ -27,7 +27,8 @@ from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, MARKERS, STYLE, TE
 from rlg.report.tables import render
 
 __all__ = ["kl_claim_verdicts", "kl_claim_verdict_tables", "kl_claim_tables", "kl_claim_metric_tables",
-           "write_kl_claim_figures", "write_kl_claim_report"]
+           "kl_claim_training_tables", "write_kl_claim_figures", "write_kl_claim_training_figure",
+           "write_kl_claim_report"]
 
 HIGHER_IS_BETTER = {"digit_prob": True, "jpeg_compressibility": True, "jpeg_incompressibility": True,
                     "digit_fd": False, "digit_mahalanobis": False}
@@ -255,13 +256,67 @@ def kl_claim_metric_tables(df: pd.DataFrame) -> dict[str, str]:
             for fmt in ("markdown", "latex")}
 
 
+def kl_claim_training_tables(df: pd.DataFrame) -> dict[str, str] | None:
+    """Per trained model: its logged training reward (first and last step) and the slope of a line through the
+    last half of the curve with its se and p (``scipy.stats.linregress``): "still rising" when the slope is > 0 at
+    p < 0.05, else "no rise detected" (which a short, noisy curve does not make a plateau). None when no model
+    logged a reward curve."""
+    from scipy import stats
+
+    t = df[(df.kind == "training")] if "kind" in df.columns else df.iloc[:0]
+    t = t[t.train_reward.notna()] if len(t) else t
+    if not len(t):
+        return None
+    header = ["beta", "seed", "role", "steps", "reward first", "reward last", "slope, last half (± se) per step",
+              "p", "plateau?"]
+    rows = []
+    for (b, seed), g in t.sort_values("step").groupby(["beta_eff", "model_seed"]):
+        half = g.iloc[len(g) // 2:]
+        fit = stats.linregress(half.step.astype(float), half.train_reward.astype(float)) if len(half) >= 3 else None
+        rising = fit is not None and fit.slope > 0 and fit.pvalue / 2 < 0.05
+        rows.append([f"{b:.4g}", f"{int(seed)}", g.arm.iloc[0], f"{len(g)}", f"{g.train_reward.iloc[0]:.4g}",
+                     f"{g.train_reward.iloc[-1]:.4g}",
+                     f"{fit.slope:+.2g} ± {fit.stderr:.1g}" if fit is not None else "–",
+                     f"{fit.pvalue / 2:.2g}" if fit is not None else "–",
+                     "still rising" if rising else (f"no rise detected ({len(half)} points)" if fit is not None
+                                                    else "–")])
+    notes = ["Training curves of the trained models (trainer log: the on-policy batch's mean reward per step). "
+             "p: one-sided, slope > 0 over the last half of the steps; a few noisy points can miss a rise that a "
+             "longer run shows (science audit: 48 DDPO iterations kept rising)."]
+    return {fmt: render(header, rows, fmt, align="rrl" + "r" * 6, notes=notes) for fmt in ("markdown", "latex")}
+
+
+def write_kl_claim_training_figure(df: pd.DataFrame, out_dir, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """``kl_claim_training``: the logged training reward against the step, one colour per beta, one line per seed."""
+    t = df[(df.kind == "training")] if "kind" in df.columns else df.iloc[:0]
+    t = t[t.train_reward.notna()] if len(t) else t
+    if not len(t):
+        return []
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(COLUMN_WIDTH, 2.4), layout="constrained")
+        ax = fig.add_subplot()
+        for i, (b, g) in enumerate(t.groupby("beta_eff")):
+            for j, (seed, h) in enumerate(g.groupby("model_seed")):
+                h = h.sort_values("step")
+                ax.plot(h.step, h.train_reward, color=COLORS[i % len(COLORS)], marker=MARKERS[j % len(MARKERS)],
+                        markersize=2, label=f"beta {b:.3g}" if j == 0 else None)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("training reward (batch mean)")
+        ax.legend(fontsize=5)
+        ax.set_title(f"{t.task.iloc[0]}: training curves per beta (markers: seeds)", fontsize=6)
+        return save(fig, Path(out_dir) / "kl_claim_training", formats)
+
+
 def write_kl_claim_report(df: pd.DataFrame, analytic_df: pd.DataFrame | None, out_dir) -> list[Path]:
     """Figures (``figures/``), tables (``tables/``) and ``report.md`` with the trained-model result and the
     analytic ground truth beside it; returns the paths written."""
     out_dir = Path(out_dir)
-    files = write_kl_claim_figures(df, out_dir / "figures")
+    files = write_kl_claim_figures(df, out_dir / "figures") + write_kl_claim_training_figure(df, out_dir / "figures")
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
     tables = {"kl_claim": kl_claim_tables(df), "kl_claim_metrics": kl_claim_metric_tables(df)}
+    training = kl_claim_training_tables(df)
+    if training is not None:
+        tables["kl_claim_training"] = training
     if (df.kind == "metric").any():
         tables["kl_claim_verdict"] = kl_claim_verdict_tables(df)
     if analytic_df is not None and len(analytic_df):
@@ -281,6 +336,9 @@ def write_kl_claim_report(df: pd.DataFrame, analytic_df: pd.DataFrame | None, ou
     parts += ["## Trained models: RLG(w) from the beta model vs models retrained at beta / w", "",
               tables["kl_claim"]["markdown"], "", tables["kl_claim_metrics"]["markdown"], "",
               "![metrics](figures/kl_claim_metrics.png)", "", "![distance](figures/kl_claim_distance.png)", ""]
+    if "kl_claim_training" in tables:
+        parts += ["## Did the retrained models reach a plateau?", "", tables["kl_claim_training"]["markdown"], "",
+                  "![training](figures/kl_claim_training.png)", ""]
     if "ground_truth" in tables:
         parts += ["## Analytic ground truth (closed-form beta/w optimum)", "", tables["ground_truth"]["markdown"], "",
                   tables["ground_truth_moments"]["markdown"], ""]
