@@ -363,7 +363,8 @@ def _exact(mixture, scheduler):
 def decompose(df: pd.DataFrame) -> pd.DataFrame:
     """Per w, the reward errors with 95% intervals (``rlg.kl_stats``): ``rlg_gap_exact`` (rlg_exact - exact,
     paired over samples, normal interval), ``network`` (oracle - exact), ``fine_tuning`` (retrained - oracle),
-    ``rlg_vs_retrained`` (rlg - retrained), ``weights_vs_retrained`` (weights - retrained), ``response``
+    ``rlg_vs_retrained`` (rlg - retrained), ``weights_vs_retrained`` (weights - retrained),
+    ``energy_rlg_vs_retrained`` (energy distance to the optimum's samples, rlg minus retrained), ``response``
     (retrained(beta / w) - retrained(beta)), each over training seeds (t, df = seeds - 1); ``p_holm`` (Holm
     across w for rlg_vs_retrained) and the verdict with its reason."""
     from rlg.kl_stats import holm, paired, verdict
@@ -382,6 +383,8 @@ def decompose(df: pd.DataFrame) -> pd.DataFrame:
                  "fine_tuning": paired(by["retrained"], by["oracle"]),
                  "rlg_vs_retrained": paired(by["rlg"], by["retrained"]),
                  "weights_vs_retrained": paired(by["weights"], by["retrained"])}
+        energy = {a: g.sort_values("seed").set_index("seed").energy for a, g in at.groupby("arm")}
+        tests["energy_rlg_vs_retrained"] = paired(energy["rlg"], energy["retrained"])
         source = src.sort_values("seed").set_index("seed").reward
         # at w = 1 retrained(beta / w) is retrained(beta): no response by definition
         tests["response"] = paired(by["retrained"], source.reindex(by["retrained"].index))

@@ -36,7 +36,7 @@ HIGHER_IS_BETTER = {"digit_prob": True, "jpeg_compressibility": True, "jpeg_inco
 
 def _title(df: pd.DataFrame) -> str:
     f = df.iloc[0]
-    return (f"{f.task}: beta={f.beta:g}, n={f.n} images per arm, DDIM {f.steps} steps, eta {f.eta:g}, "
+    return (f"{f.task}: beta={f.beta:g}, n={int(f.n)} images per arm, DDIM {int(f.steps)} steps, eta {f.eta:g}, "
             f"CFG {f.guidance_scale:g}")
 
 
@@ -251,7 +251,8 @@ def kl_claim_metric_tables(df: pd.DataFrame) -> dict[str, str]:
             rows.append([metric, f"{w:g}", f"{r.beta_eff:.4g}", cell(r), *(cell(x) for x in ret.itertuples()),
                          diff, floor])
     notes = ["Per-image metrics: mean over images, normal 95% interval; set metrics (digit_fd): value on the whole "
-             "set, bootstrap 95% interval over images; paired differences share the per-image noise."]
+             "set ± 1.96 bootstrap se over images (it contains the value; the biased FD is not corrected); paired "
+             "differences share the per-image noise."]
     return {fmt: render(header, rows, fmt, align="lrr" + "r" * (len(header) - 3), notes=notes, groups=groups[1:])
             for fmt in ("markdown", "latex")}
 
