@@ -248,28 +248,29 @@ def _rl_checkpoint(path: Path):
 
 
 def _sample_arm(settings: KLClaimSettings, model: Path, scale: float, bar) -> np.ndarray:
-    """uint8 (N, H, W, 3) images of base + ``model`` at RLG scale ``scale``, image order (prompt, sample)."""
+    """uint8 (N, H, W, 3) images of base + ``model`` at RLG scale ``scale``, image order (prompt, sample), through
+    the grid protocol (``rlg.grid.run_grid``): one scale per arm, calls of ``batch_size`` images in (prompt,
+    sample) order, the same calls as the harness makes for this grid."""
+    from rlg.grid import Grid, run_grid
     from rlg.pairs import Checkpoint, PairSpec, load_pair
-    from rlg.sampling import RLGSampler, SamplerSettings, WorkItem
+    from rlg.sampling import SamplerSettings
 
     rl, kind = _rl_checkpoint(model)
     spec = PairSpec(name=f"kl_{settings.task}", base=Checkpoint(_resolve(settings.base)), rl=rl, rl_kind=kind,
                     offline=True)
-    pair = load_pair(spec)
-    sampler = RLGSampler(pair, SamplerSettings(num_inference_steps=settings.num_inference_steps,
-                                               guidance_scale=settings.guidance_scale,
-                                               negative_prompt=settings.negative_prompt, eta=settings.eta))
-    items = [WorkItem(p, prompt, k, settings.seed, float(scale)) for p, prompt in enumerate(settings.prompts)
-             for k in range(settings.n_per_prompt)]
-    out = []
-    for i in range(0, len(items), settings.batch_size):
-        chunk = items[i:i + settings.batch_size]
-        gen = sampler.generate(chunk)
-        if any(g.nonfinite for g in gen):
-            raise FloatingPointError(f"non-finite latents sampling {model.name} at w={scale}")
-        out += [g.image for g in gen]
-        bar.update(len(chunk))
-    return np.stack(out)
+    grid = Grid(tuple(settings.prompts), (float(scale),), samples=settings.n_per_prompt, seed=settings.seed,
+                settings=SamplerSettings(num_inference_steps=settings.num_inference_steps,
+                                         guidance_scale=settings.guidance_scale,
+                                         negative_prompt=settings.negative_prompt, eta=settings.eta),
+                batch_size=settings.batch_size)
+    images = {}
+    for call in run_grid(load_pair(spec), grid):
+        for (prompt, sample, _), gen in call:
+            if gen.nonfinite:
+                raise FloatingPointError(f"non-finite latents sampling {model.name} at w={scale}")
+            images[(prompt, sample)] = gen.image
+        bar.update(len(call))
+    return np.stack([images[(p, k)] for p in range(len(settings.prompts)) for k in range(settings.n_per_prompt)])
 
 
 class _Scorer:
@@ -292,12 +293,20 @@ class _Scorer:
                 for i, im in enumerate(images)]
 
     def per_image(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        samples = self._samples(images)
-        out = {}
-        for spec in self.settings.metrics:
-            ev, metric = spec.split(":")
-            out[metric] = np.array([r[metric] for r in self.evaluators[ev].score(samples)], dtype=np.float64)
-        return out
+        """metric -> float64 (N,) through the evaluator runner (``score_images``), all images in one ``score`` call
+        per evaluator (as the shipped numbers were made). Raises RuntimeError naming a failed image."""
+        from rlg.evaluators import score_images
+
+        n = self.settings.n_per_prompt
+        prompts = [self.settings.prompts[i // n] for i in range(len(images))]
+        names = list(dict.fromkeys(spec.split(":")[0] for spec in self.settings.metrics))
+        scores = score_images([self.evaluators[e] for e in names], images, prompts, batch_size=max(1, len(images)))
+        for ev, errs in scores.errors.items():
+            bad = [(i, e) for i, e in enumerate(errs) if e]
+            if bad:
+                raise RuntimeError(f"{ev} failed on image {bad[0][0]} of {len(images)}: {bad[0][1]}")
+        return {spec.split(":")[1]: np.asarray(scores[spec.split(":")[1]], dtype=np.float64)
+                for spec in self.settings.metrics}
 
     def set_values(self, images: np.ndarray, index: np.ndarray | None = None) -> dict[str, float]:
         samples = self._samples(images)
