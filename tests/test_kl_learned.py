@@ -162,3 +162,11 @@ def test_bad_settings_fail_with_their_name(compose):
         build.build(compose("experiment=kl_ground_truth_learned", "kl_learned.seeds=[0]"))
     with pytest.raises(ConfigError, match="kl_learned: eta must be > 0"):
         build.build(compose("experiment=kl_ground_truth_learned", "kl_learned.eta=0"))
+
+
+def test_the_preset_is_the_config_of_the_shipped_numbers():
+    """docs/kl_claim.md's numbers come from LearnedTruthConfig() (seed 0): the preset must build exactly that."""
+    from rlg.harness.api import job
+    from rlg.kl_learned import LearnedTruthConfig
+
+    assert job("experiment=kl_ground_truth_learned").kl_learned == LearnedTruthConfig()
