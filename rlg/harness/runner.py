@@ -102,7 +102,7 @@ def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | 
     device = job.placement.device if job.placement else "cpu"
     store = Store(run_dir, writer=f"r{job.rank}-{uuid.uuid4().hex[:8]}", min_free_gb=job.config.paths.min_free_gb)
     with invocation(job, store, list(overrides or []), device) as entry:
-        if job.kind in ("ground_truth", "kl_claim"):  # closed-form / retrained-model measurements: no image grid
+        if job.kind in ("ground_truth", "kl_claim", "kl_learned"):  # measurements of their own: no image grid
             with timed(entry, job.kind):
                 entry["report"] = getattr(stages, job.kind)(job, store)
         else:

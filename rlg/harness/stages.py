@@ -312,3 +312,18 @@ def kl_claim(job: Job, store: Store) -> dict[str, Any]:
                      lambda tmp: write_kl_claim_report(df, analytic, tmp))
     print((store.root / "report" / "report.md").read_text())
     return {"files": files, "rows": len(df), "index": str(store.root / "report" / "report.md")}
+
+
+def kl_learned(job: Job, store: Store) -> dict[str, Any]:
+    """The learned-model ground truth of the KL claim (rlg.kl_learned): MLP denoisers trained and fine-tuned on
+    the analytic mixture, rows into the store's ``kl_learned`` table, the report into <run>/report."""
+    from rlg.kl_learned import run_learned_truth
+    from rlg.report.kl_learned import write_kl_learned_report
+
+    df = run_learned_truth(job.kl_learned)
+    store.write_table("kl_learned", df)
+    files = _written(store, store.temp_dir("report"), store.root / "report",
+                     lambda tmp: write_kl_learned_report(df, tmp))
+    print((store.root / "report" / "report.md").read_text())
+    return {"files": files, "rows": len(df), "seconds": df.attrs.get("seconds"),
+            "index": str(store.root / "report" / "report.md")}
