@@ -52,7 +52,7 @@ def test_generate_grid_gives_the_harness_images_bit_for_bit(tmp_path):
     from rlg.grid import run_grid
     from rlg.harness import runner
     from rlg.harness.api import job as make_job
-    from rlg.harness.store import Store
+    from rlg.store import Store
 
     overrides = ["experiment=tiny", "debug=fast", "prompts.samples_per_prompt=2", "grid.scales=[0,0.5,2]",
                  "sampler.batch_size=2", "sampler.micro_batch=4", "stage=generate", f"paths.root={tmp_path}",

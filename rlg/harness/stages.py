@@ -1,7 +1,7 @@
 """The stages of a job: generate -> evaluate -> report, and the analytic ground truth.
 
 Each stage takes the checked :class:`~rlg.harness.build.Job` and the run's
-:class:`~rlg.harness.store.Store`, never the config. The work list is prompt set x samples x grid
+:class:`~rlg.store.Store`, never the config. The work list is prompt set x samples x grid
 scales; all scales of a (prompt, sample) travel in the same pipeline call (they share the initial
 noise), work already in the store is skipped (resume), and a rank or shard takes every world-th
 (prompt, sample) group.
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from rlg.harness.build import Job
 from rlg.harness.prompts import Prompt, PromptError
-from rlg.harness.store import Store, content_key, write_error
+from rlg.store import Store, content_key, write_error
 
 log = logging.getLogger("rlg")
 
