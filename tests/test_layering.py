@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("app", ("rlg.harness", "rlg.conf")),
     ("report", ("rlg.report",)),
-    ("science", ("rlg.kl_claim", "rlg.ground_truth", "rlg.zoo.train*", "rlg.zoo.digits_eval", "rlg.zoo.digits_rl")),
+    ("science", ("rlg.kl_claim", "rlg.kl_learned", "rlg.kl_stats", "rlg.ground_truth", "rlg.zoo.train*",
+                 "rlg.zoo.digits_eval", "rlg.zoo.digits_rl")),
     ("library", ("rlg", "rlg.grid", "rlg.sampling", "rlg.pairs", "rlg.denoiser", "rlg.guidance", "rlg.schedulers",
                  "rlg.methods", "rlg.evaluators", "rlg.tiny_pairs", "rlg.analytic", "rlg.analytic_metrics",
                  "rlg.zoo.digits", "rlg.zoo.text", "rlg.zoo.common")),  # the zoo's models and data builders

@@ -5,7 +5,6 @@ calm console, several runs in one report, and a sweep on submitit's local execut
 from __future__ import annotations
 
 import ast
-import errno
 import importlib.metadata
 import json
 import logging
@@ -201,55 +200,6 @@ def test_hub_prompt_sets_come_from_the_hub_cache_offline(tmp_path):
                    "photo one", "photo two"]
     assert {f["commit"] for f in info["files"].values()} == {commit} and info["count"] == 8
     assert draw == ["a red cube", "a, comma"] and dinfo["hub"] == "sayakpaul/drawbench" and dinfo["commit"] == commit
-
-
-# --- the run lock without flock -------------------------------------------------------------------
-
-@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP])
-def test_run_lock_falls_back_to_a_lock_file_without_flock(tmp_path, monkeypatch, caplog, code):
-    from rlg import files as files_mod
-    from rlg.files import RunLock, StoreLockedError
-
-    def no_flock(fd, op):
-        raise OSError(code, os.strerror(code))
-
-    monkeypatch.setattr(files_mod.fcntl, "flock", no_flock)
-    run = tmp_path / "run"
-    with RunLock(run) as lock:
-        assert lock.exclusive and (run / ".lock.excl").is_file()
-        assert json.loads((run / ".lock.excl").read_text())["pid"] == os.getpid()
-        with pytest.raises(StoreLockedError, match=rf"pid {os.getpid()}.*\.lock\.excl"):
-            RunLock(run).acquire()  # a second launch is refused, as with flock
-    assert not (run / ".lock.excl").exists()  # released
-
-    # a leftover of a process that died is removed; one of another host names the file to delete
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    import socket
-
-    (run / ".lock.excl").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
-    with caplog.at_level(logging.WARNING), RunLock(run):
-        assert "no longer running" in caplog.text
-    (run / ".lock.excl").write_text(json.dumps({"pid": 1, "host": "other-node-7"}))
-    with pytest.raises(StoreLockedError, match=r"other-node-7.*Fix: if no rlg-bench process runs there any more, "
-                                               r"delete that file"):
-        RunLock(run).acquire()
-    (run / ".lock.excl").unlink()
-    # ranks of one job cannot share a lock file: stop with the fix
-    with pytest.raises(StoreLockedError, match=r"does not support flock.*shard\.index=i shard\.count=n"):
-        RunLock(run, rank=0, world=2).acquire()
-
-
-def test_other_flock_errors_are_not_mistaken_for_a_missing_flock(tmp_path, monkeypatch):
-    from rlg import files as files_mod
-    from rlg.files import RunLock
-
-    def bad(fd, op):
-        raise OSError(errno.EBADF, "bad file descriptor")
-
-    monkeypatch.setattr(files_mod.fcntl, "flock", bad)
-    with pytest.raises(OSError, match="bad file descriptor"):
-        RunLock(tmp_path).acquire()
-    assert not (tmp_path / ".lock.excl").exists()
 
 
 # --- a calm console ---------------------------------------------------------------------------------
