@@ -6,15 +6,8 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-from tests.helpers.runs import ROOT, ENV, FAST, one_thread  # noqa: F401  (one_thread: autouse)
-
-
-def _fixture(family: str) -> Path:
-    from rlg.tiny_pairs import build_pair
-
-    return build_pair(family)
+from tests.helpers.runs import ROOT, ENV, FAST, _fixture, one_thread  # noqa: F401  (one_thread: autouse)
 
 
 def test_the_cli_refuses_bad_input_with_exit_code_2_and_no_traceback(tmp_path):

@@ -16,7 +16,7 @@ from rlg.harness import runner
 from rlg.harness.provenance import redact
 from rlg.pairs import PairError
 from rlg.store import Store
-from tests.helpers.runs import ROOT, ENV, FAST, one_thread, cfg_of  # noqa: F401  (one_thread: autouse)
+from tests.helpers.runs import ROOT, ENV, FAST, one_thread, cfg_of, _fixture  # noqa: F401  (one_thread: autouse)
 
 
 SOURCE_DIRS = ["rlg", "benchmarks", "run.py"]

@@ -72,3 +72,10 @@ def assert_complete(state: dict) -> None:
     assert state["pngs"] == state["row_paths"], "orphan or missing PNG files"
     assert not state["temporaries"], f"leftover temporaries {state['temporaries']}"
     assert not state["quarantine"], "something was found corrupt"
+
+
+def _fixture(family: str) -> Path:
+    """The directory of the tiny pair ``family`` (built once per machine)."""
+    from rlg.tiny_pairs import build_pair
+
+    return build_pair(family)
