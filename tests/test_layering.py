@@ -197,7 +197,7 @@ def _third_party(path: Path) -> set[str]:
 
 
 LIBRARY_CORE = ["guidance", "denoiser", "pairs", "sampling", "grid", "schedulers", "tiny_pairs", "analytic",
-                "analytic_metrics", "ground_truth"]
+                "analytic_metrics", "ground_truth", "kl_learned", "kl_stats"]
 
 
 def test_the_library_core_imports_no_hydra_no_app_and_the_report_runs_no_model():
