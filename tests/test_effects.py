@@ -15,7 +15,7 @@ import pytest
 import rlg
 from rlg.harness import build
 from rlg.harness.config import KEY_EFFECTS, ConfigError, EvaluatorsConf, GridConf, PairConf, SamplerConf
-from rlg.harness.store import content_key
+from rlg.store import content_key
 from rlg.sampling import RLGSampler, SamplerError, WorkItem
 
 BASE = ("experiment=tiny", "debug=fast", "prompts.max_prompts=1", "grid.scales=[1.5]", "evaluators.selected=[jpeg]")

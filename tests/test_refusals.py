@@ -10,7 +10,7 @@ import pytest
 
 from rlg.harness import build, runner
 from rlg.harness.config import ConfigError
-from rlg.harness.store import Store
+from rlg.store import Store
 
 
 # -- kind 5: an evaluator's packages and weights are checked before generation --------------------------------

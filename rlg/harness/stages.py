@@ -1,10 +1,11 @@
 """The stages of a job: generate -> evaluate -> report, and the analytic ground truth.
 
 Each stage takes the checked :class:`~rlg.harness.build.Job` and the run's
-:class:`~rlg.harness.store.Store`, never the config. The work list is prompt set x samples x grid
-scales; all scales of a (prompt, sample) travel in the same pipeline call (they share the initial
-noise), work already in the store is skipped (resume), and a rank or shard takes every world-th
-(prompt, sample) group.
+:class:`~rlg.store.Store`, never the config. The work list is prompt set x samples x grid scales,
+sampled by the library's one grid loop (``rlg.grid.run_grid``: all scales of a (prompt, sample) travel
+in the same pipeline call and share the initial noise); generate adds the content keys, skips work
+already in the store (resume), writes PNGs in a background thread, and a rank or shard takes every
+world-th (prompt, sample) group.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from rlg.harness.build import Job
 from rlg.harness.prompts import Prompt, PromptError
-from rlg.harness.store import Store, content_key, write_error
+from rlg.store import Store, content_key, write_error
 
 log = logging.getLogger("rlg")
 
