@@ -50,8 +50,10 @@ def test_readme_notebook_example(fixture_root):
     reference = diffusers.StableDiffusionPipeline.from_pretrained(base_id)
     reference.set_progress_bar_config(disable=True)
     base_unet = reference.unet
-    # w = 0 is the stock base pipeline and w = 1 the stock pipeline with the RL UNet, same noise
-    assert np.array_equal(images[0], stock(reference, base_unet, seed=0))
+    # w = 0 is the stock base pipeline and w = 1 the stock pipeline with the RL UNet, same noise. Within one
+    # level: the grid batches 4 rows where the stock call runs 2, and CPU kernels are not batch invariant
+    # everywhere (an AMD EPYC put one pixel of 3072 one level off at w = 0).
+    assert np.abs(images[0].astype(int) - stock(reference, base_unet, seed=0).astype(int)).max() <= 1
     assert np.abs(images[2].astype(int) - stock(reference, rl_unet, seed=0).astype(int)).max() <= 1
     assert not np.array_equal(images[0], images[2])
     # no stale state: another grid with another number of scales and prompts, then a direct pipeline call
