@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,28 @@ def test_each_rank_gets_its_own_gpu_and_no_rank_shares_gpu_0():
         build.resolve_device("auto", local_rank=2, cuda_count=2)
     assert build.resolve_rank(build.ShardConf(index=1, count=3), env={}) == (1, 3, False)
     assert build.resolve_rank(build.ShardConf(), env={"WORLD_SIZE": "4", "RANK": "2"}) == (2, 4, True)
+    # ranks inside shards: shard 1 of 2, launched with 4 ranks, is ranks 4..7 of 8
+    assert build.resolve_rank(build.ShardConf(index=1, count=2), env={"WORLD_SIZE": "4", "RANK": "2"}) == (6, 8, True)
+
+
+def test_submitit_tasks_become_torch_distributed_ranks(monkeypatch):
+    """Task 1 of a 2-task submitit job (what SLURM's tasks_per_node=2 gives) exports the env:// variables
+    through submitit's own TorchDistributedEnvironment; outside a submitit job nothing changes."""
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    assert not build.submitit_ranks() and "WORLD_SIZE" not in os.environ
+    job = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_GLOBALID": "1",
+           "SUBMITIT_LOCAL_LOCALID": "1", "SUBMITIT_LOCAL_JOB_ID": "4242", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+           "SUBMITIT_LOCAL_NODEID": "0", "CUDA_VISIBLE_DEVICES": "0,1"}
+    for k, v in job.items():
+        monkeypatch.setenv(k, v)
+    assert build.submitit_ranks()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("1", "2", "1")
+    assert os.environ["MASTER_ADDR"] and os.environ["MASTER_PORT"].isdigit()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"  # each rank then takes cuda:LOCAL_RANK of all visible
+    assert not build.submitit_ranks()  # already exported (or set by torchrun): left alone
+    assert build.resolve_rank(build.ShardConf(index=1, count=3)) == (3, 6, True)
 
 
 # -- 8. sweep directories -----------------------------------------------------------------------

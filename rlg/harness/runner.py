@@ -23,7 +23,7 @@ from rlg.harness.config import ConfigError
 from rlg.harness.prompts import PromptError
 from rlg.harness.provenance import provenance, redact
 from rlg.harness.store import Store, StoreError
-from rlg.harness.tracking import Tracker
+from rlg.harness.tracking import Tracker, wandb_run_id
 from rlg.report.stats import SERIES
 from rlg.pairs import PairError
 from rlg.sampling import SamplerError
@@ -42,7 +42,7 @@ class Ranks:
         if job.distributed:
             from accelerate import PartialState
 
-            self.state = PartialState()  # the shared state build() created (rank, world, this rank's device)
+            self.state = PartialState()  # the shared state build() created (rank, world, device, barrier timeout)
 
     def wait(self) -> None:
         if self.state is not None:
@@ -105,7 +105,7 @@ def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | 
             with timed(entry, job.kind):
                 entry["report"] = getattr(stages, job.kind)(job, store)
         else:
-            with _tracker(job, store, job_name or job.name, group) as tracker:
+            with _tracker(job, store, job_name or job.name, group, entry["run_id"]) as tracker:
                 _image_stages(job, store, entry, ranks, tracker)
                 entry["wandb_dir"] = str(tracker.run_path) if tracker.active else None
     index = (entry.get("report") or {}).get("index")
@@ -114,13 +114,15 @@ def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | 
     return entry
 
 
-def _tracker(job: Job, store: Store, job_name: str, group: str | None) -> Tracker:
-    """W&B from the start of the run (rank 0): progress during generation, results against w at the end."""
+def _tracker(job: Job, store: Store, job_name: str, group: str | None, run_id: str) -> Tracker:
+    """W&B from the start of the run (rank 0): progress during generation and scoring, results against w at
+    the end; one W&B run per run directory, setting and stage (resumed by every later invocation)."""
     w = job.config.tracker.wandb
     s = job.config.sampler
     return Tracker(run_dir=store.root, name=job_name, project=w.project, entity=w.entity, group=w.group or group or
                    job.name, job_type=job.config.stage, tags=[job.pair.name, s.name, job.name],
-                   config=job.resolved_config, mode=job.tracker_mode, log_images=w.log_images, rank=job.rank)
+                   config=job.resolved_config, mode=job.tracker_mode, log_images=w.log_images, rank=job.rank,
+                   run_id=wandb_run_id(run_id, job.config_id, job.config.stage))
 
 
 def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, tracker: Tracker) -> None:
@@ -133,20 +135,47 @@ def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, t
         with timed(entry, "generate"):
             entry["generate"] = stages.generate(job, store, entry["run_id"], progress=tracker.progress)
     ranks.wait()
+    if "generate" in job.stages and job.launch_rank == 0:
+        # one row per key on disk: plain pandas/duckdb readers see what the store sees; the rows dropped
+        # (superseded ones) are recorded, so duplicated work would show
+        entry["compacted_after_generate"] = store.compact()
     if job.config.low_memory:  # the generator leaves before the evaluators arrive
         stages.PAIRS.clear()
     if "evaluate" in job.stages:
         with timed(entry, "evaluate"):
-            entry["evaluate"] = stages.evaluate(job, store)
+            entry["evaluate"] = stages.evaluate(job, store, progress=tracker.progress)
     ranks.wait()
-    if "report" in job.stages and job.rank == 0:
+    if "evaluate" in job.stages and job.launch_rank == 0:
+        entry["compacted_after_evaluate"] = store.compact()
+    if "report" in job.stages and job.launch_rank == 0 and _whole_run_done(job, store, entry):
         with timed(entry, "report"):
             result = stages.report(job, store)
         entry["report"] = {k: result[k] for k in ("files", "notes", "index", "index_html")}
         _print_summary(result["summary"] or [])
-        tracker.log_scales(result["summary"] or [])
-        tracker.log_image_table(result["images"], result["scores"])
-        tracker.log_report(result["index_html"], [Path(f) for f in result["files"] if "/figures/" in f])
+        with contextlib.ExitStack() as stack:
+            if not tracker.active and job.rank != 0:  # the shard that finished last logs into the same W&B run
+                tracker = stack.enter_context(tracker.as_rank0())
+            tracker.log_scales(result["summary"] or [])
+            tracker.log_image_table(result["images"], result["scores"])
+            tracker.log_scores_table(result["images"], result["scores"])
+            tracker.log_report(result["index_html"], [Path(f) for f in result["files"] if "/figures/" in f])
+
+
+def _whole_run_done(job: Job, store: Store, entry: dict[str, Any]) -> bool:
+    """Whether this launch writes the run's report now. A manual shard (shard.count > 1) running
+    stage=all writes it only once every shard's images are stored and scored, so the shard that
+    finishes last writes the one report; stage=report always writes it."""
+    if job.config.shard.count <= 1 or job.config.stage == "report":
+        return True
+    scored_by = [(e["evaluator"], e["version"]) for e in (entry.get("evaluate") or {}).values()]
+    done, total = stages.work_done(job, store, scored_by)
+    if done < total:
+        log.info("report: %d of the run's %d images are stored and scored so far (shard %d of %d); the shard that "
+                 "finishes last writes the report (or run stage=report)", done, total, job.config.shard.index,
+                 job.config.shard.count)
+        entry["report_deferred"] = {"done": done, "total": total}
+        return False
+    return True
 
 
 def _print_summary(records: list[dict[str, Any]]) -> None:
