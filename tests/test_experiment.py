@@ -172,7 +172,7 @@ def test_two_process_run_equals_one_process_run(tmp_path):
     image made once and scored once (counted in raw rows and in each rank's own count), and on disk one
     row per key, so plain pandas reads what the Store reads."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = _cli(tmp_path, "two", "prompts.samples_per_prompt=1", "barrier_timeout_min=30")
+    cmd = _cli(tmp_path, "two", "prompts.samples_per_prompt=1", "barrier_timeout_min=45")
     # README's recipe for one node with 8 GPUs, on 2 CPU processes: torchrun ... -m rlg.harness.cli
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
                 "rlg.harness.cli"]
@@ -183,6 +183,7 @@ def test_two_process_run_equals_one_process_run(tmp_path):
     assert two == one and len(one) == 4 * 5
     ranks = json.loads((tmp_path / "two" / "meta.json").read_text())["invocations"]
     assert {(e["rank"], e["world"], e["device"]) for e in ranks} == {(0, 2, "cpu"), (1, 2, "cpu")}  # each rank's own
+    assert [e["barrier_timeout_s"] for e in ranks] == [45 * 60] * 2  # the process group's own (gloo default: 30 min)
     made = [e["generate"]["images_made"] for e in ranks]
     scored = [e["evaluate"]["jpeg"]["scored"] for e in ranks]
     assert sorted(made) == [10, 10] and sorted(scored) == [10, 10]  # 20 images, each made once and scored once

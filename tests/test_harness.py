@@ -55,8 +55,11 @@ def test_manual_shards_in_sequence_give_the_store_of_one_process(compose, tmp_pa
     common = ("debug=fast", "grid.scales=[0,1]", "prompts.samples_per_prompt=2")
     runner.run(compose(*common), run_dir=tmp_path / "one")
     split = tmp_path / "split"
-    runner.run(compose(*common, "shard.count=2", "shard.index=0"), run_dir=split)  # generate + evaluate
-    runner.run(compose(*common, "shard.count=2", "shard.index=1"), run_dir=split)
+    first = runner.run(compose(*common, "shard.count=2", "shard.index=0"), run_dir=split)  # generate + evaluate
+    assert "report" not in first and first["report_deferred"] == {"done": 4, "total": 8}
+    assert not (split / "report").exists()  # half a run is not reported
+    last = runner.run(compose(*common, "shard.count=2", "shard.index=1"), run_dir=split)
+    assert last["report"]["index"] == str(split / "report" / "index.md")  # the last shard writes the report
     runner.run(compose(*common, "stage=report"), run_dir=split)
     one, two = Store(tmp_path / "one"), Store(split)
     assert set(zip(one.images().image_key, one.images().image_sha256)) == \

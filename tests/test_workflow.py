@@ -494,6 +494,8 @@ def test_slurm_preset_requeues_and_a_users_local_config_holds_the_cluster_settin
     in the user's <dir>/local/default.yaml, picked up with --config-dir (README "Scale-out")."""
     from hydra import compose, initialize_config_dir
 
+    import rlg.harness.config  # noqa: F401  registers the schema the config's defaults start with
+
     with initialize_config_dir(config_dir=str(ROOT / "rlg" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.tasks_per_node=8"],
                       return_hydra_config=True)

@@ -48,6 +48,19 @@ class Ranks:
         if self.state is not None:
             self.state.wait_for_everyone()
 
+    def timeout_s(self) -> float | None:
+        """The barrier timeout the process group really has (barrier_timeout_min), for meta.json."""
+        if self.state is None:
+            return None
+        import torch
+        import torch.distributed as dist
+
+        try:  # torch's own record of it; the attribute path is internal, so a miss is just not recorded
+            group = dist.distributed_c10d._get_default_group()
+            return group._get_backend(torch.device(self.state.device)).options._timeout.total_seconds()
+        except (AttributeError, RuntimeError, ValueError):
+            return None
+
 
 @contextlib.contextmanager
 def invocation(job: Job, store: Store, overrides: list[str], device: str) -> Iterator[dict[str, Any]]:
@@ -101,6 +114,8 @@ def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | 
     device = job.placement.device if job.placement else "cpu"
     store = Store(run_dir, writer=f"r{job.rank}-{uuid.uuid4().hex[:8]}", min_free_gb=job.config.paths.min_free_gb)
     with invocation(job, store, list(overrides or []), device) as entry:
+        if ranks.state is not None:
+            entry["barrier_timeout_s"] = ranks.timeout_s()
         if job.kind in ("ground_truth", "kl_claim"):  # closed-form / retrained-model measurements: no image grid
             with timed(entry, job.kind):
                 entry["report"] = getattr(stages, job.kind)(job, store)
