@@ -132,9 +132,10 @@ def test_each_rank_gets_its_own_gpu_and_no_rank_shares_gpu_0():
 def test_submitit_tasks_become_torch_distributed_ranks(monkeypatch):
     """Task 1 of a 2-task submitit job (what SLURM's tasks_per_node=2 gives) exports the env:// variables
     through submitit's own TorchDistributedEnvironment; outside a submitit job nothing changes."""
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+              "SUBMITIT_EXECUTOR"):  # set then deleted, so monkeypatch restores them as they were (the export
+        monkeypatch.setenv(k, "")  # below writes os.environ itself; a leaked WORLD_SIZE=2 would make every
+        monkeypatch.delenv(k)      # later in-process run wait for a rank 1 that never comes)
     assert not build.submitit_ranks() and "WORLD_SIZE" not in os.environ
     job = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_GLOBALID": "1",
            "SUBMITIT_LOCAL_LOCALID": "1", "SUBMITIT_LOCAL_JOB_ID": "4242", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
