@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import uuid
 from pathlib import Path
@@ -116,7 +117,7 @@ def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | 
     with invocation(job, store, list(overrides or []), device) as entry:
         if ranks.state is not None:
             entry["barrier_timeout_s"] = ranks.timeout_s()
-        if job.kind in ("ground_truth", "kl_claim"):  # closed-form / retrained-model measurements: no image grid
+        if job.kind in ("ground_truth", "kl_claim", "kl_learned"):  # measurements of their own: no image grid
             with timed(entry, job.kind):
                 entry["report"] = getattr(stages, job.kind)(job, store)
         else:
@@ -125,8 +126,14 @@ def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | 
                 entry["wandb_dir"] = str(tracker.run_path) if tracker.active else None
     index = (entry.get("report") or {}).get("index")
     if index:
-        print(f"Report: {index}")  # the run's last line: the one page to open
+        print(f"Report: {_shown(index)}")  # the run's last line: the one page to open
     return entry
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it (shorter, and no home path)."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def _tracker(job: Job, store: Store, job_name: str, group: str | None, run_id: str) -> Tracker:
@@ -165,8 +172,10 @@ def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, t
     if "report" in job.stages and job.launch_rank == 0 and _whole_run_done(job, store, entry):
         with timed(entry, "report"):
             result = stages.report(job, store)
-        entry["report"] = {k: result[k] for k in ("files", "notes", "index", "index_html")}
+        entry["report"] = {k: result[k] for k in ("files", "notes", "index", "index_html", "headlines")}
         _print_summary(result["summary"] or [])
+        for line in result["headlines"]:
+            print(line)  # the report's first-screen sentence: what RLG did
         with contextlib.ExitStack() as stack:
             if not tracker.active and job.rank != 0:  # the shard that finished last logs into the same W&B run
                 tracker = stack.enter_context(tracker.as_rank0())
