@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Hashable, Iterator, Sequence
+from typing import Any, Callable, Collection, Hashable, Iterator
 
 from rlg.guidance import check_scales
 from rlg.sampling import Generated, RLGSampler, SamplerSettings, WorkItem
@@ -165,16 +165,18 @@ def run_grid(pair, grid: Grid, *, key: KeyFn | None = None, skip: Collection[Has
 
 
 def generate_grid(pair, prompts: str | list[str], scales, *, seed: int = 0, samples: int = 1,
-                  output: str = "pil", batch_size: int = DEFAULT_BATCH_SIZE, **settings) -> list[list[list[Any]]]:
+                  output: str = "pil", batch_size: int | None = None, **settings) -> list[list[list[Any]]]:
     """Images of every (prompt, sample, scale), with paired noise: ``grid[prompt][sample][scale]``.
 
     ``settings`` are SamplerSettings fields (num_inference_steps, guidance_scale, height, width,
     negative_prompt, scheduler, window, micro_batch, ...); any other keyword goes to the pipeline as is
-    (``SamplerSettings.extra``). Calls are packed as the harness packs them (:func:`run_grid`, at most
-    ``batch_size`` images per call, every scale of a (prompt, sample) in one call, from the same noise,
-    seeded by (seed, prompt index, sample index) only); with ``micro_batch`` an int or "auto" the images
-    are those of the harness, bit for bit. ``output``: "pil" or "np" (uint8 HxWx3). Nothing stays set on
-    the pair after the call.
+    (``SamplerSettings.extra``). The grid runs through :func:`run_grid`, the harness's loop: every scale
+    of a (prompt, sample) in one call, from the same noise, seeded by (seed, prompt index, sample index)
+    only. ``batch_size``: images per call, whole (prompt, sample) groups where they fit; None (default):
+    one group per call, so with the default ``micro_batch=None`` (one unpadded forward per model) an
+    image does not depend on the other prompts of the grid. With ``micro_batch`` an int or "auto" (the
+    harness's default) the images are the harness's, bit for bit, for any ``batch_size``. ``output``:
+    "pil" or "np" (uint8 HxWx3). Nothing stays set on the pair after the call.
     """
     if output not in ("pil", "np"):
         raise ValueError(f"output={output!r}; use 'pil' or 'np'")
@@ -182,7 +184,7 @@ def generate_grid(pair, prompts: str | list[str], scales, *, seed: int = 0, samp
     own = {k: v for k, v in settings.items() if k in names}
     extra = {k: v for k, v in settings.items() if k not in names}
     g = Grid(prompts=(prompts,) if isinstance(prompts, str) else tuple(prompts), scales=tuple(scales), seed=seed,
-             samples=samples, settings=SamplerSettings(**own, extra=extra), batch_size=batch_size)
+             samples=samples, settings=SamplerSettings(**own, extra=extra), batch_size=batch_size or len(scales))
     made: dict[Hashable, Any] = {}
     for call in run_grid(pair, g):
         for k, res in call:

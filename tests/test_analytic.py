@@ -46,19 +46,11 @@ from rlg.ground_truth import SD15_DDIM_CONFIG, GroundTruthConfig, run_ground_tru
 from rlg.report.ground_truth import ground_truth_moment_tables, ground_truth_tables, write_ground_truth_report
 from rlg.guidance import rlg_mix
 from rlg.schedulers import FlowGRPOSDEScheduler
+# autouse: one intra-op torch thread. These tests run thousands of small ops on (K, d, B) tensors, where a
+# second thread buys nothing and, on a shared 2-core machine, made the sampling tests 5-20x slower.
+from tests.helpers.runs import one_thread  # noqa: F401
 
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    # tests/conftest.py sets 2 torch threads. These tests run thousands of small ops on (K, d, B)
-    # tensors, where a second intra-op thread buys nothing and, on a shared 2-core machine, made the
-    # sampling tests 5-20x slower (threads waiting for a busy core). Restored after each test.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def random_mixture(d: int, K: int = 3, seed: int = 0) -> GaussianMixture:

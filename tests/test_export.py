@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rlg.harness.store import Store, content_key
+from rlg.store import Store, content_key
 from rlg.report.export import ExportError, export_frame, write_export
 from tests.helpers.store_read import direct_read
 

@@ -45,16 +45,17 @@ def test_bad_grids_are_refused(kw, match):
 
 
 def test_generate_grid_gives_the_harness_images_bit_for_bit(tmp_path):
-    """Same (prompt, sample, seed, scale) -> the same PNG bits, though the harness packs 3 images per call
-    (groups split) and generate_grid packs all 12 into one call; run_grid skips what it is told to."""
+    """Same (prompt, sample, seed, scale) -> the same PNG bits, though the harness makes calls of 2 and 1
+    images (each group of 3 scales split) and generate_grid makes one call of all 12; run_grid skips what it
+    is told to."""
     import rlg
     from rlg.grid import run_grid
     from rlg.harness import runner
     from rlg.harness.api import job as make_job
-    from rlg.harness.store import Store
+    from rlg.store import Store
 
     overrides = ["experiment=tiny", "debug=fast", "prompts.samples_per_prompt=2", "grid.scales=[0,0.5,2]",
-                 "sampler.batch_size=3", "sampler.micro_batch=4", "stage=generate", f"paths.root={tmp_path}",
+                 "sampler.batch_size=2", "sampler.micro_batch=4", "stage=generate", f"paths.root={tmp_path}",
                  "name=g"]
     job = make_job(*overrides)
     runner.run_job(job, tmp_path / "g")
@@ -62,14 +63,16 @@ def test_generate_grid_gives_the_harness_images_bit_for_bit(tmp_path):
     rows = store.images(verify=True)
     assert len(rows) == 2 * 2 * 3
     s = job.sampler
-    assert s.micro_batch == 4 and job.config.sampler.batch_size == 3
+    assert s.micro_batch == 4 and job.config.sampler.batch_size == 2
     settings = {f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name != "extra"} | s.extra
     pair = rlg.load_pair(job.pair)  # loaded again: nothing shared with the run but the files
     texts = [p.text for p in job.prompts]
-    got = rlg.generate_grid(pair, texts, list(job.scales), seed=job.seed, samples=2, output="np", **settings)
+    got = rlg.generate_grid(pair, texts, list(job.scales), seed=job.seed, samples=2, output="np", batch_size=12,
+                            **settings)
     for r in rows.itertuples():
         harness = np.asarray(store.load_image(r))
-        assert np.array_equal(got[r.prompt_id][r.sample][list(job.scales).index(r.scale)], harness), r
+        w = list(job.scales).index(r.scale)
+        assert np.array_equal(got[r.prompt_id][r.sample][w], harness), r
     # run_grid with a skip list makes only the rest, with the same bits
     grid = Grid(tuple(texts), job.scales, samples=2, seed=job.seed, settings=s, batch_size=5)
     skip = {(p, k, w) for p in (0, 1) for k in (0, 1) for w in job.scales if (p, k) != (1, 0)}

@@ -102,7 +102,7 @@ def learned_run(tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
     from rlg.harness import runner
-    from rlg.harness.store import Store
+    from rlg.store import Store
     from pathlib import Path
 
     conf = Path(__file__).resolve().parent.parent / "rlg" / "conf"

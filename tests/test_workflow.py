@@ -5,7 +5,6 @@ calm console, several runs in one report, and a sweep on submitit's local execut
 from __future__ import annotations
 
 import ast
-import errno
 import importlib.metadata
 import json
 import logging
@@ -204,55 +203,6 @@ def test_hub_prompt_sets_come_from_the_hub_cache_offline(tmp_path):
     assert draw == ["a red cube", "a, comma"] and dinfo["hub"] == "sayakpaul/drawbench" and dinfo["commit"] == commit
 
 
-# --- the run lock without flock -------------------------------------------------------------------
-
-@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP])
-def test_run_lock_falls_back_to_a_lock_file_without_flock(tmp_path, monkeypatch, caplog, code):
-    from rlg.harness import store as store_mod
-    from rlg.harness.store import RunLock, StoreLockedError
-
-    def no_flock(fd, op):
-        raise OSError(code, os.strerror(code))
-
-    monkeypatch.setattr(store_mod.fcntl, "flock", no_flock)
-    run = tmp_path / "run"
-    with RunLock(run) as lock:
-        assert lock.exclusive and (run / ".lock.excl").is_file()
-        assert json.loads((run / ".lock.excl").read_text())["pid"] == os.getpid()
-        with pytest.raises(StoreLockedError, match=rf"pid {os.getpid()}.*\.lock\.excl"):
-            RunLock(run).acquire()  # a second launch is refused, as with flock
-    assert not (run / ".lock.excl").exists()  # released
-
-    # a leftover of a process that died is removed; one of another host names the file to delete
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    import socket
-
-    (run / ".lock.excl").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
-    with caplog.at_level(logging.WARNING), RunLock(run):
-        assert "no longer running" in caplog.text
-    (run / ".lock.excl").write_text(json.dumps({"pid": 1, "host": "other-node-7"}))
-    with pytest.raises(StoreLockedError, match=r"other-node-7.*Fix: if no rlg-bench process runs there any more, "
-                                               r"delete that file"):
-        RunLock(run).acquire()
-    (run / ".lock.excl").unlink()
-    # ranks of one job cannot share a lock file: stop with the fix
-    with pytest.raises(StoreLockedError, match=r"does not support flock.*shard\.index=i shard\.count=n"):
-        RunLock(run, rank=0, world=2).acquire()
-
-
-def test_other_flock_errors_are_not_mistaken_for_a_missing_flock(tmp_path, monkeypatch):
-    from rlg.harness import store as store_mod
-    from rlg.harness.store import RunLock
-
-    def bad(fd, op):
-        raise OSError(errno.EBADF, "bad file descriptor")
-
-    monkeypatch.setattr(store_mod.fcntl, "flock", bad)
-    with pytest.raises(OSError, match="bad file descriptor"):
-        RunLock(tmp_path).acquire()
-    assert not (tmp_path / ".lock.excl").exists()
-
-
 # --- a calm console ---------------------------------------------------------------------------------
 
 def test_quiet_third_party_silences_bars_verbosity_and_known_warnings():
@@ -304,7 +254,7 @@ def _fake_run(root: Path, steps: int, offset: float) -> Path:
     """A run directory written through the real Store: 3 prompts x 2 scales, JPEG sizes offset+w."""
     import numpy as np
 
-    from rlg.harness.store import Store, content_key
+    from rlg.store import Store, content_key
 
     root.mkdir(parents=True)
     store = Store(root)
@@ -415,7 +365,7 @@ def test_sweep_runs_through_submitit_local_and_writes_one_combined_report(tmp_pa
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     sweep = tmp_path / "sub-sweep"
-    from rlg.harness.store import Store
+    from rlg.store import Store
     from rlg.report.compare import find_runs
 
     jobs = find_runs([sweep])  # job directories are named by Hydra's override_dirname

@@ -1,5 +1,6 @@
-"""Shared plumbing for the model-based evaluators: device/dtype options, offline mode, and loading
-weights from the Hugging Face hub, a local path or a pinned URL with errors that name the fix.
+"""Shared plumbing for the model-based evaluators: loading weights from the Hugging Face hub, a local
+path or a pinned URL with errors that name the fix. Device, dtype and the offline rule are the
+project's own (``rlg.runtime``: default_device, torch_dtype, hub_offline); file hashes ``rlg.files``.
 
 Only light imports at module level: torch and the model libraries are imported inside functions so
 that selecting one evaluator never imports another's stack.
@@ -7,51 +8,15 @@ that selecting one evaluator never imports another's stack.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 from rlg.extras import require
-
-_TRUE = {"1", "true", "yes", "on"}
-
+from rlg.files import sha256_file
 
 class ModelNotAvailableError(FileNotFoundError):
     """Weights or a tokenizer an evaluator needs are neither on disk nor downloadable."""
-
-
-def is_offline(offline: bool | None) -> bool:
-    """``offline`` when given, else the HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE environment flags."""
-    if offline is not None:
-        return bool(offline)
-    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
-_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-           "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
-
-
-def resolve_dtype(dtype: Any):
-    """torch dtype from a config string ("float32", "fp16", "bf16", ...) or a torch dtype."""
-    import torch
-
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).removeprefix("torch.").lower()
-    if key not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16")
-    return getattr(torch, _DTYPES[key])
 
 
 def dtype_tag(dtype) -> str:
@@ -146,14 +111,6 @@ def hub_file(
         ) from exc
 
 
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def default_cache_dir() -> Path:
     base = os.environ.get("RLG_BENCH_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "rlg-bench"
@@ -183,7 +140,7 @@ def cached_url_file(
             raise ModelNotAvailableError(
                 f"{what}: {exc} Download it (sha256 {sha256}) by hand and pass {option}=<the file> or put it at {path}"
             ) from exc
-    got = sha256_of(path)
+    got = sha256_file(path)
     if got != sha256:
         raise ModelNotAvailableError(
             f"{what}: {path} has sha256 {got}, expected {sha256}; delete it so it is downloaded again "
@@ -227,6 +184,58 @@ def open_clip_tag(model_name: str, tag: str) -> tuple[str, list[str], dict[str, 
     return repo, candidates, kwargs
 
 
+def clip_quick_gelu(model_name: str, pretrained: str | None, quick_gelu: bool | None, *, option: str,
+                    what: str) -> bool:
+    """Whether an open_clip model must be built with QuickGELU: the activation its weights were trained with.
+
+    A pretrained tag says so itself (open_clip's ``quick_gelu`` flag: True for the "openai" tags, whose
+    weights come from OpenAI's QuickGELU CLIP); a ``-quickgelu`` config name says so too. A weights *file*
+    does not: open_clip would build e.g. ``ViT-L-14`` with plain GELU, load every tensor and say nothing,
+    so ``quick_gelu`` (``option``) must be given. An explicit value that contradicts the tag or config is
+    refused. Raises ModelNotAvailableError naming what to pass."""
+    open_clip = require("open_clip", purpose="open_clip models (hps, aesthetic, geneval)")
+
+    if model_name.startswith("hf-hub:"):  # open_clip reads the repo's own open_clip_config.json
+        if quick_gelu is not None:
+            raise ModelNotAvailableError(f"{what}: {option}= does not apply to {model_name!r}, whose activation comes "
+                                         f"from its open_clip_config.json; drop {option}")
+        return False
+    if model_name.startswith("local-dir:"):  # the folder's open_clip_config.json states the architecture
+        import json
+
+        config_file = Path(model_name.removeprefix("local-dir:")).expanduser() / "open_clip_config.json"
+        model_cfg = json.loads(config_file.read_text()).get("model_cfg", {}) if config_file.is_file() else {}
+        if "quick_gelu" not in model_cfg:
+            if quick_gelu is None and config_file.is_file():
+                raise ModelNotAvailableError(
+                    f"{what}: {config_file} does not say which activation the weights were trained with (no "
+                    f"model_cfg.quick_gelu); pass {option}=true for OpenAI CLIP weights (QuickGELU) or {option}=false "
+                    f"for LAION/DataComp weights")
+            return bool(quick_gelu)
+        known = bool(model_cfg["quick_gelu"])
+        if quick_gelu is not None and bool(quick_gelu) != known:
+            raise ModelNotAvailableError(f"{what}: {option}={str(bool(quick_gelu)).lower()} contradicts "
+                                         f"{config_file} (quick_gelu={str(known).lower()}); drop {option}")
+        return known
+    config = open_clip.get_model_config(model_name) or {}
+    known: bool | None = True if config.get("quick_gelu") else None
+    if pretrained and not Path(pretrained).expanduser().is_file():
+        known = bool((open_clip.get_pretrained_cfg(model_name, pretrained) or {}).get("quick_gelu", False)) or known
+    if known is None and pretrained is not None:
+        if quick_gelu is None:
+            raise ModelNotAvailableError(
+                f"{what}: the weights file {pretrained!r} does not say which activation it was trained with, and "
+                f"open_clip would build {model_name!r} with plain GELU without a word. Pass {option}=true for OpenAI "
+                f"CLIP weights (e.g. ViT-L-14 'openai', QuickGELU) or {option}=false for LAION/DataComp weights")
+        return bool(quick_gelu)
+    known = bool(known)
+    if quick_gelu is not None and bool(quick_gelu) != known:
+        raise ModelNotAvailableError(
+            f"{what}: {option}={str(bool(quick_gelu)).lower()} contradicts the weights {model_name}:{pretrained}, "
+            f"trained with {'QuickGELU' if known else 'GELU'}; drop {option} (it follows the weights)")
+    return known
+
+
 def load_open_clip(
     model_name: str,
     pretrained: str | None,
@@ -235,6 +244,8 @@ def load_open_clip(
     option: str,
     what: str,
     cache_dir: str | None = None,
+    quick_gelu: bool | None = None,
+    quick_gelu_option: str = "clip_quick_gelu",
 ):
     """An open_clip model and its inference transform, with the weights resolved by us.
 
@@ -243,9 +254,13 @@ def load_open_clip(
     A tag's weights are fetched from its hub repo with ``local_files_only`` in offline mode,
     preferring safetensors; the tag's QuickGELU flag and preprocessing are applied explicitly,
     because open_clip builds e.g. ``ViT-L-14`` with plain GELU even for the "openai" weights.
-    Returns ``(model, preprocess, source)`` with ``source`` for version strings.
+    A weights file needs ``quick_gelu`` (see :func:`clip_quick_gelu`; ``quick_gelu_option`` names it).
+    Returns ``(model, preprocess, source)`` with ``source`` for version strings (":quickgelu" when set
+    for a file).
     """
     open_clip = require("open_clip", purpose="open_clip models (hps, aesthetic, geneval)")
+
+    quick = clip_quick_gelu(model_name, pretrained, quick_gelu, option=quick_gelu_option, what=what)
 
     extra: dict[str, Any] = {}
     if model_name.startswith("local-dir:"):
@@ -259,10 +274,13 @@ def load_open_clip(
             # open_clip would only warn and hand back a randomly initialised model.
             raise ModelNotAvailableError(f"{what}: {str(local)!r} (option {option}=) holds no weights file")
         weights, source = None, f"local:{local.resolve().name}"
+        extra = dict(force_quick_gelu=quick)
     elif pretrained is None:
         weights, source = None, f"{model_name}:random"
     elif Path(pretrained).expanduser().is_file():
         weights, source = str(Path(pretrained).expanduser()), f"{model_name}:local:{Path(pretrained).name}"
+        extra = dict(force_quick_gelu=quick)
+        source += ":quickgelu" if quick else ":gelu"
     else:
         try:
             repo, candidates, extra = open_clip_tag(model_name, pretrained)
@@ -281,7 +299,9 @@ def load_open_clip(
                 f"{what}: open_clip weights {model_name}:{pretrained} from hub repo {repo} not available "
                 f"({'offline' if offline else 'download failed'}). Get them with `huggingface-cli download {repo} "
                 f"--local-dir DIR` and pass {option}='local-dir:DIR' (add an open_clip_config.json if the repo "
-                f"has none) or the weights file as the pretrained option. Last error: {error}"
+                f"has none) or the weights file as the pretrained option with {quick_gelu_option}="
+                f"{str(bool(extra.get('force_quick_gelu'))).lower()} (the activation of these weights). "
+                f"Last error: {error}"
             ) from error
         source = f"{model_name}:{pretrained}"
     model, _, preprocess = open_clip.create_model_and_transforms(

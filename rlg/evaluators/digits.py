@@ -38,12 +38,12 @@ def _load(weights: str):
 
 
 def _digest(weights: str) -> str:
-    import hashlib
     from pathlib import Path
 
+    from rlg.files import sha256_file
     from rlg.zoo import resolve_zoo_id
 
-    return hashlib.sha256((Path(resolve_zoo_id(weights)) / "model.safetensors").read_bytes()).hexdigest()[:12]
+    return sha256_file(Path(resolve_zoo_id(weights)) / "model.safetensors")[:12]
 
 
 def images_to_tensor(images) -> torch.Tensor:
@@ -70,6 +70,21 @@ def frechet_distance(features: np.ndarray | torch.Tensor, ref_mean, ref_cov) -> 
 
 class _DigitsBase:
     needs = frozenset({"image", "prompt"})
+
+    @staticmethod
+    def check_weights(weights: str = CLASSIFIER_ID, **_: object) -> None:
+        """Raise ModelNotAvailableError unless the classifier's folder holds its weights (start-up check)."""
+        from pathlib import Path
+
+        from rlg.evaluators._models import ModelNotAvailableError
+        from rlg.zoo import resolve_zoo_id
+
+        try:
+            folder = Path(resolve_zoo_id(weights))
+        except FileNotFoundError as exc:
+            raise ModelNotAvailableError(str(exc)) from None
+        if not (folder / "model.safetensors").is_file():
+            raise ModelNotAvailableError(f"the digits classifier {weights!r} has no model.safetensors in {folder}")
 
     def __init__(self, weights: str = CLASSIFIER_ID, batch_size: int = 256, device: str | None = None,
                  dtype: str | None = None):

@@ -23,15 +23,15 @@ from rlg.harness.build import Job, build
 from rlg.harness.config import ConfigError
 from rlg.harness.prompts import PromptError
 from rlg.harness.provenance import provenance, redact
-from rlg.harness.store import Store, StoreError
+from rlg.store import Store, StoreError
 from rlg.harness.tracking import Tracker, wandb_run_id
-from rlg.report.stats import SERIES
+from rlg.report.stats import SERIES, scale_label
 from rlg.pairs import PairError
 from rlg.sampling import SamplerError
 
 log = logging.getLogger("rlg")
 USER_ERRORS = (ConfigError, ScaleError, PairError, PromptError, SamplerError, StoreError, PermissionError,
-               UnknownEvaluatorError)
+               UnknownEvaluatorError, stages.EvaluationFailed)
 
 
 class Ranks:
@@ -218,4 +218,4 @@ def _print_summary(records: list[dict[str, Any]]) -> None:
             n = int(rows["n"].max()) if "n" in rows else 0
             bad = int(rows["n_nonfinite"].max()) if "n_nonfinite" in rows else 0
             excluded = f" ({bad} nonfinite, excluded)" if bad else ""
-            print(f"  w={scale:g}: n={n}{excluded} {vals}".rstrip())
+            print(f"  w={scale_label(scale)}: n={n}{excluded} {vals}".rstrip())

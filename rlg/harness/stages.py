@@ -1,10 +1,11 @@
 """The stages of a job: generate -> evaluate -> report, and the analytic ground truth.
 
 Each stage takes the checked :class:`~rlg.harness.build.Job` and the run's
-:class:`~rlg.harness.store.Store`, never the config. The work list is prompt set x samples x grid
-scales; all scales of a (prompt, sample) travel in the same pipeline call (they share the initial
-noise), work already in the store is skipped (resume), and a rank or shard takes every world-th
-(prompt, sample) group.
+:class:`~rlg.store.Store`, never the config. The work list is prompt set x samples x grid scales,
+sampled by the library's one grid loop (``rlg.grid.run_grid``: all scales of a (prompt, sample) travel
+in the same pipeline call and share the initial noise); generate adds the content keys, skips work
+already in the store (resume), writes PNGs in a background thread, and a rank or shard takes every
+world-th (prompt, sample) group.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ from tqdm.auto import tqdm
 
 from rlg.harness.build import Job
 from rlg.harness.prompts import Prompt, PromptError
-from rlg.harness.store import Store, content_key, write_error
+from rlg.store import Store, content_key, write_error
 
 log = logging.getLogger("rlg")
+
+
+class EvaluationFailed(RuntimeError):
+    """An evaluator failed on every image it was given (its per-image errors are stored)."""
 
 
 class PairCache:
@@ -224,10 +229,10 @@ def evaluate(job: Job, store: Store, progress=None) -> dict[str, Any]:
                     "not scored. Run stage=generate (or all) to make them again", len(mine) - len(images), len(mine))
     sha = dict(zip(images.image_key, images.image_sha256))
     batch_size = job.config.evaluators.batch_size
-    out = {}
+    out, broken = {}, []
     for plan in job.evaluators:
         ev = get_evaluator(plan.name, **plan.options)
-        done = store.scored(ev.name, ev.version)
+        done = store.scored(ev.name, ev.version, failed=False)  # a failed image is tried again
         todo = images[~images.image_key.isin(done)]
         log.info("evaluate %s (%s): %d images, %d cached", plan.name, ev.version, len(todo), len(images) - len(todo))
         store.check_free_space()
@@ -237,13 +242,16 @@ def evaluate(job: Job, store: Store, progress=None) -> dict[str, Any]:
                 meta = json.loads(r.metadata) if isinstance(r.metadata, str) else None
                 yield Sample(key=r.image_key, image=store.load_image(r), prompt=r.prompt, metadata=meta)
 
-        failed = scored = 0
+        failed, failed_images, first_error, scored = 0, set(), None, 0
         if progress is not None and len(todo):
             progress(0, len(todo), phase=f"evaluate/{plan.name}")
         with tqdm(total=len(todo), desc=f"evaluate {plan.name}", unit="img") as bar:
             for rows in run_evaluator(ev, samples(), batch_size=batch_size):
                 store.write_scores({**asdict(r), "image_sha256": sha[r.image_key]} for r in rows)
-                failed += sum(1 for r in rows if r.error)
+                bad = [r for r in rows if r.error]
+                failed += len(bad)
+                failed_images |= {r.image_key for r in bad}
+                first_error = first_error or (bad[0].error if bad else None)
                 n = len({r.image_key for r in rows})
                 scored += n
                 bar.update(n)
@@ -254,6 +262,11 @@ def evaluate(job: Job, store: Store, progress=None) -> dict[str, Any]:
                         "images are scored", plan.name, failed)
         out[plan.name] = {"evaluator": ev.name, "version": ev.version, "scored": len(todo),
                           "cached": len(images) - len(todo), "failed_rows": failed}
+        if len(todo) and len(failed_images) == len(todo):
+            broken.append(f"{plan.name} failed on all {len(todo)} images (first: {str(first_error)[:200]})")
+    if broken:  # the other evaluators' scores are stored; a report with n = 0 would pass for a result
+        raise EvaluationFailed("evaluate: " + "; ".join(broken) + ". Each failure is stored per image (error "
+                               "column); fix the cause and rerun with stage=evaluate (failed images are retried)")
     return out
 
 

@@ -7,7 +7,7 @@
     result = compare_runs(["outputs/a", "outputs/b"], "outputs/a-vs-b")
     print(result["index"])
 
-Each run directory is read through its store (``rlg.harness.store.Store``: intact PNGs only, the
+Each run directory is read through its store (``rlg.store.Store``: intact PNGs only, the
 newest row of each key), its series are named by the directory, and each keeps its own protocol
 (from its meta.json), so the anchors and the protocol table stay per series. A Hydra multirun gets
 one combined report at its end with the ``rlg.harness.callbacks.SweepReport`` Hydra callback (on by default).
@@ -64,7 +64,7 @@ LABEL_CHARS = 48  # longer than this, the run's directory name is the label
 
 def _config(run: Path) -> dict[str, Any] | None:
     """The resolved config of the run's latest invocation that recorded one (meta.json)."""
-    from rlg.harness.store import Store
+    from rlg.store import Store
 
     for entry in reversed(Store(run).meta().get("invocations", [])):
         if isinstance(entry.get("config"), dict):
@@ -121,7 +121,7 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str,
     """(images, scores, protocol) of one run directory in the report layer's contract: absolute image
     paths, GenEval tags from the prompt metadata, only images whose PNG is present and intact, and
     the protocol of its latest invocation with a config (rlg.report.report.run_protocol)."""
-    from rlg.harness.store import Store
+    from rlg.store import Store
     from rlg.report.report import run_protocol
 
     store = Store(run_dir)
@@ -155,7 +155,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, labels:
     Returns write_report's dict (paths under ``out_dir``) plus "runs" {label: run dir}.
     Raises CompareError when a directory is missing or none holds an image.
     """
-    from rlg.harness.store import Store
+    from rlg.store import Store
     from rlg.report.report import write_report
 
     runs = find_runs(run_dirs)

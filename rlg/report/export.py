@@ -7,7 +7,7 @@
     from rlg.report.export import export_frame
     df = export_frame(["outputs/quickstart"])
 
-The store's read rule is applied (``rlg.report.compare.load_run``, i.e. ``rlg.harness.store.Store``):
+The store's read rule is applied (``rlg.report.compare.load_run``, i.e. ``rlg.store.Store``):
 only images whose PNG is present and matches its sha256, and the newest row (``written_ns``) of each
 image and each (image, evaluator, version, metric). A plain ``pd.read_parquet("rows/scores")`` or a
 duckdb query over the parts also sees superseded rows (rescored images, duplicates from ranks); this

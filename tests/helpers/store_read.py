@@ -1,4 +1,4 @@
-"""The store's read rule written out independently of rlg.harness.store, as a plain reader would apply it:
+"""The store's read rule written out independently of rlg.store, as a plain reader would apply it:
 the newest row (written_ns) of each key, images whose PNG matches its recorded sha256."""
 
 from __future__ import annotations

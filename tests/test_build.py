@@ -1,0 +1,53 @@
+"""rlg.harness.build: every refusal happens before the run directory is touched."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from rlg.guidance import ScaleError
+from rlg.harness import build, runner
+from rlg.harness.config import ConfigError, validate
+from rlg.harness.prompts import PromptError
+from tests.helpers.runs import FAST, one_thread, cfg_of  # noqa: F401  (one_thread: autouse)
+
+
+BAD_CONFIGS = [
+    (["evaluators.selected=[jpeg,pickscor]"], ConfigError, r"unknown evaluator.*pickscor.*known evaluators: aesthetic"),
+    (["evaluators.selected=[jpeg,jpeg]"], ConfigError, "more than once"),
+    (["prompts.source=drawbenchh"], ConfigError, r"prompts.source='drawbenchh'.*drawbench"),
+    (["sampler.scheduler=euler"], ConfigError, r"sampler.scheduler='euler'.*euler_ode"),
+    (["pair.rl_kind=lora"], ConfigError, r"pair.rl_kind='lora'.*peft_lora"),
+    (["pair.dtype=float8"], ConfigError, r"pair.dtype='float8'.*bfloat16"),
+    (["device=gpu"], ConfigError, r"device='gpu'.*cuda:N"),
+    (["tracker.wandb.mode=on"], ConfigError, r"tracker.wandb.mode='on'.*offline"),
+    (["sampler.num_inference_steps=0"], ConfigError, r"num_inference_steps=0.*>= 1"),
+    (["prompts.samples_per_prompt=-1"], ConfigError, "samples_per_prompt"),
+    (["shard.index=2", "shard.count=2"], ConfigError, r"shard.index=2 is outside"),
+    (["sampler.guidance_rescale=0.7"], ConfigError, "guidance_rescale=0"),
+    (["sampler.window.start=0.8", "sampler.window.stop=0.2"], ConfigError, "start <= stop"),
+    (["stage=train"], ConfigError, "stage='train'"),
+    (["+sampler.num_inference_stepz=3"], ConfigError, "num_inference_stepz"),
+    (["experiment=inpaint_sd15_dpo"], ConfigError, r"sampler.extra.image has no value.*sampler.extra.image=..."),
+    (["grid.scales=[]"], ScaleError, "empty"),
+    (["grid.scales=[0,nan]"], ScaleError, "finite"),
+    (["grid.scales=[0,-inf]"], ScaleError, "finite"),
+    (["grid.scales=[0,one]"], ScaleError, "finite"),
+    (["grid.scales=[0,1,1.0]"], ScaleError, "duplicates"),
+    (["prompts=tiny", "prompts.items=['  ','']"], PromptError, "empty"),
+]
+
+
+@pytest.mark.parametrize("overrides,error,match", BAD_CONFIGS, ids=[" ".join(o) for o, _, _ in BAD_CONFIGS])
+def test_bad_config_values_fail_before_the_run_directory_is_touched(overrides, error, match, tmp_path):
+    with pytest.raises(error, match=match):
+        runner.run(cfg_of(*FAST, *overrides), run_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    assert issubclass(error, runner.USER_ERRORS)
+
+
+def test_negative_scales_are_allowed_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="rlg"):
+        assert list(build.grid_scales(validate(cfg_of("grid.scales=[-1,0,1]")).grid.scales)) == [-1.0, 0.0, 1.0]
+    assert "negative RLG scales [-1.0]" in caplog.text
