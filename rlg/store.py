@@ -9,8 +9,11 @@
 
 Every file is written to a temporary name and renamed, so a killed process leaves either the whole
 file or nothing. An image row is written only after its PNG, so a row always has its image; a PNG
-without a row is simply regenerated. Parts are append-only: writers never touch each other's files,
-and readers keep the newest row of a key. A PNG whose sha256 differs from its row, or a parquet part
+without a row is simply regenerated. Parts are append-only while a stage runs: writers never touch
+each other's files, and readers keep the newest row of a key. At the end of each stage the run
+compacts each table (``Store.compact``) into one part holding exactly the rows the store reads, so
+``pandas.read_parquet("<run>/rows/scores")`` or duckdb's ``read_parquet('<run>/rows/scores/*.parquet')``
+see one row per key, the same table as ``Store.scores()``. A PNG whose sha256 differs from its row, or a parquet part
 that cannot be read, is moved to quarantine/ with a warning and counts as not stored (regenerated or
 rescored on the next run). File names come from hashes only: no prompt text reaches a path.
 
@@ -257,14 +260,14 @@ class Store:
     def scores(self) -> pd.DataFrame:
         """One row per (image, evaluator, version, metric): the newest, and only if it was computed on
         the image now stored under that key."""
-        df = self._read("scores", SCORE_COLUMNS)
-        if len(df) and "image_sha256" in df.columns:
-            current = self.images().set_index("image_key").image_sha256
-            now = df.image_key.map(current)
-            stale = df.image_sha256.notna() & now.notna() & (df.image_sha256 != now)
-            df = df[~stale]
-        df = self._latest(df, ["image_key", "evaluator", "version", "metric"])
+        df = self._current_scores(self._read("scores", SCORE_COLUMNS), self.images())
         return df.reindex(columns=SCORE_COLUMNS).reset_index(drop=True)
+
+    def _current_scores(self, df: pd.DataFrame, images: pd.DataFrame, keep_written: bool = False) -> pd.DataFrame:
+        if len(df) and "image_sha256" in df.columns:
+            now = df.image_key.map(images.set_index("image_key").image_sha256)
+            df = df[~(df.image_sha256.notna() & now.notna() & (df.image_sha256 != now))]
+        return self._latest(df, ["image_key", "evaluator", "version", "metric"], keep_written)
 
     def scored(self, evaluator: str, version: str, failed: bool = True) -> set[str]:
         """Keys with a score row of (evaluator, version); ``failed=False`` leaves out rows that recorded an error."""
@@ -313,24 +316,76 @@ class Store:
         frames = [pd.read_parquet(p) for p in parts]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
+    def compact(self) -> dict[str, int]:
+        """Rewrite ``rows/images`` and ``rows/scores`` as one part each with exactly the rows this store
+        reads (the newest row per key; a score only if computed on the image now stored under its key),
+        ``written_ns`` kept. Returns {table: rows dropped}.
+
+        Safe beside other writers and readers: it holds <run>/.compact.lock (compactions take turns),
+        writes the new part before it deletes the parts it read (never a part written meanwhile), and
+        readers re-list the parts when one vanishes under them. A kill between the two steps leaves
+        duplicate rows that readers of this store ignore and the next compaction removes."""
+        try:
+            fd = os.open(self.root / ".compact.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise write_error(self.root / ".compact.lock", exc) from exc
+        dropped = {}
+        try:
+            RunLock.flock(fd, fcntl.LOCK_EX)  # no-op where the filesystem has no flock (one launch at a time there)
+            images, image_parts = self._read("images", IMAGE_COLUMNS, parts=True)
+            current = self._latest(images, ["image_key"], keep_written=True)
+            scores, score_parts = self._read("scores", SCORE_COLUMNS, parts=True)
+            tables = {"images": (images, current, image_parts),
+                      "scores": (scores, self._current_scores(scores, current, keep_written=True), score_parts)}
+            for table, (raw, kept, parts) in tables.items():
+                dropped[table] = len(raw) - len(kept)
+                if len(parts) <= 1 and not dropped[table]:
+                    continue
+                if len(kept):
+                    self._write_part(table, kept, writer="compact")
+                for p in parts:
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+        finally:
+            os.close(fd)
+        return dropped
+
     # -- parts ---------------------------------------------------------------------------------
-    def _write_part(self, table: str, df: pd.DataFrame) -> None:
-        df = df.assign(written_ns=time.time_ns())
+    def _write_part(self, table: str, df: pd.DataFrame, writer: str | None = None) -> None:
+        """One new part; rows keep a ``written_ns`` they already have (compaction), else get now."""
+        df = df.assign(written_ns=time.time_ns()) if "written_ns" not in df.columns else df
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
-        atomic_write(self.root / "rows" / table / f"part-{self.writer}-{uuid.uuid4().hex}.parquet", buf.getvalue())
+        name = f"part-{writer or self.writer}-{uuid.uuid4().hex}.parquet"
+        atomic_write(self.root / "rows" / table / name, buf.getvalue())
 
-    def _read(self, table: str, columns: list[str]) -> pd.DataFrame:
-        """All readable parts of a table; an unreadable one, or one without the key columns or with
-        malformed keys, is quarantined (never used, never silently dropped)."""
+    def _read(self, table: str, columns: list[str], parts: bool = False):
+        """All readable parts of a table (with ``parts``: and the list of those parts); an unreadable one,
+        or one without the key columns or with malformed keys, is quarantined (never used, never
+        silently dropped). A part that vanishes while being read (a compaction replaced it) restarts
+        the read, so a reader never sees a table with rows missing."""
+        for _ in range(20):
+            try:
+                frames, used = self._read_once(table)
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise StoreError(f"the parts of {self.root / 'rows' / table} kept changing while being read; retry")
+        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+        return (df, used) if parts else df
+
+    def _read_once(self, table: str) -> tuple[list[pd.DataFrame], list[Path]]:
         required = ["image_key"] + (["image_sha256"] if table == "images" else ["evaluator", "metric", "value"])
-        frames = []
+        frames, used = [], []
         for p in sorted((self.root / "rows" / table).glob("part-*.parquet")):
             try:
                 f = pd.read_parquet(p)
             except FileNotFoundError:
-                continue
+                raise
             except Exception as exc:  # pyarrow raises several types for a truncated or garbled file
+                if not p.exists():
+                    raise FileNotFoundError(p) from exc
                 self.quarantine(p, f"unreadable parquet: {type(exc).__name__}: {exc}")
                 continue
             missing = [c for c in required if c not in f.columns]
@@ -342,14 +397,13 @@ class Store:
                 example = f.image_key[bad].iloc[0]
                 self.quarantine(p, f"{int(bad.sum())} rows have malformed image keys, e.g. {example!r}")
                 continue
+            used.append(p)
             if len(f):
                 frames.append(f)
-        if not frames:
-            return pd.DataFrame(columns=columns)
-        return pd.concat(frames, ignore_index=True)
+        return frames, used
 
     @staticmethod
-    def _latest(df: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    def _latest(df: pd.DataFrame, key: list[str], keep_written: bool = False) -> pd.DataFrame:
         """The newest row per key (rows of older parts without a timestamp count as oldest)."""
         if "written_ns" in df.columns and len(df):
             order = df.written_ns.fillna(-1).astype("int64")
@@ -357,7 +411,7 @@ class Store:
             df = df.drop_duplicates(key, keep="first").sort_index().drop(columns=["_order"])
         else:
             df = df.drop_duplicates(key, keep="first")
-        return df.drop(columns=[c for c in ("written_ns",) if c in df.columns])
+        return df if keep_written else df.drop(columns=[c for c in ("written_ns",) if c in df.columns])
 
 
 __all__ = ["Store", "content_key", "RunLock", "StoreError", "StoreLockedError", "StoreWriteError", "write_error",

@@ -5,6 +5,7 @@ and every experiment preset running on the tiny pair of its family."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,8 +54,11 @@ def test_manual_shards_in_sequence_give_the_store_of_one_process(compose, tmp_pa
     common = ("debug=fast", "grid.scales=[0,1]", "prompts.samples_per_prompt=2")
     runner.run(compose(*common), run_dir=tmp_path / "one")
     split = tmp_path / "split"
-    runner.run(compose(*common, "shard.count=2", "shard.index=0"), run_dir=split)  # generate + evaluate
-    runner.run(compose(*common, "shard.count=2", "shard.index=1"), run_dir=split)
+    first = runner.run(compose(*common, "shard.count=2", "shard.index=0"), run_dir=split)  # generate + evaluate
+    assert "report" not in first and first["report_deferred"] == {"done": 4, "total": 8}
+    assert not (split / "report").exists()  # half a run is not reported
+    last = runner.run(compose(*common, "shard.count=2", "shard.index=1"), run_dir=split)
+    assert last["report"]["index"] == str(split / "report" / "index.md")  # the last shard writes the report
     runner.run(compose(*common, "stage=report"), run_dir=split)
     one, two = Store(tmp_path / "one"), Store(split)
     assert set(zip(one.images().image_key, one.images().image_sha256)) == \
@@ -122,6 +126,29 @@ def test_each_rank_gets_its_own_gpu_and_no_rank_shares_gpu_0():
         build.resolve_device("auto", local_rank=2, cuda_count=2)
     assert build.resolve_rank(build.ShardConf(index=1, count=3), env={}) == (1, 3, False)
     assert build.resolve_rank(build.ShardConf(), env={"WORLD_SIZE": "4", "RANK": "2"}) == (2, 4, True)
+    # ranks inside shards: shard 1 of 2, launched with 4 ranks, is ranks 4..7 of 8
+    assert build.resolve_rank(build.ShardConf(index=1, count=2), env={"WORLD_SIZE": "4", "RANK": "2"}) == (6, 8, True)
+
+
+def test_submitit_tasks_become_torch_distributed_ranks(monkeypatch):
+    """Task 1 of a 2-task submitit job (what SLURM's tasks_per_node=2 gives) exports the env:// variables
+    through submitit's own TorchDistributedEnvironment; outside a submitit job nothing changes."""
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+              "SUBMITIT_EXECUTOR"):  # set then deleted, so monkeypatch restores them as they were (the export
+        monkeypatch.setenv(k, "")  # below writes os.environ itself; a leaked WORLD_SIZE=2 would make every
+        monkeypatch.delenv(k)      # later in-process run wait for a rank 1 that never comes)
+    assert not build.submitit_ranks() and "WORLD_SIZE" not in os.environ
+    job = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_GLOBALID": "1",
+           "SUBMITIT_LOCAL_LOCALID": "1", "SUBMITIT_LOCAL_JOB_ID": "4242", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+           "SUBMITIT_LOCAL_NODEID": "0", "CUDA_VISIBLE_DEVICES": "0,1"}
+    for k, v in job.items():
+        monkeypatch.setenv(k, v)
+    assert build.submitit_ranks()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("1", "2", "1")
+    assert os.environ["MASTER_ADDR"] and os.environ["MASTER_PORT"].isdigit()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"  # each rank then takes cuda:LOCAL_RANK of all visible
+    assert not build.submitit_ranks()  # already exported (or set by torchrun): left alone
+    assert build.resolve_rank(build.ShardConf(index=1, count=3)) == (3, 6, True)
 
 
 # -- 8. sweep directories -----------------------------------------------------------------------

@@ -170,21 +170,40 @@ def test_killed_run_resumes_to_the_same_store(tmp_path):
 
 
 def test_two_process_run_equals_one_process_run(tmp_path):
+    """torchrun --nproc_per_node=2 (gloo, CPU) into one run directory: the same store as one process, each
+    image made once and scored once (counted in raw rows and in each rank's own count), and on disk one
+    row per key, so plain pandas reads what the Store reads."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = _cli(tmp_path, "two", "prompts.samples_per_prompt=1")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    subprocess.run(torchrun + cmd[1:], cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    cmd = _cli(tmp_path, "two", "prompts.samples_per_prompt=1", "barrier_timeout_min=45")
+    # README's recipe for one node with 8 GPUs, on 2 CPU processes: torchrun ... -m rlg.harness.cli
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                "rlg.harness.cli"]
+    subprocess.run(torchrun + cmd[2:], cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
     subprocess.run(_cli(tmp_path, "one", "prompts.samples_per_prompt=1"), cwd=ROOT, env=env, check=True,
                    capture_output=True)
     two, one = store_state(tmp_path / "two")[0], store_state(tmp_path / "one")[0]
     assert two == one and len(one) == 4 * 5
-    writers = {p.name.split("-")[1] for p in (tmp_path / "two" / "rows" / "images").glob("part-*.parquet")}
-    assert writers == {"r0", "r1"}  # one shard per rank, merged on read
     ranks = json.loads((tmp_path / "two" / "meta.json").read_text())["invocations"]
     assert {(e["rank"], e["world"], e["device"]) for e in ranks} == {(0, 2, "cpu"), (1, 2, "cpu")}  # each rank's own
+    assert [e["barrier_timeout_s"] for e in ranks] == [45 * 60] * 2  # the process group's own (gloo default: 30 min)
+    made = [e["generate"]["images_made"] for e in ranks]
+    scored = [e["evaluate"]["jpeg"]["scored"] for e in ranks]
+    assert sorted(made) == [10, 10] and sorted(scored) == [10, 10]  # 20 images, each made once and scored once
+    rank0 = next(e for e in ranks if e["rank"] == 0)  # rank 0 compacts after each barrier: nothing superseded
+    assert rank0["compacted_after_generate"] == {"images": 0, "scores": 0}
+    assert rank0["compacted_after_evaluate"] == {"images": 0, "scores": 0}
+    # the way a user reads the store: plain pandas over the parquet parts, no dedup rule
+    raw_images = pd.read_parquet(tmp_path / "two" / "rows" / "images")
+    raw_scores = pd.read_parquet(tmp_path / "two" / "rows" / "scores")
+    assert len(raw_images) == 20 and raw_images.image_key.is_unique
+    assert len(raw_scores) == 20 * raw_scores.metric.nunique()
+    per_scale = raw_scores.merge(raw_images[["image_key", "scale"]], on="image_key").groupby("scale").size()
+    assert per_scale.tolist() == [4 * raw_scores.metric.nunique()] * 5
     s1, s2 = Store(tmp_path / "one").scores(), Store(tmp_path / "two").scores()
     key = ["image_key", "metric"]
     pd.testing.assert_frame_equal(s1.sort_values(key)[key + ["value"]].reset_index(drop=True),
+                                  s2.sort_values(key)[key + ["value"]].reset_index(drop=True))
+    pd.testing.assert_frame_equal(raw_scores.sort_values(key)[key + ["value"]].reset_index(drop=True),
                                   s2.sort_values(key)[key + ["value"]].reset_index(drop=True))
 
 

@@ -30,7 +30,12 @@ def test_corrupt_pngs_and_parquet_parts_are_quarantined_and_redone(tmp_path, cap
     before = snapshot(run)
     s = Store(run)
     image_parts = sorted((run / "rows" / "images").glob("part-*.parquet"))
-    assert len(image_parts) == 2
+    assert len(image_parts) == 1  # compacted at the end of the stage; split it again into two writers' parts
+    rows = pd.read_parquet(image_parts[0])
+    image_parts[0].unlink()
+    image_parts = [run / "rows" / "images" / f"part-r{i}-split.parquet" for i in range(2)]
+    rows.iloc[:3].to_parquet(image_parts[0], index=False)
+    rows.iloc[3:].to_parquet(image_parts[1], index=False)
     k0, k1 = pd.read_parquet(image_parts[0]).image_key[:2]  # their rows stay readable; their PNGs do not
     png0, png1 = s.image_path(k0), s.image_path(k1)
     png0.write_bytes(png0.read_bytes()[: png0.stat().st_size // 2])  # truncated
@@ -167,3 +172,57 @@ def test_a_read_only_store_fails_at_start_leaving_it_intact(tmp_path):
     expected = r"cannot write .*/ro/(rows|images): (Read-only file system|Permission denied).*intact.*paths.root"
     assert re.search(expected, text), text[-3000:]
     assert snapshot(run) == before
+
+
+def test_compaction_leaves_one_row_per_key_so_plain_pandas_reads_what_the_store_reads(tmp_path, monkeypatch):
+    """Superseded rows (a regenerated image, a rescored image, a score of an image's old bits) are on disk
+    until the stage ends; then each table is one part with exactly the rows the Store reads. A reader
+    whose part is compacted away under it re-lists the parts and misses nothing."""
+    import numpy as np
+
+    run = tmp_path / "compact"
+    runner.run(cfg_of(*FAST), run_dir=run)
+    s = Store(run)
+    assert len(list((run / "rows" / "images").glob("*.parquet"))) == 1 == len(list((run / "rows" / "scores").glob(
+        "*.parquet")))
+    images, scores = s.images(), s.scores()
+    a, b = images.image_key.iloc[0], images.image_key.iloc[1]
+    # a regenerated (a) and a rescored (b) image, written by other writers after the run
+    rows = images[images.image_key == a].drop(columns=["image_path", "image_sha256"]).to_dict("records")
+    Store(run, writer="r1").write_images(rows, [np.zeros((32, 32, 3), dtype=np.uint8)])
+    rescored = scores[scores.image_key == b].assign(value=123.0)
+    sha_b = images.set_index("image_key").image_sha256[b]
+    Store(run, writer="r1").write_scores(rescored.assign(image_sha256=sha_b).to_dict("records"))
+    raw_images, raw_scores = pd.read_parquet(run / "rows" / "images"), pd.read_parquet(run / "rows" / "scores")
+    assert len(raw_images) == len(images) + 1 and len(raw_scores) == len(scores) + len(rescored)
+
+    # a reader racing the compaction: its first part vanishes while it reads
+    real, raced = pd.read_parquet, []
+
+    def racing(path, *args, **kwargs):
+        if not raced and "rows/scores" in str(path):
+            raced.append(path)
+            Store(run).compact()
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pd, "read_parquet", racing)
+    during = Store(run).scores()
+    monkeypatch.setattr(pd, "read_parquet", real)
+    assert raced and not Path(raced[0]).exists()
+
+    after_images, after_scores = Store(run).images(), Store(run).scores()
+    n_metrics = after_scores.metric.nunique()
+    # a's old scores were computed on bits no longer stored: gone; b's newest value wins
+    assert len(after_scores) == len(scores) - n_metrics
+    assert set(after_scores[after_scores.image_key == b].value) == {123.0}
+    assert not (after_scores.image_key == a).any()
+    pd.testing.assert_frame_equal(during.sort_values(["image_key", "metric"]).reset_index(drop=True),
+                                  after_scores.sort_values(["image_key", "metric"]).reset_index(drop=True))
+    plain_images, plain_scores = pd.read_parquet(run / "rows" / "images"), pd.read_parquet(run / "rows" / "scores")
+    assert len(list((run / "rows" / "scores").glob("*.parquet"))) == 1
+    assert len(plain_images) == len(after_images) == len(images) and plain_images.image_key.is_unique
+    key = ["image_key", "evaluator", "version", "metric"]
+    pd.testing.assert_frame_equal(plain_scores[after_scores.columns].sort_values(key).reset_index(drop=True),
+                                  after_scores.sort_values(key).reset_index(drop=True))
+    assert plain_images.set_index("image_key").image_sha256[a] != images.set_index("image_key").image_sha256[a]
+    assert Store(run).compact() == {"images": 0, "scores": 0}  # nothing left to drop

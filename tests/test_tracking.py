@@ -63,6 +63,7 @@ def test_offline_run_has_progress_w_axis_summaries_and_a_wide_image_table(tmp_pa
         tracker.progress(done, 24)
     set_summary = tracker.log_scales(summary)
     n_rows = tracker.log_image_table(images, scores)
+    tracker_scores = tracker.log_scores_table(images, scores)
     path = tracker.run_path
     tracker.finish()
 
@@ -101,19 +102,46 @@ def test_offline_run_has_progress_w_axis_summaries_and_a_wide_image_table(tmp_pa
     # the table: one row per (prompt, sample, seed), one image column per w, each the right image. W&B
     # stages a logged table as a run artifact; its record lists each file and where it waits for upload.
     assert n_rows == 8 // len(SCALES)
-    artifact = next(r["artifact"] for r in run["records"] if r["type"] == "artifact")
-    assert artifact["type"] == "run_table" and artifact["name"].endswith("images_by_scale")
+    artifacts = {r["artifact"]["name"].split("-")[-1]: r["artifact"] for r in run["records"] if r["type"] == "artifact"}
+    artifact = artifacts["images_by_scale"]
+    assert artifact["type"] == "run_table"
     staged = {c["path"]: Path(c["local_path"]) for c in artifact["manifest"]["contents"]}
+    # staged for upload inside the run directory, so `wandb sync` of a copied run directory has them
+    assert all(p.is_relative_to(tmp_path / "run" / "wandb" / "data") for p in staged.values()), staged
     table = json.loads(staged["images_by_scale.table.json"].read_text())
-    assert table["columns"] == ["prompt", "seed", "sample", "w=0", "w=0.5", "w=1", "w=2"]
+    metrics = ["jpeg_incompressibility", "pickscore"]
+    assert table["columns"] == ["prompt", "seed", "sample", "w=0", "w=0.5", "w=1", "w=2",
+                                *[f"w={w:g}/{m}" for w in SCALES for m in metrics]]
     assert len(table["data"]) == 2
+    value = scores.merge(images, on="image_key").set_index(["prompt_id", "sample", "scale", "metric"]).value
     for row in table["data"]:
-        p = int(row[0].split()[-1])
+        p, s = int(row[0].split()[-1]), int(row[2])
         for j, w in enumerate(SCALES):
             cell = row[3 + j]
             pixels = np.asarray(Image.open(staged[cell["path"]]).convert("RGB"))
             assert tuple(pixels[0, 0]) == _colour(p, w), (row[0], w)
             assert "pickscore=" in cell["caption"] and cell["caption"].startswith(f"w={w:g} ")
+            for i, m in enumerate(metrics):  # numeric columns: the stored score of that very image
+                assert row[3 + len(SCALES) + j * len(metrics) + i] == pytest.approx(value[(p, s, w, m)])
+
+    # every score in a table without images: one row per (image, metric)
+    n_scores = tracker_scores
+    staged = {c["path"]: Path(c["local_path"]) for c in artifacts["scores"]["manifest"]["contents"]}
+    tidy = json.loads(staged["scores.table.json"].read_text())
+    frame = pd.DataFrame(tidy["data"], columns=tidy["columns"])
+    assert n_scores == len(frame) == len(scores) == 48
+    got = frame.set_index(["prompt_id", "sample", "scale", "metric"]).value.sort_index()
+    pd.testing.assert_series_equal(got, value.sort_index(), check_names=False)
+
+
+def test_wandb_ids_are_stable_and_media_keys_have_no_hashes():
+    from rlg.harness.tracking import media_key, wandb_run_id
+
+    assert wandb_run_id("0123456789ab", "c" * 16, "all") == wandb_run_id("0123456789ab", "c" * 16, "all")
+    assert len({wandb_run_id("0123456789ab", "c" * 16, st) for st in ("all", "report", "evaluate")}) == 3
+    assert media_key("grid_quickstart_zoo_digits_ddpo_compress_e779028161cb_bda5e370947c1400") == \
+        "grid_quickstart_zoo_digits_ddpo_compress"
+    assert media_key("scale_jpeg_compressibility") == "scale_jpeg_compressibility"
 
 
 def test_several_series_get_their_label_as_prefix(tmp_path, results):

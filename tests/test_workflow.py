@@ -9,6 +9,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -375,3 +376,136 @@ def test_sweep_runs_through_submitit_local_and_writes_one_combined_report(tmp_pa
     assert "| cfg | 3 |" in index and "| cfg | 5 |" in index  # one report, each job with its own protocol
     assert "### sub / tiny_sd_peft (run sampler.guidance_scale=3" in index  # series named by what differs
     assert out.stdout.strip().splitlines()[-1] == f"Report: {sweep / 'report' / 'index.md'}"
+    noise = [line for line in (out.stdout + out.stderr).splitlines() if "fontTools" in line or "Glyph" in line]
+    assert not noise, noise[:3]  # the sweep report runs in the launcher's process: calm there too
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_submitit_plugin(),
+                    reason="needs hydra-submitit-launcher (the [slurm] extra: pip install -e '.[slurm]')")
+def test_a_shard_array_preempted_and_requeued_is_one_directory_one_series_one_wandb_run(tmp_path):
+    """The CPU analogue of a SLURM array over shards (README "Scale-out"): submitit's local executor runs
+    shard.index=0,1 as two jobs into ONE run directory. Shard 0 gets submitit's preemption signal (USR2)
+    mid-run, checkpoints and is requeued by submitit, and resumes from the store: every image made and
+    scored exactly once (raw parquet rows), one series in one report, one W&B run (W&B's own reader)."""
+    from rlg.harness.tracking import read_run
+    from rlg.report.compare import find_runs
+
+    cmd = [sys.executable, "run.py", "-m", "hydra/launcher=submitit_local", "experiment=tiny", "name=arr",
+           f"paths.root={tmp_path}", "sampler.num_inference_steps=2", "grid.scales=[0,1,2]",
+           "prompts.samples_per_prompt=2", "sampler.batch_size=3", "evaluators.selected=[jpeg]",
+           "tracker=wandb_offline", "report.n_resamples=20", "report.grid_prompts=1",
+           "shard.count=2", "shard.index=0,1", "hydra.launcher.timeout_min=20",
+           "+hydra.callbacks.sweep_report.n_resamples=20"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true"}
+    sweep = tmp_path / "arr-sweep"
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, signalled = time.time() + 600, None
+    while proc.poll() is None and time.time() < deadline and signalled is None:
+        parts = list(sweep.glob("*/rows/images/part-r0-*.parquet"))  # shard 0 is generating
+        if parts:
+            signalled = json.loads((parts[0].parents[2] / ".lock.rank0").read_text())["pid"]
+            os.kill(signalled, signal.SIGUSR2)  # what SLURM sends before a preemption (--signal=USR2@...)
+        time.sleep(0.05)
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, (stdout[-3000:], stderr[-3000:])
+    assert signalled is not None, "shard 0 finished before it could be preempted; make it longer"
+
+    runs = find_runs([sweep])
+    assert len(runs) == 1 and "shard" not in runs[0].name  # one directory, whatever splits it
+    run = runs[0]
+    logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
+    assert "this job is preempted" in logs and "Requeued" in logs  # submitit checkpointed and requeued it
+
+    images = pd.read_parquet(run / "rows" / "images")  # a user's plain read: no dedup rule
+    scores = pd.read_parquet(run / "rows" / "scores")
+    assert len(images) == 4 * 2 * 3 and images.image_key.is_unique
+    assert images.groupby(["prompt_id", "sample", "scale"]).size().eq(1).all()
+    assert len(scores) == len(images) * scores.metric.nunique()
+    assert scores.groupby(["image_key", "metric"]).size().eq(1).all()
+    assert set(scores.image_key) == set(images.image_key)
+    meta = json.loads((run / "meta.json").read_text())["invocations"]
+    stopped = [e for e in meta if "error" in e]
+    assert len(stopped) == 1 and stopped[0]["rank"] == 0 and "SystemExit" in stopped[0]["error"]
+    finished = [e for e in meta if "error" not in e]
+    assert sorted(e["rank"] for e in finished) == [0, 1]
+    resumed = next(e for e in finished if e["rank"] == 0)
+    assert resumed["generate"]["images_skipped"] > 0 or resumed["generate"]["images_made"] == 0
+    assert all(e.get("compacted_after_generate", {}).get("images", 0) == 0 for e in finished)  # nothing twice
+    assert sum(e["evaluate"]["jpeg"]["scored"] for e in meta if "evaluate" in e) == len(images)
+    assert any("report" in e for e in finished)
+
+    summary = pd.read_csv(sweep / "report" / "tables" / "summary.csv")  # the sweep's combined report
+    assert len(summary[["run_name", "run_id", "config_id"]].drop_duplicates()) == 1  # one series
+    assert set(summary.n_images) == {4 * 2}  # every prompt x sample at every scale, in that one series
+    wandb_runs = sorted((run / "wandb").glob("offline-run-*"))
+    read = [read_run(p) for p in wandb_runs]
+    assert len(wandb_runs) >= 2 and len({r["run_id"] for r in read}) == 1  # killed + resumed: one W&B run
+    assert read[0]["state"] == "failed" and read[-1]["state"] == "finished"
+    assert any(k.endswith("@w=1") for r in read for k in r["summary"])  # results logged into that run
+    noise = [line for line in (stdout + stderr).splitlines() if "fontTools" in line or "Glyph" in line]
+    assert not noise, noise[:3]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_submitit_plugin(),
+                    reason="needs hydra-submitit-launcher (the [slurm] extra: pip install -e '.[slurm]')")
+def test_submitit_tasks_per_node_are_the_ranks_of_one_job(tmp_path):
+    """The CPU analogue of hydra.launcher.tasks_per_node=8 on SLURM (README "Scale-out"): 2 tasks of one
+    submitit job become ranks 0 and 1 of one torch.distributed job (gloo), split the work, score each
+    image once, and rank 0 writes the one report."""
+    cmd = [sys.executable, "run.py", "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+           "experiment=tiny", "name=tasks", f"paths.root={tmp_path}", "sampler.num_inference_steps=2",
+           "grid.scales=[0,1]", "prompts.max_prompts=2", "prompts.samples_per_prompt=1",
+           "evaluators.selected=[jpeg]", "tracker=none", "report.n_resamples=20", "report.grid_prompts=1",
+           "hydra.launcher.timeout_min=20", "+hydra.callbacks.sweep_report.n_resamples=20"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    from rlg.report.compare import find_runs
+
+    runs = find_runs([tmp_path / "tasks-sweep"])
+    assert len(runs) == 1
+    meta = json.loads((runs[0] / "meta.json").read_text())["invocations"]
+    assert sorted((e["rank"], e["world"]) for e in meta) == [(0, 2), (1, 2)]
+    assert [e["generate"]["images_made"] for e in meta] == [2, 2]  # 2 prompts x 2 scales, one group each
+    assert sum(e["evaluate"]["jpeg"]["scored"] for e in meta) == 4  # each image scored once
+    assert [e["rank"] for e in meta if "report" in e] == [0]
+    images, scores = pd.read_parquet(runs[0] / "rows" / "images"), pd.read_parquet(runs[0] / "rows" / "scores")
+    assert len(images) == 4 and images.image_key.is_unique
+    assert len(scores) == 4 * scores.metric.nunique()
+
+
+@pytest.mark.skipif(not _has_submitit_plugin(),
+                    reason="needs hydra-submitit-launcher (the [slurm] extra: pip install -e '.[slurm]')")
+def test_slurm_preset_requeues_and_a_users_local_config_holds_the_cluster_settings(tmp_path):
+    """hydra/launcher=slurm: requeue on timeout, one GPU per task; a cluster's partition/account/paths live
+    in the user's <dir>/local/default.yaml, picked up with --config-dir (README "Scale-out")."""
+    from hydra import compose, initialize_config_dir
+
+    import rlg.harness.config  # noqa: F401  registers the schema the config's defaults start with
+
+    with initialize_config_dir(config_dir=str(ROOT / "rlg" / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.tasks_per_node=8"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher.max_num_timeout == 3 and launcher.signal_delay_s == 120
+    assert launcher.tasks_per_node == 8 and launcher.gpus_per_node == 8  # one GPU per task (= rank)
+    assert launcher.partition is None and launcher.account is None  # the preset names no cluster
+    text = (ROOT / "rlg" / "conf" / "hydra" / "launcher" / "slurm.yaml").read_text()
+    assert all(f"# {k}:" in text for k in ("partition", "account", "setup"))
+
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "default.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/launcher: slurm\nhydra:\n  launcher:\n"
+        "    partition: gpu\n    account: my_project\npaths:\n  root: /scratch/me/rlg\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "run.py", "--config-dir", str(tmp_path), "experiment=tiny"]
+    hydra_cfg = subprocess.run(base + ["--cfg", "hydra"], cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=300)
+    job_cfg = subprocess.run(base + ["--cfg", "job"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert hydra_cfg.returncode == 0 and job_cfg.returncode == 0, hydra_cfg.stderr[-2000:]
+    assert "partition: gpu" in hydra_cfg.stdout and "account: my_project" in hydra_cfg.stdout
+    assert "SlurmLauncher" in hydra_cfg.stdout and "max_num_timeout: 3" in hydra_cfg.stdout
+    assert "root: /scratch/me/rlg" in job_cfg.stdout

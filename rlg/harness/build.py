@@ -56,7 +56,7 @@ class Job:
     stages: tuple[str, ...]
     rank: int
     world: int
-    distributed: bool  # ranks launched together (torchrun / accelerate): they share barriers
+    distributed: bool  # ranks launched together (torchrun / accelerate / submitit tasks): they share barriers
     seed: int
     scales: tuple[float, ...]
     config: RunConf  # the typed, validated config (a dataclass tree: no DictConfig)
@@ -75,16 +75,41 @@ class Job:
     ground_truth: Any = None  # rlg.ground_truth.GroundTruthConfig (ground_truth jobs; kl_claim: the analytic part)
     kl_claim: Any = None  # rlg.kl_claim.KLClaimSettings (kl_claim jobs)
     kl_learned: Any = None  # rlg.kl_learned.LearnedTruthConfig (kl_learned jobs)
+    launch_rank: int = 0  # this process among the ranks launched with it (0 for manual shards): rank 0 reports
+
+
+def submitit_ranks(env: dict[str, str] | None = None) -> bool:
+    """Map the tasks of a submitit job (SLURM ``tasks_per_node`` > 1, or submitit's local executor)
+    to torch.distributed ranks, the way submitit documents it: ``TorchDistributedEnvironment().export()``
+    sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT from the job's
+    environment. Keeps CUDA_VISIBLE_DEVICES as it is (each rank then takes ``cuda:LOCAL_RANK``).
+    Returns whether it exported; nothing happens outside a submitit job, with one task, or when a
+    launcher (torchrun, accelerate) already set WORLD_SIZE."""
+    env = os.environ if env is None else env
+    if not env.get("SUBMITIT_EXECUTOR") or "WORLD_SIZE" in env:
+        return False
+    import submitit
+
+    job = submitit.JobEnvironment()
+    if job.num_tasks <= 1:
+        return False
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return True
 
 
 def resolve_rank(shard: ShardConf, env: dict[str, str] | None = None) -> tuple[int, int, bool]:
-    """(rank, world size, distributed): from torchrun / accelerate's environment when WORLD_SIZE > 1,
-    else from the manual shard keys (separate launches, no barriers)."""
+    """(rank, world size, distributed) of this process in the whole work list.
+
+    Ranks launched together (torchrun / accelerate launch / the tasks of a submitit job: WORLD_SIZE > 1)
+    share barriers; manual shards (``shard.index`` of ``shard.count`` separate launches, e.g. a SLURM
+    array) never wait for each other. Both compose: shard i of n, each launched with W ranks, is
+    ranks i*W .. i*W+W-1 of n*W, so every (prompt, sample) group falls to exactly one process."""
     env = os.environ if env is None else env
-    if int(env.get("WORLD_SIZE", "1")) > 1:
-        return int(env.get("RANK", "0")), int(env["WORLD_SIZE"]), True
     if not 0 <= shard.index < shard.count:
         raise ConfigError(f"shard.index={shard.index} is outside 0..shard.count-1 ({shard.count - 1})")
+    ranks = int(env.get("WORLD_SIZE", "1"))
+    if ranks > 1:
+        return shard.index * ranks + int(env.get("RANK", "0")), shard.count * ranks, True
     return shard.index, shard.count, False
 
 
@@ -322,18 +347,25 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
     conf: RunConf = OmegaConf.to_object(cfg)  # the dataclass tree: from here on no DictConfig
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     scales = grid_scales(conf.grid.scales, conf.grid.allow_large_scales)
+    submitit_ranks()
     rank, world, distributed = resolve_rank(conf.shard)
     local_rank = 0
-    if distributed:  # accelerate's view of torchrun / accelerate launch; it also selects this rank's GPU
+    if distributed:  # accelerate's view of torchrun / accelerate launch / submitit tasks; it selects this rank's GPU
+        import datetime
+
         import torch
         from accelerate import PartialState
 
-        # cpu=True: without it accelerate ignores torchrun's ranks on a machine without a GPU
-        state = PartialState(cpu=conf.device == "cpu" or not torch.cuda.is_available())
-        rank, world, local_rank = state.process_index, state.num_processes, state.local_process_index
+        # cpu=True: without it accelerate ignores torchrun's ranks on a machine without a GPU. timeout: how long
+        # a rank waits for the others at a barrier (torch's default, 10 min for NCCL, is shorter than a stage)
+        state = PartialState(cpu=conf.device == "cpu" or not torch.cuda.is_available(),
+                             timeout=datetime.timedelta(minutes=conf.barrier_timeout_min))
+        rank = conf.shard.index * state.num_processes + state.process_index
+        world, local_rank = conf.shard.count * state.num_processes, state.local_process_index
+    launch_rank = rank - conf.shard.index * (world // conf.shard.count)
     stages = ("generate", "evaluate", "report") if conf.stage == "all" else (conf.stage,)
     common = dict(name=conf.name, stages=stages, rank=rank, world=world, distributed=distributed, seed=conf.seed,
-                  scales=scales, config=conf, resolved_config=resolved)
+                  scales=scales, config=conf, resolved_config=resolved, launch_rank=launch_rank)
     if conf.kl_claim is not None:  # RLG(w) against models retrained at beta / w
         return _kl_claim_job(conf, common)
     if conf.kl_learned is not None:  # the same question on MLP denoisers whose optimum is known exactly

@@ -29,6 +29,11 @@ class SweepReport(Callback):
         self.out, self.n_resamples, self.grid_prompts = out, n_resamples, grid_prompts
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        from rlg.harness.console import quiet_third_party
+
+        # the launcher's own process (submitit, joblib): the jobs ran elsewhere, so the calm console
+        # (e.g. no fontTools subsetting lines from the PDF figures) is set up here too
+        quiet_third_party(verbose=bool(config.get("verbose", False)))
         sweep = Path(str(config.hydra.sweep.dir))
         try:
             result = compare_runs([sweep], Path(self.out) if self.out else sweep / "report",

@@ -240,6 +240,7 @@ class RunConf:
     shard: ShardConf = field(default_factory=ShardConf)
     report: ReportConf = field(default_factory=ReportConf)
     ground_truth: GroundTruthConf = field(default_factory=GroundTruthConf)
+    barrier_timeout_min: float = 720.0  # ranks launched together wait this long for each other between stages
     low_memory: bool = False  # free the generator before loading evaluators (both never resident at once)
     verbose: bool = False  # third-party loading bars and warnings (silenced by default)
     # the KL-claim measurement; set by the kl_claim_* presets, it makes the run a kl_claim job (no pair, sampler
@@ -515,6 +516,9 @@ def check_values(cfg: DictConfig) -> None:
     _at_least("shard.count", cfg.shard.count, 1)
     if not 0 <= cfg.shard.index < cfg.shard.count:
         raise ConfigError(f"shard.index={cfg.shard.index} is outside 0..shard.count-1 ({cfg.shard.count - 1})")
+    if not cfg.barrier_timeout_min > 0:
+        raise ConfigError(f"barrier_timeout_min={cfg.barrier_timeout_min} is not valid; it must be > 0 (minutes a rank "
+                          "waits for the others between stages, e.g. the longest stage)")
     _at_least("report.n_resamples", cfg.report.n_resamples, 0)
     _at_least("report.grid_prompts", cfg.report.grid_prompts, 0)
     _at_least("paths.min_free_gb", cfg.paths.min_free_gb, 0)

@@ -24,7 +24,7 @@ from rlg.harness.config import ConfigError
 from rlg.harness.prompts import PromptError
 from rlg.harness.provenance import provenance, redact
 from rlg.store import Store, StoreError
-from rlg.harness.tracking import Tracker
+from rlg.harness.tracking import Tracker, wandb_run_id
 from rlg.report.stats import SERIES, scale_label
 from rlg.pairs import PairError
 from rlg.sampling import SamplerError
@@ -43,11 +43,24 @@ class Ranks:
         if job.distributed:
             from accelerate import PartialState
 
-            self.state = PartialState()  # the shared state build() created (rank, world, this rank's device)
+            self.state = PartialState()  # the shared state build() created (rank, world, device, barrier timeout)
 
     def wait(self) -> None:
         if self.state is not None:
             self.state.wait_for_everyone()
+
+    def timeout_s(self) -> float | None:
+        """The barrier timeout the process group really has (barrier_timeout_min), for meta.json."""
+        if self.state is None:
+            return None
+        import torch
+        import torch.distributed as dist
+
+        try:  # torch's own record of it; the attribute path is internal, so a miss is just not recorded
+            group = dist.distributed_c10d._get_default_group()
+            return group._get_backend(torch.device(self.state.device)).options._timeout.total_seconds()
+        except (AttributeError, RuntimeError, ValueError):
+            return None
 
 
 @contextlib.contextmanager
@@ -102,11 +115,13 @@ def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | 
     device = job.placement.device if job.placement else "cpu"
     store = Store(run_dir, writer=f"r{job.rank}-{uuid.uuid4().hex[:8]}", min_free_gb=job.config.paths.min_free_gb)
     with invocation(job, store, list(overrides or []), device) as entry:
+        if ranks.state is not None:
+            entry["barrier_timeout_s"] = ranks.timeout_s()
         if job.kind in ("ground_truth", "kl_claim", "kl_learned"):  # measurements of their own: no image grid
             with timed(entry, job.kind):
                 entry["report"] = getattr(stages, job.kind)(job, store)
         else:
-            with _tracker(job, store, job_name or job.name, group) as tracker:
+            with _tracker(job, store, job_name or job.name, group, entry["run_id"]) as tracker:
                 _image_stages(job, store, entry, ranks, tracker)
                 entry["wandb_dir"] = str(tracker.run_path) if tracker.active else None
     index = (entry.get("report") or {}).get("index")
@@ -121,13 +136,15 @@ def _shown(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def _tracker(job: Job, store: Store, job_name: str, group: str | None) -> Tracker:
-    """W&B from the start of the run (rank 0): progress during generation, results against w at the end."""
+def _tracker(job: Job, store: Store, job_name: str, group: str | None, run_id: str) -> Tracker:
+    """W&B from the start of the run (rank 0): progress during generation and scoring, results against w at
+    the end; one W&B run per run directory, setting and stage (resumed by every later invocation)."""
     w = job.config.tracker.wandb
     s = job.config.sampler
     return Tracker(run_dir=store.root, name=job_name, project=w.project, entity=w.entity, group=w.group or group or
                    job.name, job_type=job.config.stage, tags=[job.pair.name, s.name, job.name],
-                   config=job.resolved_config, mode=job.tracker_mode, log_images=w.log_images, rank=job.rank)
+                   config=job.resolved_config, mode=job.tracker_mode, log_images=w.log_images, rank=job.rank,
+                   run_id=wandb_run_id(run_id, job.config_id, job.config.stage))
 
 
 def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, tracker: Tracker) -> None:
@@ -140,22 +157,49 @@ def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, t
         with timed(entry, "generate"):
             entry["generate"] = stages.generate(job, store, entry["run_id"], progress=tracker.progress)
     ranks.wait()
+    if "generate" in job.stages and job.launch_rank == 0:
+        # one row per key on disk: plain pandas/duckdb readers see what the store sees; the rows dropped
+        # (superseded ones) are recorded, so duplicated work would show
+        entry["compacted_after_generate"] = store.compact()
     if job.config.low_memory:  # the generator leaves before the evaluators arrive
         stages.PAIRS.clear()
     if "evaluate" in job.stages:
         with timed(entry, "evaluate"):
-            entry["evaluate"] = stages.evaluate(job, store)
+            entry["evaluate"] = stages.evaluate(job, store, progress=tracker.progress)
     ranks.wait()
-    if "report" in job.stages and job.rank == 0:
+    if "evaluate" in job.stages and job.launch_rank == 0:
+        entry["compacted_after_evaluate"] = store.compact()
+    if "report" in job.stages and job.launch_rank == 0 and _whole_run_done(job, store, entry):
         with timed(entry, "report"):
             result = stages.report(job, store)
         entry["report"] = {k: result[k] for k in ("files", "notes", "index", "index_html", "headlines")}
         _print_summary(result["summary"] or [])
         for line in result["headlines"]:
             print(line)  # the report's first-screen sentence: what RLG did
-        tracker.log_scales(result["summary"] or [])
-        tracker.log_image_table(result["images"], result["scores"])
-        tracker.log_report(result["index_html"], [Path(f) for f in result["files"] if "/figures/" in f])
+        with contextlib.ExitStack() as stack:
+            if not tracker.active and job.rank != 0:  # the shard that finished last logs into the same W&B run
+                tracker = stack.enter_context(tracker.as_rank0())
+            tracker.log_scales(result["summary"] or [])
+            tracker.log_image_table(result["images"], result["scores"])
+            tracker.log_scores_table(result["images"], result["scores"])
+            tracker.log_report(result["index_html"], [Path(f) for f in result["files"] if "/figures/" in f])
+
+
+def _whole_run_done(job: Job, store: Store, entry: dict[str, Any]) -> bool:
+    """Whether this launch writes the run's report now. A manual shard (shard.count > 1) running
+    stage=all writes it only once every shard's images are stored and scored, so the shard that
+    finishes last writes the one report; stage=report always writes it."""
+    if job.config.shard.count <= 1 or job.config.stage == "report":
+        return True
+    scored_by = [(e["evaluator"], e["version"]) for e in (entry.get("evaluate") or {}).values()]
+    done, total = stages.work_done(job, store, scored_by)
+    if done < total:
+        log.info("report: %d of the run's %d images are stored and scored so far (shard %d of %d); the shard that "
+                 "finishes last writes the report (or run stage=report)", done, total, job.config.shard.index,
+                 job.config.shard.count)
+        entry["report_deferred"] = {"done": done, "total": total}
+        return False
+    return True
 
 
 def _print_summary(records: list[dict[str, Any]]) -> None:

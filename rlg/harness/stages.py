@@ -90,11 +90,14 @@ def image_keys(job: Job):
     return lambda pid, sample, scale: image_key(job, by_id[pid], sample, scale)
 
 
-def work_groups(job: Job) -> list[list[tuple[str, Any]]]:
-    """This rank's (content key, WorkItem) groups: one group per (prompt, sample), every scale in it."""
+def work_groups(job: Job, rank: int | None = None) -> list[list[tuple[str, Any]]]:
+    """The (content key, WorkItem) groups of ``rank`` (default: this process's; -1: every rank's, in order):
+    one group per (prompt, sample), every scale in it; group g falls to rank g % world."""
     from rlg.grid import work_groups as grid_groups
 
-    return grid_groups(image_grid(job), image_keys(job), rank=job.rank, world=job.world)
+    if rank is not None and rank < 0:
+        return grid_groups(image_grid(job), image_keys(job))
+    return grid_groups(image_grid(job), image_keys(job), rank=job.rank if rank is None else rank, world=job.world)
 
 
 def image_key(job: Job, prompt: Prompt, sample: int, scale: float) -> str:
@@ -194,15 +197,29 @@ def _store_batch(job: Job, store: Store, run_id: str, batch, truncated: dict[str
 
 
 def keys_to_score(job: Job, store: Store) -> list[str]:
-    """The stored images this rank scores: those of its own work list (whoever made them), plus every
-    stored image whose key falls to this rank (images of earlier settings, other shards' leftovers).
-    So shards and ranks launched in any order leave every image scored."""
+    """The stored images this rank scores, each image by exactly one rank: those of its own work list
+    (whoever made them), plus the stored images in no rank's work list (earlier settings, other grids)
+    whose key falls to this rank. So ranks launched together score every image once, and shards run in
+    any order leave every image scored."""
     stored = set(store.images().image_key)
-    own = {k for group in work_groups(job) for k, _ in group} if job.prompts else set()
-    return sorted((own & stored) | {k for k in stored if int(k, 16) % job.world == job.rank})
+    work = {k: i for i, group in enumerate(work_groups(job, rank=-1)) for k, _ in group} if job.prompts else {}
+    own = {k for k, i in work.items() if i % job.world == job.rank}
+    return sorted((own & stored) | {k for k in stored - work.keys() if int(k, 16) % job.world == job.rank})
 
 
-def evaluate(job: Job, store: Store) -> dict[str, Any]:
+def work_done(job: Job, store: Store, scored_by: list[tuple[str, str]]) -> tuple[int, int]:
+    """(done, total) over the whole work list of every rank and shard: images stored and scored by each
+    (evaluator, version) of ``scored_by``. A shard writes the run's report only when done == total."""
+    keys = {k for group in work_groups(job, rank=-1) for k, _ in group}
+    done = store.stored_keys(keys=keys)
+    for name, version in scored_by:
+        done &= store.scored(name, version)
+    return len(done), len(keys)
+
+
+def evaluate(job: Job, store: Store, progress=None) -> dict[str, Any]:
+    """Score this rank's stored images with every selected evaluator (cached scores are kept).
+    ``progress(done, total, phase=...)`` is called after each batch, phase ``evaluate/<name>``."""
     from rlg.evaluators.base import Sample, get_evaluator, run_evaluator
 
     mine = keys_to_score(job, store)
@@ -225,7 +242,9 @@ def evaluate(job: Job, store: Store) -> dict[str, Any]:
                 meta = json.loads(r.metadata) if isinstance(r.metadata, str) else None
                 yield Sample(key=r.image_key, image=store.load_image(r), prompt=r.prompt, metadata=meta)
 
-        failed, failed_images, first_error = 0, set(), None
+        failed, failed_images, first_error, scored = 0, set(), None, 0
+        if progress is not None and len(todo):
+            progress(0, len(todo), phase=f"evaluate/{plan.name}")
         with tqdm(total=len(todo), desc=f"evaluate {plan.name}", unit="img") as bar:
             for rows in run_evaluator(ev, samples(), batch_size=batch_size):
                 store.write_scores({**asdict(r), "image_sha256": sha[r.image_key]} for r in rows)
@@ -233,12 +252,16 @@ def evaluate(job: Job, store: Store) -> dict[str, Any]:
                 failed += len(bad)
                 failed_images |= {r.image_key for r in bad}
                 first_error = first_error or (bad[0].error if bad else None)
-                bar.update(len({r.image_key for r in rows}))
+                n = len({r.image_key for r in rows})
+                scored += n
+                bar.update(n)
+                if progress is not None:
+                    progress(scored, len(todo), phase=f"evaluate/{plan.name}")
         if failed:
             log.warning("evaluate %s: %d score rows failed (value NaN, reason in the error column); the other "
                         "images are scored", plan.name, failed)
-        out[plan.name] = {"version": ev.version, "scored": len(todo), "cached": len(images) - len(todo),
-                          "failed_rows": failed}
+        out[plan.name] = {"evaluator": ev.name, "version": ev.version, "scored": len(todo),
+                          "cached": len(images) - len(todo), "failed_rows": failed}
         if len(todo) and len(failed_images) == len(todo):
             broken.append(f"{plan.name} failed on all {len(todo)} images (first: {str(first_error)[:200]})")
     if broken:  # the other evaluators' scores are stored; a report with n = 0 would pass for a result

@@ -8,9 +8,16 @@ per job, on rank 0 only (other ranks get an inert one):
     for ...:                                    # generation: progress, images/s, ETA (rate-limited)
         tracker.progress(done, total)           # keys generate/images, generate/images_per_s, generate/eta_s
     tracker.log_scales(report["summary"])       # one W&B step per w: mean, 95% CI, win rate, n; summaries
-    tracker.log_image_table(images, scores)     # one row per (prompt, sample, seed), one image column per w
+    tracker.log_image_table(images, scores)     # one row per (prompt, sample, seed): an image and the scores per w
+    tracker.log_scores_table(images, scores)    # every score, one row per (image, metric), no images
     tracker.log_report(index_html, figures)
     tracker.finish()
+
+One W&B run per run directory and stage: ``wandb_run_id(run_id, config_id, stage)`` is the run's
+stable id and ``wandb.init(id=..., resume="allow")`` continues it, so a killed and resumed run, a
+SLURM requeue or a second ``stage=report`` is the same W&B run (offline: one ``offline-run-*-<id>``
+directory per invocation, which ``wandb sync`` uploads into that one run). Files W&B stages for
+upload (the image table) go to ``<run_dir>/wandb/data`` (``WANDB_DATA_DIR``), inside the run directory.
 
 Mode: ``mode=None`` lets the user's W&B setup decide: ``WANDB_MODE`` if set, else the mode saved by
 ``wandb offline`` / ``wandb disabled``, else online when a W&B login exists (``WANDB_API_KEY`` or a
@@ -25,11 +32,15 @@ read back without uploading it: ``read_run(path)`` (W&B's own reader, ``wandb le
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import hashlib
 import json
 import logging
 import math
 import netrc
 import os
+import re
 import subprocess
 import sys
 import time
@@ -90,6 +101,18 @@ def resolve_mode(mode: str | None) -> str:
     return "offline"
 
 
+def wandb_run_id(run_id: str, config_id: str, stage: str) -> str:
+    """The stable W&B run id of one run directory (its ``run_id``), setting and stage: 16 hex digits."""
+    return hashlib.sha256(f"{run_id}/{config_id}/{stage}".encode()).hexdigest()[:16]
+
+
+def media_key(stem: str) -> str:
+    """A figure's W&B key without the run and config hashes of its file name (12 or 16 hex digits), so
+    panels line up across runs: ``grid_quickstart_zoo_digits_e779028161cb_bda5e370947c1400`` ->
+    ``grid_quickstart_zoo_digits``."""
+    return re.sub(r"_[0-9a-f]{12}(?:[0-9a-f]{4})?(?=_|$)", "", stem)
+
+
 def _finite(x: Any) -> bool:
     try:
         return x is not None and math.isfinite(float(x))
@@ -106,18 +129,20 @@ class Tracker:
     preset]. config: the resolved, redacted config as plain dicts. log_images: at most this many
     images in the image table (rows = log_images // number of scales, at least 1; 0 = no table).
     progress_every_s: at most one progress point per this many seconds (the last one always).
+    run_id: the W&B run id (``wandb_run_id``); the run is resumed when it exists (``resume="allow"``).
     """
 
     def __init__(self, *, run_dir: str | Path, name: str | None = None, project: str | None = None,
                  entity: str | None = None, group: str | None = None, job_type: str | None = None,
                  tags: Sequence[str] = (), config: dict[str, Any] | None = None, mode: str | None = None,
-                 log_images: int = 64, rank: int = 0, progress_every_s: float = 10.0):
+                 log_images: int = 64, rank: int = 0, progress_every_s: float = 10.0, run_id: str | None = None):
         self.run_dir = Path(run_dir)
         self.name, self.project, self.entity, self.group, self.job_type = name, project, entity, group, job_type
         self.tags = [str(t)[:64] for t in dict.fromkeys(t for t in tags if t)]  # W&B caps a tag at 64 chars
         self.config = config or {}
         self.requested_mode, self.log_images, self.rank = mode, log_images, rank
         self.progress_every_s = progress_every_s
+        self.run_id = run_id
         self.mode: str | None = None
         self.run = None
         self._progress: dict[str, tuple[float, float, int]] = {}  # phase -> (t0, last logged, done at t0)
@@ -142,13 +167,34 @@ class Tracker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=project, entity=self.entity, group=self.group, job_type=self.job_type,
                               name=self.name, tags=self.tags, mode=self.mode, dir=str(self.run_dir),
-                              config=self.config, reinit="finish_previous")
+                              config=self.config, reinit="finish_previous", id=self.run_id,
+                              resume="allow" if self.run_id else None)
         self.run.define_metric(SCALE_AXIS)
         # the one W&B line of a run (wandb's own console lines are off unless verbose=true: rlg.harness.console)
         where = self.run.url if self.mode == "online" else (
             f"{self.run_dir}/wandb (to upload: `wandb login`, then `wandb sync {self.run_dir}/wandb/offline-run-*`)")
         log.info("W&B %s run: %s", self.mode, where)
         return self
+
+    def as_rank0(self) -> "Tracker":
+        """A not yet started copy that opens the W&B run on this process (a shard other than 0 that
+        writes the run's report logs its results into the same W&B run)."""
+        other = copy.copy(self)
+        other.rank, other.run, other._progress, other._defined = 0, None, {}, set()
+        return other
+
+    @contextlib.contextmanager
+    def _staged_in_run_dir(self):
+        """W&B stages artifact files (tables) under WANDB_DATA_DIR: inside the run directory while logging."""
+        old = os.environ.get("WANDB_DATA_DIR")
+        os.environ["WANDB_DATA_DIR"] = str(self.run_dir / "wandb" / "data")
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("WANDB_DATA_DIR", None)
+            else:
+                os.environ["WANDB_DATA_DIR"] = old
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
@@ -249,10 +295,10 @@ class Tracker:
 
     def log_image_table(self, images: pd.DataFrame, scores: pd.DataFrame | None = None,
                         key: str = "images_by_scale") -> int:
-        """A W&B table with one row per (prompt, sample, seed) and one image column per w ("w=0",
-        "w=0.5", ...); each image's caption holds its scores. ``images``: the store's image rows
-        (image_path absolute or relative to run_dir; nonfinite images are left out). Returns the
-        number of rows logged."""
+        """A W&B table with one row per (prompt, sample, seed): per w an image column "w=<w>" (its
+        caption lists its scores) and a numeric column "w=<w>/<metric>" per metric, to sort and filter
+        by. ``images``: the store's image rows (image_path absolute or relative to run_dir; nonfinite
+        images are left out). Returns the number of rows logged."""
         if self.run is None or self.log_images <= 0 or images is None or images.empty:
             return 0
         import wandb
@@ -262,31 +308,54 @@ class Tracker:
             img = img[~img["nonfinite"].fillna(False).astype(bool)]
         scales = sorted(img["scale"].astype(float).unique())
         n_rows = max(1, self.log_images // max(1, len(scales)))
-        caption: dict[str, str] = {}
+        values: dict[str, dict[str, float]] = {}
         if scores is not None and len(scores):
             ok = scores[scores["error"].isna()] if "error" in scores.columns else scores
             for k, g in ok.groupby("image_key"):
-                caption[k] = ", ".join(f"{m}={v:.4g}" for m, v in zip(g["metric"], g["value"]) if _finite(v))
+                values[k] = {m: float(v) for m, v in zip(g["metric"], g["value"]) if _finite(v)}
+        metrics = sorted({m for v in values.values() for m in v})
         rows = (img[["prompt_id", "sample", "seed"]].drop_duplicates()
                 .sort_values(["prompt_id", "sample", "seed"]).head(n_rows))
         by = img.set_index(["prompt_id", "sample", "seed", "scale"])
-        table = wandb.Table(columns=["prompt", "seed", "sample", *[f"w={w:g}" for w in scales]])
+        table = wandb.Table(columns=["prompt", "seed", "sample", *[f"w={w:g}" for w in scales],
+                                     *[f"w={w:g}/{m}" for w in scales for m in metrics]])
         prompts = img.groupby("prompt_id")["prompt"].first() if "prompt" in img.columns else {}
         for r in rows.itertuples(index=False):
-            cells = []
+            cells, numbers = [], []
             for w in scales:
                 k = (r.prompt_id, r.sample, r.seed, w)
                 if k not in by.index:
                     cells.append(None)
+                    numbers += [None] * len(metrics)
                     continue
                 hit = by.loc[k]
                 hit = hit.iloc[0] if isinstance(hit, pd.DataFrame) else hit
                 path = Path(hit["image_path"])
                 path = path if path.is_absolute() else self.run_dir / path
-                cells.append(wandb.Image(str(path), caption=f"w={w:g} " + caption.get(hit["image_key"], "")))
-            table.add_data(str(prompts.get(r.prompt_id, "")), int(r.seed), int(r.sample), *cells)
-        self.run.log({key: table})
+                got = values.get(hit["image_key"], {})
+                caption = ", ".join(f"{m}={v:.4g}" for m, v in got.items())
+                cells.append(wandb.Image(str(path), caption=f"w={w:g} {caption}".rstrip()))
+                numbers += [got.get(m) for m in metrics]
+            table.add_data(str(prompts.get(r.prompt_id, "")), int(r.seed), int(r.sample), *cells, *numbers)
+        with self._staged_in_run_dir():
+            self.run.log({key: table})
         return len(rows)
+
+    def log_scores_table(self, images: pd.DataFrame, scores: pd.DataFrame, key: str = "scores") -> int:
+        """Every score as a W&B table without images, one row per (image, metric): image_key,
+        config_id, prompt_id, prompt, sample, seed, scale, evaluator, version, metric, value, error.
+        Returns the number of rows logged."""
+        if self.run is None or scores is None or scores.empty or images is None or images.empty:
+            return 0
+        import wandb
+
+        cols = [c for c in ("image_key", "config_id", "prompt_id", "prompt", "sample", "seed", "scale")
+                if c in images.columns]
+        tidy = scores.merge(images[cols], on="image_key", how="inner")
+        tidy = tidy[cols + [c for c in ("evaluator", "version", "metric", "value", "error") if c in tidy.columns]]
+        with self._staged_in_run_dir():
+            self.run.log({key: wandb.Table(dataframe=tidy.reset_index(drop=True))})
+        return len(tidy)
 
     def log_report(self, index_html: str | Path | None = None, figures: Iterable[str | Path] = ()) -> None:
         """The report: its self-contained index.html (as a W&B HTML panel) and each PNG figure."""
@@ -300,9 +369,10 @@ class Tracker:
         for fig in figures:
             fig = Path(fig)
             if fig.suffix == ".png":
-                payload[f"figures/{fig.stem}"] = wandb.Image(str(fig))
+                payload[f"figures/{media_key(fig.stem)}"] = wandb.Image(str(fig))
         if payload:
-            self.run.log(payload)
+            with self._staged_in_run_dir():
+                self.run.log(payload)
 
 
 def read_run(path: str | Path, timeout: float = 120.0) -> dict[str, Any]:
