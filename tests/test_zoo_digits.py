@@ -188,3 +188,56 @@ def test_control_extrapolation_on_shipped_weights(name):
     d = r[2.0] - r[1.0]
     se = d.std(ddof=1) / np.sqrt(len(d))
     assert d.mean() >= 3 * se, (d.mean(), se, [r[w].mean() for w in SCALES])
+
+
+# ---------------------------------------------------------------------------------------------
+# The reward with headroom (log-odds), the diversity metric (class entropy) and the quality metric (KID)
+def test_log_odds_against_probabilities():
+    from rlg.evaluators.digits import log_odds
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0], [40.0, 0.0, 1.0]])
+    targets = torch.tensor([0, 2, 0])
+    p = logits.double().softmax(1)[torch.arange(3), targets]
+    got = log_odds(logits, targets)
+    np.testing.assert_allclose(got[:2].numpy(), torch.log(p / (1 - p))[:2].numpy(), rtol=1e-12)
+    assert got[1].item() == pytest.approx(np.log(0.5))  # uniform over 3: p = 1/3, odds 1/2
+    # p rounds to 1 in float32 here; the log-odds stays finite: 40 - log(e^0 + e^1)
+    assert got[2].item() == pytest.approx(40 - np.log(1 + np.e), abs=1e-9)
+
+
+def test_class_entropy_known_values():
+    from rlg.evaluators.digits import class_entropy
+
+    assert class_entropy(list(range(10)) * 3) == pytest.approx(np.log2(10))
+    assert class_entropy([4] * 7) == 0.0
+    assert class_entropy([1, 1, 8, 8]) == pytest.approx(1.0)
+
+
+def _kid_brute(f, r):
+    """Unbiased MMD^2 with the cubic kernel by explicit loops (Binkowski et al. 2018, eq. 4), on scaled features."""
+    s = np.sqrt((r**2).sum(1).mean() / r.shape[1])
+    f, r = f / s, r / s
+    k = lambda a, b: (a @ b / len(a) + 1) ** 3  # noqa: E731
+    n, m = len(f), len(r)
+    xx = sum(k(f[i], f[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(r[i], r[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(f[i], r[j]) for i in range(n) for j in range(m)) / (n * m)
+    return xx + yy - 2 * xy
+
+
+def test_kernel_distance_against_brute_force_and_jackknife():
+    from rlg.evaluators.digits import kernel_distance
+
+    rng = np.random.default_rng(0)
+    f, r = rng.normal(size=(7, 3)) + 0.5, rng.normal(size=(9, 3))
+    got = kernel_distance(f, r)
+    assert got["kid"] == pytest.approx(_kid_brute(f, r), rel=1e-10)
+    loo = np.array([_kid_brute(np.delete(f, i, 0), r) for i in range(len(f))])
+    se = np.sqrt((len(f) - 1) / len(f) * ((loo - loo.mean()) ** 2).sum())
+    assert got["kid_se"] == pytest.approx(se, rel=1e-9)
+    # unbiased: two large samples of one distribution give ~0 within the SE; a shifted one does not
+    same = kernel_distance(rng.normal(size=(400, 4)), rng.normal(size=(400, 4)))
+    shifted = kernel_distance(rng.normal(size=(400, 4)) + 0.5, rng.normal(size=(400, 4)))
+    assert abs(same["kid"]) < 3 * same["kid_se"] + 0.01 and shifted["kid"] > 5 * shifted["kid_se"], (same, shifted)
+    with pytest.raises(ValueError, match="N >= 3"):
+        kernel_distance(f[:2], r)
