@@ -154,13 +154,19 @@ SCALES = (0.0, 0.5, 1.0, 2.0)
 
 
 @functools.cache
-def _control_rewards(name: str) -> dict[float, np.ndarray]:
-    """Per-image reward of the shipped pair at each scale (paired noise, seed 11); computed once per pair."""
+def _control_metrics(name: str) -> dict[float, dict[str, np.ndarray]]:
+    """Per-image metrics of the shipped pair at each scale (paired noise, seed 11); computed once per pair."""
     from rlg.pairs import load_pair
-    from rlg.zoo.digits_eval import REWARD, generate, pair_spec, rewards
+    from rlg.zoo.digits_eval import generate, pair_spec, rewards
 
     gen = generate(load_pair(pair_spec(name)), list(SCALES), CONTROL[name], seed=11)
-    return {w: rewards(g["images"], g["prompts"])[REWARD[name]] for w, g in gen.items()}
+    return {w: rewards(g["images"], g["prompts"]) for w, g in gen.items()}
+
+
+def _control_rewards(name: str) -> dict[float, np.ndarray]:
+    from rlg.zoo.digits_eval import REWARD
+
+    return {w: m[REWARD[name]] for w, m in _control_metrics(name).items()}
 
 
 @pytest.mark.parametrize("name", PAIRS)

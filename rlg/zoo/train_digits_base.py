@@ -1,4 +1,4 @@
-"""Train the digits base pipeline from scratch: the VAE, then the text-conditional UNet.
+"""Train the digits base pipeline from scratch: the VAE, then the text-conditional UNet with its text encoder.
 
 VAE: ``AutoencoderKL`` trained on the train split with an L1+L2 reconstruction loss and a small KL
 term (weight ``kl_weight``; SD's VAE uses 1e-6 plus perceptual and GAN terms, which an 8x8-detail
@@ -6,7 +6,9 @@ data set does not need). Its ``scaling_factor`` is set to 1 / std of the trainin
 
 UNet: epsilon prediction on the scaled-linear DDPM schedule (diffusers' train_text_to_image.py
 recipe): x_t = sqrt(abar_t) x_0 + sqrt(1-abar_t) eps, loss ||eps - eps_theta(x_t, t, c)||^2, with the
-prompt dropped to "" with probability ``uncond_prob`` so classifier-free guidance works.
+prompt dropped to "" with probability ``uncond_prob`` so classifier-free guidance works. The tiny
+CLIPTextModel's weights get the same loss's gradient (LDM trains its text encoder tau_theta jointly with the
+UNet the same way: Rombach et al. 2022, sec. 3.3), so c carries the digit.
 """
 
 from __future__ import annotations
