@@ -169,6 +169,14 @@ def _control_rewards(name: str) -> dict[float, np.ndarray]:
     return {w: m[REWARD[name]] for w, m in _control_metrics(name).items()}
 
 
+def test_base_follows_its_prompt():
+    """The shipped base draws the prompted digit (>= 85% by the shipped classifier; 300 / 300 at 3 sampling seeds
+    when shipped, rlg/zoo/README.md): its w = 0 images in the DPO pair's control run, 10 per prompt."""
+    _need("digits_classifier", "digits_base", "digits_dpo")
+    correct = _control_metrics("zoo_digits_dpo")[0.0]["digit_correct"]
+    assert len(correct) == 100 and correct.mean() >= 0.85, correct.mean()
+
+
 @pytest.mark.parametrize("name", PAIRS)
 def test_control_interpolation_on_shipped_weights(name):
     """Reduced quickstart claim: the reward rises from base (w=0) through w=0.5 to RL (w=1), strictly."""
@@ -178,15 +186,7 @@ def test_control_interpolation_on_shipped_weights(name):
     assert means[0] < means[1] < means[2], means
 
 
-# The shipped DPO model (600 pairs, 600 steps, beta 500) saturates past w = 1: digit_prob 0.39 / 0.49 / 0.52 / 0.59
-# at w = 0 / 0.5 / 1 / 2 when shipped (100 images, seed 0; w=2 - w=1 = +0.070, 1.7 paired SEs) and 0.44 / 0.54 /
-# 0.61 / 0.60 at this test's seed 11: stronger DPO runs (lower beta, higher lr, LoRA, empty prompts) raised w = 1
-# but not w = 2 (the images degrade: digit_fd grows about 2x per doubling of w). Expected to fail until retrained;
-# strict, so a model that does extrapolate fails the suite until this mark is removed.
-_DPO_XFAIL = pytest.mark.xfail(reason="DPO model saturates past w = 1: w=2 is not above w=1 by 3 SE", strict=True)
-
-
-@pytest.mark.parametrize("name", [pytest.param(p, marks=_DPO_XFAIL) if p.endswith("_dpo") else p for p in PAIRS])
+@pytest.mark.parametrize("name", PAIRS)
 def test_control_extrapolation_on_shipped_weights(name):
     """Reduced quickstart claim: w = 2 above w = 1 by at least 3 standard errors of the paired difference."""
     _need("digits_classifier", "digits_base", name.replace("zoo_", ""))
