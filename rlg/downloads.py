@@ -5,8 +5,11 @@
   they do for the checkpoints. Pin ``revision`` to a commit for bit-stable inputs; the commit that
   was actually read is returned either way (for the run metadata).
 * ``url_file``: any other URL (raw GitHub files, release assets), pinned by sha256, with retries
-  and exponential back-off, cached under a directory, written with the store's atomic write (a
-  killed download never leaves a half file under the final name).
+  and exponential back-off, cached under a directory, written with the one atomic write
+  (``rlg.files.atomic_write``: a killed download never leaves a half file under the final name).
+
+Offline: ``offline`` when given, else huggingface_hub's rule (``rlg.runtime.hub_offline``:
+HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), the same rule as the pair loader and the evaluators.
 
 Both raise DownloadError with one message that says what was wanted, why it failed, and the fix
 (a local copy and the option that points at it).
@@ -14,9 +17,7 @@ Both raise DownloadError with one message that says what was wanted, why it fail
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import re
 import time
 import urllib.error
@@ -24,24 +25,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlg.files import StoreError, atomic_write, sha256_bytes, sha256_file
+from rlg.runtime import hub_offline
+
 log = logging.getLogger(__name__)
-_TRUE = {"1", "true", "yes", "on"}
 USER_AGENT = "rlg-bench (+https://arxiv.org/abs/2508.21016)"
 
 
 class DownloadError(RuntimeError):
     """A file could not be fetched or did not match its pin; the message names the fix."""
-
-
-def offline_mode(offline: bool | None = None) -> bool:
-    """``offline`` if given, else huggingface_hub's own reading of HF_HUB_OFFLINE."""
-    if offline is not None:
-        return bool(offline)
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -83,7 +75,7 @@ def hub_file(repo_id: str, filename: str, *, revision: str | None = None, repo_t
     try:
         path = Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision,
                                     cache_dir=str(cache_dir) if cache_dir else None,
-                                    local_files_only=offline_mode(offline)))
+                                    local_files_only=hub_offline(offline)))
     except LocalEntryNotFoundError as exc:
         raise DownloadError(f"{at} is not in the local hub cache and offline mode is on (HF_HUB_OFFLINE=1) or the "
                             f"hub cannot be reached.{tail}") from exc
@@ -99,27 +91,16 @@ def hub_file(repo_id: str, filename: str, *, revision: str | None = None, repo_t
     return Fetched(path, data_sha, _snapshot_commit(path))
 
 
-def sha256_file(path: Path) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def url_file(url: str, dest: str | Path, *, sha256: str | None, offline: bool | None = None, retries: int = 3,
              timeout: float = 60.0, backoff: float = 1.0, fix: str = "") -> Fetched:
     """``dest`` if it exists and matches ``sha256``; else ``url`` downloaded (``retries`` more tries
     after the first, waiting backoff, 2*backoff, ... seconds), checked against ``sha256`` and
     written atomically to ``dest``. ``sha256=None`` accepts any content (its hash is returned so the
-    caller can record it). Offline (HF_HUB_OFFLINE=1 or ``offline=True``) nothing is downloaded.
+    caller can record it). Offline (``offline=True``, or HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) nothing is downloaded.
 
     Raises DownloadError: offline and not cached, every try failed (the last reason is quoted), or
     the download's sha256 differs from the pin (upstream changed: the file is not written).
     """
-    from rlg.harness.store import StoreError, _atomic_write  # the one atomic write of the project
-
     dest = Path(dest).expanduser()
     tail = f" Fix: {fix}" if fix else ""
     if dest.is_file():
@@ -127,7 +108,7 @@ def url_file(url: str, dest: str | Path, *, sha256: str | None, offline: bool | 
         if sha256 is None or got == sha256:
             return Fetched(dest, got)
         log.warning("cached %s has sha256 %s, expected %s; fetching it again", dest, got, sha256)
-    if offline_mode(offline):
+    if hub_offline(offline):
         fix_hint = tail or " Fix: download it on a machine with network access and put it at " + str(dest)
         raise DownloadError(f"{dest} is not cached and offline mode is on (HF_HUB_OFFLINE=1), so {url} is not "
                             f"downloaded.{fix_hint}")
@@ -156,7 +137,7 @@ def url_file(url: str, dest: str | Path, *, sha256: str | None, offline: bool | 
     if sha256 is not None and got != sha256:
         raise DownloadError(f"{url} has sha256 {got}, expected {sha256}: upstream changed, so it is not used.{tail}")
     try:
-        _atomic_write(dest, data)
+        atomic_write(dest, data)
     except StoreError as exc:
         raise DownloadError(f"could not cache {url} at {dest}: {exc}") from exc
     return Fetched(dest, got)

@@ -23,7 +23,9 @@ from typing import Any, Literal
 
 import torch
 
+from rlg import runtime
 from rlg.denoiser import RLGDenoiser
+from rlg.files import StoreWriteError, atomic_write, sha256_file
 from rlg.guidance import StepWindow
 
 log = logging.getLogger(__name__)
@@ -91,21 +93,17 @@ class LoadedPair:
         return self.pipe
 
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
 def torch_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise PairError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}")
-    return DTYPES[name]
+    """The torch dtype of ``pair.dtype`` (rlg.runtime's one table); PairError for an unknown name."""
+    try:
+        return runtime.torch_dtype(name)
+    except ValueError as exc:
+        raise PairError(str(exc)) from None
 
 
 def _offline(spec: PairSpec) -> bool:
-    """The pair's own switch, or huggingface_hub's offline rule (HF_HUB_OFFLINE, read by the hub)."""
-    from huggingface_hub import is_offline_mode
-
-    return spec.offline or is_offline_mode()
+    """The pair's own switch, or the project's one offline rule (rlg.runtime.hub_offline: huggingface_hub's)."""
+    return spec.offline or runtime.hub_offline()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,11 +127,7 @@ def _file_sha256(path: Path, cache: dict[str, list]) -> str:
     hit = cache.get(key)
     if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
         return hit[2]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    cache[key] = [st.st_size, st.st_mtime_ns, h.hexdigest()]
+    cache[key] = [st.st_size, st.st_mtime_ns, sha256_file(path)]
     return cache[key][2]
 
 
@@ -232,11 +226,8 @@ def weights_identity(spec: PairSpec, *, cache_dir: str | Path | None = None) -> 
            if ckpt is not None else None for role, ckpt in (("base", spec.base), ("rl", spec.rl), ("vae", spec.vae))}
     if hash_cache != before:
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(hash_cache))
-            os.replace(tmp, cache_file)  # atomic: concurrent ranks never read half a file
-        except OSError as exc:
+            atomic_write(cache_file, json.dumps(hash_cache).encode())  # concurrent ranks never read half a file
+        except StoreWriteError as exc:
             log.warning("could not write the fingerprint cache %s (%s); weights are hashed again next time",
                         cache_file, exc)
     return out

@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import os
 
-DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+# the one dtype table: config values (pair.dtype, evaluator dtype options) -> torch attribute names
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
                "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
-def torch_dtype(name):
-    """``torch.float32`` / ``float16`` / ``bfloat16`` for a name in DTYPE_NAMES (or a torch.dtype, returned
-    as is). Raises ValueError listing the names."""
+def torch_dtype(name=None):
+    """``torch.float32`` / ``float16`` / ``bfloat16`` for a name in DTYPE_NAMES (any case, an optional
+    ``torch.`` prefix), a torch.dtype (returned as is), or None (float32). Raises ValueError listing the
+    names."""
     import torch
 
+    if name is None:
+        return torch.float32
     if isinstance(name, torch.dtype):
         return name
-    if name not in DTYPE_NAMES:
+    key = str(name).removeprefix("torch.").lower()
+    if key not in DTYPE_NAMES:
         raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPE_NAMES)}")
-    return getattr(torch, DTYPE_NAMES[name])
+    return getattr(torch, DTYPE_NAMES[key])
 
 
 def default_device(device: str | None = None) -> str:
@@ -32,11 +37,13 @@ def default_device(device: str | None = None) -> str:
 
 
 def hub_offline(flag: bool | None = None) -> bool:
-    """Offline when ``flag`` is true, or by huggingface_hub's own rule: HF_HUB_OFFLINE (or
-    TRANSFORMERS_OFFLINE) set to one of huggingface_hub.constants.ENV_VARS_TRUE_VALUES ("1", "ON",
-    "YES", "TRUE"). Read at call time, so a change of the environment is seen."""
-    if flag:
-        return True
+    """The project's one offline rule: ``flag`` when given (an explicit option), else huggingface_hub's
+    own rule: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set to one of
+    huggingface_hub.constants.ENV_VARS_TRUE_VALUES ("1", "ON", "YES", "TRUE", any case). Read at call
+    time, so a change of the environment is seen. (``flag=False`` cannot make huggingface_hub itself go
+    online while HF_HUB_OFFLINE is set; it only lets rlg-bench's own URL downloads run.)"""
+    if flag is not None:
+        return bool(flag)
     from huggingface_hub import constants
 
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")

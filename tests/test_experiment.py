@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from rlg.harness import build, runner, stages
 from rlg.harness.config import ConfigError, validate
 from rlg.guidance import ScaleError
-from rlg.harness.store import Store
+from rlg.store import Store
 from rlg.harness.tracking import read_run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,6 @@ and every experiment preset running on the tiny pair of its family."""
 
 from __future__ import annotations
 
-import ast
 import logging
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 from rlg.harness import build, runner
 from rlg.harness.config import ConfigError, job_dir_name
-from rlg.harness.store import Store
+from rlg.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_ONE_THREAD = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -147,51 +146,7 @@ def test_a_multirun_with_a_long_value_and_a_slash_runs_and_resumes(tmp_path):
     assert again.returncode == 0 and (again.stdout + again.stderr).count("0 to make") == 2  # both jobs resumed
 
 
-# -- issue 11: layering ---------------------------------------------------------------------------
-LIBRARY = ["guidance", "denoiser", "pairs", "sampling", "schedulers", "tiny_pairs", "analytic", "analytic_metrics",
-           "ground_truth"]
-
-
-NEUTRAL = ("rlg.runtime", "rlg.extras", "rlg.downloads", "rlg.zoo")  # conventions, optional imports, downloads, zoo data
-
-
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.add(node.module)
-    return out
-
-
-def _under(mods: set[str], prefix: str) -> set[str]:
-    return {m for m in mods if m == prefix or m.startswith(prefix + ".")}
-
-
-def test_import_rules_hold():
-    rlg = ROOT / "rlg"
-    for name in LIBRARY:
-        path = rlg / f"{name}.py"
-        if not path.exists():
-            continue
-        mods = _imports(path)
-        # the library works without the app: no Hydra, no store, no report, no evaluators
-        for banned in ("hydra", "omegaconf", "rlg.harness", "rlg.report", "rlg.evaluators", "matplotlib"):
-            assert not _under(mods, banned), f"rlg/{name}.py imports {banned}"
-    for path in (rlg / "evaluators").rglob("*.py"):  # scorers know nothing of RLG or the app
-        bad = {m for m in _under(_imports(path), "rlg") if not m.startswith(("rlg.evaluators", *NEUTRAL))}
-        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
-    for path in (rlg / "report").rglob("*.py"):  # the report draws stored rows; it runs no model
-        mods = _imports(path)
-        assert not (_under(mods, "rlg.pairs") | _under(mods, "rlg.sampling") | _under(mods, "hydra")), path
-    readers = {p.relative_to(ROOT).as_posix() for p in rlg.rglob("*.py") if "DictConfig" in p.read_text()}
-    assert readers <= {"rlg/harness/build.py", "rlg/harness/config.py", "rlg/harness/cli.py"}, readers
-    import tomllib
-
-    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    assert find["include"] == ["rlg*"]  # the wheel installs one top-level package
+# -- issue 11: layering: tests/test_layering.py (computed from the import graph) ------------------------
 
 
 # -- issue 11: every preset runs on its tiny family -------------------------------------------------

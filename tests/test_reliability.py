@@ -26,14 +26,16 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from rlg.harness import build, runner
-from rlg.harness import store as store_mod
+from rlg import files as files_mod
+from rlg import store as store_mod
 from rlg.harness.provenance import redact
 from rlg.harness.config import ConfigError, validate
 from rlg.guidance import ScaleError
 from rlg.pairs import PairError
 from rlg.sampling import SamplerError
 from rlg.harness.prompts import PromptError
-from rlg.harness.store import RunLock, Store, StoreLockedError, StoreWriteError
+from rlg.files import RunLock, StoreLockedError, StoreWriteError
+from rlg.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -199,7 +201,7 @@ def test_corrupt_pngs_and_parquet_parts_are_quarantined_and_redone(tmp_path, cap
     score_part.write_bytes(b"not a parquet file")
     (run / "rows" / "scores" / "part-r9-empty.parquet").write_bytes(b"")
 
-    with caplog.at_level(logging.WARNING, logger="rlg.harness.store"):
+    with caplog.at_level(logging.WARNING, logger="rlg.store"):
         stored = Store(run).stored_keys()
         assert Store(run).scores().empty  # the only score part was corrupt
     assert k0 not in stored and k1 not in stored and not (lost_rows & stored)
@@ -282,7 +284,7 @@ def test_an_evaluator_failing_on_one_image_records_that_image_only(tmp_path):
 
 def test_disk_full_mid_run_stops_cleanly_and_keeps_what_was_stored(tmp_path, monkeypatch):
     run = tmp_path / "full"
-    real, calls = store_mod._write_all, {"n": 0}
+    real, calls = files_mod._write_all, {"n": 0}
 
     def enospc_after_four(fd, data):  # batch 1 (3 PNGs + its part) fits; batch 2 hits a full disk
         calls["n"] += 1
@@ -290,10 +292,10 @@ def test_disk_full_mid_run_stops_cleanly_and_keeps_what_was_stored(tmp_path, mon
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fd, data)
 
-    monkeypatch.setattr(store_mod, "_write_all", enospc_after_four)
+    monkeypatch.setattr(files_mod, "_write_all", enospc_after_four)
     with pytest.raises(StoreWriteError, match=r"disk full.*intact.*resumes"):
         runner.run(cfg_of(*FAST, "sampler.batch_size=3", "stage=generate"), run_dir=run)
-    monkeypatch.setattr(store_mod, "_write_all", real)
+    monkeypatch.setattr(files_mod, "_write_all", real)
     s = Store(run)
     assert len(s.images()) == 3 and s.stored_keys() == set(s.images().image_key)  # readable, intact
     assert not list(run.rglob("*.tmp")) and not (run / "quarantine").exists()

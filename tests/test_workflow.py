@@ -207,13 +207,13 @@ def test_hub_prompt_sets_come_from_the_hub_cache_offline(tmp_path):
 
 @pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP])
 def test_run_lock_falls_back_to_a_lock_file_without_flock(tmp_path, monkeypatch, caplog, code):
-    from rlg.harness import store as store_mod
-    from rlg.harness.store import RunLock, StoreLockedError
+    from rlg import files as files_mod
+    from rlg.files import RunLock, StoreLockedError
 
     def no_flock(fd, op):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(store_mod.fcntl, "flock", no_flock)
+    monkeypatch.setattr(files_mod.fcntl, "flock", no_flock)
     run = tmp_path / "run"
     with RunLock(run) as lock:
         assert lock.exclusive and (run / ".lock.excl").is_file()
@@ -240,13 +240,13 @@ def test_run_lock_falls_back_to_a_lock_file_without_flock(tmp_path, monkeypatch,
 
 
 def test_other_flock_errors_are_not_mistaken_for_a_missing_flock(tmp_path, monkeypatch):
-    from rlg.harness import store as store_mod
-    from rlg.harness.store import RunLock
+    from rlg import files as files_mod
+    from rlg.files import RunLock
 
     def bad(fd, op):
         raise OSError(errno.EBADF, "bad file descriptor")
 
-    monkeypatch.setattr(store_mod.fcntl, "flock", bad)
+    monkeypatch.setattr(files_mod.fcntl, "flock", bad)
     with pytest.raises(OSError, match="bad file descriptor"):
         RunLock(tmp_path).acquire()
     assert not (tmp_path / ".lock.excl").exists()
@@ -287,7 +287,7 @@ def _fake_run(root: Path, steps: int, offset: float) -> Path:
     """A run directory written through the real Store: 3 prompts x 2 scales, JPEG sizes offset+w."""
     import numpy as np
 
-    from rlg.harness.store import Store, content_key
+    from rlg.store import Store, content_key
 
     root.mkdir(parents=True)
     store = Store(root)
@@ -375,7 +375,7 @@ def test_sweep_runs_through_submitit_local_and_writes_one_combined_report(tmp_pa
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     sweep = tmp_path / "sub-sweep"
-    from rlg.harness.store import Store
+    from rlg.store import Store
     from rlg.report.compare import find_runs
 
     jobs = find_runs([sweep])  # job directories are named by Hydra's override_dirname

@@ -1,5 +1,6 @@
-"""Shared plumbing for the model-based evaluators: device/dtype options, offline mode, and loading
-weights from the Hugging Face hub, a local path or a pinned URL with errors that name the fix.
+"""Shared plumbing for the model-based evaluators: loading weights from the Hugging Face hub, a local
+path or a pinned URL with errors that name the fix. Device, dtype and the offline rule are the
+project's own (``rlg.runtime``: default_device, torch_dtype, hub_offline); file hashes ``rlg.files``.
 
 Only light imports at module level: torch and the model libraries are imported inside functions so
 that selecting one evaluator never imports another's stack.
@@ -7,51 +8,15 @@ that selecting one evaluator never imports another's stack.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 from rlg.extras import require
-
-_TRUE = {"1", "true", "yes", "on"}
-
+from rlg.files import sha256_file
 
 class ModelNotAvailableError(FileNotFoundError):
     """Weights or a tokenizer an evaluator needs are neither on disk nor downloadable."""
-
-
-def is_offline(offline: bool | None) -> bool:
-    """``offline`` when given, else the HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE environment flags."""
-    if offline is not None:
-        return bool(offline)
-    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
-_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-           "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
-
-
-def resolve_dtype(dtype: Any):
-    """torch dtype from a config string ("float32", "fp16", "bf16", ...) or a torch dtype."""
-    import torch
-
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).removeprefix("torch.").lower()
-    if key not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16")
-    return getattr(torch, _DTYPES[key])
 
 
 def dtype_tag(dtype) -> str:
@@ -146,14 +111,6 @@ def hub_file(
         ) from exc
 
 
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def default_cache_dir() -> Path:
     base = os.environ.get("RLG_BENCH_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "rlg-bench"
@@ -183,7 +140,7 @@ def cached_url_file(
             raise ModelNotAvailableError(
                 f"{what}: {exc} Download it (sha256 {sha256}) by hand and pass {option}=<the file> or put it at {path}"
             ) from exc
-    got = sha256_of(path)
+    got = sha256_file(path)
     if got != sha256:
         raise ModelNotAvailableError(
             f"{what}: {path} has sha256 {got}, expected {sha256}; delete it so it is downloaded again "

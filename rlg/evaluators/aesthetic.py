@@ -24,12 +24,10 @@ from rlg.evaluators._models import (
     ModelNotAvailableError,
     cached_url_file,
     dtype_tag,
-    is_offline,
     load_open_clip,
-    resolve_device,
-    resolve_dtype,
-    sha256_of,
 )
+from rlg.files import sha256_file
+from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.base import Sample
 
 HEAD_FILENAME = "sac+logos+ava1-l14-linearMSE.pth"
@@ -85,9 +83,9 @@ class Aesthetic:
     ):
         import torch
 
-        offline = is_offline(offline)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        offline = hub_offline(offline)
+        self.device = default_device(device)
+        self.dtype = torch_dtype(dtype)
 
         if head_path is None:
             head_file = cached_url_file(
@@ -117,7 +115,7 @@ class Aesthetic:
         self.preprocess = preprocess
         self._torch = torch
         self.version = (
-            f"aesthetic/laion-v2-linearMSE/head-sha256:{sha256_of(head_file)[:12]}/{backbone}/{dtype_tag(self.dtype)}"
+            f"aesthetic/laion-v2-linearMSE/head-sha256:{sha256_file(head_file)[:12]}/{backbone}/{dtype_tag(self.dtype)}"
         )
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:

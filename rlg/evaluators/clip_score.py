@@ -26,12 +26,10 @@ from rlg.evaluators._models import (
     dtype_tag,
     hub_commit,
     embeddings,
-    is_offline,
     load_pretrained,
-    resolve_device,
-    resolve_dtype,
     source_tag,
 )
+from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.base import Sample
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"
@@ -56,11 +54,11 @@ class CLIPScore:
         import torch
         from transformers import CLIPModel, CLIPProcessor
 
-        offline = is_offline(offline)
+        offline = hub_offline(offline)
         self.scale = float(scale)
         self.text_prefix = text_prefix
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        self.device = default_device(device)
+        self.dtype = torch_dtype(dtype)
         self.processor = load_pretrained(
             CLIPProcessor.from_pretrained, model, revision=revision, offline=offline,
             option="model", what="CLIP score processor", cache_dir=cache_dir,

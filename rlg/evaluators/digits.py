@@ -38,12 +38,12 @@ def _load(weights: str):
 
 
 def _digest(weights: str) -> str:
-    import hashlib
     from pathlib import Path
 
+    from rlg.files import sha256_file
     from rlg.zoo import resolve_zoo_id
 
-    return hashlib.sha256((Path(resolve_zoo_id(weights)) / "model.safetensors").read_bytes()).hexdigest()[:12]
+    return sha256_file(Path(resolve_zoo_id(weights)) / "model.safetensors")[:12]
 
 
 def images_to_tensor(images) -> torch.Tensor:

@@ -35,11 +35,9 @@ from rlg.evaluators._models import (
     ModelNotAvailableError,
     dtype_tag,
     hub_file,
-    is_offline,
-    resolve_device,
-    resolve_dtype,
-    sha256_of,
 )
+from rlg.files import sha256_file
+from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.base import Sample
 from rlg.extras import require
 
@@ -107,13 +105,13 @@ class HPSv2:
         self.metrics = {self.metric: True}
         self.antialias = bool(antialias)
         self.scale = float(scale)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        self.device = default_device(device)
+        self.dtype = torch_dtype(dtype)
         filename = CHECKPOINTS[hps_version]
 
         if checkpoint is None:
             path = hub_file(
-                repo, filename, revision=revision, offline=is_offline(offline), option="checkpoint",
+                repo, filename, revision=revision, offline=hub_offline(offline), option="checkpoint",
                 what=f"HPS {hps_version} checkpoint", cache_dir=cache_dir,
             )
         else:
@@ -135,7 +133,7 @@ class HPSv2:
         self._torch = torch
         # The checkpoint's hash identifies the weights whatever path or revision they came from.
         self.version = (
-            f"hps/{hps_version}/{self.scale:g}*cos/{model_name}/ckpt-sha256:{sha256_of(path)[:12]}"
+            f"hps/{hps_version}/{self.scale:g}*cos/{model_name}/ckpt-sha256:{sha256_file(path)[:12]}"
             f"/longest-resize-pad{'-aa' if self.antialias else '-noaa'}/{dtype_tag(self.dtype)}"
         )
 

@@ -46,13 +46,11 @@ from rlg.evaluators._models import (
     check_tokenizer,
     dtype_tag,
     hub_file,
-    is_offline,
     load_pretrained,
-    resolve_device,
-    resolve_dtype,
-    sha256_of,
     source_tag,
 )
+from rlg.files import sha256_file
+from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.aesthetic import aesthetic_head
 from rlg.evaluators.base import Sample
 from rlg.extras import require
@@ -136,9 +134,9 @@ class ImageReward:
         T = require("torchvision.transforms", purpose="the imagereward evaluator")
         from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
-        offline = is_offline(offline)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        offline = hub_offline(offline)
+        self.device = default_device(device)
+        self.dtype = torch_dtype(dtype)
 
         ckpt_path, med_path = self._resolve_files(checkpoint, repo, revision, offline, cache_dir)
         med = json.loads(Path(med_path).read_text())
@@ -188,7 +186,7 @@ class ImageReward:
         ])
         self._torch = torch
         self.version = (
-            f"imagereward/v1.0/(mlp-{REWARD_MEAN:.6g})/{REWARD_STD:.6g}/ckpt-sha256:{sha256_of(ckpt_path)[:12]}"
+            f"imagereward/v1.0/(mlp-{REWARD_MEAN:.6g})/{REWARD_STD:.6g}/ckpt-sha256:{sha256_file(ckpt_path)[:12]}"
             f"/tok={source_tag(tokenizer, tokenizer_revision)}/maxlen{MAX_PROMPT_TOKENS}/{dtype_tag(self.dtype)}"
         )
 

@@ -17,12 +17,10 @@ from rlg.evaluators._models import (
     dtype_tag,
     hub_commit,
     embeddings,
-    is_offline,
     load_pretrained,
-    resolve_device,
-    resolve_dtype,
     source_tag,
 )
+from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.base import Sample
 
 DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
@@ -48,9 +46,9 @@ class PickScore:
         import torch
         from transformers import AutoModel, AutoProcessor
 
-        offline = is_offline(offline)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        offline = hub_offline(offline)
+        self.device = default_device(device)
+        self.dtype = torch_dtype(dtype)
         self.processor = load_pretrained(
             AutoProcessor.from_pretrained, processor, revision=processor_revision, offline=offline,
             option="processor", what="PickScore processor", cache_dir=cache_dir,

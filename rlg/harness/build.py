@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, validate
 from rlg.harness.provenance import redact
 from rlg.harness.prompts import Prompt, load_prompts
-from rlg.harness.store import content_key
+from rlg.store import content_key
 
 log = logging.getLogger("rlg")
 

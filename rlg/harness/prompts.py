@@ -10,13 +10,14 @@ a URL pinned to a commit and a sha256, cached under ``<cache>/prompts`` (``rlg.d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from rlg.files import sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +135,6 @@ def _csv_first_column(text: str) -> list[str]:
     return [r[0] for r in rows[1:] if r and r[0].strip()]
 
 
-def sha256_text(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _fetch(src: Source, cache: Path, hint: str, revision: str | None = None, **fmt: str) -> tuple[bytes, dict]:
     """The bytes of one source file and where they came from (url or hub repo@commit, sha256)."""
     from rlg.downloads import DownloadError, hub_file, url_file
@@ -195,7 +192,7 @@ def load_prompt_set(source: str, *, cache_dir: str | Path, path: str | Path | No
         text = _decode(data, str(path))
         parse = SOURCES[source].parse if source in SOURCES else (_jsonl if path.suffix == ".jsonl" else _lines)
         prompts = parse(text, str(path))
-        info = {"source": source, "path": str(path), "sha256": sha256_text(data)}
+        info = {"source": source, "path": str(path), "sha256": sha256_bytes(data)}
         expected = SOURCES[source].sha256 if source in SOURCES else None
         if expected and info["sha256"] != expected:
             log.warning("%s differs from the pinned upstream file (sha256 %s, expected %s)", path, info["sha256"],

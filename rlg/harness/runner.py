@@ -22,7 +22,7 @@ from rlg.harness.build import Job, build
 from rlg.harness.config import ConfigError
 from rlg.harness.prompts import PromptError
 from rlg.harness.provenance import provenance, redact
-from rlg.harness.store import Store, StoreError
+from rlg.store import Store, StoreError
 from rlg.harness.tracking import Tracker
 from rlg.report.stats import SERIES
 from rlg.pairs import PairError

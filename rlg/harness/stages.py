@@ -1,7 +1,7 @@
 """The stages of a job: generate -> evaluate -> report, and the analytic ground truth.
 
 Each stage takes the checked :class:`~rlg.harness.build.Job` and the run's
-:class:`~rlg.harness.store.Store`, never the config. The work list is prompt set x samples x grid
+:class:`~rlg.store.Store`, never the config. The work list is prompt set x samples x grid
 scales; all scales of a (prompt, sample) travel in the same pipeline call (they share the initial
 noise), work already in the store is skipped (resume), and a rank or shard takes every world-th
 (prompt, sample) group.
@@ -9,7 +9,6 @@ noise), work already in the store is skipped (resume), and a rank or shard takes
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import shutil
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 
 from rlg.harness.build import Job
 from rlg.harness.prompts import Prompt, PromptError
-from rlg.harness.store import Store, content_key, write_error
+from rlg.store import Store, content_key, write_error
 
 log = logging.getLogger("rlg")
 
@@ -71,63 +70,31 @@ PAIRS = PairCache()
 
 
 # ---------------------------------------------------------------------------------------------
+def image_grid(job: Job):
+    """The job's grid (rlg.grid.Grid): its prompts (by id), samples, seed, scales, sampler and call size."""
+    from rlg.grid import Grid
+
+    return Grid(prompts=tuple(p.text for p in job.prompts), prompt_ids=tuple(p.id for p in job.prompts),
+                scales=job.scales, samples=job.config.prompts.samples_per_prompt, seed=job.seed,
+                settings=job.sampler, batch_size=job.config.sampler.batch_size)
+
+
+def image_keys(job: Job):
+    """key(prompt_id, sample, scale) -> the content key of that image of the job."""
+    by_id = {p.id: p for p in job.prompts}
+    return lambda pid, sample, scale: image_key(job, by_id[pid], sample, scale)
+
+
 def work_groups(job: Job) -> list[list[tuple[str, Any]]]:
     """This rank's (content key, WorkItem) groups: one group per (prompt, sample), every scale in it."""
-    from rlg.sampling import WorkItem
+    from rlg.grid import work_groups as grid_groups
 
-    groups = []
-    g = 0
-    for p in job.prompts:
-        for s in range(job.config.prompts.samples_per_prompt):
-            if g % job.world == job.rank:
-                groups.append([(image_key(job, p, s, w), WorkItem(p.id, p.text, s, job.seed, w)) for w in job.scales])
-            g += 1
-    return groups
+    return grid_groups(image_grid(job), image_keys(job), rank=job.rank, world=job.world)
 
 
 def image_key(job: Job, prompt: Prompt, sample: int, scale: float) -> str:
     return content_key({**job.identity, "prompt_id": prompt.id, "prompt": prompt.text, "sample": sample,
                         "seed": job.seed, "scale": scale})
-
-
-def prompt_truncation(pipe, texts: list[str], extra: dict[str, Any]) -> dict[str, bool]:
-    """Whether each prompt is longer than a text encoder of ``pipe`` reads (the pipeline then cuts it).
-
-    CLIP tokenizers are cut at their ``model_max_length`` (77); T5 ones (SD3, FLUX) at the pipeline's
-    ``max_sequence_length`` (its default, or sampler.extra.max_sequence_length)."""
-    params = inspect.signature(pipe.__call__).parameters
-    msl = extra.get("max_sequence_length")
-    if msl is None and "max_sequence_length" in params:
-        msl = params["max_sequence_length"].default
-    tokenizers = [c for n, c in pipe.components.items() if n.startswith("tokenizer") and c is not None]
-    out = {}
-    for text in set(texts):
-        cut = False
-        for tok in tokenizers:
-            limit = tok.model_max_length
-            if "CLIP" not in type(tok).__name__ and isinstance(msl, int):
-                limit = msl
-            if not limit or limit > 1_000_000:  # "no limit" sentinel of transformers
-                continue
-            if len(tok(text, truncation=False, verbose=False).input_ids) > limit:
-                cut = True
-        out[text] = cut
-    return out
-
-
-def pack_calls(todo: list[list[Any]], size: int) -> list[list[Any]]:
-    """Work items into pipeline calls of at most ``size`` images: whole (prompt, sample) groups where they
-    fit, so every scale of a group shares a call (and its noise); many groups fill the micro-batches."""
-    batches, cur = [], []
-    for group in todo:
-        for chunk in [group[i:i + size] for i in range(0, len(group), size)]:
-            if cur and len(cur) + len(chunk) > size:
-                batches.append(cur)
-                cur = []
-            cur += chunk
-    if cur:
-        batches.append(cur)
-    return batches
 
 
 def _image_row(job: Job, run_id: str, key: str, it, res, truncated: bool, prompt: Prompt) -> dict[str, Any]:
@@ -143,21 +110,23 @@ def _image_row(job: Job, run_id: str, key: str, it, res, truncated: bool, prompt
 def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, Any]:
     """Make this rank's missing images. ``progress(done, total)`` is called after each batch (the tracker
     turns it into images/s and an ETA)."""
-    from rlg.sampling import RLGSampler
+    from rlg.grid import prompt_truncation, run_grid
 
     by_id = {p.id: p for p in job.prompts}
     keyed = work_groups(job)
     stored = store.stored_keys(keys=[k for group in keyed for k, _ in group])  # this rank's keys only
-    todo = [g for g in ([(k, it) for k, it in group if k not in stored] for group in keyed) if g]
-    n_todo, total = sum(map(len, todo)), sum(map(len, keyed))
+    todo = [it for group in keyed for k, it in group if k not in stored]
+    n_todo, total = len(todo), sum(map(len, keyed))
     log.info("generate: %d images for this process, %d already stored, %d to make", total, total - n_todo, n_todo)
     if not n_todo:
         return {"images_made": 0, "images_skipped": total}
     if job.prompt_problem:  # refuse before any image is made (stored images are still scored)
         raise PromptError(job.prompt_problem)
     pair = PAIRS.get(job)
-    sampler = RLGSampler(pair, job.sampler)  # refuses sampler.extra keys the pipeline does not accept
-    truncated = prompt_truncation(pair.pipe, [it.prompt for g in todo for _, it in g], job.sampler.extra)
+    # the sampler is built here: sampler.extra keys the pipeline does not accept are refused before any call
+    calls = run_grid(pair, image_grid(job), key=image_keys(job), skip=stored, rank=job.rank, world=job.world,
+                     before_call=store.check_free_space)  # before spending compute on images that could not be stored
+    truncated = prompt_truncation(pair.pipe, [it.prompt for it in todo], job.sampler.extra)
     n_cut = sum(truncated.values())
     if n_cut:
         log.warning("%d prompts are longer than the text encoder reads and are truncated by the pipeline "
@@ -170,12 +139,10 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlg-store")
     pending = None
     with tqdm(total=n_todo, desc="generate", unit="img") as bar, writer:
-        for batch in pack_calls(todo, job.config.sampler.batch_size):
-            store.check_free_space()  # before spending compute on images that could not be stored
-            results = sampler.generate([it for _, it in batch])
-            rows = [_image_row(job, run_id, key, it, res, truncated[it.prompt], by_id[it.prompt_index])
-                    for (key, it), res in zip(batch, results)]
-            for row, res in zip(rows, results):
+        for batch in calls:
+            rows = [_image_row(job, run_id, key, res.item, res, truncated[res.item.prompt],
+                               by_id[res.item.prompt_index]) for key, res in batch]
+            for row, (_, res) in zip(rows, batch):
                 if res.nonfinite:
                     nonfinite += 1
                     log.warning("image %s (prompt %d, sample %d, w=%g) has NaN/inf values from step %s on; it is "
@@ -183,7 +150,7 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
                                 row["prompt_id"], row["sample"], row["scale"], res.nonfinite_step)
             if pending is not None:
                 pending.result()
-            pending = writer.submit(store.write_images, rows, [r.image for r in results])
+            pending = writer.submit(store.write_images, rows, [res.image for _, res in batch])
             made += len(batch)
             bar.update(len(batch))
             if progress is not None:

@@ -7,7 +7,7 @@
     result = compare_runs(["outputs/a", "outputs/b"], "outputs/a-vs-b")
     print(result["index"])
 
-Each run directory is read through its store (``rlg.harness.store.Store``: intact PNGs only, the
+Each run directory is read through its store (``rlg.store.Store``: intact PNGs only, the
 newest row of each key), its series are named by the directory, and each keeps its own protocol
 (from its meta.json), so the anchors and the protocol table stay per series. A Hydra multirun gets
 one combined report at its end with the ``rlg.harness.callbacks.SweepReport`` Hydra callback (on by default).
@@ -63,7 +63,7 @@ def _differing(token_lists: Sequence[Sequence[str]]) -> list[str] | None:
 
 def _overrides(run: Path) -> list[str] | None:
     """The Hydra overrides of the run's latest invocation (meta.json), if recorded."""
-    from rlg.harness.store import Store
+    from rlg.store import Store
 
     for entry in reversed(Store(run).meta().get("invocations", [])):
         if isinstance(entry.get("overrides"), list):
@@ -92,7 +92,7 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str,
     """(images, scores, protocol) of one run directory in the report layer's contract: absolute image
     paths, GenEval tags from the prompt metadata, only images whose PNG is present and intact, and
     the protocol of its latest invocation with a config (rlg.report.report.run_protocol)."""
-    from rlg.harness.store import Store
+    from rlg.store import Store
     from rlg.report.report import run_protocol
 
     store = Store(run_dir)
@@ -126,7 +126,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, labels:
     Returns write_report's dict (paths under ``out_dir``) plus "runs" {label: run dir}.
     Raises CompareError when a directory is missing or none holds an image.
     """
-    from rlg.harness.store import Store
+    from rlg.store import Store
     from rlg.report.report import write_report
 
     runs = find_runs(run_dirs)

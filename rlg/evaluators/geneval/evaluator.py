@@ -83,7 +83,7 @@ class GenEval:
         device: str | None = None,
         dtype: str | torch.dtype | None = None,
         batch_size: int = 4,
-        offline: bool = False,
+        offline: bool | None = None,  # None: HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE decide (rlg.runtime.hub_offline)
         cache_dir: str | None = None,
     ):
         self.check_options(detector=detector, dtype=dtype)
@@ -96,7 +96,7 @@ class GenEval:
         self.max_objects, self.max_overlap, self.position_threshold = max_objects, max_overlap, position_threshold
         self.bgcolor, self.crop = bgcolor, crop
         self.device = default_device(device)
-        self.dtype = torch_dtype(dtype) if dtype is not None else torch.float32
+        self.dtype = torch_dtype(dtype)
         self.batch_size = batch_size
         self.offline = hub_offline(offline)
         self.cache_dir = cache_dir
