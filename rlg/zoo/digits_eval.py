@@ -1,72 +1,73 @@
-"""Measure a digits zoo pair with the production sampler: reward at RLG scales, with intervals, and the FD.
+"""Measure a digits zoo pair with the production sampler: reward at RLG scales, with intervals, and set metrics.
 
-Uses rlg.pairs.load_pair and rlg.sampling.RLGSampler directly (the sampler settings of
-rlg/conf/sampler/zoo_digits.yaml), so the numbers are those of the benchmark's own code path.
+The pair and sampler come from the harness's composed config (rlg.harness.api.job: pair=<zoo pair>,
+sampler=zoo_digits) and the images from its loop (rlg.grid.run_grid), so the numbers are those of the
+benchmark's own code path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from rlg.zoo import digits as D
 from rlg.zoo.common import mean_ci
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 PAIRS = ("zoo_digits_dpo", "zoo_digits_ddpo_compress", "zoo_digits_ddpo_incompress")
 REWARD = {"zoo_digits_dpo": "digit_margin", "zoo_digits_ddpo_compress": "jpeg_compressibility",
           "zoo_digits_ddpo_incompress": "jpeg_incompressibility"}
 
 
+@lru_cache(maxsize=8)
+def _job(pair: str):
+    """The harness's own composed config for a zoo pair with the zoo's sampler (rlg.harness.api.job)."""
+    from rlg.harness.api import job
+
+    return job(f"pair={pair}", "sampler=zoo_digits")
+
+
 def pair_spec(name: str, weights: Path | str | None = None):
-    """The PairSpec of a zoo pair preset (rlg/conf/pair/<name>.yaml) with its ``zoo:`` ids resolved;
-    ``weights`` (a directory, e.g. a retrained copy) replaces the shipped rlg/zoo/weights for the models it holds."""
-    from rlg.pairs import Checkpoint, PairSpec
-    from rlg.zoo import ZOO_PREFIX, resolve_zoo_id
+    """The PairSpec of a zoo pair preset (rlg/conf/pair/<name>.yaml, composed by rlg.harness.api.job, ``zoo:`` ids
+    resolved); ``weights`` (a directory, e.g. a retrained copy) replaces the shipped rlg/zoo/weights for the models
+    it holds (a model the retrain did not produce, --only, stays the shipped one)."""
+    from rlg.zoo import WEIGHTS_DIR
 
-    cfg = yaml.safe_load((CONF / "pair" / f"{name}.yaml").read_text())
+    spec = _job(name).pair
 
-    def ck(d: dict[str, Any]) -> Checkpoint:
-        d = dict(d)
-        local = Path(weights) / d["id"][len(ZOO_PREFIX):] if weights is not None else None
-        if local is not None and d["id"].startswith(ZOO_PREFIX) and local.exists():
-            d["id"] = str(local)  # a model the retrain did not produce (--only) stays the shipped one
-        d["id"] = resolve_zoo_id(d["id"])
-        return Checkpoint(**d)
+    def local(ck):
+        path = Path(ck.id)
+        if weights is None or not path.is_relative_to(WEIGHTS_DIR):
+            return ck
+        mine = Path(weights) / path.relative_to(WEIGHTS_DIR)
+        return dataclasses.replace(ck, id=str(mine)) if mine.exists() else ck
 
-    return PairSpec(name=cfg["name"], base=ck(cfg["base"]), rl=ck(cfg["rl"]), rl_kind=cfg["rl_kind"],
-                    offline=bool(cfg.get("offline", True)))
+    return dataclasses.replace(spec, base=local(spec.base), rl=local(spec.rl))
 
 
 def sampler_settings(**over):
-    from rlg.sampling import SamplerSettings
-
-    cfg = yaml.safe_load((CONF / "sampler" / "zoo_digits.yaml").read_text())
-    kw = dict(num_inference_steps=cfg["num_inference_steps"], guidance_scale=cfg["guidance_scale"],
-              height=cfg["height"], width=cfg["width"], negative_prompt=cfg["negative_prompt"], eta=cfg["eta"])
-    kw.update(over)
-    return SamplerSettings(**kw)
+    """The SamplerSettings of rlg/conf/sampler/zoo_digits.yaml as the harness builds them, with ``over`` replaced."""
+    return dataclasses.replace(_job(PAIRS[0]).sampler, **over)
 
 
 def generate(pair, scales: list[float], samples_per_prompt: int, seed: int = 0, prompts: list[str] | None = None,
              batch: int = 40, **settings) -> dict[float, dict[str, Any]]:
-    """{scale: {'images': uint8 (N, 32, 32, 3), 'prompts': [...]}}: the same (prompt, sample) noise at every scale."""
-    from rlg.sampling import RLGSampler, WorkItem
+    """{scale: {'images': uint8 (N, 32, 32, 3), 'prompts': [...]}}: the same (prompt, sample) noise at every scale,
+    through the harness's loop (rlg.grid.run_grid), one grid per scale in calls of ``batch`` images."""
+    from rlg.grid import Grid, run_grid
 
     prompts = prompts or D.PROMPTS
-    sampler = RLGSampler(pair, sampler_settings(**settings))
-    items = [(pi, p, s) for pi, p in enumerate(prompts) for s in range(samples_per_prompt)]
     out = {}
     for w in scales:
-        work = [WorkItem(pi, p, s, seed, float(w)) for pi, p, s in items]
-        imgs = []
-        for i in range(0, len(work), batch):
-            imgs += [g.image for g in sampler.generate(work[i:i + batch])]
-        out[float(w)] = {"images": np.stack(imgs), "prompts": [p for _, p, _ in items]}
+        grid = Grid(prompts=tuple(prompts), scales=(float(w),), samples=samples_per_prompt, seed=seed,
+                    settings=sampler_settings(**settings), batch_size=batch)
+        made = {k: res.image for call in run_grid(pair, grid) for k, res in call}
+        keys = [(p, s, float(w)) for p in grid.prompt_ids for s in range(samples_per_prompt)]
+        out[float(w)] = {"images": np.stack([made[k] for k in keys]),
+                         "prompts": [prompts[p] for p, _, _ in keys]}
     return out
 
 
