@@ -17,15 +17,16 @@ the batch they were made in):
   model fine-tuned at b, sampled at w = 1 (the RL model alone: RLGDenoiser runs only it at w = 1).
   The source seed is not among the floor seeds, so RLG(1) is compared with other seeds of the beta model.
 
-Rows (a DataFrame), per w (with b = beta / w):
+Rows (a DataFrame), per w (with b = beta / w), and ``kind="training"`` rows (``training_rows``: each model's
+logged training curve):
 
 * ``kind="metric"``: per arm (``arm`` = "rlg" | "retrained", ``model_seed``) and per-image metric
   (e.g. ``digit_prob``, ``jpeg_incompressibility``): mean, its standard error and a 95% normal interval
   over images; for ``rlg`` rows also ``diff`` = mean(RLG) - mean(retrained, first floor seed), paired
   per image, with its paired standard error ``diff_stderr`` and ``diff_floor`` = the same paired
   difference between the two retrained seeds (how far two retrainings at b differ).
-  Set metrics (``digit_fd``): the value on the arm's whole set, se and interval from ``n_boot``
-  bootstrap resamples of images.
+  Set metrics (``digit_fd``): the value on the arm's whole set, se from ``n_boot`` bootstrap resamples of
+  images, interval value ± 1.96 se (a percentile interval of a biased Fréchet distance can exclude the value).
 * ``kind="distance"``: ``distance`` (energy distance or MMD^2, ``rlg.analytic_metrics``) on the
   classifier's features or on pixels between RLG(w) and retrained(b, seed A), ``value`` ± ``stderr``
   over ``n_batches`` disjoint batches of images; ``floor`` ± ``floor_stderr`` = the same distance between
@@ -33,9 +34,8 @@ Rows (a DataFrame), per w (with b = beta / w):
   noise: the smallest gap a stand-in for retraining can be held to). Both comparisons share the per-image
   noise, so neither is inflated by sampling noise the other lacks; because image i of two arms shares its
   noise, the distances' cross terms skip the i = j pairs (``paired=True`` in ``rlg.analytic_metrics``).
-  ``gap = value - floor``;
-  ``gap_in_floor_se = gap / floor_stderr`` (what the issue asks for) and ``z = gap / sqrt(stderr^2 +
-  floor_stderr^2)`` (the test statistic).
+  ``gap = value - floor`` and ``z = gap / sqrt(stderr^2 + floor_stderr^2)`` (image-batch noise only; the
+  report's tests over training seeds are in ``rlg.report.kl_claim.kl_claim_verdicts``).
 
 What this does not separate: the sampler's own error is common to every arm (same sampler, steps and
 noise), so the comparison is between two finite-step samplers of two fields, as a user would run them;
@@ -44,7 +44,9 @@ training noise enters through the floor.
 Models live under ``<weights_dir>/kl_<task>/beta<b>_seed<s>/`` (full weights in diffusers layout,
 ``unet/`` or a diffusers/PEFT LoRA) with ``training_config.json``. ``train_missing=True`` trains absent
 ones with ``trainer`` = "module:function", called as ``function(beta=b, seed=s, steps=steps,
-out_dir=path)`` (the zoo's trainer interface).
+out_dir=path)`` (the zoo's trainer interface), stores them (float16 full UNets) and records them in the
+manifest (``ship_models``): ``rlg-bench experiment=kl_claim_digits_ddpo kl_claim.train_missing=true`` is the
+one retraining command.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -66,7 +68,7 @@ from tqdm.auto import tqdm
 from rlg.analytic_metrics import batched, energy_distance, median_bandwidth, mmd2
 
 __all__ = ["KLClaimSettings", "model_dir", "effective_betas", "required_models", "ensure_models", "run_kl_claim",
-           "settings_from_mapping", "DIGIT_PROMPTS"]
+           "ship_models", "DIGIT_PROMPTS"]
 
 DIGIT_PROMPTS = [f"a handwritten digit {d}" for d in range(10)]
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
@@ -97,6 +99,7 @@ class KLClaimSettings:
     eta: float = 1.0
     negative_prompt: str = ""
     metrics: list[str] = field(default_factory=lambda: ["digit_prob:digit_prob", "jpeg:jpeg_incompressibility"])
+    reward_metric: str = ""  # the metric the RL models were trained on (the verdict's); "": the first of metrics
     set_metrics: list[str] = field(default_factory=lambda: ["digit_fd:digit_fd"])
     features: str = "classifier"  # "classifier" | "pixels"
     feature_evaluator: str = "digit_fd"
@@ -104,7 +107,7 @@ class KLClaimSettings:
     distance: str = "energy_distance"  # "energy_distance" | "mmd2"
     n_batches: int = 4
     n_boot: int = 200
-    micro_batch: int = 64  # images per pipeline call
+    batch_size: int = 64  # images per pipeline call
     seed: int = 0
     threads: int = 1  # torch intra-op threads while sampling (the CPUs are shared); restored afterwards
     progress: bool = True
@@ -123,6 +126,9 @@ class KLClaimSettings:
             raise ValueError(f"features={self.features!r}; use 'classifier' or 'pixels'")
         if self.distance not in ("energy_distance", "mmd2"):
             raise ValueError(f"distance={self.distance!r}; use 'energy_distance' or 'mmd2'")
+        names = [m.split(":")[-1] for m in self.metrics]
+        if self.reward_metric and self.reward_metric not in names:
+            raise ValueError(f"reward_metric={self.reward_metric!r} is not among the metrics {names}")
         if self.n_batches < 2 or len(self.prompts) * self.n_per_prompt < 2 * self.n_batches:
             raise ValueError("need n_batches >= 2 and at least 2 images per batch for the distance error bars")
 
@@ -220,6 +226,7 @@ def ensure_models(settings: KLClaimSettings) -> dict[tuple[float, int], Path]:
             if isinstance(info, dict):
                 config["trainer_info"] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, list, dict))}
             (p / "training_config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
+        ship_models(settings, models=missing)
     return paths
 
 
@@ -241,28 +248,29 @@ def _rl_checkpoint(path: Path):
 
 
 def _sample_arm(settings: KLClaimSettings, model: Path, scale: float, bar) -> np.ndarray:
-    """uint8 (N, H, W, 3) images of base + ``model`` at RLG scale ``scale``, image order (prompt, sample)."""
+    """uint8 (N, H, W, 3) images of base + ``model`` at RLG scale ``scale``, image order (prompt, sample), through
+    the grid protocol (``rlg.grid.run_grid``): one scale per arm, calls of ``batch_size`` images in (prompt,
+    sample) order, the same calls as the harness makes for this grid."""
+    from rlg.grid import Grid, run_grid
     from rlg.pairs import Checkpoint, PairSpec, load_pair
-    from rlg.sampling import RLGSampler, SamplerSettings, WorkItem
+    from rlg.sampling import SamplerSettings
 
     rl, kind = _rl_checkpoint(model)
     spec = PairSpec(name=f"kl_{settings.task}", base=Checkpoint(_resolve(settings.base)), rl=rl, rl_kind=kind,
                     offline=True)
-    pair = load_pair(spec)
-    sampler = RLGSampler(pair, SamplerSettings(num_inference_steps=settings.num_inference_steps,
-                                               guidance_scale=settings.guidance_scale,
-                                               negative_prompt=settings.negative_prompt, eta=settings.eta))
-    items = [WorkItem(p, prompt, k, settings.seed, float(scale)) for p, prompt in enumerate(settings.prompts)
-             for k in range(settings.n_per_prompt)]
-    out = []
-    for i in range(0, len(items), settings.micro_batch):
-        chunk = items[i:i + settings.micro_batch]
-        gen = sampler.generate(chunk)
-        if any(g.nonfinite for g in gen):
-            raise FloatingPointError(f"non-finite latents sampling {model.name} at w={scale}")
-        out += [g.image for g in gen]
-        bar.update(len(chunk))
-    return np.stack(out)
+    grid = Grid(tuple(settings.prompts), (float(scale),), samples=settings.n_per_prompt, seed=settings.seed,
+                settings=SamplerSettings(num_inference_steps=settings.num_inference_steps,
+                                         guidance_scale=settings.guidance_scale,
+                                         negative_prompt=settings.negative_prompt, eta=settings.eta),
+                batch_size=settings.batch_size)
+    images = {}
+    for call in run_grid(load_pair(spec), grid):
+        for (prompt, sample, _), gen in call:
+            if gen.nonfinite:
+                raise FloatingPointError(f"non-finite latents sampling {model.name} at w={scale}")
+            images[(prompt, sample)] = gen.image
+        bar.update(len(call))
+    return np.stack([images[(p, k)] for p in range(len(settings.prompts)) for k in range(settings.n_per_prompt)])
 
 
 class _Scorer:
@@ -285,12 +293,20 @@ class _Scorer:
                 for i, im in enumerate(images)]
 
     def per_image(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        samples = self._samples(images)
-        out = {}
-        for spec in self.settings.metrics:
-            ev, metric = spec.split(":")
-            out[metric] = np.array([r[metric] for r in self.evaluators[ev].score(samples)], dtype=np.float64)
-        return out
+        """metric -> float64 (N,) through the evaluator runner (``score_images``), all images in one ``score`` call
+        per evaluator (as the shipped numbers were made). Raises RuntimeError naming a failed image."""
+        from rlg.evaluators import score_images
+
+        n = self.settings.n_per_prompt
+        prompts = [self.settings.prompts[i // n] for i in range(len(images))]
+        names = list(dict.fromkeys(spec.split(":")[0] for spec in self.settings.metrics))
+        scores = score_images([self.evaluators[e] for e in names], images, prompts, batch_size=max(1, len(images)))
+        for ev, errs in scores.errors.items():
+            bad = [(i, e) for i, e in enumerate(errs) if e]
+            if bad:
+                raise RuntimeError(f"{ev} failed on image {bad[0][0]} of {len(images)}: {bad[0][1]}")
+        return {spec.split(":")[1]: np.asarray(scores[spec.split(":")[1]], dtype=np.float64)
+                for spec in self.settings.metrics}
 
     def set_values(self, images: np.ndarray, index: np.ndarray | None = None) -> dict[str, float]:
         samples = self._samples(images)
@@ -337,6 +353,23 @@ def _batches(n_prompts: int, n_per_prompt: int, n_batches: int) -> list[np.ndarr
     return [np.concatenate([p * n_per_prompt + part for p in range(n_prompts)]) for part in parts]
 
 
+def training_rows(settings: KLClaimSettings, paths: dict[tuple[float, int], Path]) -> list[dict]:
+    """``kind="training"`` rows from each model's ``training_config.json`` (``trainer_info.history``, the zoo
+    trainers' log): arm ("source" | "retrained"), beta_eff, model_seed, step, and the logged ``train_reward``
+    (DDPO: the on-policy batch's mean reward), ``train_kl`` (DDPO: the KL to the base) and ``train_loss`` (DPO),
+    NaN where a trainer does not log it. The reward curve per beta shows whether a model reached a plateau."""
+    rows = []
+    for (b, s), p in paths.items():
+        f = p / "training_config.json"
+        info = json.loads(f.read_text()).get("trainer_info", {}) if f.exists() else {}
+        for h in info.get("history", []):
+            rows.append(dict(kind="training", arm="source" if s == settings.source_seed else "retrained",
+                             beta_eff=b, model_seed=s, step=h.get("iter", h.get("step")),
+                             train_reward=h.get("reward_mean", math.nan), train_kl=h.get("kl", math.nan),
+                             train_loss=h.get("loss", math.nan), task=settings.task, beta=settings.beta))
+    return rows
+
+
 def run_kl_claim(settings: KLClaimSettings, images_out: dict | None = None) -> pd.DataFrame:
     """Sample every arm, score it, compare RLG(w) with retrained(beta / w); tidy rows (module docstring).
     ``images_out``, if given, receives {(arm, w, model_seed): uint8 images} (for image grids)."""
@@ -370,7 +403,9 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
     boot = [rng.integers(0, n_images, n_images) for _ in range(settings.n_boot)]
     batches = _batches(len(settings.prompts), settings.n_per_prompt, settings.n_batches)
     seed_a, seed_b = settings.floor_seeds[:2]
+    reward = settings.reward_metric or settings.metrics[0].split(":")[-1]
     common = dict(task=settings.task, beta=settings.beta, n=n_images, n_batches=settings.n_batches,
+                  reward_metric=reward,
                   steps=settings.num_inference_steps, eta=settings.eta, guidance_scale=settings.guidance_scale,
                   seed=settings.seed)
     rows = []
@@ -392,10 +427,11 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
                 full = scorer.set_values(images[key])
                 resampled = scorer.set_bootstrap(images[key], boot)
                 for metric, value in full.items():
-                    bs = resampled[metric]
-                    lo, hi = np.percentile(bs, [2.5, 97.5])
+                    # value +- 1.96 bootstrap se: resampling with replacement inflates a biased Frechet distance,
+                    # so percentile intervals can exclude the value itself (science audit, section 3)
+                    se = float(resampled[metric].std(ddof=1))
                     rows.append(dict(kind="metric", arm=arm, w=w, beta_eff=b, model_seed=mseed, metric=metric,
-                                     value=value, stderr=float(bs.std(ddof=1)), lo=float(lo), hi=float(hi), **common))
+                                     value=value, stderr=se, lo=value - 1.96 * se, hi=value + 1.96 * se, **common))
         fa, fo, fr = feats[ref], feats[other], feats[("rlg", w, settings.source_seed)]
         if settings.distance == "mmd2":
             h = median_bandwidth(fa)
@@ -407,8 +443,9 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
         gap = v - f
         rows.append(dict(kind="distance", arm="rlg", w=w, beta_eff=b, model_seed=settings.source_seed,
                          metric=f"{settings.distance}/{settings.features}", value=v, stderr=se, floor=f,
-                         floor_stderr=fse, gap=gap, gap_in_floor_se=gap / fse if fse > 0 else float("nan"),
+                         floor_stderr=fse, gap=gap,
                          z=gap / math.sqrt(se**2 + fse**2) if se > 0 or fse > 0 else float("nan"), **common))
+    rows += training_rows(settings, paths)
     df = pd.DataFrame(rows)
     attrs = asdict(settings)
     attrs["trainer"] = settings.trainer if isinstance(settings.trainer, str) else repr(settings.trainer)
@@ -416,44 +453,16 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
     return df
 
 
-def _plain(v):
-    if isinstance(v, dict) or hasattr(v, "items"):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, Sequence) and not isinstance(v, str):
-        return [_plain(x) for x in v]
-    return v
-
-
-def settings_from_mapping(node) -> tuple[KLClaimSettings, "GroundTruthConfig | None"]:
-    """(KLClaimSettings, GroundTruthConfig or None) from the ``kl_claim:`` node of a preset (a mapping);
-    its optional ``analytic:`` sub-node holds ``rlg.ground_truth.GroundTruthConfig``
-    fields (the closed-form result shown beside the trained one). Unknown keys raise ValueError."""
-    from rlg.ground_truth import GroundTruthConfig
-
-    node = _plain(node)
-    analytic = node.pop("analytic", None)
-    known = set(KLClaimSettings.__dataclass_fields__)
-    unknown = sorted(set(node) - known)
-    if unknown:
-        raise ValueError(f"unknown kl_claim keys {unknown}; known: {sorted(known)}")
-    gt = None
-    if analytic:
-        bad = sorted(set(analytic) - set(GroundTruthConfig.__dataclass_fields__))
-        if bad:
-            raise ValueError(f"unknown kl_claim.analytic keys {bad}; "
-                             f"known: {sorted(GroundTruthConfig.__dataclass_fields__)}")
-        gt = GroundTruthConfig(**analytic)
-    return KLClaimSettings(**node), gt
-
-
 # ------------------------------------------------------------------------------------------------------
-# Shipping the retrained models, and a small command line (until the harness has a kl_claim job)
+# Shipping the retrained models (run_kl_claim with train_missing=True ships what it trains)
 # ------------------------------------------------------------------------------------------------------
-def ship_models(settings: KLClaimSettings, manifest: Path | None = None, half: bool = True) -> dict[str, Any]:
+def ship_models(settings: KLClaimSettings, manifest: Path | None = None, half: bool = True,
+                models: list[tuple[float, int]] | None = None) -> dict[str, Any]:
     """Store full-weight UNets of the required models in float16 (a Diffusion-DPO UNet of the digits zoo is
     3.9 MB in float32; the loader casts back to the base's dtype) and record every model in ``manifest``
     (sha256 per file, size, training config; default ``<weights_dir>/../kl_manifest.json``, i.e.
-    rlg/zoo/kl_manifest.json). LoRA files are kept as trained. Returns the manifest."""
+    rlg/zoo/kl_manifest.json). LoRA files are kept as trained. ``models``: (beta, seed) pairs to record (default:
+    every required model). Returns the manifest."""
     import hashlib
 
     from diffusers import UNet2DConditionModel
@@ -461,7 +470,7 @@ def ship_models(settings: KLClaimSettings, manifest: Path | None = None, half: b
     root = _weights_dir(settings)
     manifest = Path(manifest) if manifest is not None else root.parent / "kl_manifest.json"
     data = json.loads(manifest.read_text()) if manifest.exists() else {"models": {}}
-    for b, s in required_models(settings):
+    for b, s in models if models is not None else required_models(settings):
         p = model_dir(settings, b, s)
         unet_dir = p / "unet"
         if half and (unet_dir / "config.json").exists():
@@ -478,31 +487,3 @@ def ship_models(settings: KLClaimSettings, manifest: Path | None = None, half: b
     manifest.parent.mkdir(parents=True, exist_ok=True)
     manifest.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     return data
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """python -m rlg.kl_claim PRESET.yaml [key=value ...]: train the models a KL-claim preset needs that are
-    not shipped yet, store them and update the manifest (CPU, not part of CI). The measurement itself runs
-    through the harness: ``rlg-bench experiment=kl_claim_digits_dpo``."""
-    import argparse
-
-    import yaml
-
-    ap = argparse.ArgumentParser(prog="python -m rlg.kl_claim", description=main.__doc__)
-    ap.add_argument("preset")
-    ap.add_argument("overrides", nargs="*", help="kl_claim keys, e.g. train_steps=200")
-    a = ap.parse_intermixed_args(argv)
-    node = dict(yaml.safe_load(Path(a.preset).read_text())["kl_claim"])
-    for item in a.overrides:
-        key, _, value = item.partition("=")
-        node[key] = yaml.safe_load(value)
-    settings, _ = settings_from_mapping(node)
-    settings.train_missing = True
-    torch.set_num_threads(settings.threads)
-    ensure_models(settings)
-    ship_models(settings)
-    print(f"trained and shipped the models of {a.preset}; measure with rlg-bench experiment={Path(a.preset).stem}")
-
-
-if __name__ == "__main__":
-    main()

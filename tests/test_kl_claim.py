@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from rlg.analytic_metrics import energy_distance
-from rlg.kl_claim import KLClaimSettings, model_dir, required_models, run_kl_claim, settings_from_mapping
+from rlg.kl_claim import KLClaimSettings, model_dir, required_models, run_kl_claim
 from rlg.report.kl_claim import write_kl_claim_report
 
 
@@ -102,11 +102,8 @@ def test_missing_models_name_the_fix_and_settings_validate(tmp_path, tiny_base):
         settings(tmp_path, tiny_base, source_seed=1)
     with pytest.raises(ValueError, match="w = 0 is the base"):
         settings(tmp_path, tiny_base, scales=[0.0, 1.0])
-    s, gt = settings_from_mapping({"task": "x", "beta": 2.0, "scales": [1, 2],
-                                   "analytic": {"pair": "mixture_quadratic", "samplers": ["ddim_eta1"]}})
-    assert s.beta == 2.0 and gt.samplers == ["ddim_eta1"]
-    with pytest.raises(ValueError, match="unknown kl_claim keys"):
-        settings_from_mapping({"betta": 1.0})
+    with pytest.raises(ValueError, match="reward_metric='x' is not among the metrics"):
+        settings(tmp_path, tiny_base, reward_metric="x")
 
 
 def test_report_puts_the_analytic_result_beside(tmp_path):
@@ -121,3 +118,39 @@ def test_report_puts_the_analytic_result_beside(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "Analytic ground truth" in report and "| ddim_eta1 | 2 |" in report
     assert any(p.parent.name == "analytic" and p.name == "mean_reward_vs_w.png" for p in paths)
+
+
+def test_verdicts_use_the_training_seed_spread_and_holm():
+    """kl_claim_verdicts on hand-made rows, against an independent computation with scipy: the per-model sd is
+    pooled over the models at each coefficient (the source joins the beta group), RLG is one model, Holm over
+    w != 1, and a retraining arm that does not move with beta/w makes the verdict 'undecided'."""
+    from scipy import stats
+
+    from rlg.report.kl_claim import kl_claim_verdicts
+
+    beta = 0.1
+    # retrained values per w (seeds 1, 2); RLG(w) from the source; w = 1: RLG(1) is the source (0.50)
+    ret = {0.5: [0.30, 0.34], 1.0: [0.49, 0.53], 2.0: [0.71, 0.69], 3.0: [0.52, 0.50]}
+    rlg = {0.5: 0.31, 1.0: 0.50, 2.0: 0.95, 3.0: 0.90}
+    common = dict(kind="metric", metric="jpeg_compressibility", reward_metric="jpeg_compressibility", task="t",
+                  beta=beta, n=8, n_batches=2, steps=3, eta=1.0, guidance_scale=2.0, seed=0, stderr=0.0)
+    rows = [dict(arm="rlg", w=w, beta_eff=beta / w, model_seed=0, value=v, **common) for w, v in rlg.items()]
+    rows += [dict(arm="retrained", w=w, beta_eff=beta / w, model_seed=s, value=v, **common)
+             for w, vs in ret.items() for s, v in zip((1, 2), vs)]
+    out = kl_claim_verdicts(pd.DataFrame(rows)).set_index("w")
+    groups = [ret[0.5], ret[1.0] + [0.50], ret[2.0], ret[3.0]]
+    dfp = sum(len(g) - 1 for g in groups)
+    var = sum((len(g) - 1) * np.var(g, ddof=1) for g in groups) / dfp
+    assert out.pooled_df.iloc[0] == dfp == 5 and out.pooled_sd.iloc[0] == pytest.approx(np.sqrt(var))
+    se = np.sqrt(var + np.var(ret[2.0], ddof=1) / 2)
+    assert out.loc[2.0, "claim_estimate"] == pytest.approx(0.95 - 0.70)
+    assert out.loc[2.0, "claim_stderr"] == pytest.approx(se)
+    resp = stats.ttest_ind(ret[2.0], ret[1.0] + [0.50], equal_var=False)
+    assert out.loc[2.0, "response_p"] == pytest.approx(resp.pvalue)
+    raw = out.loc[[0.5, 2.0, 3.0], "claim_p"].to_numpy()
+    order = np.argsort(raw)
+    assert out.loc[[0.5, 2.0, 3.0], "p_holm"].to_numpy()[order[0]] == pytest.approx(min(1, 3 * raw[order[0]]))
+    assert out.loc[2.0, "verdict"] == "does not hold"  # the arm responds (+0.19) and RLG overshoots by 0.25
+    assert out.loc[3.0, "verdict"] == "undecided"  # retrained(beta/3) is where retrained(beta) is: no response
+    assert out.loc[1.0, "verdict"] == "holds" and out.loc[1.0, "reason"].startswith("control")
+    assert np.isnan(out.loc[1.0, "p_holm"])

@@ -52,7 +52,7 @@ class Job:
     """A checked run plan. Built once by :func:`build`; the stages read nothing else."""
 
     name: str  # the run name: directory <paths.root>/<name>, column ``run_name`` of every image row
-    kind: str  # "images" | "ground_truth" | "kl_claim"
+    kind: str  # "images" | "ground_truth" | "kl_claim" | "kl_learned"
     stages: tuple[str, ...]
     rank: int
     world: int
@@ -74,6 +74,7 @@ class Job:
     tracker_mode: str | None = None  # None: the user's W&B setup decides (WANDB_MODE, `wandb offline`, login)
     ground_truth: Any = None  # rlg.ground_truth.GroundTruthConfig (ground_truth jobs; kl_claim: the analytic part)
     kl_claim: Any = None  # rlg.kl_claim.KLClaimSettings (kl_claim jobs)
+    kl_learned: Any = None  # rlg.kl_learned.LearnedTruthConfig (kl_learned jobs)
 
 
 def resolve_rank(shard: ShardConf, env: dict[str, str] | None = None) -> tuple[int, int, bool]:
@@ -288,6 +289,8 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
                   scales=scales, config=conf, resolved_config=resolved)
     if conf.kl_claim is not None:  # RLG(w) against models retrained at beta / w
         return _kl_claim_job(conf, common)
+    if conf.kl_learned is not None:  # the same question on MLP denoisers whose optimum is known exactly
+        return _kl_learned_job(conf, common)
     if conf.pair.analytic is not None:  # closed-form pair: samples and exact targets, no images
         return _ground_truth_job(conf, common)
     _check_no_effect(conf, RunConf())
@@ -327,15 +330,35 @@ def _ground_truth_job(conf: RunConf, common: dict[str, Any]) -> Job:
 
 
 def _kl_claim_job(conf: RunConf, common: dict[str, Any]) -> Job:
-    from rlg.kl_claim import settings_from_mapping
+    import dataclasses
+
+    from rlg.ground_truth import GroundTruthConfig
+    from rlg.kl_claim import KLClaimSettings
 
     _one_process(common, "the KL-claim measurement")
+    node = dataclasses.asdict(conf.kl_claim)
+    analytic = node.pop("analytic")
     try:
-        settings, analytic = settings_from_mapping(dict(conf.kl_claim))
-    except (TypeError, ValueError) as exc:
+        settings = KLClaimSettings(**node)
+        gt = GroundTruthConfig(**analytic, seed=conf.kl_claim.seed) if analytic else None
+    except ValueError as exc:
         raise ConfigError(f"kl_claim: {exc}") from exc
     common.pop("stages")
-    return Job(kind="kl_claim", stages=("generate",), **common, kl_claim=settings, ground_truth=analytic)
+    return Job(kind="kl_claim", stages=("generate",), **common, kl_claim=settings, ground_truth=gt)
+
+
+def _kl_learned_job(conf: RunConf, common: dict[str, Any]) -> Job:
+    import dataclasses
+
+    from rlg.kl_learned import LearnedTruthConfig
+
+    _one_process(common, "the learned KL ground truth")
+    try:
+        settings = LearnedTruthConfig(**dataclasses.asdict(conf.kl_learned), seed=conf.seed)
+    except ValueError as exc:
+        raise ConfigError(f"kl_learned: {exc}") from exc
+    common.pop("stages")
+    return Job(kind="kl_learned", stages=("generate",), **common, kl_learned=settings)
 
 
 __all__ = ["Job", "EvaluatorPlan", "Placement", "build", "resolve_device", "resolve_rank"]

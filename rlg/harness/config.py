@@ -133,6 +133,7 @@ class ShardConf:
 class ReportConf:
     n_resamples: int = 1000
     grid_prompts: int = 8
+    reward: Optional[str] = None  # the metric the RL model optimises (headline, trade-off x); None: by name
 
 
 @dataclass
@@ -147,6 +148,79 @@ class GroundTruthConf:
     flow_shift: float = 3.0
     init: str = "marginal"
     rl_control: bool = True
+
+
+@dataclass
+class KLAnalyticConf:
+    """The closed-form result shown beside the trained one (rlg.ground_truth.GroundTruthConfig fields)."""
+
+    pair: str = "mixture_quadratic"
+    d: int = 2
+    beta: float = 1.0
+    scales: List[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 3.0])
+    samplers: List[str] = field(default_factory=lambda: ["ddim_eta1"])
+    num_inference_steps: int = 20
+    n_per_batch: int = 500
+    n_batches: int = 8
+    init: str = "marginal"
+
+
+@dataclass
+class KLClaimConf:
+    """The trained-model KL-claim measurement (rlg.kl_claim.KLClaimSettings, which documents every field)."""
+
+    task: str = MISSING  # names the model directory kl_<task>
+    beta: float = MISSING  # KL coefficient of the source RL model
+    base: str = "zoo:digits_base"
+    trainer: str = ""  # "module:function", used only with train_missing
+    trainer_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to the trainer as is (its own keywords)
+    train_steps: int = 0
+    train_missing: bool = False
+    scales: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0])
+    source_seed: int = 0
+    floor_seeds: List[int] = field(default_factory=lambda: [1, 2])
+    weights_dir: str = ""
+    prompts: List[str] = field(default_factory=lambda: [f"a handwritten digit {d}" for d in range(10)])
+    n_per_prompt: int = 16
+    num_inference_steps: int = 20
+    guidance_scale: float = 2.0
+    eta: float = 1.0
+    negative_prompt: str = ""
+    metrics: List[str] = field(default_factory=lambda: ["digit_prob:digit_prob", "jpeg:jpeg_incompressibility"])
+    reward_metric: str = ""
+    set_metrics: List[str] = field(default_factory=lambda: ["digit_fd:digit_fd"])
+    features: str = "classifier"
+    feature_evaluator: str = "digit_fd"
+    evaluator_options: Dict[str, Any] = field(default_factory=dict)  # evaluator name -> its options
+    distance: str = "energy_distance"
+    n_batches: int = 4
+    n_boot: int = 200
+    batch_size: int = 64  # images per pipeline call
+    seed: int = 0
+    threads: int = 1
+    analytic: Optional[KLAnalyticConf] = None
+
+
+@dataclass
+class KLLearnedConf:
+    """The learned-model ground truth of the KL claim (rlg.kl_learned.LearnedTruthConfig; seed: the run's)."""
+
+    pair: str = "mixture_quadratic"  # an rlg.analytic.PAIR_PRESETS key with a closed-form optimum
+    d: int = 2
+    beta: float = 1.0  # KL coefficient of the source RL model; RLG(w) is compared with retraining at beta / w
+    scales: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0])
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # training seeds (intervals over them)
+    hidden: int = 128
+    depth: int = 3
+    base_steps: int = 3000
+    tune_steps: int = 1500
+    batch_size: int = 256
+    lr: float = 2e-3
+    tune_lr: float = 1e-3
+    num_inference_steps: int = 50
+    eta: float = 1.0
+    n_samples: int = 2000
+    n_batches: int = 4
 
 
 @dataclass
@@ -167,9 +241,12 @@ class RunConf:
     ground_truth: GroundTruthConf = field(default_factory=GroundTruthConf)
     low_memory: bool = False  # free the generator before loading evaluators (both never resident at once)
     verbose: bool = False  # third-party loading bars and warnings (silenced by default)
-    # the KL-claim measurement (rlg.kl_claim.KLClaimSettings fields, + an optional analytic: node); set by
-    # the kl_claim_* presets, it makes the run a kl_claim job (no pair, sampler or evaluators of its own)
-    kl_claim: Optional[Dict[str, Any]] = None
+    # the KL-claim measurement; set by the kl_claim_* presets, it makes the run a kl_claim job (no pair, sampler
+    # or evaluators of its own)
+    kl_claim: Optional[KLClaimConf] = None
+    # the learned-model ground truth of the KL claim (MLP denoisers on the analytic mixture); set by
+    # experiment=kl_ground_truth_learned, it makes the run a kl_learned job
+    kl_learned: Optional[KLLearnedConf] = None
 
 
 STAGES = ("generate", "evaluate", "report", "all")
@@ -211,7 +288,7 @@ def misspelt_override(overrides: list[str]) -> str | None:
 
     Checked before Hydra composes (whose own message is several lines and suggests '+', the wrong fix).
     Keys under free-form nodes (``evaluators.options``, ``sampler.extra``, ``pair.components``,
-    ``kl_claim``) and Hydra's own keys are left to the later checks."""
+    ``kl_claim.trainer_kwargs``) and Hydra's own keys are left to the later checks."""
     import dataclasses
     import difflib
     import typing

@@ -110,7 +110,7 @@ def _image_row(job: Job, run_id: str, key: str, it, res, truncated: bool, prompt
 def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, Any]:
     """Make this rank's missing images. ``progress(done, total)`` is called after each batch (the tracker
     turns it into images/s and an ETA)."""
-    from rlg.grid import prompt_truncation, run_grid
+    from rlg.grid import pack_calls, prompt_truncation, run_grid
 
     by_id = {p.id: p for p in job.prompts}
     keyed = work_groups(job)
@@ -123,9 +123,6 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     if job.prompt_problem:  # refuse before any image is made (stored images are still scored)
         raise PromptError(job.prompt_problem)
     pair = PAIRS.get(job)
-    # the sampler is built here: sampler.extra keys the pipeline does not accept are refused before any call
-    calls = run_grid(pair, image_grid(job), key=image_keys(job), skip=stored, rank=job.rank, world=job.world,
-                     before_call=store.check_free_space)  # before spending compute on images that could not be stored
     truncated = prompt_truncation(pair.pipe, [it.prompt for it in todo], job.sampler.extra)
     n_cut = sum(truncated.values())
     if n_cut:
@@ -138,27 +135,57 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     # one batch waits, and a write error surfaces at the next batch (rows are still written after PNGs)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlg-store")
     pending = None
-    with tqdm(total=n_todo, desc="generate", unit="img") as bar, writer:
-        for batch in calls:
-            rows = [_image_row(job, run_id, key, res.item, res, truncated[res.item.prompt],
-                               by_id[res.item.prompt_index]) for key, res in batch]
-            for row, (_, res) in zip(rows, batch):
-                if res.nonfinite:
-                    nonfinite += 1
-                    log.warning("image %s (prompt %d, sample %d, w=%g) has NaN/inf values from step %s on; it is "
-                                "stored, flagged nonfinite and left out of every mean", row["image_key"][:12],
-                                row["prompt_id"], row["sample"], row["scale"], res.nonfinite_step)
+    # the bar moves at every denoising step (a forward hook on the denoiser, called once per step of a
+    # pipeline call), so a slow machine shows progress and an ETA long before a call's images are done
+    steps = max(int(job.config.sampler.num_inference_steps), 1)
+    sizes = iter(len(c) for c in pack_calls([[k for k, _ in g if k not in stored] for g in keyed if
+                                             any(k not in stored for k, _ in g)], job.config.sampler.batch_size))
+    step_share = [0.0]
+
+    def tick(*_) -> None:  # returns None: a forward hook's return value would replace the output
+        bar.update(step_share[0])
+
+    def next_call() -> None:  # run_grid's before_call: the free-space check, then the next call's share
+        store.check_free_space()  # before spending compute on images that could not be stored
+        step_share[0] = next(sizes, 0) / steps
+
+    calls = run_grid(pair, image_grid(job), key=image_keys(job), skip=stored, rank=job.rank, world=job.world,
+                     before_call=next_call)
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} img [{elapsed}<{remaining}, {rate_fmt}]"
+    with tqdm(total=n_todo, desc="generate", unit="img", bar_format=bar_format, mininterval=1.0) as bar, writer:
+        hook = pair.denoiser.register_forward_hook(tick)
+        try:
+            for batch in calls:
+                bar.n = made + len(batch)  # exact at the end of each call, whatever the step count was
+                bar.refresh()
+                pending = _store_batch(job, store, run_id, batch, truncated, by_id, writer, pending)
+                made += len(batch)
+                nonfinite += sum(1 for _, res in batch if res.nonfinite)
+                if progress is not None:
+                    progress(made, n_todo)
             if pending is not None:
                 pending.result()
-            pending = writer.submit(store.write_images, rows, [res.image for _, res in batch])
-            made += len(batch)
-            bar.update(len(batch))
-            if progress is not None:
-                progress(made, n_todo)
-        if pending is not None:
-            pending.result()
+        finally:
+            hook.remove()
     return {"images_made": made, "images_skipped": total - n_todo, "nonfinite": nonfinite, "truncated_prompts": n_cut,
             "pair_info": pair.info, "network_rows": asdict(pair.denoiser.stats)}
+
+
+def _store_batch(job: Job, store: Store, run_id: str, batch, truncated: dict[str, bool],
+                 by_id: dict[int, Prompt], writer: ThreadPoolExecutor, pending):
+    """Warn about nonfinite images, wait for the previous call's write, and submit this one's.
+    ``batch``: run_grid's [(content key, Generated)] of one pipeline call."""
+    rows = [_image_row(job, run_id, key, res.item, res, truncated[res.item.prompt], by_id[res.item.prompt_index])
+            for key, res in batch]
+    results = [res for _, res in batch]
+    for row, res in zip(rows, results):
+        if res.nonfinite:
+            log.warning("image %s (prompt %d, sample %d, w=%g) has NaN/inf values from step %s on; it is "
+                        "stored, flagged nonfinite and left out of every mean", row["image_key"][:12],
+                        row["prompt_id"], row["sample"], row["scale"], res.nonfinite_step)
+    if pending is not None:
+        pending.result()
+    return writer.submit(store.write_images, rows, [r.image for r in results])
 
 
 def keys_to_score(job: Job, store: Store) -> list[str]:
@@ -232,12 +259,13 @@ def report(job: Job, store: Store) -> dict[str, Any]:
 
     def write(tmp: Path) -> list[str]:
         result.update(write_report(images, scores, tmp, protocol=protocol, grid_prompts=job.config.report.grid_prompts,
-                                   n_resamples=job.config.report.n_resamples))
+                                   n_resamples=job.config.report.n_resamples, reward=job.config.report.reward))
         return result["files"]
 
     files = _written(store, store.temp_dir("report"), store.root / "report", write)
     final = store.root / "report"
     return {"files": files, "notes": result.get("notes", []), "summary": result.get("summary"), "images": images,
+            "headlines": result.get("headlines", []),
             "scores": scores, "index": str(final / "index.md"), "index_html": str(final / "index.html")}
 
 
@@ -272,3 +300,18 @@ def kl_claim(job: Job, store: Store) -> dict[str, Any]:
                      lambda tmp: write_kl_claim_report(df, analytic, tmp))
     print((store.root / "report" / "report.md").read_text())
     return {"files": files, "rows": len(df), "index": str(store.root / "report" / "report.md")}
+
+
+def kl_learned(job: Job, store: Store) -> dict[str, Any]:
+    """The learned-model ground truth of the KL claim (rlg.kl_learned): MLP denoisers trained and fine-tuned on
+    the analytic mixture, rows into the store's ``kl_learned`` table, the report into <run>/report."""
+    from rlg.kl_learned import run_learned_truth
+    from rlg.report.kl_learned import write_kl_learned_report
+
+    df = run_learned_truth(job.kl_learned)
+    store.write_table("kl_learned", df)
+    files = _written(store, store.temp_dir("report"), store.root / "report",
+                     lambda tmp: write_kl_learned_report(df, tmp))
+    print((store.root / "report" / "report.md").read_text())
+    return {"files": files, "rows": len(df), "seconds": df.attrs.get("seconds"),
+            "index": str(store.root / "report" / "report.md")}

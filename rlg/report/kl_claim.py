@@ -7,7 +7,8 @@ Figures (report style of ``rlg.report.figures``; PNG and PDF):
   (one marker per seed); bars are 95% intervals.
 * ``kl_claim_distance``: the distance between RLG(w) and retrained(beta / w) against the floor between two
   retrained seeds, per w (bars: 2 se).
-Tables: ``kl_claim.md``/``.tex`` (distance gap per w, in floor standard errors) and
+Tables: ``kl_claim_verdict`` (the headline: per w holds / does not hold / undecided, tests over training seeds),
+``kl_claim.md``/``.tex`` (distance per w against the floors of every w) and
 ``kl_claim_metrics.md``/``.tex`` (per arm and metric); ``report.md`` puts both and the analytic tables
 together.
 """
@@ -25,7 +26,9 @@ from matplotlib.figure import Figure
 from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, MARKERS, STYLE, TEXT_WIDTH, save
 from rlg.report.tables import render
 
-__all__ = ["kl_claim_tables", "kl_claim_metric_tables", "write_kl_claim_figures", "write_kl_claim_report"]
+__all__ = ["kl_claim_verdicts", "kl_claim_verdict_tables", "kl_claim_tables", "kl_claim_metric_tables",
+           "kl_claim_training_tables", "write_kl_claim_figures", "write_kl_claim_training_figure",
+           "write_kl_claim_report"]
 
 HIGHER_IS_BETTER = {"digit_prob": True, "jpeg_compressibility": True, "jpeg_incompressibility": True,
                     "digit_fd": False, "digit_mahalanobis": False}
@@ -33,7 +36,7 @@ HIGHER_IS_BETTER = {"digit_prob": True, "jpeg_compressibility": True, "jpeg_inco
 
 def _title(df: pd.DataFrame) -> str:
     f = df.iloc[0]
-    return (f"{f.task}: beta={f.beta:g}, n={f.n} images per arm, DDIM {f.steps} steps, eta {f.eta:g}, "
+    return (f"{f.task}: beta={f.beta:g}, n={int(f.n)} images per arm, DDIM {int(f.steps)} steps, eta {f.eta:g}, "
             f"CFG {f.guidance_scale:g}")
 
 
@@ -100,20 +103,130 @@ def _pm(v: float, se: float, digits: int = 4) -> str:
     return "–" if not np.isfinite(v) else f"{v:.{digits}g} ± {se:.2g}"
 
 
+def _reward(df: pd.DataFrame) -> str:
+    m = df[df.kind == "metric"]
+    if "reward_metric" in df.columns and df.reward_metric.notna().any():
+        return str(df.reward_metric.dropna().iloc[0])
+    return str(m.metric.iloc[0])
+
+
+def kl_claim_verdicts(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Per w, on the reward metric (``reward_metric`` column; else the first metric), tests over training seeds:
+
+    * per-model values: each model's mean over the same paired images; the per-model variance is pooled over
+      every coefficient with >= 2 models (the retrained seeds at each beta / w, plus the source model among the
+      beta models when w = 1 is measured), df = sum(n - 1);
+    * ``claim``: RLG(w) (one model) minus the mean of the models retrained at beta / w, Welch with the pooled
+      per-model variance for the one RLG model (``rlg.kl_stats.welch``), Holm across the w != 1;
+    * ``response``: retrained(beta / w) minus the beta models (retrained seeds and the source): the
+      responsiveness check, Welch over seeds;
+    * ``verdict`` / ``reason`` (``rlg.kl_stats.verdict``; at w = 1 a control: RLG(1) is the source model, checked
+      against the other beta retrainings).
+    Columns: w, beta_eff, metric, rlg, retrained_mean, n_retrained, pooled_sd, pooled_df, claim_* and response_*
+    (estimate, se, df, t, p, lo, hi), p_holm, verdict, reason."""
+    from rlg.kl_stats import holm, verdict, welch
+
+    reward = _reward(df)
+    m = df[(df.kind == "metric") & (df.metric == reward)]
+    beta = float(m.beta.iloc[0])
+    groups = {round(float(b), 9): g.value.to_numpy() for b, g in m[m.arm == "retrained"].groupby("beta_eff")}
+    src = m[(m.arm == "rlg") & np.isclose(m.w, 1.0)].value.to_numpy()
+    key = round(beta, 9)
+    if key in groups:
+        groups[key] = np.concatenate([groups[key], src])
+    sizes = [len(v) for v in groups.values() if len(v) >= 2]
+    pooled_df = sum(n - 1 for n in sizes)
+    pooled_var = (sum((len(v) - 1) * v.var(ddof=1) for v in groups.values() if len(v) >= 2) / pooled_df
+                  if pooled_df else np.nan)
+    rows = []
+    for w, at in m.groupby("w"):
+        b = round(float(at.beta_eff.iloc[0]), 9)
+        rlg = at[at.arm == "rlg"].value.to_numpy()
+        ret = m[(m.arm == "retrained") & np.isclose(m.w, w)].value.to_numpy()
+        claim = welch(rlg, ret, var_a=pooled_var, df_a=pooled_df)
+        base_group = groups.get(key)
+        if np.isclose(w, 1.0) or base_group is None or len(base_group) < 2:
+            response = None
+        else:
+            response = welch(groups[b], base_group)
+        row = dict(w=float(w), beta_eff=float(at.beta_eff.iloc[0]), metric=reward, rlg=float(rlg.mean()),
+                   retrained_mean=float(ret.mean()), n_retrained=len(ret), pooled_sd=float(np.sqrt(pooled_var)),
+                   pooled_df=pooled_df, _claim=claim, _response=response)
+        for name, t in (("claim", claim), ("response", response)):
+            for f in ("estimate", "stderr", "df", "t", "p", "lo", "hi"):
+                row[f"{name}_{f}"] = getattr(t, f) if t is not None else np.nan
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    test = [r["claim_p"] if not np.isclose(r["w"], 1.0) else np.nan for r in rows]
+    out["p_holm"] = holm(test)
+    verdicts = []
+    for r, p in zip(rows, out.p_holm):
+        c = r["_claim"]
+        if np.isclose(r["w"], 1.0):
+            ok = np.isfinite(c.p) and c.p >= alpha
+            verdicts.append(("holds" if ok else "does not hold",
+                             f"control: RLG(1) is the source beta model; vs other beta retrainings "
+                             f"{c.estimate:+.3g} ± {c.stderr:.2g} (t({c.df:.1f}), p = {c.p:.2g})"))
+        elif r["_response"] is None:
+            verdicts.append(("undecided", "no retrained models at beta to check the response (measure w = 1 too)"))
+        else:
+            verdicts.append(verdict(c, p, r["_response"], alpha))
+    out["verdict"] = [v for v, _ in verdicts]
+    out["reason"] = [why for _, why in verdicts]
+    return out.drop(columns=["_claim", "_response"])
+
+
+def kl_claim_verdict_tables(df: pd.DataFrame) -> dict[str, str]:
+    """The headline: per w, "RLG(w) matches retraining at beta / w": holds / does not hold / undecided, with the
+    claim test, the responsiveness check and the reason (``kl_claim_verdicts``)."""
+    v = kl_claim_verdicts(df)
+    header = ["w", "beta/w", "verdict", "RLG(w)", "retrained mean (n)", "RLG - retrained [95%]", "t (df)", "Holm p",
+              "response: retrained(beta/w) - retrained(beta) [95%]", "response p", "evidence"]
+
+    def ci(r, k):
+        e, lo, hi = getattr(r, f"{k}_estimate"), getattr(r, f"{k}_lo"), getattr(r, f"{k}_hi")
+        return "–" if not np.isfinite(e) else f"{e:+.3g} [{lo:+.3g}, {hi:+.3g}]"
+
+    rows = [[f"{r.w:g}", f"{r.beta_eff:.4g}", r.verdict, f"{r.rlg:.4g}", f"{r.retrained_mean:.4g} ({r.n_retrained})",
+             ci(r, "claim"), "–" if not np.isfinite(r.claim_t) else f"{r.claim_t:+.2f} ({r.claim_df:.1f})",
+             "–" if not np.isfinite(r.p_holm) else f"{r.p_holm:.2g}", ci(r, "response"),
+             "–" if not np.isfinite(r.response_p) else f"{r.response_p:.2g}", r.reason] for r in v.itertuples()]
+    f = v.iloc[0]
+    notes = [f"RLG(w) matches a model retrained at beta/w? {_title(df)}; metric {f.metric}.",
+             f"One value per trained model (its mean over the same paired images); per-model sd {f.pooled_sd:.3g} "
+             f"pooled over the retrained seeds (df {f.pooled_df}); Welch t, Holm across w != 1. 'undecided': "
+             "retraining does not respond to beta/w beyond its seed spread (response p >= 0.05), or no difference "
+             "found but the 90% interval is wider than half the response (rlg.kl_stats.verdict)."]
+    return {fmt: render(header, rows, fmt, align="rrl" + "r" * 7 + "l", notes=notes) for fmt in ("markdown", "latex")}
+
+
 def kl_claim_tables(df: pd.DataFrame) -> dict[str, str]:
-    """Per w: beta / w, the distance RLG(w) vs retrained(beta / w) and the floor (two retrained seeds),
-    the gap in units of the floor's standard error, and z."""
+    """Per w: beta / w, the distance RLG(w) vs retrained(beta / w, seed A) and the floor (seed B vs A at this w),
+    and RLG's distance against the floors of every w (k draws of "two retrainings apart"): t = (distance -
+    mean floor) / (sd floor * sqrt(1 + 1 / k)) on k - 1 df (a prediction interval for one more retraining pair),
+    Holm across w. z (image-batch se only) is kept for comparison."""
+    from scipy import stats
+
+    from rlg.kl_stats import holm
+
     dist = df[df.kind == "distance"].sort_values("w")
-    header = ["w", "beta/w", "distance RLG vs retrained (± se)", "floor: seed vs seed (± se)", "gap",
-              "gap / floor se", "z"]
+    floors = dist.floor.to_numpy()
+    k = len(floors)
+    mf, sf = (float(floors.mean()), float(floors.std(ddof=1))) if k >= 2 else (np.nan, np.nan)
+    t = (dist.value.to_numpy() - mf) / (sf * np.sqrt(1 + 1 / k)) if k >= 2 and sf > 0 else np.full(k, np.nan)
+    p = 2 * stats.t.sf(np.abs(t), k - 1) if k >= 2 else np.full(k, np.nan)
+    p_holm = holm(p)
+    header = ["w", "beta/w", "distance RLG vs retrained A (± se)", "floor: B vs A at this w (± se)",
+              f"t vs the {k} floors ({k - 1} df)", "Holm p", "z (image se only)"]
     rows = [[f"{r.w:g}", f"{r.beta_eff:.4g}", _pm(r.value, r.stderr), _pm(r.floor, r.floor_stderr),
-             f"{r.gap:+.3g}", f"{r.gap_in_floor_se:+.1f}", f"{r.z:+.1f}"] for r in dist.itertuples()]
+             f"{ti:+.2f}" if np.isfinite(ti) else "–", f"{ph:.2g}" if np.isfinite(ph) else "–", f"{r.z:+.1f}"]
+            for r, ti, ph in zip(dist.itertuples(), t, p_holm)]
     f = df.iloc[0]
     metric = dist.metric.iloc[0] if len(dist) else "distance"
     batches = int(f.n_batches) if "n_batches" in df.columns else "?"
     notes = [f"KL claim, {_title(df)}; {metric} over {batches} disjoint image batches (se over batches).",
-             "All arms share prompts, sampler, steps and per-image noise. Floor = the same distance between two "
-             "models retrained at beta/w with different seeds; gap = distance - floor; z = gap / combined se."]
+             f"Floors over w: {mf:.3g} ± sd {sf:.2g} (k = {k}): the training-seed spread of the distance between "
+             "two retrainings. All arms share prompts, sampler, steps and per-image noise."]
     return {fmt: render(header, rows, fmt, align="rrrrrrr", notes=notes) for fmt in ("markdown", "latex")}
 
 
@@ -138,18 +251,75 @@ def kl_claim_metric_tables(df: pd.DataFrame) -> dict[str, str]:
             rows.append([metric, f"{w:g}", f"{r.beta_eff:.4g}", cell(r), *(cell(x) for x in ret.itertuples()),
                          diff, floor])
     notes = ["Per-image metrics: mean over images, normal 95% interval; set metrics (digit_fd): value on the whole "
-             "set, bootstrap 95% interval over images; paired differences share the per-image noise."]
+             "set ± 1.96 bootstrap se over images (it contains the value; the biased FD is not corrected); paired "
+             "differences share the per-image noise."]
     return {fmt: render(header, rows, fmt, align="lrr" + "r" * (len(header) - 3), notes=notes, groups=groups[1:])
             for fmt in ("markdown", "latex")}
+
+
+def kl_claim_training_tables(df: pd.DataFrame) -> dict[str, str] | None:
+    """Per trained model: its logged training reward (first and last step) and the slope of a line through the
+    last half of the curve with its se and p (``scipy.stats.linregress``): "still rising" when the slope is > 0 at
+    p < 0.05, else "no rise detected" (which a short, noisy curve does not make a plateau). None when no model
+    logged a reward curve."""
+    from scipy import stats
+
+    t = df[(df.kind == "training")] if "kind" in df.columns else df.iloc[:0]
+    t = t[t.train_reward.notna()] if len(t) else t
+    if not len(t):
+        return None
+    header = ["beta", "seed", "role", "steps", "reward first", "reward last", "slope, last half (± se) per step",
+              "p", "plateau?"]
+    rows = []
+    for (b, seed), g in t.sort_values("step").groupby(["beta_eff", "model_seed"]):
+        half = g.iloc[len(g) // 2:]
+        fit = stats.linregress(half.step.astype(float), half.train_reward.astype(float)) if len(half) >= 3 else None
+        rising = fit is not None and fit.slope > 0 and fit.pvalue / 2 < 0.05
+        rows.append([f"{b:.4g}", f"{int(seed)}", g.arm.iloc[0], f"{len(g)}", f"{g.train_reward.iloc[0]:.4g}",
+                     f"{g.train_reward.iloc[-1]:.4g}",
+                     f"{fit.slope:+.2g} ± {fit.stderr:.1g}" if fit is not None else "–",
+                     f"{fit.pvalue / 2:.2g}" if fit is not None else "–",
+                     "still rising" if rising else (f"no rise detected ({len(half)} points)" if fit is not None
+                                                    else "–")])
+    notes = ["Training curves of the trained models (trainer log: the on-policy batch's mean reward per step). "
+             "p: one-sided, slope > 0 over the last half of the steps; a few noisy points can miss a rise that a "
+             "longer run shows (science audit: 48 DDPO iterations kept rising)."]
+    return {fmt: render(header, rows, fmt, align="rrl" + "r" * 6, notes=notes) for fmt in ("markdown", "latex")}
+
+
+def write_kl_claim_training_figure(df: pd.DataFrame, out_dir, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """``kl_claim_training``: the logged training reward against the step, one colour per beta, one line per seed."""
+    t = df[(df.kind == "training")] if "kind" in df.columns else df.iloc[:0]
+    t = t[t.train_reward.notna()] if len(t) else t
+    if not len(t):
+        return []
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(COLUMN_WIDTH, 2.4), layout="constrained")
+        ax = fig.add_subplot()
+        for i, (b, g) in enumerate(t.groupby("beta_eff")):
+            for j, (seed, h) in enumerate(g.groupby("model_seed")):
+                h = h.sort_values("step")
+                ax.plot(h.step, h.train_reward, color=COLORS[i % len(COLORS)], marker=MARKERS[j % len(MARKERS)],
+                        markersize=2, label=f"beta {b:.3g}" if j == 0 else None)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("training reward (batch mean)")
+        ax.legend(fontsize=5)
+        ax.set_title(f"{t.task.iloc[0]}: training curves per beta (markers: seeds)", fontsize=6)
+        return save(fig, Path(out_dir) / "kl_claim_training", formats)
 
 
 def write_kl_claim_report(df: pd.DataFrame, analytic_df: pd.DataFrame | None, out_dir) -> list[Path]:
     """Figures (``figures/``), tables (``tables/``) and ``report.md`` with the trained-model result and the
     analytic ground truth beside it; returns the paths written."""
     out_dir = Path(out_dir)
-    files = write_kl_claim_figures(df, out_dir / "figures")
+    files = write_kl_claim_figures(df, out_dir / "figures") + write_kl_claim_training_figure(df, out_dir / "figures")
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
     tables = {"kl_claim": kl_claim_tables(df), "kl_claim_metrics": kl_claim_metric_tables(df)}
+    training = kl_claim_training_tables(df)
+    if training is not None:
+        tables["kl_claim_training"] = training
+    if (df.kind == "metric").any():
+        tables["kl_claim_verdict"] = kl_claim_verdict_tables(df)
     if analytic_df is not None and len(analytic_df):
         from rlg.report.ground_truth import ground_truth_moment_tables, ground_truth_tables, write_ground_truth_figures
 
@@ -161,10 +331,15 @@ def write_kl_claim_report(df: pd.DataFrame, analytic_df: pd.DataFrame | None, ou
             p = out_dir / "tables" / f"{stem}.{'md' if fmt == 'markdown' else 'tex'}"
             p.write_text(text)
             files.append(p)
-    parts = ["# Does the RLG scale act as the KL coefficient?", "",
-             "## Trained models: RLG(w) from the beta model vs models retrained at beta / w", "",
-             tables["kl_claim"]["markdown"], "", tables["kl_claim_metrics"]["markdown"], "",
-             "![metrics](figures/kl_claim_metrics.png)", "", "![distance](figures/kl_claim_distance.png)", ""]
+    parts = ["# Does the RLG scale act as the KL coefficient?", ""]
+    if "kl_claim_verdict" in tables:
+        parts += [tables["kl_claim_verdict"]["markdown"], ""]
+    parts += ["## Trained models: RLG(w) from the beta model vs models retrained at beta / w", "",
+              tables["kl_claim"]["markdown"], "", tables["kl_claim_metrics"]["markdown"], "",
+              "![metrics](figures/kl_claim_metrics.png)", "", "![distance](figures/kl_claim_distance.png)", ""]
+    if "kl_claim_training" in tables:
+        parts += ["## Did the retrained models reach a plateau?", "", tables["kl_claim_training"]["markdown"], "",
+                  "![training](figures/kl_claim_training.png)", ""]
     if "ground_truth" in tables:
         parts += ["## Analytic ground truth (closed-form beta/w optimum)", "", tables["ground_truth"]["markdown"], "",
                   tables["ground_truth_moments"]["markdown"], ""]

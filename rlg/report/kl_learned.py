@@ -1,0 +1,167 @@
+"""Tables and figures of the learned-model ground truth of the KL claim (rows of ``rlg.kl_learned``).
+
+* ``kl_learned_verdict``: per w, "RLG(w) matches retraining at beta / w" (holds / does not hold / undecided), the
+  difference RLG - retrained over training seeds with t(df) and Holm's p, and the responsiveness check.
+* ``kl_learned_errors``: per w, the reward errors separated, with 95% intervals: the sampler's own error (exact
+  score vs the closed-form reward), RLG's own gap with exact scores, the network's approximation error, and
+  fine-tuning's convergence error; the weight extrapolation beside them.
+* ``kl_learned_distance``: energy distance of every arm to exact samples of the beta/w optimum (mean over seeds).
+* figures ``kl_learned_frontier`` (mean reward against path KL to the base: the exact optimum, RLG, retrained
+  models and weight extrapolation; DeRa's frontier) and ``kl_learned_training`` (loss curves).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, MARKERS, STYLE, TEXT_WIDTH, save
+from rlg.report.tables import render
+
+__all__ = ["kl_learned_tables", "write_kl_learned_figures", "write_kl_learned_report"]
+
+ARM_LABELS = {"exact": "exact score of the beta/w optimum", "rlg_exact": "RLG, exact scores",
+              "oracle": "net trained on the optimum's samples", "retrained": "fine-tuned at beta/w (RWR)",
+              "rlg": "RLG(w) from the fine-tuned beta net", "weights": "weights base + w (tuned - base)"}
+
+
+def _ci(r, k: str, digits: int = 3) -> str:
+    v, lo, hi = getattr(r, k), getattr(r, f"{k}_lo"), getattr(r, f"{k}_hi")
+    if not np.isfinite(lo):
+        return f"{v:+.{digits}f} (exact)" if v == 0 else f"{v:+.{digits}f}"
+    return f"{v:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def _title(df: pd.DataFrame) -> str:
+    f = df.iloc[0]
+    seeds = df.seed.dropna().nunique()
+    return (f"{f.pair} (d = {f.d}), beta = {f.beta:g}, {seeds} training seeds, DDIM {f.steps} steps eta {f.eta:g}, "
+            f"n = {f.n} samples per arm")
+
+
+def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """{"kl_learned_verdict" | "kl_learned_errors" | "kl_learned_distance": {"markdown": ..., "latex": ...}}."""
+    from rlg.kl_learned import decompose
+
+    dec = decompose(df)
+    seeds = int(df.seed.dropna().nunique())
+    out = {}
+    header = ["w", "beta/w", "verdict", "RLG - retrained [95%]", "t (df)", "Holm p",
+              "response: retrained(beta/w) - retrained(beta) [95%]", "evidence",
+              "distribution: energy distance to the optimum, RLG - retrained [95%]"]
+    rows = [[f"{r.w:g}", f"{r.beta_eff:.3g}", r.verdict, _ci(r, "rlg_vs_retrained"),
+             "–" if not np.isfinite(r.rlg_vs_retrained_p) else
+             f"{r.rlg_vs_retrained / r.rlg_vs_retrained_se:+.2f} ({r.rlg_vs_retrained_df:.0f})",
+             "–" if not np.isfinite(r.p_holm) else f"{r.p_holm:.2g}", _ci(r, "response"), r.reason,
+             _ci(r, "energy_rlg_vs_retrained", 4)] for r in dec.itertuples()]
+    notes = [f"RLG(w) matches a model retrained at beta/w? Learned ground truth, {_title(df)}.",
+             f"Mean reward of the samples; differences paired over {seeds} training seeds (each seed: one base, its "
+             "fine-tunes), t on seeds - 1 df, Holm across w. 'undecided' when retraining does not respond to beta/w "
+             "beyond its seed spread, or when no difference is found but the 90% interval is wider than half the "
+             "response (rlg.kl_stats.verdict). The verdict is on the mean reward; the last column asks the same of the "
+             "whole distribution (energy distance to exact samples of the beta/w optimum)."]
+    out["kl_learned_verdict"] = {fmt: render(header, rows, fmt, align="rrl" + "r" * 4 + "lr", notes=notes)
+                                 for fmt in ("markdown", "latex")}
+    header = ["w", "beta/w", "exact reward", "sampler: exact score - exact", "RLG's own gap (exact scores) [95%]",
+              "network: oracle - exact score [95%]", "fine-tuning: retrained - oracle [95%]",
+              "weights - retrained [95%]"]
+    rows = [[f"{r.w:g}", f"{r.beta_eff:.3g}", f"{r.exact_reward:.3f}", f"{r.exact_score_reward - r.exact_reward:+.3f}",
+             (f"{r.rlg_gap_exact:+.3f} [{r.rlg_gap_exact - 1.96 * r.rlg_gap_exact_se:+.3f}, "
+              f"{r.rlg_gap_exact + 1.96 * r.rlg_gap_exact_se:+.3f}]" if r.rlg_gap_exact_se > 0 else "0 (exact)"),
+             _ci(r, "network"), _ci(r, "fine_tuning"), _ci(r, "weights_vs_retrained")] for r in dec.itertuples()]
+    notes = [f"Reward errors separated, {_title(df)}. All arms share the initial latents and step noise at each w.",
+             "RLG's own gap: paired over samples (normal interval); network and fine-tuning: t intervals over "
+             "training seeds. retrained - exact score = network + fine-tuning."]
+    out["kl_learned_errors"] = {fmt: render(header, rows, fmt, align="r" * len(header), notes=notes)
+                                for fmt in ("markdown", "latex")}
+    arms = [a for a in ("exact", "rlg_exact", "oracle", "retrained", "rlg", "weights") if a in set(df.arm)]
+    header = ["w", "floor (exact vs exact)"] + arms
+    rows = []
+    for w, at in df.groupby("w"):
+        cells = [f"{w:g}", f"{at.energy_floor.iloc[0]:.4f} ± {at.energy_floor_stderr.iloc[0]:.1g}"]
+        for a in arms:
+            v = at[at.arm == a].energy
+            cells.append(f"{v.mean():.4f}" + (f" ± {v.std(ddof=1) / np.sqrt(len(v)):.1g}" if len(v) > 1 else ""))
+        rows.append(cells)
+    notes = ["Energy distance to exact samples of the beta/w optimum (at the sampler's output noise level); learned "
+             "arms: mean ± se over training seeds."]
+    out["kl_learned_distance"] = {fmt: render(header, rows, fmt, align="r" * len(header), notes=notes)
+                                  for fmt in ("markdown", "latex")}
+    return out
+
+
+def write_kl_learned_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] = FORMATS) -> list[Path]:
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(COLUMN_WIDTH * 1.3, 2.8), layout="constrained")
+        ax = fig.add_subplot()
+        for i, arm in enumerate(["exact", "rlg_exact", "retrained", "rlg", "weights"]):
+            d = df[df.arm == arm]
+            if not len(d):
+                continue
+            g = d.groupby("w").agg(kl=("path_kl", "mean"), r=("reward", "mean"), kl_sd=("path_kl", "std"),
+                                   r_sd=("reward", "std"), k=("reward", "size")).reset_index()
+            se = lambda s: (s.fillna(0) / np.sqrt(g.k)).to_numpy()  # noqa: E731
+            ax.errorbar(g.kl, g.r, xerr=se(g.kl_sd), yerr=se(g.r_sd), color=COLORS[i], marker=MARKERS[i],
+                        capsize=2, linestyle="-" if arm in ("exact", "rlg_exact", "rlg") else ":",
+                        label=ARM_LABELS[arm])
+            if d.seed.notna().any():
+                ax.scatter(d.path_kl, d.reward, color=COLORS[i], s=4, alpha=0.35, linewidths=0)
+            for r in g.itertuples():
+                if arm == "exact":
+                    ax.annotate(f"w={r.w:g}", (r.kl, r.r), fontsize=5, xytext=(2, -6), textcoords="offset points")
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlabel("path KL to the base (nats, DDIM trajectories)")
+        ax.set_ylabel("mean reward ↑")
+        ax.set_title(_title(df), fontsize=5)
+        ax.legend(fontsize=5)
+        written += save(fig, out_dir / "kl_learned_frontier", formats)
+        curves = df.attrs.get("curves") or {}
+        if curves:
+            kinds = sorted({k.rsplit("/", 1)[0] for k in curves})
+            fig = Figure(figsize=(TEXT_WIDTH, 2.2), layout="constrained")
+            ax = fig.subplots(1, 3)
+            for j, prefix in enumerate(["base", "rwr", "oracle"]):
+                for i, kind in enumerate(k for k in kinds if k.split("/")[0] == prefix):
+                    runs = np.array([v for k, v in curves.items() if k.rsplit("/", 1)[0] == kind])
+                    x = np.arange(1, runs.shape[1] + 1) / runs.shape[1]
+                    ax[j].plot(x, runs.mean(0), color=COLORS[i % len(COLORS)], label=kind.split("/", 1)[-1])
+                    ax[j].fill_between(x, runs.min(0), runs.max(0), color=COLORS[i % len(COLORS)], alpha=0.2)
+                ax[j].set_title({"base": "base (DSM on p_ref)", "rwr": "RWR fine-tune (weighted DSM)",
+                                 "oracle": "oracle (DSM on the optimum)"}[prefix], fontsize=6)
+                ax[j].set_xlabel("fraction of training")
+                if prefix != "base":
+                    ax[j].legend(fontsize=5)
+            ax[0].set_ylabel("loss (mean over seeds; band: min-max)")
+            written += save(fig, out_dir / "kl_learned_training", formats)
+    return written
+
+
+def write_kl_learned_report(df: pd.DataFrame, out_dir) -> list[Path]:
+    """Figures (``figures/``), tables (``tables/``) and ``report.md`` (verdict table first); the paths written."""
+    out_dir = Path(out_dir)
+    files = write_kl_learned_figures(df, out_dir / "figures")
+    (out_dir / "tables").mkdir(parents=True, exist_ok=True)
+    tables = kl_learned_tables(df)
+    for stem, t in tables.items():
+        for fmt, text in t.items():
+            p = out_dir / "tables" / f"{stem}.{'md' if fmt == 'markdown' else 'tex'}"
+            p.write_text(text)
+            files.append(p)
+    secs = df.attrs.get("seconds")
+    parts = ["# Does the RLG scale act as the KL coefficient? Learned-model ground truth", "",
+             tables["kl_learned_verdict"]["markdown"], "", "## The errors, separated", "",
+             tables["kl_learned_errors"]["markdown"], "", tables["kl_learned_distance"]["markdown"], "",
+             "![frontier](figures/kl_learned_frontier.png)", "", "![training](figures/kl_learned_training.png)", ""]
+    if secs is not None:
+        parts += [f"Wall time {secs:g} s (training {df.attrs.get('train_seconds', float('nan')):g} s).", ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(parts))
+    files.append(report)
+    return files

@@ -1,0 +1,172 @@
+"""The learned-model ground truth of the KL claim (rlg.kl_learned, rlg.report.kl_learned) and the statistics over
+training seeds it and the trained-model report share (rlg.kl_stats). Reduced sizes: seconds, not the science."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from rlg.kl_stats import TTest, holm, paired, t_interval, verdict, welch
+
+
+# -- rlg.kl_stats against scipy and known values ----------------------------------------------------
+def test_welch_matches_scipy_and_single_model_form():
+    a, b = [1.0, 1.3, 0.8, 1.1], [0.2, 0.5, 0.1]
+    r = welch(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    assert r.t == pytest.approx(ref.statistic) and r.p == pytest.approx(ref.pvalue)
+    assert r.df == pytest.approx(ref.df)
+    assert r.lo < r.estimate < r.hi
+    # one model (RLG's source) with a per-model variance from elsewhere: se^2 = var_a + var(b) / n_b
+    one = welch([1.0], b, var_a=0.04, df_a=5)
+    assert one.stderr == pytest.approx(math.sqrt(0.04 + np.var(b, ddof=1) / 3))
+    with pytest.raises(ValueError, match="pass var_a"):
+        welch([1.0], b)
+
+
+def test_paired_and_interval_match_scipy():
+    a, b = [0.5, 0.7, 0.4, 0.9, 0.6], [0.4, 0.5, 0.45, 0.6, 0.5]
+    r, ref = paired(a, b), stats.ttest_rel(a, b)
+    assert r.t == pytest.approx(ref.statistic) and r.p == pytest.approx(ref.pvalue) and r.df == 4
+    lo, hi = stats.t.interval(0.95, 4, loc=np.mean(np.subtract(a, b)), scale=stats.sem(np.subtract(a, b)))
+    assert (r.lo, r.hi) == pytest.approx((lo, hi))
+    assert t_interval([1.0, 1.0]).p != t_interval([1.0, 1.0]).p  # zero spread: no test (NaN), not p = 0
+
+
+def test_holm_known_values():
+    # Holm (1979): sorted p 0.01, 0.02, 0.04 with m = 3 -> 0.03, 0.04, 0.04 (monotone step-down)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    out = holm([0.01, float("nan"), 0.04])
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
+
+
+def _res(est, se, df=4):
+    q = stats.t.ppf(0.975, df)
+    return TTest(est, se, df, est / se, float(2 * stats.t.sf(abs(est / se), df)), est - q * se, est + q * se)
+
+
+def test_verdict_rules():
+    flat = _res(0.01, 0.02)  # retraining barely moves with beta/w
+    assert verdict(_res(0.5, 0.01), 1e-6, flat)[0] == "undecided"
+    moves = _res(0.3, 0.02)
+    assert verdict(_res(0.2, 0.01), 1e-6, moves)[0] == "does not hold"
+    assert verdict(_res(0.01, 0.01), 0.4, moves)[0] == "holds"  # 90% interval ~ [-0.011, 0.031] within ±0.15
+    assert verdict(_res(0.01, 0.2), 0.9, moves)[0] == "undecided"  # too wide to show equivalence
+
+
+# -- rlg.kl_learned ---------------------------------------------------------------------------------
+def test_path_kl_matches_the_gaussian_kl_of_one_ddim_step():
+    """The per-step KL of _PathKL equals |mean_model - mean_base|^2 / (2 sigma^2) of DDIMScheduler.step's own
+    means (computed with zero step noise), an independent path through diffusers."""
+    from rlg.kl_learned import LearnedTruthConfig, MLPDenoiser, _PathKL, _scheduler
+
+    torch.manual_seed(0)
+    model, base = MLPDenoiser(2, 16, 1), MLPDenoiser(2, 16, 1)
+    cfg = LearnedTruthConfig(num_inference_steps=10, eta=1.0, seeds=[0, 1])
+    s = _scheduler()
+    s.set_timesteps(10)
+    x = torch.randn(5, 2)
+    for t in (s.timesteps[0], s.timesteps[5], s.timesteps[-1]):
+        den = _PathKL(model, base, s, 10, 1.0, 5)
+        with torch.no_grad():
+            den(x, t.expand(5), return_dict=False)
+            zero = torch.zeros(5, 2)
+            m1 = s.step(model(x, t, return_dict=False)[0], t, x, eta=1.0, variance_noise=zero).prev_sample
+            m0 = s.step(base(x, t, return_dict=False)[0], t, x, eta=1.0, variance_noise=zero).prev_sample
+        prev = int(t) - 100
+        abar, abar_prev = s.alphas_cumprod[int(t)], (s.alphas_cumprod[prev] if prev >= 0 else s.final_alpha_cumprod)
+        var = float((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+        ref = ((m1 - m0).double() ** 2).sum(1) / (2 * var)
+        assert torch.allclose(den.kl, ref, rtol=1e-4, atol=1e-9), (int(t), den.kl, ref)
+    assert cfg.eta == 1.0
+
+
+def test_weight_extrapolation_is_affine_in_w():
+    from rlg.kl_learned import MLPDenoiser, weight_extrapolation
+
+    torch.manual_seed(1)
+    base, tuned = MLPDenoiser(2, 8, 1), MLPDenoiser(2, 8, 1)
+    for w, expect in [(0.0, lambda b, t: b), (1.0, lambda b, t: t), (2.5, lambda b, t: b + 2.5 * (t - b))]:
+        out = weight_extrapolation(base, tuned, w)
+        for p, pb, pt in zip(out.parameters(), base.parameters(), tuned.parameters()):
+            assert torch.allclose(p, expect(pb, pt), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def learned_run(tmp_path_factory):
+    """The kl_ground_truth_learned preset through the harness, reduced to seconds."""
+    from hydra import compose, initialize_config_dir
+
+    from rlg.harness import runner
+    from rlg.store import Store
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parent.parent / "rlg" / "conf"
+    over = ["experiment=kl_ground_truth_learned", "kl_learned.seeds=[0,1]", "kl_learned.scales=[0.5,1.0,2.0]",
+            "kl_learned.base_steps=150", "kl_learned.tune_steps=80", "kl_learned.hidden=64", "kl_learned.depth=2",
+            "kl_learned.n_samples=400", "kl_learned.num_inference_steps=10"]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=over)
+    run_dir = tmp_path_factory.mktemp("kl") / "learned"
+    entry = runner.run(cfg, run_dir=run_dir)
+    return entry, Store(run_dir).read_table("kl_learned"), run_dir
+
+
+def test_learned_preset_runs_and_rlg_at_w1_is_the_beta_model(learned_run):
+    entry, df, run_dir = learned_run
+    assert entry["kind"] == "kl_learned"
+    assert set(df.arm) == {"exact", "rlg_exact", "oracle", "retrained", "rlg", "weights"}
+    assert len(df) == 3 * (2 + 2 * 4)
+    at1 = df[df.w == 1.0].set_index(["arm", "seed"]).reward
+    for s in (0.0, 1.0):  # RLG at w = 1 runs the RL model alone; w = 1 weight extrapolation is the RL net (rounding)
+        assert at1[("rlg", s)] == at1[("retrained", s)]
+        assert at1[("weights", s)] == pytest.approx(at1[("retrained", s)], abs=1e-6)
+    assert df[(df.w == 1.0) & (df.arm == "rlg_exact")].reward.iloc[0] == df[(df.w == 1.0) & (df.arm == "exact")
+                                                                           ].reward.iloc[0]
+    # retraining responds to beta: a lower KL coefficient gives a higher reward, for every seed
+    r = df[df.arm == "retrained"].pivot(index="seed", columns="w", values="reward")
+    assert (r[2.0] > r[1.0]).all() and (r[1.0] > r[0.5]).all()
+    report = (run_dir / "report" / "report.md").read_text()
+    assert report.startswith("# Does the RLG scale act as the KL coefficient? Learned-model ground truth")
+    assert "| 1 | 1 | holds |" in report and "RLG's own gap" in report
+    assert (run_dir / "report" / "figures" / "kl_learned_frontier.png").is_file()
+
+
+def test_the_errors_add_up_and_exact_rlg_is_exact_on_the_gaussian_linear_pair(learned_run):
+    """retrained - exact score = network + fine-tuning (per seed, hence for the means); and RLG with exact scores is
+    exact on gaussian_linear (the known case: the mixed prediction is the score of the beta/w optimum)."""
+    from rlg.kl_learned import LearnedTruthConfig, decompose, run_learned_truth
+
+    _, df, _ = learned_run
+    dec = decompose(df)
+    for r in dec.itertuples():
+        ret = df[(df.w == r.w) & (df.arm == "retrained")].reward.mean()
+        assert ret - r.exact_score_reward == pytest.approx(r.network + r.fine_tuning, abs=1e-12)
+        assert r.rlg_vs_retrained_lo <= r.rlg_vs_retrained <= r.rlg_vs_retrained_hi or r.w == 1.0
+    lin = run_learned_truth(LearnedTruthConfig(pair="gaussian_linear", seeds=[0, 1], scales=[2.0], base_steps=5,
+                                               tune_steps=2, hidden=8, depth=1, n_samples=64, num_inference_steps=5,
+                                               progress=False))
+    g = lin[lin.arm.isin(["exact", "rlg_exact"])].set_index("arm").reward
+    assert g["rlg_exact"] == pytest.approx(g["exact"], abs=1e-9)
+
+
+def test_bad_settings_fail_with_their_name(compose):
+    from rlg.harness import build
+    from rlg.harness.config import ConfigError
+
+    with pytest.raises(ConfigError, match="kl_learned: seeds needs >= 2"):
+        build.build(compose("experiment=kl_ground_truth_learned", "kl_learned.seeds=[0]"))
+    with pytest.raises(ConfigError, match="kl_learned: eta must be > 0"):
+        build.build(compose("experiment=kl_ground_truth_learned", "kl_learned.eta=0"))
+
+
+def test_the_preset_is_the_config_of_the_shipped_numbers():
+    """docs/kl_claim.md's numbers come from LearnedTruthConfig() (seed 0): the preset must build exactly that."""
+    from rlg.harness.api import job
+    from rlg.kl_learned import LearnedTruthConfig
+
+    assert job("experiment=kl_ground_truth_learned").kl_learned == LearnedTruthConfig()
