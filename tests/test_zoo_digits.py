@@ -177,7 +177,13 @@ def test_base_follows_its_prompt():
     assert len(correct) == 100 and correct.mean() >= 0.85, correct.mean()
 
 
-@pytest.mark.parametrize("name", PAIRS)
+# The compressibility pair is left out of the control claims: on the base with a trained text encoder, DDPO at the
+# shipped budget (30 iterations, beta 0.1) did not move it (rlg/zoo/README.md: at seed 0, 50 images per scale, JPEG
+# kB 1.0758 / 1.0745 / 1.0749 / 1.0711 at w = 0 / 0.5 / 1 / 2; w = 1 - w = 0.5 -0.0005 ± 0.0019 kB, the wrong sign).
+CONTROLLED = ("zoo_digits_dpo", "zoo_digits_ddpo_incompress")
+
+
+@pytest.mark.parametrize("name", CONTROLLED)
 def test_control_interpolation_on_shipped_weights(name):
     """Reduced quickstart claim: the reward rises from base (w=0) through w=0.5 to RL (w=1), strictly."""
     _need("digits_classifier", "digits_base", name.replace("zoo_", ""))
@@ -186,7 +192,7 @@ def test_control_interpolation_on_shipped_weights(name):
     assert means[0] < means[1] < means[2], means
 
 
-@pytest.mark.parametrize("name", PAIRS)
+@pytest.mark.parametrize("name", CONTROLLED)
 def test_control_extrapolation_on_shipped_weights(name):
     """Reduced quickstart claim: w = 2 above w = 1 by at least 3 standard errors of the paired difference."""
     _need("digits_classifier", "digits_base", name.replace("zoo_", ""))
