@@ -178,7 +178,8 @@ def train_dpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
     policy.save_pretrained(str(out / "unet"), safe_serialization=True)
     return {"method": "Diffusion-DPO (Wallace et al. 2023)", "beta": beta, "kl_coefficient": beta, "seed": seed,
             "steps": steps, "lr": lr, "batch_pairs": batch_pairs, "base": base, "reward": "digit_margin",
-            "labels": "Bradley-Terry on the log-odds", "n_per_prompt": n_per_prompt, "bt_temperature": bt_temperature, "data_seed": data_seed, "data_steps": data_steps,
+            "labels": "Bradley-Terry on the log-odds", "n_per_prompt": n_per_prompt, "bt_temperature": bt_temperature,
+            "data_seed": data_seed, "data_steps": data_steps,
             "pairs_per_prompt": pairs_per_prompt, "uncond_prob": uncond_prob, "lora_rank": lora_rank,
             "n_pairs": int(n_pairs),
             "pairs_per_digit": torch.bincount(data["digit"], minlength=10).tolist(),
