@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a tensor is used: the start-up checks import this module torch-free
+    import torch
 
 
 class ScaleError(ValueError):
@@ -20,7 +21,7 @@ class ScaleError(ValueError):
 
 def check_scales(scales: Sequence[float] | torch.Tensor) -> list[float]:
     """Return the scales as floats, or raise ScaleError naming the bad entry."""
-    values = scales.tolist() if isinstance(scales, torch.Tensor) else list(scales)
+    values = scales.tolist() if hasattr(scales, "tolist") else list(scales)
     out = []
     for i, w in enumerate(values):
         if isinstance(w, bool) or not isinstance(w, (int, float)):
@@ -37,7 +38,7 @@ def rlg_mix(pred_base: torch.Tensor, pred_rl: torch.Tensor, scale: torch.Tensor 
 
     Computed in the predictions' dtype as ``base + w * (rl - base)``, the order the official code uses.
     """
-    if isinstance(scale, torch.Tensor) and scale.ndim == 1:
+    if getattr(scale, "ndim", 0) == 1:  # a per-sample tensor
         scale = scale.to(device=pred_base.device, dtype=pred_base.dtype)
         scale = scale.view(-1, *([1] * (pred_base.ndim - 1)))
     return pred_base + scale * (pred_rl - pred_base)
@@ -66,8 +67,14 @@ class StepWindow:
         frac = step_index / max(num_steps, 1)
         return self.start <= frac < self.stop or (self.stop >= 1.0 and frac >= 1.0)
 
+    def steps_inside(self, num_steps: int) -> list[int]:
+        """The step indices 0..num_steps-1 where RLG is applied."""
+        return [i for i in range(num_steps) if self.contains(i, num_steps)]
+
     def effective_scales(self, scales: torch.Tensor, step_index: int, num_steps: int) -> torch.Tensor:
         """Per-sample scales in force at this step: the scales inside the window, 1 or 0 outside."""
         if self.contains(step_index, num_steps):
             return scales
+        import torch
+
         return torch.full_like(scales, 1.0 if self.outside == "rl" else 0.0)

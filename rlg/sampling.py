@@ -185,9 +185,21 @@ def make_batch_invariant(pipe, text_cache_size: int = 64) -> None:
 # ---------------------------------------------------------------------------------------------
 # Scheduler choice and per-image step noise
 # ---------------------------------------------------------------------------------------------
+def eta_ignored(pipeline_call, scheduler_class) -> str | None:
+    """Why a pipeline with this ``__call__`` and scheduler class would ignore ``eta``, or None if it uses it.
+    diffusers passes eta on only when the pipeline takes it and ``scheduler.step`` has an eta parameter
+    (``prepare_extra_step_kwargs``), and drops it without a word otherwise."""
+    if "eta" not in inspect.signature(pipeline_call).parameters:
+        return f"{pipeline_call.__qualname__.split('.')[0]} takes no eta"
+    if "eta" not in inspect.signature(scheduler_class.step).parameters:
+        return f"{scheduler_class.__name__}.step() takes no eta (DDIM's does)"
+    return None
+
+
 def default_scheduler(pipe):
-    """The scheduler the pipeline was loaded with (remembered the first time a sampler swaps it)."""
-    return getattr(pipe, "_rlg_default_scheduler", None) or pipe.scheduler
+    """The pipeline's scheduler as it stands between calls (a sampler's swap is undone after each call), so a
+    notebook that sets ``pipe.scheduler`` gets that scheduler on the next call."""
+    return pipe.scheduler
 
 
 def make_scheduler(pipe, name: str, shift: float | None = None, noise_level: float = 0.7):
@@ -228,8 +240,6 @@ def scheduler_for_call(pipe, scheduler, generators: list[torch.Generator]):
     generator draws its noise from ``generators`` (one per image row, diffusers' ``randn_tensor`` list
     convention). Stock SD3/FLUX pipelines call ``step`` without one, which would use torch's global RNG.
     Afterwards the pipeline's own scheduler is back and the step is unpatched."""
-    if not hasattr(pipe, "_rlg_default_scheduler"):
-        pipe._rlg_default_scheduler = pipe.scheduler
     previous = pipe.scheduler
     pipe.scheduler = scheduler
     patched = "generator" in inspect.signature(scheduler.step).parameters
@@ -284,6 +294,26 @@ class RLGSampler:
         if unknown:  # checked once here, not at every pipeline call
             raise SamplerError(f"sampler.extra has {unknown}, which {type(self.pipe).__name__} does not accept; "
                               f"remove them (its arguments: {', '.join(sorted(self._params - {'self', 'kwargs'}))})")
+        self._check_effects()
+
+    def _check_effects(self) -> None:
+        """Refuse settings this pipeline and scheduler would ignore (the images would not change): eta with a
+        scheduler whose ``step()`` takes none (diffusers drops it silently), shift with a scheduler that has
+        none, an RLG window holding no step. Checked per sampler, so a notebook that swaps ``pipe.scheduler``
+        between calls is checked against the scheduler in place."""
+        s = self.settings
+        eta = s.extra.get("eta", s.eta)
+        if eta is not None:
+            why = eta_ignored(type(self.pipe).__call__, type(self.scheduler))
+            if why:
+                raise SamplerError(f"eta={eta} has no effect: {why}; remove it (sampler.eta=null), or use "
+                                   "sampler.scheduler=ddim on a noise-prediction pipeline")
+        if s.shift is not None and s.scheduler in ("default", "ddim"):
+            raise SamplerError(f"shift={s.shift} has no effect with scheduler={s.scheduler} (shift is for the flow "
+                               "schedulers euler_ode / flow_grpo_sde); remove it")
+        if s.window is not None and not s.window.steps_inside(s.num_inference_steps):
+            raise SamplerError(f"the RLG window [{s.window.start:g}, {s.window.stop:g}) contains no step of the "
+                               f"{s.num_inference_steps}-step schedule, so every scale gives the same image; widen it")
         self.conditional = "prompt" in self._params
 
     def _call_kwargs(self, items: list[WorkItem], generators: list[torch.Generator], on_step) -> dict[str, Any]:

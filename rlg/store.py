@@ -266,9 +266,13 @@ class Store:
         df = self._latest(df, ["image_key", "evaluator", "version", "metric"])
         return df.reindex(columns=SCORE_COLUMNS).reset_index(drop=True)
 
-    def scored(self, evaluator: str, version: str) -> set[str]:
+    def scored(self, evaluator: str, version: str, failed: bool = True) -> set[str]:
+        """Keys with a score row of (evaluator, version); ``failed=False`` leaves out rows that recorded an error."""
         df = self.scores()
-        return set(df.image_key[(df.evaluator == evaluator) & (df.version == version)])
+        hit = (df.evaluator == evaluator) & (df.version == version)
+        if not failed:
+            hit &= df.error.isna()
+        return set(df.image_key[hit])
 
     # -- metadata ------------------------------------------------------------------------------
     def append_meta(self, entry: dict[str, Any]) -> None:

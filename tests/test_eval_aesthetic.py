@@ -110,7 +110,7 @@ def test_aesthetic_named_architecture_with_checkpoint_file(backbone_dir, head_st
     open_clip.add_model_config(tmp_path / "rlgtest-aesthetic-tiny.json")
     weights = backbone_dir / "open_clip_model.safetensors"
     ev = Aesthetic(clip_model="rlgtest-aesthetic-tiny", clip_pretrained=str(weights), head_path=str(REAL_HEAD),
-                   offline=True)
+                   offline=True, clip_quick_gelu=True)
     got = [r["aesthetic"] for r in ev.score(samples)]
     np.testing.assert_allclose(got, _reference_scores(weights, head_state, samples), rtol=1e-4, atol=1e-4)
 
@@ -182,3 +182,35 @@ def test_url_download_is_verified_and_atomic(tmp_path):
         cached_url_file(url, "00" * 32, "other.pth", cache_dir=tmp_path / "d", offline=False, option="head_path",
                         what="test")
     assert list((tmp_path / "d").iterdir()) == []  # nothing left behind under any name
+
+
+def test_openai_weights_from_a_file_get_quick_gelu_or_are_refused(tmp_path):
+    """A weights file does not say its activation: the load is refused naming clip_quick_gelu; with it, the model
+    equals open_clip's own ``-quickgelu`` config (built the way open_clip names its QuickGELU variants)."""
+    from safetensors.torch import save_file
+
+    from rlg.evaluators._models import ModelNotAvailableError, load_open_clip
+
+    cfg = json.loads((save_tiny_open_clip(tmp_path / "t", embed_dim=16, image_size=32, patch_size=16,
+                                          quick_gelu=False) / "open_clip_config.json").read_text())["model_cfg"]
+    for name, quick in (("rlgtest-qg-tiny", False), ("rlgtest-qg-tiny-quickgelu", True)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(dict(cfg, quick_gelu=quick) if quick else cfg))
+        open_clip.add_model_config(tmp_path / f"{name}.json")
+    torch.manual_seed(3)
+    reference = open_clip.create_model("rlgtest-qg-tiny-quickgelu").eval()  # "OpenAI" weights: trained with QuickGELU
+    weights = tmp_path / "openai_weights.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, weights)
+    kw = dict(offline=True, option="clip_model", what="test backbone")
+    with pytest.raises(ModelNotAvailableError, match="clip_quick_gelu=true for OpenAI CLIP weights"):
+        load_open_clip("rlgtest-qg-tiny", str(weights), **kw)
+    with pytest.raises(ModelNotAvailableError, match="clip_quick_gelu=true for OpenAI"):
+        Aesthetic(clip_model="rlgtest-qg-tiny", clip_pretrained=str(weights), head_path=str(REAL_HEAD), offline=True)
+    model, _, source = load_open_clip("rlgtest-qg-tiny", str(weights), quick_gelu=True, **kw)
+    plain = open_clip.create_model("rlgtest-qg-tiny", pretrained=str(weights)).eval()  # what open_clip does unasked
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.encode_image(x), reference.encode_image(x))
+        assert not torch.allclose(plain.encode_image(x), reference.encode_image(x), atol=1e-4)  # why it matters
+    assert source.endswith(":quickgelu")
+    with pytest.raises(ModelNotAvailableError, match="contradicts"):  # a tag states its activation itself
+        load_open_clip("ViT-L-14", "openai", quick_gelu=False, **kw)

@@ -415,7 +415,8 @@ def tiny_clip(tmp_path_factory):
 
     cfg = {"embed_dim": 16,
            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+           "quick_gelu": True}  # as the config of OpenAI's weights states it
     torch.manual_seed(0)
     model = open_clip.CLIP(**cfg)
     path = tmp_path_factory.mktemp("clip")

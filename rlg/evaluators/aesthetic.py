@@ -9,8 +9,10 @@ sac+logos+ava1-l14-linearMSE.pth.
 The backbone comes through open_clip: ``ViT-L-14`` with pretrained tag ``openai`` (the same weights;
 open_clip marks that tag ``quick_gelu``, which we honour: building the plain ``ViT-L-14`` config
 with those weights would silently use the wrong activation). ``clip_pretrained`` may also be a
-local checkpoint file, and ``clip_model`` a ``local-dir:/path`` holding open_clip_config.json and
-weights (the hub layout of timm/vit_large_patch14_clip_224.openai).
+local checkpoint file, together with ``clip_quick_gelu`` (true for OpenAI's weights: a file does not say
+which activation it was trained with, so the load is refused without it), and ``clip_model`` a
+``local-dir:/path`` holding open_clip_config.json and weights (the hub layout of
+timm/vit_large_patch14_clip_224.openai).
 
 Upstream runs the backbone in fp16 on CUDA (``clip.load`` converts it); we default to fp32.
 """
@@ -70,11 +72,13 @@ class Aesthetic:
     name = "aesthetic"
     metrics = {"aesthetic": True}
     needs = frozenset({"image"})
+    requires = ("open_clip", "torchvision")
 
     def __init__(
         self,
         clip_model: str = "ViT-L-14",
         clip_pretrained: str | None = "openai",
+        clip_quick_gelu: bool | None = None,  # follows the tag; required with a weights file
         head_path: str | None = None,
         cache_dir: str | None = None,
         device: str | None = None,
@@ -103,7 +107,7 @@ class Aesthetic:
 
         model, preprocess, backbone = load_open_clip(
             clip_model, clip_pretrained, offline=offline, option="clip_model", what="Aesthetic backbone",
-            cache_dir=cache_dir,
+            cache_dir=cache_dir, quick_gelu=clip_quick_gelu, quick_gelu_option="clip_quick_gelu",
         )
         embed_dim = model.visual.output_dim
         if embed_dim != self.head[0].in_features:

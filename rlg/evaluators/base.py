@@ -75,6 +75,27 @@ def evaluator_class(name: str) -> type:
     return getattr(importlib.import_module(module_name), cls_name)
 
 
+def check_ready(name: str, options: dict[str, Any]) -> None:
+    """Refuse, before any image is made, an evaluator that could not score: a package it imports is missing
+    (class attribute ``requires``: top-level import names, or ``requires_for(**options)``), or its weights are
+    not on disk (class hook ``check_weights(**options)``). Finds packages without importing them.
+    Raises rlg.extras.MissingExtraError or rlg.evaluators._models.ModelNotAvailableError, one line each."""
+    import importlib.util
+
+    from rlg.extras import MissingExtraError, install_hint
+
+    cls = evaluator_class(name)  # its module's own imports (e.g. rapidfuzz for ocr) fail here
+    requires = getattr(cls, "requires_for", None)
+    modules = requires(**options) if requires else getattr(cls, "requires", ())
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtraError(f"evaluator {name!r} needs the package {module!r}, which is not installed. "
+                                    f"Fix: {install_hint(module)}, or drop {name} from evaluators.selected")
+    check = getattr(cls, "check_weights", None)
+    if check is not None:
+        check(**options)
+
+
 def get_evaluator(name: str, **options: Any) -> Evaluator:
     """Build the evaluator ``name`` with its options (batch size, device, dtype, weights, ...)."""
     return evaluator_class(name)(**options)

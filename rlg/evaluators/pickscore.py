@@ -31,6 +31,7 @@ class PickScore:
     name = "pickscore"
     metrics = {"pickscore": True}
     needs = frozenset({"image", "prompt"})
+    requires = ("transformers",)
 
     def __init__(
         self,

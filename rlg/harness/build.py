@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, validate
+from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, grid_scale_values, validate
 from rlg.harness.provenance import redact
 from rlg.harness.prompts import Prompt, load_prompts
 from rlg.store import content_key
@@ -109,15 +109,9 @@ def resolve_device(name: str, local_rank: int = 0, cuda_count: int | None = None
     return name
 
 
-def grid_scales(scales: list[Any]) -> tuple[float, ...]:
-    from rlg.guidance import ScaleError, check_scales
-
-    out = check_scales(list(scales))
-    if not out:
-        raise ScaleError("grid.scales is empty; give at least one scale, e.g. grid.scales=[0,1,2]")
-    dup = sorted({w for w in out if out.count(w) > 1})
-    if dup:
-        raise ScaleError(f"grid.scales has duplicates {dup}; each scale once")
+def grid_scales(scales: list[Any], allow_large: bool = False) -> tuple[float, ...]:
+    """The checked scales (rlg.harness.config.grid_scale_values); warns about negative ones."""
+    out = grid_scale_values(list(scales), allow_large)
     if any(w < 0 for w in out):
         log.warning("negative RLG scales %s move away from the RL model (allowed, but unusual)",
                     [w for w in out if w < 0])
@@ -130,8 +124,13 @@ def pair_spec(conf) -> Any:
 
     p = conf.pair
     if p.tiny:
+        ignored = [k for k in ("base", "rl", "vae", "pipeline_class") if getattr(p, k) is not None] + \
+            (["components"] if p.components else [])
+        if ignored:  # the tiny family fills these; a value here would be dropped without a word
+            raise ConfigError(f"pair.tiny={p.tiny} brings its own checkpoints, so pair.{ignored[0]} would have no "
+                              f"effect; drop it, or set pair.tiny=null to use pair.base / pair.rl")
         spec = tiny_spec(p.tiny, p.rl_kind, root=conf.paths.fixtures)
-        spec.name = p.name
+        spec.name, spec.dtype = p.name, p.dtype  # the dtype applies to tiny pairs as to any other
         return spec
     if p.base is None or p.rl is None:
         raise ConfigError(f"pair {p.name!r} needs pair.base.id and pair.rl.id (or pair.tiny=<family>)")
@@ -201,16 +200,56 @@ def _check_no_effect(conf: RunConf, default) -> None:
     if s.scheduler in ("default", "ddim") and s.shift is not None:
         raise ConfigError(f"sampler.shift={s.shift} has no effect with sampler.scheduler={s.scheduler} (shift is for "
                           "flow-matching schedulers); use euler_ode / flow_grpo_sde or sampler.shift=null")
-    if (s.window.start, s.window.stop) == (0.0, 1.0) and s.window.outside != d.window.outside:
-        raise ConfigError("sampler.window.outside has no effect when the window covers every step (start=0, stop=1); "
-                          "narrow the window or drop the override")
+
+
+def _pipeline_file(ck, name: str) -> dict[str, Any] | None:
+    """JSON file ``name`` of a checkpoint when it is on disk (a local folder or the hub cache), else None."""
+    import json
+
+    from huggingface_hub import try_to_load_from_cache
+
+    folder = Path(ck.id).expanduser()
+    if folder.is_dir():
+        path = folder / name
+    else:
+        hit = try_to_load_from_cache(ck.id, name, revision=ck.revision)
+        path = Path(hit) if isinstance(hit, str) else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def _check_eta(conf: RunConf, spec) -> None:
+    """Refuse sampler.eta when the pair's pipeline or scheduler would drop it, read from the checkpoint's
+    model_index.json / scheduler_config.json (no model loaded). A checkpoint not yet downloaded is checked
+    by rlg.sampling.RLGSampler before the first image."""
+    s = conf.sampler
+    if s.eta is None or s.scheduler in ("euler_ode", "flow_grpo_sde"):
+        return
+    import diffusers
+
+    from rlg.sampling import eta_ignored
+
+    index = _pipeline_file(spec.base, "model_index.json")
+    scheduler = _pipeline_file(spec.base, "scheduler/scheduler_config.json")
+    if index is None or scheduler is None:
+        return
+    pipeline_cls = getattr(diffusers, spec.pipeline_class or index.get("_class_name", ""), None)
+    scheduler_cls = diffusers.DDIMScheduler if s.scheduler == "ddim" else getattr(
+        diffusers, scheduler.get("_class_name", ""), None)
+    if pipeline_cls is None or scheduler_cls is None:
+        return
+    why = eta_ignored(pipeline_cls.__call__, scheduler_cls)
+    if why:
+        raise ConfigError(f"sampler.eta={s.eta} has no effect with pair {spec.name} and sampler.scheduler="
+                          f"{s.scheduler}: {why}; remove it (sampler.eta=null) or use sampler.scheduler=ddim")
 
 
 def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: str) -> tuple[EvaluatorPlan, ...]:
     """Check each selected evaluator's options against its constructor (names, then values through
     the evaluator's own ``check_options`` when it has one) and its prompt needs; merge batch size and
     device. Raises ConfigError naming the fix."""
-    from rlg.evaluators.base import REGISTRY, evaluator_class
+    from rlg.evaluators._models import ModelNotAvailableError
+    from rlg.evaluators.base import REGISTRY, check_ready, evaluator_class
+    from rlg.extras import MissingExtraError
 
     plans = []
     given = conf.evaluators.options or {}
@@ -219,7 +258,10 @@ def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: str) -> tuple[
         raise ConfigError(f"evaluators.options names {unknown}, which is not an evaluator; known evaluators: "
                           f"{', '.join(sorted(REGISTRY))}")
     for name in conf.evaluators.selected:
-        cls = evaluator_class(name)
+        try:
+            cls = evaluator_class(name)
+        except MissingExtraError as exc:  # the evaluator's module imports a package that is not installed
+            raise ConfigError(f"{exc}; or drop {name} from evaluators.selected") from None
         params = inspect.signature(cls.__init__).parameters
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
         opts = dict(given.get(name) or {})
@@ -237,6 +279,11 @@ def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: str) -> tuple[
                 check(**opts)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"evaluators.options.{name}: {exc}") from exc
+        if conf.stage in ("all", "evaluate"):  # its packages and weights, before any image is made
+            try:
+                check_ready(name, opts)
+            except (MissingExtraError, ModelNotAvailableError) as exc:
+                raise ConfigError(str(exc)) from None
         plans.append(EvaluatorPlan(name, opts))
     return tuple(plans)
 
@@ -274,7 +321,7 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
     check_complete(cfg)
     conf: RunConf = OmegaConf.to_object(cfg)  # the dataclass tree: from here on no DictConfig
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-    scales = grid_scales(conf.grid.scales)
+    scales = grid_scales(conf.grid.scales, conf.grid.allow_large_scales)
     rank, world, distributed = resolve_rank(conf.shard)
     local_rank = 0
     if distributed:  # accelerate's view of torchrun / accelerate launch; it also selects this rank's GPU
@@ -298,6 +345,7 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
     eval_device = resolve_device(conf.evaluators.device, local_rank)
     prompts, prompt_info = load_prompts(conf.prompts, conf.paths.cache)
     spec = pair_spec(conf)
+    _check_eta(conf, spec)
     evaluators = evaluator_plans(conf, prompts, eval_device)
     ident = image_identity(conf, spec, device)
     s = conf.sampler

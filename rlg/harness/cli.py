@@ -8,8 +8,11 @@ like Ctrl-C: what was stored stays stored and the same command resumes.
 
 import logging
 import os
+import shlex
+import shutil
 import signal
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,25 +30,33 @@ def _main(cfg: DictConfig) -> None:
     _STARTED = True
     from rlg.harness.config import ConfigError, validate
 
+    hc = HydraConfig.get()
     try:
         validate(cfg)  # bad values fail in a second, before torch is imported
     except ConfigError as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+        _refuse(exc, hc.runtime.output_dir)
     from rlg.harness.console import quiet_third_party
 
     quiet_third_party(verbose=bool(cfg.verbose))
     from rlg.harness.runner import USER_ERRORS, run
 
-    hc = HydraConfig.get()
     job = hc.job.override_dirname or cfg.name
     group = f"{cfg.name}-sweep" if hc.mode.name == "MULTIRUN" else None
     try:
         run(cfg, run_dir=hc.runtime.output_dir, overrides=list(hc.overrides.task), job_name=job, group=group)
     except USER_ERRORS as exc:
         log.debug("user error", exc_info=True)
-        log.error("%s", exc)
-        sys.exit(2)
+        _refuse(exc, hc.runtime.output_dir)
+
+
+def _refuse(exc: BaseException, run_dir: str) -> None:
+    """Print the refusal (one line) and exit 2, removing the run directory if Hydra made it for nothing
+    (it holds only Hydra's .hydra/ and log): a refused command leaves nothing on disk."""
+    log.error("%s", exc)
+    root = Path(run_dir)
+    if root.is_dir() and {p.name for p in root.iterdir()} <= {".hydra", f"{HydraConfig.get().job.name}.log"}:
+        shutil.rmtree(root, ignore_errors=True)
+    sys.exit(2)
 
 
 def cpu_defaults() -> None:
@@ -71,12 +82,43 @@ def main() -> None:
     if problem:  # one line with the closest key, instead of Hydra's multi-line error
         print(f"rlg-bench: {problem}", file=sys.stderr)
         sys.exit(2)
+    problem = output_root_problem(sys.argv[1:])
+    if problem:  # Hydra would create the run directory first and print a pathlib traceback
+        print(f"rlg-bench: {problem}", file=sys.stderr)
+        sys.exit(2)
     try:
         _main()
     except SystemExit as exc:
         if exc.code == 1 and not _STARTED:
             sys.exit(2)  # Hydra printed why it refused the command line (unknown option, misspelt key, type)
         raise
+    except KeyboardInterrupt:  # one line instead of a traceback through torch; the store is append-only
+        command = " ".join(shlex.quote(a) for a in ["rlg-bench", *sys.argv[1:]])
+        print(f"\nrlg-bench: interrupted (Ctrl-C). Every image and score stored so far is kept; to resume, run the "
+              f"same command again: {command}", file=sys.stderr)
+        sys.exit(130)
+
+
+def output_root_problem(argv: list[str]) -> str | None:
+    """Why the output folder named by ``paths.root=`` on the command line cannot be created or written, or
+    None. Creates the folder (as Hydra would next) so the check is the real one."""
+    roots = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("paths.root=")]
+    if not roots:
+        return None
+    path = Path(roots[-1]).expanduser()
+    if path.exists() and not path.is_dir():
+        return (f"the output folder paths.root={roots[-1]} is a file, not a folder; nothing was written. "
+                "Fix: point paths.root at a folder, e.g. paths.root=$HOME/rlg-outputs")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return (f"cannot create the output folder paths.root={roots[-1]} ({reason}); nothing was written. "
+                "Fix: point paths.root at a folder you can write, e.g. paths.root=$HOME/rlg-outputs")
+    if not os.access(path, os.W_OK):
+        return (f"cannot write into the output folder paths.root={roots[-1]} (permission denied); nothing was "
+                "written. Fix: point paths.root at a folder you can write, e.g. paths.root=$HOME/rlg-outputs")
+    return None
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ class SamplerConf:
 @dataclass
 class GridConf:
     name: str = MISSING
-    scales: List[Any] = MISSING  # validated by rlg.guidance.check_scales (so strings get a clear error)
+    scales: List[Any] = MISSING  # validated by grid_scale_values at start-up (so strings get a clear error)
+    allow_large_scales: bool = False  # lift the |w| <= MAX_ABS_SCALE bound (refusal only: no effect on an image)
 
 
 @dataclass
@@ -249,7 +250,41 @@ class RunConf:
     kl_learned: Optional[KLLearnedConf] = None
 
 
+# How every key of the pair, sampler, grid and evaluators schema takes effect; tests/test_effects.py (the effect
+# audit) fails for a key missing here and checks each declaration on a tiny family:
+#   image      changes the image bits (part of the content key)
+#   score      changes the scores (part of the evaluator version or selection)
+#   refused    any non-default value is refused at start-up (it could not take effect)
+#   placement  never changes an image or a score; stays out of the content key
+#   label      a name: no effect on the bits, yet part of the content key (re-keying would orphan every stored
+#              image; known cost: renaming a preset regenerates)
+#   gpu        changes bits only where the tiny CPU audit cannot reach (GPU kernels, tiled VAE above its tile
+#              size, offload hooks); kept in the content key
+#   job        selects another kind of job (closed-form ground truth), no image
+KEY_EFFECTS: Dict[str, str] = {
+    "pair.name": "label", "pair.tiny": "image", "pair.base": "image", "pair.base.id": "image",
+    "pair.base.revision": "image", "pair.base.subfolder": "image", "pair.base.weight_name": "image",
+    "pair.base.variant": "image", "pair.rl": "image", "pair.rl.id": "image", "pair.rl.revision": "image",
+    "pair.rl.subfolder": "image", "pair.rl.weight_name": "image", "pair.rl.variant": "image", "pair.rl_kind": "image",
+    "pair.pipeline_class": "image", "pair.vae": "image", "pair.vae.id": "image", "pair.vae.revision": "image",
+    "pair.vae.subfolder": "image", "pair.vae.weight_name": "image", "pair.vae.variant": "image", "pair.dtype": "image",
+    "pair.allow_pickle": "placement", "pair.offline": "placement", "pair.analytic": "job",
+    "pair.analytic.preset": "job", "pair.analytic.d": "job", "pair.analytic.beta": "job", "pair.components": "image",
+    "sampler.name": "placement", "sampler.scheduler": "image", "sampler.num_inference_steps": "image",
+    "sampler.guidance_scale": "image", "sampler.height": "image", "sampler.width": "image",
+    "sampler.negative_prompt": "image", "sampler.eta": "image", "sampler.shift": "image",
+    "sampler.noise_level": "image", "sampler.guidance_rescale": "refused", "sampler.window": "image",
+    "sampler.window.start": "image", "sampler.window.stop": "image", "sampler.window.outside": "image",
+    "sampler.batch_size": "placement", "sampler.offload": "gpu", "sampler.compile": "gpu",
+    "sampler.vae_tiling": "gpu", "sampler.micro_batch": "gpu", "sampler.extra": "image",
+    "grid.name": "placement", "grid.scales": "image", "grid.allow_large_scales": "placement",
+    "evaluators.selected": "score", "evaluators.batch_size": "placement", "evaluators.device": "gpu",
+    "evaluators.options": "score",
+}
+
 STAGES = ("generate", "evaluate", "report", "all")
+MAX_ABS_SCALE = 10.0  # |w| beyond this is refused unless grid.allow_large_scales=true (the paper's range is [1, 3])
+SCALE_DECIMALS = 6  # the report's scale resolution (rlg.report.stats): finer scales are refused at start-up
 RL_KINDS = ("full", "diffusers_lora", "peft_lora")
 SCHEDULERS = ("default", "ddim", "euler_ode", "flow_grpo_sde")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -374,12 +409,69 @@ def _at_least(key: str, value: Any, low: float, optional: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} is not valid; it must be {'null or ' if optional else ''}>= {low:g}")
 
 
+def grid_scale_values(scales: list[Any], allow_large: bool = False) -> list[float]:
+    """The grid's RLG scales as floats, or ConfigError naming the fix: not a finite number, none, a duplicate,
+    two scales the report cannot tell apart (they differ only beyond SCALE_DECIMALS decimals, so the report
+    would pool them under one label), or |w| > MAX_ABS_SCALE without ``grid.allow_large_scales=true``.
+    Pure Python: runs before torch is imported."""
+    import math
+
+    out = []
+    for i, w in enumerate(scales):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise ConfigError(f"RLG scale #{i} is {w!r} ({type(w).__name__}); scales must be finite numbers, "
+                              "e.g. grid.scales=[0,1,1.5]")
+        out.append(float(w))
+    if not out:
+        raise ConfigError("grid.scales is empty; give at least one scale, e.g. grid.scales=[0,1,2]")
+    dup = sorted({w for w in out if out.count(w) > 1})
+    if dup:
+        raise ConfigError(f"grid.scales has duplicates {dup}; each scale once")
+    fine = [w for w in out if abs(w - round(w, SCALE_DECIMALS)) > 1e-9]  # 1e-9: float noise such as 0.1 + 0.2
+    if fine:
+        raise ConfigError(f"grid.scales {fine} differ from {[round(w, SCALE_DECIMALS) for w in fine]} only beyond "
+                          f"{SCALE_DECIMALS} decimals, which the report cannot tell apart; round them")
+    merged = sorted({round(w, SCALE_DECIMALS) for w in out if [round(v, SCALE_DECIMALS) for v in out].count(
+        round(w, SCALE_DECIMALS)) > 1})
+    if merged:
+        raise ConfigError(f"grid.scales has scales the report would pool as {merged}; each scale once")
+    large = [w for w in out if abs(w) > MAX_ABS_SCALE]
+    if large and not allow_large:
+        raise ConfigError(f"grid.scales {large} are beyond |w| <= {MAX_ABS_SCALE:g} (the paper uses 1 to 3; larger "
+                          "scales give noise); if you mean it, add grid.allow_large_scales=true")
+    return out
+
+
+def check_window(start: float, stop: float, outside: str, num_steps: int) -> None:
+    """Refuse an RLG window that changes nothing or makes every scale the same image: one holding no step of
+    the ``num_steps`` schedule (every scale = the RL or base model), or one narrower than [0, 1] that still
+    holds every step (the default's images under another content key). rlg.guidance.StepWindow's rule."""
+    from rlg.guidance import StepWindow
+
+    inside = StepWindow(start, stop, outside).steps_inside(num_steps)
+    where = f"sampler.window start={start:g} stop={stop:g} on the {num_steps}-step schedule (step i is inside " \
+            "when start <= i/steps < stop)"
+    if not inside:
+        model = "RL" if outside == "rl" else "base"
+        raise ConfigError(f"{where} contains no step, so every scale would give the {model} model's image; widen "
+                          "the window or raise sampler.num_inference_steps")
+    if len(inside) == num_steps and (start, stop) != (0.0, 1.0):
+        raise ConfigError(f"{where} contains every step, the same images as the default window; drop the override")
+    if len(inside) == num_steps and outside != "rl":
+        raise ConfigError("sampler.window.outside has no effect when the window covers every step (start=0, stop=1); "
+                          "narrow the window or drop the override")
+
+
 def check_values(cfg: DictConfig) -> None:
     """Values the schema's types cannot express, checked at start-up (not hours later when used)."""
+    from pathlib import Path
+
     from rlg.evaluators.base import REGISTRY
     from rlg.harness.prompts import SOURCES
 
     _one_of("stage", cfg.stage, STAGES)
+    if cfg.kl_claim is None:
+        grid_scale_values(list(cfg.grid.scales), cfg.grid.allow_large_scales)
     for key in ("device", "evaluators.device"):
         value = OmegaConf.select(cfg, key)
         if not DEVICE.match(str(value)):
@@ -394,6 +486,7 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"sampler.window needs 0 <= start <= stop <= 1 (fractions of the schedule), got "
                           f"start={s.window.start}, stop={s.window.stop}")
     _at_least("sampler.num_inference_steps", s.num_inference_steps, 1)
+    check_window(s.window.start, s.window.stop, s.window.outside, s.num_inference_steps)
     _at_least("sampler.batch_size", s.batch_size, 1)
     mb = s.micro_batch  # the same rule as rlg.denoiser.resolve_micro_batch, without importing torch here
     if not (mb is None or mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and mb >= 0)):
@@ -405,6 +498,9 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError("sampler.guidance_rescale > 0 makes classifier-free guidance nonlinear, so mixing raw "
                           "predictions no longer equals the official order; set sampler.guidance_rescale=0")
     _one_of("prompts.source", cfg.prompts.source, ("inline", "file", *SOURCES))
+    path = cfg.prompts.path
+    if path and not Path(path).expanduser().is_file():  # the loader reads it later; refuse before any import
+        raise ConfigError(f"prompt file {Path(path).expanduser()} does not exist; fix prompts.path")
     _at_least("prompts.samples_per_prompt", cfg.prompts.samples_per_prompt, 1)
     _at_least("prompts.max_prompts", cfg.prompts.max_prompts, 1, optional=True)
     unknown = [e for e in cfg.evaluators.selected if e not in REGISTRY]

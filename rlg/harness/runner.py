@@ -25,13 +25,13 @@ from rlg.harness.prompts import PromptError
 from rlg.harness.provenance import provenance, redact
 from rlg.store import Store, StoreError
 from rlg.harness.tracking import Tracker
-from rlg.report.stats import SERIES
+from rlg.report.stats import SERIES, scale_label
 from rlg.pairs import PairError
 from rlg.sampling import SamplerError
 
 log = logging.getLogger("rlg")
 USER_ERRORS = (ConfigError, ScaleError, PairError, PromptError, SamplerError, StoreError, PermissionError,
-               UnknownEvaluatorError)
+               UnknownEvaluatorError, stages.EvaluationFailed)
 
 
 class Ranks:
@@ -174,4 +174,4 @@ def _print_summary(records: list[dict[str, Any]]) -> None:
             n = int(rows["n"].max()) if "n" in rows else 0
             bad = int(rows["n_nonfinite"].max()) if "n_nonfinite" in rows else 0
             excluded = f" ({bad} nonfinite, excluded)" if bad else ""
-            print(f"  w={scale:g}: n={n}{excluded} {vals}".rstrip())
+            print(f"  w={scale_label(scale)}: n={n}{excluded} {vals}".rstrip())

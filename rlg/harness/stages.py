@@ -26,6 +26,10 @@ from rlg.store import Store, content_key, write_error
 log = logging.getLogger("rlg")
 
 
+class EvaluationFailed(RuntimeError):
+    """An evaluator failed on every image it was given (its per-image errors are stored)."""
+
+
 class PairCache:
     """The loaded pair, kept between jobs of a basic-launcher multirun (one pair resident at a time).
 
@@ -207,10 +211,10 @@ def evaluate(job: Job, store: Store) -> dict[str, Any]:
                     "not scored. Run stage=generate (or all) to make them again", len(mine) - len(images), len(mine))
     sha = dict(zip(images.image_key, images.image_sha256))
     batch_size = job.config.evaluators.batch_size
-    out = {}
+    out, broken = {}, []
     for plan in job.evaluators:
         ev = get_evaluator(plan.name, **plan.options)
-        done = store.scored(ev.name, ev.version)
+        done = store.scored(ev.name, ev.version, failed=False)  # a failed image is tried again
         todo = images[~images.image_key.isin(done)]
         log.info("evaluate %s (%s): %d images, %d cached", plan.name, ev.version, len(todo), len(images) - len(todo))
         store.check_free_space()
@@ -220,17 +224,25 @@ def evaluate(job: Job, store: Store) -> dict[str, Any]:
                 meta = json.loads(r.metadata) if isinstance(r.metadata, str) else None
                 yield Sample(key=r.image_key, image=store.load_image(r), prompt=r.prompt, metadata=meta)
 
-        failed = 0
+        failed, failed_images, first_error = 0, set(), None
         with tqdm(total=len(todo), desc=f"evaluate {plan.name}", unit="img") as bar:
             for rows in run_evaluator(ev, samples(), batch_size=batch_size):
                 store.write_scores({**asdict(r), "image_sha256": sha[r.image_key]} for r in rows)
-                failed += sum(1 for r in rows if r.error)
+                bad = [r for r in rows if r.error]
+                failed += len(bad)
+                failed_images |= {r.image_key for r in bad}
+                first_error = first_error or (bad[0].error if bad else None)
                 bar.update(len({r.image_key for r in rows}))
         if failed:
             log.warning("evaluate %s: %d score rows failed (value NaN, reason in the error column); the other "
                         "images are scored", plan.name, failed)
         out[plan.name] = {"version": ev.version, "scored": len(todo), "cached": len(images) - len(todo),
                           "failed_rows": failed}
+        if len(todo) and len(failed_images) == len(todo):
+            broken.append(f"{plan.name} failed on all {len(todo)} images (first: {str(first_error)[:200]})")
+    if broken:  # the other evaluators' scores are stored; a report with n = 0 would pass for a result
+        raise EvaluationFailed("evaluate: " + "; ".join(broken) + ". Each failure is stored per image (error "
+                               "column); fix the cause and rerun with stage=evaluate (failed images are retried)")
     return out
 
 

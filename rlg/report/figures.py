@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory
 from PIL import Image
 
-from rlg.report.stats import GENEVAL_TAGS, SERIES, _normalise_images, pareto_front
+from rlg.report.stats import GENEVAL_TAGS, SERIES, _normalise_images, canonical_scale, pareto_front, scale_label
 
 COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
 TEXT_WIDTH = 6.9  # inches: a figure* across both columns
@@ -281,7 +281,7 @@ def plot_image_grid(images: pd.DataFrame, stem: Path, n_prompts: int = 8, prompt
     and seed (the row's noise is drawn from (seed, prompt index, sample index): rlg.sampling.noise_seed).
     ``images`` should hold one series (one run of one pair)."""
     img = _normalise_images(images)
-    all_scales = sorted(img["scale"].unique()) if scales is None else [round(float(s), 6) for s in scales]
+    all_scales = sorted(img["scale"].unique()) if scales is None else [canonical_scale(s) for s in scales]
     rows = choose_grid_rows(img, n_prompts, prompt_ids)
     n_rows, n_cols = max(len(rows), 1), max(len(all_scales), 1)
     width = width or (COLUMN_WIDTH if n_cols <= 6 else TEXT_WIDTH)
@@ -293,7 +293,7 @@ def plot_image_grid(images: pd.DataFrame, stem: Path, n_prompts: int = 8, prompt
         fig = Figure(figsize=(fw, fh))
         for j, w in enumerate(all_scales):
             x = GRID_MARGIN + j * (cell + GRID_GAP) + cell / 2
-            label = f"w={w:g}" + {0.0: "\nbase", 1.0: "\nRL"}.get(w, "")
+            label = f"w={scale_label(w)}" + {0.0: "\nbase", 1.0: "\nRL"}.get(w, "")
             fig.text(x / fw, 1 - 0.02 / fh, label, ha="center", va="top", fontsize=6)
         max_chars = int(width * 24)
         for i, r in rows.iterrows():

@@ -24,6 +24,19 @@ GENEVAL_OVERALL = "geneval_overall"
 SCALE_DECIMALS = 6  # float grids (0.30000000000000004) must still pair up
 
 
+def canonical_scale(w: float) -> float:
+    """``w`` rounded to SCALE_DECIMALS when the difference is float noise (0.1 + 0.2 -> 0.3), else ``w`` as stored:
+    scales the store keeps apart (e.g. 1 and 1.0000001, from before the harness refused such grids) stay apart."""
+    r = round(float(w), SCALE_DECIMALS)
+    return r if abs(r - w) <= 1e-9 else float(w)
+
+
+def scale_label(w: float) -> str:
+    """The shortest text of ``w`` that reads back as ``w`` ("1.5", not "1.50000"; "1.0000001", not "1")."""
+    short = f"{w:g}"
+    return short if float(short) == w else repr(float(w))
+
+
 def with_series(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with every SERIES column as text ("" where absent); a frame from before the rename
     (``experiment`` instead of ``run_name``) is read as such. The one place series columns are made."""
@@ -45,7 +58,7 @@ def _normalise_images(images: pd.DataFrame) -> pd.DataFrame:
         if c not in img.columns:
             img[c] = 0
     img["nonfinite"] = img["nonfinite"].fillna(False).astype(bool) if "nonfinite" in img.columns else False
-    img["scale"] = img["scale"].astype(float).round(SCALE_DECIMALS)
+    img["scale"] = img["scale"].astype(float).map(canonical_scale)
     return img
 
 

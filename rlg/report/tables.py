@@ -15,7 +15,7 @@ import pandas as pd
 
 from rlg.report.anchors import Anchor, compare_protocol, describe_comparability, match_scale
 from rlg.report.names import metric_title
-from rlg.report.stats import GENEVAL_TAGS, SERIES, series_name
+from rlg.report.stats import GENEVAL_TAGS, SERIES, scale_label, series_name
 
 FORMATS = ("markdown", "latex", "html")
 DASH = {"markdown": "–", "latex": "--", "html": "–"}
@@ -39,7 +39,7 @@ def format_number(x: float, decimals: int, fmt: str = "markdown", signed: bool =
 
 def format_scale(w: float) -> str:
     """w as the paper writes it, naming the two models it reproduces (w=0 base, w=1 RL)."""
-    s = f"{w:g}"
+    s = scale_label(w)
     return f"{s} (base)" if w == 0 else f"{s} (RL)" if w == 1 else s
 
 

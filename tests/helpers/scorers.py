@@ -83,15 +83,16 @@ def tiny_open_clip_config(embed_dim: int = 16, image_size: int = 64, patch_size:
     return cfg
 
 
-def save_tiny_open_clip(directory: str | Path, *, seed: int = 0, **config) -> Path:
-    """A random tiny open_clip CLIP in the hub layout (open_clip_config.json + open_clip_model.safetensors)."""
+def save_tiny_open_clip(directory: str | Path, *, seed: int = 0, quick_gelu: bool = True, **config) -> Path:
+    """A random tiny open_clip CLIP in the hub layout (open_clip_config.json + open_clip_model.safetensors).
+    ``quick_gelu`` goes into model_cfg, as the configs of OpenAI's weights state it (False: the key is left out)."""
     import open_clip
     import torch
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model_cfg = tiny_open_clip_config(**config)
+    model_cfg = tiny_open_clip_config(quick_gelu=quick_gelu, **config)
     torch.manual_seed(seed)
     model = open_clip.CLIP(**model_cfg)
     preprocess_cfg = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],

@@ -13,7 +13,8 @@ on CUDA both text and image passes ran under fp16 autocast with the model in fp3
 
 Upstream used open_clip 2.20, whose ``pretrained="openai"`` loaded OpenAI's own model, which uses
 QuickGELU. open_clip 3.x builds "ViT-L-14" with plain GELU even for the openai weights (it only
-warns), so ``quick_gelu=True`` is the default here to get the same network.
+warns), so the activation follows the weights here (``rlg.evaluators._models.clip_quick_gelu``): the
+tag's flag, or ``quick_gelu`` given with a weights file (refused without it).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class ClipColourClassifier:
         self,
         model_name: str = "ViT-L-14",
         pretrained: str | None = "openai",
-        quick_gelu: bool = True,
+        quick_gelu: bool | None = None,  # follows the pretrained tag; required with a weights file
         device: str = "cpu",
         dtype: str | torch.dtype | None = None,
         bgcolor: str = "#999",
@@ -74,6 +75,10 @@ class ClipColourClassifier:
         amp: bool = True,
     ):
         open_clip = require("open_clip", purpose="the geneval colour classifier")
+        from rlg.evaluators._models import clip_quick_gelu
+
+        quick_gelu = clip_quick_gelu(model_name, pretrained, quick_gelu, option="clip_quick_gelu",
+                                     what="GenEval colour classifier")
 
         self.device = torch.device(device)
         self.bgcolor, self.crop, self.batch_size = bgcolor, crop, batch_size

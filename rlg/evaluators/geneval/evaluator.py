@@ -39,6 +39,11 @@ class GenEval:
     metrics = {"geneval_correct": True}
 
     @staticmethod
+    def requires_for(detector: str = "hf", **_: object) -> tuple[str, ...]:
+        """Packages the chosen detector and the colour classifier import (start-up check)."""
+        return ("open_clip", "cv2") + (("mmdet", "mmcv") if detector == "mmdet" else ())
+
+    @staticmethod
     def check_options(detector: str = "hf", dtype: str | torch.dtype | None = None, **_: object) -> None:
         """Raise ValueError for option values the constructor would refuse (called at start-up)."""
         if detector not in ("hf", "mmdet"):
@@ -71,7 +76,7 @@ class GenEval:
         detector_config: str | None = None,  # mmdet config; default: the one GenEval uses
         clip_model: str = "ViT-L-14",
         clip_pretrained: str | None = "openai",
-        clip_quick_gelu: bool = True,
+        clip_quick_gelu: bool | None = None,  # follows the tag ("openai": QuickGELU); required with a weights file
         clip_amp: bool = True,  # fp16 autocast on CUDA, as clip_benchmark's default under GenEval
         threshold: float = THRESHOLD,
         counting_threshold: float = COUNTING_THRESHOLD,
@@ -90,6 +95,10 @@ class GenEval:
         self.detector_name = detector
         self.detector_path, self.detector_revision = detector_path, detector_revision
         self.detector_checkpoint, self.detector_config = detector_checkpoint, detector_config
+        from rlg.evaluators._models import clip_quick_gelu as activation
+
+        clip_quick_gelu = activation(clip_model, clip_pretrained, clip_quick_gelu, option="clip_quick_gelu",
+                                     what="GenEval colour classifier")  # the weights' own, refused if unknown
         self.clip_model, self.clip_pretrained, self.clip_quick_gelu = clip_model, clip_pretrained, clip_quick_gelu
         self.clip_amp = clip_amp
         self.threshold, self.counting_threshold = threshold, counting_threshold
