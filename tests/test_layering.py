@@ -17,10 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # top to bottom; a module may import its own floor and the floors below it. A module's floor is the one
 # of its longest matching pattern (a module, a package with everything in it, or an fnmatch pattern).
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
-    ("app", ("rlg.harness", "rlg.conf")),
+    # the zoo's measurement and its retrain driver read the presets through rlg.harness.api.job: harness users
+    ("app", ("rlg.harness", "rlg.conf", "rlg.zoo.digits_eval", "rlg.zoo.train_digits", "rlg.zoo.train")),
     ("report", ("rlg.report",)),
     ("science", ("rlg.kl_claim", "rlg.kl_learned", "rlg.kl_stats", "rlg.ground_truth", "rlg.zoo.train*",
-                 "rlg.zoo.digits_eval", "rlg.zoo.digits_rl")),
+                 "rlg.zoo.digits_rl")),
     ("library", ("rlg", "rlg.grid", "rlg.sampling", "rlg.pairs", "rlg.denoiser", "rlg.guidance", "rlg.schedulers",
                  "rlg.methods", "rlg.evaluators", "rlg.tiny_pairs", "rlg.analytic", "rlg.analytic_metrics",
                  "rlg.zoo.digits", "rlg.zoo.text", "rlg.zoo.common")),  # the zoo's models and data builders

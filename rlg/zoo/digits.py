@@ -11,9 +11,10 @@ the classifier see only the train part; the held-out part is the classifier's te
 reference set of the Fréchet distance.
 
 Pipeline: a stock ``StableDiffusionPipeline``: a small trained ``AutoencoderKL`` (32x32x3 <-> 8x8x4
-latents), a frozen random-weight tiny ``CLIPTextModel`` with a real CLIP BPE tokenizer (from
-``rlg.tiny_pairs``; the UNet learns to read its embeddings), a small ``UNet2DConditionModel``
-trained with epsilon prediction on SD1.5's scaled-linear DDPM schedule, and a ``DDIMScheduler``.
+latents), a tiny ``CLIPTextModel`` (hidden 32, 2 layers) with a real CLIP BPE tokenizer (from
+``rlg.tiny_pairs``), trained together with a small ``UNet2DConditionModel`` by the epsilon-prediction
+loss on SD1.5's scaled-linear DDPM schedule, and a ``DDIMScheduler``. All saved by the stock classes in
+hub layout, so the pipeline loads by the same code path as real checkpoints.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def build_tokenizer():
 
 
 def build_text_encoder(tokenizer, seed: int = 0):
-    """Frozen, random-weight tiny CLIP text encoder (hidden 32); fixed by its seed."""
+    """Tiny CLIP text encoder (hidden 32, 2 layers), initialised by its seed; train_digits_base trains it with the
+    UNet (a frozen random one left the digit prompts nearly indistinguishable to the UNet)."""
     from rlg.tiny_pairs import _clip_text
 
     return _clip_text(tokenizer, hidden=32, seed=seed)

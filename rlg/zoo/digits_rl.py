@@ -119,12 +119,15 @@ def decode_uint8(parts: BaseParts, latents: torch.Tensor) -> np.ndarray:
     return (img * 255).round().astype(np.uint8)
 
 
-def digit_prob_reward(images_u8: np.ndarray, digits: torch.Tensor, classifier) -> torch.Tensor:
-    """(N,) probability of the prompted digit (the digit_prob evaluator's number)."""
+def digit_rewards(images_u8: np.ndarray, digits: torch.Tensor, classifier) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) probability of the prompted digit and (N,) its log-odds (the digit_prob evaluator's digit_prob and
+    digit_margin, rlg.evaluators.digits.log_odds)."""
+    from rlg.evaluators.digits import log_odds
+
     x = torch.from_numpy(images_u8.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
     with torch.no_grad():
-        p = classifier(x).softmax(1)
-    return p[torch.arange(len(digits)), digits]
+        logits = classifier(x)
+    return logits.softmax(1)[torch.arange(len(digits)), digits], log_odds(logits, digits)
 
 
 def jpeg_reward(images_u8: np.ndarray, kind: str) -> torch.Tensor:

@@ -34,9 +34,10 @@ from rlg.zoo.digits_rl import (ETA, GUIDANCE, NUM_STEPS, cfg_eps, decode_uint8, 
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 DEFAULTS = dict(beta=0.1, steps=10, lr=5e-3, batch_size=8, timestep_fraction=0.5, rank=4, reward_scale=0.02)
-# Iterations of the shipped models: compressibility moves within 10; incompressibility needs 30 (after 10 its RLG
-# gain from w = 1 to 2 was +0.003 kB, 1.5 paired SEs at 30 images; after 30, +0.012 to +0.014 kB, over 6 SEs at 60)
-SHIPPED_STEPS = {"compress": 10, "incompress": 30}
+# Iterations of the shipped models: 30 each. On the first base compressibility moved within 10; on the base with a
+# trained text encoder 10 moved nothing (w = 1 - w = 0: +0.001 kB, the wrong sign; w2 - w1 -0.0035 kB at 50 images).
+# Incompressibility needed 30 on the first base (after 10 its w2 - w1 was 1.5 paired SEs; after 30, over 6).
+SHIPPED_STEPS = {"compress": 30, "incompress": 30}
 
 
 def train_ddpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAULTS["steps"],

@@ -1,4 +1,5 @@
-"""Diffusion-DPO on the digits base: preference pairs of the base model's own samples ranked by digit_prob.
+"""Diffusion-DPO on the digits base: preference pairs of the base model's own samples, Bradley-Terry labels on the
+classifier's log-odds of the prompted digit.
 
 Loss (Wallace et al. 2023, "Diffusion Model Alignment Using Direct Preference Optimization", eq. 14;
 as implemented in SalesforceAIResearch/DiffusionDPO @ main : train.py, ``--sdxl False`` branch):
@@ -10,11 +11,15 @@ coefficient of the objective, with the 1/T of eq. 14 folded in, as the official 
 
 Preference data (one offline round, like Pick-a-Pic in the paper but self-generated): ``n_per_prompt``
 samples per digit prompt from the base with the evaluation sampler (DDIM ``data_steps`` = 20 steps, eta 1, CFG 2),
-scored by the digit classifier; within each prompt, every (winner, loser) whose digit_prob values differ by at
-least ``margin`` is a candidate and ``pairs_per_prompt`` of them are drawn (make_preference_pairs). The base's
-samples are nearly all right (p > 0.9) or wrong (p < 0.1), so a 0.5 margin keeps clean pairs. The winner's and
-loser's final DDIM latents are the x_0 of the loss (what the VAE would encode them to, up to its error).
-The data depend only on the base and ``data_seed``, so a beta/seed sweep trains on the same pairs.
+scored by the digit classifier's log-odds of the prompted digit, r = log(p / (1 - p)) (``digit_margin``; unbounded,
+so it keeps ranking images that are already right, where p saturates at 1). Within each prompt ``pairs_per_prompt``
+random pairs (i, j) are drawn and labelled by a Bradley-Terry model of the reward, P(i preferred) =
+sigmoid((r_i - r_j) / ``bt_temperature``) (make_preference_pairs). With BT labels the population DPO objective
+is the KL-regularised one whose optimum is p_base exp(r / (bt_temperature beta)) (Rafailov et al. 2023, sec. 4;
+Wallace et al. 2023, sec. 4), the optimum RLG's theory is about; deterministic labels on separable pairs have no
+finite optimum. The winner's and loser's final DDIM latents are the x_0 of the loss (what the VAE would encode
+them to, up to its error). The data depend only on the base and ``data_seed``, so a beta/seed sweep trains on the
+same pairs.
 Full UNet weights are trained and saved as ``<out_dir>/unet`` (like mhdang/dpo-sd1.5-text2image-v1).
 """
 
@@ -30,31 +35,31 @@ import torch
 from rlg.zoo import digits as D
 from rlg.zoo import resolve_zoo_id
 from rlg.zoo.common import setup_torch, timer
-from rlg.zoo.digits_rl import (GUIDANCE, NUM_STEPS, decode_uint8, digit_prob_reward, load_base, load_classifier,
+from rlg.zoo.digits_rl import (GUIDANCE, NUM_STEPS, decode_uint8, digit_rewards, load_base, load_classifier,
                                sample_trajectories)
 
-DEFAULTS = dict(beta=500.0, steps=600, lr=3e-5, batch_pairs=16, n_per_prompt=100, margin=0.5, pairs_per_prompt=60,
+DEFAULTS = dict(beta=500.0, steps=600, lr=3e-5, batch_pairs=16, n_per_prompt=100, bt_temperature=1.0,
+                pairs_per_prompt=100,
                 data_seed=0, data_steps=NUM_STEPS, uncond_prob=0.0,
                 lora_rank=0)
 CACHE_DIR = Path.home() / ".cache" / "rlg-bench" / "zoo"
 
 
 def make_preference_pairs(base_dir: str, data_seed: int = 0, n_per_prompt: int = DEFAULTS["n_per_prompt"],
-                          margin: float = DEFAULTS["margin"], classifier: str = "zoo:digits_classifier",
+                          bt_temperature: float = DEFAULTS["bt_temperature"], classifier: str = "zoo:digits_classifier",
                           data_steps: int = DEFAULTS["data_steps"],
                           pairs_per_prompt: int = DEFAULTS["pairs_per_prompt"], cache: bool = True, log=print
                           ) -> dict[str, torch.Tensor]:
-    """{'x_w','x_l': (P, 4, 8, 8) final latents, 'digit': (P,), 'p_w','p_l': (P,) digit_prob,
-    'base_prob': (10 * n_per_prompt,) digit_prob of every base sample}.
+    """{'x_w','x_l': (P, 4, 8, 8) final latents, 'digit': (P,), 'r_w','r_l': (P,) reward (log-odds),
+    'p_w','p_l': (P,) digit_prob, 'base_reward', 'base_prob': (10 * n_per_prompt,) of every base sample}.
 
-    Per digit prompt, every (winner, loser) of its ``n_per_prompt`` samples whose digit_prob differ by at least
-    ``margin`` is a candidate; ``pairs_per_prompt`` of them are drawn without replacement (all when fewer), so a
-    sample can appear in several pairs (as images do in Pick-a-Pic). P <= 10 * pairs_per_prompt; a digit the base
-    never (or always) draws right contributes no pairs. Cached under ~/.cache/rlg-bench/zoo by the base's
-    weights hash and the arguments when ``cache``."""
+    Per digit prompt, ``pairs_per_prompt`` pairs of distinct samples are drawn uniformly (with replacement across
+    pairs, as images recur in Pick-a-Pic) and ordered by a Bradley-Terry draw, P(i wins) = sigmoid((r_i - r_j) /
+    bt_temperature); P = 10 * pairs_per_prompt. Cached under ~/.cache/rlg-bench/zoo by the base's weights hash and
+    the arguments when ``cache``."""
     digest = hashlib.sha256((Path(base_dir) / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
     clf_digest = hashlib.sha256(str(resolve_zoo_id(classifier)).encode()).hexdigest()[:6]
-    key = (f"dpo-pairs2-{digest[:12]}-{clf_digest}-{data_seed}-{n_per_prompt}-{margin}-{data_steps}-"
+    key = (f"dpo-pairs-bt-{digest[:12]}-{clf_digest}-{data_seed}-{n_per_prompt}-{bt_temperature}-{data_steps}-"
            f"{pairs_per_prompt}.pt")
     if cache and (CACHE_DIR / key).exists():
         return torch.load(CACHE_DIR / key, weights_only=True)
@@ -62,25 +67,28 @@ def make_preference_pairs(base_dir: str, data_seed: int = 0, n_per_prompt: int =
     parts = load_base(base_dir)
     clf = load_classifier(classifier)
     digits = torch.arange(10).repeat_interleave(n_per_prompt)
-    lat, probs = [], []
+    lat, probs, rewards = [], [], []
     for i in range(0, len(digits), 100):
         d = digits[i:i + 100]
         tr = sample_trajectories(parts, parts.unet, d, gen, num_steps=data_steps)
         x0 = tr["latents"][-1]
         lat.append(x0)
-        probs.append(digit_prob_reward(decode_uint8(parts, x0), d, clf))
+        p, r = digit_rewards(decode_uint8(parts, x0), d, clf)
+        probs.append(p)
+        rewards.append(r)
         log(f"dpo data: {i + len(d)}/{len(digits)} samples")
-    lat, probs = torch.cat(lat), torch.cat(probs).float()
+    lat, probs, rewards = torch.cat(lat), torch.cat(probs).float(), torch.cat(rewards).float()
     win, lose = [], []
     for d in range(10):
         idx = torch.nonzero(digits == d).flatten()
-        gap = probs[idx][:, None] - probs[idx][None, :]  # gap[i, j] = p_i - p_j
-        cand = torch.nonzero(gap >= margin)  # (K, 2) rows (winner, loser) in idx positions
-        cand = cand[torch.randperm(len(cand), generator=gen)[:pairs_per_prompt]]
-        win.append(idx[cand[:, 0]]); lose.append(idx[cand[:, 1]])
+        i = torch.randint(0, len(idx), (pairs_per_prompt,), generator=gen)
+        j = (i + torch.randint(1, len(idx), (pairs_per_prompt,), generator=gen)) % len(idx)  # j != i
+        i, j = idx[i], idx[j]
+        first = torch.rand(pairs_per_prompt, generator=gen) < torch.sigmoid((rewards[i] - rewards[j]) / bt_temperature)
+        win.append(torch.where(first, i, j)); lose.append(torch.where(first, j, i))
     win, lose = torch.cat(win), torch.cat(lose)
     data = {"x_w": lat[win], "x_l": lat[lose], "digit": digits[win], "p_w": probs[win], "p_l": probs[lose],
-            "base_prob": probs}
+            "r_w": rewards[win], "r_l": rewards[lose], "base_prob": probs, "base_reward": rewards}
     if cache:
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         torch.save(data, CACHE_DIR / key)
@@ -90,7 +98,7 @@ def make_preference_pairs(base_dir: str, data_seed: int = 0, n_per_prompt: int =
 def train_dpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAULTS["steps"],
               out_dir: Path | str = "digits_dpo", base: str = "zoo:digits_base", lr: float = DEFAULTS["lr"],
               batch_pairs: int = DEFAULTS["batch_pairs"], n_per_prompt: int = DEFAULTS["n_per_prompt"],
-              margin: float = DEFAULTS["margin"], data_seed: int = DEFAULTS["data_seed"],
+              bt_temperature: float = DEFAULTS["bt_temperature"], data_seed: int = DEFAULTS["data_seed"],
               classifier: str = "zoo:digits_classifier", data_steps: int = DEFAULTS["data_steps"],
               pairs_per_prompt: int = DEFAULTS["pairs_per_prompt"], uncond_prob: float = DEFAULTS["uncond_prob"],
               lora_rank: int = DEFAULTS["lora_rank"], cache: bool = True, log=print) -> dict[str, Any]:
@@ -101,7 +109,7 @@ def train_dpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
     count. Returns the training config and log."""
     base_dir = resolve_zoo_id(base)
     with timer() as t_data:
-        data = make_preference_pairs(base_dir, data_seed, n_per_prompt, margin, classifier, data_steps,
+        data = make_preference_pairs(base_dir, data_seed, n_per_prompt, bt_temperature, classifier, data_steps,
                                      pairs_per_prompt, cache=cache, log=log)
     gen = setup_torch(seed)
     parts = load_base(base_dir)
@@ -169,13 +177,17 @@ def train_dpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
     policy.register_to_config(_name_or_path=f"{base}/unet")  # the zoo id, not this machine's path
     policy.save_pretrained(str(out / "unet"), safe_serialization=True)
     return {"method": "Diffusion-DPO (Wallace et al. 2023)", "beta": beta, "kl_coefficient": beta, "seed": seed,
-            "steps": steps, "lr": lr, "batch_pairs": batch_pairs, "base": base, "reward": "digit_prob",
-            "n_per_prompt": n_per_prompt, "margin": margin, "data_seed": data_seed, "data_steps": data_steps,
+            "steps": steps, "lr": lr, "batch_pairs": batch_pairs, "base": base, "reward": "digit_margin",
+            "labels": "Bradley-Terry on the log-odds", "n_per_prompt": n_per_prompt, "bt_temperature": bt_temperature,
+            "data_seed": data_seed, "data_steps": data_steps,
             "pairs_per_prompt": pairs_per_prompt, "uncond_prob": uncond_prob, "lora_rank": lora_rank,
             "n_pairs": int(n_pairs),
             "pairs_per_digit": torch.bincount(data["digit"], minlength=10).tolist(),
             "pair_digit_prob": {"winner": round(float(data["p_w"].mean()), 4),
                                 "loser": round(float(data["p_l"].mean()), 4)},
+            "pair_digit_margin": {"winner": round(float(data["r_w"].mean()), 4),
+                                  "loser": round(float(data["r_l"].mean()), 4)},
+            "base_sample_digit_margin": round(float(data["base_reward"].mean()), 4),
             "sampler": {"scheduler": "DDIM", "steps": NUM_STEPS, "eta": 1.0, "guidance": GUIDANCE},
             "base_sample_digit_prob": round(float(data["base_prob"].mean()), 4),
             "seconds": round(t_data["seconds"] + t_train["seconds"], 1), "seconds_data": t_data["seconds"],
