@@ -82,7 +82,7 @@ class KLClaimSettings:
     "pixels" (uint8 / 255, flattened)."""
 
     task: str = "digits_dpo"  # names the model directory kl_<task>
-    base: str = "zoo:digits_base"  # the base pipeline (hub layout); zoo: ids resolve via rlg.zoo
+    base: str = "zoo:digits_base_v1"  # the base the kl_digits_* models were fine-tuned from (hub layout)
     trainer: Any = ""  # "module:function" (or a callable) train(beta, seed, steps, out_dir); only to train
     trainer_kwargs: dict = field(default_factory=dict)  # passed to the trainer as is (e.g. reward: incompress)
     train_steps: int = 0  # 0: the trainer's default

@@ -172,7 +172,7 @@ class KLClaimConf:
 
     task: str = MISSING  # names the model directory kl_<task>
     beta: float = MISSING  # KL coefficient of the source RL model
-    base: str = "zoo:digits_base"
+    base: str = "zoo:digits_base_v1"  # the base the kl_digits_* models were fine-tuned from
     trainer: str = ""  # "module:function", used only with train_missing
     trainer_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to the trainer as is (its own keywords)
     train_steps: int = 0
