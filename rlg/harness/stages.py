@@ -9,6 +9,8 @@ noise), work already in the store is skipped (resume), and a rank or shard takes
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import inspect
 import json
 import logging
@@ -71,23 +73,55 @@ PAIRS = PairCache()
 
 
 # ---------------------------------------------------------------------------------------------
-def work_groups(job: Job) -> list[list[tuple[str, Any]]]:
-    """This rank's (content key, WorkItem) groups: one group per (prompt, sample), every scale in it."""
+def job_arms(job: Job) -> list[Any]:
+    """Every arm of the job's methods (rlg.methods), in method order; plain RLG over the grid by default."""
+    from rlg.methods import get_method
+
+    methods = job.methods or (get_method("rlg", list(job.scales)),)
+    return [arm for m in methods for arm in m.arms()]
+
+
+def work_groups(job: Job) -> list[list[tuple[str, Any, Any]]]:
+    """This rank's (content key, WorkItem, arm) groups: one group per (prompt, sample), every arm of every
+    method in it. An image's noise depends on (seed, prompt, sample) only (best-of-N candidates k > 0:
+    rlg.methods.candidate_seed), so every method starts a (prompt, sample) from the same noise."""
+    from rlg.methods import candidate_seed
     from rlg.sampling import WorkItem
 
+    arms = job_arms(job)
     groups = []
     g = 0
     for p in job.prompts:
         for s in range(job.config.prompts.samples_per_prompt):
             if g % job.world == job.rank:
-                groups.append([(image_key(job, p, s, w), WorkItem(p.id, p.text, s, job.seed, w)) for w in job.scales])
+                groups.append([(image_key(job, p, s, a.scale, a),
+                                WorkItem(p.id, p.text, s, candidate_seed(job.seed, a.candidate), a.scale), a)
+                               for a in arms])
             g += 1
     return groups
 
 
-def image_key(job: Job, prompt: Prompt, sample: int, scale: float) -> str:
+def image_key(job: Job, prompt: Prompt, sample: int, scale: float, arm: Any = None) -> str:
+    """The content key of an image: the job's identity, (prompt, sample, seed, scale) and the arm's method
+    fields (none for plain RLG, whose keys are those of runs made before methods existed)."""
+    extra = arm.key_fields() if arm is not None else {}
     return content_key({**job.identity, "prompt_id": prompt.id, "prompt": prompt.text, "sample": sample,
-                        "seed": job.seed, "scale": scale})
+                        "seed": job.seed, "scale": scale, **extra})
+
+
+def call_plan(todo: list[list[tuple[str, Any, Any]]], size: int) -> list[tuple[Any, list[tuple[str, Any, Any]]]]:
+    """(arm, batch) pipeline calls: the arms of one method that share call settings (CFG scale, mixed weights)
+    go together, whole (prompt, sample) groups where they fit (``pack_calls``). A method's calls never hold
+    another method's images, so a call's wall time is that method's; a mixed network is built once per w."""
+    order: dict[tuple, list[list[Any]]] = {}
+    for group in todo:
+        parts: dict[tuple, list[Any]] = {}
+        for entry in group:
+            arm = entry[2]
+            parts.setdefault((arm.method, arm.call_key), []).append(entry)
+        for k, part in parts.items():
+            order.setdefault(k, []).append(part)
+    return [(batch[0][2], batch) for groups in order.values() for batch in pack_calls(groups, size)]
 
 
 def prompt_truncation(pipe, texts: list[str], extra: dict[str, Any]) -> dict[str, bool]:
@@ -130,14 +164,17 @@ def pack_calls(todo: list[list[Any]], size: int) -> list[list[Any]]:
     return batches
 
 
-def _image_row(job: Job, run_id: str, key: str, it, res, truncated: bool, prompt: Prompt) -> dict[str, Any]:
+def _image_row(job: Job, run_id: str, key: str, it, res, truncated: bool, prompt: Prompt, arm) -> dict[str, Any]:
     s = job.config.sampler
+    cfg = s.guidance_scale if arm.guidance_scale is None else arm.guidance_scale
     return {"image_key": key, "run_id": run_id, "run_name": job.name, "config_id": job.config_id,
             "pair": job.pair.name, "prompt_id": it.prompt_index, "prompt": it.prompt, "sample": it.sample_index,
             "seed": it.seed, "scale": it.scale, "sampler": s.name, "num_inference_steps": s.num_inference_steps,
-            "guidance_scale": s.guidance_scale, "height": s.height, "width": s.width, "nonfinite": res.nonfinite,
+            "guidance_scale": cfg, "height": s.height, "width": s.width, "nonfinite": res.nonfinite,
             "nonfinite_step": res.nonfinite_step, "truncated": truncated,
-            "metadata": json.dumps(prompt.metadata) if prompt.metadata else None}
+            "metadata": json.dumps(prompt.metadata) if prompt.metadata else None,
+            "method": arm.method, "knob": arm.knob, "candidate": arm.candidate, "nfe_base": res.nfe_base,
+            "nfe_rl": res.nfe_rl, "wall_s": res.wall_s, "pick": arm.pick}
 
 
 def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, Any]:
@@ -147,8 +184,8 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
 
     by_id = {p.id: p for p in job.prompts}
     keyed = work_groups(job)
-    stored = store.stored_keys(keys=[k for group in keyed for k, _ in group])  # this rank's keys only
-    todo = [g for g in ([(k, it) for k, it in group if k not in stored] for group in keyed) if g]
+    stored = store.stored_keys(keys=[k for group in keyed for k, _, _ in group])  # this rank's keys only
+    todo = [g for g in ([e for e in group if e[0] not in stored] for group in keyed) if g]
     n_todo, total = sum(map(len, todo)), sum(map(len, keyed))
     log.info("generate: %d images for this process, %d already stored, %d to make", total, total - n_todo, n_todo)
     if not n_todo:
@@ -157,7 +194,8 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
         raise PromptError(job.prompt_problem)
     pair = PAIRS.get(job)
     sampler = RLGSampler(pair, job.sampler)  # refuses sampler.extra keys the pipeline does not accept
-    truncated = prompt_truncation(pair.pipe, [it.prompt for g in todo for _, it in g], job.sampler.extra)
+    truncated = prompt_truncation(pair.pipe, [it.prompt for g in todo for _, it, _ in g], job.sampler.extra)
+    methods = {m.label: m for m in job.methods}
     n_cut = sum(truncated.values())
     if n_cut:
         log.warning("%d prompts are longer than the text encoder reads and are truncated by the pipeline "
@@ -170,11 +208,15 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlg-store")
     pending = None
     with tqdm(total=n_todo, desc="generate", unit="img") as bar, writer:
-        for batch in pack_calls(todo, job.config.sampler.batch_size):
+        for arm, batch in call_plan(todo, job.config.sampler.batch_size):
             store.check_free_space()  # before spending compute on images that could not be stored
-            results = sampler.generate([it for _, it in batch])
-            rows = [_image_row(job, run_id, key, it, res, truncated[it.prompt], by_id[it.prompt_index])
-                    for (key, it), res in zip(batch, results)]
+            method = methods.get(arm.method)
+            sampler.settings = job.sampler if arm.guidance_scale is None else \
+                dataclasses.replace(job.sampler, guidance_scale=arm.guidance_scale)
+            with method.applied(pair.denoiser, arm) if method else contextlib.nullcontext():
+                results = sampler.generate([it for _, it, _ in batch])
+            rows = [_image_row(job, run_id, key, it, res, truncated[it.prompt], by_id[it.prompt_index], a)
+                    for (key, it, a), res in zip(batch, results)]
             for row, res in zip(rows, results):
                 if res.nonfinite:
                     nonfinite += 1
@@ -199,7 +241,7 @@ def keys_to_score(job: Job, store: Store) -> list[str]:
     stored image whose key falls to this rank (images of earlier settings, other shards' leftovers).
     So shards and ranks launched in any order leave every image scored."""
     stored = set(store.images().image_key)
-    own = {k for group in work_groups(job) for k, _ in group} if job.prompts else set()
+    own = {k for group in work_groups(job) for k, _, _ in group} if job.prompts else set()
     return sorted((own & stored) | {k for k in stored if int(k, 16) % job.world == job.rank})
 
 

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from rlg.report import figures, tables
+from rlg.report import figures, methods, tables
 from rlg.report.anchors import Anchor, load_anchors
 from rlg.report.stats import (GENEVAL_METRIC, GENEVAL_OVERALL, SERIES, geneval_tags, series_name, summarize, tidy,
                               with_series)
@@ -144,6 +144,11 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
         scores = pd.DataFrame({c: pd.Series(dtype=object) for c in SCORE_COLUMNS})
     anchors = load_anchors() if anchors is None else list(anchors)
     files: list[Path] = []
+    compared = None
+    if methods.has_methods(images):  # other methods: their own section; the RLG sections keep RLG's images
+        compared = methods.write_methods(images, scores, out_dir, n_resamples=n_resamples, seed=seed, formats=formats)
+        files += compared["files"]
+        images = methods.rlg_only(images)
 
     df = tidy(images, scores)
     summary = summarize(images, scores, n_resamples, seed, level, reference_scale, df=df)
@@ -215,12 +220,17 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     protocols = {s: series_protocol(protocol, s, df) for s in series}
     index = _Index(title or _title(summary, images))
     _write_index(index, out_dir, summary, tags, anchor_rows, protocols, files, notes, progress, reference_scale)
+    if compared is not None:
+        methods.write_index_section(index, out_dir, compared)
     md, page = out_dir / "index.md", out_dir / "index.html"
     md.write_text(index.markdown(), encoding="utf-8")
     page.write_text(index.html(), encoding="utf-8")
     files += [md, page]
     records = [{k: _jsonable(v) for k, v in r.items()} for r in summary[LOG_COLUMNS].to_dict("records")]
-    return {"files": files, "summary": records, "notes": progress, "index": md, "index_html": page}
+    out = {"files": files, "summary": records, "notes": progress, "index": md, "index_html": page}
+    if compared is not None:
+        out["methods"] = compared
+    return out
 
 
 def _series_of(images: pd.DataFrame) -> list[tuple]:
