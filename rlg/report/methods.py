@@ -136,16 +136,19 @@ def equivalence(summary: pd.DataFrame, reward: str) -> pd.DataFrame:
         return pd.DataFrame(columns=["w", "reward", "w_prime"])
     k, v = mix["knob"].to_numpy(float), mix["mean"].to_numpy(float)
     others = [m for m in summary["metric"].unique() if m != reward]
+    eps = 1e-9 * max(1.0, float(np.nanmax(np.abs(v))))  # one mean summed in another order is still equal
     for w, target in zip(rlg["knob"], rlg["mean"].astype(float)):
         w_prime = np.nan
         for i in range(len(k) - 1):
             lo, hi = sorted((v[i], v[i + 1]))
-            if lo <= target <= hi and v[i] != v[i + 1]:
-                w_prime = k[i] + (target - v[i]) * (k[i + 1] - k[i]) / (v[i + 1] - v[i])
-                break
-            if v[i] == v[i + 1] == target:
+            if abs(target - v[i]) <= eps:
                 w_prime = k[i]
                 break
+            if lo - eps <= target <= hi + eps and v[i] != v[i + 1]:
+                w_prime = k[i] + (target - v[i]) * (k[i + 1] - k[i]) / (v[i + 1] - v[i])
+                break
+        if np.isnan(w_prime) and abs(target - v[-1]) <= eps:
+            w_prime = k[-1]
         row = {"w": float(w), "reward": float(target), "w_prime": float(w_prime)}
         for m in others:
             a, b = _curve(summary, "rlg", m), _curve(summary, "weight_mix", m)
@@ -288,6 +291,11 @@ def write_methods(images: pd.DataFrame, scores: pd.DataFrame, out_dir: Path, *, 
         files += plot_methods(summary, x, yy, stem, formats)
         pts = pareto_points(summary, x, yy)
         result["front"][f"{x} vs {yy}"] = pts[pts["front"]][["method", "knob"]].to_records(index=False).tolist()
+        if pts["circular"].any():  # the same front without the values a best-of-N pick maximised
+            held = pts[~pts["circular"]].reset_index(drop=True)
+            front = pareto_front(held["v_x"], held["v_y"], *pts.attrs["higher"])
+            result["front"][f"{x} vs {yy}, without circular best-of-N values"] = \
+                held[front][["method", "knob"]].to_records(index=False).tolist()
     for m in [m for m in sorted(summary["metric"].unique()) if m != rew]:  # quality against cost too
         stem = out_dir / "figures" / f"methods_{figures.slug(COST)}__{figures.slug(m)}"
         files += plot_methods(summary, COST, m, stem, formats)
