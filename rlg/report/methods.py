@@ -61,7 +61,9 @@ def method_points(images: pd.DataFrame, scores: pd.DataFrame) -> tuple[pd.DataFr
     plain = img[img["knob"].notna()].copy()
     parts = [plain]
     candidates = img[img["knob"].isna()]
-    for label, g in candidates.groupby("method"):
+    if "run_name" not in candidates.columns:
+        candidates = candidates.assign(run_name="")
+    for (run, label), g in candidates.groupby(["run_name", "method"]):  # each run picks among its own candidates
         pick = g["pick"].dropna().iloc[0] if "pick" in g.columns and g["pick"].notna().any() else None
         if pick is None:
             notes.append(f"{label}: candidates carry no picking metric; not shown")
@@ -81,11 +83,13 @@ def method_points(images: pd.DataFrame, scores: pd.DataFrame) -> tuple[pd.DataFr
         keep = [c for c in img.columns if c not in ("knob", "candidate", "nfe_base", "nfe_rl", "wall_s", "pick")]
         first = g.drop_duplicates("image_key").set_index("image_key")[[c for c in keep if c != "image_key"]]
         rows = picked.join(first.drop(columns=["prompt_id", "sample"]), on="image_key")
-        rows["method"], rows["pick"] = label, pick
+        rows["method"], rows["pick"], rows["run_name"] = label, pick, run
         parts.append(rows)
         notes.append(f"{label}: the best of N candidates by {pick} ({'higher' if higher else 'lower'} is better), "
                      f"N in {ns}; its {pick} is circular (the pick maximised it): judge it by the other metrics")
     out = pd.concat(parts, ignore_index=True) if parts else plain
+    if "run_name" in out.columns and out["run_name"].nunique() > 1:  # several runs compared: one line per run
+        out["method"] = out["run_name"].astype(str) + ": " + out["method"]  # and method (no w ~ w' across runs)
     out["config_id"] = out["method"]
     out["scale"] = out["knob"].astype(float)
     out["cost"] = out["nfe_base"].astype(float) + out["nfe_rl"].astype(float)
