@@ -202,3 +202,10 @@ def test_equivalence_and_front_on_known_curves():
 def test_bad_method_settings_are_refused_at_start(compose, overrides, match):
     with pytest.raises(ConfigError, match=match):
         build.build(compose("experiment=methods_zoo_compress", *overrides))
+
+
+def test_method_keys_on_the_command_line_are_checked_by_name():
+    from rlg.harness.config import misspelt_override
+
+    assert misspelt_override(["method.cfg_rl.knobs=[1,4]", "method.best_of_n.pick=pickscore"]) is None
+    assert "did you mean 'method.cfg_rl.knobs'" in misspelt_override(["method.cfg_rl.knobz=[1,4]"])

@@ -241,8 +241,12 @@ def misspelt_override(overrides: list[str]) -> str | None:
         key = item.split("=", 1)[0]
         if "=" not in item or key.startswith(("+", "~", "hydra.", "hydra/")) or "." not in key:
             continue
-        schema, path = RunConf, []
+        schema, path, entry = RunConf, [], False
         for part in key.split("."):
+            if entry:  # the name of an entry of a Dict[str, <dataclass>] (method.<name>.knobs): any name
+                path.append(part)
+                entry = False
+                continue
             fields = {f.name for f in dataclasses.fields(schema)}
             if part not in fields:
                 close = difflib.get_close_matches(part, sorted(fields), n=1)
@@ -254,7 +258,8 @@ def misspelt_override(overrides: list[str]) -> str | None:
             nested = [t for t in typing.get_args(hint) or (hint,) if dataclasses.is_dataclass(t)]
             if not nested:
                 break  # a leaf or a free-form dict: the value checks come later
-            schema = nested[0]
+            entry = typing.get_origin(hint) is dict  # a dict of dataclasses by name: skip the name, check the rest
+            schema = nested[-1]
     return None
 
 
