@@ -1,7 +1,7 @@
-"""What the benchmarks share: tiny pairs, the harness's call packing, the hand-written floor and
-official loops, the minimum row count, clocks and the header line.
+"""What the benchmarks share: tiny pairs, the harness's grid loop (rlg.grid.run_grid), the hand-written
+floor and official loops, the minimum row count, clocks and the header line.
 
-Only public API: rlg.pairs / rlg.sampling / rlg.denoiser, the harness's config schema for its
+Only public API: rlg.pairs / rlg.grid / rlg.sampling / rlg.denoiser, the harness's config schema for its
 defaults, diffusers pipelines and PEFT's LoraLayer (whose ``forward`` takes ``adapter_names``).
 """
 
@@ -13,8 +13,6 @@ import platform
 import resource
 import time
 from dataclasses import dataclass
-
-from rlg.harness.stages import pack_calls  # the harness's own packing of work items into calls
 
 SEED, CFG, SIZE = 0, 4.5, 32
 PAPER_SCALES = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]  # the official 7-scale grid
@@ -71,17 +69,16 @@ def load(family: str, kind: str, device: str = "cpu", dtype: str = "float32"):
 
 def run_harness(pair, texts: list[str], grid: list[float], steps: int, micro_batch, batch_size: int,
                 size: int = SIZE) -> dict:
-    """Generate the grid with RLGSampler on the stock pipeline, calls packed as the harness does.
+    """Generate the grid with the harness's own loop (rlg.grid.run_grid: calls packed as the harness packs them).
     Returns the denoiser's row counts (rows = base + RL rows; padded rows counted apart)."""
-    from rlg.sampling import RLGSampler, SamplerSettings, WorkItem
+    from rlg.grid import Grid, run_grid
+    from rlg.sampling import SamplerSettings
 
-    sampler = RLGSampler(pair, SamplerSettings(num_inference_steps=steps, guidance_scale=CFG, height=size,
-                                               width=size, micro_batch=micro_batch))
+    settings = SamplerSettings(num_inference_steps=steps, guidance_scale=CFG, height=size, width=size,
+                               micro_batch=micro_batch)
     pair.denoiser.stats.reset()
-    groups = [[WorkItem(p, text, 0, SEED, w) for w in grid] for p, text in enumerate(texts)]
-    images = []
-    for call in pack_calls(groups, batch_size):
-        images += sampler.generate(call)
+    images = [res for call in run_grid(pair, Grid(tuple(texts), tuple(grid), seed=SEED, settings=settings,
+                                                  batch_size=batch_size)) for _, res in call]
     st = pair.denoiser.stats
     return {"rows": st.base_rows + st.rl_rows, "padded_rows": st.padded_rows, "forwards": st.forwards,
             "images": images}

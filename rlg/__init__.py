@@ -20,8 +20,9 @@ _EXPORTS = {
     "rlg.denoiser": ("RLGDenoiser",),
     "rlg.pairs": ("load_pair", "from_pipeline", "weights_identity", "place", "tiny_spec", "PairSpec", "Checkpoint",
                   "LoadedPair", "PairError"),
-    "rlg.sampling": ("RLGSampler", "SamplerSettings", "WorkItem", "Generated", "generate_grid", "noise_seed",
-                     "SamplerError", "SCHEDULERS"),
+    "rlg.sampling": ("RLGSampler", "SamplerSettings", "WorkItem", "Generated", "noise_seed", "SamplerError",
+                     "SCHEDULERS"),
+    "rlg.grid": ("Grid", "run_grid", "generate_grid"),
     "rlg.schedulers": ("FlowGRPOSDEScheduler",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -367,35 +367,3 @@ class RLGSampler:
             u8 = (np.nan_to_num(img, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8)
             out.append(Generated(it, u8, bad, first_bad[r], rows[r][0], rows[r][1], wall))
         return out
-
-
-def generate_grid(pair: LoadedPair, prompts: str | list[str], scales, *, seed: int = 0, samples: int = 1,
-                  output: str = "pil", **settings) -> list[list[list[Any]]]:
-    """Images of every (prompt, sample, scale), with paired noise: ``grid[prompt][sample][scale]``.
-
-    ``settings`` are SamplerSettings fields (num_inference_steps, guidance_scale, height, width,
-    negative_prompt, scheduler, window, micro_batch, ...); any other keyword goes to the pipeline as is
-    (``SamplerSettings.extra``). All scales of one (prompt, sample) run in one pipeline call from the same
-    noise, seeded by (seed, prompt index, sample index) only. ``output``: "pil" or "np" (uint8 HxWx3).
-    Nothing stays set on the pair after the call.
-    """
-    import dataclasses
-
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    scales = check_scales(scales)
-    names = {f.name for f in dataclasses.fields(SamplerSettings)} - {"extra"}
-    own = {k: v for k, v in settings.items() if k in names}
-    extra = {k: v for k, v in settings.items() if k not in names}
-    sampler = RLGSampler(pair, SamplerSettings(**own, extra=extra))
-    grid: list[list[list[Any]]] = []
-    for p, prompt in enumerate(prompts):
-        grid.append([])
-        for k in range(samples):
-            made = sampler.generate([WorkItem(p, prompt, k, seed, w) for w in scales])
-            if output == "pil":
-                from PIL import Image
-
-                grid[-1].append([Image.fromarray(g.image) for g in made])
-            else:
-                grid[-1].append([g.image for g in made])
-    return grid

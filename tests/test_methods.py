@@ -17,7 +17,7 @@ from PIL import Image
 
 from rlg.harness import build, runner
 from rlg.harness.config import ConfigError
-from rlg.harness.stages import image_key, job_arms, work_groups
+from rlg.harness.stages import image_key, image_keys, job_arms, method_grids, work_groups
 from rlg.harness.store import Store, content_key
 from rlg.methods import MethodError, get_method
 from rlg.methods.best_of_n import pick_best
@@ -147,14 +147,17 @@ def test_all_methods_run_through_the_harness_and_share_noise(compose, tmp_path):
     assert rows[("rlg", 0.0)] == (4, 0) and rows[("rlg", 0.5)] == (4, 4) and rows[("rlg", 1.0)] == (0, 4)
     assert rows[("weight_mix", 0.5)] == (0, 4) and rows[("cfg_rl", 1.0)] == (0, 2) and rows[("best_of_n", None)] == (0, 4)
     # content keys: plain RLG keys are the pre-methods formula; other methods add their fields
-    groups = work_groups(job)
-    for k, it, arm in groups[0]:
-        fields = {**job.identity, "prompt_id": it.prompt_index, "prompt": it.prompt, "sample": 0, "seed": job.seed,
-                  "scale": it.scale}
-        if arm.method == "rlg":
-            assert k == content_key(fields)
-        else:
-            assert k != content_key(fields) and k == image_key(job, job.prompts[0], 0, arm.scale, arm)
+    from rlg.grid import work_groups as grid_groups
+
+    for method, arms, grid in method_grids(job):
+        for k, it in grid_groups(grid, image_keys(job, arms))[0]:
+            fields = {**job.identity, "prompt_id": it.prompt_index, "prompt": it.prompt, "sample": 0,
+                      "seed": job.seed, "scale": it.scale}
+            if method.name == "rlg":
+                assert k == content_key(fields)
+            else:
+                assert k != content_key(fields) and k == image_key(job, job.prompts[0], 0, it.scale, arms[it.scale])
+    assert sum(map(len, work_groups(job))) == 2 * (3 + 3 + 2 + 4)
     # best-of-N against JPEG sizes computed here
     points, notes = method_points(img.assign(image_path=[str(store.image_path(k)) for k in img.image_key]),
                                   store.scores())

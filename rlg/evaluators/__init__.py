@@ -1,5 +1,6 @@
-"""Image scorers for rlg-bench. Import ``evaluators.base`` for the protocol and the lazy registry."""
+"""Image scorers for rlg-bench. ``rlg.evaluators.base`` holds the protocol, the lazy registry and the
+one scoring loop (``run_evaluator``; ``score_images`` for images held in memory)."""
 
-from rlg.evaluators.base import Evaluator, Sample, available, get_evaluator
+from rlg.evaluators.base import Evaluator, ImageScores, Sample, available, get_evaluator, run_evaluator, score_images
 
-__all__ = ["Evaluator", "Sample", "available", "get_evaluator"]
+__all__ = ["Evaluator", "ImageScores", "Sample", "available", "get_evaluator", "run_evaluator", "score_images"]

@@ -1,4 +1,5 @@
-"""The Evaluator protocol, a lazy registry, and the batched runner with per-image failure isolation.
+"""The Evaluator protocol, a lazy registry, and the one scoring loop: the batched runner with per-image
+failure isolation (:func:`run_evaluator`) and its in-memory form for arrays of images (:func:`score_images`).
 
 An evaluator's heavy imports (open_clip, easyocr, ...) happen only when it is selected: the registry
 maps names to "module:Class" strings and imports on first use.
@@ -9,8 +10,9 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Protocol, runtime_checkable
+from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
+import numpy as np
 from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -134,3 +136,68 @@ def run_evaluator(ev: Evaluator, samples: Iterable[Sample], batch_size: int = 16
             batch = []
     if batch:
         yield flush()
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """Per-image scores of some evaluators, in image order (what :func:`score_images` returns).
+
+    ``values[metric]``: float64 array (n,), NaN where scoring that image failed; ``errors[evaluator]``:
+    one entry per image, the failure (``"ExcType: message"``) or None; ``versions[evaluator]``: the
+    convention string recorded with the numbers."""
+
+    values: dict[str, np.ndarray]
+    errors: dict[str, tuple[str | None, ...]]
+    versions: dict[str, str]
+
+    def __getitem__(self, metric: str) -> np.ndarray:
+        return self.values[metric]
+
+    @property
+    def failed(self) -> int:
+        """(evaluator, image) pairs that could not be scored."""
+        return sum(e is not None for errs in self.errors.values() for e in errs)
+
+
+def score_images(evaluators: Evaluator | str | Sequence[Evaluator | str], images: Sequence[Any] | np.ndarray,
+                 prompts: str | Sequence[str] = "", metadata: Sequence[dict[str, Any] | None] | None = None, *,
+                 batch_size: int = 16) -> ImageScores:
+    """Score images held in memory through :func:`run_evaluator` (the harness's own loop: batches, and a
+    batch that fails is retried image by image, so one bad image records its own failure).
+
+    Args:
+        evaluators: Evaluator objects or registry names (built with their default options).
+        images: uint8 arrays HxWx3 (or one array (N, H, W, 3)) or PIL images.
+        prompts: one prompt per image, or one for all.
+        metadata: one metadata dict (or None) per image.
+        batch_size: images per ``score`` call.
+    Returns:
+        :class:`ImageScores`.
+    Raises:
+        ValueError: prompts or metadata not one per image; two evaluators with a metric of the same name.
+    """
+    evs = [evaluators] if isinstance(evaluators, (str, Evaluator)) else list(evaluators)
+    evs = [get_evaluator(e) if isinstance(e, str) else e for e in evs]
+    n = len(images)
+    texts = [prompts] * n if isinstance(prompts, str) else list(prompts)
+    meta = [None] * n if metadata is None else list(metadata)
+    if len(texts) != n or len(meta) != n:
+        raise ValueError(f"{n} images need one prompt and one metadata entry each; got {len(texts)} prompts and "
+                         f"{len(meta)} metadata entries")
+    metrics = [m for ev in evs for m in ev.metrics]
+    clash = sorted({m for m in metrics if metrics.count(m) > 1})
+    if clash:
+        raise ValueError(f"metric name(s) {clash} come from more than one evaluator; score them in separate calls")
+    pil = [im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im)) for im in images]
+    samples = [Sample(key=str(i), image=im, prompt=t, metadata=m) for i, (im, t, m) in enumerate(zip(pil, texts, meta))]
+    values = {m: np.full(n, np.nan) for m in metrics}
+    errors: dict[str, tuple[str | None, ...]] = {}
+    for ev in evs:
+        errs: list[str | None] = [None] * n
+        for rows in run_evaluator(ev, samples, batch_size=batch_size):
+            for r in rows:
+                values[r.metric][int(r.image_key)] = r.value
+                if r.error:
+                    errs[int(r.image_key)] = r.error
+        errors[ev.name] = tuple(errs)
+    return ImageScores(values, errors, {ev.name: ev.version for ev in evs})

@@ -9,9 +9,7 @@ noise), work already in the store is skipped (resume), and a rank or shard takes
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import inspect
 import json
 import logging
 import shutil
@@ -75,30 +73,59 @@ PAIRS = PairCache()
 # ---------------------------------------------------------------------------------------------
 def job_arms(job: Job) -> list[Any]:
     """Every arm of the job's methods (rlg.methods), in method order; plain RLG over the grid by default."""
+    return [arm for m in _methods(job) for arm in m.arms()]
+
+
+def _methods(job: Job) -> tuple[Any, ...]:
     from rlg.methods import get_method
 
-    methods = job.methods or (get_method("rlg", list(job.scales)),)
-    return [arm for m in methods for arm in m.arms()]
+    return job.methods or (get_method("rlg", list(job.scales)),)
 
 
-def work_groups(job: Job) -> list[list[tuple[str, Any, Any]]]:
-    """This rank's (content key, WorkItem, arm) groups: one group per (prompt, sample), every arm of every
-    method in it. An image's noise depends on (seed, prompt, sample) only (best-of-N candidates k > 0:
-    rlg.methods.candidate_seed), so every method starts a (prompt, sample) from the same noise."""
+def method_grids(job: Job) -> list[tuple[Any, dict[float, Any], Any]]:
+    """(method, {scale: arm}, rlg.grid.Grid) for every set of a method's arms that shares pipeline calls: the
+    same CFG scale and weight mix, and the same noise seed (best-of-N candidate k draws from
+    ``rlg.methods.candidate_seed(seed, k)``). Plain RLG is one grid: ``image_grid(job)``. Every grid has the
+    job's prompts, samples and seed, so a (prompt, sample) starts from the same noise under every method."""
     from rlg.methods import candidate_seed
-    from rlg.sampling import WorkItem
 
-    arms = job_arms(job)
-    groups = []
-    g = 0
-    for p in job.prompts:
-        for s in range(job.config.prompts.samples_per_prompt):
-            if g % job.world == job.rank:
-                groups.append([(image_key(job, p, s, a.scale, a),
-                                WorkItem(p.id, p.text, s, candidate_seed(job.seed, a.candidate), a.scale), a)
-                               for a in arms])
-            g += 1
-    return groups
+    out = []
+    for method in _methods(job):
+        sets: dict[tuple, dict[float, Any]] = {}
+        for arm in method.arms():
+            sets.setdefault((arm.call_key, arm.candidate), {})[arm.scale] = arm
+        for (_, candidate), arms in sets.items():
+            first = next(iter(arms.values()))
+            settings = job.sampler if first.guidance_scale is None else \
+                dataclasses.replace(job.sampler, guidance_scale=first.guidance_scale)
+            grid = dataclasses.replace(image_grid(job), scales=tuple(arms), settings=settings,
+                                       seed=candidate_seed(job.seed, candidate))
+            out.append((method, arms, grid))
+    return out
+
+
+def image_grid(job: Job):
+    """The job's plain-RLG grid (rlg.grid.Grid): its prompts (by id), samples, seed, scales, sampler and call size."""
+    from rlg.grid import Grid
+
+    return Grid(prompts=tuple(p.text for p in job.prompts), prompt_ids=tuple(p.id for p in job.prompts),
+                scales=job.scales, samples=job.config.prompts.samples_per_prompt, seed=job.seed,
+                settings=job.sampler, batch_size=job.config.sampler.batch_size)
+
+
+def image_keys(job: Job, arms: dict[float, Any] | None = None):
+    """key(prompt_id, sample, scale) -> the content key of that image of the job (of ``arms[scale]``'s method)."""
+    by_id = {p.id: p for p in job.prompts}
+    return lambda pid, sample, scale: image_key(job, by_id[pid], sample, scale, arms[scale] if arms else None)
+
+
+def work_groups(job: Job) -> list[list[tuple[str, Any]]]:
+    """This rank's (content key, WorkItem) groups: per method grid (``method_grids``), one group per
+    (prompt, sample) with every scale of that grid."""
+    from rlg.grid import work_groups as grid_groups
+
+    return [g for _, arms, grid in method_grids(job)
+            for g in grid_groups(grid, image_keys(job, arms), rank=job.rank, world=job.world)]
 
 
 def image_key(job: Job, prompt: Prompt, sample: int, scale: float, arm: Any = None) -> str:
@@ -107,61 +134,6 @@ def image_key(job: Job, prompt: Prompt, sample: int, scale: float, arm: Any = No
     extra = arm.key_fields() if arm is not None else {}
     return content_key({**job.identity, "prompt_id": prompt.id, "prompt": prompt.text, "sample": sample,
                         "seed": job.seed, "scale": scale, **extra})
-
-
-def call_plan(todo: list[list[tuple[str, Any, Any]]], size: int) -> list[tuple[Any, list[tuple[str, Any, Any]]]]:
-    """(arm, batch) pipeline calls: the arms of one method that share call settings (CFG scale, mixed weights)
-    go together, whole (prompt, sample) groups where they fit (``pack_calls``). A method's calls never hold
-    another method's images, so a call's wall time is that method's; a mixed network is built once per w."""
-    order: dict[tuple, list[list[Any]]] = {}
-    for group in todo:
-        parts: dict[tuple, list[Any]] = {}
-        for entry in group:
-            arm = entry[2]
-            parts.setdefault((arm.method, arm.call_key), []).append(entry)
-        for k, part in parts.items():
-            order.setdefault(k, []).append(part)
-    return [(batch[0][2], batch) for groups in order.values() for batch in pack_calls(groups, size)]
-
-
-def prompt_truncation(pipe, texts: list[str], extra: dict[str, Any]) -> dict[str, bool]:
-    """Whether each prompt is longer than a text encoder of ``pipe`` reads (the pipeline then cuts it).
-
-    CLIP tokenizers are cut at their ``model_max_length`` (77); T5 ones (SD3, FLUX) at the pipeline's
-    ``max_sequence_length`` (its default, or sampler.extra.max_sequence_length)."""
-    params = inspect.signature(pipe.__call__).parameters
-    msl = extra.get("max_sequence_length")
-    if msl is None and "max_sequence_length" in params:
-        msl = params["max_sequence_length"].default
-    tokenizers = [c for n, c in pipe.components.items() if n.startswith("tokenizer") and c is not None]
-    out = {}
-    for text in set(texts):
-        cut = False
-        for tok in tokenizers:
-            limit = tok.model_max_length
-            if "CLIP" not in type(tok).__name__ and isinstance(msl, int):
-                limit = msl
-            if not limit or limit > 1_000_000:  # "no limit" sentinel of transformers
-                continue
-            if len(tok(text, truncation=False, verbose=False).input_ids) > limit:
-                cut = True
-        out[text] = cut
-    return out
-
-
-def pack_calls(todo: list[list[Any]], size: int) -> list[list[Any]]:
-    """Work items into pipeline calls of at most ``size`` images: whole (prompt, sample) groups where they
-    fit, so every scale of a group shares a call (and its noise); many groups fill the micro-batches."""
-    batches, cur = [], []
-    for group in todo:
-        for chunk in [group[i:i + size] for i in range(0, len(group), size)]:
-            if cur and len(cur) + len(chunk) > size:
-                batches.append(cur)
-                cur = []
-            cur += chunk
-    if cur:
-        batches.append(cur)
-    return batches
 
 
 def _image_row(job: Job, run_id: str, key: str, it, res, truncated: bool, prompt: Prompt, arm) -> dict[str, Any]:
@@ -178,24 +150,25 @@ def _image_row(job: Job, run_id: str, key: str, it, res, truncated: bool, prompt
 
 
 def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, Any]:
-    """Make this rank's missing images. ``progress(done, total)`` is called after each batch (the tracker
-    turns it into images/s and an ETA)."""
-    from rlg.sampling import RLGSampler
+    """Make this rank's missing images, one ``rlg.grid.run_grid`` per method grid (``method_grids``), each
+    inside its method's model state (a weight-mixed network). ``progress(done, total)`` is called after
+    each batch (the tracker turns it into images/s and an ETA)."""
+    from rlg.grid import prompt_truncation, run_grid
+    from rlg.grid import work_groups as grid_groups
 
     by_id = {p.id: p for p in job.prompts}
+    plan = method_grids(job)
     keyed = work_groups(job)
-    stored = store.stored_keys(keys=[k for group in keyed for k, _, _ in group])  # this rank's keys only
-    todo = [g for g in ([e for e in group if e[0] not in stored] for group in keyed) if g]
-    n_todo, total = sum(map(len, todo)), sum(map(len, keyed))
+    stored = store.stored_keys(keys=[k for group in keyed for k, _ in group])  # this rank's keys only
+    todo = [it for group in keyed for k, it in group if k not in stored]
+    n_todo, total = len(todo), sum(map(len, keyed))
     log.info("generate: %d images for this process, %d already stored, %d to make", total, total - n_todo, n_todo)
     if not n_todo:
         return {"images_made": 0, "images_skipped": total}
     if job.prompt_problem:  # refuse before any image is made (stored images are still scored)
         raise PromptError(job.prompt_problem)
     pair = PAIRS.get(job)
-    sampler = RLGSampler(pair, job.sampler)  # refuses sampler.extra keys the pipeline does not accept
-    truncated = prompt_truncation(pair.pipe, [it.prompt for g in todo for _, it, _ in g], job.sampler.extra)
-    methods = {m.label: m for m in job.methods}
+    truncated = prompt_truncation(pair.pipe, [it.prompt for it in todo], job.sampler.extra)
     n_cut = sum(truncated.values())
     if n_cut:
         log.warning("%d prompts are longer than the text encoder reads and are truncated by the pipeline "
@@ -208,28 +181,31 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlg-store")
     pending = None
     with tqdm(total=n_todo, desc="generate", unit="img") as bar, writer:
-        for arm, batch in call_plan(todo, job.config.sampler.batch_size):
-            store.check_free_space()  # before spending compute on images that could not be stored
-            method = methods.get(arm.method)
-            sampler.settings = job.sampler if arm.guidance_scale is None else \
-                dataclasses.replace(job.sampler, guidance_scale=arm.guidance_scale)
-            with method.applied(pair.denoiser, arm) if method else contextlib.nullcontext():
-                results = sampler.generate([it for _, it, _ in batch])
-            rows = [_image_row(job, run_id, key, it, res, truncated[it.prompt], by_id[it.prompt_index], a)
-                    for (key, it, a), res in zip(batch, results)]
-            for row, res in zip(rows, results):
-                if res.nonfinite:
-                    nonfinite += 1
-                    log.warning("image %s (prompt %d, sample %d, w=%g) has NaN/inf values from step %s on; it is "
-                                "stored, flagged nonfinite and left out of every mean", row["image_key"][:12],
-                                row["prompt_id"], row["sample"], row["scale"], res.nonfinite_step)
-            if pending is not None:
-                pending.result()
-            pending = writer.submit(store.write_images, rows, [r.image for r in results])
-            made += len(batch)
-            bar.update(len(batch))
-            if progress is not None:
-                progress(made, n_todo)
+        for method, arms, grid in plan:
+            keys = {k for g in grid_groups(grid, image_keys(job, arms), rank=job.rank, world=job.world) for k, _ in g}
+            if keys <= stored:
+                continue  # nothing to make: no mixed network is built
+            # the sampler is built here: sampler.extra keys the pipeline does not accept are refused before any call
+            calls = run_grid(pair, grid, key=image_keys(job, arms), skip=stored, rank=job.rank, world=job.world,
+                             before_call=store.check_free_space)  # before spending compute on unstorable images
+            with method.applied(pair.denoiser, next(iter(arms.values()))):
+                for batch in calls:
+                    rows = [_image_row(job, run_id, key, res.item, res, truncated[res.item.prompt],
+                                       by_id[res.item.prompt_index], arms[res.item.scale]) for key, res in batch]
+                    for row, (_, res) in zip(rows, batch):
+                        if res.nonfinite:
+                            nonfinite += 1
+                            log.warning("image %s (prompt %d, sample %d, %s %s) has NaN/inf values from step %s on; "
+                                        "it is stored, flagged nonfinite and left out of every mean",
+                                        row["image_key"][:12], row["prompt_id"], row["sample"], row["method"],
+                                        row["knob"], res.nonfinite_step)
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(store.write_images, rows, [res.image for _, res in batch])
+                    made += len(batch)
+                    bar.update(len(batch))
+                    if progress is not None:
+                        progress(made, n_todo)
         if pending is not None:
             pending.result()
     return {"images_made": made, "images_skipped": total - n_todo, "nonfinite": nonfinite, "truncated_prompts": n_cut,
@@ -241,7 +217,7 @@ def keys_to_score(job: Job, store: Store) -> list[str]:
     stored image whose key falls to this rank (images of earlier settings, other shards' leftovers).
     So shards and ranks launched in any order leave every image scored."""
     stored = set(store.images().image_key)
-    own = {k for group in work_groups(job) for k, _, _ in group} if job.prompts else set()
+    own = {k for group in work_groups(job) for k, _ in group} if job.prompts else set()
     return sorted((own & stored) | {k for k in stored if int(k, 16) % job.world == job.rank})
 
 
