@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The torch build to install; on this project's machines these wheels come from local disk.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup quickstart test
+.PHONY: setup quickstart test test-fast
 
 setup: $(VENV)/.installed
 
@@ -21,3 +21,9 @@ quickstart: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -rs
+
+# A fast subset for a change to the library or the report: the core (guidance, denoiser, pairs, sampling
+# on tiny models), statistics, tables, figures, headline and browser, the export, the analytic pairs, JPEG; no end-to-end run.
+FAST_TESTS ?= tests/test_core.py tests/test_report.py tests/test_export.py tests/test_analytic.py tests/test_eval_jpeg.py
+test-fast: setup
+	$(BIN)/python -m pytest -q -rs -m "not slow" $(FAST_TESTS)

@@ -6,6 +6,9 @@ The library in a notebook (``import rlg`` is light: torch and diffusers load on 
     pair = rlg.from_pipeline(pipe, rl=rl_unet)   # or rl="path/to/peft_adapter", or load_pair(PairSpec(...))
     grid = rlg.generate_grid(pair, ["a red cube"], scales=[0, 0.5, 1, 1.5], num_inference_steps=20)
     grid[0][0][3]                                 # PIL image of prompt 0, sample 0, w = 1.5
+
+    res = rlg.run(experiment="quickstart", overrides=["prompts.max_prompts=2"])   # a preset, as the CLI runs it
+    res.summary, res.scores, res.report           # frames and report/index.html
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ _EXPORTS = {
                      "SCHEDULERS"),
     "rlg.grid": ("Grid", "run_grid", "generate_grid"),
     "rlg.schedulers": ("FlowGRPOSDEScheduler",),
+    "rlg.harness.simple": ("run", "RunResult"),  # a preset from Python, results as frames
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

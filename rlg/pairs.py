@@ -576,7 +576,8 @@ def load_pair(spec: PairSpec, *, window: StepWindow = StepWindow(), micro_batch:
     setattr(pipe, name, denoiser)
     pipe.set_progress_bar_config(disable=True)
     info["weights"] = identity
-    log.info("loaded pair %s (%s) %s", spec.name, spec.rl_kind, json.dumps(info))
+    log.info("loaded pair %s (%s)", spec.name, spec.rl_kind)
+    log.debug("pair %s: %s", spec.name, json.dumps(info))  # weight paths and sha256s: in meta.json as well
     return LoadedPair(spec=requested, pipe=pipe, denoiser=denoiser, denoiser_name=name, info=info)
 
 

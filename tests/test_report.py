@@ -119,7 +119,7 @@ def test_tables_contain_the_exact_means(report):
     for run, ws in {"r1": [0, 0.5, 1, 1.5, 2], "r2": [0, 1, 2]}.items():
         for w in ws:
             mean, n = expected_pickscore_mean(run, w)
-            row = md[(md["run"] == run) & md["metric"].str.startswith("pickscore") & md["w"].str.match(f"{w:g}( |$)")]
+            row = md[(md["run"] == run) & md["metric"].str.startswith("PickScore [pickscore]") & md["w"].str.match(f"{w:g}( |$)")]
             assert len(row) == 1
             assert row["mean"].iloc[0] == f"{mean:.2f}"  # ~4 significant digits for values near 21
             assert row["n (prompts)"].iloc[0].startswith(f"{n} (")
@@ -139,7 +139,7 @@ def test_nonfinite_and_failed_images_are_excluded_and_counted(store, report):
     ocr = s[(s.run_id == "r1") & (s.metric == "ocr_accuracy")].set_index("scale")
     assert (ocr.loc[2.0, "n"], ocr.loc[2.0, "n_nonfinite"], ocr.loc[2.0, "n_unscored"]) == (10, 1, 1)
     md = _md_table((report[0] / "tables" / "metrics_pickscore.md").read_text())
-    cell = lambda metric, w: md[(md.run == "r1") & md.metric.str.startswith(metric) & md.w.str.match(f"{w}( |$)")]["excluded"].iloc[0]
+    cell = lambda metric, w: md[(md.run == "r1") & md.metric.str.contains(f"[{metric}]", regex=False) & md.w.str.match(f"{w}( |$)")]["excluded"].iloc[0]
     assert cell("pickscore", "2") == "1 nonfinite"
     assert cell("pickscore", "1.5") == "1 failed"
     assert cell("ocr_accuracy", "2") == "1 nonfinite, 1 unscored"
@@ -414,7 +414,7 @@ def test_index_md_and_self_contained_html(report):
     assert len(srcs) == len(linked) and all(s.startswith("data:image/png;base64,") for s in srcs)
     embedded = {base64.b64decode(s.split(",", 1)[1]) for s in srcs}
     assert embedded == {(out / rel).read_bytes() for rel in linked}
-    assert not re.search(r'(src|href)="(?!data:|#|tables/|figures/)', page)
+    assert not re.search(r'(src|href)="(?!data:|#|tables/|figures/|images.html")', page)
     assert html_lib.unescape(page).count("<table>") >= 5
 
 
@@ -457,5 +457,92 @@ def test_series_names_say_what_each_id_is():
     assert series_name((None, "zoo_pair", None, None)) == "zoo_pair"
     assert series_name((None, None, "r1", None)) == "run r1"
     assert series_name((None, None, None, None)) == "results"
-    assert series_label(series, ["run_id", "config_id"]) == "run 5b5bfb64dfe5 / setting 5d67b4b2"
+    assert series_label(series, ["run_id", "config_id"]) == "5b5bfb64dfe5 / setting 5d67b4b2"
     assert series_label(series, ["pair"]) == "zoo_pair"
+
+
+# --- the first screen: headline, image browser, screenshot ------------------------------------------
+
+def test_headline_reads_its_numbers_from_the_summary(store):
+    from rlg.report.headline import MIN_PROMPTS, RewardError, headlines, pick_reward
+
+    images, scores = store
+    s = summarize(images, scores, n_resamples=50)
+    heads = {h.series[2]: h for h in headlines(s, "pickscore")}
+    h = heads["r1"]
+    for point, w in ((h.base, 0.0), (h.rl, 1.0), (h.best, 2.0)):  # pickscore rises with w: best is the largest
+        assert point.scale == w and point.mean == pytest.approx(expected_pickscore_mean("r1", w)[0], abs=1e-12)
+    r = s[(s.run_id == "r1") & (s.metric == "pickscore") & (s.scale == 2.0)].iloc[0]
+    assert h.step["scale"] == 2.0 and h.step["delta"] == r["delta"] and h.step["win_rate"] == r["win_rate"]
+    ocr = next(c for c in h.costs if c.metric == "ocr_accuracy")  # 0.2 + 0.1 w: better at w=2 than at 1
+    assert ocr.verdict == "better" and ocr.delta == pytest.approx(0.1, abs=1e-9)
+    assert h.n_prompts == 6 < MIN_PROMPTS and "6 prompt(s)" in h.caution
+    assert f"w=2 vs w=1: {r['delta']:+.2f}" in h.sentence and "(11 images per scale, 6 prompts)" in h.sentence
+    assert pick_reward(["pickscore", "ocr_accuracy", "jpeg_compressibility"]) == "ocr_accuracy"
+    with pytest.raises(RewardError, match=r"report.reward='hps_v2.1' is not a scored metric.*ocr_accuracy, pickscore"):
+        pick_reward(["pickscore", "ocr_accuracy"], "hps_v2.1")
+
+
+def test_image_browser_holds_every_image_with_its_scores(report, store):
+    import json
+
+    from rlg.report.stats import tidy
+
+    out, _ = report
+    images, scores = store
+    page = (out / "images.html").read_text()
+    data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S).group(1))
+    cells = {(r["series"], r["prompt_id"], r["sample"], w): c for r in data["rows"] for w, c in r["cells"].items()}
+    assert len(cells) == len(images)  # every image once
+    assert not re.search(r'(src|href)="https?:', page)  # offline: no network reference
+    df = tidy(images, scores)
+    for row in df.sample(40, random_state=0).itertuples():
+        c = next(c for (_, p, smp, w), c in cells.items()
+                 if p == row.prompt_id and smp == row.sample and float(w) == row.scale
+                 and c["src"].endswith(f"{row.image_key}.png"))
+        expected = row.value if np.isfinite(row.value) else None
+        assert c["scores"][row.metric] == (pytest.approx(expected) if expected is not None else None)
+        assert (out / c["src"]).resolve() == Path(row.image_path).resolve()
+
+
+def test_first_screen_shows_the_headline_in_a_real_browser(report):
+    """What a reader sees first (1400x900 in headless Chromium): the headline box and its caution."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from report_screenshot import find_browser, screenshot
+
+    if find_browser() is None:
+        pytest.skip("no Chromium/Chrome on PATH: apt-get install chromium (benchmarks/report_screenshot.py)")
+    out, _ = report
+    png = screenshot(out / "index.html", out / "first_screen.png", (1400, 900))
+    pixels = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3)
+    colours = {tuple(p) for p in np.unique(pixels, axis=0)}
+    assert (246, 248, 250) in colours  # the headline box (.headline background)
+    assert (255, 244, 224) in colours  # the caution (6 prompts < 20)
+
+
+def test_an_unscored_reward_is_named_and_the_headline_picks_by_name(store, tmp_path):
+    images, scores = store
+    keep = images[images.run_id == "r2"]
+    result = write_report(keep, scores[scores.image_key.isin(keep.image_key)], tmp_path, anchors=[],
+                          grid_prompts=0, n_resamples=20, formats=("png",), reward="hps_v2.1")
+    assert result["reward"] == "ocr_accuracy" and result["headlines"][0].startswith("OCR accuracy is")
+    page = (tmp_path / "index.md").read_text()
+    assert "report.reward=hps_v2.1 was not scored in this run, so the headline uses ocr_accuracy" in page
+
+
+def test_pixel_diversity_is_the_mean_pairwise_rms_distance_of_a_prompts_samples(tmp_path):
+    from rlg.report.headline import pixel_diversity
+
+    rows = []
+    for w, shades in ((0.0, (0, 255, 255)), (1.0, (100, 100, 100))):  # w=0: pairs at distance 1, 1, 0
+        for s, shade in enumerate(shades):
+            path = tmp_path / f"{w}-{s}.png"
+            Image.new("RGB", (40, 40), (shade,) * 3).save(path)
+            rows.append({"image_key": f"{w}-{s}", "prompt_id": 0, "sample": s, "seed": 1, "scale": w,
+                         "image_path": str(path), "run_name": "r", "pair": "p"})
+    rows.append({**rows[0], "image_key": "lone", "prompt_id": 1})  # one sample: no pair, left out
+    d = pixel_diversity(pd.DataFrame(rows)).set_index("scale")
+    assert d.loc[0.0, "diversity"] == pytest.approx(2 / 3) and d.loc[1.0, "diversity"] == 0.0
+    assert (d["n_prompts"] == 1).all()

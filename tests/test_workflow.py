@@ -271,7 +271,12 @@ def test_quiet_third_party_silences_bars_verbosity_and_known_warnings():
             warnings.warn_explicit("`local_dir_use_symlinks` is deprecated", UserWarning, "x.py", 1,
                                    module="huggingface_hub.file_download")
             warnings.warn_explicit("an unrelated warning", UserWarning, "x.py", 2, module="huggingface_hub.x")
+            # EasyOCR's DataLoader on a CPU machine (3 per OCR run before)
+            warnings.warn_explicit("'pin_memory' argument is set as true but no accelerator is found, then device "
+                                   "pinned memory won't be used.", UserWarning, "x.py", 4,
+                                   module="torch.utils.data.dataloader")
             assert [str(w.message) for w in caught] == ["an unrelated warning"]
+            assert os.environ.get("WANDB_SILENT") == "true" or "WANDB_QUIET" in os.environ  # wandb's own lines off
         finally:
             quiet_third_party(verbose=True)
         assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
@@ -279,6 +284,17 @@ def test_quiet_third_party_silences_bars_verbosity_and_known_warnings():
         warnings.warn_explicit("`local_dir_use_symlinks` is deprecated", UserWarning, "x.py", 3,
                                module="huggingface_hub.file_download")
         assert len(caught) == 2
+
+
+def test_help_says_what_the_tool_does_with_examples_before_the_groups():
+    out = subprocess.run([sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert text.startswith("rlg-bench: Reinforcement Learning Guidance")
+    examples = text[text.index("Examples:"):text.index("== Config groups")]
+    assert len([l for l in examples.splitlines() if l.strip().startswith("rlg-bench ") or l.strip() == "rlg-bench"
+                or l.strip().startswith("rlg-bench  ")]) == 3
+    assert "experiment: " in text and "== Config ==" not in text and len(text.splitlines()) < 40
 
 
 # --- several runs in one report ---------------------------------------------------------------------
@@ -316,17 +332,20 @@ def test_compare_runs_puts_each_run_in_one_report_with_its_protocol(tmp_path):
     sweep = tmp_path / "sweep"
     a, b = _fake_run(sweep / "cfg=5", steps=2, offset=10.0), _fake_run(sweep / "cfg=7", steps=4, offset=20.0)
     result = compare_runs([a, b], tmp_path / "cmp", n_resamples=20, grid_prompts=2, formats=("png",))
+    # each run is labelled by the setting that differs between them (meta.json), not by its directory
+    s2, s4 = "num_inference_steps=2", "num_inference_steps=4"
+    assert list(result["runs"]) == [s2, s4]
     summary = pd.DataFrame(result["summary"])
     means = summary.set_index(["run_id", "scale"])["mean"]
-    assert means[("cfg=5", 0.0)] == pytest.approx(10.1) and means[("cfg=7", 1.0)] == pytest.approx(21.1)
+    assert means[(s2, 0.0)] == pytest.approx(10.1) and means[(s4, 1.0)] == pytest.approx(21.1)
     assert (summary["n"] == 3).all()  # shared content keys did not mix the runs
     index = result["index"].read_text()
     assert result["index"] == tmp_path / "cmp" / "index.md" and (tmp_path / "cmp" / "index.html").is_file()
     protocol = index[index.index("## Protocol"):index.index("## Results")]
-    first, second = protocol.split("### cmp / tiny_sd (run cfg=7")
-    assert "### cmp / tiny_sd (run cfg=5" in first and "| steps | 2 |" in first and "| steps | 4 |" in second
-    assert "steps: 4" not in first and "cfg=7" not in first  # no run's protocol leaks into another's
-    assert "| cfg=5 |" in index and "| cfg=7 |" in index  # one table, a row group per run
+    first, second = protocol.split(f"### cmp / tiny_sd / {s4}")
+    assert f"### cmp / tiny_sd / {s2}" in first and "| steps | 2 |" in first and "| steps | 4 |" in second
+    assert "steps: 4" not in first and s4 not in first  # no run's protocol leaks into another's
+    assert f"| {s2} |" in index and f"| {s4} |" in index  # one table, a row group per run
     assert not list(tmp_path.glob(".cmp.*"))  # the temporary report directory was swapped in
     assert find_runs([sweep]) == [a.resolve(), b.resolve()]
 
@@ -336,7 +355,27 @@ def test_compare_runs_puts_each_run_in_one_report_with_its_protocol(tmp_path):
                 dir = str(sweep)
 
     SweepReport(n_resamples=20, grid_prompts=0).on_multirun_end(Cfg)
-    assert "cfg=7" in (sweep / "report" / "index.md").read_text()
+    assert s4 in (sweep / "report" / "index.md").read_text()
+
+
+def test_comparison_labels_are_the_settings_that_differ():
+    from rlg.report.compare import _setting_labels
+
+    base = {"name": "a", "seed": 42, "paths": {"root": "/x"}, "tracker": {"wandb": {"mode": "offline"}},
+            "pair": {"name": "zoo_digits_dpo", "rl": {"id": "zoo:digits_dpo"}},
+            "sampler": {"name": "zoo_digits", "guidance_scale": 2.0, "num_inference_steps": 20},
+            "prompts": {"name": "zoo_digits", "max_prompts": None}}
+    other = {**base, "name": "b", "paths": {"root": "/y"}, "pair": {"name": "zoo_digits_ddpo_compress",
+                                                                 "rl": {"id": "zoo:digits_ddpo_compress"}},
+             "prompts": {"name": "zoo_digits", "max_prompts": 2}}
+    # a differing preset names its group (its own keys are left out); run name and paths never label
+    assert _setting_labels([base, other]) == ["pair=zoo_digits_dpo,max_prompts=None",
+                                              "pair=zoo_digits_ddpo_compress,max_prompts=2"]
+    cfg5 = {**base, "sampler": {**base["sampler"], "guidance_scale": 5.0}}
+    assert _setting_labels([base, cfg5]) == ["guidance_scale=2.0", "guidance_scale=5.0"]
+    assert _setting_labels([base, {**base, "name": "c"}]) is None  # nothing differs: directory names
+    long = {**base, "prompts": {"name": "zoo_digits", "max_prompts": 2, "items": ["x" * 50]}}
+    assert _setting_labels([base, long]) is None  # too long for a legend: directory names
 
 
 def test_report_command_prints_the_index_last_and_names_bad_directories(tmp_path):

@@ -7,6 +7,7 @@ like Ctrl-C: what was stored stays stored and the same command resumes.
 """
 
 import logging
+import os
 import signal
 import sys
 
@@ -47,6 +48,15 @@ def _main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def cpu_defaults() -> None:
+    """OpenMP threads that sleep instead of spinning while they wait (``OMP_WAIT_POLICY=PASSIVE``), unless
+    the user set a policy. Read once, when torch starts its thread pool, so call this before torch is
+    imported. It changes no image bit (the thread count does, and is left to torch / OMP_NUM_THREADS).
+    Chosen with benchmarks/busy_cpu.py (README "Performance"): on a shared 2-core machine two spinning
+    threads made the quickstart 20x slower than one thread, a passive wait kept them usable."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _terminate(signum, frame):
     raise SystemExit(128 + signum)  # unwinds: the run lock is released and meta.json records the stop
 
@@ -54,6 +64,7 @@ def _terminate(signum, frame):
 def main() -> None:
     """Console script ``rlg-bench`` (and ``python run.py`` in a clone)."""
     signal.signal(signal.SIGTERM, _terminate)
+    cpu_defaults()
     from rlg.harness.config import misspelt_override
 
     problem = misspelt_override(sys.argv[1:])

@@ -145,6 +145,7 @@ class ShardConf:
 class ReportConf:
     n_resamples: int = 1000
     grid_prompts: int = 8
+    reward: Optional[str] = None  # the metric the RL model optimises (headline, trade-off x); None: by name
 
 
 @dataclass

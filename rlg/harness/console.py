@@ -7,6 +7,8 @@ report path. Everything silenced here is the libraries' own documented switch:
   bars) and ``set_verbosity_error()``;
 * transformers: ``transformers.utils.logging.disable_progress_bar()`` and ``set_verbosity_error()``;
 * huggingface_hub: ``huggingface_hub.utils.disable_progress_bars()`` (download bars);
+* wandb: ``WANDB_SILENT=true`` (its own console lines and run summary; the harness logs one line with
+  the run's URL or offline directory), unless the user set WANDB_QUIET or WANDB_SILENT;
 * known warnings that say nothing a user can act on (``KNOWN_WARNINGS``), filtered by message.
 
 Errors are never silenced. ``quiet_third_party(verbose=True)`` puts the libraries' defaults back.
@@ -15,6 +17,7 @@ Errors are never silenced. ``quiet_third_party(verbose=True)`` puts the librarie
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 # (message regex, category, module regex): warnings third-party packages raise on every run that the
@@ -28,9 +31,14 @@ KNOWN_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
     (r".*resume_download.*is deprecated.*", FutureWarning, r"huggingface_hub.*"),
     # torchvision's v2 beta notice, raised on import
     (r".*torchvision\.transforms\.v2.*", UserWarning, r"torchvision.*"),
+    # EasyOCR's DataLoader asks for pin_memory on a machine without a GPU (once per reader call)
+    (r".*pin_memory.*", UserWarning, r"torch.*"),
 )
 # matplotlib/fontTools log every PDF font subset; urllib3/filelock/httpx log each request and lock
 NOISY_LOGGERS = ("fontTools", "matplotlib", "PIL", "urllib3", "filelock", "httpx", "easyocr", "timm", "open_clip")
+
+
+_SET_HERE: set[str] = set()  # environment variables this module set (verbose=True removes only those)
 
 
 def quiet_third_party(verbose: bool = False) -> None:
@@ -40,6 +48,12 @@ def quiet_third_party(verbose: bool = False) -> None:
     Call it once at start-up, before a pipeline or evaluator is loaded.
     """
     level = logging.WARNING if verbose else logging.ERROR  # WARNING: the libraries' own default
+    if not verbose and not {"WANDB_QUIET", "WANDB_SILENT"} & set(os.environ):
+        os.environ["WANDB_SILENT"] = "true"
+        _SET_HERE.add("WANDB_SILENT")
+    elif verbose and "WANDB_SILENT" in _SET_HERE:  # take back only what this function set
+        os.environ.pop("WANDB_SILENT", None)
+        _SET_HERE.discard("WANDB_SILENT")
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
     try:

@@ -71,7 +71,8 @@ def device_info(device: str) -> dict[str, Any]:
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
     return {"device": str(dev), "device_name": name,
-            "torch_threads": torch.get_num_threads()}  # CPU reductions, hence image bits, depend on it
+            "torch_threads": torch.get_num_threads(),  # CPU reductions, hence image bits, depend on it
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}  # speed only (rlg.harness.cli.cpu_defaults)
 
 
 def provenance(device: str, resolved: dict[str, Any], overrides: list[str], seed: int) -> dict[str, Any]:

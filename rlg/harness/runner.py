@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import uuid
 from pathlib import Path
@@ -110,8 +111,14 @@ def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | 
                 entry["wandb_dir"] = str(tracker.run_path) if tracker.active else None
     index = (entry.get("report") or {}).get("index")
     if index:
-        print(f"Report: {index}")  # the run's last line: the one page to open
+        print(f"Report: {_shown(index)}")  # the run's last line: the one page to open
     return entry
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it (shorter, and no home path)."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def _tracker(job: Job, store: Store, job_name: str, group: str | None) -> Tracker:
@@ -142,8 +149,10 @@ def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, t
     if "report" in job.stages and job.rank == 0:
         with timed(entry, "report"):
             result = stages.report(job, store)
-        entry["report"] = {k: result[k] for k in ("files", "notes", "index", "index_html")}
+        entry["report"] = {k: result[k] for k in ("files", "notes", "index", "index_html", "headlines")}
         _print_summary(result["summary"] or [])
+        for line in result["headlines"]:
+            print(line)  # the report's first-screen sentence: what RLG did
         tracker.log_scales(result["summary"] or [])
         tracker.log_image_table(result["images"], result["scores"])
         tracker.log_report(result["index_html"], [Path(f) for f in result["files"] if "/figures/" in f])

@@ -153,7 +153,7 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     """Make this rank's missing images, one ``rlg.grid.run_grid`` per method grid (``method_grids``), each
     inside its method's model state (a weight-mixed network). ``progress(done, total)`` is called after
     each batch (the tracker turns it into images/s and an ETA)."""
-    from rlg.grid import prompt_truncation, run_grid
+    from rlg.grid import pack_calls, prompt_truncation, run_grid
     from rlg.grid import work_groups as grid_groups
 
     by_id = {p.id: p for p in job.prompts}
@@ -180,36 +180,66 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     # one batch waits, and a write error surfaces at the next batch (rows are still written after PNGs)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlg-store")
     pending = None
-    with tqdm(total=n_todo, desc="generate", unit="img") as bar, writer:
-        for method, arms, grid in plan:
-            keys = {k for g in grid_groups(grid, image_keys(job, arms), rank=job.rank, world=job.world) for k, _ in g}
-            if keys <= stored:
-                continue  # nothing to make: no mixed network is built
-            # the sampler is built here: sampler.extra keys the pipeline does not accept are refused before any call
-            calls = run_grid(pair, grid, key=image_keys(job, arms), skip=stored, rank=job.rank, world=job.world,
-                             before_call=store.check_free_space)  # before spending compute on unstorable images
-            with method.applied(pair.denoiser, next(iter(arms.values()))):
-                for batch in calls:
-                    rows = [_image_row(job, run_id, key, res.item, res, truncated[res.item.prompt],
-                                       by_id[res.item.prompt_index], arms[res.item.scale]) for key, res in batch]
-                    for row, (_, res) in zip(rows, batch):
-                        if res.nonfinite:
-                            nonfinite += 1
-                            log.warning("image %s (prompt %d, sample %d, %s %s) has NaN/inf values from step %s on; "
-                                        "it is stored, flagged nonfinite and left out of every mean",
-                                        row["image_key"][:12], row["prompt_id"], row["sample"], row["method"],
-                                        row["knob"], res.nonfinite_step)
-                    if pending is not None:
-                        pending.result()
-                    pending = writer.submit(store.write_images, rows, [res.image for _, res in batch])
-                    made += len(batch)
-                    bar.update(len(batch))
-                    if progress is not None:
-                        progress(made, n_todo)
-        if pending is not None:
-            pending.result()
+    # the bar moves at every denoising step (a forward hook on the denoiser, called once per step of a
+    # pipeline call), so a slow machine shows progress and an ETA long before a call's images are done
+    steps = max(int(job.config.sampler.num_inference_steps), 1)
+    todo_grids = []  # (method, arms, grid, keyed groups) of the grids with something to make
+    for method, arms, grid in plan:
+        groups = grid_groups(grid, image_keys(job, arms), rank=job.rank, world=job.world)
+        if any(k not in stored for g in groups for k, _ in g):  # else nothing to make: no mixed network is built
+            todo_grids.append((method, arms, grid, groups))
+    sizes = iter([len(c) for *_, groups in todo_grids for c in pack_calls(
+        [[k for k, _ in g if k not in stored] for g in groups if any(k not in stored for k, _ in g)],
+        job.config.sampler.batch_size)])
+    step_share = [0.0]
+
+    def tick(*_) -> None:  # returns None: a forward hook's return value would replace the output
+        bar.update(step_share[0])
+
+    def next_call() -> None:  # run_grid's before_call: the free-space check, then the next call's share
+        store.check_free_space()  # before spending compute on images that could not be stored
+        step_share[0] = next(sizes, 0) / steps
+
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} img [{elapsed}<{remaining}, {rate_fmt}]"
+    with tqdm(total=n_todo, desc="generate", unit="img", bar_format=bar_format, mininterval=1.0) as bar, writer:
+        hook = pair.denoiser.register_forward_hook(tick)
+        try:
+            for method, arms, grid, _ in todo_grids:
+                # the sampler is built here: sampler.extra keys the pipeline does not accept are refused at once
+                calls = run_grid(pair, grid, key=image_keys(job, arms), skip=stored, rank=job.rank, world=job.world,
+                                 before_call=next_call)
+                with method.applied(pair.denoiser, next(iter(arms.values()))):
+                    for batch in calls:
+                        bar.n = made + len(batch)  # exact at the end of each call, whatever the step count was
+                        bar.refresh()
+                        pending = _store_batch(job, store, run_id, batch, truncated, by_id, writer, pending, arms)
+                        made += len(batch)
+                        nonfinite += sum(1 for _, res in batch if res.nonfinite)
+                        if progress is not None:
+                            progress(made, n_todo)
+            if pending is not None:
+                pending.result()
+        finally:
+            hook.remove()
     return {"images_made": made, "images_skipped": total - n_todo, "nonfinite": nonfinite, "truncated_prompts": n_cut,
             "pair_info": pair.info, "network_rows": asdict(pair.denoiser.stats)}
+
+
+def _store_batch(job: Job, store: Store, run_id: str, batch, truncated: dict[str, bool],
+                 by_id: dict[int, Prompt], writer: ThreadPoolExecutor, pending, arms: dict[float, Any]):
+    """Warn about nonfinite images, wait for the previous call's write, and submit this one's.
+    ``batch``: run_grid's [(content key, Generated)] of one pipeline call; ``arms``: its grid's arm per scale."""
+    rows = [_image_row(job, run_id, key, res.item, res, truncated[res.item.prompt], by_id[res.item.prompt_index],
+                       arms[res.item.scale]) for key, res in batch]
+    results = [res for _, res in batch]
+    for row, res in zip(rows, results):
+        if res.nonfinite:
+            log.warning("image %s (prompt %d, sample %d, %s %g) has NaN/inf values from step %s on; it is "
+                        "stored, flagged nonfinite and left out of every mean", row["image_key"][:12],
+                        row["prompt_id"], row["sample"], row["method"], row["scale"], res.nonfinite_step)
+    if pending is not None:
+        pending.result()
+    return writer.submit(store.write_images, rows, [r.image for r in results])
 
 
 def keys_to_score(job: Job, store: Store) -> list[str]:
@@ -283,12 +313,13 @@ def report(job: Job, store: Store) -> dict[str, Any]:
 
     def write(tmp: Path) -> list[str]:
         result.update(write_report(images, scores, tmp, protocol=protocol, grid_prompts=job.config.report.grid_prompts,
-                                   n_resamples=job.config.report.n_resamples))
+                                   n_resamples=job.config.report.n_resamples, reward=job.config.report.reward))
         return result["files"]
 
     files = _written(store, store.temp_dir("report"), store.root / "report", write)
     final = store.root / "report"
     return {"files": files, "notes": result.get("notes", []), "summary": result.get("summary"), "images": images,
+            "headlines": result.get("headlines", []),
             "scores": scores, "index": str(final / "index.md"), "index_html": str(final / "index.html")}
 
 

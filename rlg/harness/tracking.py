@@ -86,8 +86,7 @@ def resolve_mode(mode: str | None) -> str:
         return saved
     if _logged_in(getattr(settings, "base_url", None)):
         return "online"
-    log.info("W&B: no login found, so the run is logged offline (`wandb login` or WANDB_MODE=online to upload, "
-             "`wandb sync <dir>` later)")
+    log.debug("W&B: no login found, so the run is logged offline")  # said once, by Tracker.start
     return "offline"
 
 
@@ -145,6 +144,10 @@ class Tracker:
                               name=self.name, tags=self.tags, mode=self.mode, dir=str(self.run_dir),
                               config=self.config, reinit="finish_previous")
         self.run.define_metric(SCALE_AXIS)
+        # the one W&B line of a run (wandb's own console lines are off unless verbose=true: rlg.harness.console)
+        where = self.run.url if self.mode == "online" else (
+            f"{self.run_dir}/wandb (to upload: `wandb login`, then `wandb sync {self.run_dir}/wandb/offline-run-*`)")
+        log.info("W&B %s run: %s", self.mode, where)
         return self
 
     def finish(self, exit_code: int = 0) -> None:

@@ -54,32 +54,61 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(r.resolve() for r in runs))
 
 
-def _differing(token_lists: Sequence[Sequence[str]]) -> list[str] | None:
-    """For each list, its tokens not shared by all lists, joined by ","; None unless all are unique."""
-    common = set(token_lists[0]).intersection(*map(set, token_lists[1:]))
-    short = [",".join(t for t in ts if t not in common) for ts in token_lists]
-    return short if all(short) and len(set(short)) == len(short) else None
+# Settings that never change an image or a score: left out of the labels.
+LABEL_IGNORED = ("name", "stage", "device", "verbose", "low_memory", "tracker", "paths", "shard", "report",
+                 "evaluators.device", "evaluators.batch_size", "sampler.batch_size", "sampler.offload",
+                 "sampler.compile", "sampler.vae_tiling")
+GROUPS = ("pair", "sampler", "prompts", "grid", "evaluators")  # a group's preset name stands for its keys
+LABEL_CHARS = 48  # longer than this, the run's directory name is the label
 
 
-def _overrides(run: Path) -> list[str] | None:
-    """The Hydra overrides of the run's latest invocation (meta.json), if recorded."""
+def _config(run: Path) -> dict[str, Any] | None:
+    """The resolved config of the run's latest invocation that recorded one (meta.json)."""
     from rlg.harness.store import Store
 
     for entry in reversed(Store(run).meta().get("invocations", [])):
-        if isinstance(entry.get("overrides"), list):
-            return [str(o) for o in entry["overrides"]]
+        if isinstance(entry.get("config"), dict):
+            return entry["config"]
     return None
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, str]:
+    if not isinstance(d, dict):
+        return {prefix: json.dumps(d, separators=(",", ":")) if isinstance(d, (list, dict)) else str(d)}
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _setting_labels(configs: Sequence[dict[str, Any]]) -> list[str] | None:
+    """Per run, the settings that differ between the runs, as short ``key=value`` text: a group whose
+    preset name differs is named by it (``pair=zoo_digits_dpo``) instead of its keys; a key is shown by
+    its last part unless two differing keys share it. None when nothing differs or a label gets long."""
+    flats = [_flat(c) for c in configs]
+    keys = sorted(set().union(*flats))
+    ignored = lambda k: any(k == i or k.startswith(i + ".") for i in LABEL_IGNORED)  # noqa: E731
+    differ = [k for k in keys if not ignored(k) and len({f.get(k) for f in flats}) > 1]
+    named = {g for g in GROUPS if f"{g}.name" in differ}
+    differ = [k for k in differ if k.split(".")[0] not in named or k == f"{k.split('.')[0]}.name"]
+    if not differ:
+        return None
+    last = [k.split(".")[-1] for k in differ]
+    short = [k if k.endswith(".name") or last.count(k.split(".")[-1]) > 1 else k.split(".")[-1] for k in differ]
+    short = [k.removesuffix(".name") for k in short]
+    labels = [",".join(f"{s}={f.get(k, '-')}" for s, k in zip(short, differ)) for f in flats]
+    if len(set(labels)) < len(labels) or max(map(len, labels)) > LABEL_CHARS:
+        return None
+    return labels
+
+
 def _labels(runs: Sequence[Path]) -> list[str]:
-    """Short unique names for the runs: the Hydra overrides that differ between them (a sweep's jobs,
-    from meta.json), else the overrides that differ in their directory names ("a=1,b=2"), else the
+    """Short unique names for the runs: the settings that differ between them (resolved configs in
+    meta.json, e.g. ``guidance_scale=5`` / ``guidance_scale=7.5``, or ``pair=zoo_digits_dpo``), else the
     directory name with as many parents as it takes to tell them apart."""
     if len(runs) > 1:
-        overrides = [_overrides(r) for r in runs]
-        if all(o is not None for o in overrides) and (short := _differing(overrides)):
-            return short
-        if all("=" in r.name for r in runs) and (short := _differing([r.name.split(",") for r in runs])):
+        configs = [_config(r) for r in runs]
+        if all(c is not None for c in configs) and (short := _setting_labels(configs)):
             return short
     for depth in range(1, 6):
         names = ["/".join(r.parts[-depth:]) for r in runs]
@@ -145,6 +174,8 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, labels:
         frames_i.append(images)
         frames_s.append(scores)
         protocol[name] = proto
+    rewards = {p.get("reward") for p in protocol.values()} - {None}
+    reward = rewards.pop() if len(rewards) == 1 else None  # runs optimising different rewards: picked by name
     if not frames_i:
         raise CompareError(f"none of {', '.join(map(str, runs))} holds an image yet; run them first")
     out_dir = Path(out_dir).expanduser().resolve()
@@ -154,7 +185,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, labels:
     try:
         result = write_report(pd.concat(frames_i, ignore_index=True), pd.concat(frames_s, ignore_index=True), tmp,
                               protocol=protocol, anchors=anchors, grid_prompts=grid_prompts, n_resamples=n_resamples,
-                              seed=seed, reference_scale=reference_scale, formats=formats,
+                              seed=seed, reference_scale=reference_scale, formats=formats, reward=reward,
                               title=title or f"rlg-bench comparison: {', '.join(names)}")
         staging.swap_dir(tmp, out_dir)
     except BaseException:
@@ -175,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", metavar="DIR", help="run directories (outputs/<name>) or sweep directories")
     parser.add_argument("--out", default=None, help="report directory (default: <first DIR's parent>/comparison)")
     parser.add_argument("--label", action="append", default=None,
-                        help="series name per run, in order (repeat; default: the directory names)")
+                        help="series name per run, in order (repeat; default: the settings that differ between "
+                             "the runs, else the directory names)")
     parser.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--grid-prompts", type=int, default=4, help="prompts per image grid (0: no grids)")
     parser.add_argument("--formats", default="png,pdf", help="figure formats (default png,pdf)")

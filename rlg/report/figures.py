@@ -43,27 +43,7 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 REFERENCE_LINES = ((0.0, "base"), (1.0, "RL"))
 
 
-# Readable axis labels of the evaluators' metric ids (rlg.evaluators.*.metrics); an id not listed is shown as is.
-METRIC_LABELS = {
-    "pickscore": "PickScore",
-    "hps_v2.0": "HPSv2.0",
-    "hps_v2.1": "HPSv2.1",
-    "imagereward": "ImageReward",
-    "aesthetic": "LAION aesthetic score",
-    "clip_score": "CLIP score",
-    "ocr_accuracy": "OCR accuracy",
-    "geneval_correct": "GenEval accuracy",
-    "geneval_overall": "GenEval overall",
-    "jpeg_incompressibility": "JPEG size (kB)",
-    "jpeg_compressibility": "JPEG compressibility (−kB)",
-}
-SCALE_LABEL = "RLG scale w"  # not "guidance scale", which reads as the CFG guidance_scale
-
-
-def metric_label(metric: str) -> str:
-    """The readable name of a metric id; a "metric (version)" id keeps its version."""
-    base, sep, rest = str(metric).partition(" (")
-    return METRIC_LABELS.get(base, base) + (f" ({rest}" if sep else "")
+from rlg.report.names import METRIC_DEFINITIONS, METRIC_LABELS, SCALE_LABEL, metric_label, metric_title  # noqa: F401
 
 
 def slug(text: str) -> str:
@@ -75,7 +55,7 @@ def series_label(series: tuple[str, ...], varying: Sequence[str]) -> str:
     """A legend entry: only the SERIES columns that tell the curves apart, ids named as in the index
     (``run <run_id>``, ``setting <config_id[:8]>``)."""
     parts = dict(zip(SERIES, series))
-    named = {"run_id": lambda v: f"run {v}", "config_id": lambda v: f"setting {v[:8]}"}
+    named = {"config_id": lambda v: f"setting {v[:8]}"}  # run_id: a comparison's label, shown as is
     shown = [named.get(c, str)(str(parts[c])) for c in varying if parts[c]]
     return " / ".join(shown) if shown else (parts["pair"] or parts["run_name"] or parts["run_id"] or "results")
 
@@ -83,7 +63,28 @@ def series_label(series: tuple[str, ...], varying: Sequence[str]) -> str:
 def varying_series_columns(df: pd.DataFrame) -> list[str]:
     """Which of run_name, pair, run_id, config_id tell the curves apart (pair alone when nothing varies)."""
     cols = [c for c in SERIES if df[c].nunique() > 1] if len(df) else []
+    if "run_id" in cols:  # a comparison's run label names the run: its run name and pair go without saying
+        cols = [c for c in cols if c not in ("run_name", "pair")]
+        if "config_id" in cols and (df.groupby("run_id")["config_id"].nunique() <= 1).all():
+            cols.remove("config_id")  # one setting per run: the run label tells them apart
     return cols or ["pair"]
+
+
+LEGEND_INSIDE_CHARS = 28  # longer labels (or more than 4 series) go below the axes, wrapped, one per line
+
+
+def _legend(fig: Figure, ax, handles=None) -> None:
+    """A legend that fits: inside the axes for a few short labels, else below them, wrapped, with the
+    figure taller by one line per label line (so axes, ticks and the x label keep their room)."""
+    handles = handles if handles is not None else ax.get_legend_handles_labels()[0]
+    labels = [h.get_label() for h in handles]
+    if len(labels) <= 4 and max(map(len, labels), default=0) <= LEGEND_INSIDE_CHARS:
+        ax.legend(handles=handles, loc="best", handlelength=2.2)
+        return
+    wrapped = [textwrap.fill(t, 60) for t in labels]
+    lines = sum(t.count("\n") + 1 for t in wrapped)
+    fig.set_figheight(fig.get_figheight() + 0.11 * lines + 0.05)
+    fig.legend(handles=handles, labels=wrapped, loc="outside lower center", ncols=1, handlelength=2.2)
 
 
 def _style(i: int) -> dict:
@@ -147,7 +148,7 @@ def plot_metric_vs_scale(summary: pd.DataFrame, metric: str, stem: Path,
         ax.set_xlabel(SCALE_LABEL)
         ax.set_ylabel(f"{metric_label(metric)} {_arrow(higher)}")
         if ax.lines:
-            ax.legend(loc="best", handlelength=2.2)
+            _legend(fig, ax)
         else:
             ax.text(0.5, 0.5, "no scored images yet", transform=ax.transAxes, ha="center", va="center")
         return save(fig, stem, formats)
@@ -197,7 +198,7 @@ def plot_tradeoff(summary: pd.DataFrame, x_metric: str, y_metric: str, stem: Pat
         ax.set_ylabel(f"{metric_label(y_metric)} {_arrow(hy)}")
         ax.set_title(f"points labelled with the {SCALE_LABEL}", fontsize=6, color="0.3")
         if len(handles) > 2:
-            ax.legend(handles=handles, loc="best")
+            _legend(fig, ax, handles)
         else:
             ax.text(0.5, 0.5, "no scale has both metrics yet", transform=ax.transAxes, ha="center", va="center")
         return save(fig, stem, formats)
@@ -276,7 +277,8 @@ def plot_image_grid(images: pd.DataFrame, stem: Path, n_prompts: int = 8, prompt
                     scales: Sequence[float] | None = None, width: float | None = None,
                     formats: Sequence[str] = FORMATS) -> list[Path]:
     """Rows are prompts, columns scales; every image of a row comes from the same initial noise
-    (prompt, sample, seed). Columns are labelled with w, rows with a shortened prompt and the seed.
+    (prompt, sample, seed). Columns are labelled with w, rows with a shortened prompt, its sample index
+    and seed (the row's noise is drawn from (seed, prompt index, sample index): rlg.sampling.noise_seed).
     ``images`` should hold one series (one run of one pair)."""
     img = _normalise_images(images)
     all_scales = sorted(img["scale"].unique()) if scales is None else [round(float(s), 6) for s in scales]
@@ -299,7 +301,8 @@ def plot_image_grid(images: pd.DataFrame, stem: Path, n_prompts: int = 8, prompt
             key = (r["prompt_id"], r["sample"], r["seed"])
             prompt = str(prompts.get(r["prompt_id"], ""))
             fig.text(GRID_MARGIN / fw, 1 - (top + GRID_PROMPT - 0.015) / fh,
-                     shorten(prompt, max_chars - 12) + f"  (seed {r['seed']})", ha="left", va="bottom", fontsize=5)
+                     shorten(prompt, max_chars - 22) + f"  (sample {r['sample']}, seed {r['seed']})", ha="left",
+                     va="bottom", fontsize=5)
             for j, w in enumerate(all_scales):
                 left = GRID_MARGIN + j * (cell + GRID_GAP)
                 ax = fig.add_axes(((left / fw), 1 - (top + GRID_PROMPT + cell) / fh, cell / fw, cell / fh))

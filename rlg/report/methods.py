@@ -112,11 +112,11 @@ def method_summary(points: pd.DataFrame, scores: pd.DataFrame, n_resamples: int 
 
 
 def reward_metric(summary: pd.DataFrame, reward: str | None = None) -> str | None:
-    """The reward axis: ``reward`` if given, else the first alignment/reward metric present (jpeg, GenEval,
+    """The reward axis: ``reward`` if given and scored, else the first alignment/reward metric present (jpeg, GenEval,
     OCR, CLIP, digit_prob, in that order), else the first metric."""
     metrics = sorted(summary["metric"].unique()) if len(summary) else []
-    if reward:
-        return reward if reward in metrics else None
+    if reward and reward in metrics:
+        return reward
     for p in ALIGNMENT_PREFIXES:
         hit = [m for m in metrics if m.startswith(p)]
         if hit:

@@ -27,16 +27,17 @@ import numpy as np
 import pandas as pd
 
 from rlg.report import figures, methods, tables
+from rlg.report.browser import write_browser
 from rlg.report.anchors import Anchor, load_anchors
-from rlg.report.stats import (GENEVAL_METRIC, GENEVAL_OVERALL, SERIES, geneval_tags, series_name, summarize, tidy,
-                              with_series)
+from rlg.report.headline import Headline, headlines, pick_reward, pixel_diversity
+from rlg.report.stats import GENEVAL_METRIC, GENEVAL_OVERALL, SERIES, geneval_tags, summarize, tidy, with_series
 
 log = logging.getLogger(__name__)
 
 SCORE_COLUMNS = ["image_key", "evaluator", "version", "metric", "value", "higher_is_better", "error"]
 # Default tradeoff axes: (alignment or reward metric) x (image quality / preference metric), by name prefix.
 ALIGNMENT_PREFIXES = ("geneval_overall", "ocr", "clip", "jpeg")
-QUALITY_PREFIXES = ("pickscore", "hps", "imagereward", "aesthetic")
+QUALITY_PREFIXES = ("pickscore", "hps", "imagereward", "aesthetic", "digit_mahalanobis")
 LOG_COLUMNS = SERIES + ["metric", "scale", "mean", "lo", "hi", "win_rate", "n", "n_prompts", "n_nonfinite",
                         "n_failed", "n_unscored", "higher_is_better"]
 # protocol fields shown per series in the index, in this order (then any other field)
@@ -44,8 +45,13 @@ PROTOCOL_ORDER = ["pair", "base", "rl", "steps", "cfg", "resolution", "sampler",
                   "samples_per_prompt", "seed", "evaluator_versions"]
 
 
-def default_tradeoffs(metrics: Sequence[str]) -> list[tuple[str, str]]:
-    """(x, y) metric pairs for the alignment-vs-quality scatter among the metrics present."""
+def default_tradeoffs(metrics: Sequence[str], reward: str | None = None) -> list[tuple[str, str]]:
+    """(x, y) metric pairs for the trade-off scatter among the metrics present: with a ``reward``, the
+    paper's figure (reward against each other metric, quality metrics first); else alignment x quality."""
+    if reward is not None:
+        others = [m for m in sorted(metrics) if m != reward]
+        quality = [m for p in QUALITY_PREFIXES for m in others if m.startswith(p)]
+        return [(reward, m) for m in dict.fromkeys(quality + others)]
     xs = [m for p in ALIGNMENT_PREFIXES for m in sorted(metrics) if m.startswith(p)]
     if GENEVAL_OVERALL not in metrics:
         xs = [GENEVAL_METRIC] * (GENEVAL_METRIC in metrics) + xs
@@ -97,7 +103,8 @@ def run_protocol(config: dict[str, Any], pair_ids: dict[str, Any] | None = None)
         if not ids.get(role) and isinstance(p.get(role), dict):
             ids[role] = p[role].get("id")
     out = {"steps": s.get("num_inference_steps"), "cfg": s.get("guidance_scale"), "resolution": s.get("height"),
-           "sampler": s.get("name"), "scheduler": s.get("scheduler"), "seed": config.get("seed")}
+           "sampler": s.get("name"), "scheduler": s.get("scheduler"), "seed": config.get("seed"),
+           "reward": (config.get("report") or {}).get("reward")}
     if p.get("name"):
         out["pairs"] = {p["name"]: ids}
     return {k: v for k, v in out.items() if v is not None}
@@ -126,7 +133,8 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
                  anchors: Sequence[Anchor] | None = None, grid_prompts: int = 8, *, n_resamples: int = 1000,
                  seed: int = 0, level: float = 0.95, reference_scale: float = 1.0,
                  tradeoffs: Sequence[tuple[str, str]] | None = None,
-                 formats: Sequence[str] = ("png", "pdf"), title: str | None = None) -> dict[str, Any]:
+                 formats: Sequence[str] = ("png", "pdf"), title: str | None = None,
+                 reward: str | None = None) -> dict[str, Any]:
     """Write figures/ and tables/ under ``out_dir``.
 
     ``protocol``: the run's settings (steps, cfg, resolution, ocr_engine, geneval_detector,
@@ -135,6 +143,9 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     packaged anchors, [] skips the comparison. Returns {"files": [Path], "summary": [per-scale
     records for logging], "notes": [str], "index": out_dir/index.md, "index_html": out_dir/index.html}.
     ``formats``: figure file types (the HTML page embeds the PNGs). ``title``: the page title.
+    ``reward``: the metric the RL model was trained for (the headline's and the trade-off figure's x);
+    None takes ``protocol["reward"]``, else ``rlg.report.headline.pick_reward``; a reward that was not
+    scored is named in a warning and on the page, and the headline falls back to pick_reward.
     """
     out_dir = Path(out_dir)
     fig_dir, tab_dir = out_dir / "figures", out_dir / "tables"
@@ -146,12 +157,27 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     files: list[Path] = []
     compared = None
     if methods.has_methods(images):  # other methods: their own section; the RLG sections keep RLG's images
-        compared = methods.write_methods(images, scores, out_dir, n_resamples=n_resamples, seed=seed, formats=formats)
+        compared = methods.write_methods(images, scores, out_dir, n_resamples=n_resamples, seed=seed, formats=formats,
+                                         reward=reward or (protocol or {}).get("reward") or None)
         files += compared["files"]
         images = methods.rlg_only(images)
 
     df = tidy(images, scores)
     summary = summarize(images, scores, n_resamples, seed, level, reference_scale, df=df)
+    reward = reward or (protocol or {}).get("reward") or None
+    reward_note = None
+    if len(summary):
+        scored = summary["metric"].unique()
+        if reward and reward not in set(scored):  # e.g. a preset's reward with debug=fast's JPEG-only scoring
+            reward_note = (f"report.reward={reward} was not scored in this run, so the headline uses "
+                           f"{pick_reward(scored)} (picked by name); score it with stage=evaluate "
+                           f"evaluators.selected=[...] or set report.reward to one of {', '.join(sorted(scored))}")
+            log.warning("report: %s", reward_note)
+            reward = None
+        reward = pick_reward(scored, reward)
+    run_rewards = {k: v["reward"] for k, v in (protocol or {}).items() if isinstance(v, dict) and v.get("reward")}
+    heads = headlines(summary, reward, reference_scale, run_rewards=run_rewards) if reward else []
+    diversity = pixel_diversity(images) if heads else pd.DataFrame()
     notes = _notes(n_resamples, seed, level, reference_scale)
     progress = []
     for col, what in (("n_nonfinite", "nonfinite"), ("n_failed", "failed"), ("n_unscored", "not yet scored")):
@@ -201,7 +227,7 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     for metric in sorted(summary["metric"].unique()):
         files += figures.plot_metric_vs_scale(summary, metric, fig_dir / f"scale_{figures.slug(metric)}", formats)
     present = set(summary["metric"].unique())
-    pairs = default_tradeoffs(sorted(present)) if tradeoffs is None else list(tradeoffs)
+    pairs = default_tradeoffs(sorted(present), reward) if tradeoffs is None else list(tradeoffs)
     with_data = summary[np.isfinite(summary["mean"].astype(float))]
     together = {frozenset(g["metric"]) for _, g in with_data.groupby(SERIES + ["scale"])}
     pairs = [(x, y) for x, y in pairs if any({x, y} <= m for m in together)]  # some scale has both
@@ -211,14 +237,22 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
 
     if grid_prompts > 0 and "image_path" in images.columns:
         img = with_series(images)
+        names = series_names(list(img.groupby(SERIES).groups))
         for series, g in img.groupby(SERIES):
-            stem = fig_dir / f"grid_{figures.slug('_'.join(s for s in series if s))}"
+            stem = fig_dir / f"grid_{figures.slug(names[series].replace(' / ', '_'))}"
             files += figures.plot_image_grid(g, stem, n_prompts=grid_prompts, formats=formats)
 
+    browser = None
+    if "image_path" in images.columns and len(images):
+        all_series = list(with_series(images).groupby(SERIES).groups)
+        browser = write_browser(images, df, out_dir, series_names(all_series),
+                                f"Every image: {title or _title(summary, images)}", reward)
+        files.append(browser)
     series = [tuple(k) for k in df[SERIES].drop_duplicates().itertuples(index=False)] if len(df) else \
         [tuple(k) for k in _series_of(images)]
     protocols = {s: series_protocol(protocol, s, df) for s in series}
     index = _Index(title or _title(summary, images))
+    _write_headline(index, out_dir, heads, summary, files, browser, reward_note, diversity)
     _write_index(index, out_dir, summary, tags, anchor_rows, protocols, files, notes, progress, reference_scale)
     if compared is not None:
         methods.write_index_section(index, out_dir, compared)
@@ -227,9 +261,32 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     page.write_text(index.html(), encoding="utf-8")
     files += [md, page]
     records = [{k: _jsonable(v) for k, v in r.items()} for r in summary[LOG_COLUMNS].to_dict("records")]
-    out = {"files": files, "summary": records, "notes": progress, "index": md, "index_html": page}
+    out = {"files": files, "summary": records, "notes": progress, "index": md, "index_html": page,
+           "headlines": [h.sentence for h in heads], "reward": reward}
     if compared is not None:
         out["methods"] = compared
+    return out
+
+
+def series_names(series: Sequence[tuple]) -> dict[tuple, str]:
+    """Readable, unique names of series (values of the SERIES columns): "run name / pair", then only
+    what tells series apart: the run (a comparison's label, or the run id) and the setting (the first
+    8 characters of the config id, a hash of every setting that changes an image)."""
+    series = [tuple(s) for s in series]
+    parts = [dict(zip(SERIES, s)) for s in series]
+    show_run = len({p["run_id"] for p in parts}) > 1
+    configs: dict[str, set] = {}
+    for p in parts:
+        configs.setdefault(p["run_id"], set()).add(p["config_id"])
+    show_config = any(len(c) > 1 for c in configs.values())  # settings within one run (else the run tells)
+    out = {}
+    for s, p in zip(series, parts):
+        name = [str(p[c]) for c in ("run_name", "pair") if p.get(c)]
+        if show_run and p["run_id"] and p["run_id"] not in name:
+            name.append(str(p["run_id"]))
+        if show_config and p["config_id"]:
+            name.append(f"setting {str(p['config_id'])[:8]}")
+        out[s] = " / ".join(name) or "results"
     return out
 
 
@@ -251,7 +308,11 @@ class _Index:
            "th,td{border-bottom:1px solid #ddd;padding:.25em .6em}th{background:#f4f4f4}"
            "tr.group td{border-top:2px solid #999}p.note{color:#555;font-size:.85em;margin:.2em 0}"
            "figure{display:inline-block;margin:.5em;vertical-align:top}figure img{max-width:520px}"
-           "figcaption{font-size:.8em;color:#555}nav a{margin-right:1em}")
+           "figcaption{font-size:.8em;color:#555}nav a{margin-right:1em}h1{overflow-wrap:anywhere;font-size:1.5em}"
+           ".headline{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:.4em 1em;margin:.6em 0}"
+           ".headline blockquote{margin:.4em 0;padding:.3em .8em;border-left:4px solid #0072B2;background:#fff}"
+           "p.caution{color:#8a4b00;background:#fff4e0;padding:.3em .6em;border-radius:4px}"
+           ".figrow figure{width:480px;margin:.3em}.figrow figure img{max-width:480px}td,th{overflow-wrap:anywhere}")
 
     def __init__(self, title: str):
         self.title = title
@@ -282,16 +343,21 @@ class _Index:
         self.body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
+    def raw(self, markdown: str, html_block: str) -> None:
+        """A block given in both forms (HTML already escaped by the caller)."""
+        self.md += [markdown.rstrip(), ""]
+        self.body.append(html_block)
+
     def link(self, rel: str, label: str) -> None:
         self.md += [f"- [{label}]({rel})"]
         self.body.append(f'<li><a href="{html.escape(rel)}">{html.escape(label)}</a></li>')
 
     def markdown(self) -> str:
-        toc = " · ".join(f"[{t}](#{a})" for a, t in self.toc)
+        toc = " · ".join(f"[{t}]({a if '.' in a else '#' + a})" for a, t in self.toc)  # a file, or a section
         return "\n".join([*self.md[:2], toc, "", *self.md[2:]]).rstrip() + "\n"
 
     def html(self) -> str:
-        nav = "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in self.toc)
+        nav = "".join(f'<a href="{html.escape(a if "." in a else "#" + a)}">{html.escape(t)}</a>' for a, t in self.toc)
         return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}'
                 f"</title><style>{self.CSS}</style></head><body>\n<h1>{html.escape(self.title)}</h1>\n"
                 f"<nav>{nav}</nav>\n"
@@ -315,6 +381,86 @@ def _protocol_rows(proto: dict[str, Any], pair: str | None) -> list[list[str]]:
     return rows
 
 
+def _headline_rows(h: Headline) -> tuple[list[str], list[list[str]]]:
+    """The headline table: the reward, then every other metric, at the base, the RL model and the best w."""
+    best = h.best.scale if h.best else float("nan")
+    header = ["metric", "w=0 (base)", "w=1 (RL)", f"w={best:g} (best reward)", f"w={best:g} vs w=1 (95% CI)",
+              "verdict"]
+    rows = []
+
+    def fmt(p, dec):
+        return tables.format_number(p.mean, dec) if p is not None else "–"
+
+    dec = tables.decimals_for([p.mean for p in (h.base, h.rl, h.best) if p])
+    step = "reward (higher is better)" if h.higher_is_better else "reward (lower is better)"
+    d, lo, hi = h.best_delta
+    delta = f"{d:+.{dec}f} [{lo:+.{dec}f}, {hi:+.{dec}f}]" if np.isfinite(d) else "–"
+    rows.append([f"{figures.metric_title(h.reward)}: {step}", fmt(h.base, dec), fmt(h.rl, dec), fmt(h.best, dec),
+                 delta, "the reward"])
+    for c in h.costs:
+        d = tables.decimals_for([p.mean for p in (c.base, c.rl, c.best) if p])
+        arrow = "higher" if c.higher_is_better else "lower"
+        change = "–" if not np.isfinite(c.delta) else (f"{c.delta:+.{d}f} [{c.delta_lo:+.{d}f}, {c.delta_hi:+.{d}f}]")
+        rows.append([f"{figures.metric_title(c.metric)} ({arrow} is better)", fmt(c.base, d), fmt(c.rl, d),
+                     fmt(c.best, d), change, c.verdict if c.best and c.best.scale != 1 else "–"])
+    return header, rows
+
+
+def _diversity_rows(h: Headline, diversity: pd.DataFrame | None) -> list[list[str]]:
+    """The headline row of the samples' pixel diversity (rlg.report.headline.pixel_diversity); no interval."""
+    if diversity is None or diversity.empty or h.best is None:
+        return []
+    d = diversity[np.all([diversity[c] == v for c, v in zip(SERIES, h.series)], axis=0)].set_index("scale")["diversity"]
+    at = lambda w: f"{d[w]:.3f}" if w in d.index else "–"  # noqa: E731
+    change = f"{d[h.best.scale] - d[1.0]:+.3f}" if {1.0, h.best.scale} <= set(d.index) else "–"
+    return [["sample diversity: mean pairwise pixel RMS distance between a prompt's samples (higher: more varied)",
+             at(0.0), at(1.0), at(h.best.scale), f"{change} (no interval)", "–"]]
+
+
+def _write_headline(index: _Index, out_dir: Path, heads: list[Headline], summary: pd.DataFrame,
+                    files: list[Path], browser: Path | None, reward_note: str | None = None,
+                    diversity: pd.DataFrame | None = None) -> None:
+    """The first screen: per series what RLG did (numbers, one sentence, a caution), then the trade-off figure."""
+    if browser is not None:  # a nav entry of its own page
+        index.toc.append((browser.name, "Every image (browser)"))
+    if not heads:
+        return
+    index.section("headline", "What RLG did here")
+    if reward_note:
+        index.raw(f"**{reward_note}**", f'<p class="caution">{html.escape(reward_note)}</p>')
+    names = series_names([h.series for h in heads])
+    for h in heads:
+        lines_md, lines_html = [], ['<div class="headline">']
+        if len(heads) > 1:
+            lines_md.append(f"**{names[h.series]}**")
+            lines_html.append(f"<h3>{html.escape(names[h.series])}</h3>")
+        lines_md.append(f"> {h.sentence}")
+        lines_html.append(f"<blockquote>{html.escape(h.sentence)}</blockquote>")
+        header, rows = _headline_rows(h)
+        rows += _diversity_rows(h, diversity)
+        lines_md.append(tables.render(header, rows, "markdown", "lrrrrl"))
+        lines_html.append(tables.render(header, rows, "html", "lrrrrl"))
+        if h.caution:
+            lines_md.append(f"**{h.caution}**")
+            lines_html.append(f'<p class="caution">{html.escape(h.caution)}</p>')
+        lines_html.append("</div>")
+        index.raw("\n\n".join(lines_md), "\n".join(lines_html))
+    reward = heads[0].reward
+    trade = [f for f in files if f.suffix == ".png" and f.name.startswith(f"tradeoff_{figures.slug(reward)}__")]
+    if trade:
+        index.body.append('<div class="figrow">')
+        for f in trade[:2]:
+            x, y = f.stem.removeprefix("tradeoff_").split("__")
+            index.figure(f, str(f.relative_to(out_dir)),
+                         f"Trade-off: {figures.metric_label(x)} against {figures.metric_label(y)}, one point per "
+                         "w (filled: Pareto front)")
+        index.body.append("</div>")
+    defined = [figures.METRIC_DEFINITIONS[m] for m in sorted(summary["metric"].unique())
+               if m in figures.METRIC_DEFINITIONS]
+    if defined:
+        index.text("Metrics: " + " ".join(defined))
+
+
 def _write_index(index: _Index, out_dir: Path, summary: pd.DataFrame, tags: pd.DataFrame, anchor_rows: pd.DataFrame,
                  protocols: dict[tuple, dict[str, Any]], files: list[Path], notes: list[str], progress: list[str],
                  reference_scale: float) -> None:
@@ -322,9 +468,14 @@ def _write_index(index: _Index, out_dir: Path, summary: pd.DataFrame, tags: pd.D
                f"{summary['metric'].nunique() if len(summary) else 0} metrics. index.html is this page with the "
                "figures embedded.")
     index.section("protocol", "Protocol")
+    index.text("run id: the first launch into the run directory; config id: a hash of every setting that "
+               "changes an image (one curve per config id, never pooled). Both are in meta.json.")
+    names = series_names(list(protocols))
     for series, proto in protocols.items():
-        index.sub(series_name(series))
-        rows = _protocol_rows(proto, dict(zip(SERIES, series)).get("pair"))
+        index.sub(names[series])
+        ids = dict(zip(SERIES, series))
+        rows = _protocol_rows(proto, ids.get("pair"))
+        rows += [[k, str(ids[c])] for k, c in (("run id", "run_id"), ("config id", "config_id")) if ids.get(c)]
         index.table(tables.render(["field", "value"], rows, "markdown"),
                     tables.render(["field", "value"], rows, "html"))
     index.section("results", "Results")
@@ -338,7 +489,9 @@ def _write_index(index: _Index, out_dir: Path, summary: pd.DataFrame, tags: pd.D
         index.text(line)
     pngs = [f for f in files if f.suffix == ".png"]
     groups = [("scale_", "Metrics against the RLG scale w"), ("tradeoff_", "Trade-offs (points labelled with w)"),
-              ("geneval_tags_", "GenEval per tag"), ("grid_", "Image grids (rows share the initial noise)")]
+              ("geneval_tags_", "GenEval per tag"),
+              ("grid_", "Image grids (a row: one prompt and sample, labelled with its sample index and the run's "
+                        "seed; its noise comes from (seed, prompt, sample) and is the same at every w)")]
     if pngs:
         index.section("figures", "Figures")
         for prefix, title in groups:

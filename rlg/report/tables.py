@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from rlg.report.anchors import Anchor, compare_protocol, describe_comparability, match_scale
+from rlg.report.names import metric_title
 from rlg.report.stats import GENEVAL_TAGS, SERIES, series_name
 
 FORMATS = ("markdown", "latex", "html")
@@ -144,7 +145,7 @@ def experiment_table(summary: pd.DataFrame, experiment: str, fmt: str = "markdow
                 f"{format_number(r['delta_hi'], dec, fmt, signed=True)}]")
             win = DASH[fmt] if is_ref or not np.isfinite(r["win_rate"]) else f"{100 * r['win_rate']:.1f}%"
             rows.append([label[c] for c in ids] + [
-                f"{metric} ({arrow} better)", format_scale(r["scale"]),
+                f"{metric_title(metric)} ({arrow} is better)", format_scale(r["scale"]),
                 format_number(r["mean"], dec, fmt), ci, delta, win, f"{int(r['n'])} ({int(r['n_prompts'])})",
                 _excluded(r)])
     align = "l" * len(ids) + "ll" + "rllrrl"

@@ -1,0 +1,77 @@
+"""``rlg.run``: a preset from Python, through the command line's own build and checks, results as frames.
+
+    import rlg
+    res = rlg.run(experiment="quickstart", overrides=["prompts.max_prompts=2", "tracker=none"])
+    res.summary          # one row per (series, metric, scale): mean, 95% CI, delta and win rate vs w=1, n
+    res.scores           # one row per (image, metric), the store's read rule applied (rlg-bench-export)
+    res.headlines        # the report's quotable sentences
+    res.report           # Path of report/index.html
+
+The counterpart of lm-evaluation-harness's ``simple_evaluate``: the same composition of ``rlg/conf``
+as ``rlg-bench experiment=... key=value`` (Hydra's compose API), the same early value checks
+(``rlg.harness.config.validate``), the same build and run (``rlg.harness.runner.run``), the same run
+directory (``<paths.root>/<name>``, so a second call resumes) and the same report. Errors are the
+CLI's USER_ERRORS, raised with the message the CLI prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+
+@dataclass
+class RunResult:
+    """What one ``rlg.run`` call produced. ``summary``: ``report/tables/summary.csv`` as a frame (empty
+    when the stage wrote no report); ``scores``: ``rlg.report.export.export_frame`` of the run
+    directory; ``report``: report/index.html (None without a report stage); ``meta``: this
+    invocation's meta.json entry (provenance, timings)."""
+    run_dir: Path
+    summary: pd.DataFrame
+    scores: pd.DataFrame
+    report: Path | None
+    headlines: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _compose(overrides: list[str]):
+    from rlg.harness.api import compose
+
+    return compose(*overrides)
+
+
+def run(experiment: str | None = None, overrides: Sequence[str] = (), *, verbose: bool | None = None) -> RunResult:
+    """Run ``rlg-bench experiment=<experiment> <overrides>`` in this process and return its results.
+
+    ``experiment``: a preset name (rlg/conf/experiment/), None for the default (quickstart);
+    ``overrides``: Hydra overrides as on the command line (``["grid.scales=[0,1,2]", "name=my-run"]``).
+    Raises the CLI's USER_ERRORS (ConfigError for a misspelt key or bad value, PairError, ...).
+    """
+    from rlg.harness.cli import cpu_defaults
+    from rlg.harness.config import validate
+    from rlg.harness.console import quiet_third_party
+    from rlg.harness.runner import run as run_cfg
+    from rlg.report.export import ExportError, export_frame
+
+    cpu_defaults()  # as the CLI (takes effect if torch has not started its threads yet)
+    args = ([f"experiment={experiment}"] if experiment else []) + [str(o) for o in overrides]
+    cfg = _compose(args)
+    validate(cfg)  # the CLI's early checks, before torch is imported
+    quiet_third_party(verbose=bool(cfg.verbose if verbose is None else verbose))
+    run_dir = Path(cfg.paths.root) / cfg.name
+    entry = run_cfg(cfg, run_dir=run_dir, overrides=args, job_name=cfg.name)
+    report = (entry.get("report") or {}).get("index_html")
+    csv = run_dir / "report" / "tables" / "summary.csv"
+    summary = pd.read_csv(csv) if report and csv.is_file() else pd.DataFrame()
+    try:
+        scores = export_frame([run_dir])
+    except ExportError:  # a kind without images (ground truth, KL claim): its rows are in the store's tables
+        scores = pd.DataFrame()
+    return RunResult(run_dir=run_dir, summary=summary, scores=scores, report=Path(report) if report else None,
+                     headlines=list((entry.get("report") or {}).get("headlines") or []), meta=entry)
+
+
+__all__ = ["run", "RunResult"]
