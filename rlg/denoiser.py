@@ -168,6 +168,9 @@ class RLGDenoiser(torch.nn.Module):
         self._num_steps = 1
         self._step = -1
         self._last_t: float | None = None
+        # network rows each image of the current (or last) call asked of (base, RL): shape (n_images, 2),
+        # counted before any deduplication, so it is what the image costs made on its own
+        self.image_rows = torch.zeros((0, 2), dtype=torch.long)
 
     # -- what pipelines read from their denoiser ---------------------------------------------
     def __getattr__(self, name: str):
@@ -214,6 +217,7 @@ class RLGDenoiser(torch.nn.Module):
             micro_batch = self.default_micro_batch
         resolve_micro_batch(micro_batch, "cpu")  # refuses a bad value
         self._scales = torch.tensor(check_scales(scales), dtype=torch.float64)
+        self.image_rows = torch.zeros((len(self._scales), 2), dtype=torch.long)
         self._num_steps = int(num_steps)
         self.window = self.default_window if window is None else window
         self.micro_batch = micro_batch or None
@@ -222,7 +226,8 @@ class RLGDenoiser(torch.nn.Module):
         self._diverged = False
 
     def end(self) -> None:
-        """End the current call: the scales set by :meth:`begin` are dropped (idempotent)."""
+        """End the current call: the scales set by :meth:`begin` are dropped (idempotent); ``image_rows``
+        keeps the call's counts until the next :meth:`begin`."""
         self._scales = None
         self._step = -1
         self._last_t = None
@@ -278,6 +283,9 @@ class RLGDenoiser(torch.nn.Module):
             raise RuntimeError(f"RLG scales were set for {n_img} images but the denoiser got a batch of {n_rows}; "
                                "call begin() with one scale per image of the pipeline call")
         scales = self.window.effective_scales(self._scales, self._step, self._num_steps).repeat(n_rows // n_img)
+        image = torch.arange(n_rows) % n_img
+        self.image_rows[:, 0].index_add_(0, image, (scales != 1.0).long())
+        self.image_rows[:, 1].index_add_(0, image, (scales != 0.0).long())
         group, reps = self._identical_rows(args, kwargs, n_rows, scales)
         # a group of identical input rows is computed once per model, if any of its rows needs that model
         n_groups = len(reps)

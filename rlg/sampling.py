@@ -30,6 +30,7 @@ import functools
 import hashlib
 import inspect
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,9 @@ class Generated:
     image: np.ndarray  # uint8 HxWx3
     nonfinite: bool = False
     nonfinite_step: int | None = None  # first step whose latents held NaN/inf (None: unknown or finite)
+    nfe_base: int = 0  # network rows this image asked of the base model (all steps and CFG branches)
+    nfe_rl: int = 0  # ... and of the RL model (RLGDenoiser.image_rows: before deduplication)
+    wall_s: float = 0.0  # the pipeline call's wall time divided by its images
 
 
 SCHEDULERS = ("default", "ddim", "euler_ode", "flow_grpo_sde")
@@ -376,17 +380,20 @@ class RLGSampler:
         options: dict[str, Any] = {"window": s.window}
         if s.micro_batch is not None:
             options["micro_batch"] = s.micro_batch
+        start = time.perf_counter()
         try:
             with scheduler_for_call(self.pipe, self.scheduler, generators):
                 den.begin(scales, s.num_inference_steps, **options)
                 images = self.pipe(**self._call_kwargs(items, generators, on_step)).images
         finally:
             den.end()  # the scales were for this call only
+        wall = (time.perf_counter() - start) / len(items)
+        rows = den.image_rows.tolist()
         out = []
         for r, it in enumerate(items):
             img = np.asarray(images[r], dtype=np.float32)
             bad = first_bad[r] is not None or not np.isfinite(img).all()
             # the same float -> uint8 rounding as diffusers' numpy_to_pil
             u8 = (np.nan_to_num(img, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8)
-            out.append(Generated(it, u8, bad, first_bad[r]))
+            out.append(Generated(it, u8, bad, first_bad[r], rows[r][0], rows[r][1], wall))
         return out

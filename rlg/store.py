@@ -48,7 +48,11 @@ log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ["image_key", "run_id", "run_name", "config_id", "pair", "prompt_id", "prompt", "sample", "seed",
                  "scale", "sampler", "num_inference_steps", "guidance_scale", "height", "width", "image_path",
-                 "image_sha256", "nonfinite", "nonfinite_step", "truncated", "metadata"]
+                 "image_sha256", "nonfinite", "nonfinite_step", "truncated", "metadata",
+                 # rlg.methods: the method and its knob (w, CFG g; None for a best-of-N candidate), the candidate
+                 # index, network rows through the base and the RL model, the call's wall time per image, and the
+                 # metric that picks among best-of-N candidates
+                 "method", "knob", "candidate", "nfe_base", "nfe_rl", "wall_s", "pick"]
 SCORE_COLUMNS = ["image_key", "evaluator", "version", "metric", "value", "higher_is_better", "error"]
 # stored besides the public columns: the sha256 of the image a score was computed on (a regenerated
 # image invalidates its old scores) and when the row was written (the newest row of a key wins)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rlg.harness import build, runner
+from rlg.harness import build, runner, stages
 from rlg.harness.config import ConfigError, job_dir_name
 from rlg.store import Store
 
@@ -198,8 +198,10 @@ def test_every_experiment_preset_runs_on_the_tiny_pair_of_its_family(compose, tm
             resolve_zoo_id(cfg.pair.base.id), resolve_zoo_id(cfg.pair.rl.id)
         except FileNotFoundError as exc:
             pytest.skip(f"zoo weights not shipped: {exc}")
-        entry = runner.run(compose(f"experiment={preset}", "debug=fast", "prompts.max_prompts=1"), run_dir=tmp_path / "r")
-        assert entry["generate"]["images_made"] == 3 and entry["evaluate"]["jpeg"]["scored"] == 3
+        fast = [f"experiment={preset}", "debug=fast", "prompts.max_prompts=1"]
+        n = len(stages.job_arms(build.build(compose(*fast))))  # 3 scales, or every arm of a methods preset
+        entry = runner.run(compose(*fast), run_dir=tmp_path / "r")
+        assert entry["generate"]["images_made"] == n and entry["evaluate"]["jpeg"]["scored"] == n
         return
     kind = {"full": "full", "diffusers_lora": "lora", "peft_lora": "peft"}[cfg.pair.rl_kind]
     family = cfg.pair.tiny or FAMILY.get(str(cfg.pair.name).split("_")[0])
@@ -217,8 +219,11 @@ def test_every_experiment_preset_runs_on_the_tiny_pair_of_its_family(compose, tm
 
     missing = OmegaConf.missing_keys(compose(f"experiment={preset}", *extra))
     extra += [f"{k}=unused" for k in sorted(missing) if k.startswith("pair.")]  # the tiny family fills base and rl
+    if "best_of_n" in cfg.get("method", {}):  # debug=fast scores JPEG only: best-of-N picks with it
+        extra += ["method.best_of_n.pick=jpeg_compressibility"]
+    n = len(stages.job_arms(build.build(compose(f"experiment={preset}", "debug=fast", *extra))))
     entry = runner.run(compose(f"experiment={preset}", "debug=fast", *extra), run_dir=tmp_path / "run")
-    assert entry["generate"]["images_made"] == 3 and entry["evaluate"]["jpeg"]["scored"] == 3
+    assert entry["generate"]["images_made"] == n and entry["evaluate"]["jpeg"]["scored"] == n
 
 
 def test_the_kl_claim_preset_runs_through_the_harness_on_the_shipped_models(compose, tmp_path):

@@ -72,6 +72,7 @@ class Job:
     evaluator_device: str = "cpu"
     prompt_problem: str | None = None  # a selected evaluator cannot score these prompts: generate refuses to start
     tracker_mode: str | None = None  # None: the user's W&B setup decides (WANDB_MODE, `wandb offline`, login)
+    methods: tuple[Any, ...] = ()  # rlg.methods.Method objects (images jobs): plain RLG over ``scales`` by default
     ground_truth: Any = None  # rlg.ground_truth.GroundTruthConfig (ground_truth jobs; kl_claim: the analytic part)
     kl_claim: Any = None  # rlg.kl_claim.KLClaimSettings (kl_claim jobs)
     kl_learned: Any = None  # rlg.kl_learned.LearnedTruthConfig (kl_learned jobs)
@@ -196,6 +197,52 @@ def sampler_settings(s) -> Any:
                            guidance_rescale=s.guidance_rescale, extra=extra, scheduler=s.scheduler, shift=s.shift,
                            noise_level=s.noise_level, micro_batch=s.micro_batch,
                            window=StepWindow(start=s.window.start, stop=s.window.stop, outside=s.window.outside))
+
+
+def method_plans(conf: RunConf, scales: tuple[float, ...], evaluators: tuple[EvaluatorPlan, ...]) -> tuple[Any, ...]:
+    """The run's methods (rlg.methods) from the ``method`` node: rlg over ``scales`` when it is empty.
+    rlg and weight_mix without knobs take grid.scales. Raises ConfigError naming the fix: an unknown
+    method, bad knobs, or a best_of_n whose picking metric no selected evaluator writes or that leaves
+    no other metric to judge with (picking and judging with one metric is circular)."""
+    from rlg.evaluators.base import evaluator_class
+    from rlg.methods import MethodError, get_method
+
+    entries = conf.method or {"rlg": None}
+    out = []
+    for key, m in entries.items():
+        if m is not None and m.name is None:  # configured by a preset's body, not selected in the method group
+            log.warning("method.%s is configured but not selected; it does not run (select it with "
+                        "method=[...,%s])", key, key)
+            continue
+        name = key if m is None else m.name
+        if m is not None and name != key:
+            raise ConfigError(f"method.{key}.name={name!r}; an entry's name must be its key (method.{name}=...)")
+        knobs = None if m is None else m.knobs
+        if knobs is None:
+            if name not in ("rlg", "weight_mix"):
+                raise ConfigError(f"method.{name}.knobs is not set; give the swept values, e.g. "
+                                  f"method.{name}.knobs=[1,2,4]")
+            knobs = list(scales)
+        try:
+            method = get_method(name, list(knobs), **({} if m is None else {"model": m.model, "pick": m.pick}))
+        except MethodError as exc:
+            raise ConfigError(str(exc)) from exc
+        if method.needs_pick:
+            metrics = sorted({k for e in evaluators for k in getattr(evaluator_class(e.name), "metrics", None) or {}})
+            if method.pick not in metrics:
+                raise ConfigError(f"method.{name}.pick={method.pick!r} is not a metric of the selected evaluators "
+                                  f"({', '.join(metrics)}); pick one of them")
+            if not set(metrics) - {method.pick}:
+                raise ConfigError(f"method.{name} picks with {method.pick}, the only metric selected: its report "
+                                  "would judge with the metric that picked (circular). Select a held-out evaluator "
+                                  "too (evaluators.selected)")
+        out.append(method)
+    if not out:
+        raise ConfigError("no method is selected; select one or more, e.g. method=[rlg,weight_mix]")
+    labels = [m.label for m in out]
+    if len(set(labels)) < len(labels):
+        raise ConfigError(f"methods {labels} store two series under one name; give each method once")
+    return tuple(out)
 
 
 def image_identity(conf: RunConf, spec, device: str) -> dict[str, Any]:
@@ -385,7 +432,7 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
                placement=Placement(device, s.offload, s.compile, s.vae_tiling), sampler=sampler_settings(s),
                identity=ident, config_id=content_key(ident)[:16], evaluators=evaluators, evaluator_device=eval_device,
                tracker_mode=tracker_mode(conf.tracker.wandb.mode, list(overrides or [])),
-               prompt_problem=prompt_problem(conf, prompts))
+               prompt_problem=prompt_problem(conf, prompts), methods=method_plans(conf, scales, evaluators))
 
 
 def _one_process(common: dict[str, Any], what: str) -> None:

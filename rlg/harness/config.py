@@ -84,6 +84,18 @@ class GridConf:
 
 
 @dataclass
+class MethodConf:
+    """One way to set alignment strength at inference (rlg.methods); a run holds one or several."""
+
+    # rlg | weight_mix | cfg_rl | best_of_n (the entry's key); set by the group's file, so an entry that only a
+    # preset's body sets (not selected with method=[...]) has none and is left out, with a warning
+    name: Optional[str] = None
+    knobs: Optional[List[Any]] = None  # the swept values; null: grid.scales (rlg, weight_mix)
+    model: str = "rl"  # cfg_rl, best_of_n: the model that runs alone (rl | base)
+    pick: Optional[str] = None  # best_of_n: the metric that picks the best candidate (never the judge)
+
+
+@dataclass
 class PromptsConf:
     name: str = MISSING
     source: str = MISSING  # inline | file | geneval | flow_grpo_ocr | flow_grpo_pickscore | hpsv2 | drawbench | parti
@@ -233,6 +245,9 @@ class RunConf:
     pair: PairConf = field(default_factory=PairConf)
     sampler: SamplerConf = field(default_factory=SamplerConf)
     grid: GridConf = field(default_factory=GridConf)
+    # the methods of the run, by name (conf/method/*.yaml; method=[rlg,weight_mix] selects several);
+    # empty: rlg alone over grid.scales
+    method: Dict[str, MethodConf] = field(default_factory=dict)
     prompts: PromptsConf = field(default_factory=PromptsConf)
     evaluators: EvaluatorsConf = field(default_factory=EvaluatorsConf)
     tracker: TrackerConf = field(default_factory=TrackerConf)
@@ -304,10 +319,16 @@ def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
         if key not in fields:
             out.append(prefix + str(key))
             continue
-        sub = [t for t in typing.get_args(hints[key]) or (hints[key],) if dataclasses.is_dataclass(t)]
+        sub = [t for t in typing.get_args(hints[key]) or (hints[key],) if dataclasses.is_dataclass(t)
+               and typing.get_origin(hints[key]) is not dict]
         child = node._get_node(key)
         if sub and isinstance(child, DictConfig) and not child._is_none():
             out += _unknown_keys(child, sub[0], f"{prefix}{key}.")
+        values = typing.get_args(hints[key])  # Dict[str, <dataclass>]: every entry against the dataclass
+        if typing.get_origin(hints[key]) is dict and dataclasses.is_dataclass(values[-1]) \
+                and isinstance(child, DictConfig):
+            for k in child.keys():
+                out += _unknown_keys(child._get_node(k), values[-1], f"{prefix}{key}.{k}.")
     return out
 
 
@@ -333,8 +354,12 @@ def misspelt_override(overrides: list[str]) -> str | None:
         key = item.split("=", 1)[0]
         if "=" not in item or key.startswith(("+", "~", "hydra.", "hydra/")) or "." not in key:
             continue
-        schema, path = RunConf, []
+        schema, path, entry = RunConf, [], False
         for part in key.split("."):
+            if entry:  # the name of an entry of a Dict[str, <dataclass>] (method.<name>.knobs): any name
+                path.append(part)
+                entry = False
+                continue
             fields = {f.name for f in dataclasses.fields(schema)}
             if part not in fields:
                 close = difflib.get_close_matches(part, sorted(fields), n=1)
@@ -346,7 +371,8 @@ def misspelt_override(overrides: list[str]) -> str | None:
             nested = [t for t in typing.get_args(hint) or (hint,) if dataclasses.is_dataclass(t)]
             if not nested:
                 break  # a leaf or a free-form dict: the value checks come later
-            schema = nested[0]
+            entry = typing.get_origin(hint) is dict  # a dict of dataclasses by name: skip the name, check the rest
+            schema = nested[-1]
     return None
 
 

@@ -10,6 +10,7 @@ world-th (prompt, sample) group.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -75,8 +76,41 @@ PAIRS = PairCache()
 
 
 # ---------------------------------------------------------------------------------------------
+def job_arms(job: Job) -> list[Any]:
+    """Every arm of the job's methods (rlg.methods), in method order; plain RLG over the grid by default."""
+    return [arm for m in _methods(job) for arm in m.arms()]
+
+
+def _methods(job: Job) -> tuple[Any, ...]:
+    from rlg.methods import get_method
+
+    return job.methods or (get_method("rlg", list(job.scales)),)
+
+
+def method_grids(job: Job) -> list[tuple[Any, dict[float, Any], Any]]:
+    """(method, {scale: arm}, rlg.grid.Grid) for every set of a method's arms that shares pipeline calls: the
+    same CFG scale and weight mix, and the same noise seed (best-of-N candidate k draws from
+    ``rlg.methods.candidate_seed(seed, k)``). Plain RLG is one grid: ``image_grid(job)``. Every grid has the
+    job's prompts, samples and seed, so a (prompt, sample) starts from the same noise under every method."""
+    from rlg.methods import candidate_seed
+
+    out = []
+    for method in _methods(job):
+        sets: dict[tuple, dict[float, Any]] = {}
+        for arm in method.arms():
+            sets.setdefault((arm.call_key, arm.candidate), {})[arm.scale] = arm
+        for (_, candidate), arms in sets.items():
+            first = next(iter(arms.values()))
+            settings = job.sampler if first.guidance_scale is None else \
+                dataclasses.replace(job.sampler, guidance_scale=first.guidance_scale)
+            grid = dataclasses.replace(image_grid(job), scales=tuple(arms), settings=settings,
+                                       seed=candidate_seed(job.seed, candidate))
+            out.append((method, arms, grid))
+    return out
+
+
 def image_grid(job: Job):
-    """The job's grid (rlg.grid.Grid): its prompts (by id), samples, seed, scales, sampler and call size."""
+    """The job's plain-RLG grid (rlg.grid.Grid): its prompts (by id), samples, seed, scales, sampler and call size."""
     from rlg.grid import Grid
 
     return Grid(prompts=tuple(p.text for p in job.prompts), prompt_ids=tuple(p.id for p in job.prompts),
@@ -84,43 +118,55 @@ def image_grid(job: Job):
                 settings=job.sampler, batch_size=job.config.sampler.batch_size)
 
 
-def image_keys(job: Job):
-    """key(prompt_id, sample, scale) -> the content key of that image of the job."""
+def image_keys(job: Job, arms: dict[float, Any] | None = None):
+    """key(prompt_id, sample, scale) -> the content key of that image of the job (of ``arms[scale]``'s method)."""
     by_id = {p.id: p for p in job.prompts}
-    return lambda pid, sample, scale: image_key(job, by_id[pid], sample, scale)
+    return lambda pid, sample, scale: image_key(job, by_id[pid], sample, scale, arms[scale] if arms else None)
 
 
 def work_groups(job: Job, rank: int | None = None) -> list[list[tuple[str, Any]]]:
     """The (content key, WorkItem) groups of ``rank`` (default: this process's; -1: every rank's, in order):
-    one group per (prompt, sample), every scale in it; group g falls to rank g % world."""
+    per method grid (``method_grids``), one group per (prompt, sample) with every scale of that grid; group g
+    of a grid falls to rank g % world."""
     from rlg.grid import work_groups as grid_groups
 
     if rank is not None and rank < 0:
-        return grid_groups(image_grid(job), image_keys(job))
-    return grid_groups(image_grid(job), image_keys(job), rank=job.rank if rank is None else rank, world=job.world)
+        return [g for _, arms, grid in method_grids(job) for g in grid_groups(grid, image_keys(job, arms))]
+    rank = job.rank if rank is None else rank
+    return [g for _, arms, grid in method_grids(job)
+            for g in grid_groups(grid, image_keys(job, arms), rank=rank, world=job.world)]
 
 
-def image_key(job: Job, prompt: Prompt, sample: int, scale: float) -> str:
+def image_key(job: Job, prompt: Prompt, sample: int, scale: float, arm: Any = None) -> str:
+    """The content key of an image: the job's identity, (prompt, sample, seed, scale) and the arm's method
+    fields (none for plain RLG, whose keys are those of runs made before methods existed)."""
+    extra = arm.key_fields() if arm is not None else {}
     return content_key({**job.identity, "prompt_id": prompt.id, "prompt": prompt.text, "sample": sample,
-                        "seed": job.seed, "scale": scale})
+                        "seed": job.seed, "scale": scale, **extra})
 
 
-def _image_row(job: Job, run_id: str, key: str, it, res, truncated: bool, prompt: Prompt) -> dict[str, Any]:
+def _image_row(job: Job, run_id: str, key: str, it, res, truncated: bool, prompt: Prompt, arm) -> dict[str, Any]:
     s = job.config.sampler
+    cfg = s.guidance_scale if arm.guidance_scale is None else arm.guidance_scale
     return {"image_key": key, "run_id": run_id, "run_name": job.name, "config_id": job.config_id,
             "pair": job.pair.name, "prompt_id": it.prompt_index, "prompt": it.prompt, "sample": it.sample_index,
             "seed": it.seed, "scale": it.scale, "sampler": s.name, "num_inference_steps": s.num_inference_steps,
-            "guidance_scale": s.guidance_scale, "height": s.height, "width": s.width, "nonfinite": res.nonfinite,
+            "guidance_scale": cfg, "height": s.height, "width": s.width, "nonfinite": res.nonfinite,
             "nonfinite_step": res.nonfinite_step, "truncated": truncated,
-            "metadata": json.dumps(prompt.metadata) if prompt.metadata else None}
+            "metadata": json.dumps(prompt.metadata) if prompt.metadata else None,
+            "method": arm.method, "knob": arm.knob, "candidate": arm.candidate, "nfe_base": res.nfe_base,
+            "nfe_rl": res.nfe_rl, "wall_s": res.wall_s, "pick": arm.pick}
 
 
 def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, Any]:
-    """Make this rank's missing images. ``progress(done, total)`` is called after each batch (the tracker
-    turns it into images/s and an ETA)."""
+    """Make this rank's missing images, one ``rlg.grid.run_grid`` per method grid (``method_grids``), each
+    inside its method's model state (a weight-mixed network). ``progress(done, total)`` is called after
+    each batch (the tracker turns it into images/s and an ETA)."""
     from rlg.grid import pack_calls, prompt_truncation, run_grid
+    from rlg.grid import work_groups as grid_groups
 
     by_id = {p.id: p for p in job.prompts}
+    plan = method_grids(job)
     keyed = work_groups(job)
     stored = store.stored_keys(keys=[k for group in keyed for k, _ in group])  # this rank's keys only
     todo = [it for group in keyed for k, it in group if k not in stored]
@@ -146,8 +192,14 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     # the bar moves at every denoising step (a forward hook on the denoiser, called once per step of a
     # pipeline call), so a slow machine shows progress and an ETA long before a call's images are done
     steps = max(int(job.config.sampler.num_inference_steps), 1)
-    sizes = iter(len(c) for c in pack_calls([[k for k, _ in g if k not in stored] for g in keyed if
-                                             any(k not in stored for k, _ in g)], job.config.sampler.batch_size))
+    todo_grids = []  # (method, arms, grid, keyed groups) of the grids with something to make
+    for method, arms, grid in plan:
+        groups = grid_groups(grid, image_keys(job, arms), rank=job.rank, world=job.world)
+        if any(k not in stored for g in groups for k, _ in g):  # else nothing to make: no mixed network is built
+            todo_grids.append((method, arms, grid, groups))
+    sizes = iter([len(c) for *_, groups in todo_grids for c in pack_calls(
+        [[k for k, _ in g if k not in stored] for g in groups if any(k not in stored for k, _ in g)],
+        job.config.sampler.batch_size)])
     step_share = [0.0]
 
     def tick(*_) -> None:  # returns None: a forward hook's return value would replace the output
@@ -157,20 +209,23 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
         store.check_free_space()  # before spending compute on images that could not be stored
         step_share[0] = next(sizes, 0) / steps
 
-    calls = run_grid(pair, image_grid(job), key=image_keys(job), skip=stored, rank=job.rank, world=job.world,
-                     before_call=next_call)
     bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} img [{elapsed}<{remaining}, {rate_fmt}]"
     with tqdm(total=n_todo, desc="generate", unit="img", bar_format=bar_format, mininterval=1.0) as bar, writer:
         hook = pair.denoiser.register_forward_hook(tick)
         try:
-            for batch in calls:
-                bar.n = made + len(batch)  # exact at the end of each call, whatever the step count was
-                bar.refresh()
-                pending = _store_batch(job, store, run_id, batch, truncated, by_id, writer, pending)
-                made += len(batch)
-                nonfinite += sum(1 for _, res in batch if res.nonfinite)
-                if progress is not None:
-                    progress(made, n_todo)
+            for method, arms, grid, _ in todo_grids:
+                # the sampler is built here: sampler.extra keys the pipeline does not accept are refused at once
+                calls = run_grid(pair, grid, key=image_keys(job, arms), skip=stored, rank=job.rank, world=job.world,
+                                 before_call=next_call)
+                with method.applied(pair.denoiser, next(iter(arms.values()))):
+                    for batch in calls:
+                        bar.n = made + len(batch)  # exact at the end of each call, whatever the step count was
+                        bar.refresh()
+                        pending = _store_batch(job, store, run_id, batch, truncated, by_id, writer, pending, arms)
+                        made += len(batch)
+                        nonfinite += sum(1 for _, res in batch if res.nonfinite)
+                        if progress is not None:
+                            progress(made, n_todo)
             if pending is not None:
                 pending.result()
         finally:
@@ -180,17 +235,17 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
 
 
 def _store_batch(job: Job, store: Store, run_id: str, batch, truncated: dict[str, bool],
-                 by_id: dict[int, Prompt], writer: ThreadPoolExecutor, pending):
+                 by_id: dict[int, Prompt], writer: ThreadPoolExecutor, pending, arms: dict[float, Any]):
     """Warn about nonfinite images, wait for the previous call's write, and submit this one's.
-    ``batch``: run_grid's [(content key, Generated)] of one pipeline call."""
-    rows = [_image_row(job, run_id, key, res.item, res, truncated[res.item.prompt], by_id[res.item.prompt_index])
-            for key, res in batch]
+    ``batch``: run_grid's [(content key, Generated)] of one pipeline call; ``arms``: its grid's arm per scale."""
+    rows = [_image_row(job, run_id, key, res.item, res, truncated[res.item.prompt], by_id[res.item.prompt_index],
+                       arms[res.item.scale]) for key, res in batch]
     results = [res for _, res in batch]
     for row, res in zip(rows, results):
         if res.nonfinite:
-            log.warning("image %s (prompt %d, sample %d, w=%g) has NaN/inf values from step %s on; it is "
+            log.warning("image %s (prompt %d, sample %d, %s %g) has NaN/inf values from step %s on; it is "
                         "stored, flagged nonfinite and left out of every mean", row["image_key"][:12],
-                        row["prompt_id"], row["sample"], row["scale"], res.nonfinite_step)
+                        row["prompt_id"], row["sample"], row["method"], row["scale"], res.nonfinite_step)
     if pending is not None:
         pending.result()
     return writer.submit(store.write_images, rows, [r.image for r in results])

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from rlg.report import figures, tables
+from rlg.report import figures, methods, tables
 from rlg.report.browser import write_browser
 from rlg.report.anchors import Anchor, load_anchors
 from rlg.report.headline import Headline, headlines, pick_reward, pixel_diversity
@@ -155,6 +155,12 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
         scores = pd.DataFrame({c: pd.Series(dtype=object) for c in SCORE_COLUMNS})
     anchors = load_anchors() if anchors is None else list(anchors)
     files: list[Path] = []
+    compared = None
+    if methods.has_methods(images):  # other methods: their own section; the RLG sections keep RLG's images
+        compared = methods.write_methods(images, scores, out_dir, n_resamples=n_resamples, seed=seed, formats=formats,
+                                         reward=reward or (protocol or {}).get("reward") or None)
+        files += compared["files"]
+        images = methods.rlg_only(images)
 
     df = tidy(images, scores)
     summary = summarize(images, scores, n_resamples, seed, level, reference_scale, df=df)
@@ -248,13 +254,18 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     index = _Index(title or _title(summary, images))
     _write_headline(index, out_dir, heads, summary, files, browser, reward_note, diversity)
     _write_index(index, out_dir, summary, tags, anchor_rows, protocols, files, notes, progress, reference_scale)
+    if compared is not None:
+        methods.write_index_section(index, out_dir, compared)
     md, page = out_dir / "index.md", out_dir / "index.html"
     md.write_text(index.markdown(), encoding="utf-8")
     page.write_text(index.html(), encoding="utf-8")
     files += [md, page]
     records = [{k: _jsonable(v) for k, v in r.items()} for r in summary[LOG_COLUMNS].to_dict("records")]
-    return {"files": files, "summary": records, "notes": progress, "index": md, "index_html": page,
-            "headlines": [h.sentence for h in heads], "reward": reward}
+    out = {"files": files, "summary": records, "notes": progress, "index": md, "index_html": page,
+           "headlines": [h.sentence for h in heads], "reward": reward}
+    if compared is not None:
+        out["methods"] = compared
+    return out
 
 
 def series_names(series: Sequence[tuple]) -> dict[tuple, str]:

@@ -1,0 +1,36 @@
+"""Ways to set alignment strength at inference, behind one interface (issue 24).
+
+Each method turns its swept knob into *arms*: what the sampler runs for one image (an RLG scale for
+the denoiser, and per pipeline call a CFG scale or a weight-mixed RL network). Every arm goes through
+the same grid loop, store, evaluators and report as plain RLG:
+
+    rlg         pred = pred_base + w (pred_rl - pred_base) at every step (knob w; 2 networks per step)
+    weight_mix  one network with theta_base + w (theta_rl - theta_base) (knob w; the adapter scale of a LoRA)
+    cfg_rl      the RL (or base) model alone, its classifier-free guidance scale swept (knob g)
+    best_of_n   N samples of the RL (or base) model, one picked by a reward (knob N; picked in the report)
+
+``get_method(name, knobs, model=..., pick=...)`` builds one; ``METHODS`` lists them. Nothing here
+imports torch at import time (the report imports ``rlg.methods.best_of_n``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from rlg.methods.base import Arm, Method, MethodError, candidate_seed
+from rlg.methods.best_of_n import BestOfN
+from rlg.methods.cfg import CFGScale
+from rlg.methods.rlg import RLG
+from rlg.methods.weight_mix import WeightMix
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (RLG, WeightMix, CFGScale, BestOfN)}
+
+
+def get_method(name: str, knobs: Sequence[Any], model: str = "rl", pick: str | None = None) -> Method:
+    """The method ``name`` (one of ``METHODS``) over ``knobs``. Raises MethodError naming the fix."""
+    if name not in METHODS:
+        raise MethodError(f"unknown method {name!r}; use one of {', '.join(sorted(METHODS))}")
+    return METHODS[name](knobs, model=model, pick=pick)
+
+
+__all__ = ["METHODS", "Arm", "Method", "MethodError", "candidate_seed", "get_method"]

@@ -1,0 +1,106 @@
+"""The method interface: a method is a list of arms, plus the model state an arm needs for a call.
+
+An :class:`Arm` is one point of a method's curve as the sampler runs it. Arms whose ``call_key``
+is equal can share a pipeline call (the CFG scale and the RL network are per call; the RLG scale
+is per image). The noise of an image depends on (seed, prompt, sample) only, so the images of one
+(prompt, sample) start from the same noise under every method; best-of-N candidates k > 0 draw
+from ``candidate_seed(seed, k)`` (candidate 0 shares the noise of the other methods).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+
+class MethodError(ValueError):
+    """A method setting that cannot run; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One image setting of a method.
+
+    method: the stored label (rlg, weight_mix, cfg_rl, cfg_base, best_of_n, best_of_n_base).
+    knob: the swept value (w, g or N); None for a best-of-N candidate (N is chosen in the report).
+    scale: the RLG scale the denoiser applies (0: base model only, 1: RL model only).
+    guidance_scale: the CFG scale of the call (None: the sampler's).
+    mix: weight mixing: the RL network carries theta_base + mix (theta_rl - theta_base) for the call.
+    candidate: best-of-N: the candidate index k (0 for every other method).
+    """
+
+    method: str
+    knob: float | None
+    scale: float
+    guidance_scale: float | None = None
+    mix: float | None = None
+    candidate: int = 0
+    pick: str | None = None  # best-of-N: the metric that will pick (not in the content key: picking needs no image)
+
+    @property
+    def call_key(self) -> tuple:
+        """Arms with equal call keys can share one pipeline call."""
+        return (self.guidance_scale, self.mix)
+
+    def key_fields(self) -> dict[str, Any]:
+        """What the arm adds to an image's content key. Plain RLG adds nothing, so the keys of RLG runs
+        made before methods existed stay valid (their ``scale`` is the knob)."""
+        if self.method == "rlg":
+            return {}
+        return {"method": self.method, "knob": self.knob, "guidance_scale": self.guidance_scale, "mix": self.mix,
+                "candidate": self.candidate}
+
+
+def candidate_seed(seed: int, candidate: int) -> int:
+    """The seed of best-of-N candidate ``candidate``: ``seed`` itself for candidate 0 (the noise every
+    other method uses), a hash of (seed, candidate) otherwise."""
+    if candidate == 0:
+        return seed
+    digest = hashlib.sha256(f"rlg-candidate:{seed}:{candidate}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def check_knobs(name: str, knobs: Sequence[Any]) -> list[float]:
+    out = []
+    for k in knobs:
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k):
+            raise MethodError(f"method {name}: knob {k!r} is not a finite number; e.g. method.{name}.knobs=[0,1,2]")
+        out.append(float(k))
+    if not out:
+        raise MethodError(f"method {name} has no knobs; give some, e.g. method.{name}.knobs=[0,1,2]")
+    if len(set(out)) < len(out):
+        raise MethodError(f"method {name}: knobs {out} have duplicates; give each value once")
+    return out
+
+
+class Method:
+    """Base class: ``arms()`` for the work list, ``applied(denoiser, arm)`` around each pipeline call."""
+
+    name = ""
+    needs_pick = False  # best_of_n: a reward picks among candidates after scoring
+
+    def __init__(self, knobs: Sequence[Any], model: str = "rl", pick: str | None = None):
+        if model not in ("rl", "base"):
+            raise MethodError(f"method {self.name}: model={model!r}; use rl or base")
+        self.knobs = check_knobs(self.name, knobs)
+        self.model = model
+        self.pick = pick
+
+    @property
+    def label(self) -> str:
+        """The stored method name (``cfg_base`` for cfg_rl with model=base)."""
+        return self.name
+
+    def arms(self) -> list[Arm]:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def applied(self, denoiser: Any, arm: Arm) -> Iterator[None]:
+        """The model state ``arm`` needs during one pipeline call (nothing by default)."""
+        yield
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.label, "knobs": self.knobs, "model": self.model, "pick": self.pick}
