@@ -363,7 +363,7 @@ def misspelt_override(overrides: list[str]) -> str | None:
             fields = {f.name for f in dataclasses.fields(schema)}
             if part not in fields:
                 close = difflib.get_close_matches(part, sorted(fields), n=1)
-                hint = f"; did you mean '{'.'.join(path + close)}'?" if close else ""
+                hint = f"; did you mean '{'.'.join(path + close)}'?" if close else "."
                 return (f"unknown config key '{key}'{hint} Check the spelling against README.md ('Config groups') or "
                         "`rlg-bench --cfg job`")
             path.append(part)
