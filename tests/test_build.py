@@ -30,11 +30,11 @@ BAD_CONFIGS = [
     (["stage=train"], ConfigError, "stage='train'"),
     (["+sampler.num_inference_stepz=3"], ConfigError, "num_inference_stepz"),
     (["experiment=inpaint_sd15_dpo"], ConfigError, r"sampler.extra.image has no value.*sampler.extra.image=..."),
-    (["grid.scales=[]"], ScaleError, "empty"),
-    (["grid.scales=[0,nan]"], ScaleError, "finite"),
-    (["grid.scales=[0,-inf]"], ScaleError, "finite"),
-    (["grid.scales=[0,one]"], ScaleError, "finite"),
-    (["grid.scales=[0,1,1.0]"], ScaleError, "duplicates"),
+    (["grid.scales=[]"], ConfigError, "empty"),
+    (["grid.scales=[0,nan]"], ConfigError, "finite"),
+    (["grid.scales=[0,-inf]"], ConfigError, "finite"),
+    (["grid.scales=[0,one]"], ConfigError, "finite"),
+    (["grid.scales=[0,1,1.0]"], ConfigError, "duplicates"),
     (["prompts=tiny", "prompts.items=['  ','']"], PromptError, "empty"),
 ]
 

@@ -25,7 +25,7 @@ def test_bad_input_fails_as_on_the_command_line_with_one_line():
         job("sampler.num_inference_stepz=3")
     with pytest.raises(ConfigError, match="(?s)cannot compose rlg/conf.*experiment=quickstrat.*quickstart"):
         job("experiment=quickstrat")
-    with pytest.raises(ScaleError, match="duplicates"):
+    with pytest.raises(ConfigError, match="duplicates"):
         job("grid.scales=[0,1,1]")
     with pytest.raises(ConfigError, match="stage"):
         job("stage=train")

@@ -15,7 +15,7 @@ from tests.helpers.runs import FAST, one_thread, cfg_of  # noqa: F401  (one_thre
 
 def test_nonfinite_images_are_flagged_with_their_step_and_left_out_of_means(tmp_path, capsys):
     run = tmp_path / "nan"
-    entry = runner.run(cfg_of(*FAST, "grid.scales=[0,1,1e30]", "prompts.max_prompts=1"), run_dir=run)
+    entry = runner.run(cfg_of(*FAST, "grid.scales=[0,1,1e30]", "grid.allow_large_scales=true", "prompts.max_prompts=1"), run_dir=run)
     images = Store(run).images().set_index("scale")
     assert images.loc[1e30, "nonfinite"] and images.loc[1e30, "nonfinite_step"] >= 0
     assert not images.loc[0.0, "nonfinite"] and pd.isna(images.loc[0.0, "nonfinite_step"])

@@ -33,7 +33,7 @@ class SweepReport(Callback):
 
         # the launcher's own process (submitit, joblib): the jobs ran elsewhere, so the calm console
         # (e.g. no fontTools subsetting lines from the PDF figures) is set up here too
-        quiet_third_party(verbose=bool(config.get("verbose", False)))
+        quiet_third_party(verbose=bool(getattr(config, "verbose", False)))
         sweep = Path(str(config.hydra.sweep.dir))
         try:
             result = compare_runs([sweep], Path(self.out) if self.out else sweep / "report",
