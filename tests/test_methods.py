@@ -18,7 +18,7 @@ from PIL import Image
 from rlg.harness import build, runner
 from rlg.harness.config import ConfigError
 from rlg.harness.stages import image_key, image_keys, job_arms, method_grids, work_groups
-from rlg.harness.store import Store, content_key
+from rlg.store import Store, content_key
 from rlg.methods import MethodError, get_method
 from rlg.methods.best_of_n import pick_best
 from rlg.methods.weight_mix import mixed_state_dict
