@@ -198,7 +198,8 @@ def test_equivalence_and_front_on_known_curves():
     (["method=[cfg_rl]", "method.cfg_rl.knobs=null"], "method.cfg_rl.knobs is not set"),
     (["method=[best_of_n]", "method.best_of_n.pick=pickscore"], "not a metric of the selected evaluators"),
     (["method=[best_of_n]", "method.best_of_n.knobs=[0,2]"], "whole numbers >= 1"),
-    (["method=[best_of_n]", "evaluators.selected=[digit_prob]", "method.best_of_n.pick=digit_prob"], "circular"),
+    # digit_fd scores one metric (digit_prob now also gives digit_margin and digit_correct to judge with)
+    (["method=[best_of_n]", "evaluators.selected=[digit_fd]", "method.best_of_n.pick=digit_mahalanobis"], "circular"),
     (["method=[weight_mix]", "method.weight_mix.knobs=[1,1]"], "duplicates"),
     (["method=[cfg_rl]", "method.cfg_rl.model=both"], "use rl or base"),
 ])
