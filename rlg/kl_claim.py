@@ -373,12 +373,10 @@ def training_rows(settings: KLClaimSettings, paths: dict[tuple[float, int], Path
 def run_kl_claim(settings: KLClaimSettings, images_out: dict | None = None) -> pd.DataFrame:
     """Sample every arm, score it, compare RLG(w) with retrained(beta / w); tidy rows (module docstring).
     ``images_out``, if given, receives {(arm, w, model_seed): uint8 images} (for image grids)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
-    try:
+    from rlg.runtime import torch_threads
+
+    with torch_threads(settings.threads):
         return _run(settings, images_out)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:

@@ -276,12 +276,10 @@ def run_learned_truth(config: LearnedTruthConfig, log=print) -> pd.DataFrame:
     form at the output noise level), energy, energy_stderr (to exact samples of the w target, se over
     ``n_batches``), energy_floor (exact vs exact samples), path_kl, path_kl_stderr, and the training curves in
     ``df.attrs["curves"]``. Restores torch's thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    from rlg.runtime import torch_threads
+
+    with torch_threads(config.threads):
         return _run(config, log)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(config: LearnedTruthConfig, log) -> pd.DataFrame:

@@ -5,6 +5,7 @@ evaluators may use it and still know nothing of RLG."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 # the one dtype table: config values (pair.dtype, evaluator dtype options) -> torch attribute names
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
@@ -48,3 +49,17 @@ def hub_offline(flag: bool | None = None) -> bool:
 
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
     return constants.is_offline_mode() or (value is not None and value.upper() in constants.ENV_VARS_TRUE_VALUES)
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch intra-op threads, restoring the previous count after (even on error).
+    The measurements pin their thread count because their bits depend on it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
