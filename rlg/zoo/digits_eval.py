@@ -23,11 +23,11 @@ REWARD = {"zoo_digits_dpo": "digit_margin", "zoo_digits_ddpo_compress": "jpeg_co
 
 
 @lru_cache(maxsize=8)
-def _job(pair: str):
-    """The harness's own composed config for a zoo pair with the zoo's sampler (rlg.harness.api.job)."""
+def _job(pair: str, sampler: str = "zoo_digits"):
+    """The harness's own composed config for a zoo pair with a sampler preset (rlg.harness.api.job)."""
     from rlg.harness.api import job
 
-    return job(f"pair={pair}", "sampler=zoo_digits")
+    return job(f"pair={pair}", f"sampler={sampler}")
 
 
 def pair_spec(name: str, weights: Path | str | None = None):
@@ -48,22 +48,24 @@ def pair_spec(name: str, weights: Path | str | None = None):
     return dataclasses.replace(spec, base=local(spec.base), rl=local(spec.rl))
 
 
-def sampler_settings(**over):
-    """The SamplerSettings of rlg/conf/sampler/zoo_digits.yaml as the harness builds them, with ``over`` replaced."""
-    return dataclasses.replace(_job(PAIRS[0]).sampler, **over)
+def sampler_settings(sampler: str = "zoo_digits", pair: str = PAIRS[0], **over):
+    """The SamplerSettings of rlg/conf/sampler/<sampler>.yaml as the harness builds them (with ``pair``), with
+    ``over`` replaced."""
+    return dataclasses.replace(_job(pair, sampler).sampler, **over)
 
 
 def generate(pair, scales: list[float], samples_per_prompt: int, seed: int = 0, prompts: list[str] | None = None,
-             batch: int = 40, **settings) -> dict[float, dict[str, Any]]:
-    """{scale: {'images': uint8 (N, 32, 32, 3), 'prompts': [...]}}: the same (prompt, sample) noise at every scale,
-    through the harness's loop (rlg.grid.run_grid), one grid per scale in calls of ``batch`` images."""
+             batch: int = 40, sampler: str = "zoo_digits", **settings) -> dict[float, dict[str, Any]]:
+    """{scale: {'images': uint8 (N, H, W, 3), 'prompts': [...]}}: the same (prompt, sample) noise at every scale,
+    through the harness's loop (rlg.grid.run_grid), one grid per scale in calls of ``batch`` images, with the
+    sampler preset ``sampler`` (default the digits one; the text pair's measurement passes zoo_text_ode)."""
     from rlg.grid import Grid, run_grid
 
     prompts = prompts or D.PROMPTS
     out = {}
     for w in scales:
         grid = Grid(prompts=tuple(prompts), scales=(float(w),), samples=samples_per_prompt, seed=seed,
-                    settings=sampler_settings(**settings), batch_size=batch)
+                    settings=sampler_settings(sampler, **settings), batch_size=batch)
         made = {k: res.image for call in run_grid(pair, grid) for k, res in call}
         keys = [(p, s, float(w)) for p in grid.prompt_ids for s in range(samples_per_prompt)]
         out[float(w)] = {"images": np.stack([made[k] for k in keys]),

@@ -8,7 +8,12 @@ CFG 2, random digit prompts), computes rewards r = -kB (compress) or +kB (incomp
 rlg.evaluators.jpeg.jpeg_kb (q95), advantages A = (r - mean_batch(r)) / reward_scale, and takes one
 optimizer step on
     loss = - mean_n sum_{t in S} A_n log p_theta(x_{t-1}|x_t)  +  beta * mean_n sum_{t in S} KL_t
-(S: a random ``timestep_fraction`` of the steps, rescaled to the full sum). One step per batch keeps
+(S: a random ``timestep_fraction`` of the steps, rescaled to the full sum). With ``group_size`` set, each batch is
+``batch_size // group_size`` distinct prompts drawn ``group_size`` times and the baseline is the mean of the same
+prompt's group (DDPO's per-prompt stat tracking, ddpo_pytorch/stat_tracking.py, and Flow-GRPO's group advantage):
+the digit decides most of the JPEG size (a "1" is 0.1 kB smaller than a "0"), so a batch-mean baseline credits a
+trajectory for its prompt's size, noise the policy cannot act on. ``adv_norm="std"`` divides by the group's std
+as they do; the default keeps the fixed ``reward_scale``. One step per batch keeps
 it on-policy (DDPO's importance ratio is exactly 1, so its clipping never acts); KL_t is the closed-form
 Gaussian KL at the visited states (rlg.zoo.digits_rl). ``reward_scale`` is fixed (not the batch std), so
 beta keeps one meaning across runs: the penalty per kB is beta * reward_scale.
@@ -44,12 +49,20 @@ def train_ddpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAU
                out_dir: Path | str = "digits_ddpo", reward: str = "compress", base: str = "zoo:digits_base",
                lr: float = DEFAULTS["lr"], batch_size: int = DEFAULTS["batch_size"],
                timestep_fraction: float = DEFAULTS["timestep_fraction"], rank: int = DEFAULTS["rank"],
-               reward_scale: float = DEFAULTS["reward_scale"], log=print) -> dict[str, Any]:
+               reward_scale: float = DEFAULTS["reward_scale"], group_size: int | None = None,
+               adv_norm: str = "scale", snapshot_steps: tuple[int, ...] = (), log=print) -> dict[str, Any]:
     """DDPO+KL LoRA fine-tune for ``reward`` in {compress, incompress}; ``steps`` = policy-gradient iterations.
     Saves ``<out_dir>/pytorch_lora_weights.safetensors``; deterministic given ``seed`` (one machine, one thread
-    count). Returns the training config and log (reward and KL per iteration)."""
-    from peft import LoraConfig, get_peft_model_state_dict
-    from diffusers import StableDiffusionPipeline
+    count). ``group_size`` (None: ``batch_size`` random digits, batch-mean baseline, the shipped recipe) and
+    ``adv_norm`` ("scale" | "std") choose the advantage (module docstring). ``snapshot_steps``: also save the
+    adapter after those iterations to ``<out_dir>/iter<k>`` (each equal to a run of k iterations). Raises
+    ValueError when group_size does not divide batch_size or is 1, or adv_norm is neither. Returns the training
+    config and log (reward and KL per iteration)."""
+    if group_size is not None and (group_size < 2 or batch_size % group_size):
+        raise ValueError(f"group_size {group_size} must be >= 2 and divide batch_size {batch_size}")
+    if adv_norm not in ("scale", "std"):
+        raise ValueError(f"adv_norm {adv_norm!r}; use 'scale' or 'std'")
+    from peft import LoraConfig
 
     gen = setup_torch(seed)
     parts = load_base(resolve_zoo_id(base))
@@ -65,11 +78,14 @@ def train_ddpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAU
     history = []
     with timer() as t:
         for it in range(steps):
-            digits = torch.randint(0, 10, (batch_size,), generator=gen)
+            if group_size is None:  # the shipped recipe: its random stream is unchanged
+                digits = torch.randint(0, 10, (batch_size,), generator=gen)
+            else:
+                digits = torch.randperm(10, generator=gen)[:batch_size // group_size].repeat_interleave(group_size)
             unet.eval()
             tr = sample_trajectories(parts, unet, digits, gen)
             r = jpeg_reward(decode_uint8(parts, tr["latents"][-1]), reward)
-            adv = ((r - r.mean()) / reward_scale).float()
+            adv = advantages(r, None if group_size is None else group_size, reward_scale, adv_norm)
             unet.train()
             chosen = torch.randperm(len(coefs), generator=gen)[:n_train].tolist()
             opt.zero_grad(set_to_none=True)
@@ -92,19 +108,42 @@ def train_ddpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAU
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             history.append({"iter": it, "reward_mean": round(float(r.mean()), 4), "kl": round(kl_sum, 4)})
+            if it + 1 in snapshot_steps:
+                save_lora(unet, rank, Path(out_dir) / f"iter{it + 1}")
             if it % 5 == 0 or it == steps - 1:
                 log(f"ddpo[{reward}] iter {it} reward {float(r.mean()):.4f} kl {kl_sum:.3f}")
     unet.eval()
-    # PEFT-style keys (unet.<module>.lora_A/B.weight), the layout diffusers' own loader reads back in full.
-    # convert_state_dict_to_diffusers would rename only the attention layers to the old "lora.down/up"
-    # layout; a file mixing both layouts loads only half its layers (the attention LoRAs are dropped).
-    layers = get_peft_model_state_dict(unet)
-    meta = {"r": rank, "lora_alpha": rank, "target_modules": sorted(LORA_TARGETS)}
-    StableDiffusionPipeline.save_lora_weights(str(out_dir), unet_lora_layers=layers, unet_lora_adapter_metadata=meta,
-                                              safe_serialization=True)
+    save_lora(unet, rank, out_dir)
     return {"method": "DDPO (on-policy, one step per batch) + KL penalty (DPOK)", "beta": beta, "kl_coefficient": beta,
             "reward": f"jpeg_{reward}ibility", "reward_scale_kb": reward_scale, "seed": seed, "steps": steps, "lr": lr,
             "batch_size": batch_size, "timestep_fraction": timestep_fraction, "lora_rank": rank, "lora_alpha": rank,
             "lora_targets": LORA_TARGETS, "base": base,
+            **({} if group_size is None else {"group_size": group_size, "adv_norm": adv_norm}),
             "sampler": {"scheduler": "DDIM", "steps": NUM_STEPS, "eta": ETA, "guidance": GUIDANCE},
             "seconds": t["seconds"], "history": history}
+
+
+def save_lora(unet, rank: int, out_dir: Path | str) -> None:
+    """The UNet's LoRA as ``<out_dir>/pytorch_lora_weights.safetensors`` (StableDiffusionPipeline.save_lora_weights).
+    PEFT-style keys (unet.<module>.lora_A/B.weight), the layout diffusers' own loader reads back in full:
+    convert_state_dict_to_diffusers would rename only the attention layers to the old "lora.down/up" layout, and a
+    file mixing both layouts loads only half its layers (the attention LoRAs are dropped)."""
+    from diffusers import StableDiffusionPipeline
+    from peft import get_peft_model_state_dict
+
+    meta = {"r": rank, "lora_alpha": rank, "target_modules": sorted(LORA_TARGETS)}
+    StableDiffusionPipeline.save_lora_weights(str(out_dir), unet_lora_layers=get_peft_model_state_dict(unet),
+                                              unet_lora_adapter_metadata=meta, safe_serialization=True)
+
+
+def advantages(r: torch.Tensor, group_size: int | None, reward_scale: float, adv_norm: str = "scale"
+               ) -> torch.Tensor:
+    """(N,) float32 advantages of rewards ``r`` (N,) float64: minus the batch mean (group_size None) or minus the
+    mean of each consecutive group of ``group_size``; divided by ``reward_scale`` ("scale") or by the group's std
+    plus 1e-6 ("std", DDPO's PerPromptStatTracker and Flow-GRPO)."""
+    if group_size is None and adv_norm == "scale":
+        return ((r - r.mean()) / reward_scale).float()  # the shipped models' exact arithmetic
+    g = r.view(-1, group_size) if group_size else r.view(1, -1)
+    centred = g - g.mean(1, keepdim=True)
+    denom = reward_scale if adv_norm == "scale" else g.std(1, keepdim=True) + 1e-6
+    return (centred / denom).reshape(-1).float()
