@@ -38,6 +38,27 @@ def timer() -> Iterator[dict[str, float]]:
         out["seconds"] = round(time.perf_counter() - t0, 1)
 
 
+def environment() -> dict[str, Any]:
+    """What the bits of a trained model depend on besides its seed: CPU model, torch threads and the versions of
+    the numeric libraries (recorded with each retrain, so a retrain that is not bit-identical can be traced)."""
+    import importlib.metadata
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for dist in ("torch", "diffusers", "transformers", "peft", "numpy", "safetensors", "scikit-learn", "pillow"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"cpu": cpu, "torch_threads": torch.get_num_threads(), "versions": versions}
+
+
 def file_hashes(root: Path | str) -> dict[str, str]:
     """sha256 of every file under ``root``, keyed by its path relative to ``root``."""
     root = Path(root)

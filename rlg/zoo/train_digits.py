@@ -17,7 +17,7 @@ from typing import Any
 
 from rlg.zoo import WEIGHTS_DIR
 from rlg.zoo import digits as D
-from rlg.zoo.common import compare_with_shipped, read_manifest
+from rlg.zoo.common import compare_with_shipped, environment, read_manifest
 from rlg.zoo.common import ship_model as common_ship
 
 MODELS = ("digits_classifier", "digits_base", "digits_dpo", "digits_ddpo_compress", "digits_ddpo_incompress")
@@ -72,9 +72,11 @@ def train_model(model: str, out_dir: Path, log=print) -> dict[str, Any]:
     return train_ddpo(DD["beta"], 0, SHIPPED_STEPS[kind], out_dir, reward=kind, base=base, log=log)
 
 
-def run(out: Path | str | None = None, ship: bool = False, only: list[str] | None = None, eval_samples: int = 10,
-        log=print) -> dict[str, Any]:
-    """Train ``only`` (default: all digits models) into ``out`` and return {model: {config, metrics, check}}."""
+def run(out: Path | str | None = None, ship: bool = False, only: list[str] | None = None,
+        eval_samples: int | None = None, log=print) -> dict[str, Any]:
+    """Train ``only`` (default: all digits models) into ``out`` and return {model: {config, metrics, check}}.
+    ``eval_samples``: samples per prompt of each pair's measurement; None = as many as the shipped measurement
+    (same prompts, noise and count, so a bit-identical model measures identically), else 10."""
     out = WEIGHTS_DIR if ship else Path(out or f"outputs/zoo_retrain/{time.strftime('%Y%m%d-%H%M%S')}")
     report: dict[str, Any] = {}
     for model in MODELS:
@@ -84,9 +86,11 @@ def run(out: Path | str | None = None, ship: bool = False, only: list[str] | Non
             shutil.rmtree(out / model)
         log(f"== training {model} -> {out / model}")
         info = train_model(model, out / model, log=log)
+        info["environment"] = environment()
         if model in PAIR_OF:  # measured with the shipped classifier: one fixed instrument for every retrain
             from rlg.zoo.digits_eval import measure_pair
-            info["eval"] = measure_pair(PAIR_OF[model], samples_per_prompt=eval_samples, weights=out)
+            n = eval_samples or shipped_samples_per_prompt(model)
+            info["eval"] = measure_pair(PAIR_OF[model], samples_per_prompt=n, weights=out)
         if not ship:
             (out / f"{model}.train.json").write_text(json.dumps(info, indent=1) + "\n")
         check = compare(model, info, out / model)  # the manifest as it is now (parallel runs ship meanwhile)
@@ -95,6 +99,12 @@ def run(out: Path | str | None = None, ship: bool = False, only: list[str] | Non
         if ship:
             ship_model(model, out / model, info)
     return report
+
+
+def shipped_samples_per_prompt(model: str, default: int = 10) -> int:
+    """Samples per prompt (10 digit prompts) of the shipped manifest's measurement of ``model``, else ``default``."""
+    n = (read_manifest().get("models", {}).get(model, {}).get("config", {}).get("eval") or {}).get("n_images_per_scale")
+    return n // len(D.PROMPTS) if n else default
 
 
 def compare(model: str, info: dict[str, Any], model_dir: Path, shipped: dict[str, Any] | None = None
