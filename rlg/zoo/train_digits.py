@@ -25,7 +25,8 @@ TRAINERS = {
     "digits_classifier": "rlg.zoo.train_digits_classifier:train_classifier(out_dir, seed=0)",
     "digits_base": "rlg.zoo.train_digits_base:train_base(out_dir, seed=0)",
     "digits_dpo": "rlg.zoo.train_digits_dpo:train_dpo(beta, seed, steps, out_dir)",
-    "digits_ddpo_compress": "rlg.zoo.train_digits_ddpo:train_ddpo(beta, seed, steps, out_dir, reward='compress')",
+    "digits_ddpo_compress": "rlg.zoo.train_digits_ddpo:train_ddpo(beta, seed, steps, out_dir, reward='compress', "
+                            "lr, batch_size, group_size)",
     "digits_ddpo_incompress": "rlg.zoo.train_digits_ddpo:train_ddpo(beta, seed, steps, out_dir, reward='incompress')",
 }
 # metric path -> (kind, tolerance): "abs" |retrained - shipped| <= tol; "rel" <= tol * |shipped|. A path "a - b" is
@@ -67,9 +68,9 @@ def train_model(model: str, out_dir: Path, log=print) -> dict[str, Any]:
         # cache=False: a from-scratch retrain regenerates its preference pairs (and times them)
         return train_dpo(DEFAULTS["beta"], 0, DEFAULTS["steps"], out_dir, base=base, classifier=classifier,
                          cache=False, log=log)
-    from rlg.zoo.train_digits_ddpo import DEFAULTS as DD, SHIPPED_STEPS, train_ddpo
+    from rlg.zoo.train_digits_ddpo import DEFAULTS as DD, SHIPPED, train_ddpo
     kind = model.rsplit("_", 1)[1]
-    return train_ddpo(DD["beta"], 0, SHIPPED_STEPS[kind], out_dir, reward=kind, base=base, log=log)
+    return train_ddpo(DD["beta"], 0, out_dir=out_dir, reward=kind, base=base, log=log, **SHIPPED[kind])
 
 
 def run(out: Path | str | None = None, ship: bool = False, only: list[str] | None = None,
