@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 
 from rlg import runtime
+from rlg.choices import RL_KINDS
 from rlg.denoiser import RLGDenoiser
 from rlg.files import StoreWriteError, atomic_write, sha256_file
 from rlg.guidance import StepWindow
@@ -58,7 +59,7 @@ class PairSpec:
     name: str
     base: Checkpoint
     rl: Checkpoint
-    rl_kind: Literal["full", "diffusers_lora", "peft_lora"] = "full"
+    rl_kind: Literal["full", "diffusers_lora", "peft_lora"] = "full"  # a name of rlg.choices.RL_KINDS
     pipeline_class: str | None = None  # e.g. StableDiffusionInpaintPipeline; default: from model_index.json
     vae: Checkpoint | None = None  # e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16
     dtype: str = "float32"
@@ -533,6 +534,22 @@ def load_diffusers_lora(spec: PairSpec, pipe, name: str) -> dict[str, Any]:
     return _check_lora(model, spec, expected, [])
 
 
+# the loaders of rlg.choices.RL_KINDS: (spec, pipe, base denoiser, its attribute name) -> (RL denoiser or None, info)
+def rl_full(spec: PairSpec, pipe, base: torch.nn.Module, name: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """rl_kind=full: a whole RL denoiser (:func:`load_full_rl`)."""
+    return load_full_rl(spec, base, name), {}
+
+
+def rl_diffusers_lora(spec: PairSpec, pipe, base: torch.nn.Module, name: str) -> tuple[None, dict[str, Any]]:
+    """rl_kind=diffusers_lora: a LoRA file, the adapter ``RL_ADAPTER`` on the base (:func:`load_diffusers_lora`)."""
+    return None, load_diffusers_lora(spec, pipe, name)
+
+
+def rl_peft_lora(spec: PairSpec, pipe, base: torch.nn.Module, name: str) -> tuple[None, dict[str, Any]]:
+    """rl_kind=peft_lora: a PEFT adapter folder, the adapter ``RL_ADAPTER`` on the base (:func:`load_peft_lora`)."""
+    return None, load_peft_lora(spec, base)
+
+
 # ---------------------------------------------------------------------------------------------
 def load_pair(spec: PairSpec, *, window: StepWindow = StepWindow(), micro_batch: int | None = None) -> LoadedPair:
     """Load the base pipeline, the RL checkpoint, and install an RLGDenoiser in the pipeline.
@@ -554,16 +571,12 @@ def load_pair(spec: PairSpec, *, window: StepWindow = StepWindow(), micro_batch:
     pipe = load_pipeline(spec)
     name = _denoiser_name(pipe)
     base = getattr(pipe, name).eval()
-    if spec.rl_kind == "full":
-        rl = load_full_rl(spec, base, name)
+    rl, info = RL_KINDS.get(spec.rl_kind, error=PairError)(spec, pipe, base, name)
+    if rl is not None:
         denoiser = RLGDenoiser(base, rl, window=window, micro_batch=micro_batch)
-        info: dict[str, Any] = {}
-    elif spec.rl_kind in ("diffusers_lora", "peft_lora"):
-        info = load_peft_lora(spec, base) if spec.rl_kind == "peft_lora" else load_diffusers_lora(spec, pipe, name)
+    else:  # an adapter on the base; loading it may leave the base in train mode
         base.eval()
         denoiser = RLGDenoiser(base, rl_adapter=RL_ADAPTER, window=window, micro_batch=micro_batch)
-    else:
-        raise PairError(f"unknown rl_kind {spec.rl_kind!r}; use full, diffusers_lora or peft_lora")
     setattr(pipe, name, denoiser)
     pipe.set_progress_bar_config(disable=True)
     info["weights"] = identity

@@ -7,6 +7,8 @@ a second run of the same thing.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -33,8 +35,13 @@ PRESET_FAMILIES = {"ddim": ["sd", "ddim"], "flowgrpo_eval": ["sd3"], "flowgrpo_s
                    "zoo_digits": ["sd"], "zoo_text_ode": ["sd3"], "zoo_text_sde": ["sd3"]}
 
 
-def preset(name: str) -> dict:
-    return yaml.safe_load((SAMPLER_DIR / f"{name}.yaml").read_text())
+@functools.lru_cache(maxsize=None)
+def preset(name: str) -> SamplerSettings:
+    """The SamplerSettings the builder makes of sampler preset ``name`` (rlg.harness.build.sampler_settings)."""
+    from rlg.harness.api import compose
+    from rlg.harness.build import sampler_settings
+
+    return sampler_settings(compose(f"sampler={name}").sampler)
 
 
 def test_every_sampler_preset_is_covered():
@@ -42,12 +49,10 @@ def test_every_sampler_preset_is_covered():
 
 
 def settings_for(name: str, family: str, steps: int = STEPS) -> SamplerSettings:
-    p = preset(name)
-    s = SamplerSettings(num_inference_steps=steps, guidance_scale=CFG, scheduler=p.get("scheduler", "default"),
-                        shift=p.get("shift"), noise_level=p.get("noise_level", 0.7), eta=p.get("eta"),
-                        micro_batch=2)
-    if family != "ddim":
-        s.height = s.width = SIZE
+    # the preset's scheduler, shift, noise level, eta and extra; this test's steps, CFG, size and micro-batch
+    size = None if family == "ddim" else SIZE
+    s = dataclasses.replace(preset(name), num_inference_steps=steps, guidance_scale=CFG, micro_batch=2, height=size,
+                            width=size, extra=dict(preset(name).extra))
     if family.endswith("inpaint"):
         from PIL import Image
 

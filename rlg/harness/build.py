@@ -165,7 +165,7 @@ def pair_spec(conf) -> Any:
             return None
         fields = dataclasses.asdict(c)
         if fields["id"].startswith("zoo:"):  # a model of the offline zoo shipped inside the package
-            from rlg.zoo import resolve_zoo_id
+            from rlg.model_ids import resolve_zoo_id
 
             try:
                 fields["id"] = resolve_zoo_id(fields["id"])

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rlg.choices import RL_KINDS, SCHEDULERS
 from rlg.runtime import DTYPE_NAMES
 
 
@@ -301,8 +302,6 @@ KEY_EFFECTS: Dict[str, str] = {
 STAGES = ("generate", "evaluate", "report", "all")
 MAX_ABS_SCALE = 10.0  # |w| beyond this is refused unless grid.allow_large_scales=true (the paper's range is [1, 3])
 SCALE_DECIMALS = 6  # the report's scale resolution (rlg.report.stats): finer scales are refused at start-up
-RL_KINDS = ("full", "diffusers_lora", "peft_lora")
-SCHEDULERS = ("default", "ddim", "euler_ode", "flow_grpo_sde")
 WANDB_MODES = ("offline", "online", "disabled")
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

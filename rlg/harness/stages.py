@@ -162,7 +162,7 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     """Make this rank's missing images, one ``rlg.grid.run_grid`` per method grid (``method_grids``), each
     inside its method's model state (a weight-mixed network). ``progress(done, total)`` is called after
     each batch (the tracker turns it into images/s and an ETA)."""
-    from rlg.grid import pack_calls, prompt_truncation, run_grid
+    from rlg.grid import grid_calls, prompt_truncation, run_grid
     from rlg.grid import work_groups as grid_groups
 
     by_id = {p.id: p for p in job.prompts}
@@ -197,9 +197,8 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
         groups = grid_groups(grid, image_keys(job, arms), rank=job.rank, world=job.world)
         if any(k not in stored for g in groups for k, _ in g):  # else nothing to make: no mixed network is built
             todo_grids.append((method, arms, grid, groups))
-    sizes = iter([len(c) for *_, groups in todo_grids for c in pack_calls(
-        [[k for k, _ in g if k not in stored] for g in groups if any(k not in stored for k, _ in g)],
-        job.config.sampler.batch_size)])
+    sizes = iter([len(c) for _, _, grid, groups in todo_grids for c in grid_calls(  # run_grid's calls, in order
+        grid, [g for g in ([(k, it) for k, it in group if k not in stored] for group in groups) if g])])
     step_share = [0.0]
 
     def tick(*_) -> None:  # returns None: a forward hook's return value would replace the output
