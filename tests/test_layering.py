@@ -200,7 +200,8 @@ def test_the_graph_reader_sees_relative_function_local_and_submodule_imports(tmp
 @pytest.mark.parametrize("module,floor", [("rlg", "library"), ("rlg.harness.runner", "app"), ("rlg.zoo", "zoo"),
                                           ("rlg.zoo.train_digits_dpo", "science"), ("rlg.zoo.digits", "zoo"),
                                           ("rlg.evaluators.geneval.detector", "library"), ("rlg.store", "base"),
-                                          ("rlg.zoo.train", "app"), ("rlg.registry", "base"), ("rlg.choices", "library")])
+                                          ("rlg.zoo.train", "app"), ("rlg.registry", "base"),
+                                          ("rlg.choices", "library")])
 def test_a_module_takes_the_floor_of_its_longest_pattern(module, floor):
     assert floor_of(module) == floor
 

@@ -151,7 +151,7 @@ def test_pair_loads_and_equals_the_stock_pipelines_at_w0_and_w1():
 
 
 def _preset_settings(name: str, steps: int = 4):
-    """The SamplerSettings the builder makes of a sampler preset (rlg.harness.build.sampler_settings), ``steps`` steps."""
+    """The builder's SamplerSettings of a sampler preset (rlg.harness.build.sampler_settings), ``steps`` steps."""
     import dataclasses
 
     from rlg.harness.api import compose
