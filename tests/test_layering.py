@@ -22,7 +22,8 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("report", ("rlg.report",)),
     ("science", ("rlg.kl_claim", "rlg.kl_learned", "rlg.kl_stats", "rlg.ground_truth", "rlg.zoo.train*",
                  "rlg.zoo.digits_rl")),
-    ("library", ("rlg", "rlg.grid", "rlg.sampling", "rlg.pairs", "rlg.denoiser", "rlg.guidance", "rlg.schedulers",
+    ("library", ("rlg", "rlg.grid", "rlg.sampling", "rlg.sampler_spec",
+                 "rlg.pairs", "rlg.denoiser", "rlg.guidance", "rlg.schedulers",
                  "rlg.methods", "rlg.evaluators", "rlg.tiny_pairs", "rlg.analytic", "rlg.analytic_metrics",
                  "rlg.zoo.digits", "rlg.zoo.text", "rlg.zoo.common")),  # the zoo's models and data builders
     ("base", ("rlg.store", "rlg.files", "rlg.downloads", "rlg.runtime", "rlg.extras",
@@ -197,7 +198,8 @@ def _third_party(path: Path) -> set[str]:
     return out
 
 
-LIBRARY_CORE = ["guidance", "denoiser", "pairs", "sampling", "grid", "schedulers", "tiny_pairs", "analytic",
+LIBRARY_CORE = ["guidance", "denoiser", "pairs", "sampling", "sampler_spec",
+                "grid", "schedulers", "tiny_pairs", "analytic",
                 "analytic_metrics", "ground_truth", "kl_learned", "kl_stats"]
 
 
