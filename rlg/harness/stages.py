@@ -67,6 +67,8 @@ class PairCache:
         return self.pair
 
     def clear(self) -> None:
+        if self.pair is None:  # nothing loaded (e.g. stage=evaluate with low_memory): no torch to import
+            return
         self.key = self.pair = None
         import torch
 
