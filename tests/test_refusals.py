@@ -45,7 +45,7 @@ def test_an_evaluator_that_fails_on_every_image_fails_the_run_and_keeps_each_fai
         runner.run(compose("debug=fast", "stage=evaluate", "evaluators.selected=[jpeg,ocr]"), run_dir=run_dir)
     scores = Store(run_dir).scores()
     ocr, jpeg = scores[scores.evaluator == "ocr"], scores[scores.evaluator == "jpeg"]
-    assert len(ocr) == n and ocr.error.str.startswith("ValueError: OCR prompt has no text").all()
+    assert len(ocr) == 2 * n and ocr.error.str.startswith("ValueError: OCR prompt has no text").all()  # 2 metrics
     assert ocr.value.isna().all()
     assert jpeg.image_key.nunique() == n and jpeg.error.isna().all()  # the other evaluator's scores are stored
 

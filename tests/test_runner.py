@@ -92,8 +92,8 @@ def test_tiny_reduced_runs_end_to_end(tmp_path):
     assert len(images) == 2 * 1 * 3  # prompts x samples x scales
     assert sorted(images.scale.unique()) == [0.0, 1.0, 2.0]
     assert images.image_key.is_unique and not images.nonfinite.any()
-    # jpeg gives 2 metrics, ocr 1, per image
-    assert len(scores) == len(images) * 3 and scores.error.isna().all()
+    # jpeg gives 2 metrics, ocr 2 (accuracy, confidence), per image
+    assert len(scores) == len(images) * 4 and scores.error.isna().all()
     files = entry["report"]["files"]
     assert any(f.endswith(".md") for f in files) and any(f.endswith(".png") for f in files)
     meta = json.loads((run_dir / "meta.json").read_text())["invocations"][-1]
@@ -124,7 +124,7 @@ def test_stages_run_alone_and_a_new_evaluator_joins_an_old_run(tmp_path):
     assert set(Store(run_dir).scores().evaluator) == {"jpeg"}
     runner.run(compose_cfg(*FAST, "stage=evaluate", "evaluators.selected=[jpeg,ocr]"), run_dir=run_dir)
     scores = Store(run_dir).scores()
-    assert set(scores.evaluator) == {"jpeg", "ocr"} and len(scores) == 6 * 3
+    assert set(scores.evaluator) == {"jpeg", "ocr"} and len(scores) == 6 * 4  # jpeg 2 metrics, ocr 2
     entry = runner.run(compose_cfg(*FAST, "stage=report"), run_dir=run_dir)
     assert (run_dir / "report" / "tables").is_dir() and entry["report"]["files"]
 

@@ -41,15 +41,16 @@ def test_an_evaluator_failing_on_one_image_records_that_image_only(tmp_path):
     # ... but images that already exist are scored, and the failure is recorded per image
     runner.run(cfg_of(*base, "stage=generate"), run_dir=run)
     entry = runner.run(cfg_of(*base, "stage=all", "evaluators.selected=[ocr]"), run_dir=run)
-    assert entry["evaluate"]["ocr"]["failed_rows"] == 2
+    assert entry["evaluate"]["ocr"]["failed_rows"] == 4  # 2 images x 2 metrics (ocr_accuracy, ocr_confidence)
     images, scores = Store(run).images(), Store(run).scores()
     ocr = scores[scores.evaluator == "ocr"].merge(images[["image_key", "prompt"]], on="image_key")
     bad = ocr[ocr.prompt == "a quiet lake at dawn"]
     good = ocr[ocr.prompt != "a quiet lake at dawn"]
-    assert len(bad) == 2 and bad.value.isna().all() and bad.error.str.contains("double quotes").all()
-    assert len(good) == 2 and good.value.notna().all() and good.error.isna().all()
+    assert len(bad) == 4 and bad.value.isna().all() and bad.error.str.contains("double quotes").all()
+    assert len(good) == 4 and good.value.notna().all() and good.error.isna().all()
     summary = pd.read_csv(run / "report" / "tables" / "summary.csv")
-    assert summary.n_failed.sum() == 2 and summary.n.sum() == 2
+    acc = summary[summary.metric == "ocr_accuracy"]
+    assert acc.n_failed.sum() == 2 and acc.n.sum() == 2
 
 
 def test_unknown_sampler_arguments_are_refused_before_generation(tmp_path):
