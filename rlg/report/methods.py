@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 COST = "rows per image"  # the cost axis: network rows (samples x models x steps x CFG branches) per image
 WALL = "wall s per image"
-ALIGNMENT_PREFIXES = ("jpeg", "geneval_overall", "ocr", "clip", "digit_prob")
+ALIGNMENT_PREFIXES = ("jpeg", "geneval_overall", "ocr_accuracy", "clip", "digit_prob")
 
 
 def has_methods(images: pd.DataFrame) -> bool:

@@ -14,6 +14,7 @@ METRIC_LABELS = {
     "aesthetic": "LAION aesthetic score",
     "clip_score": "CLIP score",
     "ocr_accuracy": "OCR accuracy",
+    "ocr_confidence": "OCR confidence",
     "geneval_correct": "GenEval accuracy",
     "geneval_overall": "GenEval overall",
     "jpeg_incompressibility": "JPEG size (kB)",
@@ -32,6 +33,8 @@ METRIC_DEFINITIONS = {
     "aesthetic": "LAION aesthetic predictor v2 on CLIP ViT-L/14, 1-10; higher is better.",
     "clip_score": "CLIP score: max(100·cos, 0) with openai/clip-vit-large-patch14; higher is better.",
     "ocr_accuracy": "OCR accuracy: 1 - edit distance / length of the quoted text (Flow-GRPO); higher is better.",
+    "ocr_confidence": "OCR confidence: the OCR engine's own confidence in what it read, averaged over its pieces "
+                      "(legibility, quality; 0 when it reads nothing); higher is better.",
     "geneval_correct": "GenEval: share of images whose objects, counts, colours and positions match; higher is "
                        "better.",
     "geneval_overall": "GenEval overall: unweighted mean of the six task accuracies; higher is better.",

@@ -38,8 +38,9 @@ NOTHING_SCORED = ("No image of this run has a score yet, so nothing can be said 
                   "(or stage=all) with the run's evaluators, then the report again.")
 SCORE_COLUMNS = ["image_key", "evaluator", "version", "metric", "value", "higher_is_better", "error"]
 # Default tradeoff axes: (alignment or reward metric) x (image quality / preference metric), by name prefix.
-ALIGNMENT_PREFIXES = ("geneval_overall", "ocr", "clip", "jpeg")
-QUALITY_PREFIXES = ("pickscore", "hps", "imagereward", "aesthetic", "digit_mahalanobis")
+# ocr_confidence (EasyOCR's confidence in its reading) measures legibility: quality, not the OCR reward.
+ALIGNMENT_PREFIXES = ("geneval_overall", "ocr_accuracy", "clip", "jpeg")
+QUALITY_PREFIXES = ("pickscore", "hps", "imagereward", "aesthetic", "digit_mahalanobis", "ocr_confidence")
 LOG_COLUMNS = SERIES + ["metric", "scale", "mean", "lo", "hi", "win_rate", "n", "n_prompts", "n_nonfinite",
                         "n_failed", "n_unscored", "higher_is_better"]
 # protocol fields shown per series in the index, in this order (then any other field)
