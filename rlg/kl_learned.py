@@ -421,15 +421,14 @@ def _fit_dpo(net: MLPDenoiser, base: MLPDenoiser, pair: AnalyticPair, b: float, 
 
 @torch.no_grad()
 def objective_value(net: MLPDenoiser, base: MLPDenoiser, pair: AnalyticPair, b: float, objective: str,
-                    config: LearnedTruthConfig, seed: int, n: int | None = None) -> float:
+                    config: LearnedTruthConfig, seed: int, n: int = 4096) -> float:
     """The value of ``objective``'s own training criterion at ``net`` on one fixed evaluation draw (``seed``:
     the same draw for every net, so two nets' values are paired), oriented so that larger is better:
     ``rwr``: minus the softmax(R / b)-weighted DSM loss; ``dpo``: minus the Diffusion-DPO loss; ``pg`` and
     ``pg_dpok``: E[R(x_0)] - b KL(path || base path) over n trajectories from the base's noised marginal (the
     objective PG maximises; the DPOK formula follows a biased gradient of it). Evaluated at the oracle too, it
     says whether a gap to the oracle is the optimiser's (the oracle scores better) or the objective's (the
-    fine-tune scores better: the objective's optimum is not the oracle). n: draws (default ``config.n_samples``)."""
-    n = n or config.n_samples
+    fine-tune scores better: the objective's optimum is not the oracle). n: draws."""
     g = torch.Generator().manual_seed(30_000 + seed)
     if objective == "rwr":
         x0 = pair.base.sample(n, g)
