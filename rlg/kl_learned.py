@@ -86,6 +86,7 @@ class LearnedTruthConfig:
     n_batches: int = 4  # energy distances: se over this many disjoint batches
     seed: int = 0  # sampling noise (the same for every arm and training seed)
     threads: int = 1
+    workers: int = 1  # processes, one training seed each (the numbers do not change; the wall time does)
     progress: bool = True
     # the retraining objectives, each a full arm (retrained / rlg / weights) at every beta / w:
     # "rwr" reward-weighted regression, "pg" KL-regularised policy gradient (unbiased for the path-KL objective),
@@ -121,7 +122,7 @@ class LearnedTruthConfig:
         if not 0 < self.pg_timestep_fraction <= 1:
             raise ValueError(f"pg_timestep_fraction must be in (0, 1], got {self.pg_timestep_fraction}")
         for k in ("hidden", "depth", "base_steps", "tune_steps", "batch_size", "num_inference_steps", "pg_steps",
-                  "pg_batch", "dpo_steps", "dpo_pairs"):
+                  "workers", "pg_batch", "dpo_steps", "dpo_pairs"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
 
@@ -520,80 +521,125 @@ def run_learned_truth(config: LearnedTruthConfig, log=print) -> pd.DataFrame:
         return _run(config, log)
 
 
-def _run(config: LearnedTruthConfig, log) -> pd.DataFrame:
+def _pair(config: LearnedTruthConfig) -> AnalyticPair:
     pair = make_pair(config.pair, config.d, config.beta)
     if pair.target(1.0) is None:
         raise ValueError(f"pair {config.pair!r} has no closed-form optimum; use gaussian_linear, mixture_linear or "
                          "mixture_quadratic")
-    scales = [float(w) for w in config.scales]
-    betas = sorted({config.beta} | {config.beta / w for w in scales}, reverse=True)
-    t0 = time.time()
-    bases, tuned, oracles, curves = {}, {}, {}, {}
-    for s in config.seeds:
-        bases[s], curves[f"base/seed{s}"] = train_base(pair, s, config)
-        for obj in config.objectives:
-            for b in betas:
-                tuned[(obj, b, s)], curves[f"{obj}/beta{b:.4g}/seed{s}"] = fine_tune(bases[s], pair, b, s, config, obj)
-        for w in scales:
-            b = config.beta / w
-            oracles[(b, s)], curves[f"oracle/beta{b:.4g}/seed{s}"] = fine_tune(bases[s], pair, b, s, config, "oracle")
-        if config.progress:
-            log(f"kl_learned: trained seed {s} (base; {', '.join(config.objectives)} at {len(betas)} betas; "
-                f"{len(scales)} oracles), {time.time() - t0:.0f} s")
-    train_s = time.time() - t0
+    return pair
+
+
+def _run(config: LearnedTruthConfig, log) -> pd.DataFrame:
+    pair = _pair(config)
+    t0, cpu0 = time.time(), time.process_time()
     scheduler = _scheduler()
-    exact_base = _exact(pair.base, scheduler)
-    exact_rl = _exact(pair.target(1.0), scheduler)
-    a0, s0 = initial_alpha_sigma(scheduler, config.num_inference_steps)
-    af, sf = final_alpha_sigma(scheduler, config.num_inference_steps)
-    n, nb = config.n_samples, config.n_batches
-    rows = []
-    for w in scales:
-        b = config.beta / w
-        g0 = torch.Generator().manual_seed(config.seed * 1_000_003 + int(round(1000 * w)))
-        latents = (a0 * pair.exact_samples(w, n, g0) + s0 * torch.randn(n, pair.d, generator=g0, dtype=torch.float64))
-        noise_state = g0.get_state()
-        refs = [af * pair.exact_samples(w, n, g0) + sf * torch.randn(n, pair.d, generator=g0, dtype=torch.float64)
-                for _ in range(2)]
-        ref_b = list(torch.chunk(refs[0], nb))
-        floor, floor_se = batched(energy_distance, list(torch.chunk(refs[1], nb)), ref_b)
-        exact_reward = pair.exact_mean_reward(w, af, sf)
+    exact_base, exact_rl = _exact(pair.base, scheduler), _exact(pair.target(1.0), scheduler)
+    n = config.n_samples
+    exact_rows = {}
+    for w in map(float, config.scales):
+        at = _Setting(pair, config, w)
+        r_exact = at.arm("exact", _exact(pair.target(w), scheduler), exact_base)
+        r_rlg = at.arm("rlg_exact", _rlg(exact_base, exact_rl, w, n, config.num_inference_steps), exact_base)
+        d = r_rlg - r_exact
+        at.rows[-1].update(paired_gap=float(d.mean()), paired_gap_stderr=float(d.std() / math.sqrt(n)))
+        exact_rows[w] = at.rows
+    if config.workers > 1:  # one process per training seed; each seed's numbers do not depend on where it ran
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
-        def arm(name, model, base, seed=math.nan, objective=""):
-            g = torch.Generator()
-            g.set_state(noise_state)  # the same step noise for every arm at this w
-            x, kl = path_kl(model, base, latents.clone(), config, g)
-            r = pair.reward(x)
-            e, ese = batched(energy_distance, list(torch.chunk(x, nb)), ref_b)
-            rows.append(dict(arm=name, objective=objective, w=w, beta_eff=b, seed=seed, reward=float(r.mean()),
-                             reward_stderr=float(r.std() / math.sqrt(n)), exact_reward=exact_reward,
-                             energy=e, energy_stderr=ese, energy_floor=floor, energy_floor_stderr=floor_se,
-                             path_kl=float(kl.mean()), path_kl_stderr=float(kl.std() / math.sqrt(n)),
-                             n=n, steps=config.num_inference_steps, eta=config.eta, pair=pair.name, d=pair.d,
-                             beta=config.beta))
-            return r
-
-        r_exact = arm("exact", _exact(pair.target(w), scheduler), exact_base)
-        r_rlg = arm("rlg_exact", _rlg(exact_base, exact_rl, w, n, config.num_inference_steps), exact_base)
-        d = (r_rlg - r_exact)
-        rows[-1].update(paired_gap=float(d.mean()), paired_gap_stderr=float(d.std() / math.sqrt(n)))
-        for s in config.seeds:
-            arm("oracle", oracles[(b, s)], bases[s], s)
-            for obj in config.objectives:
-                src = tuned[(obj, config.beta, s)]
-                arm("retrained", tuned[(obj, b, s)], bases[s], s, obj)
-                rows[-1].update(objective_value=objective_value(tuned[(obj, b, s)], bases[s], pair, b, obj, config, s),
-                                objective_value_oracle=objective_value(oracles[(b, s)], bases[s], pair, b, obj,
-                                                                       config, s))
-                arm("rlg", _rlg(bases[s], src, w, n, config.num_inference_steps), bases[s], s, obj)
-                arm("weights", weight_extrapolation(bases[s], src, w), bases[s], s, obj)
-        if config.progress:
-            log(f"kl_learned: sampled w={w:g}, {time.time() - t0:.0f} s")
+        with ProcessPoolExecutor(min(config.workers, len(config.seeds)), mp_context=mp.get_context("spawn")) as ex:
+            per_seed = list(ex.map(_seed_rows, [config] * len(config.seeds), config.seeds))
+    else:
+        per_seed = [_seed_rows(config, s, log) for s in config.seeds]
+    rows, curves = [], {}
+    for w in map(float, config.scales):
+        rows += exact_rows[w] + [r for seed_rows, _, _, _ in per_seed for r in seed_rows if r["w"] == w]
+    for _, c, _, _ in per_seed:
+        curves.update(c)
     df = pd.DataFrame(rows)
     df.attrs["curves"] = curves
-    df.attrs["train_seconds"] = round(train_s, 1)
+    df.attrs["train_seconds"] = round(max(t for _, _, t, _ in per_seed), 1)  # per seed, the slowest
     df.attrs["seconds"] = round(time.time() - t0, 1)
+    df.attrs["cpu_seconds"] = round(time.process_time() - cpu0 + sum(c for *_, c in per_seed), 1)
+    df.attrs["workers"] = config.workers
     return df
+
+
+class _Setting:
+    """The draws every arm at scale w shares: initial latents (the exact noised marginal of the w target), the
+    step noise, exact reference samples for the energy distance and its floor; ``arm`` samples one model from
+    them and appends its row to ``rows``."""
+
+    def __init__(self, pair: AnalyticPair, config: LearnedTruthConfig, w: float):
+        scheduler = _scheduler()
+        a0, s0 = initial_alpha_sigma(scheduler, config.num_inference_steps)
+        af, sf = final_alpha_sigma(scheduler, config.num_inference_steps)
+        n, nb = config.n_samples, config.n_batches
+        self.pair, self.config, self.w, self.b, self.rows = pair, config, w, config.beta / w, []
+        g0 = torch.Generator().manual_seed(config.seed * 1_000_003 + int(round(1000 * w)))
+        self.latents = a0 * pair.exact_samples(w, n, g0) + s0 * torch.randn(n, pair.d, generator=g0,
+                                                                             dtype=torch.float64)
+        self.noise_state = g0.get_state()
+        refs = [af * pair.exact_samples(w, n, g0) + sf * torch.randn(n, pair.d, generator=g0, dtype=torch.float64)
+                for _ in range(2)]
+        self.ref_b = list(torch.chunk(refs[0], nb))
+        self.floor, self.floor_se = batched(energy_distance, list(torch.chunk(refs[1], nb)), self.ref_b)
+        self.exact_reward = pair.exact_mean_reward(w, af, sf)
+
+    def arm(self, name, model, base, seed=math.nan, objective="") -> torch.Tensor:
+        config, pair, n = self.config, self.pair, self.config.n_samples
+        g = torch.Generator()
+        g.set_state(self.noise_state)  # the same step noise for every arm at this w
+        x, kl = path_kl(model, base, self.latents.clone(), config, g)
+        r = pair.reward(x)
+        e, ese = batched(energy_distance, list(torch.chunk(x, config.n_batches)), self.ref_b)
+        self.rows.append(dict(arm=name, objective=objective, w=self.w, beta_eff=self.b, seed=seed,
+                              reward=float(r.mean()), reward_stderr=float(r.std() / math.sqrt(n)),
+                              exact_reward=self.exact_reward, energy=e, energy_stderr=ese, energy_floor=self.floor,
+                              energy_floor_stderr=self.floor_se, path_kl=float(kl.mean()),
+                              path_kl_stderr=float(kl.std() / math.sqrt(n)), n=n, steps=config.num_inference_steps,
+                              eta=config.eta, pair=pair.name, d=pair.d, beta=config.beta))
+        return r
+
+
+def _seed_rows(config: LearnedTruthConfig, s: int, log=print) -> tuple[list[dict], dict, float, float]:
+    """Training seed ``s``: its base, fine-tunes and oracles, and every learned arm at every w; (rows, curves,
+    training seconds, CPU seconds). Runs in a worker process when ``config.workers`` > 1."""
+    from rlg.runtime import torch_threads
+
+    with torch_threads(config.threads):
+        cpu0, t0 = time.process_time(), time.time()
+        pair = _pair(config)
+        scales = [float(w) for w in config.scales]
+        betas = sorted({config.beta} | {config.beta / w for w in scales}, reverse=True)
+        curves, tuned, oracles = {}, {}, {}
+        base, curves[f"base/seed{s}"] = train_base(pair, s, config)
+        for obj in config.objectives:
+            for b in betas:
+                tuned[(obj, b)], curves[f"{obj}/beta{b:.4g}/seed{s}"] = fine_tune(base, pair, b, s, config, obj)
+        for w in scales:
+            b = config.beta / w
+            oracles[b], curves[f"oracle/beta{b:.4g}/seed{s}"] = fine_tune(base, pair, b, s, config, "oracle")
+        train_s = time.time() - t0
+        if config.progress:
+            log(f"kl_learned: trained seed {s} (base; {', '.join(config.objectives)} at {len(betas)} betas; "
+                f"{len(scales)} oracles), {train_s:.0f} s")
+        rows = []
+        for w in scales:
+            at = _Setting(pair, config, w)
+            b = at.b
+            at.arm("oracle", oracles[b], base, s)
+            for obj in config.objectives:
+                src = tuned[(obj, config.beta)]
+                at.arm("retrained", tuned[(obj, b)], base, s, obj)
+                at.rows[-1].update(objective_value=objective_value(tuned[(obj, b)], base, pair, b, obj, config, s),
+                                   objective_value_oracle=objective_value(oracles[b], base, pair, b, obj, config, s))
+                at.arm("rlg", _rlg(base, src, w, config.n_samples, config.num_inference_steps), base, s, obj)
+                at.arm("weights", weight_extrapolation(base, src, w), base, s, obj)
+            rows += at.rows
+        if config.progress:
+            log(f"kl_learned: sampled seed {s}, {time.time() - t0:.0f} s")
+        return rows, curves, train_s, time.process_time() - cpu0
 
 
 def _exact(mixture, scheduler):

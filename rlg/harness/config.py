@@ -243,6 +243,7 @@ class KLLearnedConf:
     dpo_pairs: int = 256
     dpo_lr: float = 5e-4
     dpo_weight: str = "elbo"  # "elbo" (DDPM variational weights per t) | "constant" (their mean at every t)
+    workers: int = 1  # processes, one training seed each (same numbers, less wall time)
 
 
 @dataclass
