@@ -61,7 +61,7 @@ __all__ = ["LearnedTruthConfig", "MLPDenoiser", "train_base", "fine_tune", "pg_l
            "path_kl", "run_learned_truth", "decompose"]
 
 ARMS = ("exact", "rlg_exact", "oracle", "retrained", "rlg", "weights")
-OBJECTIVES = ("rwr", "pg", "pg_dpok", "dpo")  # retraining objectives; "oracle" (DSM on the optimum's samples) is not one
+OBJECTIVES = ("rwr", "pg", "pg_dpok", "dpo")  # retraining objectives ("oracle", DSM on the optimum, is not one)
 
 
 @dataclass
