@@ -166,6 +166,8 @@ def test_bad_settings_fail_with_their_name(compose):
         build.build(compose("experiment=kl_ground_truth_learned", "kl_learned.seeds=[0]"))
     with pytest.raises(ConfigError, match="kl_learned: eta must be > 0"):
         build.build(compose("experiment=kl_ground_truth_learned", "kl_learned.eta=0"))
+    with pytest.raises(ConfigError, match=r"kl_learned: objectives must be a non-empty subset of \['rwr', 'pg'"):
+        build.build(compose("experiment=kl_ground_truth_learned", "kl_learned.objectives=[rwr,ppo]"))
 
 
 def test_the_preset_is_the_config_of_the_shipped_numbers():
