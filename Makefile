@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml
 quickstart: setup
 	$(BIN)/python run.py experiment=quickstart
 
+# Two pytest-xdist workers (one torch thread each, tests/conftest.py): the suite takes half the wall time of one
+# process on 2 cores. Tests that share an expensive cached computation are kept on one worker (xdist_group).
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup
 
 # A fast subset for a change to the library or the report: the core (guidance, denoiser, pairs, sampling
 # on tiny models), statistics, tables, figures, headline and browser, the export, the analytic pairs, JPEG; no end-to-end run.

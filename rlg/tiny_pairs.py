@@ -253,6 +253,25 @@ def build_pair(family: str, root: Path | str | None = None, seed: int = 0) -> Pa
     out = root / f"{family}-s{seed}-v{FIXTURE_VERSION}"
     if (out / "DONE").exists():
         return out
+    import fcntl
+    import shutil
+
+    # Parallel test workers (pytest-xdist) and ranks share the cache: one builds under a lock, into a scratch
+    # directory renamed into place, so nobody reads a half-written pair.
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "DONE").exists():
+            return out
+        scratch = root / f".{out.name}.building-{os.getpid()}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        _build_pair_into(scratch, family, seed)
+        shutil.rmtree(out, ignore_errors=True)  # a partial build left by an older, unlocked version
+        os.rename(scratch, out)
+    return out
+
+
+def _build_pair_into(out: Path, family: str, seed: int) -> None:
     from peft import get_peft_model, get_peft_model_state_dict
 
     pipe = build_base(family, seed=seed)
@@ -278,4 +297,3 @@ def build_pair(family: str, root: Path | str | None = None, seed: int = 0) -> Pa
                     p.copy_(src[pname])
         peft_model.save_pretrained(out / "rl-peft")
     (out / "DONE").write_text(json.dumps({"family": family, "seed": seed, "version": FIXTURE_VERSION}))
-    return out

@@ -5,10 +5,15 @@ import torch
 
 from tests.helpers.shared_data import missing_reason, shared_path
 
-# Offline (no hub lookup waits for a network that is not there), CPU-only and small; two threads match the
-# CI machine and keep results repeatable.
+# Offline (no hub lookup waits for a network that is not there), CPU-only and small.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per pytest-xdist worker, inherited by the runs tests launch in subprocesses: workers x threads
+    # must not exceed the cores, or spinning OpenMP threads slow every test several-fold.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,9 @@ from rlg.harness.config import KEY_EFFECTS, ConfigError, EvaluatorsConf, GridCon
 from rlg.store import content_key
 from rlg.sampling import RLGSampler, SamplerError, WorkItem
 
+# Module fixtures build shared runs once per process: under pytest-xdist this file stays on one worker.
+pytestmark = pytest.mark.xdist_group("test_effects")
+
 BASE = ("experiment=tiny", "debug=fast", "prompts.max_prompts=1", "grid.scales=[1.5]", "evaluators.selected=[jpeg]")
 SD3 = ("pair=tiny_sd3_full",)
 SDE = (*SD3, "sampler.scheduler=flow_grpo_sde")

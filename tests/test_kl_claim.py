@@ -21,6 +21,9 @@ from rlg.analytic_metrics import energy_distance
 from rlg.kl_claim import KLClaimSettings, model_dir, required_models, run_kl_claim
 from rlg.report.kl_claim import write_kl_claim_report
 
+# Module fixtures build shared runs once per process: under pytest-xdist this file stays on one worker.
+pytestmark = pytest.mark.xdist_group("test_kl_claim")
+
 
 def shifted_unet_trainer(base_dir):
     def train(beta, seed, out_dir, steps=None):

@@ -12,6 +12,9 @@ from scipy import stats
 
 from rlg.kl_stats import TTest, holm, paired, t_interval, verdict, welch
 
+# Module fixtures build shared runs once per process: under pytest-xdist this file stays on one worker.
+pytestmark = pytest.mark.xdist_group("test_kl_learned")
+
 
 # -- rlg.kl_stats against scipy and known values ----------------------------------------------------
 def test_welch_matches_scipy_and_single_model_form():

@@ -16,6 +16,9 @@ from rlg.report.anchors import anchors_by_key, compare_protocol, load_anchors
 from rlg.report.report import write_report
 from rlg.report.stats import bootstrap_ci, pareto_front, summarize, win_rate
 
+# Module fixtures build shared runs once per process: under pytest-xdist this file stays on one worker.
+pytestmark = pytest.mark.xdist_group("test_report")
+
 TAGS = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 SD35 = "stabilityai/stable-diffusion-3.5-medium"
 # As evaluators/geneval writes it for the upstream mmdet back-end.

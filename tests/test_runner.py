@@ -143,32 +143,6 @@ def _cli(tmp_path: Path, name: str, *extra: str) -> list[str]:
             "evaluators.selected=[jpeg]", "tracker=none", "report.n_resamples=50", "report.grid_prompts=2", *extra]
 
 
-def test_killed_run_resumes_to_the_same_store(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_cli(tmp_path, "killed"), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    parts = tmp_path / "killed" / "rows" / "images"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(parts.glob("part-*.parquet"))) < 2 and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    partial, _, _ = store_state(tmp_path / "killed")
-    assert 0 < len(partial) < 40
-    subprocess.run(_cli(tmp_path, "killed"), cwd=ROOT, env=env, check=True, capture_output=True)
-    # same thread count as the killed run: CPU kernels split reductions by thread
-    subprocess.run(_cli(tmp_path, "whole"), cwd=ROOT, env=env, check=True, capture_output=True)
-
-    resumed, raw_rows, pngs = store_state(tmp_path / "killed")
-    whole, _, _ = store_state(tmp_path / "whole")
-    assert resumed == whole and len(whole) == 4 * 2 * 5
-    assert raw_rows == len(resumed), "duplicate rows after resume"
-    rows = Store(tmp_path / "killed").images()
-    assert pngs == set(rows.image_path), "orphan or missing PNG files"
-    assert not list((tmp_path / "killed").rglob("*.tmp"))
-
-
 def test_two_process_run_equals_one_process_run(tmp_path):
     """torchrun --nproc_per_node=2 (gloo, CPU) into one run directory: the same store as one process, each
     image made once and scored once (counted in raw rows and in each rank's own count), and on disk one
@@ -301,7 +275,6 @@ def test_kill9_in_every_stage_then_resume_equals_an_uninterrupted_run(tmp_path):
 
     plan = [  # (stage aimed at, condition relative to the launch's starting state, max random extra delay in s)
         ("generate", lambda a: n_image_parts() >= a["images"] + 1, 0.3),
-        ("generate", lambda a: n_image_parts() >= a["images"] + 2, 0.1),
         ("evaluate", lambda a: n_score_parts() >= a["scores"] + 3, 0.05),
         ("report", lambda a: in_report(), 0.8),
         ("random", None, None),  # a random moment 2-8 s after launch
@@ -339,7 +312,7 @@ def test_kill9_in_every_stage_then_resume_equals_an_uninterrupted_run(tmp_path):
     subprocess.run(cli(tmp_path, "whole"), cwd=ROOT, env=ENV, check=True, capture_output=True)
 
     print(f"kill -9 injected in stages: {kills}")
-    assert len(kills) >= 4 and {"generate", "evaluate", "report"} <= set(kills), kills
+    assert len(kills) >= 3 and {"generate", "evaluate", "report"} <= set(kills), kills
     resumed, whole = snapshot(run), snapshot(tmp_path / "whole")
     assert_complete(resumed)
     assert_complete(whole)

@@ -145,8 +145,8 @@ def test_zoo_pair_loads_and_equals_stock_pipelines(name):
     assert diff(stock_base, stock_rl) > 1, "the RL model changes nothing"
 
 
-CONTROL = {  # pair -> samples per prompt (10 prompts): digit_prob is nearly 0/1 per image, so DPO needs more
-    "zoo_digits_dpo": 10,
+CONTROL = {  # pair -> samples per prompt (10 prompts); at seed 11 DPO's w=2 - w=1 is 5.8 paired SE with 6
+    "zoo_digits_dpo": 6,
     "zoo_digits_ddpo_compress": 6,
     "zoo_digits_ddpo_incompress": 6,
 }
@@ -169,12 +169,17 @@ def _control_rewards(name: str) -> dict[float, np.ndarray]:
     return {w: m[REWARD[name]] for w, m in _control_metrics(name).items()}
 
 
+# The control runs are cached per process (_control_metrics): under pytest-xdist their tests share one worker.
+CONTROL_GROUP = pytest.mark.xdist_group("zoo_digits_control")
+
+
+@CONTROL_GROUP
 def test_base_follows_its_prompt():
     """The shipped base draws the prompted digit (>= 85% by the shipped classifier; 300 / 300 at 3 sampling seeds
-    when shipped, rlg/zoo/README.md): its w = 0 images in the DPO pair's control run, 10 per prompt."""
+    when shipped, rlg/zoo/README.md): its w = 0 images in the DPO pair's control run, 6 per prompt."""
     _need("digits_classifier", "digits_base", "digits_dpo")
     correct = _control_metrics("zoo_digits_dpo")[0.0]["digit_correct"]
-    assert len(correct) == 100 and correct.mean() >= 0.85, correct.mean()
+    assert len(correct) == 60 and correct.mean() >= 0.85, correct.mean()
 
 
 # The compressibility pair is left out of the control claims: on the base with a trained text encoder, DDPO at the
@@ -183,6 +188,7 @@ def test_base_follows_its_prompt():
 CONTROLLED = ("zoo_digits_dpo", "zoo_digits_ddpo_incompress")
 
 
+@CONTROL_GROUP
 @pytest.mark.parametrize("name", CONTROLLED)
 def test_control_interpolation_on_shipped_weights(name):
     """Reduced quickstart claim: the reward rises from base (w=0) through w=0.5 to RL (w=1), strictly."""
@@ -192,6 +198,7 @@ def test_control_interpolation_on_shipped_weights(name):
     assert means[0] < means[1] < means[2], means
 
 
+@CONTROL_GROUP
 @pytest.mark.parametrize("name", CONTROLLED)
 def test_control_extrapolation_on_shipped_weights(name):
     """Reduced quickstart claim: w = 2 above w = 1 by at least 3 standard errors of the paired difference."""
