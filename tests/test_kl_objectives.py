@@ -12,6 +12,8 @@ import torch
 from rlg.kl_learned import (LearnedTruthConfig, MLPDenoiser, dpo_loss, elbo_weights, fine_tune, pg_loss,
                             preference_pairs, sample_trajectories, step_table, train_base)
 
+pytestmark = pytest.mark.xdist_group("test_kl_objectives")  # one worker builds the module's small base
+
 
 class _Linear(torch.nn.Module):
     """eps(x, t) = c * x: a denoiser whose predictions are known by hand."""
