@@ -95,7 +95,7 @@ def test_pg_loss_matches_explicit_loops():
     chosen = torch.tensor([2, 0])
     b = 0.4
     for in_adv in (True, False):
-        got = float(pg_loss(net, traj, reward, b, steps, chosen, in_adv))
+        got = float(pg_loss(net, traj, reward, b, steps, chosen, in_adv).detach())
         S, B = 4, 3
         kl = [[float(traj["kl"][i, n]) for n in range(B)] for i in range(S)]
         ret = [[float(reward[n]) - (b * sum(kl[j][n] for j in range(i + 1, S)) if in_adv else 0.0)
