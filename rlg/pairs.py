@@ -9,6 +9,9 @@ Three kinds of RL checkpoint:
                   ``lora_alpha / r`` is honoured. Handing such a file to diffusers' LoRA loader with
                   the default prefix loads nothing and only logs a line: the classic silent no-op.
 LoRA pairs share one network; base and RL come from one batched forward (rlg.denoiser).
+
+torch and the denoiser are imported where a model is loaded: the specs, errors and weight identity
+serve report-only and evaluate-only invocations without the model libraries' import time.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from rlg import runtime
-from rlg.denoiser import RLGDenoiser
+from rlg.choices import RL_KINDS
 from rlg.files import StoreWriteError, atomic_write, sha256_file
 from rlg.guidance import StepWindow
+
+if TYPE_CHECKING:  # annotations only: loading a pair imports torch where it is used, so a config check need not
+    import torch
+
+    from rlg.denoiser import RLGDenoiser
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +64,7 @@ class PairSpec:
     name: str
     base: Checkpoint
     rl: Checkpoint
-    rl_kind: Literal["full", "diffusers_lora", "peft_lora"] = "full"
+    rl_kind: Literal["full", "diffusers_lora", "peft_lora"] = "full"  # a name of rlg.choices.RL_KINDS
     pipeline_class: str | None = None  # e.g. StableDiffusionInpaintPipeline; default: from model_index.json
     vae: Checkpoint | None = None  # e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16
     dtype: str = "float32"
@@ -423,6 +429,8 @@ def _read_weights(spec: PairSpec, path: Path) -> dict[str, torch.Tensor]:
             raise PairError(f"{path.name} is a pickle file, which can run code when loaded; set "
                             "pair.allow_pickle=true if you trust it "
                             "(it is then read with torch.load(weights_only=True))")
+        import torch
+
         return torch.load(path, map_location="cpu", weights_only=True)
     raise PairError(f"unsupported weight file {path}; expected .safetensors (or .bin/.pt with pair.allow_pickle=true)")
 
@@ -533,6 +541,22 @@ def load_diffusers_lora(spec: PairSpec, pipe, name: str) -> dict[str, Any]:
     return _check_lora(model, spec, expected, [])
 
 
+# the loaders of rlg.choices.RL_KINDS: (spec, pipe, base denoiser, its attribute name) -> (RL denoiser or None, info)
+def rl_full(spec: PairSpec, pipe, base: torch.nn.Module, name: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """rl_kind=full: a whole RL denoiser (:func:`load_full_rl`)."""
+    return load_full_rl(spec, base, name), {}
+
+
+def rl_diffusers_lora(spec: PairSpec, pipe, base: torch.nn.Module, name: str) -> tuple[None, dict[str, Any]]:
+    """rl_kind=diffusers_lora: a LoRA file, the adapter ``RL_ADAPTER`` on the base (:func:`load_diffusers_lora`)."""
+    return None, load_diffusers_lora(spec, pipe, name)
+
+
+def rl_peft_lora(spec: PairSpec, pipe, base: torch.nn.Module, name: str) -> tuple[None, dict[str, Any]]:
+    """rl_kind=peft_lora: a PEFT adapter folder, the adapter ``RL_ADAPTER`` on the base (:func:`load_peft_lora`)."""
+    return None, load_peft_lora(spec, base)
+
+
 # ---------------------------------------------------------------------------------------------
 def load_pair(spec: PairSpec, *, window: StepWindow = StepWindow(), micro_batch: int | None = None) -> LoadedPair:
     """Load the base pipeline, the RL checkpoint, and install an RLGDenoiser in the pipeline.
@@ -543,6 +567,8 @@ def load_pair(spec: PairSpec, *, window: StepWindow = StepWindow(), micro_batch:
     The resolved weight identity (``weights_identity``) is in ``pair.info["weights"]``; an unpinned hub
     checkpoint is loaded at the commit resolved for it, with a warning naming the revision to pin.
     """
+    from rlg.denoiser import RLGDenoiser
+
     identity = weights_identity(spec)
     for role, ident in identity.items():
         if ident and ident["source"] == "hub" and ident["resolved_by"] != "pinned":
@@ -554,16 +580,12 @@ def load_pair(spec: PairSpec, *, window: StepWindow = StepWindow(), micro_batch:
     pipe = load_pipeline(spec)
     name = _denoiser_name(pipe)
     base = getattr(pipe, name).eval()
-    if spec.rl_kind == "full":
-        rl = load_full_rl(spec, base, name)
+    rl, info = RL_KINDS.get(spec.rl_kind, error=PairError)(spec, pipe, base, name)
+    if rl is not None:
         denoiser = RLGDenoiser(base, rl, window=window, micro_batch=micro_batch)
-        info: dict[str, Any] = {}
-    elif spec.rl_kind in ("diffusers_lora", "peft_lora"):
-        info = load_peft_lora(spec, base) if spec.rl_kind == "peft_lora" else load_diffusers_lora(spec, pipe, name)
+    else:  # an adapter on the base; loading it may leave the base in train mode
         base.eval()
         denoiser = RLGDenoiser(base, rl_adapter=RL_ADAPTER, window=window, micro_batch=micro_batch)
-    else:
-        raise PairError(f"unknown rl_kind {spec.rl_kind!r}; use full, diffusers_lora or peft_lora")
     setattr(pipe, name, denoiser)
     pipe.set_progress_bar_config(disable=True)
     info["weights"] = identity
@@ -606,6 +628,8 @@ def place(pair: LoadedPair, device: torch.device, *, offload: str = "none", comp
     if vae_tiling and getattr(pipe, "vae", None) is not None:
         pipe.vae.enable_tiling()
     if compile:
+        import torch
+
         pair.denoiser.base = torch.compile(pair.denoiser.base).eval()
         if pair.denoiser.rl is not None:
             pair.denoiser.rl = torch.compile(pair.denoiser.rl).eval()
@@ -627,6 +651,10 @@ def from_pipeline(pipe, rl: Any = None, *, rl_adapter: str | None = None, weight
     Returns a LoadedPair whose ``pipe`` is ``pipe`` with an RLGDenoiser installed; ``pair.unwrap()`` undoes it.
     Raises PairError for an RL model that does not fit the pipeline.
     """
+    import torch
+
+    from rlg.denoiser import RLGDenoiser
+
     dname = _denoiser_name(pipe)
     base = getattr(pipe, dname)
     if isinstance(base, RLGDenoiser):

@@ -1,13 +1,17 @@
 """The floors of rlg, computed from the imports: no cycle, and no arrow from a lower floor to a higher one.
 
 The graph is read with ``ast`` from every module under rlg/, imports inside functions included (they
-keep start-up light, but they are arrows all the same). The floors are written down once, here.
+keep start-up light, but they are arrows all the same). A lazy registry entry (a "rlg.module:name" string,
+``rlg.registry.Registry``) is an arrow for the floors too (it imports on first use), but not for cycles
+(it never runs at import time: ``rlg.choices`` names functions of ``rlg.sampling``, which imports it).
+The floors are written down once, here.
 """
 
 from __future__ import annotations
 
 import ast
 import fnmatch
+import re
 from pathlib import Path
 
 import pytest
@@ -20,13 +24,14 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     # the zoo's measurement and its retrain driver read the presets through rlg.harness.api.job: harness users
     ("app", ("rlg.harness", "rlg.conf", "rlg.zoo.digits_eval", "rlg.zoo.train_digits", "rlg.zoo.train")),
     ("report", ("rlg.report",)),
-    ("science", ("rlg.kl_claim", "rlg.kl_learned", "rlg.kl_stats", "rlg.ground_truth", "rlg.zoo.train*",
+    ("science", ("rlg.kl_claim", "rlg.kl_learned", "rlg.kl_stats", "rlg.ground_truth", "rlg.zoo.train_*",
                  "rlg.zoo.digits_rl")),
-    ("library", ("rlg", "rlg.grid", "rlg.sampling", "rlg.pairs", "rlg.denoiser", "rlg.guidance", "rlg.schedulers",
+    ("zoo", ("rlg.zoo",)),  # the zoo's data, model builders and manifest helpers: above the evaluators that score it
+    ("library", ("rlg", "rlg.grid", "rlg.sampling", "rlg.sampler_spec", "rlg.pairs", "rlg.denoiser", "rlg.guidance",
+                 "rlg.schedulers",
                  "rlg.methods", "rlg.evaluators", "rlg.tiny_pairs", "rlg.analytic", "rlg.analytic_metrics",
-                 "rlg.zoo.digits", "rlg.zoo.text", "rlg.zoo.common")),  # the zoo's models and data builders
-    ("base", ("rlg.store", "rlg.files", "rlg.downloads", "rlg.runtime", "rlg.extras",
-              "rlg.zoo", "rlg.zoo.digits_classifier")),  # zoo ids/paths of shipped weights; a leaf model class
+                 "rlg.choices")),
+    ("base", ("rlg.store", "rlg.files", "rlg.downloads", "rlg.runtime", "rlg.extras", "rlg.model_ids", "rlg.registry")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(FLOORS)}  # 0 = top
 
@@ -42,9 +47,13 @@ def modules(root: Path, package: str = "rlg") -> dict[str, Path]:
     return out
 
 
-def import_graph(root: Path, package: str = "rlg") -> dict[str, dict[str, int]]:
+LAZY = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):[A-Za-z_]\w*")  # "module:attribute", a registry entry
+
+
+def import_graph(root: Path, package: str = "rlg", lazy: bool = False) -> dict[str, dict[str, int]]:
     """module -> {imported project module: line}, from every import statement (function-local ones too).
-    ``from pkg import name`` points at ``pkg.name`` when that is a module, else at ``pkg``."""
+    ``from pkg import name`` points at ``pkg.name`` when that is a module, else at ``pkg``. With ``lazy``: the
+    arrows of "module:attribute" strings (lazy registry entries) instead."""
     mods = modules(root, package)
     graph: dict[str, dict[str, int]] = {}
     for name, path in mods.items():
@@ -52,7 +61,11 @@ def import_graph(root: Path, package: str = "rlg") -> dict[str, dict[str, int]]:
         is_pkg = path.name == "__init__.py"
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             targets: list[str] = []
-            if isinstance(node, ast.Import):
+            if lazy:
+                hit = LAZY.fullmatch(node.value) if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    else None
+                targets = [hit.group(1)] if hit and hit.group(1) in mods else []
+            elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
@@ -81,14 +94,17 @@ def floor_of(module: str) -> str | None:
     return floor
 
 
-def problems(graph: dict[str, dict[str, int]], floor=floor_of) -> list[str]:
-    """Every module without a floor, every upward arrow and every cycle, one line each."""
+def problems(graph: dict[str, dict[str, int]], floor=floor_of, lazy: dict[str, dict[str, int]] | None = None
+             ) -> list[str]:
+    """Every module without a floor, every upward arrow (of ``graph`` and of the ``lazy`` registry entries) and
+    every cycle of ``graph``, one line each."""
     out = [f"{m} has no floor: add it to FLOORS in tests/test_layering.py" for m in graph if floor(m) is None]
-    for m, edges in graph.items():
-        for t, line in edges.items():
-            fm, ft = floor(m), floor(t)
-            if fm and ft and RANK[ft] < RANK[fm]:
-                out.append(f"{m}:{line} imports {t}: an arrow up from {fm} to {ft}")
+    for verb, arrows in (("imports", graph), ("names (a lazy registry entry)", lazy or {})):
+        for m, edges in arrows.items():
+            for t, line in edges.items():
+                fm, ft = floor(m), floor(t)
+                if fm and ft and RANK[ft] < RANK[fm]:
+                    out.append(f"{m}:{line} {verb} {t}: an arrow up from {fm} to {ft}")
     # cycles: strongly connected components with more than one module (Tarjan, iterative)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -134,7 +150,9 @@ def problems(graph: dict[str, dict[str, int]], floor=floor_of) -> list[str]:
 
 
 def test_the_floors_hold_no_cycle_and_no_arrow_up():
-    found = problems(import_graph(ROOT))
+    lazy = import_graph(ROOT, lazy=True)
+    assert {"rlg.sampling", "rlg.pairs"} <= set(lazy["rlg.choices"])  # the registries' entries are read
+    found = problems(import_graph(ROOT), lazy=lazy)
     assert not found, "\n".join(found)
 
 
@@ -180,9 +198,11 @@ def test_the_graph_reader_sees_relative_function_local_and_submodule_imports(tmp
         "import cycle among ['rlg.sub', 'rlg.sub.leaf']: rlg.sub:1 -> rlg.sub.leaf, rlg.sub.leaf:3 -> rlg.sub"]
 
 
-@pytest.mark.parametrize("module,floor", [("rlg", "library"), ("rlg.harness.runner", "app"), ("rlg.zoo", "base"),
-                                          ("rlg.zoo.train_digits_dpo", "science"), ("rlg.zoo.digits", "library"),
-                                          ("rlg.evaluators.geneval.detector", "library"), ("rlg.store", "base")])
+@pytest.mark.parametrize("module,floor", [("rlg", "library"), ("rlg.harness.runner", "app"), ("rlg.zoo", "zoo"),
+                                          ("rlg.zoo.train_digits_dpo", "science"), ("rlg.zoo.digits", "zoo"),
+                                          ("rlg.evaluators.geneval.detector", "library"), ("rlg.store", "base"),
+                                          ("rlg.zoo.train", "app"), ("rlg.registry", "base"),
+                                          ("rlg.choices", "library")])
 def test_a_module_takes_the_floor_of_its_longest_pattern(module, floor):
     assert floor_of(module) == floor
 
@@ -197,7 +217,8 @@ def _third_party(path: Path) -> set[str]:
     return out
 
 
-LIBRARY_CORE = ["guidance", "denoiser", "pairs", "sampling", "grid", "schedulers", "tiny_pairs", "analytic",
+LIBRARY_CORE = ["guidance", "denoiser", "pairs", "sampling", "sampler_spec",
+                "grid", "schedulers", "tiny_pairs", "analytic",
                 "analytic_metrics", "ground_truth", "kl_learned", "kl_stats"]
 
 
@@ -222,3 +243,21 @@ def test_the_config_is_read_only_at_the_border():
 
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     assert find["include"] == ["rlg*"]  # the wheel installs one top-level package
+
+
+def test_an_evaluator_that_imports_the_zoo_is_an_arrow_up(tmp_path):
+    """The evaluators score the zoo's images but own their models (rlg.evaluators.digits.DigitClassifier)."""
+    root = _copy_with(tmp_path, "rlg.evaluators.digits", "\n\ndef _late():\n    from rlg.zoo import digits\n")
+    line = len((root / "rlg" / "evaluators" / "digits.py").read_text().splitlines())
+    up = f"rlg.evaluators.digits:{line} imports rlg.zoo.digits: an arrow up from library to zoo"
+    cycle = (f"import cycle among ['rlg.evaluators.digits', 'rlg.zoo.digits']: rlg.evaluators.digits:{line} -> "
+             "rlg.zoo.digits, rlg.zoo.digits:")  # the zoo's digits import the scorers' digit_of_prompt
+    found = problems(import_graph(root))
+    assert found[0] == up and len(found) == 2 and found[1].startswith(cycle), found
+
+
+def test_a_lazy_registry_entry_that_points_up_is_an_arrow_up(tmp_path):
+    root = _copy_with(tmp_path, "rlg.registry", '\n\n_LATE = {"x": "rlg.harness.runner:run_job"}\n')
+    line = len((root / "rlg" / "registry.py").read_text().splitlines())
+    assert problems(import_graph(root), lazy=import_graph(root, lazy=True)) == [
+        f"rlg.registry:{line} names (a lazy registry entry) rlg.harness.runner: an arrow up from base to app"]

@@ -73,7 +73,7 @@ def test_digit_evaluators_on_real_digits():
     p_wrong = np.array([r["digit_prob"] for r in prob.score(wrong)])
     assert p_right.mean() > 0.95 and p_wrong.mean() < 0.05
     # the same number by hand: the classifier's softmax at the true label
-    from rlg.zoo.digits_classifier import DigitClassifier
+    from rlg.evaluators.digits import DigitClassifier
 
     clf = DigitClassifier.load(resolve_zoo_id("zoo:digits_classifier"))
     x = torch.from_numpy(imgs.astype(np.float32) / 255).permute(0, 3, 1, 2)

@@ -151,15 +151,13 @@ def test_pair_loads_and_equals_the_stock_pipelines_at_w0_and_w1():
 
 
 def _preset_settings(name: str, steps: int = 4):
-    """SamplerSettings from a sampler preset yaml (the fields RLGSampler applies per call)."""
-    from omegaconf import OmegaConf
+    """The builder's SamplerSettings of a sampler preset (rlg.harness.build.sampler_settings), ``steps`` steps."""
+    import dataclasses
 
-    from rlg.sampling import SamplerSettings
+    from rlg.harness.api import compose
+    from rlg.harness.build import sampler_settings
 
-    s = OmegaConf.load(ROOT / "rlg" / "conf" / "sampler" / f"{name}.yaml")
-    return SamplerSettings(num_inference_steps=steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
-                           negative_prompt=s.negative_prompt, extra=OmegaConf.to_container(s.extra),
-                           scheduler=s.scheduler, shift=s.shift, noise_level=s.get("noise_level", 0.7))
+    return dataclasses.replace(sampler_settings(compose(f"sampler={name}").sampler), num_inference_steps=steps)
 
 
 @needs_weights

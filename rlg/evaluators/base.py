@@ -2,18 +2,19 @@
 failure isolation (:func:`run_evaluator`) and its in-memory form for arrays of images (:func:`score_images`).
 
 An evaluator's heavy imports (open_clip, easyocr, ...) happen only when it is selected: the registry
-maps names to "module:Class" strings and imports on first use.
+(``REGISTRY``, an ``rlg.registry.Registry``) maps names to "module:Class" strings and imports on first use.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from PIL import Image
+
+from rlg.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,13 @@ class Evaluator(Protocol):
         ...
 
 
+class UnknownEvaluatorError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
 # name -> "module:Class". Add a line here to register an evaluator.
-REGISTRY: dict[str, str] = {
+REGISTRY = Registry("evaluator", {
     "jpeg": "rlg.evaluators.jpeg:JpegCompressibility",
     "ocr": "rlg.evaluators.ocr:OCRAccuracy",
     "pickscore": "rlg.evaluators.pickscore:PickScore",
@@ -52,12 +58,7 @@ REGISTRY: dict[str, str] = {
     "geneval": "rlg.evaluators.geneval:GenEval",
     "digit_prob": "rlg.evaluators.digits:DigitProb",
     "digit_fd": "rlg.evaluators.digits:DigitFD",
-}
-
-
-class UnknownEvaluatorError(KeyError):
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0])
+}, error=UnknownEvaluatorError)
 
 
 def available() -> list[str]:
@@ -68,11 +69,9 @@ def evaluator_class(name: str) -> type:
     """The class registered as ``name`` (imported on first use). Raises UnknownEvaluatorError listing the
     known names. Optional class hooks the harness calls at start-up, before any image is made:
     ``check_options(**options)`` (raise ValueError for a bad value) and
-    ``check_prompts(texts, metadata)`` (raise ValueError for prompts it cannot score)."""
-    if name not in REGISTRY:
-        raise UnknownEvaluatorError(f"unknown evaluator {name!r}; known evaluators: {', '.join(available())}")
-    module_name, cls_name = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module_name), cls_name)
+    ``check_prompts(texts, metadata)`` (raise ValueError for prompts it cannot score); and the attribute
+    ``uses_device = False`` for an evaluator that ignores ``device`` (the harness then resolves none)."""
+    return REGISTRY.get(name)
 
 
 def check_ready(name: str, options: dict[str, Any]) -> None:

@@ -1,7 +1,9 @@
 """Evaluators of the digits zoo: the prompted digit's probability and a Fréchet distance to real digits.
 
-Both use the zoo's digit classifier (``rlg.zoo.digits_classifier``; trained on the train split of
-scikit-learn's bundled UCI digits, shipped at ``rlg/zoo/weights/digits_classifier``).
+Both use a small digit classifier, :class:`DigitClassifier`, defined here beside the scorers that read it.
+The zoo trains it (``python -m rlg.zoo.train digits``) on the train split of scikit-learn's bundled UCI
+digits and ships it at ``rlg/zoo/weights/digits_classifier`` (id ``zoo:digits_classifier``, resolved by
+``rlg.model_ids``): this module imports nothing of the zoo.
 
 ``digit_prob`` (alignment, higher is better): softmax probability of the digit the prompt names
 (the last character 0-9 of the prompt, e.g. "a handwritten digit 3" -> 3), per image.
@@ -18,30 +20,95 @@ whole set (what a harness calls once per (pair, scale) group).
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from rlg.evaluators.base import Sample
+from rlg.model_ids import resolve_zoo_id
 
 CLASSIFIER_ID = "zoo:digits_classifier"
+FEATURE_DIM = 64
+
+
+class DigitClassifier(nn.Module):
+    """A small CNN on 32x32 RGB images in [0, 1] (converted to grey by averaging the channels):
+    ``features`` (N, 64) float32 is the penultimate layer (after ReLU), ``forward`` the (N, 10) logits.
+    Saved as ``model.safetensors`` + ``config.json``; the held-out reference statistics of the features
+    (mean, covariance) go beside them in ``reference_stats.safetensors``."""
+
+    def __init__(self, width: int = 16, feature_dim: int = FEATURE_DIM):
+        super().__init__()
+        self.config = {"width": width, "feature_dim": feature_dim}
+        self.body = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 16x16
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8x8
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4x4
+            nn.Flatten(), nn.Linear(2 * width * 16, feature_dim), nn.ReLU(),
+        )
+        self.head = nn.Linear(feature_dim, 10)
+
+    @staticmethod
+    def prepare(images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float in [0, 1] -> (N, 1, 32, 32) centred grey."""
+        x = images.float().mean(dim=1, keepdim=True)
+        if x.shape[-2:] != (32, 32):
+            x = nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
+        return (x - 0.5) / 0.5
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(self.prepare(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+    def save(self, out_dir: Path | str, reference: dict[str, torch.Tensor] | None = None) -> None:
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(out / "model.safetensors"))
+        (out / "config.json").write_text(json.dumps(self.config, indent=1) + "\n")
+        if reference is not None:
+            save_file({k: v.contiguous() for k, v in reference.items()}, str(out / "reference_stats.safetensors"))
+
+    @classmethod
+    def load(cls, path: Path | str) -> "DigitClassifier":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        model = cls(**json.loads((path / "config.json").read_text()))
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        return model.eval()
+
+
+def load_reference(path: Path | str) -> dict[str, torch.Tensor]:
+    """{'mean': (64,), 'cov': (64, 64)} float64 feature statistics of the held-out real digits."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "reference_stats.safetensors"))
+
+
+def digit_of_prompt(prompt: str) -> int:
+    """The digit a prompt asks for: the last character 0-9 in it. Raises ValueError if there is none."""
+    for ch in reversed(prompt.strip()):
+        if ch.isdigit():
+            return int(ch)
+    raise ValueError(f"the prompt {prompt!r} names no digit 0-9; digit prompts look like 'a handwritten digit 3'")
 
 
 @lru_cache(maxsize=4)
 def _load(weights: str):
-    from rlg.zoo import resolve_zoo_id
-    from rlg.zoo.digits_classifier import DigitClassifier, load_reference
-
     path = resolve_zoo_id(weights)
     return DigitClassifier.load(path), load_reference(path)
 
 
 def _digest(weights: str) -> str:
-    from pathlib import Path
-
     from rlg.files import sha256_file
-    from rlg.zoo import resolve_zoo_id
 
     return sha256_file(Path(resolve_zoo_id(weights)) / "model.safetensors")[:12]
 
@@ -103,10 +170,7 @@ class _DigitsBase:
     @staticmethod
     def check_weights(weights: str = CLASSIFIER_ID, **_: object) -> None:
         """Raise ModelNotAvailableError unless the classifier's folder holds its weights (start-up check)."""
-        from pathlib import Path
-
         from rlg.evaluators._models import ModelNotAvailableError
-        from rlg.zoo import resolve_zoo_id
 
         try:
             folder = Path(resolve_zoo_id(weights))
@@ -158,8 +222,6 @@ class DigitProb(_DigitsBase):
         self.version = f"digit_prob/cnn-{_digest(self.weights)}/32px-grey/margin"
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:
-        from rlg.zoo.digits import digit_of_prompt
-
         targets = torch.tensor([digit_of_prompt(s.prompt) for s in batch])
         logits, _ = self._logits_features(batch)
         p = logits.softmax(1)[torch.arange(len(batch)), targets]

@@ -9,7 +9,9 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rlg.choices import RL_KINDS, SCHEDULERS
 from rlg.runtime import DTYPE_NAMES
+from rlg.sampler_spec import resolve_micro_batch
 
 
 @dataclass
@@ -146,6 +148,7 @@ class ShardConf:
 class ReportConf:
     n_resamples: int = 1000
     grid_prompts: int = 8
+    grid_samples: int = 2  # image-grid rows per prompt (samples, each labelled with its own noise seed)
     reward: Optional[str] = None  # the metric the RL model optimises (headline, trade-off x); None: by name
 
 
@@ -311,8 +314,6 @@ KEY_EFFECTS: Dict[str, str] = {
 STAGES = ("generate", "evaluate", "report", "all")
 MAX_ABS_SCALE = 10.0  # |w| beyond this is refused unless grid.allow_large_scales=true (the paper's range is [1, 3])
 SCALE_DECIMALS = 6  # the report's scale resolution (rlg.report.stats): finer scales are refused at start-up
-RL_KINDS = ("full", "diffusers_lora", "peft_lora")
-SCHEDULERS = ("default", "ddim", "euler_ode", "flow_grpo_sde")
 WANDB_MODES = ("offline", "online", "disabled")
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -525,10 +526,10 @@ def check_values(cfg: DictConfig) -> None:
     _at_least("sampler.num_inference_steps", s.num_inference_steps, 1)
     check_window(s.window.start, s.window.stop, s.window.outside, s.num_inference_steps)
     _at_least("sampler.batch_size", s.batch_size, 1)
-    mb = s.micro_batch  # the same rule as rlg.denoiser.resolve_micro_batch, without importing torch here
-    if not (mb is None or mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and mb >= 0)):
-        raise ConfigError(f"sampler.micro_batch={mb!r} is not valid; use an int >= 1 (rows per network forward), "
-                          "'auto' (a fixed size per device type) or null/0 (one forward per model, batch-dependent)")
+    try:
+        resolve_micro_batch(s.micro_batch, "cpu")  # the denoiser's own rule (rlg.sampler_spec: no torch)
+    except ValueError as exc:
+        raise ConfigError(f"sampler.{exc}") from None
     _at_least("sampler.height", s.height, 8, optional=True)
     _at_least("sampler.width", s.width, 8, optional=True)
     if s.guidance_rescale:
@@ -557,4 +558,5 @@ def check_values(cfg: DictConfig) -> None:
                           "waits for the others between stages, e.g. the longest stage)")
     _at_least("report.n_resamples", cfg.report.n_resamples, 0)
     _at_least("report.grid_prompts", cfg.report.grid_prompts, 0)
+    _at_least("report.grid_samples", cfg.report.grid_samples, 1)
     _at_least("paths.min_free_gb", cfg.paths.min_free_gb, 0)

@@ -43,6 +43,7 @@ class PairCache:
         self.pair = None
 
     def get(self, job: Job):
+        from rlg.harness.console import quiet_model_libraries
         from rlg.pairs import PairError, load_pair, place
 
         key = json.dumps([job.pair.identity(), job.identity["weights"], asdict(job.placement)], sort_keys=True,
@@ -50,6 +51,7 @@ class PairCache:
         if key != self.key:
             self.clear()
             spec = job.pair
+            quiet_model_libraries()  # the calm console's switches for diffusers/transformers, before they load
             try:
                 pair = load_pair(spec)
             except PairError:
@@ -65,6 +67,8 @@ class PairCache:
         return self.pair
 
     def clear(self) -> None:
+        if self.pair is None:  # nothing loaded (e.g. stage=evaluate with low_memory): no torch to import
+            return
         self.key = self.pair = None
         import torch
 
@@ -162,7 +166,7 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     """Make this rank's missing images, one ``rlg.grid.run_grid`` per method grid (``method_grids``), each
     inside its method's model state (a weight-mixed network). ``progress(done, total)`` is called after
     each batch (the tracker turns it into images/s and an ETA)."""
-    from rlg.grid import pack_calls, prompt_truncation, run_grid
+    from rlg.grid import grid_calls, prompt_truncation, run_grid
     from rlg.grid import work_groups as grid_groups
 
     by_id = {p.id: p for p in job.prompts}
@@ -197,9 +201,8 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
         groups = grid_groups(grid, image_keys(job, arms), rank=job.rank, world=job.world)
         if any(k not in stored for g in groups for k, _ in g):  # else nothing to make: no mixed network is built
             todo_grids.append((method, arms, grid, groups))
-    sizes = iter([len(c) for *_, groups in todo_grids for c in pack_calls(
-        [[k for k, _ in g if k not in stored] for g in groups if any(k not in stored for k, _ in g)],
-        job.config.sampler.batch_size)])
+    sizes = iter([len(c) for _, _, grid, groups in todo_grids for c in grid_calls(  # run_grid's calls, in order
+        grid, [g for g in ([(k, it) for k, it in group if k not in stored] for group in groups) if g])])
     step_share = [0.0]
 
     def tick(*_) -> None:  # returns None: a forward hook's return value would replace the output
@@ -255,9 +258,10 @@ def keys_to_score(job: Job, store: Store) -> list[str]:
     """The stored images this rank scores, each image by exactly one rank: those of its own work list
     (whoever made them), plus the stored images in no rank's work list (earlier settings, other grids)
     whose key falls to this rank. So ranks launched together score every image once, and shards run in
-    any order leave every image scored."""
+    any order leave every image scored. A job that makes no image (stage=evaluate) has no work list: every
+    stored image goes by its key."""
     stored = set(store.images().image_key)
-    work = {k: i for i, group in enumerate(work_groups(job, rank=-1)) for k, _ in group} if job.prompts else {}
+    work = {k: i for i, group in enumerate(work_groups(job, rank=-1)) for k, _ in group} if job.identity else {}
     own = {k for k, i in work.items() if i % job.world == job.rank}
     return sorted((own & stored) | {k for k in stored - work.keys() if int(k, 16) % job.world == job.rank})
 
@@ -350,6 +354,7 @@ def report(job: Job, store: Store) -> dict[str, Any]:
 
     def write(tmp: Path) -> list[str]:
         result.update(write_report(images, scores, tmp, protocol=protocol, grid_prompts=job.config.report.grid_prompts,
+                                   grid_samples=job.config.report.grid_samples,
                                    n_resamples=job.config.report.n_resamples, reward=job.config.report.reward))
         return result["files"]
 

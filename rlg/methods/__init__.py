@@ -22,15 +22,14 @@ from rlg.methods.best_of_n import BestOfN
 from rlg.methods.cfg import CFGScale
 from rlg.methods.rlg import RLG
 from rlg.methods.weight_mix import WeightMix
+from rlg.registry import Registry
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (RLG, WeightMix, CFGScale, BestOfN)}
+METHODS = Registry("method", {m.name: m for m in (RLG, WeightMix, CFGScale, BestOfN)}, error=MethodError)
 
 
 def get_method(name: str, knobs: Sequence[Any], model: str = "rl", pick: str | None = None) -> Method:
     """The method ``name`` (one of ``METHODS``) over ``knobs``. Raises MethodError naming the fix."""
-    if name not in METHODS:
-        raise MethodError(f"unknown method {name!r}; use one of {', '.join(sorted(METHODS))}")
-    return METHODS[name](knobs, model=model, pick=pick)
+    return METHODS.get(name)(knobs, model=model, pick=pick)
 
 
 __all__ = ["METHODS", "Arm", "Method", "MethodError", "candidate_seed", "get_method"]

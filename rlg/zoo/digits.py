@@ -24,6 +24,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+# the digit a prompt asks for is the scorers' rule: the evaluators own it, the zoo imports it (never the reverse)
+from rlg.evaluators.digits import digit_of_prompt  # noqa: F401
+
 DATA_SOURCE = ("scikit-learn sklearn.datasets.load_digits: UCI Optical Recognition of Handwritten Digits "
                "(Alpaydin & Kaynak 1998, doi:10.24432/C50P49), 1797 real 8x8 scans")
 DATA_LICENCE = "CC BY 4.0 (UCI Machine Learning Repository)"
@@ -38,14 +41,6 @@ def prompt_for(digit: int) -> str:
 
 
 PROMPTS = [prompt_for(d) for d in range(10)]
-
-
-def digit_of_prompt(prompt: str) -> int:
-    """The digit a prompt asks for: the last character 0-9 in it. Raises ValueError if there is none."""
-    for ch in reversed(prompt.strip()):
-        if ch.isdigit():
-            return int(ch)
-    raise ValueError(f"the prompt {prompt!r} names no digit 0-9; digit prompts look like {PROMPTS[3]!r}")
 
 
 def to_images(scans: np.ndarray) -> torch.Tensor:

@@ -55,35 +55,32 @@ def sampler_settings(**over):
 
 def generate(pair, scales: list[float], samples_per_prompt: int, seed: int = 0, prompts: list[str] | None = None,
              batch: int = 40, **settings) -> dict[float, dict[str, Any]]:
-    """{scale: {'images': uint8 (N, 32, 32, 3), 'prompts': [...]}}: the same (prompt, sample) noise at every scale,
-    through the harness's loop (rlg.grid.run_grid), one grid per scale in calls of ``batch`` images."""
+    """{scale: {'images': uint8 (N, 32, 32, 3), 'prompts': [...]}} (N in (prompt, sample) order): one grid of every
+    (prompt, sample, scale) through the harness's loop (rlg.grid.run_grid), every scale of a (prompt, sample) in
+    one call of at most ``batch`` images, from the same noise. The zoo sampler's ``micro_batch`` ("auto", fixed
+    rows per forward) makes the pixels independent of the packing, so they equal those of one grid per scale."""
     from rlg.grid import Grid, run_grid
 
     prompts = prompts or D.PROMPTS
-    out = {}
-    for w in scales:
-        grid = Grid(prompts=tuple(prompts), scales=(float(w),), samples=samples_per_prompt, seed=seed,
-                    settings=sampler_settings(**settings), batch_size=batch)
-        made = {k: res.image for call in run_grid(pair, grid) for k, res in call}
-        keys = [(p, s, float(w)) for p in grid.prompt_ids for s in range(samples_per_prompt)]
-        out[float(w)] = {"images": np.stack([made[k] for k in keys]),
-                         "prompts": [prompts[p] for p, _, _ in keys]}
-    return out
+    grid = Grid(prompts=tuple(prompts), scales=tuple(float(w) for w in scales), samples=samples_per_prompt, seed=seed,
+                settings=sampler_settings(**settings), batch_size=batch)
+    made = {k: res.image for call in run_grid(pair, grid) for k, res in call}
+    keys = [(p, s) for p in grid.prompt_ids for s in range(samples_per_prompt)]
+    return {w: {"images": np.stack([made[(p, s, w)] for p, s in keys]), "prompts": [prompts[p] for p, _ in keys]}
+            for w in grid.scales}
 
 
 def rewards(images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
-    """Per-image digit_prob, jpeg_compressibility, jpeg_incompressibility, digit_mahalanobis (registered evaluators)."""
-    from PIL import Image
+    """Per image (float64 (N,)): digit_prob, digit_margin, digit_correct, jpeg_compressibility,
+    jpeg_incompressibility, digit_mahalanobis, from the registered evaluators through the evaluators' loop
+    (rlg.evaluators.base.score_images, all N images in one batch). Raises RuntimeError when an image fails."""
+    from rlg.evaluators.base import score_images
 
-    from rlg.evaluators.base import Sample, get_evaluator
-
-    samples = [Sample(str(i), Image.fromarray(im), p) for i, (im, p) in enumerate(zip(images, prompts))]
-    out: dict[str, list[float]] = {}
-    for name in ("digit_prob", "jpeg", "digit_fd"):
-        for row in get_evaluator(name).score(samples):
-            for k, v in row.items():
-                out.setdefault(k, []).append(v)
-    return {k: np.asarray(v) for k, v in out.items()}
+    scored = score_images(("digit_prob", "jpeg", "digit_fd"), images, prompts, batch_size=max(len(images), 1))
+    if scored.failed:
+        first = next(e for errs in scored.errors.values() for e in errs if e)
+        raise RuntimeError(f"scoring failed on {scored.failed} (evaluator, image) pairs, e.g. {first}")
+    return dict(scored.values)
 
 
 def frechet(images: np.ndarray) -> float:

@@ -143,7 +143,7 @@ def jpeg_reward(images_u8: np.ndarray, kind: str) -> torch.Tensor:
 
 
 def load_classifier(path: str = "zoo:digits_classifier"):
+    from rlg.evaluators.digits import DigitClassifier
     from rlg.zoo import resolve_zoo_id
-    from rlg.zoo.digits_classifier import DigitClassifier
 
     return DigitClassifier.load(resolve_zoo_id(path))

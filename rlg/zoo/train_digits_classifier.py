@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from rlg.evaluators.digits import DigitClassifier
 from rlg.zoo import digits as D
 from rlg.zoo.common import setup_torch, timer
-from rlg.zoo.digits_classifier import DigitClassifier
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -7,9 +7,10 @@ Without ``--ship`` the models go to a fresh directory (default outputs/zoo_retra
 is measured like the shipped one and compared with the manifest's metrics within ``TOLERANCES``; ``--ship``
 writes rlg/zoo/weights/text_* and their manifest entries instead.
 
-Metric: OCR accuracy (rlg.evaluators.ocr, EasyOCR) of RLG samples (rlg.sampling.RLGSampler, Euler ODE, 20 steps,
-CFG 4.5) over the 8 vocabulary prompts x ``EVAL_SAMPLES`` seeds at each scale of ``EVAL_SCALES``; mean, standard
-error over the 8 x EVAL_SAMPLES images, and a normal 95% interval.
+Metric: OCR accuracy (rlg.evaluators.ocr, EasyOCR) of RLG samples (the harness's grid loop, rlg.grid.run_grid: Euler
+ODE, 20 steps, CFG 4.5) over the vocabulary prompts x ``EVAL_SAMPLES`` seeds at each scale of ``EVAL_SCALES``, scored
+by the evaluators' loop (rlg.evaluators.base.score_images); mean, standard error over the images, and a normal 95%
+interval.
 """
 
 from __future__ import annotations
@@ -46,29 +47,41 @@ TRAINERS = {"text_sd3_base": "rlg.zoo.train_text_base:train_base(seed, out_dir)"
 
 def evaluate(base_dir: Path | str, rl_dir: Path | str, scales=EVAL_SCALES, samples: int = EVAL_SAMPLES,
              words=T.VOCAB, seed: int = EVAL_SEED, steps: int = 20, return_images: bool = False) -> dict[str, Any]:
-    """OCR accuracy per RLG scale: {scale: {mean, se, lo, hi, n}} (+ "images" {scale: uint8 (n, H, W, 3)})."""
-    from rlg.evaluators.ocr import OCRAccuracy, ocr_accuracy
+    """OCR accuracy per RLG scale: {scale: {mean, se, lo, hi, n}} (+ "images" {scale: uint8 (n, H, W, 3)}).
+
+    One grid (rlg.grid.run_grid) of every (word, sample, scale), in calls of 16 images that hold one scale each
+    (``Grid.scale_outer``): the settings keep ``micro_batch`` None, with which an image depends on its call, so
+    the calls are those the shipped numbers were measured with. A scale's images are in (word, sample) order and
+    are scored by rlg.evaluators.base.score_images. Raises RuntimeError when OCR fails on an image (a mean over
+    the rest would not be the protocol's)."""
+    from rlg.evaluators.base import score_images
+    from rlg.evaluators.ocr import OCRAccuracy
+    from rlg.grid import Grid, run_grid
     from rlg.pairs import load_pair
-    from rlg.sampling import RLGSampler, SamplerSettings, WorkItem
+    from rlg.sampling import SamplerSettings
     from rlg.zoo.common import mean_ci
 
     pair = load_pair(T.pair_spec(base_dir, rl_dir))
     kw = T.sampler_kwargs(steps=steps)
     settings = SamplerSettings(num_inference_steps=steps, guidance_scale=kw["guidance_scale"], height=T.HEIGHT,
                                width=T.WIDTH, negative_prompt="", extra={"max_sequence_length": T.MAX_SEQUENCE_LENGTH})
-    sampler = RLGSampler(pair, settings)
-    read = OCRAccuracy(device="cpu").reader()
+    grid = Grid(prompts=tuple(T.prompt(word) for word in words), scales=tuple(float(w) for w in scales),
+                samples=samples, seed=seed, settings=settings, batch_size=16, scale_outer=True)
+    ocr = OCRAccuracy(device="cpu")
+    ocr.reader()  # EasyOCR is built before sampling, as when the shipped numbers were measured
+    made = {k: res.image for call in run_grid(pair, grid) for k, res in call}
     out: dict[str, Any] = {}
     images: dict[float, np.ndarray] = {}
     accs: dict[float, np.ndarray] = {}
     for w in scales:
-        items = [WorkItem(p, T.prompt(word), s, seed, float(w)) for p, word in enumerate(words) for s in range(samples)]
-        gen = []
-        for i in range(0, len(items), 16):
-            gen += sampler.generate(items[i:i + 16])
-        accs[w] = np.array([ocr_accuracy(words[g.item.prompt_index], read(g.image)) for g in gen])
+        keys = [(p, s, float(w)) for p in grid.prompt_ids for s in range(samples)]
+        images[w] = np.stack([made[k] for k in keys])
+        scored = score_images(ocr, images[w], [grid.prompts[p] for p, _, _ in keys])
+        if scored.failed:
+            raise RuntimeError(f"OCR failed on {scored.failed} of {len(keys)} images at w={w}: "
+                               f"{next(e for e in scored.errors[ocr.name] if e)}")
+        accs[w] = scored["ocr_accuracy"]
         out[str(w)] = mean_ci(accs[w])
-        images[w] = np.stack([g.image for g in gen])
     # paired differences between consecutive scales (same prompt, seed and initial noise per image)
     ws = sorted(scales)
     out["paired"] = {f"{b}-{a}": mean_ci(accs[b] - accs[a]) for a, b in zip(ws, ws[1:])}
