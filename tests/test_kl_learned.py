@@ -111,7 +111,8 @@ def learned_run(tmp_path_factory):
     conf = Path(__file__).resolve().parent.parent / "rlg" / "conf"
     over = ["experiment=kl_ground_truth_learned", "kl_learned.seeds=[0,1]", "kl_learned.scales=[0.5,1.0,2.0]",
             "kl_learned.base_steps=150", "kl_learned.tune_steps=80", "kl_learned.hidden=64", "kl_learned.depth=2",
-            "kl_learned.n_samples=400", "kl_learned.num_inference_steps=10"]
+            "kl_learned.n_samples=400", "kl_learned.num_inference_steps=10", "kl_learned.pg_steps=8",
+            "kl_learned.pg_batch=32", "kl_learned.dpo_steps=20", "kl_learned.dpo_pairs=64"]
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("config", overrides=over)
     run_dir = tmp_path_factory.mktemp("kl") / "learned"
@@ -123,19 +124,21 @@ def test_learned_preset_runs_and_rlg_at_w1_is_the_beta_model(learned_run):
     entry, df, run_dir = learned_run
     assert entry["kind"] == "kl_learned"
     assert set(df.arm) == {"exact", "rlg_exact", "oracle", "retrained", "rlg", "weights"}
-    assert len(df) == 3 * (2 + 2 * 4)
-    at1 = df[df.w == 1.0].set_index(["arm", "seed"]).reward
-    for s in (0.0, 1.0):  # RLG at w = 1 runs the RL model alone; w = 1 weight extrapolation is the RL net (rounding)
-        assert at1[("rlg", s)] == at1[("retrained", s)]
-        assert at1[("weights", s)] == pytest.approx(at1[("retrained", s)], abs=1e-6)
+    assert set(df.objective) == {"", "rwr", "pg", "dpo"}
+    assert len(df) == 3 * (2 + 2 * (1 + 3 * 3))  # per w: 2 exact arms; per seed: oracle + 3 arms per objective
+    at1 = df[df.w == 1.0].set_index(["objective", "arm", "seed"]).reward
+    for obj in ("rwr", "pg", "dpo"):
+        for s in (0.0, 1.0):  # RLG at w = 1 runs the RL model alone; w = 1 weight extrapolation is the RL net
+            assert at1[(obj, "rlg", s)] == at1[(obj, "retrained", s)]
+            assert at1[(obj, "weights", s)] == pytest.approx(at1[(obj, "retrained", s)], abs=1e-6)
     assert df[(df.w == 1.0) & (df.arm == "rlg_exact")].reward.iloc[0] == df[(df.w == 1.0) & (df.arm == "exact")
                                                                            ].reward.iloc[0]
     # retraining responds to beta: a lower KL coefficient gives a higher reward, for every seed
-    r = df[df.arm == "retrained"].pivot(index="seed", columns="w", values="reward")
+    r = df[(df.arm == "retrained") & (df.objective == "rwr")].pivot(index="seed", columns="w", values="reward")
     assert (r[2.0] > r[1.0]).all() and (r[1.0] > r[0.5]).all()
     report = (run_dir / "report" / "report.md").read_text()
     assert report.startswith("# Does the RLG scale act as the KL coefficient? Learned-model ground truth")
-    assert "| 1 | 1 | holds |" in report and "RLG's own gap" in report
+    assert "| rwr | 1 | 1 | holds |" in report and "| dpo | 1 | 1 | holds |" in report and "RLG's own gap" in report
     assert (run_dir / "report" / "figures" / "kl_learned_frontier.png").is_file()
 
 
@@ -146,13 +149,14 @@ def test_the_errors_add_up_and_exact_rlg_is_exact_on_the_gaussian_linear_pair(le
 
     _, df, _ = learned_run
     dec = decompose(df)
+    assert sorted(set(dec.objective)) == ["dpo", "pg", "rwr"] and len(dec) == 9
     for r in dec.itertuples():
-        ret = df[(df.w == r.w) & (df.arm == "retrained")].reward.mean()
+        ret = df[(df.w == r.w) & (df.arm == "retrained") & (df.objective == r.objective)].reward.mean()
         assert ret - r.exact_score_reward == pytest.approx(r.network + r.fine_tuning, abs=1e-12)
         assert r.rlg_vs_retrained_lo <= r.rlg_vs_retrained <= r.rlg_vs_retrained_hi or r.w == 1.0
     lin = run_learned_truth(LearnedTruthConfig(pair="gaussian_linear", seeds=[0, 1], scales=[2.0], base_steps=5,
                                                tune_steps=2, hidden=8, depth=1, n_samples=64, num_inference_steps=5,
-                                               progress=False))
+                                               objectives=["rwr"], progress=False))
     g = lin[lin.arm.isin(["exact", "rlg_exact"])].set_index("arm").reward
     assert g["rlg_exact"] == pytest.approx(g["exact"], abs=1e-9)
 
@@ -165,6 +169,8 @@ def test_bad_settings_fail_with_their_name(compose):
         build.build(compose("experiment=kl_ground_truth_learned", "kl_learned.seeds=[0]"))
     with pytest.raises(ConfigError, match="kl_learned: eta must be > 0"):
         build.build(compose("experiment=kl_ground_truth_learned", "kl_learned.eta=0"))
+    with pytest.raises(ConfigError, match=r"kl_learned: objectives must be a non-empty subset of \['rwr', 'pg'"):
+        build.build(compose("experiment=kl_ground_truth_learned", "kl_learned.objectives=[rwr,ppo]"))
 
 
 def test_the_preset_is_the_config_of_the_shipped_numbers():

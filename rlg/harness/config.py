@@ -237,6 +237,16 @@ class KLLearnedConf:
     eta: float = 1.0
     n_samples: int = 2000
     n_batches: int = 4
+    objectives: List[str] = field(default_factory=lambda: ["rwr", "pg", "dpo"])  # rwr | pg | pg_dpok | dpo
+    pg_steps: int = 200
+    pg_batch: int = 128
+    pg_lr: float = 2e-3
+    pg_timestep_fraction: float = 0.25
+    dpo_steps: int = 1500
+    dpo_pairs: int = 256
+    dpo_lr: float = 5e-4
+    dpo_weight: str = "elbo"  # "elbo" (DDPM variational weights per t) | "constant" (their mean at every t)
+    workers: int = 1  # processes, one training seed each (same numbers, less wall time)
 
 
 @dataclass

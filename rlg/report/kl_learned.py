@@ -26,8 +26,17 @@ from rlg.report.tables import render
 __all__ = ["kl_learned_tables", "write_kl_learned_figures", "write_kl_learned_report"]
 
 ARM_LABELS = {"exact": "exact score of the beta/w optimum", "rlg_exact": "RLG, exact scores",
-              "oracle": "net trained on the optimum's samples", "retrained": "fine-tuned at beta/w (RWR)",
+              "oracle": "net trained on the optimum's samples", "retrained": "fine-tuned at beta/w",
               "rlg": "RLG(w) from the fine-tuned beta net", "weights": "weights base + w (tuned - base)"}
+OBJECTIVE_LABELS = {"rwr": "RWR (reward-weighted regression)", "pg": "KL-regularised policy gradient",
+                    "pg_dpok": "policy gradient, the zoo's DPOK formula", "dpo": "Diffusion-DPO"}
+
+
+def _with_objective(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows stored before the ``objective`` column existed are RWR's (the only objective then)."""
+    if "objective" in df:
+        return df.assign(objective=df.objective.fillna(""))
+    return df.assign(objective=np.where(df.arm.isin(["retrained", "rlg", "weights"]), "rwr", ""))
 
 
 def _ci(r, k: str, digits: int = 3) -> str:
@@ -48,13 +57,14 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
     """{"kl_learned_verdict" | "kl_learned_errors" | "kl_learned_distance": {"markdown": ..., "latex": ...}}."""
     from rlg.kl_learned import decompose
 
+    df = _with_objective(df)
     dec = decompose(df)
     seeds = int(df.seed.dropna().nunique())
     out = {}
-    header = ["w", "beta/w", "verdict", "RLG - retrained [95%]", "t (df)", "Holm p",
+    header = ["objective", "w", "beta/w", "verdict", "RLG - retrained [95%]", "t (df)", "Holm p",
               "response: retrained(beta/w) - retrained(beta) [95%]", "evidence",
               "distribution: energy distance to the optimum, RLG - retrained [95%]"]
-    rows = [[f"{r.w:g}", f"{r.beta_eff:.3g}", r.verdict, _ci(r, "rlg_vs_retrained"),
+    rows = [[r.objective, f"{r.w:g}", f"{r.beta_eff:.3g}", r.verdict, _ci(r, "rlg_vs_retrained"),
              "–" if not np.isfinite(r.rlg_vs_retrained_p) else
              f"{r.rlg_vs_retrained / r.rlg_vs_retrained_se:+.2f} ({r.rlg_vs_retrained_df:.0f})",
              "–" if not np.isfinite(r.p_holm) else f"{r.p_holm:.2g}", _ci(r, "response"), r.reason,
@@ -64,28 +74,39 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
              "fine-tunes), t on seeds - 1 df, Holm across w. 'undecided' when retraining does not respond to beta/w "
              "beyond its seed spread, or when no difference is found but the 90% interval is wider than half the "
              "response (rlg.kl_stats.verdict). The verdict is on the mean reward; the last column asks the same of the "
-             "whole distribution (energy distance to exact samples of the beta/w optimum)."]
-    out["kl_learned_verdict"] = {fmt: render(header, rows, fmt, align="rrl" + "r" * 4 + "lr", notes=notes)
+             "whole distribution (energy distance to exact samples of the beta/w optimum). One block per retraining "
+             "objective: RLG(w) starts from that objective's beta model."]
+    out["kl_learned_verdict"] = {fmt: render(header, rows, fmt, align="lrrl" + "r" * 4 + "lr", notes=notes)
                                  for fmt in ("markdown", "latex")}
-    header = ["w", "beta/w", "exact reward", "sampler: exact score - exact", "RLG's own gap (exact scores) [95%]",
-              "network: oracle - exact score [95%]", "fine-tuning: retrained - oracle [95%]",
+    header = ["objective", "w", "beta/w", "exact reward", "sampler: exact score - exact",
+              "RLG's own gap (exact scores) [95%]", "network: oracle - exact score [95%]",
+              "fine-tuning: retrained - oracle [95%]", "own criterion: retrained - oracle [95%]",
               "weights - retrained [95%]"]
-    rows = [[f"{r.w:g}", f"{r.beta_eff:.3g}", f"{r.exact_reward:.3f}", f"{r.exact_score_reward - r.exact_reward:+.3f}",
+    has_gap = "objective_gap" in dec
+    rows = [[r.objective, f"{r.w:g}", f"{r.beta_eff:.3g}", f"{r.exact_reward:.3f}",
+             f"{r.exact_score_reward - r.exact_reward:+.3f}",
              (f"{r.rlg_gap_exact:+.3f} [{r.rlg_gap_exact - 1.96 * r.rlg_gap_exact_se:+.3f}, "
               f"{r.rlg_gap_exact + 1.96 * r.rlg_gap_exact_se:+.3f}]" if r.rlg_gap_exact_se > 0 else "0 (exact)"),
-             _ci(r, "network"), _ci(r, "fine_tuning"), _ci(r, "weights_vs_retrained")] for r in dec.itertuples()]
+             _ci(r, "network"), _ci(r, "fine_tuning"),
+             _ci(r, "objective_gap") if has_gap and np.isfinite(r.objective_gap) else "–",
+             _ci(r, "weights_vs_retrained")] for r in dec.itertuples()]
     notes = [f"Reward errors separated, {_title(df)}. All arms share the initial latents and step noise at each w.",
              "RLG's own gap: paired over samples (normal interval); network and fine-tuning: t intervals over "
-             "training seeds. retrained - exact score = network + fine-tuning."]
-    out["kl_learned_errors"] = {fmt: render(header, rows, fmt, align="r" * len(header), notes=notes)
+             "training seeds. retrained - exact score = network + fine-tuning: the fine-tuning column is each "
+             "objective's convergence error against the oracle (its optimisation and, for PG and DPO, its "
+             "objective's own bias); the first four columns do not depend on the objective. 'Own criterion': the "
+             "objective's training criterion (larger is better; rlg.kl_learned.objective_value) at the fine-tune "
+             "minus at the oracle, on the same evaluation draw: > 0 means the fine-tune optimised its criterion "
+             "past the oracle, so a reward gap to the oracle is the objective's, not the optimiser's."]
+    out["kl_learned_errors"] = {fmt: render(header, rows, fmt, align="l" + "r" * (len(header) - 1), notes=notes)
                                 for fmt in ("markdown", "latex")}
-    arms = [a for a in ("exact", "rlg_exact", "oracle", "retrained", "rlg", "weights") if a in set(df.arm)]
-    header = ["w", "floor (exact vs exact)"] + arms
+    arms = [(a, o) for a, o in df[["arm", "objective"]].drop_duplicates().itertuples(index=False)]
+    header = ["w", "floor (exact vs exact)"] + [a if not o else f"{a} ({o})" for a, o in arms]
     rows = []
     for w, at in df.groupby("w"):
         cells = [f"{w:g}", f"{at.energy_floor.iloc[0]:.4f} ± {at.energy_floor_stderr.iloc[0]:.1g}"]
-        for a in arms:
-            v = at[at.arm == a].energy
+        for a, o in arms:
+            v = at[(at.arm == a) & (at.objective == o)].energy
             cells.append(f"{v.mean():.4f}" + (f" ± {v.std(ddof=1) / np.sqrt(len(v)):.1g}" if len(v) > 1 else ""))
         rows.append(cells)
     notes = ["Energy distance to exact samples of the beta/w optimum (at the sampler's output noise level); learned "
@@ -96,49 +117,61 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
 
 
 def write_kl_learned_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """``kl_learned_frontier`` (one panel per retraining objective: mean reward against the path KL to the base,
+    mean ± se over seeds, seeds as dots) and ``kl_learned_training`` (training curves per kind of run)."""
+    df = _with_objective(df)
     out_dir = Path(out_dir)
     written: list[Path] = []
+    objectives = [o for o in OBJECTIVE_LABELS if o in set(df.objective)]
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(COLUMN_WIDTH * 1.3, 2.8), layout="constrained")
-        ax = fig.add_subplot()
-        for i, arm in enumerate(["exact", "rlg_exact", "retrained", "rlg", "weights"]):
-            d = df[df.arm == arm]
-            if not len(d):
-                continue
-            g = d.groupby("w").agg(kl=("path_kl", "mean"), r=("reward", "mean"), kl_sd=("path_kl", "std"),
-                                   r_sd=("reward", "std"), k=("reward", "size")).reset_index()
-            se = lambda s: (s.fillna(0) / np.sqrt(g.k)).to_numpy()  # noqa: E731
-            ax.errorbar(g.kl, g.r, xerr=se(g.kl_sd), yerr=se(g.r_sd), color=COLORS[i], marker=MARKERS[i],
-                        capsize=2, linestyle="-" if arm in ("exact", "rlg_exact", "rlg") else ":",
-                        label=ARM_LABELS[arm])
-            if d.seed.notna().any():
-                ax.scatter(d.path_kl, d.reward, color=COLORS[i], s=4, alpha=0.35, linewidths=0)
-            for r in g.itertuples():
-                if arm == "exact":
-                    ax.annotate(f"w={r.w:g}", (r.kl, r.r), fontsize=5, xytext=(2, -6), textcoords="offset points")
-        ax.set_xscale("symlog", linthresh=0.1)
-        ax.set_xlabel("path KL to the base (nats, DDIM trajectories)")
-        ax.set_ylabel("mean reward ↑")
-        ax.set_title(_title(df), fontsize=5)
-        ax.legend(fontsize=5)
+        fig = Figure(figsize=(COLUMN_WIDTH * 1.1 * len(objectives), 2.8), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, len(objectives), sharey=True))
+        for ax, obj in zip(axes, objectives):
+            for i, arm in enumerate(["exact", "rlg_exact", "retrained", "rlg", "weights"]):
+                d = df[(df.arm == arm) & df.objective.isin(["", obj])]
+                if not len(d):
+                    continue
+                g = d.groupby("w").agg(kl=("path_kl", "mean"), r=("reward", "mean"), kl_sd=("path_kl", "std"),
+                                       r_sd=("reward", "std"), k=("reward", "size")).reset_index()
+                se = lambda s: (s.fillna(0) / np.sqrt(g.k)).to_numpy()  # noqa: E731
+                ax.errorbar(g.kl, g.r, xerr=se(g.kl_sd), yerr=se(g.r_sd), color=COLORS[i], marker=MARKERS[i],
+                            capsize=2, linestyle="-" if arm in ("exact", "rlg_exact", "rlg") else ":",
+                            label=ARM_LABELS[arm])
+                if d.seed.notna().any():
+                    ax.scatter(d.path_kl, d.reward, color=COLORS[i], s=4, alpha=0.35, linewidths=0)
+                for r in g.itertuples():
+                    if arm == "exact":
+                        ax.annotate(f"w={r.w:g}", (r.kl, r.r), fontsize=5, xytext=(2, -6), textcoords="offset points")
+            ax.set_xscale("symlog", linthresh=0.1)
+            ax.set_xlabel("path KL to the base (nats, DDIM trajectories)")
+            ax.set_title(f"retraining: {OBJECTIVE_LABELS[obj]}", fontsize=6)
+        axes[0].set_ylabel("mean reward ↑")
+        axes[0].legend(fontsize=5)
+        fig.suptitle(_title(df), fontsize=5)
         written += save(fig, out_dir / "kl_learned_frontier", formats)
         curves = df.attrs.get("curves") or {}
         if curves:
             kinds = sorted({k.rsplit("/", 1)[0] for k in curves})
-            fig = Figure(figsize=(TEXT_WIDTH, 2.2), layout="constrained")
-            ax = fig.subplots(1, 3)
-            for j, prefix in enumerate(["base", "rwr", "oracle"]):
+            prefixes = [p for p in ["base", "oracle", *OBJECTIVE_LABELS] if any(k.split("/")[0] == p for k in kinds)]
+            titles = {"base": "base: DSM loss on p_ref", "oracle": "oracle: DSM loss on the optimum",
+                      "rwr": "RWR: weighted DSM loss", "pg": "policy gradient: batch mean reward ↑",
+                      "pg_dpok": "PG (DPOK formula): batch mean reward ↑",
+                      "dpo": "Diffusion-DPO loss"}
+            fig = Figure(figsize=(TEXT_WIDTH, 2.2 * ((len(prefixes) + 2) // 3)), layout="constrained")
+            ax = np.atleast_1d(fig.subplots((len(prefixes) + 2) // 3, 3)).ravel()
+            for j, prefix in enumerate(prefixes):
                 for i, kind in enumerate(k for k in kinds if k.split("/")[0] == prefix):
                     runs = np.array([v for k, v in curves.items() if k.rsplit("/", 1)[0] == kind])
                     x = np.arange(1, runs.shape[1] + 1) / runs.shape[1]
                     ax[j].plot(x, runs.mean(0), color=COLORS[i % len(COLORS)], label=kind.split("/", 1)[-1])
                     ax[j].fill_between(x, runs.min(0), runs.max(0), color=COLORS[i % len(COLORS)], alpha=0.2)
-                ax[j].set_title({"base": "base (DSM on p_ref)", "rwr": "RWR fine-tune (weighted DSM)",
-                                 "oracle": "oracle (DSM on the optimum)"}[prefix], fontsize=6)
+                ax[j].set_title(titles[prefix], fontsize=6)
                 ax[j].set_xlabel("fraction of training")
                 if prefix != "base":
                     ax[j].legend(fontsize=5)
-            ax[0].set_ylabel("loss (mean over seeds; band: min-max)")
+            for a in ax[len(prefixes):]:
+                a.set_visible(False)
+            ax[0].set_ylabel("mean over seeds; band: min-max")
             written += save(fig, out_dir / "kl_learned_training", formats)
     return written
 
