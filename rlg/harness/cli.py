@@ -59,13 +59,33 @@ def _refuse(exc: BaseException, run_dir: str) -> None:
     sys.exit(2)
 
 
-def cpu_defaults() -> None:
-    """OpenMP threads that sleep instead of spinning while they wait (``OMP_WAIT_POLICY=PASSIVE``), unless
-    the user set a policy. Read once, when torch starts its thread pool, so call this before torch is
-    imported. It changes no image bit (the thread count does, and is left to torch / OMP_NUM_THREADS).
-    Chosen with benchmarks/busy_cpu.py (README "Performance"): on a shared 2-core machine two spinning
-    threads made the quickstart 20x slower than one thread, a passive wait kept them usable."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# 1-minute load average per core above which the machine counts as shared at start-up (rlg.harness.cli.cpu_defaults)
+BUSY_LOAD_PER_CORE = 0.5
+
+
+def cpu_defaults(load: float | None = None, cores: int | None = None) -> str | None:
+    """On a busy machine, OpenMP threads that sleep instead of spinning while they wait
+    (``OMP_WAIT_POLICY=PASSIVE``); on an idle one, libgomp's default. A policy the user set is kept.
+
+    ``load``: the 1-minute load average (default ``os.getloadavg()``); ``cores``: ``os.cpu_count()``.
+    Returns the policy set, or None. Read once, when torch starts its thread pool, so call this before torch
+    is imported. It changes no image bit (the thread count does, and is left to torch / OMP_NUM_THREADS).
+    Chosen with benchmarks/busy_cpu.py (README "Performance"), quickstart sampling on 2 cores: under load
+    11-12, two spinning threads made 0.08 images/s and two passive ones 1.18; on the idle machine, two
+    passive threads made 3.3 images/s and two spinning ones 7.9. Hence passive only when the load average
+    at start-up exceeds ``BUSY_LOAD_PER_CORE`` per core."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return None
+    cores = cores or os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # no load average on this platform: keep libgomp's default
+            return None
+    if load / cores <= BUSY_LOAD_PER_CORE:
+        return None
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return "PASSIVE"
 
 
 def _terminate(signum, frame):
