@@ -67,8 +67,6 @@ class Generated:
     wall_s: float = 0.0  # the pipeline call's wall time divided by its images
 
 
-
-
 class SamplerError(ValueError):
     """Sampler settings the pipeline cannot honour; the message names the fix."""
 
