@@ -2,6 +2,7 @@
 
     python benchmarks/busy_cpu.py                    # 4 prompts x 4 samples x 5 scales = 80 images per cell
     python benchmarks/busy_cpu.py --prompts 2 --load 4 --repeats 2
+    python benchmarks/busy_cpu.py --only idle --repeats 3 --timeout 60   # the idle rows alone: ~4 min when idle
 
 Each cell is one fresh process that builds the quickstart job as ``rlg-bench`` does
 (``rlg.harness.api.job``), loads the pair, warms up with one 2-image call and times the sampling of the
@@ -31,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = [(1, None), (1, "PASSIVE"), (2, None), (2, "PASSIVE")]
+IDLE_LOAD = 0.25  # 1-minute load average per core above which the machine does not count as idle
 
 
 def _spin(deadline: float) -> None:
@@ -124,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {cores} logical cores, "
           f"python {platform.python_version()}; {args.prompts} prompts x {args.samples} samples x 5 scales per cell; "
           f"background load = {n_load} spinning processes")
+    load_now = os.getloadavg()[0]
+    if args.only != "loaded" and load_now > IDLE_LOAD * cores:  # the idle rows would not be idle rows
+        print(f"# WARNING: the 1-minute load average is {load_now:.1f} on {cores} cores (> {IDLE_LOAD} per core): the "
+              "machine is not idle, so the 'idle' rows measure whatever else runs; rerun when it is quiet")
     rows = []
     for _ in range(args.repeats):
         for condition in [c for c in ("idle", "loaded") if args.only in (None, c)]:

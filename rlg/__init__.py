@@ -23,8 +23,8 @@ _EXPORTS = {
     "rlg.denoiser": ("RLGDenoiser",),
     "rlg.pairs": ("load_pair", "from_pipeline", "weights_identity", "place", "tiny_spec", "PairSpec", "Checkpoint",
                   "LoadedPair", "PairError"),
-    "rlg.sampling": ("RLGSampler", "SamplerSettings", "WorkItem", "Generated", "noise_seed", "SamplerError",
-                     "SCHEDULERS"),
+    "rlg.sampling": ("RLGSampler", "SamplerSettings", "WorkItem", "Generated", "noise_seed", "SamplerError"),
+    "rlg.choices": ("SCHEDULERS",),
     "rlg.grid": ("Grid", "run_grid", "generate_grid"),
     "rlg.schedulers": ("FlowGRPOSDEScheduler",),
     "rlg.harness.simple": ("run", "RunResult"),  # a preset from Python, results as frames

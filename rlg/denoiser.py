@@ -34,6 +34,7 @@ import torch
 from diffusers.utils import BaseOutput
 
 from rlg.guidance import StepWindow, check_scales, rlg_mix
+from rlg.sampler_spec import AUTO_MICRO_BATCH, AUTO_MICRO_BATCH_OTHER, resolve_micro_batch  # noqa: F401  (re-exported)
 
 _DEFAULT: Any = object()  # "the value given to the constructor" for begin()'s keywords
 
@@ -41,41 +42,6 @@ _DEFAULT: Any = object()  # "the value given to the constructor" for begin()'s k
 # batch size (FLUX position ids are (seq, 3)).
 UNBATCHED_KEYS = frozenset({"txt_ids", "img_ids"})
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-
-# Rows per network forward that ``micro_batch="auto"`` resolves to, by device type. A fixed size per
-# device keeps images bit-identical whatever the batch. CPU: 32 rows amortise the per-forward overhead
-# (benchmarks/grid.py, tiny pairs, 8 prompts x 7 scales per call: the PEFT-LoRA UNet pair took 1.14x
-# the floor at 16 rows, 0.88x at 32). GPU: 16 rows fill a GPU at realistic shapes (16 x 1357 tokens
-# for SD3.5-M at 512px; not yet measured: benchmarks/gpu.py sweeps 8-64). Padding costs at most size-1
-# rows per model and step of a pipeline call, so the harness fills calls with many (prompt, sample)
-# groups (sampler.batch_size). Changing an entry changes the images' content keys (no mixing).
-AUTO_MICRO_BATCH = {"cpu": 32, "cuda": 16, "mps": 16, "xpu": 16}
-AUTO_MICRO_BATCH_OTHER = 16  # any other device type
-
-
-def resolve_micro_batch(micro_batch: int | str | None, device: torch.device | str) -> int | None:
-    """The rows per network forward that ``micro_batch`` means on ``device``.
-
-    Args:
-        micro_batch: an int >= 1 (that many rows per forward), ``"auto"`` (``AUTO_MICRO_BATCH`` for
-            the device type), or ``None`` / ``0`` (one unpadded forward per model and step: fastest,
-            but an image then depends on the batch it was made in).
-        device: where the denoiser runs (only its type matters).
-    Returns:
-        int >= 1, or ``None`` for one forward per model.
-    Raises:
-        ValueError: anything else (a negative number, another string).
-    """
-    if micro_batch is None or (isinstance(micro_batch, int) and not isinstance(micro_batch, bool)
-                               and micro_batch == 0):
-        return None
-    if micro_batch == "auto":
-        return AUTO_MICRO_BATCH.get(torch.device(device).type, AUTO_MICRO_BATCH_OTHER)
-    if isinstance(micro_batch, int) and not isinstance(micro_batch, bool) and micro_batch >= 1:
-        return micro_batch
-    raise ValueError(f"micro_batch={micro_batch!r} is not valid; use an int >= 1 (rows per network forward), "
-                     "'auto' (a fixed size per device type) or null/0 (one forward per model, batch-dependent)")
-
 
 @dataclass
 class RLGOutput(BaseOutput):

@@ -12,7 +12,7 @@ measurements. Images do not depend on the packing when the denoiser runs fixed-s
 (``SamplerSettings.micro_batch`` an int or ``"auto"``; see ``rlg.sampling``).
 
 This module takes plain values (a :class:`Grid`, a key function) and imports nothing above
-``rlg.sampling``.
+``rlg.sampling``; torch only when :func:`run_grid` samples.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Hashable, Iterator
 
 from rlg.guidance import check_scales
-from rlg.sampling import Generated, RLGSampler, SamplerSettings, WorkItem
+from rlg.sampler_spec import Generated, SamplerSettings, WorkItem
 
 DEFAULT_BATCH_SIZE = 64  # images per pipeline call; the harness's sampler.batch_size default
 
@@ -164,6 +164,8 @@ def run_grid(pair, grid: Grid, *, key: KeyFn | None = None, skip: Collection[Has
     Raises:
         rlg.sampling.SamplerError: settings the pipeline cannot honour (at once).
     """
+    from rlg.sampling import RLGSampler  # the engine (torch) only when a grid is sampled
+
     sampler = RLGSampler(pair, grid.settings)  # refuses sampler.extra keys the pipeline does not accept
     groups = work_groups(grid, key, rank=rank, world=world)
     skip = set(skip)

@@ -9,6 +9,9 @@ Three kinds of RL checkpoint:
                   ``lora_alpha / r`` is honoured. Handing such a file to diffusers' LoRA loader with
                   the default prefix loads nothing and only logs a line: the classic silent no-op.
 LoRA pairs share one network; base and RL come from one batched forward (rlg.denoiser).
+
+torch and the denoiser are imported where a model is loaded: the specs, errors and weight identity
+serve report-only and evaluate-only invocations without the model libraries' import time.
 """
 
 from __future__ import annotations
@@ -19,15 +22,17 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from rlg import runtime
 from rlg.choices import RL_KINDS
-from rlg.denoiser import RLGDenoiser
 from rlg.files import StoreWriteError, atomic_write, sha256_file
 from rlg.guidance import StepWindow
+
+if TYPE_CHECKING:  # annotations only: loading a pair imports torch where it is used, so a config check need not
+    import torch
+
+    from rlg.denoiser import RLGDenoiser
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +429,8 @@ def _read_weights(spec: PairSpec, path: Path) -> dict[str, torch.Tensor]:
             raise PairError(f"{path.name} is a pickle file, which can run code when loaded; set "
                             "pair.allow_pickle=true if you trust it "
                             "(it is then read with torch.load(weights_only=True))")
+        import torch
+
         return torch.load(path, map_location="cpu", weights_only=True)
     raise PairError(f"unsupported weight file {path}; expected .safetensors (or .bin/.pt with pair.allow_pickle=true)")
 
@@ -560,6 +567,8 @@ def load_pair(spec: PairSpec, *, window: StepWindow = StepWindow(), micro_batch:
     The resolved weight identity (``weights_identity``) is in ``pair.info["weights"]``; an unpinned hub
     checkpoint is loaded at the commit resolved for it, with a warning naming the revision to pin.
     """
+    from rlg.denoiser import RLGDenoiser
+
     identity = weights_identity(spec)
     for role, ident in identity.items():
         if ident and ident["source"] == "hub" and ident["resolved_by"] != "pinned":
@@ -619,6 +628,8 @@ def place(pair: LoadedPair, device: torch.device, *, offload: str = "none", comp
     if vae_tiling and getattr(pipe, "vae", None) is not None:
         pipe.vae.enable_tiling()
     if compile:
+        import torch
+
         pair.denoiser.base = torch.compile(pair.denoiser.base).eval()
         if pair.denoiser.rl is not None:
             pair.denoiser.rl = torch.compile(pair.denoiser.rl).eval()
@@ -640,6 +651,10 @@ def from_pipeline(pipe, rl: Any = None, *, rl_adapter: str | None = None, weight
     Returns a LoadedPair whose ``pipe`` is ``pipe`` with an RLGDenoiser installed; ``pair.unwrap()`` undoes it.
     Raises PairError for an RL model that does not fit the pipeline.
     """
+    import torch
+
+    from rlg.denoiser import RLGDenoiser
+
     dname = _denoiser_name(pipe)
     base = getattr(pipe, dname)
     if isinstance(base, RLGDenoiser):

@@ -32,75 +32,18 @@ import inspect
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from rlg.choices import SCHEDULERS
-from rlg.guidance import StepWindow, check_scales
+from rlg.guidance import check_scales
 from rlg.pairs import LoadedPair
+from rlg.sampler_spec import (Generated, SamplerError, SamplerSettings, WorkItem,  # noqa: F401 (re-exports)
+                              noise_seed)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """One image to make: a prompt, a sample index with its seed, and an RLG scale."""
-
-    prompt_index: int
-    prompt: str
-    sample_index: int
-    seed: int
-    scale: float
-
-
-@dataclass
-class Generated:
-    item: WorkItem
-    image: np.ndarray  # uint8 HxWx3
-    nonfinite: bool = False
-    nonfinite_step: int | None = None  # first step whose latents held NaN/inf (None: unknown or finite)
-    nfe_base: int = 0  # network rows this image asked of the base model (all steps and CFG branches)
-    nfe_rl: int = 0  # ... and of the RL model (RLGDenoiser.image_rows: before deduplication)
-    wall_s: float = 0.0  # the pipeline call's wall time divided by its images
-
-
-class SamplerError(ValueError):
-    """Sampler settings the pipeline cannot honour; the message names the fix."""
-
-
-@dataclass
-class SamplerSettings:
-    """What one pipeline call needs; all of it is applied per call, so changing it keeps the pair loaded.
-
-    ``extra`` is passed to the pipeline as is (e.g. true_cfg_scale, inpainting image/mask_image).
-    ``scheduler``: one of SCHEDULERS; ``shift`` (flow schedulers: None keeps the pipeline's) and
-    ``noise_level`` (flow_grpo_sde) configure it. ``window``/``micro_batch``: the denoiser's step window
-    and rows per network forward (``None``: the denoiser's own defaults; ``micro_batch=0``: one forward
-    per model).
-    """
-
-    num_inference_steps: int = 20
-    guidance_scale: float = 4.5
-    height: int | None = None
-    width: int | None = None
-    negative_prompt: str | None = ""  # the official RLG protocol uses "" (not None: SDXL treats them differently)
-    eta: float | None = None  # DDIM eta
-    guidance_rescale: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-    scheduler: str = "default"
-    shift: float | None = None
-    noise_level: float = 0.7
-    window: StepWindow | None = None
-    micro_batch: int | str | None = None  # rows per forward, "auto" (per device type) or None/0
-
-
-def noise_seed(seed: int, prompt_index: int, sample_index: int) -> int:
-    """The generator seed of an image: a hash of (seed, prompt index, sample index) only."""
-    digest = hashlib.sha256(f"rlg-noise:{seed}:{prompt_index}:{sample_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 # ---------------------------------------------------------------------------------------------

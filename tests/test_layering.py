@@ -27,7 +27,8 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("science", ("rlg.kl_claim", "rlg.kl_learned", "rlg.kl_stats", "rlg.ground_truth", "rlg.zoo.train_*",
                  "rlg.zoo.digits_rl")),
     ("zoo", ("rlg.zoo",)),  # the zoo's data, model builders and manifest helpers: above the evaluators that score it
-    ("library", ("rlg", "rlg.grid", "rlg.sampling", "rlg.pairs", "rlg.denoiser", "rlg.guidance", "rlg.schedulers",
+    ("library", ("rlg", "rlg.grid", "rlg.sampling", "rlg.sampler_spec", "rlg.pairs", "rlg.denoiser", "rlg.guidance",
+                 "rlg.schedulers",
                  "rlg.methods", "rlg.evaluators", "rlg.tiny_pairs", "rlg.analytic", "rlg.analytic_metrics",
                  "rlg.choices")),
     ("base", ("rlg.store", "rlg.files", "rlg.downloads", "rlg.runtime", "rlg.extras", "rlg.model_ids", "rlg.registry")),
@@ -216,7 +217,8 @@ def _third_party(path: Path) -> set[str]:
     return out
 
 
-LIBRARY_CORE = ["guidance", "denoiser", "pairs", "sampling", "grid", "schedulers", "tiny_pairs", "analytic",
+LIBRARY_CORE = ["guidance", "denoiser", "pairs", "sampling", "sampler_spec",
+                "grid", "schedulers", "tiny_pairs", "analytic",
                 "analytic_metrics", "ground_truth", "kl_learned", "kl_stats"]
 
 

@@ -256,7 +256,8 @@ def test_every_figure_is_a_valid_image_of_the_expected_size(report, store):
             kind = p.name.split("_")[0]
             if kind == "grid":
                 n_cols = 5 if p.name.endswith("r1.png") else 3
-                assert im.size == size(*figures.grid_figsize(4, n_cols)), p.name
+                # 4 prompts x 2 samples (write_report's grid_samples=2; every prompt has 2): no footer
+                assert im.size == size(*figures.grid_figsize(8, n_cols)), p.name
                 assert im.size[0] == 990
             else:
                 assert im.size == expected[kind], p.name
@@ -271,6 +272,29 @@ def test_grid_rows_share_noise_and_order_columns_by_scale(store):
     rows = figures.choose_grid_rows(r1, n_prompts=3)
     assert rows["prompt_id"].tolist() == [0, 1, 2]
     assert (rows["n_scales"] == 5).all()  # complete rows: every scale from the same (sample, seed)
+    both = figures.choose_grid_rows(r1, n_prompts=2, samples=5)  # every sample row of each prompt
+    assert list(zip(both.prompt_id, both["sample"])) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    picked = figures.choose_grid_rows(r1, prompt_ids=[3, 1], samples=1)
+    assert list(zip(picked.prompt_id, picked["sample"])) == [(3, 0), (1, 0)]
+
+
+def test_every_grid_row_is_labelled_with_its_own_noise_seed(store, tmp_path, monkeypatch):
+    from rlg.sampling import noise_seed  # the generator's own seed function
+
+    images, _ = store
+    r2 = images[images.run_id == "r2"]
+    texts, real = [], figures.Figure.text
+
+    def spy(fig, x, y, s, *args, **kwargs):
+        texts.append(str(s))
+        return real(fig, x, y, s, *args, **kwargs)
+
+    monkeypatch.setattr(figures.Figure, "text", spy)
+    figures.plot_image_grid(r2, tmp_path / "grid", n_prompts=2, samples=1, formats=("png",))
+    seed = {p: int(r2[(r2.prompt_id == p) & (r2["sample"] == 0)].seed.iloc[0]) for p in (0, 1)}  # the row's seed
+    rows = [t[t.index("(sample"):] for t in texts if "noise seed" in t]
+    assert rows == [f"(sample 0, noise seed {noise_seed(seed[p], p, 0)})" for p in (0, 1)]
+    assert "1 of 2 samples per prompt shown; every image: images.html" in texts
 
 
 # --- tables -------------------------------------------------------------------------------------
@@ -549,3 +573,67 @@ def test_pixel_diversity_is_the_mean_pairwise_rms_distance_of_a_prompts_samples(
     d = pixel_diversity(pd.DataFrame(rows)).set_index("scale")
     assert d.loc[0.0, "diversity"] == pytest.approx(2 / 3) and d.loc[1.0, "diversity"] == 0.0
     assert (d["n_prompts"] == 1).all()
+
+
+# --- the headline's edge cases: it says what is missing, never "w=1 vs w=1" -------------------------------
+
+def _summary(points, metric="pickscore", higher=True, run="r1", n=40):
+    """A summary frame as rlg.report.stats.summarize writes it, from (scale, mean, delta, lo, hi, win rate)."""
+    return pd.DataFrame([{"run_name": "e", "pair": "p", "run_id": run, "config_id": "c", "metric": metric,
+                          "higher_is_better": higher, "scale": w, "mean": m, "lo": m - 0.01, "hi": m + 0.01,
+                          "delta": d, "delta_lo": lo, "delta_hi": hi, "win_rate": win, "n_pairs": n, "n": n,
+                          "n_prompts": n} for w, m, d, lo, hi, win in points])
+
+
+def test_headline_when_the_rl_model_is_the_best_scale():
+    from rlg.report.headline import headlines
+    from rlg.report.report import _headline_rows
+
+    nan = float("nan")
+    s = _summary([(0, 0.30, -0.20, -0.25, -0.15, 0.1), (1, 0.50, nan, nan, nan, nan),
+                  (2, 0.45, -0.05, -0.08, -0.02, 0.3)])
+    (h,) = headlines(s, "pickscore")
+    assert h.sentence == ("PickScore is 0.3000 for the base model (w=0) and 0.5000 for the RL model (w=1); no other "
+                          "scale beats the RL model; w=2 vs w=1: -0.0500 [-0.0800, -0.0200], better on 30% of paired "
+                          "images (40 images per scale, 40 prompts).")
+    header, rows = _headline_rows(h)
+    assert header == ["metric", "w=0 (base)", "w=1 (RL, best reward)"] and "w=1 vs w=1" not in str(rows)
+    assert rows == [["PickScore [pickscore]: reward (higher is better)", "0.3000", "0.5000"]]
+
+
+def test_headline_with_one_scale_or_without_w1():
+    from rlg.report.headline import headlines
+
+    nan = float("nan")
+    (one,) = headlines(_summary([(1.5, 0.42, nan, nan, nan, nan)]), "pickscore")
+    assert one.sentence == ("Only one scale was run: PickScore is 0.4200 at w=1.5; what RLG does needs w=0, w=1 and "
+                            "the scales to compare, e.g. grid.scales=[0,1,1.5,2] (40 images per scale, 40 prompts).")
+    (rl,) = headlines(_summary([(1, 0.42, nan, nan, nan, nan)]), "pickscore")
+    assert rl.sentence.startswith("Only one scale was run: PickScore is 0.4200 at w=1 (the RL model); ")
+    (no_rl,) = headlines(_summary([(0, 0.30, nan, nan, nan, nan), (2, 0.45, nan, nan, nan, nan)]), "pickscore")
+    assert no_rl.sentence == ("PickScore is 0.3000 for the base model (w=0); the RL model (w=1) was not run; the best "
+                              "RLG scale is w=2 (0.4500). Without w=1 there is no paired comparison with the RL model: "
+                              "add 1 to grid.scales (40 images per scale, 40 prompts).")
+    (neither,) = headlines(_summary([(1.5, 0.40, nan, nan, nan, nan), (2, 0.45, nan, nan, nan, nan)]), "pickscore")
+    assert neither.sentence.startswith("PickScore was scored at w=1.5, 2 only (neither the base model, w=0, nor the "
+                                       "RL model, w=1); the best RLG scale is w=2 (0.4500). Without w=1")
+
+
+def test_headline_names_a_missing_reward_and_a_run_without_scores(store, tmp_path):
+    from rlg.report.headline import headlines
+    from rlg.report.report import NOTHING_SCORED
+
+    nan = float("nan")
+    s = pd.concat([_summary([(0, 0.3, nan, nan, nan, nan), (1, 0.5, nan, nan, nan, nan)], run="r1"),
+                   _summary([(0, 1.2, nan, nan, nan, nan), (1, 1.1, nan, nan, nan, nan)], "jpeg_incompressibility",
+                            run="r2")])
+    by_run = {h.series[2]: h for h in headlines(s, "pickscore")}
+    assert by_run["r2"].best is None and by_run["r2"].sentence == (
+        "PickScore, the reward, has no scored image in this series, so there is no headline: run stage=evaluate "
+        "with the evaluator that scores it, or name another metric with report.reward.")
+    images, _ = store
+    keep = images[images.run_id == "r2"]
+    result = write_report(keep, None, tmp_path, anchors=[], grid_prompts=0, n_resamples=20, formats=("png",))
+    assert result["headlines"] == [NOTHING_SCORED]
+    page = (tmp_path / "index.md").read_text()
+    assert page.index("What RLG did here") < page.index(NOTHING_SCORED)

@@ -69,7 +69,8 @@ def evaluator_class(name: str) -> type:
     """The class registered as ``name`` (imported on first use). Raises UnknownEvaluatorError listing the
     known names. Optional class hooks the harness calls at start-up, before any image is made:
     ``check_options(**options)`` (raise ValueError for a bad value) and
-    ``check_prompts(texts, metadata)`` (raise ValueError for prompts it cannot score)."""
+    ``check_prompts(texts, metadata)`` (raise ValueError for prompts it cannot score); and the attribute
+    ``uses_device = False`` for an evaluator that ignores ``device`` (the harness then resolves none)."""
     return REGISTRY.get(name)
 
 

@@ -49,6 +49,7 @@ class JpegCompressibility:
     name = "jpeg"
     needs = frozenset({"image"})
     metrics = {"jpeg_incompressibility": True, "jpeg_compressibility": True}  # with direction="both"
+    uses_device = False  # runs on the CPU: the harness resolves no device for it (that would import torch)
 
     def __init__(
         self,

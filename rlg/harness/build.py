@@ -12,12 +12,13 @@ objects; the stages (``rlg.harness.stages``) never see the config. Raises the er
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -64,9 +65,10 @@ class Job:
     prompts: tuple[Prompt, ...] = ()
     prompt_info: dict[str, Any] = field(default_factory=dict)
     pair: Any = None  # rlg.pairs.PairSpec
-    placement: Placement | None = None
+    placement: Placement | None = None  # None: the job makes no image (stage evaluate or report)
     sampler: Any = None  # rlg.sampling.SamplerSettings
-    identity: dict[str, Any] = field(default_factory=dict)  # content-key fields besides prompt/sample/seed/scale
+    # content-key fields besides prompt/sample/seed/scale; empty (and config_id "") when the job makes no image
+    identity: dict[str, Any] = field(default_factory=dict)
     config_id: str = ""  # short hash of ``identity``: one series per (run, config_id) in every report
     evaluators: tuple[EvaluatorPlan, ...] = ()
     evaluator_device: str = "cpu"
@@ -183,7 +185,7 @@ def sampler_settings(s) -> Any:
     from PIL import Image
 
     from rlg.guidance import StepWindow
-    from rlg.sampling import SamplerSettings
+    from rlg.sampler_spec import SamplerSettings
 
     extra = dict(s.extra)
     for k in ("image", "mask_image"):  # inpainting inputs are given as paths
@@ -315,10 +317,11 @@ def _check_eta(conf: RunConf, spec) -> None:
                           f"{s.scheduler}: {why}; remove it (sampler.eta=null) or use sampler.scheduler=ddim")
 
 
-def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: str) -> tuple[EvaluatorPlan, ...]:
+def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: Callable[[], str]) -> tuple[EvaluatorPlan, ...]:
     """Check each selected evaluator's options against its constructor (names, then values through
     the evaluator's own ``check_options`` when it has one) and its prompt needs; merge batch size and
-    device. Raises ConfigError naming the fix."""
+    device (``device()``, called only for an evaluator that takes one: resolving ``auto`` imports torch).
+    Raises ConfigError naming the fix."""
     from rlg.evaluators._models import ModelNotAvailableError
     from rlg.evaluators.base import REGISTRY, check_ready, evaluator_class
     from rlg.extras import MissingExtraError
@@ -342,9 +345,10 @@ def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: str) -> tuple[
         if bad:
             raise ConfigError(f"evaluators.options.{name} has unknown option(s) {bad}; {name} accepts: "
                               f"{', '.join(known)}")
-        for k, v in (("batch_size", conf.evaluators.batch_size), ("device", device)):
-            if k in params and k not in opts:
-                opts[k] = v
+        uses_device = getattr(cls, "uses_device", True)
+        for k, v in (("batch_size", lambda: conf.evaluators.batch_size), ("device", device)):
+            if k in params and k not in opts and (k != "device" or uses_device):
+                opts[k] = v()
         check = getattr(cls, "check_options", None)
         if check is not None:
             try:
@@ -420,17 +424,24 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
     if conf.pair.analytic is not None:  # closed-form pair: samples and exact targets, no images
         return _ground_truth_job(conf, common)
     _check_no_effect(conf, RunConf())
-    device = resolve_device(conf.device, local_rank)
-    eval_device = resolve_device(conf.evaluators.device, local_rank)
     prompts, prompt_info = load_prompts(conf.prompts, conf.paths.cache)
     spec = pair_spec(conf)
-    _check_eta(conf, spec)
+    # a stage that makes no image (evaluate, report) works on every image of the run directory: it has no image
+    # identity of its own, and needs no device for the pair, so report-only and evaluate-only runs import no torch
+    generates = "generate" in stages
+    placement, ident = None, {}
+    if generates:
+        _check_eta(conf, spec)
+        device = resolve_device(conf.device, local_rank)
+        placement = Placement(device, conf.sampler.offload, conf.sampler.compile, conf.sampler.vae_tiling)
+        ident = image_identity(conf, spec, device)
+    eval_device = functools.cache(lambda: resolve_device(conf.evaluators.device, local_rank))
     evaluators = evaluator_plans(conf, prompts, eval_device)
-    ident = image_identity(conf, spec, device)
     s = conf.sampler
     return Job(kind="images", **common, prompts=tuple(prompts), prompt_info=prompt_info, pair=spec,
-               placement=Placement(device, s.offload, s.compile, s.vae_tiling), sampler=sampler_settings(s),
-               identity=ident, config_id=content_key(ident)[:16], evaluators=evaluators, evaluator_device=eval_device,
+               placement=placement, sampler=sampler_settings(s), identity=ident,
+               config_id=content_key(ident)[:16] if generates else "", evaluators=evaluators,
+               evaluator_device=eval_device() if any("device" in e.options for e in evaluators) else "cpu",
                tracker_mode=tracker_mode(conf.tracker.wandb.mode, list(overrides or [])),
                prompt_problem=prompt_problem(conf, prompts), methods=method_plans(conf, scales, evaluators))
 

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from rlg.report.compare import CompareError, compare_runs
-
 log = logging.getLogger("rlg")
 
 
@@ -30,6 +28,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         from rlg.harness.console import quiet_third_party
+        from rlg.report.compare import CompareError, compare_runs  # here: Hydra loads this class at every start
 
         # the launcher's own process (submitit, joblib): the jobs ran elsewhere, so the calm console
         # (e.g. no fontTools subsetting lines from the PDF figures) is set up here too

@@ -11,6 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlg.choices import RL_KINDS, SCHEDULERS
 from rlg.runtime import DTYPE_NAMES
+from rlg.sampler_spec import resolve_micro_batch
 
 
 @dataclass
@@ -147,6 +148,7 @@ class ShardConf:
 class ReportConf:
     n_resamples: int = 1000
     grid_prompts: int = 8
+    grid_samples: int = 2  # image-grid rows per prompt (samples, each labelled with its own noise seed)
     reward: Optional[str] = None  # the metric the RL model optimises (headline, trade-off x); None: by name
 
 
@@ -514,10 +516,10 @@ def check_values(cfg: DictConfig) -> None:
     _at_least("sampler.num_inference_steps", s.num_inference_steps, 1)
     check_window(s.window.start, s.window.stop, s.window.outside, s.num_inference_steps)
     _at_least("sampler.batch_size", s.batch_size, 1)
-    mb = s.micro_batch  # the same rule as rlg.denoiser.resolve_micro_batch, without importing torch here
-    if not (mb is None or mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and mb >= 0)):
-        raise ConfigError(f"sampler.micro_batch={mb!r} is not valid; use an int >= 1 (rows per network forward), "
-                          "'auto' (a fixed size per device type) or null/0 (one forward per model, batch-dependent)")
+    try:
+        resolve_micro_batch(s.micro_batch, "cpu")  # the denoiser's own rule (rlg.sampler_spec: no torch)
+    except ValueError as exc:
+        raise ConfigError(f"sampler.{exc}") from None
     _at_least("sampler.height", s.height, 8, optional=True)
     _at_least("sampler.width", s.width, 8, optional=True)
     if s.guidance_rescale:
@@ -546,4 +548,5 @@ def check_values(cfg: DictConfig) -> None:
                           "waits for the others between stages, e.g. the longest stage)")
     _at_least("report.n_resamples", cfg.report.n_resamples, 0)
     _at_least("report.grid_prompts", cfg.report.grid_prompts, 0)
+    _at_least("report.grid_samples", cfg.report.grid_samples, 1)
     _at_least("paths.min_free_gb", cfg.paths.min_free_gb, 0)

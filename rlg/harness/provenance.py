@@ -65,7 +65,12 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def device_info(device: str) -> dict[str, Any]:
+def device_info(device: str, models: bool = True) -> dict[str, Any]:
+    """The device, its name and torch's thread count; ``models=False`` (an invocation that runs no torch
+    model: a report, JPEG scoring) records the device without importing torch (torch_threads None)."""
+    if not models:
+        return {"device": device, "device_name": platform.processor(), "torch_threads": None,
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     import torch
 
     dev = torch.device(device)
@@ -75,8 +80,9 @@ def device_info(device: str) -> dict[str, Any]:
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}  # speed only (rlg.harness.cli.cpu_defaults)
 
 
-def provenance(device: str, resolved: dict[str, Any], overrides: list[str], seed: int) -> dict[str, Any]:
-    """The provenance block of one invocation's meta.json entry."""
+def provenance(device: str, resolved: dict[str, Any], overrides: list[str], seed: int,
+               models: bool = True) -> dict[str, Any]:
+    """The provenance block of one invocation's meta.json entry (``models``: see :func:`device_info`)."""
     return {**code_version(), "versions": versions(), "python": platform.python_version(),
-            "platform": platform.platform(), **device_info(device), "config": resolved,
+            "platform": platform.platform(), **device_info(device, models), "config": resolved,
             "overrides": redact(list(overrides)), "seed": seed}

@@ -27,7 +27,7 @@ from rlg.store import Store, StoreError
 from rlg.harness.tracking import Tracker, wandb_run_id
 from rlg.report.stats import SERIES, scale_label
 from rlg.pairs import PairError
-from rlg.sampling import SamplerError
+from rlg.sampler_spec import SamplerError
 
 log = logging.getLogger("rlg")
 USER_ERRORS = (ConfigError, ScaleError, PairError, PromptError, SamplerError, StoreError, PermissionError,
@@ -73,7 +73,8 @@ def invocation(job: Job, store: Store, overrides: list[str], device: str) -> Ite
         entry: dict[str, Any] = {"run_id": store.run_id(), "invocation": uuid.uuid4().hex[:12], "kind": job.kind,
                                  "rank": job.rank, "world": job.world, "stage": job.config.stage,
                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                 **provenance(device, job.resolved_config, overrides, job.seed), "timings": {},
+                                 **provenance(device, job.resolved_config, overrides, job.seed, models_run(job)),
+                                 "timings": {},
                                  "prompts": job.prompt_info, "config_id": job.config_id}
         failed = False
         try:
@@ -91,6 +92,12 @@ def invocation(job: Job, store: Store, overrides: list[str], device: str) -> Ite
                 if not failed:
                     raise
                 log.error("could not record this invocation in meta.json: %s", exc)
+
+
+def models_run(job: Job) -> bool:
+    """Whether this invocation runs a torch model: it makes images, measures, or scores with an evaluator
+    that takes a device. Else (a report, JPEG scoring) torch is never imported."""
+    return job.kind != "images" or job.placement is not None or any("device" in e.options for e in job.evaluators)
 
 
 @contextlib.contextmanager
@@ -112,7 +119,7 @@ def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | 
             job_name: str | None = None, group: str | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir) if run_dir else Path(job.config.paths.root) / job.name
     ranks = Ranks(job)
-    device = job.placement.device if job.placement else "cpu"
+    device = job.placement.device if job.placement else job.evaluator_device  # where this invocation's models run
     store = Store(run_dir, writer=f"r{job.rank}-{uuid.uuid4().hex[:8]}", min_free_gb=job.config.paths.min_free_gb)
     with invocation(job, store, list(overrides or []), device) as entry:
         if ranks.state is not None:
@@ -149,7 +156,7 @@ def _tracker(job: Job, store: Store, job_name: str, group: str | None, run_id: s
 
 def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, tracker: Tracker) -> None:
     others = store.config_ids() - {job.config_id}
-    if others and job.rank == 0:
+    if others and job.rank == 0 and "generate" in job.stages:  # evaluate/report work on every setting anyway
         log.warning("%s already holds images of %d other setting(s) (config ids %s); each setting is its own "
                     "series in the report. To keep runs apart, give this one its own name=<run name>", store.root,
                     len(others), ", ".join(sorted(others)))

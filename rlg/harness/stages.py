@@ -43,6 +43,7 @@ class PairCache:
         self.pair = None
 
     def get(self, job: Job):
+        from rlg.harness.console import quiet_model_libraries
         from rlg.pairs import PairError, load_pair, place
 
         key = json.dumps([job.pair.identity(), job.identity["weights"], asdict(job.placement)], sort_keys=True,
@@ -50,6 +51,7 @@ class PairCache:
         if key != self.key:
             self.clear()
             spec = job.pair
+            quiet_model_libraries()  # the calm console's switches for diffusers/transformers, before they load
             try:
                 pair = load_pair(spec)
             except PairError:
@@ -65,6 +67,8 @@ class PairCache:
         return self.pair
 
     def clear(self) -> None:
+        if self.pair is None:  # nothing loaded (e.g. stage=evaluate with low_memory): no torch to import
+            return
         self.key = self.pair = None
         import torch
 
@@ -254,9 +258,10 @@ def keys_to_score(job: Job, store: Store) -> list[str]:
     """The stored images this rank scores, each image by exactly one rank: those of its own work list
     (whoever made them), plus the stored images in no rank's work list (earlier settings, other grids)
     whose key falls to this rank. So ranks launched together score every image once, and shards run in
-    any order leave every image scored."""
+    any order leave every image scored. A job that makes no image (stage=evaluate) has no work list: every
+    stored image goes by its key."""
     stored = set(store.images().image_key)
-    work = {k: i for i, group in enumerate(work_groups(job, rank=-1)) for k, _ in group} if job.prompts else {}
+    work = {k: i for i, group in enumerate(work_groups(job, rank=-1)) for k, _ in group} if job.identity else {}
     own = {k for k, i in work.items() if i % job.world == job.rank}
     return sorted((own & stored) | {k for k in stored - work.keys() if int(k, 16) % job.world == job.rank})
 
@@ -349,6 +354,7 @@ def report(job: Job, store: Store) -> dict[str, Any]:
 
     def write(tmp: Path) -> list[str]:
         result.update(write_report(images, scores, tmp, protocol=protocol, grid_prompts=job.config.report.grid_prompts,
+                                   grid_samples=job.config.report.grid_samples,
                                    n_resamples=job.config.report.n_resamples, reward=job.config.report.reward))
         return result["files"]
 

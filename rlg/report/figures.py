@@ -17,12 +17,14 @@ import matplotlib.patches
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
+from matplotlib import patheffects
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.transforms import blended_transform_factory
 from PIL import Image
 
 from rlg.report.stats import GENEVAL_TAGS, SERIES, _normalise_images, canonical_scale, pareto_front, scale_label
+from rlg.sampler_spec import noise_seed
 
 COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
 TEXT_WIDTH = 6.9  # inches: a figure* across both columns
@@ -41,6 +43,7 @@ COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#00
 LINESTYLES = ["-", "--", "-.", ":"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 REFERENCE_LINES = ((0.0, "base"), (1.0, "RL"))
+LABEL_OFFSETS = ((3, 3), (3, -3), (-3, 3), (-3, -3))  # points: where each series writes its w labels
 
 
 from rlg.report.names import METRIC_DEFINITIONS, METRIC_LABELS, SCALE_LABEL, metric_label, metric_title  # noqa: F401
@@ -81,7 +84,9 @@ def _legend(fig: Figure, ax, handles=None) -> None:
     if len(labels) <= 4 and max(map(len, labels), default=0) <= LEGEND_INSIDE_CHARS:
         ax.legend(handles=handles, loc="best", handlelength=2.2)
         return
-    wrapped = [textwrap.fill(t, 60) for t in labels]
+    # wrap between settings (after a comma or space), never inside a key such as prompts.samples_per_prompt
+    wrapped = [textwrap.fill(re.sub(r",(?=[A-Za-z_+~])", ", ", t), 60, break_long_words=False, break_on_hyphens=False)
+               for t in labels]
     lines = sum(t.count("\n") + 1 for t in wrapped)
     fig.set_figheight(fig.get_figheight() + 0.11 * lines + 0.05)
     fig.legend(handles=handles, labels=wrapped, loc="outside lower center", ncols=1, handlelength=2.2)
@@ -187,8 +192,11 @@ def plot_tradeoff(summary: pd.DataFrame, x_metric: str, y_metric: str, stem: Pat
                        linewidths=0.8, zorder=3)
             ax.scatter(x[front], y[front], s=16, marker=st["marker"], color=c, edgecolors="black",
                        linewidths=0.5, zorder=4)
+            dx, dy = LABEL_OFFSETS[len(handles) % len(LABEL_OFFSETS)]  # each series its own side: labels apart
             for w, xi, yi in zip(m.index, x, y):
-                ax.annotate(f"{w:g}", (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=5.5)
+                ax.annotate(f"{w:g}", (xi, yi), xytext=(dx, dy), textcoords="offset points", fontsize=5.5, color=c,
+                            ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
+                            path_effects=[patheffects.withStroke(linewidth=1.5, foreground="white")])
             handles.append(Line2D([], [], color=c, linestyle=st["linestyle"], marker=st["marker"],
                                   label=series_label(series, varying)))
         handles += [Line2D([], [], color="0.3", marker="o", linestyle="", markeredgecolor="black",
@@ -196,6 +204,8 @@ def plot_tradeoff(summary: pd.DataFrame, x_metric: str, y_metric: str, stem: Pat
                     Line2D([], [], color="0.3", marker="o", linestyle="", markerfacecolor="white", label="dominated")]
         ax.set_xlabel(f"{metric_label(x_metric)} {_arrow(hx)}")
         ax.set_ylabel(f"{metric_label(y_metric)} {_arrow(hy)}")
+        for axis in (ax.xaxis, ax.yaxis):  # few ticks: long tick labels (-1.075) must not touch
+            axis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5))
         ax.set_title(f"points labelled with the {SCALE_LABEL}", fontsize=6, color="0.3")
         if len(handles) > 2:
             _legend(fig, ax, handles)
@@ -236,10 +246,11 @@ def plot_geneval_tags(tags: pd.DataFrame, stem: Path, formats: Sequence[str] = F
 GRID_HEADER, GRID_PROMPT, GRID_MARGIN, GRID_GAP = 0.24, 0.11, 0.02, 0.015
 
 
-def grid_figsize(n_rows: int, n_cols: int, width: float = COLUMN_WIDTH) -> tuple[float, float]:
-    """Figure size of an image grid: square cells filling ``width``; height rounded to whole pixels."""
+def grid_figsize(n_rows: int, n_cols: int, width: float = COLUMN_WIDTH, footer: bool = False) -> tuple[float, float]:
+    """Figure size of an image grid: square cells filling ``width``, a footer line if asked; height rounded
+    to whole pixels."""
     cell = (width - 2 * GRID_MARGIN - (n_cols - 1) * GRID_GAP) / n_cols
-    height = GRID_HEADER + n_rows * (GRID_PROMPT + cell) + GRID_MARGIN
+    height = GRID_HEADER + n_rows * (GRID_PROMPT + cell) + GRID_MARGIN + (GRID_PROMPT if footer else 0)
     return width, round(height * DPI) / DPI
 
 
@@ -247,9 +258,12 @@ def shorten(prompt: str, width: int) -> str:
     return textwrap.shorten(" ".join(str(prompt).split()), width=width, placeholder="…")
 
 
-def choose_grid_rows(images: pd.DataFrame, n_prompts: int = 8, prompt_ids: Sequence[int] | None = None) -> pd.DataFrame:
-    """One (prompt_id, sample, seed) per row: the noise with the most scales stored (complete rows
-    first), lowest prompt_id first unless ``prompt_ids`` is given."""
+def choose_grid_rows(images: pd.DataFrame, n_prompts: int = 8, prompt_ids: Sequence[int] | None = None,
+                     samples: int = 1) -> pd.DataFrame:
+    """The grid's rows: for each of ``n_prompts`` prompts (or ``prompt_ids``), up to ``samples`` of its
+    (sample, seed) noises, one row each. Noises with the most scales stored come first (complete rows),
+    then the lowest sample index; prompts with complete rows first, then the lowest prompt_id. Columns
+    prompt_id, sample, seed, n_scales; rows in (prompt_id, sample) order."""
     img = images
     if prompt_ids is not None:
         img = img[img["prompt_id"].isin(list(prompt_ids))]
@@ -258,9 +272,13 @@ def choose_grid_rows(images: pd.DataFrame, n_prompts: int = 8, prompt_ids: Seque
                                                                  ascending=[True, False, True, True]))
     best = per_noise.drop_duplicates("prompt_id")
     if prompt_ids is not None:
-        return best.set_index("prompt_id").reindex([p for p in prompt_ids if p in set(best["prompt_id"])]).reset_index()
-    best = best.sort_values(["n_scales", "prompt_id"], ascending=[False, True])
-    return best.head(n_prompts).sort_values("prompt_id").reset_index(drop=True)
+        chosen = [p for p in prompt_ids if p in set(best["prompt_id"])]
+    else:
+        chosen = best.sort_values(["n_scales", "prompt_id"], ascending=[False, True]).head(n_prompts)["prompt_id"]
+    rows = per_noise[per_noise["prompt_id"].isin(list(chosen))].groupby("prompt_id").head(max(samples, 1))
+    order = {p: i for i, p in enumerate(chosen if prompt_ids is not None else sorted(chosen))}  # caller's order
+    rows = rows.assign(_o=rows["prompt_id"].map(order)).sort_values(["_o", "sample"]).drop(columns="_o")
+    return rows.reset_index(drop=True)
 
 
 def _thumbnail(path: str, size_px: int) -> np.ndarray | None:
@@ -275,17 +293,21 @@ def _thumbnail(path: str, size_px: int) -> np.ndarray | None:
 
 def plot_image_grid(images: pd.DataFrame, stem: Path, n_prompts: int = 8, prompt_ids: Sequence[int] | None = None,
                     scales: Sequence[float] | None = None, width: float | None = None,
-                    formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Rows are prompts, columns scales; every image of a row comes from the same initial noise
-    (prompt, sample, seed). Columns are labelled with w, rows with a shortened prompt, its sample index
-    and seed (the row's noise is drawn from (seed, prompt index, sample index): rlg.sampling.noise_seed).
-    ``images`` should hold one series (one run of one pair)."""
+                    formats: Sequence[str] = FORMATS, samples: int = 1) -> list[Path]:
+    """Rows are (prompt, sample) noises, ``samples`` per prompt (choose_grid_rows), columns scales; every
+    image of a row comes from the same initial noise. Columns are labelled with w, rows with a shortened
+    prompt, the sample index and the row's own noise seed (rlg.sampler_spec.noise_seed of the run's seed,
+    the prompt id and the sample: the generator seed of every image in the row). When a prompt has more
+    samples than rows, a footer says how many are shown. ``images`` should hold one series."""
     img = _normalise_images(images)
     all_scales = sorted(img["scale"].unique()) if scales is None else [canonical_scale(s) for s in scales]
-    rows = choose_grid_rows(img, n_prompts, prompt_ids)
+    rows = choose_grid_rows(img, n_prompts, prompt_ids, samples)
     n_rows, n_cols = max(len(rows), 1), max(len(all_scales), 1)
     width = width or (COLUMN_WIDTH if n_cols <= 6 else TEXT_WIDTH)
-    fw, fh = grid_figsize(n_rows, n_cols, width)
+    stored = int(img.groupby("prompt_id")["sample"].nunique().max()) if len(img) else 0
+    shown = int(rows.groupby("prompt_id").size().max()) if len(rows) else 0
+    footer = f"{shown} of {stored} samples per prompt shown; every image: images.html" if shown < stored else ""
+    fw, fh = grid_figsize(n_rows, n_cols, width, footer=bool(footer))
     cell = (fw - 2 * GRID_MARGIN - (n_cols - 1) * GRID_GAP) / n_cols
     by_key = img.set_index(["prompt_id", "sample", "seed", "scale"]).sort_index()
     prompts = img.groupby("prompt_id")["prompt"].first() if "prompt" in img.columns else pd.Series(dtype=str)
@@ -300,9 +322,9 @@ def plot_image_grid(images: pd.DataFrame, stem: Path, n_prompts: int = 8, prompt
             top = GRID_HEADER + i * (GRID_PROMPT + cell)
             key = (r["prompt_id"], r["sample"], r["seed"])
             prompt = str(prompts.get(r["prompt_id"], ""))
+            own = f"  (sample {r['sample']}, noise seed {noise_seed(int(r['seed']), int(key[0]), int(key[1]))})"
             fig.text(GRID_MARGIN / fw, 1 - (top + GRID_PROMPT - 0.015) / fh,
-                     shorten(prompt, max_chars - 22) + f"  (sample {r['sample']}, seed {r['seed']})", ha="left",
-                     va="bottom", fontsize=5)
+                     shorten(prompt, max_chars - len(own)) + own, ha="left", va="bottom", fontsize=5)
             for j, w in enumerate(all_scales):
                 left = GRID_MARGIN + j * (cell + GRID_GAP)
                 ax = fig.add_axes(((left / fw), 1 - (top + GRID_PROMPT + cell) / fh, cell / fw, cell / fh))
@@ -320,4 +342,6 @@ def plot_image_grid(images: pd.DataFrame, stem: Path, n_prompts: int = 8, prompt
                             ha="center", va="center", fontsize=5)
                     continue
                 ax.imshow(pixels, interpolation="lanczos")
+        if footer:
+            fig.text(GRID_MARGIN / fw, GRID_MARGIN / fh, footer, ha="left", va="bottom", fontsize=5, color="0.35")
         return save(fig, stem, formats)

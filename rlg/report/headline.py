@@ -92,10 +92,16 @@ class Headline:
     n_images: int = 0
     n_prompts: int = 0
     best_delta: tuple[float, float, float] = (np.nan, np.nan, np.nan)  # best w vs w=1: delta, lo, hi
+    scales: tuple[float, ...] = ()  # the scales with a scored reward
+
+    @property
+    def best_is_rl(self) -> bool:
+        """The best w is the RL model itself (w=1): there is no "best w vs w=1" to show."""
+        return self.best is not None and np.isclose(self.best.scale, 1.0)
 
     @property
     def caution(self) -> str | None:
-        if self.n_prompts >= MIN_PROMPTS:
+        if self.n_prompts >= MIN_PROMPTS or self.best is None:
             return None
         return (f"Caution: these intervals rest on {self.n_prompts} prompt(s), fewer than {MIN_PROMPTS}; a "
                 "bootstrap over so few prompts is too narrow and moves from run to run. Use more prompts "
@@ -103,32 +109,47 @@ class Headline:
 
     @property
     def sentence(self) -> str:
-        """One sentence a person can quote (numbers rounded as in the tables)."""
+        """One sentence a person can quote (numbers rounded as in the tables). It says what is missing
+        instead of comparing what was not run: no scored reward, a single scale, no w=0 or no w=1."""
         dec = decimals_for([p.mean for p in (self.base, self.rl, self.best) if p is not None])
         f = lambda x: f"{x:.{dec}f}"  # noqa: E731
         name = metric_label(self.reward)
+        counts = f" ({self.n_images} images per scale, {self.n_prompts} prompts)."
         if self.best is None:
-            return f"No scale has a scored {name} yet."
-        parts = []
+            return (f"{name}, the reward, has no scored image in this series, so there is no headline: run "
+                    "stage=evaluate with the evaluator that scores it, or name another metric with report.reward.")
+        if len(self.scales) == 1:
+            w = self.best.scale
+            who = " (the base model)" if w == 0 else " (the RL model)" if self.best_is_rl else ""
+            return (f"Only one scale was run: {name} is {f(self.best.mean)} at w={w:g}{who}; what RLG does needs "
+                    f"w=0, w=1 and the scales to compare, e.g. grid.scales=[0,1,1.5,2]" + counts)
         if self.base is not None and self.rl is not None:
-            parts.append(f"{name} is {f(self.base.mean)} for the base model (w=0) and {f(self.rl.mean)} for the "
-                         "RL model (w=1)")
+            text = (f"{name} is {f(self.base.mean)} for the base model (w=0) and {f(self.rl.mean)} for the RL model "
+                    "(w=1)")
+        elif self.base is not None:
+            text = f"{name} is {f(self.base.mean)} for the base model (w=0); the RL model (w=1) was not run"
+        elif self.rl is not None:
+            text = f"{name} is {f(self.rl.mean)} for the RL model (w=1); the base model (w=0) was not run"
         else:
-            parts.append(f"{name} was scored at w={', '.join(f'{p.scale:g}' for p in (self.base, self.rl) if p)}")
-        best = f"the best RLG scale is w={self.best.scale:g} ({f(self.best.mean)})"
-        parts.append(best)
-        text = "; ".join(parts)
+            text = (f"{name} was scored at w={', '.join(f'{w:g}' for w in self.scales)} only (neither the base "
+                    "model, w=0, nor the RL model, w=1)")
+        if self.best_is_rl:
+            text += "; no other scale beats the RL model"
+        else:
+            text += f"; the best RLG scale is w={self.best.scale:g} ({f(self.best.mean)})"
         if self.step is not None:
             s = self.step
             text += (f"; w={s['scale']:g} vs w=1: {s['delta']:+.{dec}f} [{s['delta_lo']:+.{dec}f}, "
                      f"{s['delta_hi']:+.{dec}f}], better on {100 * s['win_rate']:.0f}% of paired images")
+        if self.rl is None:
+            return text + ". Without w=1 there is no paired comparison with the RL model: add 1 to grid.scales" + counts
         worse = [c for c in self.costs if c.verdict == "worse"]
-        if worse and self.best.scale != 1:
+        if worse and not self.best_is_rl:
             text += (f". At w={self.best.scale:g} against w=1 it costs " + ", ".join(
                 f"{metric_label(c.metric)} {_fmt_pair(c)}" for c in worse))
-        elif self.costs and self.best.scale != 1:
+        elif self.costs and not self.best_is_rl:
             text += f". No other metric is clearly worse at w={self.best.scale:g} than at w=1"
-        return text + f" ({self.n_images} images per scale, {self.n_prompts} prompts)."
+        return text + counts
 
 
 def _fmt_pair(c: Cost) -> str:
@@ -159,7 +180,8 @@ def headlines(summary: pd.DataFrame, reward: str | None = None, reference_scale:
         run_reward = (run_rewards or {}).get(dict(zip(SERIES, series))["run_id"])
         reward = run_reward if run_reward in set(g["metric"]) else default
         r = g[(g["metric"] == reward) & np.isfinite(g["mean"].astype(float))].sort_values("scale")
-        if r.empty:
+        if r.empty:  # this series has no scored reward: a headline that says so, not a silent gap
+            out.append(Headline(tuple(series), reward, True, None, None, None, None))
             continue
         higher = bool(r["higher_is_better"].iloc[0])
         best_row = r.loc[r["mean"].astype(float).idxmax() if higher else r["mean"].astype(float).idxmin()]
@@ -182,7 +204,8 @@ def headlines(summary: pd.DataFrame, reward: str | None = None, reference_scale:
                               *(float(d[c]) if d is not None else np.nan for c in ("delta", "delta_lo", "delta_hi"))))
         out.append(Headline(tuple(series), reward, higher, _point(r, 0.0), _point(r, reference_scale), best, step,
                             costs, n_images=int(best_row["n"]), n_prompts=int(best_row["n_prompts"]),
-                            best_delta=tuple(float(best_row[c]) for c in ("delta", "delta_lo", "delta_hi"))))
+                            best_delta=tuple(float(best_row[c]) for c in ("delta", "delta_lo", "delta_hi")),
+                            scales=tuple(float(w) for w in r["scale"])))
     return out
 
 

@@ -19,6 +19,8 @@ METRIC_LABELS = {
     "jpeg_incompressibility": "JPEG size (kB)",
     "jpeg_compressibility": "JPEG compressibility (−kB)",
     "digit_prob": "digit probability",
+    "digit_margin": "digit log-odds",
+    "digit_correct": "digit accuracy",
     "digit_mahalanobis": "digit feature distance",
 }
 # What each number is, with its sign convention and direction: one line per metric in the report's glossary.
@@ -39,6 +41,10 @@ METRIC_DEFINITIONS = {
                               "reward; higher is better.",
     "digit_prob": "digit probability: the zoo classifier's probability of the digit the prompt names (alignment); "
                   "higher is better.",
+    "digit_margin": "digit log-odds: log(p / (1 - p)) of the digit the prompt names under the zoo classifier "
+                    "(alignment, unbounded where the probability saturates); higher is better.",
+    "digit_correct": "digit accuracy: share of images whose top class under the zoo classifier is the digit the "
+                     "prompt names (alignment); higher is better.",
     "digit_mahalanobis": "digit feature distance: per-image squared Mahalanobis distance of the zoo classifier's "
                          "features from 500 real digits, per feature dimension (quality; evaluator digit_fd, whose "
                          "set-level Fréchet distance is the zoo table's digit_fd); lower is better.",

@@ -34,6 +34,8 @@ from rlg.report.stats import GENEVAL_METRIC, GENEVAL_OVERALL, SERIES, geneval_ta
 
 log = logging.getLogger(__name__)
 
+NOTHING_SCORED = ("No image of this run has a score yet, so nothing can be said about the reward: run stage=evaluate "
+                  "(or stage=all) with the run's evaluators, then the report again.")
 SCORE_COLUMNS = ["image_key", "evaluator", "version", "metric", "value", "higher_is_better", "error"]
 # Default tradeoff axes: (alignment or reward metric) x (image quality / preference metric), by name prefix.
 ALIGNMENT_PREFIXES = ("geneval_overall", "ocr", "clip", "jpeg")
@@ -134,7 +136,7 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
                  seed: int = 0, level: float = 0.95, reference_scale: float = 1.0,
                  tradeoffs: Sequence[tuple[str, str]] | None = None,
                  formats: Sequence[str] = ("png", "pdf"), title: str | None = None,
-                 reward: str | None = None) -> dict[str, Any]:
+                 reward: str | None = None, grid_samples: int = 2) -> dict[str, Any]:
     """Write figures/ and tables/ under ``out_dir``.
 
     ``protocol``: the run's settings (steps, cfg, resolution, ocr_engine, geneval_detector,
@@ -142,7 +144,8 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     that is a dict keyed by a run_id overrides fields for that run. ``anchors``: None loads the
     packaged anchors, [] skips the comparison. Returns {"files": [Path], "summary": [per-scale
     records for logging], "notes": [str], "index": out_dir/index.md, "index_html": out_dir/index.html}.
-    ``formats``: figure file types (the HTML page embeds the PNGs). ``title``: the page title.
+    ``grid_prompts`` x ``grid_samples``: the image grid's rows (prompts, and samples of each, every row with
+    its own noise seed). ``formats``: figure file types (the HTML page embeds the PNGs). ``title``: the page title.
     ``reward``: the metric the RL model was trained for (the headline's and the trade-off figure's x);
     None takes ``protocol["reward"]``, else ``rlg.report.headline.pick_reward``; a reward that was not
     scored is named in a warning and on the page, and the headline falls back to pick_reward.
@@ -240,7 +243,7 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
         names = series_names(list(img.groupby(SERIES).groups))
         for series, g in img.groupby(SERIES):
             stem = fig_dir / f"grid_{figures.slug(names[series].replace(' / ', '_'))}"
-            files += figures.plot_image_grid(g, stem, n_prompts=grid_prompts, formats=formats)
+            files += figures.plot_image_grid(g, stem, n_prompts=grid_prompts, formats=formats, samples=grid_samples)
 
     browser = None
     if "image_path" in images.columns and len(images):
@@ -252,7 +255,8 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
         [tuple(k) for k in _series_of(images)]
     protocols = {s: series_protocol(protocol, s, df) for s in series}
     index = _Index(title or _title(summary, images))
-    _write_headline(index, out_dir, heads, summary, files, browser, reward_note, diversity)
+    unscored = not heads and len(images) > 0  # RLG images, none with a score
+    _write_headline(index, out_dir, heads, summary, files, browser, reward_note, diversity, unscored)
     _write_index(index, out_dir, summary, tags, anchor_rows, protocols, files, notes, progress, reference_scale)
     if compared is not None:
         methods.write_index_section(index, out_dir, compared)
@@ -262,7 +266,7 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     files += [md, page]
     records = [{k: _jsonable(v) for k, v in r.items()} for r in summary[LOG_COLUMNS].to_dict("records")]
     out = {"files": files, "summary": records, "notes": progress, "index": md, "index_html": page,
-           "headlines": [h.sentence for h in heads], "reward": reward}
+           "headlines": [h.sentence for h in heads] or ([NOTHING_SCORED] if unscored else []), "reward": reward}
     if compared is not None:
         out["methods"] = compared
     return out
@@ -381,11 +385,22 @@ def _protocol_rows(proto: dict[str, Any], pair: str | None) -> list[list[str]]:
     return rows
 
 
+def _compares_best(h: Headline) -> bool:
+    """Whether the headline table has the best-w columns: a best w other than the RL model, and a w=1 to
+    compare it with (never "w=1 vs w=1")."""
+    return h.best is not None and h.rl is not None and not h.best_is_rl
+
+
 def _headline_rows(h: Headline) -> tuple[list[str], list[list[str]]]:
-    """The headline table: the reward, then every other metric, at the base, the RL model and the best w."""
+    """The headline table: the reward, then every other metric, at the base, the RL model and the best w
+    (the best-w columns only where they compare something: see _compares_best)."""
+    wide = _compares_best(h)
     best = h.best.scale if h.best else float("nan")
-    header = ["metric", "w=0 (base)", "w=1 (RL)", f"w={best:g} (best reward)", f"w={best:g} vs w=1 (95% CI)",
-              "verdict"]
+    header = ["metric", "w=0 (base)", "w=1 (RL, best reward)" if h.best_is_rl else "w=1 (RL)"]
+    if wide:
+        header += [f"w={best:g} (best reward)", f"w={best:g} vs w=1 (95% CI)", "verdict"]
+    elif h.rl is None and h.best is not None:
+        header += [f"w={best:g} (best reward)"]
     rows = []
 
     def fmt(p, dec):
@@ -395,35 +410,42 @@ def _headline_rows(h: Headline) -> tuple[list[str], list[list[str]]]:
     step = "reward (higher is better)" if h.higher_is_better else "reward (lower is better)"
     d, lo, hi = h.best_delta
     delta = f"{d:+.{dec}f} [{lo:+.{dec}f}, {hi:+.{dec}f}]" if np.isfinite(d) else "–"
-    rows.append([f"{figures.metric_title(h.reward)}: {step}", fmt(h.base, dec), fmt(h.rl, dec), fmt(h.best, dec),
-                 delta, "the reward"])
+    row = [f"{figures.metric_title(h.reward)}: {step}", fmt(h.base, dec), fmt(h.rl, dec)]
+    rows.append(row + ([fmt(h.best, dec), delta, "the reward"] if wide else [fmt(h.best, dec)] if len(header) == 4
+                       else []))
     for c in h.costs:
         d = tables.decimals_for([p.mean for p in (c.base, c.rl, c.best) if p])
         arrow = "higher" if c.higher_is_better else "lower"
         change = "–" if not np.isfinite(c.delta) else (f"{c.delta:+.{d}f} [{c.delta_lo:+.{d}f}, {c.delta_hi:+.{d}f}]")
-        rows.append([f"{figures.metric_title(c.metric)} ({arrow} is better)", fmt(c.base, d), fmt(c.rl, d),
-                     fmt(c.best, d), change, c.verdict if c.best and c.best.scale != 1 else "–"])
+        row = [f"{figures.metric_title(c.metric)} ({arrow} is better)", fmt(c.base, d), fmt(c.rl, d)]
+        rows.append(row + ([fmt(c.best, d), change, c.verdict] if wide else [fmt(c.best, d)] if len(header) == 4
+                           else []))
     return header, rows
 
 
-def _diversity_rows(h: Headline, diversity: pd.DataFrame | None) -> list[list[str]]:
-    """The headline row of the samples' pixel diversity (rlg.report.headline.pixel_diversity); no interval."""
+def _diversity_rows(h: Headline, diversity: pd.DataFrame | None, width: int) -> list[list[str]]:
+    """The headline row of the samples' pixel diversity (rlg.report.headline.pixel_diversity); no interval.
+    ``width``: the headline table's number of columns."""
     if diversity is None or diversity.empty or h.best is None:
         return []
     d = diversity[np.all([diversity[c] == v for c, v in zip(SERIES, h.series)], axis=0)].set_index("scale")["diversity"]
     at = lambda w: f"{d[w]:.3f}" if w in d.index else "–"  # noqa: E731
     change = f"{d[h.best.scale] - d[1.0]:+.3f}" if {1.0, h.best.scale} <= set(d.index) else "–"
-    return [["sample diversity: mean pairwise pixel RMS distance between a prompt's samples (higher: more varied)",
-             at(0.0), at(1.0), at(h.best.scale), f"{change} (no interval)", "–"]]
+    row = ["sample diversity: mean pairwise pixel RMS distance between a prompt's samples (higher: more varied)",
+           at(0.0), at(1.0), at(h.best.scale), f"{change} (no interval)", "–"]
+    return [row[:width]]
 
 
 def _write_headline(index: _Index, out_dir: Path, heads: list[Headline], summary: pd.DataFrame,
                     files: list[Path], browser: Path | None, reward_note: str | None = None,
-                    diversity: pd.DataFrame | None = None) -> None:
+                    diversity: pd.DataFrame | None = None, unscored: bool = False) -> None:
     """The first screen: per series what RLG did (numbers, one sentence, a caution), then the trade-off figure."""
     if browser is not None:  # a nav entry of its own page
         index.toc.append((browser.name, "Every image (browser)"))
     if not heads:
+        if unscored:  # images without a score: say so where the headline would be
+            index.section("headline", "What RLG did here")
+            index.raw(f"**{NOTHING_SCORED}**", f'<p class="caution">{html.escape(NOTHING_SCORED)}</p>')
         return
     index.section("headline", "What RLG did here")
     if reward_note:
@@ -436,10 +458,12 @@ def _write_headline(index: _Index, out_dir: Path, heads: list[Headline], summary
             lines_html.append(f"<h3>{html.escape(names[h.series])}</h3>")
         lines_md.append(f"> {h.sentence}")
         lines_html.append(f"<blockquote>{html.escape(h.sentence)}</blockquote>")
-        header, rows = _headline_rows(h)
-        rows += _diversity_rows(h, diversity)
-        lines_md.append(tables.render(header, rows, "markdown", "lrrrrl"))
-        lines_html.append(tables.render(header, rows, "html", "lrrrrl"))
+        if h.best is not None:
+            header, rows = _headline_rows(h)
+            rows += _diversity_rows(h, diversity, len(header))
+            align = "lrrrrl"[:len(header)]
+            lines_md.append(tables.render(header, rows, "markdown", align))
+            lines_html.append(tables.render(header, rows, "html", align))
         if h.caution:
             lines_md.append(f"**{h.caution}**")
             lines_html.append(f'<p class="caution">{html.escape(h.caution)}</p>')
@@ -490,8 +514,8 @@ def _write_index(index: _Index, out_dir: Path, summary: pd.DataFrame, tags: pd.D
     pngs = [f for f in files if f.suffix == ".png"]
     groups = [("scale_", "Metrics against the RLG scale w"), ("tradeoff_", "Trade-offs (points labelled with w)"),
               ("geneval_tags_", "GenEval per tag"),
-              ("grid_", "Image grids (a row: one prompt and sample, labelled with its sample index and the run's "
-                        "seed; its noise comes from (seed, prompt, sample) and is the same at every w)")]
+              ("grid_", "Image grids (a row: one prompt and sample, labelled with its sample index and its own noise "
+                        "seed, drawn from (run seed, prompt, sample) and the same at every w)")]
     if pngs:
         index.section("figures", "Figures")
         for prefix, title in groups:

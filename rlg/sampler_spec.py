@@ -1,0 +1,110 @@
+"""What to sample, as plain values: sampler settings, work items and results, the sampler's error, each
+image's noise seed and the micro-batch rule.
+
+It imports only the standard library, so the harness checks a run and computes its content keys, and
+report-only and evaluate-only invocations run, without the seconds of torch and diffusers imports. The
+engine (``rlg.sampling``, ``rlg.denoiser``) re-exports every name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: this module must not import numpy's or torch's start-up cost
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One image to make: a prompt, a sample index with its seed, and an RLG scale."""
+
+    prompt_index: int
+    prompt: str
+    sample_index: int
+    seed: int
+    scale: float
+
+
+@dataclass
+class Generated:
+    item: WorkItem
+    image: np.ndarray  # uint8 HxWx3
+    nonfinite: bool = False
+    nonfinite_step: int | None = None  # first step whose latents held NaN/inf (None: unknown or finite)
+    nfe_base: int = 0  # network rows this image asked of the base model (all steps and CFG branches)
+    nfe_rl: int = 0  # ... and of the RL model (RLGDenoiser.image_rows: before deduplication)
+    wall_s: float = 0.0  # the pipeline call's wall time divided by its images
+
+
+class SamplerError(ValueError):
+    """Sampler settings the pipeline cannot honour; the message names the fix."""
+
+
+@dataclass
+class SamplerSettings:
+    """What one pipeline call needs; all of it is applied per call, so changing it keeps the pair loaded.
+
+    ``extra`` is passed to the pipeline as is (e.g. true_cfg_scale, inpainting image/mask_image).
+    ``scheduler``: a name of ``rlg.choices.SCHEDULERS``; ``shift`` (flow schedulers: None keeps the pipeline's) and
+    ``noise_level`` (flow_grpo_sde) configure it. ``window``/``micro_batch``: the denoiser's step window
+    and rows per network forward (``None``: the denoiser's own defaults; ``micro_batch=0``: one forward
+    per model).
+    """
+
+    num_inference_steps: int = 20
+    guidance_scale: float = 4.5
+    height: int | None = None
+    width: int | None = None
+    negative_prompt: str | None = ""  # the official RLG protocol uses "" (not None: SDXL treats them differently)
+    eta: float | None = None  # DDIM eta
+    guidance_rescale: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    scheduler: str = "default"
+    shift: float | None = None
+    noise_level: float = 0.7
+    window: Any = None  # an rlg.guidance.StepWindow (not imported: this module imports nothing of rlg)
+    micro_batch: int | str | None = None  # rows per forward, "auto" (per device type) or None/0
+
+
+def noise_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """The generator seed of an image: a hash of (seed, prompt index, sample index) only."""
+    digest = hashlib.sha256(f"rlg-noise:{seed}:{prompt_index}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+# Rows per network forward that ``micro_batch="auto"`` resolves to, by device type. A fixed size per
+# device keeps images bit-identical whatever the batch. CPU: 32 rows amortise the per-forward overhead
+# (benchmarks/grid.py, tiny pairs, 8 prompts x 7 scales per call: the PEFT-LoRA UNet pair took 1.14x
+# the floor at 16 rows, 0.88x at 32). GPU: 16 rows fill a GPU at realistic shapes (16 x 1357 tokens
+# for SD3.5-M at 512px; not yet measured: benchmarks/gpu.py sweeps 8-64). Padding costs at most size-1
+# rows per model and step of a pipeline call, so the harness fills calls with many (prompt, sample)
+# groups (sampler.batch_size). Changing an entry changes the images' content keys (no mixing).
+AUTO_MICRO_BATCH = {"cpu": 32, "cuda": 16, "mps": 16, "xpu": 16}
+AUTO_MICRO_BATCH_OTHER = 16  # any other device type
+
+
+def resolve_micro_batch(micro_batch: int | str | None, device: Any) -> int | None:
+    """The rows per network forward that ``micro_batch`` means on ``device``.
+
+    Args:
+        micro_batch: an int >= 1 (that many rows per forward), ``"auto"`` (``AUTO_MICRO_BATCH`` for
+            the device type), or ``None`` / ``0`` (one unpadded forward per model and step: fastest,
+            but an image then depends on the batch it was made in).
+        device: where the denoiser runs, a ``torch.device`` or its string (only its type matters).
+    Returns:
+        int >= 1, or ``None`` for one forward per model.
+    Raises:
+        ValueError: anything else (a negative number, another string).
+    """
+    if micro_batch is None or (isinstance(micro_batch, int) and not isinstance(micro_batch, bool)
+                               and micro_batch == 0):
+        return None
+    if micro_batch == "auto":
+        kind = getattr(device, "type", None) or str(device).split(":")[0]  # torch.device(...).type, without torch
+        return AUTO_MICRO_BATCH.get(kind, AUTO_MICRO_BATCH_OTHER)
+    if isinstance(micro_batch, int) and not isinstance(micro_batch, bool) and micro_batch >= 1:
+        return micro_batch
+    raise ValueError(f"micro_batch={micro_batch!r} is not valid; use an int >= 1 (rows per network forward), "
+                     "'auto' (a fixed size per device type) or null/0 (one forward per model, batch-dependent)")
