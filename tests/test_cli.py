@@ -64,12 +64,12 @@ def test_the_cli_refuses_bad_input_with_exit_code_2_and_no_traceback(tmp_path):
 
 
 def test_cpu_defaults_sleep_openmp_threads_only_on_a_busy_machine(monkeypatch):
-    """OMP_WAIT_POLICY=PASSIVE when the start-up load average exceeds half a core per core, libgomp's default
-    otherwise (benchmarks/busy_cpu.py: passive waits halved idle 2-thread sampling), and a user's policy kept."""
+    """OMP_WAIT_POLICY=PASSIVE when the start-up load average exceeds one per core, libgomp's default otherwise
+    (benchmarks/busy_cpu.py: passive waits halved idle 2-thread sampling), and a user's policy kept."""
     from rlg.harness.cli import cpu_defaults
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert cpu_defaults(load=1.0, cores=2) is None and "OMP_WAIT_POLICY" not in os.environ  # exactly 0.5 per core
-    assert cpu_defaults(load=1.01, cores=2) == "PASSIVE" and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert cpu_defaults(load=2.0, cores=2) is None and "OMP_WAIT_POLICY" not in os.environ  # exactly 1 per core
+    assert cpu_defaults(load=2.01, cores=2) == "PASSIVE" and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert cpu_defaults(load=50.0, cores=2) is None and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -59,8 +59,10 @@ def _refuse(exc: BaseException, run_dir: str) -> None:
     sys.exit(2)
 
 
-# 1-minute load average per core above which the machine counts as shared at start-up (rlg.harness.cli.cpu_defaults)
-BUSY_LOAD_PER_CORE = 0.5
+# 1-minute load average per core above which the machine counts as oversubscribed at start-up (cpu_defaults): more
+# runnable threads than cores is when spinning waits steal time from the threads that work. 0.5 was too eager: the
+# decaying load average of the previous job alone (1.2 on 2 idle cores) made the quickstart 2x slower.
+BUSY_LOAD_PER_CORE = 1.0
 
 
 def cpu_defaults(load: float | None = None, cores: int | None = None) -> str | None:
@@ -73,7 +75,7 @@ def cpu_defaults(load: float | None = None, cores: int | None = None) -> str | N
     Chosen with benchmarks/busy_cpu.py (README "Performance"), quickstart sampling on 2 cores: under load
     11-12, two spinning threads made 0.08 images/s and two passive ones 1.18; on the idle machine, two
     passive threads made 3.3 images/s and two spinning ones 7.9. Hence passive only when the load average
-    at start-up exceeds ``BUSY_LOAD_PER_CORE`` per core."""
+    at start-up exceeds ``BUSY_LOAD_PER_CORE`` per core (more runnable threads than cores)."""
     if "OMP_WAIT_POLICY" in os.environ:
         return None
     cores = cores or os.cpu_count() or 1
