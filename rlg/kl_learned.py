@@ -183,24 +183,16 @@ def _dsm_loss(net: MLPDenoiser, x0: torch.Tensor, abar: torch.Tensor, g: torch.G
 
 
 def _fit(net: MLPDenoiser, batch, steps: int, lr: float, g: torch.Generator) -> list[float]:
-    """Adam with cosine decay for ``steps`` steps on ``batch(g) -> (x0, weights or None)``; the loss every
-    ``steps // 10`` steps (a coarse training curve)."""
+    """Denoising score matching (:func:`_train_loop` without gradient clipping) for ``steps`` steps on
+    ``batch(g) -> (x0, weights or None)``; the loss curve (ten means over equal chunks of the steps)."""
     abar = _scheduler().alphas_cumprod.to(torch.float32)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    curve, every, acc = [], max(1, steps // 10), 0.0
-    for i in range(steps):
+
+    def loss_fn():
         x0, wts = batch(g)
         loss = _dsm_loss(net, x0, abar, g, wts)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        acc += float(loss.detach())
-        if (i + 1) % every == 0:
-            curve.append(acc / every)
-            acc = 0.0
-    return curve
+        return loss, float(loss.detach())
+
+    return _train_loop(net, loss_fn, steps, lr, clip=None)
 
 
 def train_base(pair: AnalyticPair, seed: int, config: LearnedTruthConfig) -> tuple[MLPDenoiser, list[float]]:
@@ -250,9 +242,9 @@ def fine_tune(base: MLPDenoiser, pair: AnalyticPair, b: float, seed: int, config
     return net, curve
 
 
-def _train_loop(net: MLPDenoiser, loss_fn, steps: int, lr: float) -> list[float]:
-    """Adam (cosine decay, grad norm clipped at 1 as the zoo's trainers do) on ``loss_fn() -> (loss, logged)``;
-    ten means of ``logged`` over equal chunks of the steps."""
+def _train_loop(net: MLPDenoiser, loss_fn, steps: int, lr: float, clip: float | None = 1.0) -> list[float]:
+    """Adam (cosine decay; grad norm clipped at ``clip`` as the zoo's trainers do, None: not clipped) on
+    ``loss_fn() -> (loss, logged)``; ten means of ``logged`` over equal chunks of the steps."""
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     curve, every, acc = [], max(1, steps // 10), 0.0
@@ -260,7 +252,8 @@ def _train_loop(net: MLPDenoiser, loss_fn, steps: int, lr: float) -> list[float]
         loss, logged = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
         opt.step()
         sched.step()
         acc += logged
