@@ -72,17 +72,22 @@ def generate(pair, scales: list[float], samples_per_prompt: int, seed: int = 0, 
             for w in grid.scales}
 
 
-def rewards(images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
-    """Per image (float64 (N,)): digit_prob, digit_margin, digit_correct, jpeg_compressibility,
-    jpeg_incompressibility, digit_mahalanobis, from the registered evaluators through the evaluators' loop
+def score_all(evaluators: tuple[str, ...], images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
+    """Per image and metric (float64 (N,)) of the registered ``evaluators`` through the evaluators' loop
     (rlg.evaluators.base.score_images, all N images in one batch). Raises RuntimeError when an image fails."""
     from rlg.evaluators.base import score_images
 
-    scored = score_images(("digit_prob", "jpeg", "digit_fd"), images, prompts, batch_size=max(len(images), 1))
+    scored = score_images(evaluators, images, prompts, batch_size=max(len(images), 1))
     if scored.failed:
         first = next(e for errs in scored.errors.values() for e in errs if e)
         raise RuntimeError(f"scoring failed on {scored.failed} (evaluator, image) pairs, e.g. {first}")
     return dict(scored.values)
+
+
+def rewards(images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
+    """Per image (float64 (N,)): digit_prob, digit_margin, digit_correct, jpeg_compressibility,
+    jpeg_incompressibility, digit_mahalanobis (:func:`score_all`)."""
+    return score_all(("digit_prob", "jpeg", "digit_fd"), images, prompts)
 
 
 def frechet(images: np.ndarray) -> float:

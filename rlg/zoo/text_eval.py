@@ -22,14 +22,11 @@ REWARD = "ocr_accuracy"
 
 
 def score(images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
-    """Per image ocr_accuracy and ocr_confidence (float64 (N,)) by the registered ``ocr`` evaluator."""
-    from PIL import Image
+    """Per image ocr_accuracy and ocr_confidence (float64 (N,)) by the registered ``ocr`` evaluator, through the
+    evaluators' loop (rlg.zoo.digits_eval.score_all). Raises RuntimeError when an image fails."""
+    from rlg.zoo.digits_eval import score_all
 
-    from rlg.evaluators.base import Sample, get_evaluator
-
-    ev = get_evaluator("ocr")
-    rows = ev.score([Sample(str(i), Image.fromarray(im), p) for i, (im, p) in enumerate(zip(images, prompts))])
-    return {m: np.array([r[m] for r in rows], dtype=np.float64) for m in ev.metrics}
+    return score_all(("ocr",), images, prompts)
 
 
 def legibility(acc: np.ndarray, conf: np.ndarray) -> dict[str, Any]:
