@@ -122,6 +122,13 @@ def grid_calls(grid: Grid, todo: list[list[Any]]) -> list[list[Any]]:
             for call in pack_calls([[(k, it)] for group in todo for k, it in group if it.scale == w], grid.batch_size)]
 
 
+def pending(groups: list[list[tuple[Hashable, Any]]], skip: Collection[Hashable]) -> list[list[tuple[Hashable, Any]]]:
+    """``groups`` ((key, WorkItem) lists of :func:`work_groups`) without the keys in ``skip``, and without the
+    groups left empty: what :func:`run_grid` makes, to pack with :func:`grid_calls`."""
+    skip = set(skip)
+    return [g for g in ([(k, it) for k, it in group if k not in skip] for group in groups) if g]
+
+
 def prompt_truncation(pipe, texts: list[str], extra: dict[str, Any]) -> dict[str, bool]:
     """Whether each prompt is longer than a text encoder of ``pipe`` reads (the pipeline then cuts it).
 
@@ -168,8 +175,7 @@ def run_grid(pair, grid: Grid, *, key: KeyFn | None = None, skip: Collection[Has
 
     sampler = RLGSampler(pair, grid.settings)  # refuses sampler.extra keys the pipeline does not accept
     groups = work_groups(grid, key, rank=rank, world=world)
-    skip = set(skip)
-    todo = [g for g in ([(k, it) for k, it in group if k not in skip] for group in groups) if g]
+    todo = pending(groups, skip)
 
     def calls() -> Iterator[list[tuple[Hashable, Generated]]]:
         for batch in grid_calls(grid, todo):
@@ -213,5 +219,5 @@ def generate_grid(pair, prompts: str | list[str], scales, *, seed: int = 0, samp
     return [[[made[(p, s, w)] for w in g.scales] for s in range(samples)] for p in g.prompt_ids]
 
 
-__all__ = ["Grid", "work_groups", "pack_calls", "grid_calls", "prompt_truncation", "run_grid", "generate_grid",
+__all__ = ["Grid", "work_groups", "pack_calls", "grid_calls", "pending", "prompt_truncation", "run_grid", "generate_grid",
            "DEFAULT_BATCH_SIZE"]

@@ -167,6 +167,7 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     inside its method's model state (a weight-mixed network). ``progress(done, total)`` is called after
     each batch (the tracker turns it into images/s and an ETA)."""
     from rlg.grid import grid_calls, prompt_truncation, run_grid
+    from rlg.grid import pending as unmade
     from rlg.grid import work_groups as grid_groups
 
     by_id = {p.id: p for p in job.prompts}
@@ -201,8 +202,8 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
         groups = grid_groups(grid, image_keys(job, arms), rank=job.rank, world=job.world)
         if any(k not in stored for g in groups for k, _ in g):  # else nothing to make: no mixed network is built
             todo_grids.append((method, arms, grid, groups))
-    sizes = iter([len(c) for _, _, grid, groups in todo_grids for c in grid_calls(  # run_grid's calls, in order
-        grid, [g for g in ([(k, it) for k, it in group if k not in stored] for group in groups) if g])])
+    sizes = iter([len(c) for _, _, grid, groups in todo_grids  # run_grid's calls, in order
+                  for c in grid_calls(grid, unmade(groups, stored))])
     step_share = [0.0]
 
     def tick(*_) -> None:  # returns None: a forward hook's return value would replace the output
