@@ -4,7 +4,7 @@
   and pid), fsync, rename: a killed process leaves the whole file or the previous one.
 * :func:`sha256_file` / :func:`sha256_bytes`: the project's one content hash.
 * :class:`RunLock`: the advisory lock of a run directory (flock, with an O_EXCL lock file where the
-  filesystem has none).
+  filesystem has none); :func:`exclusive` a plain blocking flock for a short critical section.
 * The errors (:class:`StoreError` and its kinds) name the fix; :func:`write_error` turns an OSError
   met while writing into one.
 
@@ -100,6 +100,16 @@ def atomic_write(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError):
             raise write_error(path, exc) from exc
         raise
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str | Path):
+    """Hold an exclusive flock on ``lock_path`` (created if missing) for the block, waiting for other holders:
+    processes that build or rewrite one shared file (a fixture cache, a manifest) take turns. Raises OSError
+    where the filesystem has no flock."""
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 def pid_alive(pid: int) -> bool:

@@ -253,14 +253,14 @@ def build_pair(family: str, root: Path | str | None = None, seed: int = 0) -> Pa
     out = root / f"{family}-s{seed}-v{FIXTURE_VERSION}"
     if (out / "DONE").exists():
         return out
-    import fcntl
     import shutil
+
+    from rlg.files import exclusive
 
     # Parallel test workers (pytest-xdist) and ranks share the cache: one builds under a lock, into a scratch
     # directory renamed into place, so nobody reads a half-written pair.
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive(root / f".{out.name}.lock"):
         if (out / "DONE").exists():
             return out
         scratch = root / f".{out.name}.building-{os.getpid()}"

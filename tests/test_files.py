@@ -82,3 +82,15 @@ def test_other_flock_errors_are_not_mistaken_for_a_missing_flock(tmp_path, monke
     with pytest.raises(OSError, match="bad file descriptor"):
         RunLock(tmp_path).acquire()
     assert not (tmp_path / ".lock.excl").exists()
+
+
+def test_exclusive_holds_a_flock_that_another_process_must_wait_for(tmp_path):
+    """rlg.files.exclusive: while the block runs, another process cannot take the lock; after it, it can."""
+    from rlg.files import exclusive
+
+    lock = tmp_path / "build.lock"
+    probe = [sys.executable, "-c", "import fcntl, sys\nf = open(sys.argv[1], 'w')\ntry:\n"
+             "    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)", str(lock)]
+    with exclusive(lock):
+        assert subprocess.run(probe).returncode == 3
+    assert subprocess.run(probe).returncode == 0

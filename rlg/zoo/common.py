@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -14,6 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from rlg.files import exclusive, sha256_bytes, sha256_file
 from rlg.zoo import MANIFEST
 
 
@@ -62,8 +62,7 @@ def environment() -> dict[str, Any]:
 def file_hashes(root: Path | str) -> dict[str, str]:
     """sha256 of every file under ``root``, keyed by its path relative to ``root``."""
     root = Path(root)
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def dir_size_mb(root: Path | str) -> float:
@@ -77,12 +76,10 @@ def read_manifest(path: Path = MANIFEST) -> dict[str, Any]:
 def write_manifest_entry(name: str, entry: dict[str, Any], path: Path = MANIFEST) -> None:
     """Insert/replace ``models[name]`` in the manifest (sorted keys, so diffs stay small). Holds an exclusive
     lock (a file in the temp directory) so trainers running in parallel do not drop each other's entries."""
-    import fcntl
     import tempfile
 
-    lock_path = Path(tempfile.gettempdir()) / f"rlg-zoo-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock_path = Path(tempfile.gettempdir()) / f"rlg-zoo-{sha256_bytes(str(path).encode())[:8]}.lock"
+    with exclusive(lock_path):
         manifest = read_manifest(path)
         manifest.setdefault("models", {})[name] = entry
         path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
