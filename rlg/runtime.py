@@ -63,3 +63,16 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def package_versions(names) -> dict[str, str | None]:
+    """{distribution name: installed version, or None when it is not installed} (importlib.metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out

@@ -6,9 +6,10 @@ import os
 import platform
 import re
 import subprocess
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from rlg.runtime import package_versions
 
 SECRET_NAME = re.compile(r"(^|_)(api_?key|access_?key|secret(_access)?_?key|token|secret|passw(or)?d|credentials?)$",
                          re.IGNORECASE)
@@ -56,13 +57,7 @@ def code_version() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str | None]:
-    out = {}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return package_versions(PACKAGES)
 
 
 def device_info(device: str, models: bool = True) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from rlg.files import exclusive, sha256_bytes, sha256_file
+from rlg.runtime import package_versions
 from rlg.zoo import MANIFEST
 
 
@@ -41,7 +42,6 @@ def timer() -> Iterator[dict[str, float]]:
 def environment() -> dict[str, Any]:
     """What the bits of a trained model depend on besides its seed: CPU model, torch threads and the versions of
     the numeric libraries (recorded with each retrain, so a retrain that is not bit-identical can be traced)."""
-    import importlib.metadata
     import platform
 
     cpu = platform.processor() or platform.machine()
@@ -50,12 +50,8 @@ def environment() -> dict[str, Any]:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    versions = {}
-    for dist in ("torch", "diffusers", "transformers", "peft", "numpy", "safetensors", "scikit-learn", "pillow"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
+    versions = package_versions(("torch", "diffusers", "transformers", "peft", "numpy", "safetensors",
+                                 "scikit-learn", "pillow"))
     return {"cpu": cpu, "torch_threads": torch.get_num_threads(), "versions": versions}
 
 
