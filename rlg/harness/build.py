@@ -38,6 +38,11 @@ class EvaluatorPlan:
     options: dict[str, Any]
 
 
+def use_devices(evaluators) -> bool:
+    """Whether any of the ``EvaluatorPlan``s runs a model on a device (was given a ``device`` option)."""
+    return any("device" in e.options for e in evaluators)
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where and how the pair runs (does not change an image's bits, except the device type)."""
@@ -441,7 +446,7 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
     return Job(kind="images", **common, prompts=tuple(prompts), prompt_info=prompt_info, pair=spec,
                placement=placement, sampler=sampler_settings(s), identity=ident,
                config_id=content_key(ident)[:16] if generates else "", evaluators=evaluators,
-               evaluator_device=eval_device() if any("device" in e.options for e in evaluators) else "cpu",
+               evaluator_device=eval_device() if use_devices(evaluators) else "cpu",
                tracker_mode=tracker_mode(conf.tracker.wandb.mode, list(overrides or [])),
                prompt_problem=prompt_problem(conf, prompts), methods=method_plans(conf, scales, evaluators))
 

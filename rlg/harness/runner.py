@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from rlg.evaluators.base import UnknownEvaluatorError
 from rlg.guidance import ScaleError
 from rlg.harness import stages
-from rlg.harness.build import Job, build
+from rlg.harness.build import Job, build, use_devices
 from rlg.harness.config import ConfigError
 from rlg.harness.prompts import PromptError
 from rlg.harness.provenance import provenance, redact
@@ -97,7 +97,7 @@ def invocation(job: Job, store: Store, overrides: list[str], device: str) -> Ite
 def models_run(job: Job) -> bool:
     """Whether this invocation runs a torch model: it makes images, measures, or scores with an evaluator
     that takes a device. Else (a report, JPEG scoring) torch is never imported."""
-    return job.kind != "images" or job.placement is not None or any("device" in e.options for e in job.evaluators)
+    return job.kind != "images" or job.placement is not None or use_devices(job.evaluators)
 
 
 @contextlib.contextmanager
