@@ -219,5 +219,5 @@ def generate_grid(pair, prompts: str | list[str], scales, *, seed: int = 0, samp
     return [[[made[(p, s, w)] for w in g.scales] for s in range(samples)] for p in g.prompt_ids]
 
 
-__all__ = ["Grid", "work_groups", "pack_calls", "grid_calls", "pending", "prompt_truncation", "run_grid", "generate_grid",
-           "DEFAULT_BATCH_SIZE"]
+__all__ = ["Grid", "work_groups", "pack_calls", "grid_calls", "pending", "prompt_truncation", "run_grid",
+           "generate_grid", "DEFAULT_BATCH_SIZE"]
