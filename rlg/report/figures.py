@@ -193,9 +193,11 @@ def plot_tradeoff(summary: pd.DataFrame, x_metric: str, y_metric: str, stem: Pat
             ax.scatter(x[front], y[front], s=16, marker=st["marker"], color=c, edgecolors="black",
                        linewidths=0.5, zorder=4)
             dx, dy = LABEL_OFFSETS[len(handles) % len(LABEL_OFFSETS)]  # each series its own side: labels apart
-            for w, xi, yi in zip(m.index, x, y):
-                ax.annotate(f"{w:g}", (xi, yi), xytext=(dx, dy), textcoords="offset points", fontsize=5.5, color=c,
-                            ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
+            for i, (w, xi, yi) in enumerate(zip(m.index, x, y)):
+                ddy = dy if i % 2 == 0 else -dy  # neighbouring scales on opposite sides: close points stay readable
+                ax.annotate(f"{w:g}", (xi, yi), xytext=(dx, ddy), textcoords="offset points", fontsize=5.5, color=c,
+                            ha="left" if dx >= 0 else "right", va="bottom" if ddy >= 0 else "top",
+                            zorder=5,  # above the points (zorder 3-4): a neighbour's marker hid "0.5" as "0"
                             path_effects=[patheffects.withStroke(linewidth=1.5, foreground="white")])
             handles.append(Line2D([], [], color=c, linestyle=st["linestyle"], marker=st["marker"],
                                   label=series_label(series, varying)))
