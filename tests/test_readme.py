@@ -124,6 +124,18 @@ def test_relative_links_are_files():
     assert checked >= 20
 
 
+def test_repository_paths_shown_exist():
+    """``tests/test_api.py``, ``benchmarks/busy_cpu.py``, ``rlg/conf/config.yaml``, ...: paths from the repository
+    root, in code spans and blocks of the README and docs/ (patterns with ``*`` name no file)."""
+    pattern = r"(?<![\w/.-])((?:rlg|tests|benchmarks|docs|constraints)/[\w./-]*\.(?:py|yaml|md|txt|json|png|sh))(?![\w*])"
+    checked = 0
+    for page in PAGES:
+        for path in set(re.findall(pattern, commands(text(page)))):
+            assert (ROOT / path).exists(), f"{page.name} shows {path}, which does not exist"
+            checked += 1
+    assert checked >= 20
+
+
 def module_names(tree: ast.AST) -> list[tuple[str, list[str]]]:
     """(module, attribute chain) for every import and every ``alias.a.b`` chain rooted at an imported module."""
     aliases, names = {}, []
