@@ -1,8 +1,9 @@
 """The README's promises: what it shows exists, and its Python example runs offline as written.
 
 Every ``make X`` is a Makefile target, every ``group=option`` (``experiment=quickstart``, ``method=[rlg,...]``)
-a file of rlg/conf, every ``rlg-bench*`` command a console script of pyproject.toml, every relative link a
-file, every Python name its code blocks use importable; the same holds for the pages under docs/. The
+an option Hydra finds for that group, every ``rlg-bench*`` command a console script of pyproject.toml, every
+relative link and repository path a file, every Python name its code blocks use importable; the same holds
+for the pages under docs/. The
 README's offline example runs line for line on the shipped zoo weights, and its w = 0 and w = 1 images are
 checked against the stock diffusers pipeline with the base model and with the LoRA loaded by diffusers.
 """
@@ -191,7 +192,7 @@ def test_readme_python_example_runs_offline_on_the_zoo(monkeypatch):
     exec(compile(tree, "README.md", "exec"), ns)  # the example as written, its last expression evaluated below
     sheet = eval(compile(ast.Expression(last.value), "README.md", "eval"), ns)
 
-    grid, pair = ns["grid"], ns["pair"]
+    grid = ns["grid"]
     images = [np.asarray(im) for im in grid[0][0]]
     assert len(grid) == 1 and len(grid[0]) == 1 and len(images) == 4
     assert all(im.shape == (32, 32, 3) and im.dtype == np.uint8 for im in images)
@@ -220,4 +221,3 @@ def test_readme_python_example_runs_offline_on_the_zoo(monkeypatch):
     rl = stock_image(stock, **args)
     assert np.abs(images[1].astype(int) - rl.astype(int)).max() <= 1
     assert not np.array_equal(base, rl), "the LoRA changed nothing: the check would not see a wrong RL model"
-    pair.unwrap()
