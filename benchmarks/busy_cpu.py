@@ -15,7 +15,7 @@ start-up, loading or PNG writing), with the 1-minute load average before and aft
 (``os.getloadavg``), so every figure states the load it was measured under.
 
 The question it answers: which default (threads, wait policy) degrades gracefully under load without
-slowing the idle case by more than a few percent. The table goes to README.md ("Performance").
+slowing the idle case by more than a few percent. The table is in docs/performance.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What a paper preset costs on one GPU: an ESTIMATE from counts, not a measurement (no GPU was lent).
 
-    python benchmarks/preset_costs.py            # the README table ("The paper's experiments"), in seconds
+    python benchmarks/preset_costs.py            # the table of docs/presets.md, in seconds
 
 Each preset is composed with Hydra as the CLI would (rlg/conf), and its images, network rows and bytes
 are counted from it:

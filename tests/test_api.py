@@ -1,6 +1,6 @@
 """The notebook API (issue 15) and the library's import rules (issue 11), on the tiny pipelines.
 
-The README example is run line for line with the hub ids replaced by the tiny offline pair; the
+docs/python.md's hub example is run line for line with the hub ids replaced by the tiny offline pair; the
 expected images come from the stock diffusers pipeline run here with the base or the RL UNet.
 """
 
@@ -34,8 +34,8 @@ def stock(pipe, unet, seed: int, prompt: str = PROMPT, steps: int = 3, cfg: floa
 
 def test_readme_notebook_example(fixture_root):
     d = build_pair("sd", fixture_root)
-    base_id, rl_id = str(d / "base"), str(d / "rl-full")  # README: the hub ids of SD1.5 and Diffusion-DPO
-    # --- the README example (hub ids, fp16 and .to("cuda") aside) ---
+    base_id, rl_id = str(d / "base"), str(d / "rl-full")  # docs/python.md: the hub ids of SD1.5 and Diffusion-DPO
+    # --- docs/python.md's example (hub ids, fp16 and .to("cuda") aside) ---
     import rlg
 
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(base_id)

@@ -149,7 +149,7 @@ def test_two_process_run_equals_one_process_run(tmp_path):
     row per key, so plain pandas reads what the Store reads."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = _cli(tmp_path, "two", "prompts.samples_per_prompt=1", "barrier_timeout_min=45")
-    # README's recipe for one node with 8 GPUs, on 2 CPU processes: torchrun ... -m rlg.harness.cli
+    # docs/scale-out.md's recipe for one node with 8 GPUs, on 2 CPU processes: torchrun ... -m rlg.harness.cli
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
                 "rlg.harness.cli"]
     subprocess.run(torchrun + cmd[2:], cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)

@@ -386,7 +386,7 @@ def test_sweep_runs_through_submitit_local_and_writes_one_combined_report(tmp_pa
 @pytest.mark.skipif(not _has_submitit_plugin(),
                     reason="needs hydra-submitit-launcher (the [slurm] extra: pip install -e '.[slurm]')")
 def test_a_shard_array_preempted_and_requeued_is_one_directory_one_series_one_wandb_run(tmp_path):
-    """The CPU analogue of a SLURM array over shards (README "Scale-out"): submitit's local executor runs
+    """The CPU analogue of a SLURM array over shards (docs/scale-out.md): submitit's local executor runs
     shard.index=0,1 as two jobs into ONE run directory. Shard 0 gets submitit's preemption signal (USR2)
     mid-run, checkpoints and is requeued by submitit, and resumes from the store: every image made and
     scored exactly once (raw parquet rows), one series in one report, one W&B run (W&B's own reader)."""
@@ -453,7 +453,7 @@ def test_a_shard_array_preempted_and_requeued_is_one_directory_one_series_one_wa
 @pytest.mark.skipif(not _has_submitit_plugin(),
                     reason="needs hydra-submitit-launcher (the [slurm] extra: pip install -e '.[slurm]')")
 def test_submitit_tasks_per_node_are_the_ranks_of_one_job(tmp_path):
-    """The CPU analogue of hydra.launcher.tasks_per_node=8 on SLURM (README "Scale-out"): 2 tasks of one
+    """The CPU analogue of hydra.launcher.tasks_per_node=8 on SLURM (docs/scale-out.md): 2 tasks of one
     submitit job become ranks 0 and 1 of one torch.distributed job (gloo), split the work, score each
     image once, and rank 0 writes the one report."""
     cmd = [sys.executable, "run.py", "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
@@ -482,7 +482,7 @@ def test_submitit_tasks_per_node_are_the_ranks_of_one_job(tmp_path):
                     reason="needs hydra-submitit-launcher (the [slurm] extra: pip install -e '.[slurm]')")
 def test_slurm_preset_requeues_and_a_users_local_config_holds_the_cluster_settings(tmp_path):
     """hydra/launcher=slurm: requeue on timeout, one GPU per task; a cluster's partition/account/paths live
-    in the user's <dir>/local/default.yaml, picked up with --config-dir (README "Scale-out")."""
+    in the user's <dir>/local/default.yaml, picked up with --config-dir (docs/scale-out.md)."""
     from hydra import compose, initialize_config_dir
 
     import rlg.harness.config  # noqa: F401  registers the schema the config's defaults start with

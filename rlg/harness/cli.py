@@ -1,4 +1,4 @@
-"""rlg-bench entry point: rlg-bench experiment=<name> [overrides]   (see README.md).
+"""rlg-bench entry point: rlg-bench experiment=<name> [overrides]   (see README.md and docs/).
 
 Exit codes: 0 done; 2 a bad input or environment (unknown name, misspelt key, wrong type, bad grid,
 bad prompts, bad checkpoint, run directory locked/read-only/full): one clear message, no traceback,
@@ -72,7 +72,7 @@ def cpu_defaults(load: float | None = None, cores: int | None = None) -> str | N
     ``load``: the 1-minute load average (default ``os.getloadavg()``); ``cores``: ``os.cpu_count()``.
     Returns the policy set, or None. Read once, when torch starts its thread pool, so call this before torch
     is imported. It changes no image bit (the thread count does, and is left to torch / OMP_NUM_THREADS).
-    Chosen with benchmarks/busy_cpu.py (README "Performance"), quickstart sampling on 2 cores: under load
+    Chosen with benchmarks/busy_cpu.py (docs/performance.md), quickstart sampling on 2 cores: under load
     11-12, two spinning threads made 0.08 images/s and two passive ones 1.18; on the idle machine, two
     passive threads made 3.3 images/s and two spinning ones 7.9. Hence passive only when the load average
     at start-up exceeds ``BUSY_LOAD_PER_CORE`` per core (more runnable threads than cores)."""

@@ -375,7 +375,7 @@ def misspelt_override(overrides: list[str]) -> str | None:
             if part not in fields:
                 close = difflib.get_close_matches(part, sorted(fields), n=1)
                 hint = f"; did you mean '{'.'.join(path + close)}'?" if close else "."
-                return (f"unknown config key '{key}'{hint} Check the spelling against README.md ('Config groups') or "
+                return (f"unknown config key '{key}'{hint} Check the spelling against docs/configuration.md or "
                         "`rlg-bench --cfg job`")
             path.append(part)
             hint = typing.get_type_hints(schema)[part]
@@ -418,10 +418,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""
         raise ConfigError(f"bad config key {key!r}: {exc.msg if hasattr(exc, 'msg') else exc}. "
-                          "Check the spelling against README.md ('Config groups') or `rlg-bench --cfg job`") from exc
+                          "Check the spelling against docs/configuration.md or `rlg-bench --cfg job`") from exc
     unknown = _unknown_keys(cfg, RunConf)
     if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]!r}; check the spelling against README.md ('Config groups') "
+        raise ConfigError(f"unknown config key {unknown[0]!r}; check the spelling against docs/configuration.md "
                           "or `rlg-bench --cfg job`")
     check_values(merged)
     return merged
