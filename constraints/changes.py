@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
         return 2
     lock = Path(argv[0])
     rows = changes(pins(lock.read_text().splitlines()), pins(sys.stdin))
-    print(f"{len(rows)} package(s) differ from {lock}" + (":" if rows else " (the newest versions are the tested ones)"))
+    print(f"{len(rows)} package(s) differ from {lock}" + (":" if rows else ""))
     for row in rows:
         print(row)
     return 0
