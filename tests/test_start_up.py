@@ -154,6 +154,7 @@ def test_group_options_from_a_config_dir_sweeps_and_null_are_accepted(tmp_path):
     assert unknown_option(["debug=null", "sampler=ddim,tiny", "+grid=zoo", "grid=choice(zoo,paperr)",
                            "name=quikstart", "hydra/launcher=nope", "seed=1"]) is None
     assert unknown_option(["-m", "sampler=ddim,ddimm"]).startswith("unknown sampler 'ddimm'; did you mean 'ddim'?")
+    assert unknown_option([f"hydra.searchpath=[file://{tmp_path}]", "sampler=mine"]) is None
     from rlg.harness.cli import config_dirs
 
     assert config_dirs(["-cd", "a", "--config-dir=b", "--config-dir", "c", "x=1"]) == ["b", "a", "c"]

@@ -444,10 +444,12 @@ def unknown_option(overrides: Sequence[str], config_dirs: Sequence[str | Path] =
     ``method=[rlg,weigth_mix]``, a sweep ``grid=zoo,paperr``), with the closest one, or None.
 
     Checked before Hydra composes (whose own message is some 30 lines with no suggestion) against
-    ``rlg/conf/<group>/*.yaml`` and the ``config_dirs`` of ``--config-dir``; Hydra's own groups, interpolations and
-    sweep functions (``choice(...)``) are left to Hydra."""
+    ``rlg/conf/<group>/*.yaml`` and the ``config_dirs`` of ``--config-dir``; Hydra's own groups, interpolations,
+    sweep functions (``choice(...)``) and a ``hydra.searchpath`` override are left to Hydra."""
     import difflib
 
+    if any(item.lstrip("+").startswith("hydra.searchpath") for item in overrides):
+        return None  # more config folders, named in Hydra's own syntax: Hydra checks
     dirs = [CONF_DIR, *map(Path, config_dirs)]
     for item in overrides:
         key, eq, value = item.partition("=")
