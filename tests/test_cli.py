@@ -21,7 +21,7 @@ def test_the_cli_refuses_bad_input_with_exit_code_2_and_no_traceback(tmp_path):
     local = ["pair=sd15_dpo", "pair.dtype=float32", "pair.offline=true", "pair.rl.subfolder=null",
              "pair.base.revision=null", "pair.base.variant=null"]
     cases = {  # name -> (overrides, what the message must say)
-        "unknown experiment": (["experiment=quickstrat"], r"unknown experiment 'quickstrat'; did you mean 'quickstart'"),
+        "unknown experiment": (["experiment=quickstrat"], r"unknown experiment 'quickstrat'; did you mean 'quickstart"),
         "unknown pair": (["pair=sd15_dop"], r"unknown pair 'sd15_dop'; did you mean 'sd15_dpo'"),
         "unknown sampler": (["sampler=tinyy"], r"unknown sampler 'tinyy'; did you mean 'tiny'"),
         "unknown prompt set": (["prompts=geneva"], r"unknown prompts 'geneva'; did you mean 'geneval'"),
@@ -45,7 +45,8 @@ def test_the_cli_refuses_bad_input_with_exit_code_2_and_no_traceback(tmp_path):
     }
     env = {**ENV, "HF_HOME": str(tmp_path / "empty-hf-home")}  # nothing cached: the hub ids must fail offline
     def launch(name):
-        cmd = [sys.executable, "run.py", f"paths.root={tmp_path / 'runs'}", f"name={re.sub(r'[^A-Za-z0-9]', '_', name)}",
+        run_name = re.sub(r"\W", "_", name)  # a run name is one plain folder ("base/RL mismatch" is not)
+        cmd = [sys.executable, "run.py", f"paths.root={tmp_path / 'runs'}", f"name={run_name}",
                *FAST, *cases[name][0]]
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

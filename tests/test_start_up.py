@@ -8,7 +8,7 @@ import pytest
 
 import rlg
 from rlg.harness.api import compose
-from rlg.harness.config import RUN_NAME_RULE, ConfigError, run_dir, user_path, validate
+from rlg.harness.config import RUN_NAME_RULE, ConfigError, run_dir, unquoted_tilde, user_path, validate
 from tests.test_refusals import run_cli
 
 RULE = (f"is not a run name: the run is the folder <paths.root>/<name>, so a name is {RUN_NAME_RULE} "
@@ -27,6 +27,16 @@ def test_a_name_that_is_not_one_plain_folder_is_refused_with_the_rule(name):
 @pytest.mark.parametrize("name", ["quickstart", "a", "My-run_2.1", "7", "x" * 64])
 def test_a_plain_name_is_one_folder_inside_the_root(name):
     assert run_dir("outputs", name) == f"outputs/{name}"
+
+
+def test_every_shipped_preset_has_a_run_name():
+    import yaml
+
+    from rlg.harness.config import CONF_DIR, RUN_NAME
+
+    names = {f.stem: yaml.safe_load(f.read_text()).get("name") for f in (CONF_DIR / "experiment").glob("*.yaml")}
+    names["(default)"] = yaml.safe_load((CONF_DIR / "config.yaml").read_text())["name"]
+    assert len(names) > 20 and {k: v for k, v in names.items() if v is not None and not RUN_NAME.fullmatch(v)} == {}
 
 
 def test_the_root_is_expanded_as_a_shell_would_or_refused(monkeypatch, tmp_path):
@@ -48,8 +58,9 @@ def test_user_paths_reach_every_reader_expanded(monkeypatch, tmp_path):
     a shell, in the config every later reader (the prompt loader, the pair loader, the store) gets."""
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "p.txt").write_text("a cat\n")
-    cfg = validate(compose("experiment=tiny", "pair=sd15_dpo", "prompts=file", 'prompts.path="~/p.txt"', 'paths.root="~/runs"',
-                           'paths.fixtures="~/fx"', 'pair.base.id="~/weights/base"', 'pair.rl.id="~/weights/rl"'))
+    cfg = validate(compose("experiment=tiny", "pair=sd15_dpo", "prompts=file", 'prompts.path="~/p.txt"',
+                           'paths.root="~/runs"', 'paths.fixtures="~/fx"', 'pair.base.id="~/weights/base"',
+                           'pair.rl.id="~/weights/rl"'))
     assert cfg.prompts.path == f"{tmp_path}/p.txt" and cfg.paths.root == f"{tmp_path}/runs"
     assert cfg.paths.fixtures == f"{tmp_path}/fx" and cfg.paths.cache == f"{tmp_path}/.cache/rlg-bench"
     assert (cfg.pair.base.id, cfg.pair.rl.id) == (f"{tmp_path}/weights/base", f"{tmp_path}/weights/rl")
@@ -101,6 +112,8 @@ def test_an_unquoted_tilde_gets_one_line_naming_both_fixes(tmp_path):
     with pytest.raises(ConfigError, match=r"^prompts.path=a~b: Hydra's override syntax .* quote the value for Hydra "
                                           r"\('prompts.path=\"a~b\"'"):
         compose("prompts.path=a~b")
+    assert unquoted_tilde(['paths.root="~/x"', "paths.root='~/x'", 'prompts.items=["a ~ b",c]', "~debug"]) is None
+    assert unquoted_tilde(['prompts.items=["a",~/b]']).startswith('prompts.items=["a",~/b]: Hydra')
 
 
 def test_hydra_makes_the_expanded_run_and_sweep_folders_of_a_quoted_tilde(monkeypatch, tmp_path):

@@ -12,7 +12,6 @@ way, with the same one-line message.
 
 from __future__ import annotations
 
-
 from rlg.harness.build import Job, build
 from rlg.harness.config import CONF_DIR, ConfigError, override_problem
 

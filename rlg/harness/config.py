@@ -475,9 +475,8 @@ def unquoted_tilde(overrides: Sequence[str]) -> str | None:
     cannot read (its lexer stops with a multi-line message), naming the two fixes; else None."""
     for item in overrides:
         key, eq, value = item.partition("=")
-        if not eq or key.startswith(("~", "-")) or "~" not in value or \
-                (len(value) > 1 and value[0] == value[-1] and value[0] in "'\""):
-            continue
+        if not eq or key.startswith(("~", "-")) or "~" not in re.sub(r"'[^']*'|\"[^\"]*\"", "", value):
+            continue  # no ~ outside quoted strings (Hydra reads '~/x' and ["a ~ b"])
         home = f"{key}=$HOME{value[1:]} from a shell, or " if value == "~" or value.startswith("~/") else ""
         return (f"{item}: Hydra's override syntax does not take an unquoted '~'; write {home}quote the value for "
                 f"Hydra ('{key}=\"{value}\"', expanded as a shell would)")
