@@ -12,27 +12,24 @@ way, with the same one-line message.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rlg.harness.build import Job, build
-from rlg.harness.config import ConfigError, misspelt_override
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from rlg.harness.config import CONF_DIR, ConfigError, override_problem
 
 
 def compose(*overrides: str):
     """The composed Hydra config of ``rlg/conf/config.yaml`` with command-line style ``overrides``.
 
     Works inside a running Hydra app too (its global state is put back afterwards). Raises ConfigError
-    (one line naming the key) for a misspelt key, an unknown preset name or a wrong type."""
+    (one line naming the key) for a misspelt key, an unknown preset or group option, an unquoted ``~`` or a
+    wrong type."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
-    problem = misspelt_override(list(overrides))
-    if problem:  # the CLI's own check, before Hydra's multi-line message
+    problem = override_problem(overrides)
+    if problem:  # the CLI's own check and message, before Hydra's multi-line one
         raise ConfigError(problem)
     outer = get_gh_backup()  # inside a Hydra app: its state, put back below
     if outer is not None:

@@ -1,13 +1,46 @@
-"""Hydra callbacks of the app: a multirun ends with one combined report over its jobs."""
+"""Hydra callbacks of the app: the run name is checked before Hydra makes a folder; a multirun ends with one
+combined report over its jobs."""
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
 log = logging.getLogger("rlg")
+
+
+class StartChecks(Callback):
+    """Hydra callback: the run name and paths.root (``rlg.harness.config.run_dir``) checked before Hydra makes the
+    run folder (a run) or the sweep folder (a multirun; every name of a sweep ``name=a,b`` too). A refusal is one
+    line and exit 2, as every refusal of the CLI; it is a SystemExit because Hydra turns a callback's exceptions
+    into warnings. Enabled in conf/config.yaml (``hydra.callbacks.start_checks``)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        _refuse_bad_run_dir(config, [config.name])
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        names = [config.name]  # the sweep folder's; a swept name= is not in this config, so parse the overrides
+        for override in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
+            if override.key_or_group == "name":
+                names += (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                          else [override.value()])
+        _refuse_bad_run_dir(config, names)
+
+
+def _refuse_bad_run_dir(config, names: list) -> None:
+    from rlg.harness.config import ConfigError, run_dir
+
+    try:
+        for name in names:
+            run_dir(config.paths.root, name)
+    except ConfigError as exc:
+        print(f"rlg-bench: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class SweepReport(Callback):

@@ -98,10 +98,10 @@ def main() -> None:
     """Console script ``rlg-bench`` (and ``python run.py`` in a clone)."""
     signal.signal(signal.SIGTERM, _terminate)
     cpu_defaults()
-    from rlg.harness.config import misspelt_override
+    from rlg.harness.config import override_problem
 
-    problem = misspelt_override(sys.argv[1:])
-    if problem:  # one line with the closest key, instead of Hydra's multi-line error
+    problem = override_problem(sys.argv[1:], config_dirs(sys.argv[1:]))
+    if problem:  # one line with the closest key or option, instead of Hydra's multi-line error
         print(f"rlg-bench: {problem}", file=sys.stderr)
         sys.exit(2)
     problem = output_root_problem(sys.argv[1:])
@@ -121,13 +121,28 @@ def main() -> None:
         sys.exit(130)
 
 
+def config_dirs(argv: list[str]) -> list[str]:
+    """The folders given with Hydra's ``--config-dir DIR`` / ``-cd DIR`` / ``--config-dir=DIR`` (their groups'
+    options are valid choices too)."""
+    out = [a.split("=", 1)[1] for a in argv if a.startswith("--config-dir=")]
+    return out + [b for a, b in zip(argv, argv[1:]) if a in ("--config-dir", "-cd")]
+
+
 def output_root_problem(argv: list[str]) -> str | None:
     """Why the output folder named by ``paths.root=`` on the command line cannot be created or written, or
     None. Creates the folder (as Hydra would next) so the check is the real one."""
+    from rlg.harness.config import ConfigError, user_path
+
     roots = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("paths.root=")]
     if not roots:
         return None
-    path = Path(roots[-1]).expanduser()
+    value = roots[-1]
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":  # quoted for Hydra: its value is inside
+        value = value[1:-1]
+    try:
+        path = Path(user_path("paths.root", value))
+    except ConfigError as exc:
+        return str(exc)
     if path.exists() and not path.is_dir():
         return (f"the output folder paths.root={roots[-1]} is a file, not a folder; nothing was written. "
                 "Fix: point paths.root at a folder, e.g. paths.root=$HOME/rlg-outputs")

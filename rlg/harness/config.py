@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -311,6 +313,7 @@ KEY_EFFECTS: Dict[str, str] = {
     "evaluators.options": "score",
 }
 
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the Hydra tree: conf/config.yaml and a folder per group
 STAGES = ("generate", "evaluate", "report", "all")
 MAX_ABS_SCALE = 10.0  # |w| beyond this is refused unless grid.allow_large_scales=true (the paper's range is [1, 3])
 SCALE_DECIMALS = 6  # the report's scale resolution (rlg.report.stats): finer scales are refused at start-up
@@ -401,9 +404,98 @@ def job_dir_name(override_dirname: str, limit: int = 80) -> str:
     return f"{safe[: limit - 11]}-{digest}"
 
 
+# A run name is one folder inside paths.root. 64 characters: W&B's limit on a tag (wandb_settings: 1 to 64; the
+# tracker tags a run with its name), far inside a filesystem's 255-byte limit on one file name (NAME_MAX on ext4, xfs,
+# btrfs, APFS) with the "-sweep" a multirun adds; characters that need no quoting in a shell or in Hydra's override
+# syntax, and a first one that makes neither a hidden folder ('.', '..') nor a command-line option ('-').
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+RUN_NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+# Paths a user gives: a leading ~ is expanded as a shell would, for every reader after validate()
+USER_PATHS = ("paths.root", "paths.cache", "paths.fixtures", "prompts.path", "pair.base.id", "pair.rl.id",
+              "pair.vae.id")
+
+
+def user_path(key: str, value: str) -> str:
+    """``value`` with a leading ``~`` or ``~user`` expanded as a shell would (os.path.expanduser); other
+    values unchanged. Raises ConfigError (one line naming ``key`` and the fix) for a ``~user`` with no home."""
+    expanded = os.path.expanduser(value)
+    if expanded.startswith("~"):
+        user = expanded[1:].split("/", 1)[0]
+        raise ConfigError(f"{key}={value}: '~{user}' is no user's home folder on this machine; give the full path")
+    return expanded
+
+
+def run_dir(root: str, name: str) -> str:
+    """The run directory ``<root>/<name>``: ``root`` (paths.root) expanded as a shell would (``user_path``),
+    ``name`` one folder inside it (``RUN_NAME``), so a run never writes outside paths.root, into it, or into
+    another run. Raises ConfigError with one line that states the rule. The CLI's run and sweep folders
+    (conf/config.yaml, resolver ``rlg_run_dir``), its start-up check (rlg.harness.callbacks.StartChecks),
+    ``validate`` and ``rlg.run`` all come through here."""
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
+        raise ConfigError(f"name={name!r} is not a run name: the run is the folder <paths.root>/<name>, so a name is "
+                          f"{RUN_NAME_RULE} (no '/', not '.' or '..'), e.g. name=my-run_2")
+    if not str(root).strip():
+        raise ConfigError("paths.root is empty; give the folder that holds the runs, e.g. paths.root=outputs")
+    return os.path.join(user_path("paths.root", str(root)), name)
+
+
+def unknown_option(overrides: Sequence[str], config_dirs: Sequence[str | Path] = ()) -> str | None:
+    """One line naming a config group option that has no file (``experiment=quikstart``, ``sampler=ddimm``,
+    ``method=[rlg,weigth_mix]``, a sweep ``grid=zoo,paperr``), with the closest one, or None.
+
+    Checked before Hydra composes (whose own message is some 30 lines with no suggestion) against
+    ``rlg/conf/<group>/*.yaml`` and the ``config_dirs`` of ``--config-dir``; Hydra's own groups, interpolations,
+    sweep functions (``choice(...)``) and a ``hydra.searchpath`` override are left to Hydra."""
+    import difflib
+
+    if any(item.lstrip("+").startswith("hydra.searchpath") for item in overrides):
+        return None  # more config folders, named in Hydra's own syntax: Hydra checks
+    dirs = [CONF_DIR, *map(Path, config_dirs)]
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        group = key.lstrip("+").split("@", 1)[0]
+        if not eq or not group or group.startswith(("hydra", "~", "-")) or "." in group or "$" in value \
+                or "(" in value:
+            continue
+        options = {f.relative_to(d / group).with_suffix("").as_posix() for d in dirs if (d / group).is_dir()
+                   for f in (d / group).rglob("*.yaml")}
+        if not options:  # not a group: a plain key (name=..., seed=...)
+            continue
+        for option in value.strip().strip("[]").split(","):
+            option = option.strip().strip("'\"")
+            if option and option != "null" and option not in options:
+                close = difflib.get_close_matches(option, sorted(options), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else "."
+                return f"unknown {group} '{option}'{hint} `rlg-bench --help` lists every {group} ('Config groups')"
+    return None
+
+
+def unquoted_tilde(overrides: Sequence[str]) -> str | None:
+    """One line for a value with an unquoted ``~`` (``paths.root=~/runs``), which Hydra's override syntax
+    cannot read (its lexer stops with a multi-line message), naming the two fixes; else None."""
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq or key.startswith(("~", "-")) or "~" not in re.sub(r"'[^']*'|\"[^\"]*\"", "", value):
+            continue  # no ~ outside quoted strings (Hydra reads '~/x' and ["a ~ b"])
+        home = f"{key}=$HOME{value[1:]} from a shell, or " if value == "~" or value.startswith("~/") else ""
+        return (f"{item}: Hydra's override syntax does not take an unquoted '~'; write {home}quote the value for "
+                f"Hydra ('{key}=\"{value}\"', expanded as a shell would)")
+    return None
+
+
+def override_problem(overrides: Sequence[str], config_dirs: Sequence[str | Path] = ()) -> str | None:
+    """The first command-line override Hydra would refuse with a multi-line message, as one line naming the
+    fix (misspelt key, unknown group option, unquoted ``~``), or None. The CLI and ``rlg.harness.api.compose``
+    (so ``rlg.run``) both check here first."""
+    return (misspelt_override(list(overrides)) or unknown_option(overrides, config_dirs)
+            or unquoted_tilde(overrides))
+
+
 register_schema()
 if not OmegaConf.has_resolver("rlg_job_dir"):
     OmegaConf.register_new_resolver("rlg_job_dir", job_dir_name)
+if not OmegaConf.has_resolver("rlg_run_dir"):
+    OmegaConf.register_new_resolver("rlg_run_dir", run_dir)
 
 
 class ConfigError(ValueError):
@@ -411,7 +503,8 @@ class ConfigError(ValueError):
 
 
 def validate(cfg: DictConfig) -> DictConfig:
-    """Merge into the typed schema; raise ConfigError naming the offending key."""
+    """Merge into the typed schema and check every value; raise ConfigError naming the offending key. The
+    user's paths (USER_PATHS) come back with a leading ~ expanded as a shell would."""
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
     try:
         merged = OmegaConf.merge(OmegaConf.structured(RunConf), cfg)
@@ -423,6 +516,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}; check the spelling against docs/configuration.md "
                           "or `rlg-bench --cfg job`")
+    for key in USER_PATHS:  # every later reader (store, prompt loader, pair loader) gets the real path
+        value = OmegaConf.select(merged, key)
+        if isinstance(value, str) and value.startswith("~"):
+            OmegaConf.update(merged, key, user_path(key, value))
     check_values(merged)
     return merged
 
@@ -502,12 +599,11 @@ def check_window(start: float, stop: float, outside: str, num_steps: int) -> Non
 
 def check_values(cfg: DictConfig) -> None:
     """Values the schema's types cannot express, checked at start-up (not hours later when used)."""
-    from pathlib import Path
-
     from rlg.evaluators.base import REGISTRY
     from rlg.harness.prompts import SOURCES
 
     _one_of("stage", cfg.stage, STAGES)
+    run_dir(cfg.paths.root, cfg.name)
     if cfg.kl_claim is None:
         grid_scale_values(list(cfg.grid.scales), cfg.grid.allow_large_scales)
     for key in ("device", "evaluators.device"):

@@ -51,7 +51,7 @@ def run(experiment: str | None = None, overrides: Sequence[str] = (), *, verbose
     Raises the CLI's USER_ERRORS (ConfigError for a misspelt key or bad value, PairError, ...).
     """
     from rlg.harness.cli import cpu_defaults
-    from rlg.harness.config import validate
+    from rlg.harness.config import run_dir as checked_run_dir, validate
     from rlg.harness.console import quiet_third_party
     from rlg.harness.runner import run as run_cfg
     from rlg.report.export import ExportError, export_frame
@@ -61,7 +61,7 @@ def run(experiment: str | None = None, overrides: Sequence[str] = (), *, verbose
     cfg = _compose(args)
     validate(cfg)  # the CLI's early checks, before torch is imported
     quiet_third_party(verbose=bool(cfg.verbose if verbose is None else verbose))
-    run_dir = Path(cfg.paths.root) / cfg.name
+    run_dir = Path(checked_run_dir(cfg.paths.root, cfg.name))  # the CLI's folder: ~ expanded, the name checked
     entry = run_cfg(cfg, run_dir=run_dir, overrides=args, job_name=cfg.name)
     report = (entry.get("report") or {}).get("index_html")
     csv = run_dir / "report" / "tables" / "summary.csv"
