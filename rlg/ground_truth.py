@@ -83,6 +83,7 @@ from rlg.analytic_metrics import (
     moment_influence,
     paired_difference,
 )
+from rlg.fkc import FKCConfig, fkc_sample_loop
 from rlg.schedulers import FlowGRPOSDEScheduler
 
 __all__ = [
@@ -136,6 +137,11 @@ class GroundTruthConfig:
     moment_dims: int = 8  # per-dimension mean/variance tests for dimensions i < moment_dims
     progress: bool = True  # a tqdm bar over the sampling steps
     seed: int = 0
+    # RLG with Feynman-Kac correctors (rlg.fkc), method "rlg_fkc", one run per particle count K, at every scale
+    # except w = 0 and 1 (where its weights are identically 0: the same law as plain sampling); [] = none
+    fkc_particles: list[int] = field(default_factory=list)
+    fkc_resample: str = "ess"  # "ess" | "every_step"
+    fkc_ess_threshold: float = 0.5
 
     def __post_init__(self):
         unknown = [s for s in self.samplers if s not in SAMPLERS]
@@ -148,6 +154,8 @@ class GroundTruthConfig:
             raise ValueError(f"init={self.init!r}; use 'marginal' or 'noise'")
         if self.n_batches < 2 or self.n_per_batch < 2:
             raise ValueError("need n_batches >= 2 and n_per_batch >= 2 for error bars")
+        for k in self.fkc_particles:  # FKCConfig names the fix for a bad value
+            FKCConfig(k, self.fkc_resample, self.fkc_ess_threshold)
 
 
 def make_sampler(name: str, config: GroundTruthConfig):
@@ -329,15 +337,46 @@ def run_ground_truth(
                     den = _RowBlocks([make_denoiser(pair.target(w), scheduler, torch.float64) for w in scales], n)
                 outs[method] = sample_loop(den, scheduler, latents, steps, generator=g,
                                            callback=lambda _: bar.update(1), **step_kwargs)
+            fkc = _run_fkc(pair, config, sampler, scheduler, base, rl, scales, a0, s0, step_kwargs, bar)
             gr = _generator(config.seed, pair.name, sampler, "reference")
             for i, w in enumerate(scales):
                 refs = [af * pair.exact_samples(w, n, gr)
                         + sf * torch.randn(n, pair.d, generator=gr, dtype=torch.float64)
                         for _ in range(2)]
                 block = {m: out[i * n:(i + 1) * n] for m, out in outs.items()}
+                ident = dict(pair=pair.name, d=pair.d, beta=pair.beta, schedule=schedule, sampler=sampler)
+                run = dict(n=n, n_batches=config.n_batches, steps=steps, init=config.init, seed=config.seed)
                 for r in _evaluate(pair, w, block, refs[0], refs[1], af, sf, config):
-                    rows.append(dict(pair=pair.name, d=pair.d, beta=pair.beta, schedule=schedule, sampler=sampler,
-                                     **r, n=n, n_batches=config.n_batches, steps=steps, init=config.init,
-                                     seed=config.seed))
+                    rows.append(dict(ident, **r, **run, particles=1, network_rows=_plain_rows(r["method"], w, steps)))
+                for K, res in fkc.get(w, {}).items():
+                    diag = dict(particles=K, network_rows=2 * K * steps, ess_final=float(res.ess[-1].mean()) / K,
+                                ess_min=float(res.ess.min()) / K,
+                                resamples=float(res.resampled.sum(0).double().mean()))
+                    for r in _evaluate(pair, w, {"rlg_fkc": res.samples}, refs[0], refs[1], af, sf, config):
+                        rows.append(dict(ident, **r, **run, **diag))
     return pd.DataFrame(rows)
+
+
+def _plain_rows(method: str, w: float, steps: int) -> int:
+    """Network rows per output sample of a plain run: RLGDenoiser runs one model at w in {0, 1}, else two."""
+    return steps * (1 if method != "rlg" or w in (0.0, 1.0) else 2)
+
+
+def _run_fkc(pair, config, sampler, scheduler, base, rl, scales, a0, s0, step_kwargs, bar) -> dict:
+    """{w: {K: FKCResult}} for every K of ``config.fkc_particles`` and every scale but 0 and 1; initial particles
+    from the same law as the plain runs' latents (``config.init``), drawn from a stream of their own."""
+    n, steps = config.n_per_batch * config.n_batches, config.num_inference_steps
+    out: dict = {}
+    for K in config.fkc_particles:
+        fk = FKCConfig(K, config.fkc_resample, config.fkc_ess_threshold)
+        for w in scales:
+            if w in (0.0, 1.0):
+                continue
+            bar.set_postfix_str(f"{sampler} rlg_fkc K={K} w={w:g}")
+            g = _generator(config.seed, pair.name, sampler, "fkc", K, w)
+            eps = torch.randn(n * K, pair.d, generator=g, dtype=torch.float64)
+            latents = a0 * pair.exact_samples(w, n * K, g) + s0 * eps if config.init == "marginal" else eps
+            out.setdefault(w, {})[K] = fkc_sample_loop(base, rl, scheduler, latents, w, steps, fk, generator=g,
+                                                       **step_kwargs)
+    return out
 

@@ -1,0 +1,139 @@
+"""RLG with Feynman-Kac correctors (rlg.fkc) on the analytic pairs, where every score and normaliser is known.
+
+* Gaussian base, linear reward: the score difference s_rl - s_base = alpha k / C_t (k = Sigma a / beta,
+  C_t = alpha^2 Sigma + sigma^2) does not depend on x, so every particle gets the same weight (ESS = K, no
+  resampling), and the accumulated log weight is log Z_0 - log Z_T for Z_t = ∫ p_base,t^(1-w) p_rl,t^w =
+  exp(-1/2 w (1 - w) D_t), D_t = alpha_t^2 k^T C_t^-1 k: an independent closed form for the discretised weights.
+* Two-mode mixture, quadratic reward: plain RLG misses the target; FKC with enough particles must be closer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlg.analytic import final_alpha_sigma, initial_alpha_sigma, make_pair, sample_loop
+from rlg.analytic_metrics import energy_distance
+from rlg.fkc import FKCConfig, effective_sample_size, fkc_sample_loop, systematic_resample, weight_coefficient
+from rlg.ground_truth import GroundTruthConfig, make_sampler, rlg_denoiser, run_ground_truth
+
+F64 = torch.float64
+
+
+def _gaussian_linear_log_z_ratio(pair, w, a_start, s_start, a_end, s_end) -> float:
+    """log Z_end - log Z_start with Z = exp(-1/2 w (1 - w) D), D = alpha^2 sum_i k_i^2 / C_i."""
+    var = pair.base.variances[0]
+    k = var * pair.reward.a / pair.beta
+
+    def D(a, s):
+        return float((a**2 * k**2 / (a**2 * var + s**2)).sum())
+
+    return 0.5 * w * (w - 1) * (D(a_end, s_end) - D(a_start, s_start))
+
+
+@pytest.mark.parametrize("sampler", ["ddim_eta1", "flow_grpo_sde"])
+def test_gaussian_linear_weights_are_uniform_and_add_up_to_the_normaliser_ratio(sampler):
+    pair = make_pair("gaussian_linear", d=3)
+    w, K, n = 3.0, 4, 8
+    errors = []
+    for steps in (25, 100):
+        scheduler, _, kw = make_sampler(sampler, GroundTruthConfig())
+        base, rl = pair.denoisers(scheduler, F64)
+        g = torch.Generator().manual_seed(0)
+        res = fkc_sample_loop(base, rl, scheduler, torch.randn(n * K, 3, generator=g, dtype=F64), w, steps,
+                              FKCConfig(K), generator=g, **kw)
+        # equal weights within every group: no resampling, ESS = K
+        assert not bool(res.resampled.any())
+        assert torch.allclose(res.ess, torch.full_like(res.ess, K), rtol=1e-12)
+        spread = res.log_weights - res.log_weights[:, :1]
+        assert float(spread.abs().max()) < 1e-9 * float(res.log_weights.abs().max())
+        a0, s0 = initial_alpha_sigma(scheduler, steps)
+        af, sf = final_alpha_sigma(scheduler, steps)
+        expected = _gaussian_linear_log_z_ratio(pair, w, a0, s0, af, sf)
+        assert expected > 0.1  # w > 1: the weights grow; the test is not of zeros
+        errors.append(abs(float(res.log_weights.mean()) / expected - 1))
+        assert res.network_rows == 2 * n * K * steps and res.samples.shape == (n, 3)
+    # the Euler sum converges to the integral: within 5% at 100 steps, and closer than at 25
+    assert errors[1] < 0.05 and errors[1] < errors[0], errors
+
+
+def test_weight_coefficients_follow_the_schedules():
+    scheduler, _, _ = make_sampler("flow_euler_ode", GroundTruthConfig())
+    scheduler.set_timesteps(10)
+    s = scheduler.sigmas
+    assert float(s[0]) == 1.0 and weight_coefficient(scheduler, 0) == 0.0  # at pure noise both scores are -x
+    assert weight_coefficient(scheduler, 3) == pytest.approx(float(2 * (1 - s[3]) * (s[3] - s[4]) / s[3]))
+    ddim, _, _ = make_sampler("ddim_eta1", GroundTruthConfig())
+    ddim.set_timesteps(10)
+    t, ac = int(ddim.timesteps[2]), ddim.alphas_cumprod.double().tolist()
+    assert weight_coefficient(ddim, 2) == pytest.approx(math.log(ac[t - 100] / ac[t]) / (1 - ac[t]), rel=1e-5)
+    last = int(ddim.timesteps[-1])
+    assert weight_coefficient(ddim, 9) == pytest.approx(
+        math.log(float(ddim.final_alpha_cumprod) / ac[last]) / (1 - ac[last]), rel=1e-5)
+    with pytest.raises(ValueError, match="out of range"):
+        weight_coefficient(ddim, 10)
+
+
+def test_systematic_resampling_copies_each_particle_floor_or_ceil_of_k_p_times():
+    g = torch.Generator().manual_seed(3)
+    K = 16
+    logw = torch.randn(200, K, generator=g, dtype=F64) * 2
+    logw[:, 5] = -math.inf  # a particle of weight 0 is never chosen
+    idx = systematic_resample(logw, g)
+    counts = torch.zeros(200, K, dtype=F64).scatter_add_(1, idx, torch.ones_like(idx, dtype=F64))
+    kp = K * torch.softmax(logw, -1)
+    assert bool((counts >= kp.floor() - 1e-9).all()) and bool((counts <= kp.ceil() + 1e-9).all())
+    assert int(counts[:, 5].sum()) == 0
+    assert effective_sample_size(torch.zeros(2, K)).tolist() == [K, K]
+
+
+def test_bad_fkc_settings_name_the_fix():
+    with pytest.raises(ValueError, match="particles must be an integer >= 1"):
+        FKCConfig(0)
+    with pytest.raises(ValueError, match="resample='always'"):
+        FKCConfig(4, "always")
+    with pytest.raises(ValueError, match="particles must be an integer >= 1"):
+        GroundTruthConfig(fkc_particles=[2.5])
+    scheduler, _, _ = make_sampler("ddim_eta1", GroundTruthConfig())
+    base, rl = make_pair("gaussian_linear").denoisers(scheduler, F64)
+    with pytest.raises(ValueError, match="not a multiple of particles=4"):
+        fkc_sample_loop(base, rl, scheduler, torch.zeros(6, 2, dtype=F64), 2.0, 2, FKCConfig(4))
+
+
+def test_fkc_beats_plain_rlg_on_the_mixture_at_w3():
+    # ddim eta 0 (probability-flow ODE) at 30 steps: plain RLG's distance to the w = 3 target is ~0.1 (the mixing
+    # rule's gap); FKC's weights remove most of it. Independent draws for the reference samples.
+    pair, w, n, K, steps = make_pair("mixture_quadratic", d=2), 3.0, 400, 32, 30
+    scheduler, _, kw = make_sampler("ddim_eta0", GroundTruthConfig())
+    base, rl = pair.denoisers(scheduler, F64)
+    a0, s0 = initial_alpha_sigma(scheduler, steps)
+    af, sf = final_alpha_sigma(scheduler, steps)
+    g = torch.Generator().manual_seed(1)
+    ref = af * pair.exact_samples(w, n, g) + sf * torch.randn(n, 2, generator=g, dtype=F64)
+    lat = a0 * pair.exact_samples(w, n, g) + s0 * torch.randn(n, 2, generator=g, dtype=F64)
+    plain = sample_loop(rlg_denoiser(base, rl, torch.full((n,), w, dtype=F64), steps), scheduler, lat, steps, **kw)
+    lat = a0 * pair.exact_samples(w, n * K, g) + s0 * torch.randn(n * K, 2, generator=g, dtype=F64)
+    fkc = fkc_sample_loop(base, rl, scheduler, lat, w, steps, FKCConfig(K), generator=g, **kw)
+    d_plain, d_fkc = energy_distance(plain, ref), energy_distance(fkc.samples, ref)
+    assert d_plain > 0.05 and d_fkc < 0.4 * d_plain, (d_plain, d_fkc)
+    assert bool(fkc.resampled.any())  # the weights did act
+
+
+def test_ground_truth_gains_fkc_rows_and_table(tmp_path):
+    from rlg.report.ground_truth import ground_truth_fkc_tables, ground_truth_tables, write_ground_truth_report
+
+    cfg = GroundTruthConfig(pair="mixture_quadratic", scales=[0.0, 1.0, 2.0], samplers=["ddim_eta1"],
+                            num_inference_steps=5, n_per_batch=20, n_batches=2, fkc_particles=[2, 4],
+                            metrics=["energy_distance", "mean_reward"], progress=False)
+    df = run_ground_truth(cfg)
+    fk = df[df.method == "rlg_fkc"]
+    assert set(fk.w) == {2.0} and set(fk.particles) == {2, 4}  # not at w = 0, 1, where its weights are 0
+    assert set(fk.network_rows) == {2 * 2 * 5, 2 * 4 * 5}
+    assert set(df[df.method == "rlg"].network_rows) == {5, 10}  # one model at w in {0, 1}
+    assert ((fk.ess_final > 0) & (fk.ess_final <= 1)).all()
+    assert "| ddim_eta1 | 2 | 4 |" in ground_truth_fkc_tables(df)["markdown"]
+    assert "z RLG-FKC (K)" in ground_truth_tables(df)["markdown"]
+    names = {p.name for p in write_ground_truth_report(df, tmp_path)}
+    assert {"ground_truth_fkc.md", "ground_truth_fkc.tex"} <= names
