@@ -137,3 +137,22 @@ def test_ground_truth_gains_fkc_rows_and_table(tmp_path):
     assert "z RLG-FKC (K)" in ground_truth_tables(df)["markdown"]
     names = {p.name for p in write_ground_truth_report(df, tmp_path)}
     assert {"ground_truth_fkc.md", "ground_truth_fkc.tex"} <= names
+
+
+def test_the_ground_truth_preset_passes_the_fkc_settings_through():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from rlg.harness import build
+    from rlg.harness.config import ConfigError
+
+    conf_dir = str(Path(__file__).resolve().parent.parent / "rlg" / "conf")
+    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=ground_truth", "ground_truth.fkc_particles=[4,16]",
+                                           "ground_truth.fkc_resample=every_step", "tracker=none"])
+        bad = compose("config", overrides=["experiment=ground_truth", "ground_truth.fkc_particles=[0]", "tracker=none"])
+    gt = build.build(cfg).ground_truth
+    assert gt.fkc_particles == [4, 16] and gt.fkc_resample == "every_step"
+    with pytest.raises(ConfigError, match="particles must be an integer >= 1"):
+        build.build(bad)

@@ -164,6 +164,8 @@ class GroundTruthConf:
     flow_shift: float = 3.0
     init: str = "marginal"
     rl_control: bool = True
+    fkc_particles: List[int] = field(default_factory=list)  # RLG-FKC rows per particle count (rlg.fkc); [] = none
+    fkc_resample: str = "ess"  # "ess" | "every_step"
 
 
 @dataclass
