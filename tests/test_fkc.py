@@ -156,3 +156,25 @@ def test_the_ground_truth_preset_passes_the_fkc_settings_through():
     assert gt.fkc_particles == [4, 16] and gt.fkc_resample == "every_step"
     with pytest.raises(ConfigError, match="particles must be an integer >= 1"):
         build.build(bad)
+
+
+def test_learned_fkc_rows_and_gaps_add_up():
+    """rlg.fkc_learned at a toy size: every arm at every w, FKC's network rows are 2 K per step, the decomposition's
+    gaps are the row differences, and on gaussian_linear (equal weights) exact-score FKC is exact within its se."""
+    from rlg.fkc_learned import decompose_fkc, run_learned_fkc
+    from rlg.kl_learned import LearnedTruthConfig
+
+    small = dict(seeds=[0, 1], base_steps=5, tune_steps=2, hidden=8, depth=1, n_samples=64, num_inference_steps=5,
+                 objectives=["rwr"], progress=False)
+    df = run_learned_fkc(LearnedTruthConfig(pair="gaussian_linear", scales=[1.0, 3.0], **small), particles=[2])
+    assert set(df.w) == {3.0}  # w = 1 is skipped: the weights are 0 there
+    assert sorted(df.arm.value_counts().items()) == [("exact", 1), ("fkc", 2), ("fkc_exact", 1), ("retrained", 2),
+                                                     ("rlg", 2), ("rlg_exact", 1)]
+    assert set(df[df.arm == "fkc"].network_rows) == {2 * 2 * 5}
+    dec = decompose_fkc(df).iloc[0]
+    fk, ret = df[df.arm == "fkc"].sort_values("seed"), df[df.arm == "retrained"].sort_values("seed")
+    assert dec.fkc_vs_retrained == pytest.approx(float((fk.reward.to_numpy() - ret.reward.to_numpy()).mean()))
+    assert dec.fkc_gap_exact_lo <= 0 <= dec.fkc_gap_exact_hi
+    assert dec.ess_final_exact == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="needs a scale w != 1"):
+        run_learned_fkc(LearnedTruthConfig(pair="gaussian_linear", scales=[1.0], **small), particles=[2])

@@ -183,9 +183,9 @@ def ground_truth_tables(df: pd.DataFrame, distance: str = "energy_distance") -> 
             cells += [_fmt_z(_max_abs(at, "rlg", "z")).lstrip("+"),
                       _fmt_z(_max_abs(at, "exact_score", "z")).lstrip("+"), _largest_net(at)]
             if fkc:
-                f = at[(at.method == "rlg_fkc") & (at.metric == distance)]
-                f = f[f.particles == f.particles.max()] if len(f) else f
-                cells.append(f"{_fmt_z(f.z.iloc[0])} ({int(f.particles.iloc[0])})" if len(f) else "–")
+                fk = at[(at.method == "rlg_fkc") & (at.metric == distance)]
+                fk = fk[fk.particles == fk.particles.max()] if len(fk) else fk
+                cells.append(f"{_fmt_z(fk.z.iloc[0])} ({int(fk.particles.iloc[0])})" if len(fk) else "–")
             rows.append(cells)
     f = df.iloc[0]
     notes = [f"Ground truth: {f.pair}, d={f.d}, beta={f.beta}, {f.steps} steps, {f.n} samples per w "
@@ -194,9 +194,11 @@ def ground_truth_tables(df: pd.DataFrame, distance: str = "energy_distance") -> 
              "exact closed form). 'exact score' = the same sampler, steps and noise driven by the exact beta/w "
              "target's own score: its error is the sampler's. Net gap = RLG - exact score on paired rows (paired se): "
              "the RLG-specific part. Moments: per-dimension mean and variance; '–' where RLG and the control coincide "
-             "(w = 0, 1)."] + (["RLG-FKC: RLG with Feynman-Kac correctors (rlg.fkc), K particles per sample, the largest "
-                               "K run; its distance z against the same floor; not run at w = 0, 1 (weights are 0 "
-                               "there). Per K: the ground_truth_fkc table."] if fkc else [])
+             "(w = 0, 1)."]
+    if fkc:
+        notes.append("RLG-FKC: RLG with Feynman-Kac correctors (rlg.fkc), K particles per sample, the largest K run; "
+                     "its distance z against the same floor; not run at w = 0, 1 (weights are 0 there). Per K: the "
+                     "ground_truth_fkc table.")
     return {fmt: render(header, rows, fmt, align="lr" + "r" * (len(header) - 2), notes=notes, groups=groups[1:])
             for fmt in ("markdown", "latex")}
 
