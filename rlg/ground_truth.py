@@ -39,9 +39,17 @@ endpoint rows (w = 0, 1) still report the sampler's error against exact samples,
 Residual caveat: the two runs integrate different fields, so their discretisation errors need not be
 identical; the difference of the two, which the net gap contains, vanishes as steps grow.
 
-Rows: pair, d, beta, schedule, sampler, method ("rlg" | "exact_score"), w, metric, value, stderr,
+4. ``method="rlg_fkc"`` (``fkc_particles``: one run per particle count K): RLG with Feynman-Kac correctors
+   (``rlg.fkc``; ``docs/fkc.md``), K particles per output sample drawn from the same initial law, importance
+   weights and systematic resampling, one particle per sample drawn by weight at the end; at every scale but 0
+   and 1 (its weights are identically 0 there: the same law as plain sampling). Not paired with the other runs
+   (resampling breaks the row correspondence), so it has no net columns.
+
+Rows: pair, d, beta, schedule, sampler, method ("rlg" | "exact_score" | "rlg_fkc"), w, metric, value, stderr,
 floor, floor_stderr, exact, exact_stderr, z, control, control_stderr, net, net_stderr, net_z, n,
-n_batches, steps, init, seed. Metrics:
+n_batches, steps, init, seed, particles (1 for the plain runs), network_rows (per output sample: steps x models
+run; 2 K steps for FKC), and on rlg_fkc rows ess_final, ess_min (effective sample size / K: mean after the last
+step, smallest over samples and steps) and resamples (per sample). Metrics:
 
 * ``energy_distance``, ``mmd2``: value = distance(samples, exact), floor = distance(exact, exact');
   z = (value - floor) / sqrt(stderr^2 + floor_stderr^2); se over ``n_batches`` independent batches.
