@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 __all__ = ["RESAMPLE", "FKCConfig", "FKCResult", "weight_coefficient", "log_weight_increment", "effective_sample_size",
            "systematic_resample", "fkc_sample_loop"]
@@ -93,7 +93,7 @@ def _is_flow(scheduler) -> bool:
 def weight_coefficient(scheduler, step_index: int) -> float:
     """c_i such that step i's log-weight increment is 1/2 w (w - 1) c_i |pred_rl - pred_base|^2 (module docstring),
     after ``scheduler.set_timesteps``. FlowMatch schedulers (velocity): 2 (1 - s) (s - s_next) / s with s, s_next
-    = sigmas[i], sigmas[i + 1]. DDIM-like (epsilon, ``alphas_cumprod``): log(abar_prev / abar_t) / (1 - abar_t)
+    = sigmas[i], sigmas[i + 1]. ``DDIMScheduler`` (epsilon): log(abar_prev / abar_t) / (1 - abar_t)
     with abar_prev as ``DDIMScheduler.step`` takes it (t - num_train_timesteps // num_inference_steps, or
     ``final_alpha_cumprod`` below 0). Raises TypeError for other schedulers, ValueError for a step out of range
     or a non-epsilon VP scheduler."""
@@ -103,7 +103,7 @@ def weight_coefficient(scheduler, step_index: int) -> float:
     if _is_flow(scheduler):
         s, s_next = float(scheduler.sigmas[step_index]), float(scheduler.sigmas[step_index + 1])
         return 0.0 if s <= 0 else 2.0 * (1.0 - s) * (s - s_next) / s
-    if hasattr(scheduler, "alphas_cumprod"):
+    if isinstance(scheduler, DDIMScheduler):  # other VP schedulers step differently (e.g. Euler's sigma scaling)
         if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
             raise ValueError("FKC weights for VP schedulers are derived for epsilon prediction; scheduler has "
                              f"prediction_type={scheduler.config.prediction_type!r}")
@@ -112,7 +112,7 @@ def weight_coefficient(scheduler, step_index: int) -> float:
         abar = float(scheduler.alphas_cumprod[t])
         abar_prev = float(scheduler.alphas_cumprod[prev]) if prev >= 0 else float(scheduler.final_alpha_cumprod)
         return math.log(abar_prev / abar) / (1.0 - abar)
-    raise TypeError(f"no FKC weight for {type(scheduler).__name__}; use a DDIM-like (epsilon) or FlowMatch scheduler")
+    raise TypeError(f"no FKC weight for {type(scheduler).__name__}; use DDIMScheduler (epsilon) or a FlowMatch scheduler")
 
 
 def log_weight_increment(pred_base: torch.Tensor, pred_rl: torch.Tensor, scales: torch.Tensor, coefficient: float
@@ -144,7 +144,7 @@ def fkc_sample_loop(base: Callable, rl: Callable, scheduler, latents: torch.Tens
                     config: FKCConfig, *, generator: torch.Generator | None = None, callback=None, **step_kwargs
                     ) -> FKCResult:
     """RLG-FKC with any diffusers-style ``base`` and ``rl`` denoisers (called as ``model(x, t_batch,
-    return_dict=False)[0]``) and a diffusers ``scheduler`` (DDIM-like epsilon or FlowMatch velocity), in the
+    return_dict=False)[0]``) and a diffusers ``scheduler`` (DDIMScheduler epsilon or FlowMatch velocity), in the
     loop of ``rlg.analytic.sample_loop``: ``latents`` (n K, ...) hold K = ``config.particles`` particles per output
     sample (group j = rows [j K, (j + 1) K)), ``scales`` a float or (n,) per-sample RLG scales. ``generator``
     drives the step noise (when ``scheduler.step`` takes one), the resampling and the final pick. ``callback(i)``

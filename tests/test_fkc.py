@@ -74,6 +74,12 @@ def test_weight_coefficients_follow_the_schedules():
         math.log(float(ddim.final_alpha_cumprod) / ac[last]) / (1 - ac[last]), rel=1e-5)
     with pytest.raises(ValueError, match="out of range"):
         weight_coefficient(ddim, 10)
+    from diffusers import EulerDiscreteScheduler
+
+    euler = EulerDiscreteScheduler()
+    euler.set_timesteps(10)
+    with pytest.raises(TypeError, match="use DDIMScheduler"):
+        weight_coefficient(euler, 0)
 
 
 def test_systematic_resampling_copies_each_particle_floor_or_ceil_of_k_p_times():
