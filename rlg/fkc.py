@@ -161,6 +161,7 @@ def fkc_sample_loop(base: Callable, rl: Callable, scheduler, latents: torch.Tens
         raise ValueError(f"scales must be a float or have shape ({n},), got {tuple(w.shape)}")
     w_rows = w.repeat_interleave(K).to(latents.device)
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
+    coefficients = [weight_coefficient(scheduler, i) for i in range(len(scheduler.timesteps))]  # errors before work
     kwargs = dict(step_kwargs)
     if generator is not None and "generator" in set(inspect.signature(scheduler.step).parameters):
         kwargs["generator"] = generator
@@ -174,7 +175,7 @@ def fkc_sample_loop(base: Callable, rl: Callable, scheduler, latents: torch.Tens
         pb = base(model_in, tb, return_dict=False)[0]
         pr = rl(model_in, tb, return_dict=False)[0]
         pred = pb + w_rows.to(pb.dtype).view(-1, *([1] * (pb.ndim - 1))) * (pr - pb)
-        log_w += log_weight_increment(pb, pr, w_rows, weight_coefficient(scheduler, i)).view(n, K).cpu()
+        log_w += log_weight_increment(pb, pr, w_rows, coefficients[i]).view(n, K).cpu()
         x = scheduler.step(pred, t, x, return_dict=False, **kwargs)[0]
         ess = effective_sample_size(log_w)
         ess_hist.append(ess)
