@@ -132,14 +132,17 @@ def test_ground_truth_gains_fkc_rows_and_table(tmp_path):
 
     cfg = GroundTruthConfig(pair="mixture_quadratic", scales=[0.0, 1.0, 2.0], samplers=["ddim_eta1"],
                             num_inference_steps=5, n_per_batch=20, n_batches=2, fkc_particles=[2, 4],
-                            metrics=["energy_distance", "mean_reward"], progress=False)
+                            fks_particles=[3], metrics=["energy_distance", "mean_reward"], progress=False)
     df = run_ground_truth(cfg)
     fk = df[df.method == "rlg_fkc"]
     assert set(fk.w) == {2.0} and set(fk.particles) == {2, 4}  # not at w = 0, 1, where its weights are 0
     assert set(fk.network_rows) == {2 * 2 * 5, 2 * 4 * 5}
     assert set(df[df.method == "rlg"].network_rows) == {5, 10}  # one model at w in {0, 1}
     assert ((fk.ess_final > 0) & (fk.ess_final <= 1)).all()
-    assert "| ddim_eta1 | 2 | 4 |" in ground_truth_fkc_tables(df)["markdown"]
+    fs = df[df.method == "fk_steering"]
+    assert set(fs.w) == {1.0, 2.0} and set(fs.network_rows) == {3 * 5}  # one model; not at w = 0 (lam = 0)
+    table = ground_truth_fkc_tables(df)["markdown"]
+    assert "| ddim_eta1 | 2 | rlg_fkc | 4 |" in table and "| ddim_eta1 | 1 | fk_steering | 3 |" in table
     assert "z RLG-FKC (K)" in ground_truth_tables(df)["markdown"]
     names = {p.name for p in write_ground_truth_report(df, tmp_path)}
     assert {"ground_truth_fkc.md", "ground_truth_fkc.tex"} <= names
@@ -184,3 +187,36 @@ def test_learned_fkc_rows_and_gaps_add_up():
     assert dec.ess_final_exact == pytest.approx(1.0)
     with pytest.raises(ValueError, match="needs a scale w != 1"):
         run_learned_fkc(LearnedTruthConfig(pair="gaussian_linear", scales=[1.0], **small), particles=[2])
+
+
+def test_fk_steering_of_the_base_reaches_the_tilted_target():
+    """FK steering targets p_sampler(x0) exp(lam R(x0)) for the distribution p_sampler the base's sampler actually
+    produces (at 20 DDIM steps its variance is too small, so not the exact tilt); reference: self-normalised
+    importance weighting of 20000 plain base samples by exp(lam R), independent of the steering code. The base
+    alone (K = 1) is far from it. (The "max" and "sum" potentials overshoot here when resampling every step: their
+    final correction exp(lam R) / prod G cannot undo 20 greedy resamplings at K = 64; docs/fkc.md.)"""
+    from rlg.fk_steering import FKSteeringConfig, fk_steering_sample_loop
+
+    pair, lam, n, steps = make_pair("gaussian_linear", d=2), 1.0, 200, 20
+    scheduler, _, kw = make_sampler("ddim_eta1", GroundTruthConfig())
+    base, _ = pair.denoisers(scheduler, F64)
+    a0, s0 = initial_alpha_sigma(scheduler, steps)
+
+    def latents(m, g):
+        return a0 * pair.base.sample(m, g) + s0 * torch.randn(m, 2, generator=g, dtype=F64)
+
+    g = torch.Generator().manual_seed(11)
+    plain = pair.reward(sample_loop(base, scheduler, latents(20_000, g), steps, generator=g, **kw))
+    target = float((torch.softmax(lam * plain, 0) * plain).sum())
+    means = {}
+    for K in (1, 64):
+        g = torch.Generator().manual_seed(5)
+        res = fk_steering_sample_loop(base, scheduler, latents(n * K, g), pair.reward, steps,
+                                      FKSteeringConfig(K, "difference", lam), generator=g, **kw)
+        r = pair.reward(res.samples)
+        means[K] = (float(r.mean()), float(r.std()) / math.sqrt(n))
+        assert res.network_rows == n * K * steps
+    assert abs(means[1][0] - target) > 5 * means[1][1]
+    assert abs(means[64][0] - target) < 3 * means[64][1], (means, target)
+    with pytest.raises(ValueError, match="potential='avg'"):
+        FKSteeringConfig(4, "avg")

@@ -26,7 +26,8 @@ __all__ = ["write_ground_truth_figures", "ground_truth_tables", "ground_truth_mo
 X_LABEL = "RLG scale w"
 METHOD_STYLE = {"rlg": dict(linestyle="-", marker="o", label="RLG"),
                 "exact_score": dict(linestyle="--", marker="s", label="exact score (sampler control)"),
-                "rlg_fkc": dict(linestyle=":", marker="^", label="RLG-FKC (largest K)")}
+                "rlg_fkc": dict(linestyle=":", marker="^", label="RLG-FKC (largest K)"),
+                "fk_steering": dict(linestyle="-.", marker="v", label="FK steering of the base (largest K)")}
 
 
 def _title(df: pd.DataFrame) -> str:
@@ -45,7 +46,7 @@ def _curves(ax, df: pd.DataFrame, metric: str, y=lambda r: r.value, yerr=lambda 
             if methods is not None and method not in methods:
                 continue
             sub = df[(df.sampler == s) & (df.method == method) & (df.metric == metric)].sort_values("w")
-            if method == "rlg_fkc" and len(sub):
+            if method in ("rlg_fkc", "fk_steering") and len(sub):
                 sub = sub[sub.particles == sub.particles.max()]
             if len(sub):
                 ax.errorbar(sub.w, y(sub), yerr=yerr(sub), color=c, linestyle=st["linestyle"], marker=st["marker"],
@@ -227,21 +228,24 @@ def ground_truth_moment_tables(df: pd.DataFrame, max_dims: int = 4) -> dict[str,
 
 
 def ground_truth_fkc_tables(df: pd.DataFrame, distance: str = "energy_distance") -> dict[str, str] | None:
-    """Per sampler, w and particle count K: RLG-FKC's distance to the beta/w optimum against the floor (z), plain
-    RLG's z beside it, the reward error (z), the weight diagnostics (final and smallest ESS / K, resamplings per
-    sample) and the network rows per output sample. None when the rows hold no ``rlg_fkc`` run."""
-    if "method" not in df or not (df.method == "rlg_fkc").any():
+    """Per sampler, w, particle method (``rlg_fkc``, ``fk_steering``) and particle count K: the distance to the
+    beta/w optimum against the floor (z), plain RLG's z beside it, the reward error (z), the weight diagnostics
+    (final and smallest ESS / K, resamplings per sample) and the network rows per output sample. None when the
+    rows hold no particle run."""
+    methods = [m for m in ("rlg_fkc", "fk_steering") if "method" in df and (df.method == m).any()]
+    if not methods:
         return None
-    header = ["sampler", "w", "K", f"{distance} FKC (± se)", "floor", "z FKC", "z RLG", "reward FKC - exact (z)",
+    header = ["sampler", "w", "method", "K", f"{distance} (± se)", "floor", "z", "z RLG", "reward - exact (z)",
               "final ESS/K", "min ESS/K", "resamplings", "network rows (RLG)"]
     rows, groups = [], []
     for sampler, part in df.groupby("sampler", sort=False):
         groups.append(len(rows))
-        for w, at in part.groupby("w"):
-            plain, plain_r = _pick(at, "rlg", distance), _pick(at, "rlg", "mean_reward")
-            for K, fk in at[at.method == "rlg_fkc"].groupby("particles"):
-                d, r = _pick(fk, "rlg_fkc", distance), _pick(fk, "rlg_fkc", "mean_reward")
-                rows.append([sampler, f"{w:g}", str(int(K)),
+        for (w, method), at_m in part[part.method.isin(methods)].groupby(["w", "method"]):
+            at = part[part.w == w]
+            plain = _pick(at, "rlg", distance)
+            for K, fk in at_m.groupby("particles"):
+                d, r = _pick(fk, method, distance), _pick(fk, method, "mean_reward")
+                rows.append([sampler, f"{w:g}", method, str(int(K)),
                              f"{d.value:.2e} ± {d.stderr:.1e}" if d is not None else "–",
                              f"{d.floor:.1e}" if d is not None else "–", _fmt_z(d.z) if d is not None else "–",
                              _fmt_z(plain.z) if plain is not None else "–",
@@ -250,13 +254,14 @@ def ground_truth_fkc_tables(df: pd.DataFrame, distance: str = "energy_distance")
                              f"{int(d.network_rows)} ({int(plain.network_rows)})" if plain is not None else
                              f"{int(d.network_rows)}"])
     f = df.iloc[0]
-    notes = [f"RLG with Feynman-Kac correctors (rlg.fkc; docs/fkc.md): {f.pair}, d={f.d}, beta={f.beta}, {f.steps} "
-             f"steps, {f.n} output samples per w, each one particle drawn by weight from its own population of K.",
+    notes = [f"Particle samplers (docs/fkc.md): {f.pair}, d={f.d}, beta={f.beta}, {f.steps} steps, {f.n} output "
+             "samples per w, each one particle drawn by weight from its own population of K. rlg_fkc: RLG with "
+             "Feynman-Kac correctors (rlg.fkc); fk_steering: FK steering of the base model with lam = w / beta "
+             "(rlg.fk_steering), the same target.",
              "z = (distance - floor) / combined se, as for RLG. ESS/K: effective sample size of a population over K "
-             "(mean over samples after the last step; smallest over samples and steps); resamplings: systematic "
-             "resampling events per sample (when ESS < threshold * K, or every step). Network rows: rows through "
-             "the networks per output sample (2 K per step for FKC)."]
-    return {fmt: render(header, rows, fmt, align="lrr" + "r" * (len(header) - 3), notes=notes, groups=groups[1:])
+             "(final weights, mean over samples; smallest over samples and steps); resamplings per sample. Network "
+             "rows per output sample: 2 K per step for FKC, K for FK steering."]
+    return {fmt: render(header, rows, fmt, align="lrlr" + "r" * (len(header) - 4), notes=notes, groups=groups[1:])
             for fmt in ("markdown", "latex")}
 
 
