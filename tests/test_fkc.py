@@ -159,10 +159,13 @@ def test_the_ground_truth_preset_passes_the_fkc_settings_through():
     conf_dir = str(Path(__file__).resolve().parent.parent / "rlg" / "conf")
     with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
         cfg = compose("config", overrides=["experiment=ground_truth", "ground_truth.fkc_particles=[4,16]",
-                                           "ground_truth.fkc_resample=every_step", "tracker=none"])
+                                           "ground_truth.fkc_resample=every_step", "ground_truth.fks_particles=[8]",
+                                           "ground_truth.fks_potential=max", "ground_truth.fks_interval=5",
+                                           "tracker=none"])
         bad = compose("config", overrides=["experiment=ground_truth", "ground_truth.fkc_particles=[0]", "tracker=none"])
     gt = build.build(cfg).ground_truth
     assert gt.fkc_particles == [4, 16] and gt.fkc_resample == "every_step"
+    assert gt.fks_particles == [8] and gt.fks_potential == "max" and gt.fks_interval == 5
     with pytest.raises(ConfigError, match="particles must be an integer >= 1"):
         build.build(bad)
 
