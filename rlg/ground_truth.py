@@ -39,9 +39,20 @@ endpoint rows (w = 0, 1) still report the sampler's error against exact samples,
 Residual caveat: the two runs integrate different fields, so their discretisation errors need not be
 identical; the difference of the two, which the net gap contains, vanishes as steps grow.
 
-Rows: pair, d, beta, schedule, sampler, method ("rlg" | "exact_score"), w, metric, value, stderr,
-floor, floor_stderr, exact, exact_stderr, z, control, control_stderr, net, net_stderr, net_z, n,
-n_batches, steps, init, seed. Metrics:
+4. ``method="rlg_fkc"`` (``fkc_particles``: one run per particle count K): RLG with Feynman-Kac correctors
+   (``rlg.fkc``; ``docs/fkc.md``), K particles per output sample drawn from the same initial law, importance
+   weights and systematic resampling, one particle per sample drawn by weight at the end; at every scale but 0
+   and 1 (its weights are identically 0 there: the same law as plain sampling). Not paired with the other runs
+   (resampling breaks the row correspondence), so it has no net columns.
+5. ``method="fk_steering"`` (``fks_particles``): FK steering (``rlg.fk_steering``) of the base model alone with
+   lam = w / beta, whose target p_base exp(w R / beta) is the same beta/w optimum; at every scale but 0.
+
+Rows: pair, d, beta, schedule, sampler, method ("rlg" | "exact_score" | "rlg_fkc" | "fk_steering"), w, metric,
+value, stderr, floor, floor_stderr, exact, exact_stderr, z, control, control_stderr, net, net_stderr, net_z, n,
+n_batches, steps, init, seed, particles (1 for the plain runs), network_rows (per output sample: steps x models
+run; 2 K steps for FKC, K steps for FK steering), and on the particle rows ess_final, ess_min (effective sample
+size / K: mean of the final weights'; smallest over samples and steps, of the weights, resp. of the scheduled
+potentials) and resamples (per sample). Metrics:
 
 * ``energy_distance``, ``mmd2``: value = distance(samples, exact), floor = distance(exact, exact');
   z = (value - floor) / sqrt(stderr^2 + floor_stderr^2); se over ``n_batches`` independent batches.
@@ -83,6 +94,8 @@ from rlg.analytic_metrics import (
     moment_influence,
     paired_difference,
 )
+from rlg.fk_steering import FKSteeringConfig, fk_steering_sample_loop
+from rlg.fkc import FKCConfig, effective_sample_size, fkc_sample_loop
 from rlg.schedulers import FlowGRPOSDEScheduler
 
 __all__ = [
@@ -136,6 +149,16 @@ class GroundTruthConfig:
     moment_dims: int = 8  # per-dimension mean/variance tests for dimensions i < moment_dims
     progress: bool = True  # a tqdm bar over the sampling steps
     seed: int = 0
+    # RLG with Feynman-Kac correctors (rlg.fkc), method "rlg_fkc", one run per particle count K, at every scale
+    # except w = 0 and 1 (where its weights are identically 0: the same law as plain sampling); [] = none
+    fkc_particles: list[int] = field(default_factory=list)
+    fkc_resample: str = "ess"  # "ess" | "every_step"
+    fkc_ess_threshold: float = 0.5
+    # FK steering (rlg.fk_steering), method "fk_steering": the base model alone, K particles, potentials of the
+    # reward on the predicted x0, lam = w / beta (target: the beta/w optimum); at every scale but 0; [] = none
+    fks_particles: list[int] = field(default_factory=list)
+    fks_potential: str = "difference"  # "difference" | "max" | "sum"
+    fks_interval: int = 1  # steps between resamplings
 
     def __post_init__(self):
         unknown = [s for s in self.samplers if s not in SAMPLERS]
@@ -148,6 +171,10 @@ class GroundTruthConfig:
             raise ValueError(f"init={self.init!r}; use 'marginal' or 'noise'")
         if self.n_batches < 2 or self.n_per_batch < 2:
             raise ValueError("need n_batches >= 2 and n_per_batch >= 2 for error bars")
+        for k in self.fkc_particles:  # FKCConfig names the fix for a bad value
+            FKCConfig(k, self.fkc_resample, self.fkc_ess_threshold)
+        for k in self.fks_particles:
+            FKSteeringConfig(k, self.fks_potential, 1.0, self.fks_interval)
 
 
 def make_sampler(name: str, config: GroundTruthConfig):
@@ -329,15 +356,74 @@ def run_ground_truth(
                     den = _RowBlocks([make_denoiser(pair.target(w), scheduler, torch.float64) for w in scales], n)
                 outs[method] = sample_loop(den, scheduler, latents, steps, generator=g,
                                            callback=lambda _: bar.update(1), **step_kwargs)
+            fkc = _run_fkc(pair, config, sampler, scheduler, base, rl, scales, a0, s0, step_kwargs, bar)
+            fks = _run_fk_steering(pair, config, sampler, scheduler, base, scales, a0, s0, step_kwargs, bar)
             gr = _generator(config.seed, pair.name, sampler, "reference")
             for i, w in enumerate(scales):
                 refs = [af * pair.exact_samples(w, n, gr)
                         + sf * torch.randn(n, pair.d, generator=gr, dtype=torch.float64)
                         for _ in range(2)]
                 block = {m: out[i * n:(i + 1) * n] for m, out in outs.items()}
+                ident = dict(pair=pair.name, d=pair.d, beta=pair.beta, schedule=schedule, sampler=sampler)
+                run = dict(n=n, n_batches=config.n_batches, steps=steps, init=config.init, seed=config.seed)
                 for r in _evaluate(pair, w, block, refs[0], refs[1], af, sf, config):
-                    rows.append(dict(pair=pair.name, d=pair.d, beta=pair.beta, schedule=schedule, sampler=sampler,
-                                     **r, n=n, n_batches=config.n_batches, steps=steps, init=config.init,
-                                     seed=config.seed))
+                    rows.append(dict(ident, **r, **run, particles=1, network_rows=_plain_rows(r["method"], w, steps)))
+                for K, res in fkc.get(w, {}).items():
+                    diag = dict(particles=K, network_rows=2 * K * steps, ess_final=float(res.ess[-1].mean()) / K,
+                                ess_min=float(res.ess.min()) / K,
+                                resamples=float(res.resampled.sum(0).double().mean()))
+                    for r in _evaluate(pair, w, {"rlg_fkc": res.samples}, refs[0], refs[1], af, sf, config):
+                        rows.append(dict(ident, **r, **run, **diag))
+                for K, res in fks.get(w, {}).items():
+                    diag = dict(particles=K, network_rows=K * steps,
+                                ess_min=float(res.ess.min()) / K if res.ess.numel() else float("nan"),
+                                ess_final=float(effective_sample_size(res.log_weights).mean()) / K,
+                                resamples=float(res.ess.shape[0]))
+                    for r in _evaluate(pair, w, {"fk_steering": res.samples}, refs[0], refs[1], af, sf, config):
+                        rows.append(dict(ident, **r, **run, **diag))
     return pd.DataFrame(rows)
+
+
+def _run_fk_steering(pair, config, sampler, scheduler, base, scales, a0, s0, step_kwargs, bar) -> dict:
+    """{w: {K: FKCResult}} of FK steering from the base model (lam = w / beta) for every K of
+    ``config.fks_particles`` and every scale but 0; initial particles from the base's own initial law (its exact
+    noised marginal for ``init="marginal"``, else N(0, I))."""
+    n, steps = config.n_per_batch * config.n_batches, config.num_inference_steps
+    out: dict = {}
+    for K in config.fks_particles:
+        for w in scales:
+            if w == 0.0:
+                continue
+            fk = FKSteeringConfig(K, config.fks_potential, w / pair.beta, config.fks_interval)
+            bar.set_postfix_str(f"{sampler} fk_steering K={K} w={w:g}")
+            g = _generator(config.seed, pair.name, sampler, "fk_steering", K, w)
+            eps = torch.randn(n * K, pair.d, generator=g, dtype=torch.float64)
+            latents = a0 * pair.base.sample(n * K, g) + s0 * eps if config.init == "marginal" else eps
+            out.setdefault(w, {})[K] = fk_steering_sample_loop(base, scheduler, latents, pair.reward, steps, fk,
+                                                               generator=g, **step_kwargs)
+    return out
+
+
+def _plain_rows(method: str, w: float, steps: int) -> int:
+    """Network rows per output sample of a plain run: RLGDenoiser runs one model at w in {0, 1}, else two."""
+    return steps * (1 if method != "rlg" or w in (0.0, 1.0) else 2)
+
+
+def _run_fkc(pair, config, sampler, scheduler, base, rl, scales, a0, s0, step_kwargs, bar) -> dict:
+    """{w: {K: FKCResult}} for every K of ``config.fkc_particles`` and every scale but 0 and 1; initial particles
+    from the same law as the plain runs' latents (``config.init``), drawn from a stream of their own."""
+    n, steps = config.n_per_batch * config.n_batches, config.num_inference_steps
+    out: dict = {}
+    for K in config.fkc_particles:
+        fk = FKCConfig(K, config.fkc_resample, config.fkc_ess_threshold)
+        for w in scales:
+            if w in (0.0, 1.0):
+                continue
+            bar.set_postfix_str(f"{sampler} rlg_fkc K={K} w={w:g}")
+            g = _generator(config.seed, pair.name, sampler, "fkc", K, w)
+            eps = torch.randn(n * K, pair.d, generator=g, dtype=torch.float64)
+            latents = a0 * pair.exact_samples(w, n * K, g) + s0 * eps if config.init == "marginal" else eps
+            out.setdefault(w, {})[K] = fkc_sample_loop(base, rl, scheduler, latents, w, steps, fk, generator=g,
+                                                       **step_kwargs)
+    return out
 

@@ -465,7 +465,10 @@ def _ground_truth_job(conf: RunConf, common: dict[str, Any]) -> Job:
         gt = GroundTruthConfig(pair=a.preset, d=a.d, beta=a.beta, scales=list(common["scales"]),
                                samplers=list(g.samplers), num_inference_steps=g.num_inference_steps,
                                n_per_batch=g.n_per_batch, n_batches=g.n_batches, noise_level=g.noise_level,
-                               flow_shift=g.flow_shift, init=g.init, rl_control=g.rl_control, seed=conf.seed)
+                               flow_shift=g.flow_shift, init=g.init, rl_control=g.rl_control, seed=conf.seed,
+                               fkc_particles=list(g.fkc_particles), fkc_resample=g.fkc_resample,
+                               fks_particles=list(g.fks_particles), fks_potential=g.fks_potential,
+                               fks_interval=g.fks_interval)
     except ValueError as exc:
         raise ConfigError(f"ground_truth: {exc}") from exc
     stages = tuple(st for st in common.pop("stages") if st != "evaluate") or ("generate",)

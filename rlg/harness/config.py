@@ -166,6 +166,11 @@ class GroundTruthConf:
     flow_shift: float = 3.0
     init: str = "marginal"
     rl_control: bool = True
+    fkc_particles: List[int] = field(default_factory=list)  # RLG-FKC rows per particle count (rlg.fkc); [] = none
+    fkc_resample: str = "ess"  # "ess" | "every_step"
+    fks_particles: List[int] = field(default_factory=list)  # FK steering of the base (rlg.fk_steering); [] = none
+    fks_potential: str = "difference"  # "difference" | "max" | "sum"
+    fks_interval: int = 1  # steps between FK-steering resamplings
 
 
 @dataclass

@@ -20,12 +20,14 @@ from matplotlib.figure import Figure
 from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, STYLE, TEXT_WIDTH, _reference_lines, save
 from rlg.report.tables import render
 
-__all__ = ["write_ground_truth_figures", "ground_truth_tables", "ground_truth_moment_tables",
+__all__ = ["write_ground_truth_figures", "ground_truth_tables", "ground_truth_moment_tables", "ground_truth_fkc_tables",
            "write_ground_truth_report"]
 
 X_LABEL = "RLG scale w"
 METHOD_STYLE = {"rlg": dict(linestyle="-", marker="o", label="RLG"),
-                "exact_score": dict(linestyle="--", marker="s", label="exact score (sampler control)")}
+                "exact_score": dict(linestyle="--", marker="s", label="exact score (sampler control)"),
+                "rlg_fkc": dict(linestyle=":", marker="^", label="RLG-FKC (largest K)"),
+                "fk_steering": dict(linestyle="-.", marker="v", label="FK steering of the base (largest K)")}
 
 
 def _title(df: pd.DataFrame) -> str:
@@ -44,6 +46,8 @@ def _curves(ax, df: pd.DataFrame, metric: str, y=lambda r: r.value, yerr=lambda 
             if methods is not None and method not in methods:
                 continue
             sub = df[(df.sampler == s) & (df.method == method) & (df.metric == metric)].sort_values("w")
+            if method in ("rlg_fkc", "fk_steering") and len(sub):
+                sub = sub[sub.particles == sub.particles.max()]
             if len(sub):
                 ax.errorbar(sub.w, y(sub), yerr=yerr(sub), color=c, linestyle=st["linestyle"], marker=st["marker"],
                             capsize=2, label=f"{st['label']}, {s}")
@@ -159,9 +163,10 @@ def ground_truth_tables(df: pd.DataFrame, distance: str = "energy_distance") -> 
     """Markdown and LaTeX tables: per sampler and w, the distance to the beta/w optimum against the
     Monte-Carlo floor (RLG and the exact-score control), the mean-reward gap (total and net of the
     sampler's error) and the largest per-dimension moment z-scores."""
+    fkc = "method" in df and (df.method == "rlg_fkc").any()
     header = ["sampler", "w", f"{distance} RLG (± se)", "floor", "z", "z exact score",
               "reward RLG - exact (z)", "net reward gap (z)", "max|z| moments RLG", "max|z| exact score",
-              "largest net moment gap (z)"]
+              "largest net moment gap (z)"] + (["z RLG-FKC (K)"] if fkc else [])
     rows, groups = [], []
     for sampler, part in df.groupby("sampler", sort=False):
         groups.append(len(rows))
@@ -178,6 +183,10 @@ def ground_truth_tables(df: pd.DataFrame, distance: str = "energy_distance") -> 
                 cells += ["–", "–"]
             cells += [_fmt_z(_max_abs(at, "rlg", "z")).lstrip("+"),
                       _fmt_z(_max_abs(at, "exact_score", "z")).lstrip("+"), _largest_net(at)]
+            if fkc:
+                fk = at[(at.method == "rlg_fkc") & (at.metric == distance)]
+                fk = fk[fk.particles == fk.particles.max()] if len(fk) else fk
+                cells.append(f"{_fmt_z(fk.z.iloc[0])} ({int(fk.particles.iloc[0])})" if len(fk) else "–")
             rows.append(cells)
     f = df.iloc[0]
     notes = [f"Ground truth: {f.pair}, d={f.d}, beta={f.beta}, {f.steps} steps, {f.n} samples per w "
@@ -187,6 +196,10 @@ def ground_truth_tables(df: pd.DataFrame, distance: str = "energy_distance") -> 
              "target's own score: its error is the sampler's. Net gap = RLG - exact score on paired rows (paired se): "
              "the RLG-specific part. Moments: per-dimension mean and variance; '–' where RLG and the control coincide "
              "(w = 0, 1)."]
+    if fkc:
+        notes.append("RLG-FKC: RLG with Feynman-Kac correctors (rlg.fkc), K particles per sample, the largest K run; "
+                     "its distance z against the same floor; not run at w = 0, 1 (weights are 0 there). Per K: the "
+                     "ground_truth_fkc table.")
     return {fmt: render(header, rows, fmt, align="lr" + "r" * (len(header) - 2), notes=notes, groups=groups[1:])
             for fmt in ("markdown", "latex")}
 
@@ -214,6 +227,44 @@ def ground_truth_moment_tables(df: pd.DataFrame, max_dims: int = 4) -> dict[str,
             for fmt in ("markdown", "latex")}
 
 
+def ground_truth_fkc_tables(df: pd.DataFrame, distance: str = "energy_distance") -> dict[str, str] | None:
+    """Per sampler, w, particle method (``rlg_fkc``, ``fk_steering``) and particle count K: the distance to the
+    beta/w optimum against the floor (z), plain RLG's z beside it, the reward error (z), the weight diagnostics
+    (final and smallest ESS / K, resamplings per sample) and the network rows per output sample. None when the
+    rows hold no particle run."""
+    methods = [m for m in ("rlg_fkc", "fk_steering") if "method" in df and (df.method == m).any()]
+    if not methods:
+        return None
+    header = ["sampler", "w", "method", "K", f"{distance} (± se)", "floor", "z", "z RLG", "reward - exact (z)",
+              "final ESS/K", "min ESS/K", "resamplings", "network rows (RLG)"]
+    rows, groups = [], []
+    for sampler, part in df.groupby("sampler", sort=False):
+        groups.append(len(rows))
+        for (w, method), at_m in part[part.method.isin(methods)].groupby(["w", "method"]):
+            at = part[part.w == w]
+            plain = _pick(at, "rlg", distance)
+            for K, fk in at_m.groupby("particles"):
+                d, r = _pick(fk, method, distance), _pick(fk, method, "mean_reward")
+                rows.append([sampler, f"{w:g}", method, str(int(K)),
+                             f"{d.value:.2e} ± {d.stderr:.1e}" if d is not None else "–",
+                             f"{d.floor:.1e}" if d is not None else "–", _fmt_z(d.z) if d is not None else "–",
+                             _fmt_z(plain.z) if plain is not None else "–",
+                             f"{r.value - r.exact:+.4f} ({_fmt_z(r.z)})" if r is not None else "–",
+                             f"{d.ess_final:.2f}", f"{d.ess_min:.2f}", f"{d.resamples:.1f}",
+                             f"{int(d.network_rows)} ({int(plain.network_rows)})" if plain is not None else
+                             f"{int(d.network_rows)}"])
+    f = df.iloc[0]
+    notes = [f"Particle samplers (docs/fkc.md): {f.pair}, d={f.d}, beta={f.beta}, {f.steps} steps, {f.n} output "
+             "samples per w, each one particle drawn by weight from its own population of K. rlg_fkc: RLG with "
+             "Feynman-Kac correctors (rlg.fkc); fk_steering: FK steering of the base model with lam = w / beta "
+             "(rlg.fk_steering), the same target.",
+             "z = (distance - floor) / combined se, as for RLG. ESS/K: effective sample size of a population over K "
+             "(final weights, mean over samples; smallest over samples and steps); resamplings per sample. Network "
+             "rows per output sample: 2 K per step for FKC, K for FK steering."]
+    return {fmt: render(header, rows, fmt, align="lrlr" + "r" * (len(header) - 4), notes=notes, groups=groups[1:])
+            for fmt in ("markdown", "latex")}
+
+
 def write_ground_truth_report(df: pd.DataFrame, out_dir) -> list[Path]:
     """Figures under ``out_dir``/figures and tables (ground_truth.md/.tex, ground_truth_moments.md/.tex)
     under ``out_dir``/tables; returns the paths written."""
@@ -221,7 +272,8 @@ def write_ground_truth_report(df: pd.DataFrame, out_dir) -> list[Path]:
     files = write_ground_truth_figures(df, out_dir / "figures")
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
     for stem, tables in (("ground_truth", ground_truth_tables(df)),
-                         ("ground_truth_moments", ground_truth_moment_tables(df))):
+                         ("ground_truth_moments", ground_truth_moment_tables(df)),
+                         ("ground_truth_fkc", ground_truth_fkc_tables(df) or {})):
         for fmt, text in tables.items():
             path = out_dir / "tables" / f"{stem}.{'md' if fmt == 'markdown' else 'tex'}"
             path.write_text(text)
