@@ -127,6 +127,11 @@ def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | 
         if job.kind in ("ground_truth", "kl_claim", "kl_learned"):  # measurements of their own: no image grid
             with timed(entry, job.kind):
                 entry["report"] = getattr(stages, job.kind)(job, store)
+        elif job.kind == "findings":  # ordinary runs per (pair, seed) through run_job, then verdicts
+            from rlg.harness.findings import run_findings
+
+            with timed(entry, "findings"):
+                entry["report"] = run_findings(job, store, run_job)
         else:
             with _tracker(job, store, job_name or job.name, group, entry["run_id"]) as tracker:
                 _image_stages(job, store, entry, ranks, tracker)
