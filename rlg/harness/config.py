@@ -255,7 +255,6 @@ class FindingsConf:
 
     pairs: List[str] = field(default_factory=list)  # experiment presets, one per pair (each sets report.reward)
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])  # sampling seeds (the run's `seed`) per pair
-    methods: List[str] = field(default_factory=lambda: ["rlg", "weight_mix", "cfg_rl", "best_of_n"])
     overrides: List[str] = field(default_factory=list)  # applied to every sub-run after its preset
     compare_at: List[float] = field(default_factory=lambda: [2.0])  # RLG scales best-of-N is matched with in cost
     reward_margin: float = 0.25  # equivalence margin on the reward: this fraction of the RL model's reward gain

@@ -14,7 +14,8 @@ Settings (``findings:`` in the preset, schema ``rlg.harness.config.FindingsConf`
 * ``pairs``: one line per pair, ``"<experiment preset> [override ...]"``; the preset's ``report.reward`` is
   the pair's reward (the best-of-N pick and the claims' reward axis). A pair added later joins by one line.
 * ``seeds``: sampling seeds (the run's ``seed``: an image's noise depends on (seed, prompt, sample) only).
-* ``methods``: the methods of every sub-run (``rlg`` is required: every claim is about RLG).
+* the run's own ``method`` group: the methods of every sub-run (``rlg`` is required: every claim is about RLG);
+  ``method.<name>.<key>=`` on the command line reaches every sub-run.
 * ``overrides``: applied to every sub-run after its preset; command-line overrides of this run come after
   them (``experiment``, ``name``, ``seed`` and ``findings.*`` excepted), so ``stage=report`` reaches every
   sub-run.
@@ -34,7 +35,6 @@ from rlg.harness.config import ConfigError
 
 log = logging.getLogger("rlg")
 
-KNOWN_METHODS = ("rlg", "weight_mix", "cfg_rl", "best_of_n")
 PASSED_ON = ("experiment", "name", "seed", "findings", "hydra")  # command-line keys a sub-run does not inherit
 
 
@@ -66,7 +66,8 @@ class FindingsPlan:
 
 def _inherited(cli: list[str]) -> list[str]:
     """The command-line overrides a sub-run inherits (every one but the keys that name or make the findings run)."""
-    return [o for o in cli if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] not in PASSED_ON]
+    return [o for o in cli if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] not in PASSED_ON
+            and not o.lstrip("+~").startswith("method=")]  # the method group is passed on as the run's own list
 
 
 def findings_plan(conf: Any, cli: list[str]) -> FindingsPlan:
@@ -83,10 +84,10 @@ def findings_plan(conf: Any, cli: list[str]) -> FindingsPlan:
                           "findings.pairs=[zoo_sd_dpo,zoo_compress_ddpo]")
     if not f.seeds or len(set(f.seeds)) != len(f.seeds):
         raise ConfigError(f"findings.seeds={list(f.seeds)} must list distinct sampling seeds, e.g. [0,1,2]")
-    unknown = [m for m in f.methods if m not in KNOWN_METHODS]
-    if unknown or "rlg" not in f.methods:
-        raise ConfigError(f"findings.methods={list(f.methods)}: every claim is about RLG, so list rlg, with any of "
-                          f"{', '.join(KNOWN_METHODS[1:])}")
+    chosen = list(conf.method) or ["rlg"]
+    if "rlg" not in chosen:
+        raise ConfigError(f"method={chosen}: every claim of the findings is about RLG, so select rlg too, e.g. "
+                          "method=[rlg,weight_mix,cfg_rl,best_of_n]")
     for key in ("reward_margin", "held_out_margin"):
         if not getattr(f, key) > 0:
             raise ConfigError(f"findings.{key}={getattr(f, key)} must be > 0 (an equivalence margin)")
@@ -99,15 +100,15 @@ def findings_plan(conf: Any, cli: list[str]) -> FindingsPlan:
     if len(names) != len(presets) or len(set(names)) != len(names):
         raise ConfigError(f"findings.pairs={list(f.pairs)} must name each experiment preset once")
     inherited = _inherited(cli)
-    methods = f"method=[{','.join(f.methods)}]"
+    methods = f"method=[{','.join(chosen)}]"
     runs = []
     for preset, *own in presets:
-        base = [f"experiment={preset}", *own, *f.overrides, *inherited, methods]
+        base = [f"experiment={preset}", methods, *own, *f.overrides, *inherited]
         reward = compose(*base).report.reward
         if not reward:
             raise ConfigError(f"experiment={preset} sets no report.reward; the findings need each pair's reward: set "
                               f"it in the preset or on its findings.pairs line ({preset} report.reward=<metric>)")
-        pick = [f"method.best_of_n.pick={reward}"] if "best_of_n" in f.methods else []
+        pick = [f"method.best_of_n.pick={reward}"] if "best_of_n" in chosen else []
         for seed in f.seeds:
             over = (*base, *pick, f"seed={seed}", f"name={conf.name}-{preset}-seed{seed}")
             try:
