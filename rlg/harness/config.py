@@ -261,6 +261,7 @@ class FindingsConf:
     held_out_margin: float = 0.2  # equivalence margin on a held-out metric: this many base-image sds
     alpha: float = 0.05  # family-wise error rate over the findings table (Holm)
     n_resamples: int = 20000  # cluster-bootstrap resamples (prompts x seeds) per row
+    sub_reports: bool = True  # each sub-run writes its own report (the Methods section per pair and seed)
 
 
 @dataclass

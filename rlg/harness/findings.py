@@ -21,10 +21,12 @@ Settings (``findings:`` in the preset, schema ``rlg.harness.config.FindingsConf`
   sub-run.
 * ``compare_at``, ``reward_margin``, ``held_out_margin``, ``alpha``, ``n_resamples``: the claims and the
   verdict rule (``rlg.report.findings``, ``rlg.verdicts``), fixed before the data.
+* ``sub_reports``: false skips each sub-run's own report (seconds each; the findings need only the stores).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 from dataclasses import dataclass
@@ -115,6 +117,8 @@ def findings_plan(conf: Any, cli: list[str]) -> FindingsPlan:
                 job = build(compose(*over), overrides=list(over))
             except ConfigError as exc:
                 raise ConfigError(f"findings pair {preset} (seed {seed}): {exc}") from exc
+            if not f.sub_reports:
+                job = dataclasses.replace(job, stages=tuple(st for st in job.stages if st != "report"))
             runs.append(SubRun(preset, int(seed), str(reward), tuple(over), job))
     return FindingsPlan(tuple(runs), tuple(float(w) for w in f.compare_at), float(f.reward_margin),
                         float(f.held_out_margin), float(f.alpha), int(f.n_resamples))
