@@ -16,8 +16,8 @@ Settings (``findings:`` in the preset, schema ``rlg.harness.config.FindingsConf`
 * ``seeds``: sampling seeds (the run's ``seed``: an image's noise depends on (seed, prompt, sample) only).
 * the run's own ``method`` group: the methods of every sub-run (``rlg`` is required: every claim is about RLG);
   ``method.<name>.<key>=`` on the command line reaches every sub-run.
-* ``overrides``: applied to every sub-run after its preset; command-line overrides of this run come after
-  them (``experiment``, ``name``, ``seed`` and ``findings.*`` excepted), so ``stage=report`` reaches every
+* ``overrides``: applied to every sub-run after its preset (a pair's own overrides come after them, and the
+  command-line overrides of this run last (``experiment``, ``name``, ``seed`` and ``findings.*`` excepted), so ``stage=report`` reaches every
   sub-run.
 * ``compare_at``, ``reward_margin``, ``held_out_margin``, ``alpha``, ``n_resamples``: the claims and the
   verdict rule (``rlg.report.findings``, ``rlg.verdicts``), fixed before the data.
@@ -74,7 +74,7 @@ def _inherited(cli: list[str]) -> list[str]:
 
 def findings_plan(conf: Any, cli: list[str]) -> FindingsPlan:
     """Check ``conf.findings`` and build every sub-run's job (each composed as ``rlg-bench experiment=<preset>
-    <pair overrides> <findings.overrides> <inherited command line> method=[...] seed=<k>``). Raises ConfigError
+    method=[...] <findings.overrides> <pair overrides> <inherited command line> seed=<k>``). Raises ConfigError
     (one line naming the fix) for an empty or repeated list, an unknown method, a preset without
     ``report.reward``, or any sub-run the ordinary checks refuse."""
     from rlg.harness.api import compose
@@ -105,7 +105,7 @@ def findings_plan(conf: Any, cli: list[str]) -> FindingsPlan:
     methods = f"method=[{','.join(chosen)}]"
     runs = []
     for preset, *own in presets:
-        base = [f"experiment={preset}", methods, *own, *f.overrides, *inherited]
+        base = [f"experiment={preset}", methods, *f.overrides, *own, *inherited]  # a pair's own line beats the common
         reward = compose(*base).report.reward
         if not reward:
             raise ConfigError(f"experiment={preset} sets no report.reward; the findings need each pair's reward: set "

@@ -335,14 +335,13 @@ def methods_in_words(summary: pd.DataFrame, reward: str | None) -> list[str]:
         d = held[held["metric"] == m]
         hib = bool(d["higher_is_better"].iloc[0])
         d = d.sort_values("mean", ascending=not hib)
-        point = lambda r: (f"{r.method} {r.knob:g} ({_num(r.mean)} [{_num(r.lo)}, {_num(r.hi)}], "  # noqa: E731
-                           f"{r.cost:g} rows)")
+        def point(r: pd.Series) -> str:
+            return f"{r['method']} {r['knob']:g} ({_num(r['mean'])} [{_num(r['lo'])}, {_num(r['hi'])}]"
+
         best = d.iloc[0]
-        per_cost = []
-        for cost, g in sorted(d.groupby("cost"), key=lambda kv: kv[0]):
-            r = g.iloc[0]
-            per_cost.append(f"{cost:g} rows: {r.method} {r.knob:g} ({_num(r.mean)} [{_num(r.lo)}, {_num(r.hi)}])")
+        per_cost = [f"{cost:g} rows: {point(g.iloc[0])})" for cost, g in sorted(d.groupby("cost"), key=lambda kv: kv[0])]
         role = "reward" if m == reward else "held-out"
-        lines.append(f"{m} ({role}, {'higher' if hib else 'lower'} is better): best overall {point(best)}; best at "
+        lines.append(f"{m} ({role}, {'higher' if hib else 'lower'} is better): best overall {point(best)}, "
+                     f"{best['cost']:g} rows); best at "
                      f"each cost: " + "; ".join(per_cost) + ".")
     return lines
