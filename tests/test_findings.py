@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rlg.report.findings import ClusterBootstrap, findings_table, methods_in_words, pair_claims
+from rlg.report.findings import ClusterBootstrap, findings_table, pair_claims
+from rlg.report.methods_words import methods_in_words
 
 COST = {"rlg": {0.0: 2, 0.5: 4, 1.0: 2, 2.0: 4}, "weight_mix": {0.0: 2, 0.5: 2, 1.0: 2, 2.0: 2},
         "cfg_rl": {1.0: 1, 7.5: 2}, "best_of_n": {1.0: 2, 2.0: 4}}
@@ -106,7 +107,7 @@ def test_an_unscored_reward_is_refused():
         pair_claims("toy", _frame(seeds=(0,), prompts=2, samples=1), HIGHER, "missing", n_resamples=200)
 
 
-def test_methods_in_words_names_the_best_per_cost_and_leaves_out_circular_values():
+def test_methods_in_words_gives_the_cost_front_and_leaves_out_circular_values():
     summary = pd.DataFrame([
         dict(method="rlg", knob=2.0, metric="r", higher_is_better=True, mean=2.0, lo=1.9, hi=2.1, cost=80, circular=False),
         dict(method="best_of_n", knob=2.0, metric="r", higher_is_better=True, mean=3.0, lo=2.9, hi=3.1, cost=80,
@@ -118,9 +119,10 @@ def test_methods_in_words_names_the_best_per_cost_and_leaves_out_circular_values
         dict(method="best_of_n", knob=2.0, metric="h", higher_is_better=False, mean=0.5, lo=0.4, hi=0.6, cost=80,
              circular=False)])
     lines = methods_in_words(summary, "r")
-    assert lines[0] == ("r (reward, higher is better): best overall rlg 2 (2 [1.9, 2.1], 80 rows); best at each cost: "
-                        "40 rows: weight_mix 2 (1 [0.9, 1.1]); 80 rows: rlg 2 (2 [1.9, 2.1]).")
-    assert lines[1].startswith("h (held-out, lower is better): best overall best_of_n 2 (0.5 [0.4, 0.6], 80 rows)")
+    assert lines[0] == ("r (reward, higher is better), the best point within each cost (rows per image): 40 rows: "
+                        "weight_mix 2 (1 [0.9, 1.1]); 80 rows: rlg 2 (2 [1.9, 2.1]) (best overall).")  # best-of-N's 3: circular
+    assert lines[1] == ("h (held-out, lower is better), the best point within each cost (rows per image): 80 rows: "
+                        "best_of_n 2 (0.5 [0.4, 0.6]) (best overall).")
 
 
 # -- experiment=findings_zoo end to end, reduced ------------------------------------------------------

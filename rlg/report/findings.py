@@ -1,5 +1,5 @@
 """The findings table: claims about RLG against weight mixing, CFG and best-of-N, decided over pairs and sampling
-seeds by one rule (``rlg.verdicts``), and the methods comparison of one run in words.
+seeds by one rule (``rlg.verdicts``).
 
 Input: per (pair, seed) one run directory of a methods run (``rlg.harness.findings``). Every image of every arm
 is paired by its noise, (seed, prompt, sample): all methods start a (prompt, sample) from the same noise, and
@@ -35,9 +35,10 @@ import numpy as np
 import pandas as pd
 
 from rlg.report import tables
+from rlg.report.methods_words import number as _num
 from rlg.verdicts import RULE, Claim, bootstrap_p, decide
 
-__all__ = ["load_points", "findings_table", "findings_in_words", "write_findings_report", "methods_in_words",
+__all__ = ["load_points", "pair_claims", "findings_table", "findings_in_words", "write_findings_report",
            "ClusterBootstrap", "COLUMNS"]
 
 KEY = ["seed", "prompt_id", "sample"]  # one paired image: its noise
@@ -237,10 +238,6 @@ def findings_table(pairs: Sequence[tuple[str, pd.DataFrame, dict[str, bool], str
     return out[COLUMNS]
 
 
-def _num(x: float) -> str:
-    return "–" if x is None or not np.isfinite(x) else f"{x:.3g}"
-
-
 def _render(table: pd.DataFrame, fmt: str) -> str:
     header = ["pair", "claim", "metric", "comparison", "seeds", "images", "estimate [95%] (+: first arm better)",
               "test, margin", "cost ratio", "Holm p", "verdict"]
@@ -320,28 +317,3 @@ def write_findings_report(dirs: Sequence[tuple[str, int, str, Path]], out_dir: P
     (out_dir / "index.html").write_text(index.html())
     files += [out_dir / "index.md", out_dir / "index.html"]
     return {"files": [str(f) for f in files], "table": table, "rows": len(table), "headlines": [headline]}
-
-
-def methods_in_words(summary: pd.DataFrame, reward: str | None) -> list[str]:
-    """The methods comparison of one run in words, before its tables: per metric the best point of all methods
-    and the best at each cost (rows per image), with 95% intervals; best-of-N's values on its picking metric are
-    left out (circular). ``summary``: ``rlg.report.methods.method_summary``."""
-    if summary.empty:
-        return []
-    held = summary[~summary["circular"].astype(bool) & np.isfinite(summary["mean"].astype(float))]
-    lines = []
-    metrics = ([reward] if reward in set(held["metric"]) else []) + sorted(set(held["metric"]) - {reward})
-    for m in metrics:
-        d = held[held["metric"] == m]
-        hib = bool(d["higher_is_better"].iloc[0])
-        d = d.sort_values("mean", ascending=not hib)
-        def point(r: pd.Series) -> str:
-            return f"{r['method']} {r['knob']:g} ({_num(r['mean'])} [{_num(r['lo'])}, {_num(r['hi'])}]"
-
-        best = d.iloc[0]
-        per_cost = [f"{cost:g} rows: {point(g.iloc[0])})" for cost, g in sorted(d.groupby("cost"), key=lambda kv: kv[0])]
-        role = "reward" if m == reward else "held-out"
-        lines.append(f"{m} ({role}, {'higher' if hib else 'lower'} is better): best overall {point(best)}, "
-                     f"{best['cost']:g} rows); best at "
-                     f"each cost: " + "; ".join(per_cost) + ".")
-    return lines

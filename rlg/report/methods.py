@@ -315,6 +315,10 @@ def write_index_section(index: Any, out_dir: Path, result: dict[str, Any]) -> No
         return
     index.text(f"Reward axis: {result['reward']}. Cost: network rows per image (one sample through one model at "
                "one step; RLG at 0 < w != 1 runs two models). Wall time: each method's pipeline calls, per image.")
+    from rlg.report.methods_words import methods_in_words
+
+    for line in methods_in_words(summary, result["reward"]):  # what it found, in words, before the tables
+        index.text(line)
     for line in result["notes"]:
         index.text(("WARNING: " if "circular" in line else "") + line)
     index.table(method_table(summary, "markdown"), method_table(summary, "html"))

@@ -83,7 +83,10 @@ def render(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, align
         return "\n".join(lines) + "\n"
     if fmt == "html":
         side = {"l": "left", "r": "right", "c": "center"}
-        cell = lambda tag, a, c: f'<{tag} style="text-align:{side[a]}">{html.escape(str(c))}</{tag}>'  # noqa: E731
+        def cell(tag: str, a: str, c: Any) -> str:  # a header may break after "_" (<wbr>), never inside a word
+            text = html.escape(str(c))
+            return f'<{tag} style="text-align:{side[a]}">{text.replace("_", "_<wbr>") if tag == "th" else text}</{tag}>'
+
         lines = [f'<p class="note">{html.escape(str(n))}</p>' for n in notes]
         lines += ["<table>", "<thead><tr>" + "".join(cell("th", a, h) for a, h in zip(align, header)) + "</tr></thead>",
                   "<tbody>"]
