@@ -165,3 +165,33 @@ def test_a_pair_without_a_reward_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="experiment=tiny sets no report.reward"):
         run(compose(*over), run_dir=tmp_path / "f", overrides=over)
     assert not (tmp_path / "f").exists()
+
+
+def test_methods_figure_knob_labels_do_not_overlap(monkeypatch, tmp_path):
+    """Methods that share a point (w = 0 and 1 of RLG and weight mixing, the RL model at its own CFG scale) and
+    points close together (a saturated weight mixing): every knob label's box is clear of every other's."""
+    from matplotlib.text import Annotation
+
+    from rlg.report import figures, methods
+
+    pts = [("rlg", 0, 1.0, 0.30), ("rlg", 1, 1.5, 0.20), ("rlg", 2, 2.0, 0.10), ("weight_mix", 0, 1.0, 0.30),
+           ("weight_mix", 1, 1.5, 0.20), ("weight_mix", 2, 1.70, 0.15), ("weight_mix", 3, 1.701, 0.149),
+           ("cfg_rl", 2, 1.5, 0.20), ("cfg_rl", 5, 1.5, 0.45), ("best_of_n", 2, 1.5, 0.21)]
+    rows = [dict(method=m, knob=float(k), metric=metric, higher_is_better=True, mean=v, lo=v, hi=v, n=40,
+                 cost=40.0, wall_s=0.0, circular=False)
+            for m, k, r, q in pts for metric, v in (("reward", r), ("quality", q))]
+    captured = []
+    monkeypatch.setattr(figures, "save", lambda fig, stem, formats: captured.append(fig) or [])
+    methods.plot_methods(pd.DataFrame(rows), "reward", "quality", tmp_path / "m")
+    fig = captured[0]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()  # as savefig draws it
+    renderer = canvas.get_renderer()
+    labels = [a for a in fig.axes[0].texts if isinstance(a, Annotation)]
+    assert len(labels) == len(pts)
+    boxes = [a.get_window_extent(renderer) for a in labels]
+    overlaps = [(labels[i].get_text(), labels[j].get_text()) for i in range(len(boxes)) for j in range(i)
+                if boxes[i].overlaps(boxes[j])]
+    assert not overlaps

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 import matplotlib.patches
@@ -118,6 +118,31 @@ def save(fig: Figure, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path
         for p in paths:
             fig.savefig(p, dpi=DPI)
     return paths
+
+
+def separate_labels(fig: Figure, labels: Sequence[Any], pad_pt: float = 0.5) -> None:
+    """Move point labels (``ax.annotate`` with ``textcoords="offset points"``) up, in the order given, until no
+    label's box overlaps an earlier one's: labels of points that coincide (methods sharing w = 0, w = 1) or lie
+    close stack instead of printing on top of each other. Each label leaves the layout (``set_in_layout(False)``)
+    so that the boxes measured here are where ``savefig`` draws them."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    for ann in labels:
+        ann.set_in_layout(False)
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()  # the constrained layout, then the boxes
+    renderer = canvas.get_renderer()
+    px = fig.dpi / 72.0
+    placed = []
+    for ann in labels:
+        for _ in range(len(labels) + 1):
+            box = ann.get_window_extent(renderer)
+            hit = [b for b in placed if box.overlaps(b)]
+            if not hit:
+                break
+            dx, dy = ann.xyann
+            ann.xyann = (dx, dy + (max(b.y1 for b in hit) - box.y0) / px + pad_pt)
+        placed.append(ann.get_window_extent(renderer))
 
 
 def _reference_lines(ax) -> None:
