@@ -121,10 +121,11 @@ def save(fig: Figure, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path
 
 
 def separate_labels(fig: Figure, labels: Sequence[Any], pad_pt: float = 0.5) -> None:
-    """Move point labels (``ax.annotate`` with ``textcoords="offset points"``) up, in the order given, until no
-    label's box overlaps an earlier one's: labels of points that coincide (methods sharing w = 0, w = 1) or lie
-    close stack instead of printing on top of each other. Each label leaves the layout (``set_in_layout(False)``)
-    so that the boxes measured here are where ``savefig`` draws them."""
+    """Move point labels (``ax.annotate`` with ``textcoords="offset points"``), in the order given, to the first of
+    their offsets 0, +1, -1, +2, -2, ... label heights from where they were whose box overlaps no earlier label's
+    and stays inside the axes (else the first clear one): labels of points that coincide (methods sharing w = 0,
+    w = 1) or lie close stack instead of printing on top of each other. Each label leaves the layout
+    (``set_in_layout(False)``) so that the boxes measured here are where ``savefig`` draws them."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     for ann in labels:
@@ -135,13 +136,22 @@ def separate_labels(fig: Figure, labels: Sequence[Any], pad_pt: float = 0.5) -> 
     px = fig.dpi / 72.0
     placed = []
     for ann in labels:
-        for _ in range(len(labels) + 1):
+        dx, dy = ann.xyann
+        step = ann.get_window_extent(renderer).height / px + pad_pt
+        frame = ann.axes.get_window_extent(renderer) if ann.axes is not None else None
+        chosen = None
+        for k in range(2 * len(labels) + 1):
+            ann.xyann = (dx, dy + (k + 1) // 2 * step * (1 if k % 2 else -1))  # 0, +1, -1, +2, -2, ... steps
             box = ann.get_window_extent(renderer)
-            hit = [b for b in placed if box.overlaps(b)]
-            if not hit:
+            if any(box.overlaps(b) for b in placed):
+                continue
+            inside = frame is None or (frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0
+                                       and box.y1 <= frame.y1)
+            if inside:
+                chosen = ann.xyann
                 break
-            dx, dy = ann.xyann
-            ann.xyann = (dx, dy + (max(b.y1 for b in hit) - box.y0) / px + pad_pt)
+            chosen = chosen or ann.xyann
+        ann.xyann = chosen or (dx, dy)
         placed.append(ann.get_window_extent(renderer))
 
 

@@ -320,7 +320,7 @@ class _Index:
            ".figrow figure{width:480px;margin:.3em}.figrow figure img{max-width:480px}"
            # a cell breaks at spaces only (never inside a number or a word); a table wider than the page scrolls
            "table{display:block;max-width:100%;overflow-x:auto}td,th{overflow-wrap:normal;word-break:normal}"
-           "td{font-variant-numeric:tabular-nums}")
+           "td{font-variant-numeric:tabular-nums}td[style*=right]{white-space:nowrap}")  # numbers: never wrapped
 
     def __init__(self, title: str):
         self.title = title
