@@ -132,7 +132,8 @@ REDUCED = ["experiment=findings_zoo", "findings.pairs=[zoo_compress_ddpo]", "fin
            "method.cfg_rl.knobs=[1,2]", "method.best_of_n.knobs=[1,2]", "evaluators.selected=[jpeg,digit_prob]"]
 
 
-def test_findings_zoo_runs_resumes_and_reports(tmp_path):
+@pytest.mark.slow  # two sub-runs of a real zoo pair: about a minute of CPU (model loading and the plan's checks)
+def test_findings_zoo_runs_and_reports(tmp_path):
     from rlg.harness.api import compose
     from rlg.harness.runner import run
     from rlg.store import Store
@@ -149,11 +150,6 @@ def test_findings_zoo_runs_resumes_and_reports(tmp_path):
     index = (tmp_path / "f" / "report" / "index.md").read_text()
     assert index.index("## Findings") < index.index("## Runs") and "Verdict rule (rlg.verdicts)" in index
     assert "±" in (tmp_path / "f" / "report" / "index.html").read_text()  # the margin beside each verdict
-    run(compose(*over), run_dir=tmp_path / "f", overrides=over)  # the same command resumes: nothing to make
-    for s in subs:
-        last = Store(tmp_path / "f" / "runs" / s).meta()["invocations"][-1]
-        assert last["generate"] == {"images_made": 0, "images_skipped": n[s]}
-    assert pd.read_csv(tmp_path / "f" / "report" / "tables" / "findings.csv")["estimate"].equals(table["estimate"])
 
 
 def test_a_pair_without_a_reward_is_refused_before_any_work(tmp_path):
@@ -195,3 +191,23 @@ def test_methods_figure_knob_labels_do_not_overlap(monkeypatch, tmp_path):
     overlaps = [(labels[i].get_text(), labels[j].get_text()) for i in range(len(boxes)) for j in range(i)
                 if boxes[i].overlaps(boxes[j])]
     assert not overlaps
+
+
+def test_the_plan_gives_each_pair_its_reward_seeds_and_own_overrides():
+    """A pair's own line beats the common overrides, the command line beats both, best-of-N picks the pair's
+    reward, every seed is its own sub-run and the findings' own keys never reach a sub-run."""
+    from rlg.harness.api import compose
+    from rlg.harness.build import build
+    from rlg.harness.findings import findings_plan
+
+    over = ["experiment=findings_zoo", 'findings.pairs=["zoo_compress_ddpo prompts.samples_per_prompt=3"]',
+            "findings.seeds=[5,7]", "prompts.max_prompts=2"]
+    job = build(compose(*over), overrides=over)
+    plan = findings_plan(job.config, over)
+    assert [(r.preset, r.seed, r.reward) for r in plan.runs] == [("zoo_compress_ddpo", 5, "jpeg_compressibility"),
+                                                                  ("zoo_compress_ddpo", 7, "jpeg_compressibility")]
+    for r in plan.runs:
+        c = r.job.config
+        assert (c.seed, c.prompts.samples_per_prompt, c.prompts.max_prompts) == (r.seed, 3, 2)
+        assert c.method["best_of_n"].pick == "jpeg_compressibility" and list(c.method["best_of_n"].knobs) == [1, 2, 4]
+        assert not any(o.startswith("findings") for o in r.overrides) and r.dir_name == f"zoo_compress_ddpo-seed{r.seed}"
