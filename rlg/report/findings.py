@@ -251,17 +251,19 @@ def _render(table: pd.DataFrame, fmt: str) -> str:
 
 
 def findings_in_words(table: pd.DataFrame) -> list[str]:
-    """One sentence per pair: which claims hold, which do not, which are undecided (with estimates)."""
+    """One sentence per pair: the claims that hold and that do not hold (comparison, metric, estimate and 95%
+    interval), and how many are undecided."""
     lines = []
     for pair, g in table.groupby("pair", sort=False):
         parts = []
-        for verdict in ("holds", "does not hold", "undecided"):
+        for verdict in ("holds", "does not hold"):
             h = g[g["verdict"] == verdict]
-            if len(h):
-                items = "; ".join(f"{r.claim} on {r.metric} ({r.comparison}: {_num(r.estimate)} "
-                                  f"[{_num(r.lo)}, {_num(r.hi)}])" for r in h.itertuples())
-                parts.append(f"{verdict.upper()}: {items}")
-        lines.append(f"{pair} ({int(g['seeds'].max())} seeds). " + ". ".join(parts) + ".")
+            items = "; ".join(f"{r.claim}, {r.comparison.split(' (')[0]}, {r.metric} ({_num(r.estimate)} "
+                              f"[{_num(r.lo)}, {_num(r.hi)}])" for r in h.itertuples())
+            parts.append(f"{verdict}: {items or 'none'}")
+        undecided = int((g["verdict"] == "undecided").sum())
+        lines.append(f"{pair} ({int(g['seeds'].max())} seeds). " + ". ".join(parts)
+                     + f". Undecided: {undecided} of {int(g['p'].notna().sum())} tested rows.")
     return lines
 
 
