@@ -239,15 +239,15 @@ def findings_table(pairs: Sequence[tuple[str, pd.DataFrame, dict[str, bool], str
 
 
 def _render(table: pd.DataFrame, fmt: str) -> str:
-    header = ["pair", "claim", "metric", "comparison", "seeds", "images", "estimate [95%] (+: first arm better)",
-              "test, margin", "cost ratio", "Holm p", "verdict"]
-    rows = [[r.pair, r.claim, r.metric, r.comparison, f"{r.seeds}", f"{r.n}",
-             f"{_num(r.estimate)} [{_num(r.lo)}, {_num(r.hi)}]",
+    """The findings table, verdict and margin first (the comparison's words last: it is the widest column)."""
+    header = ["pair", "claim", "metric", "verdict", "estimate [95%] (+: first arm better)", "test, margin", "Holm p",
+              "seeds", "images", "cost ratio", "comparison"]
+    rows = [[r.pair, r.claim, r.metric, r.verdict, f"{_num(r.estimate)} [{_num(r.lo)}, {_num(r.hi)}]",
              r.test if r.test.startswith("none") else f"{r.test}, ±{_num(r.margin)}" if r.test == "equivalence"
-             else f"{r.test}, > {_num(r.margin)}", _num(r.cost_ratio), _num(r.p_holm), r.verdict]
-            for r in table.itertuples()]
+             else f"{r.test}, > {_num(r.margin)}", _num(r.p_holm), f"{r.seeds}", f"{r.n}", _num(r.cost_ratio),
+             r.comparison] for r in table.itertuples()]
     groups = [i for i, (a, b) in enumerate(zip(table["pair"], [None, *table["pair"][:-1]])) if a != b]
-    return tables.render(header, rows, fmt, align="llll" + "rrrlrrl", groups=groups)
+    return tables.render(header, rows, fmt, align="llllrlrrrrl", groups=groups)
 
 
 def findings_in_words(table: pd.DataFrame) -> list[str]:
