@@ -58,7 +58,8 @@ class Claim:
         if self.kind not in KINDS:
             raise ValueError(f"claim kind {self.kind!r} is not one of {KINDS}")
         if not (self.margin >= 0 and (self.kind == "superiority" or self.margin > 0)):
-            raise ValueError(f"{self.kind} margin {self.margin!r} must be {'>= 0' if self.kind == 'superiority' else '> 0'}")
+            bound = ">= 0" if self.kind == "superiority" else "> 0"
+            raise ValueError(f"{self.kind} margin {self.margin!r} must be {bound}")
 
     def p(self, p_above: PFunc, p_below: PFunc) -> tuple[float, float]:
         """(p_holds, p_fails) of this claim from a test's one-sided p-value functions."""

@@ -13,12 +13,13 @@ Settings (``findings:`` in the preset, schema ``rlg.harness.config.FindingsConf`
 
 * ``pairs``: one line per pair, ``"<experiment preset> [override ...]"``; the preset's ``report.reward`` is
   the pair's reward (the best-of-N pick and the claims' reward axis). A pair added later joins by one line.
+  On the command line quote a line with overrides: ``'findings.pairs=["zoo_sd_dpo prompts.max_prompts=4"]'``.
 * ``seeds``: sampling seeds (the run's ``seed``: an image's noise depends on (seed, prompt, sample) only).
 * the run's own ``method`` group: the methods of every sub-run (``rlg`` is required: every claim is about RLG);
   ``method.<name>.<key>=`` on the command line reaches every sub-run.
-* ``overrides``: applied to every sub-run after its preset (a pair's own overrides come after them, and the
-  command-line overrides of this run last (``experiment``, ``name``, ``seed`` and ``findings.*`` excepted), so ``stage=report`` reaches every
-  sub-run.
+* ``overrides``: applied to every sub-run after its preset; a pair's own overrides come after them, and the
+  command-line overrides of this run last (``experiment``, ``name``, ``seed`` and ``findings.*`` excepted), so
+  ``stage=report`` reaches every sub-run.
 * ``compare_at``, ``reward_margin``, ``held_out_margin``, ``alpha``, ``n_resamples``: the claims and the
   verdict rule (``rlg.report.findings``, ``rlg.verdicts``), fixed before the data.
 * ``sub_reports``: false skips each sub-run's own report (seconds each; the findings need only the stores).

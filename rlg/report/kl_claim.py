@@ -183,8 +183,8 @@ def kl_claim_verdict_tables(df: pd.DataFrame) -> dict[str, str]:
     """The headline: per w, "RLG(w) matches retraining at beta / w": holds / does not hold / undecided, with the
     claim test, the responsiveness check and the reason (``kl_claim_verdicts``)."""
     v = kl_claim_verdicts(df)
-    header = ["w", "beta/w", "verdict", "margin (±)", "RLG(w)", "retrained mean (n)", "RLG - retrained [95%]", "t (df)",
-              "Holm p",
+    header = ["w", "beta/w", "verdict", "margin (±)", "RLG(w)", "retrained mean (n)", "RLG - retrained [95%]",
+              "t (df)", "Holm p",
               "response: retrained(beta/w) - retrained(beta) [95%]", "response p", "evidence"]
 
     def ci(r, k):

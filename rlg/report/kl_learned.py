@@ -75,7 +75,8 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
              "fine-tunes), t on seeds - 1 df. Verdict: rlg-bench's one rule (rlg.verdicts), equivalence within the "
              "margin = half the response, Holm across w: 'holds' when the 95% interval lies inside ± margin, 'does "
              "not hold' when outside, 'undecided' when across it or when retraining does not respond to beta/w "
-             "beyond its seed spread (no margin). The verdict is on the mean reward; the last column asks the same of the "
+             "beyond its seed spread (no margin). The verdict is on the mean reward; the last column asks the same of "
+             "the "
              "whole distribution (energy distance to exact samples of the beta/w optimum). One block per retraining "
              "objective: RLG(w) starts from that objective's beta model."]
     out["kl_learned_verdict"] = {fmt: render(header, rows, fmt, align="lrrlr" + "r" * 4 + "lr", notes=notes)
