@@ -313,8 +313,12 @@ def write_findings_report(dirs: Sequence[tuple[str, int, str, Path]], out_dir: P
     index.section("runs", "Runs (one per pair and seed)")
     for preset, runs in by_pair.items():
         for s, _, d in runs:
-            rel = Path("..") / Path(d).relative_to(Path(d).parent.parent) / "report" / "index.html"
-            index.link(rel.as_posix(), f"{preset}, seed {s}: its own report (every method, knob and metric)")
+            rel = Path("..") / Path(d).relative_to(Path(d).parent.parent)
+            if (Path(d) / "report" / "index.html").is_file():
+                index.link((rel / "report" / "index.html").as_posix(),
+                           f"{preset}, seed {s}: its own report (every method, knob and metric)")
+            else:  # findings.sub_reports=false: the store only (rlg-bench-report <dir> draws it)
+                index.text(f"{preset}, seed {s}: {rel.as_posix()} (no report of its own: findings.sub_reports=false)")
     (out_dir / "index.md").write_text(index.markdown())
     (out_dir / "index.html").write_text(index.html())
     files += [out_dir / "index.md", out_dir / "index.html"]
