@@ -30,7 +30,7 @@ The reward errors separated (``decompose``; mean reward of the sampled x_0 at th
 * fine-tuning's convergence error: retrained - oracle, per seed (t interval over seeds);
 * and the KL-claim comparison itself on learned models: rlg - retrained, paired over seeds, with the
   responsiveness check retrained(beta / w) - retrained(beta) and Holm's correction across w
-  (``rlg.kl_stats.verdict``).
+  (``rlg.kl_stats.kl_verdicts``, rlg-bench's one verdict rule).
 
 Besides the reward, every arm reports the energy distance to exact samples of the w target and the path KL to
 its base along its own DDIM trajectories (``path_kl``): with eta > 0 every step is Gaussian with the same
@@ -647,9 +647,9 @@ def decompose(df: pd.DataFrame) -> pd.DataFrame:
     (retrained - oracle: the objective's convergence error), ``rlg_vs_retrained`` (rlg - retrained),
     ``weights_vs_retrained`` (weights - retrained), ``energy_rlg_vs_retrained`` (energy distance to the optimum's
     samples, rlg minus retrained), ``response`` (retrained(beta / w) - retrained(beta)), each over training seeds
-    (t, df = seeds - 1); ``p_holm`` (Holm across w within the objective, for rlg_vs_retrained) and the verdict
-    with its reason. Rows stored before the ``objective`` column existed are RWR's."""
-    from rlg.kl_stats import holm, paired, verdict
+    (t, df = seeds - 1); ``margin``, ``p_holm`` and the verdict with its reason (``rlg.kl_stats.kl_verdicts``:
+    equivalence of rlg_vs_retrained within half the response, Holm across w within the objective). Rows stored before the ``objective`` column existed are RWR's."""
+    from rlg.kl_stats import kl_verdicts, paired
 
     df = df.copy()
     if "objective" not in df:
@@ -689,10 +689,12 @@ def decompose(df: pd.DataFrame) -> pd.DataFrame:
             row["_tests"] = tests
             out.append(row)
         part = pd.DataFrame(out)
-        part["p_holm"] = holm([r["rlg_vs_retrained_p"] for r in out])
+        decided = kl_verdicts([r["_tests"]["rlg_vs_retrained"] for r in out],
+                              [None if r["w"] == 1 else r["_tests"]["response"] for r in out])
+        part["margin"] = [d["margin"] for d in decided]
+        part["p_holm"] = [d["p_holm"] for d in decided]
         verdicts = [("holds", "control: RLG(1) is the beta model itself (RLG - retrained = 0 exactly)")
-                    if r["w"] == 1 else verdict(r["_tests"]["rlg_vs_retrained"], p, r["_tests"]["response"])
-                    for r, p in zip(out, part.p_holm)]
+                    if r["w"] == 1 else (d["verdict"], d["reason"]) for r, d in zip(out, decided)]
         part["verdict"] = [v for v, _ in verdicts]
         part["reason"] = [why for _, why in verdicts]
         res.append(part.drop(columns="_tests"))

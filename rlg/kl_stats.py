@@ -1,13 +1,12 @@
-"""Tests over training seeds for the KL claim: t intervals, Welch and paired t tests, Holm's correction, and
-the per-w verdict "RLG(w) matches retraining at beta / w: holds / does not hold / undecided".
+"""Tests over training seeds for the KL claim: t intervals, Welch and paired t tests, and the per-w verdicts
+"RLG(w) matches retraining at beta / w: holds / does not hold / undecided" (``kl_verdicts``).
 
 Every function takes per-model numbers (one value per trained model, e.g. a model's mean reward over a fixed,
 paired image set), so the spread between training seeds is the error: the question is about trained models,
 and two models trained with the same recipe differ by more than their images' sampling noise.
 
-Sources: Welch (1947) with the Welch-Satterthwaite degrees of freedom; Holm (1979) step-down adjustment;
-two one-sided tests (TOST, Schuirmann 1987) at level alpha for "equivalent within a margin", which is what
-the interval check in ``verdict`` amounts to (a (1 - 2 alpha) interval inside +-margin).
+Sources: Welch (1947) with the Welch-Satterthwaite degrees of freedom; the verdict is rlg-bench's one rule
+(``rlg.verdicts``: an equivalence test against a margin fixed before the data, Holm 1979 over w).
 """
 
 from __future__ import annotations
@@ -19,9 +18,9 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["TTest", "t_interval", "welch", "paired", "holm", "verdict", "VERDICTS"]
+from rlg.verdicts import VERDICTS, holm  # the rule and Holm live there (one owner); re-exported
 
-VERDICTS = ("holds", "does not hold", "undecided")
+__all__ = ["TTest", "t_interval", "welch", "paired", "holm", "kl_verdicts", "VERDICTS"]
 
 
 @dataclass(frozen=True)
@@ -88,40 +87,44 @@ def welch(a: Sequence[float], b: Sequence[float], *, var_a: float | None = None,
     return _result(float(a.mean() - b.mean()), se, df)
 
 
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p values (family-wise error control); NaN entries stay NaN and do not count."""
-    p = np.asarray(pvalues, dtype=np.float64)
-    out = np.full(p.shape, np.nan)
-    idx = [i for i in np.argsort(p) if np.isfinite(p[i])]
-    m, running = len(idx), 0.0
-    for rank, i in enumerate(idx):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out.tolist()
+def kl_verdicts(claims: Sequence[TTest], responses: Sequence[TTest | None], fraction: float = 0.5,
+                alpha: float = 0.05) -> list[dict]:
+    """Per w, "RLG(w) matches retraining at beta / w", decided by the one rule of rlg-bench (``rlg.verdicts``) as an
+    equivalence claim on ``claim`` = RLG(w) - retrained(beta / w) with margin ``fraction`` x |response|, where
+    ``response`` = retrained(beta / w) - retrained(beta) is how far retraining itself moves (the fraction is fixed
+    before the data: 0.5, "RLG is closer to retraining at beta / w than half the way retraining moves").
 
+    A w whose ``response`` is None (w = 1, or no beta models) or does not differ from 0 at level ``alpha`` has no
+    test (no margin can be stated: retraining ignores beta / w within its seed spread): "undecided", left out of
+    the Holm family. The others: p_holds / p_fails from the claim's t test (``rlg.verdicts.t_p``), Holm over them,
+    verdict by ``rlg.verdicts.decide``. Returns one dict per w with margin, p_holds, p_fails, p_rule, p_holm,
+    verdict and reason."""
+    from rlg.verdicts import Claim, decide, t_p
 
-def verdict(claim: TTest, p_adjusted: float, response: TTest, alpha: float = 0.05) -> tuple[str, str]:
-    """(verdict, reason) for one w.
-
-    * "undecided" when the retraining arm does not respond: retrained(beta / w) - retrained(beta) (``response``)
-      is not different from 0 at level ``alpha`` over the seeds. Then no difference between RLG and retraining
-      can be told from "retraining ignored beta".
-    * "does not hold" when RLG(w) - retrained(beta / w) (``claim``) differs from 0 after Holm's correction
-      across w (``p_adjusted`` < alpha).
-    * "holds" when it does not, and the (1 - 2 alpha) interval of ``claim`` lies within +-|response| / 2: RLG is
-      closer to retraining at beta / w than half the way retraining itself moves from beta to beta / w (TOST).
-    * "undecided" otherwise (no difference found, but too few seeds to show equivalence)."""
-    if not (np.isfinite(response.p) and response.p < alpha):
-        return "undecided", (f"retraining does not respond to beta/w beyond its seed spread "
-                             f"(response {response.estimate:+.3g} ± {response.stderr:.2g}, p = {response.p:.2g})")
-    if np.isfinite(p_adjusted) and p_adjusted < alpha:
-        return "does not hold", (f"RLG - retrained {claim.estimate:+.3g} ± {claim.stderr:.2g} "
-                                 f"(t({claim.df:.1f}) = {claim.t:+.2f}, Holm p = {p_adjusted:.2g})")
-    margin = abs(response.estimate) / 2
-    lo, hi = claim.interval(1 - 2 * alpha)
-    if np.isfinite(lo) and -margin <= lo and hi <= margin:
-        return "holds", (f"RLG - retrained {claim.estimate:+.3g}, {100 * (1 - 2 * alpha):.0f}% interval "
-                         f"[{lo:+.3g}, {hi:+.3g}] within ± half the response ({margin:.3g}); "
-                         f"Holm p = {p_adjusted:.2g}")
-    return "undecided", (f"no difference found (Holm p = {p_adjusted:.2g}) but the {100 * (1 - 2 * alpha):.0f}% "
-                         f"interval [{lo:+.3g}, {hi:+.3g}] is wider than ± half the response ({margin:.3g})")
+    if len(claims) != len(responses):
+        raise ValueError(f"kl_verdicts needs one response per claim, got {len(claims)} and {len(responses)}")
+    margins, ph, pf = [], [], []
+    for c, r in zip(claims, responses):
+        if r is None or not (np.isfinite(r.p) and r.p < alpha):
+            margins.append(math.nan), ph.append(math.nan), pf.append(math.nan)
+            continue
+        m = fraction * abs(r.estimate)
+        h, f = Claim("equivalence", m).p(*t_p(c.estimate, c.stderr, c.df))
+        margins.append(m), ph.append(h), pf.append(f)
+    p_rule, p_holm, verdicts = decide(ph, pf, alpha)
+    out = []
+    for c, r, m, v, p in zip(claims, responses, margins, verdicts, p_holm):
+        if r is None:
+            why = "no response to compare with (w = 1, or no retrained models at beta)"
+        elif not np.isfinite(m):
+            why = (f"retraining does not respond to beta/w beyond its seed spread (response {r.estimate:+.3g} "
+                   f"± {r.stderr:.2g}, p = {r.p:.2g}): no margin")
+        else:
+            lo, hi = c.lo, c.hi
+            side = {"holds": "inside", "does not hold": "outside"}.get(v, "across")
+            why = (f"RLG - retrained {c.estimate:+.3g}, 95% [{lo:+.3g}, {hi:+.3g}] {side} ± {m:.3g} "
+                   f"({fraction:g} x the response {r.estimate:+.3g}); Holm p = {p:.2g}")
+        out.append(dict(margin=m, verdict=v, reason=why))
+    for row, h, f, pr, pa in zip(out, ph, pf, p_rule, p_holm):
+        row.update(p_holds=h, p_fails=f, p_rule=pr, p_holm=pa)
+    return out

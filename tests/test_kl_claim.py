@@ -126,7 +126,8 @@ def test_report_puts_the_analytic_result_beside(tmp_path):
 def test_verdicts_use_the_training_seed_spread_and_holm():
     """kl_claim_verdicts on hand-made rows, against an independent computation with scipy: the per-model sd is
     pooled over the models at each coefficient (the source joins the beta group), RLG is one model, Holm over
-    w != 1, and a retraining arm that does not move with beta/w makes the verdict 'undecided'."""
+    w != 1, the verdicts follow the one rule (equivalence within half the response), and a retraining arm that does
+    not move with beta/w makes the verdict 'undecided' with no test."""
     from scipy import stats
 
     from rlg.report.kl_claim import kl_claim_verdicts
@@ -150,10 +151,26 @@ def test_verdicts_use_the_training_seed_spread_and_holm():
     assert out.loc[2.0, "claim_stderr"] == pytest.approx(se)
     resp = stats.ttest_ind(ret[2.0], ret[1.0] + [0.50], equal_var=False)
     assert out.loc[2.0, "response_p"] == pytest.approx(resp.pvalue)
-    raw = out.loc[[0.5, 2.0, 3.0], "claim_p"].to_numpy()
-    order = np.argsort(raw)
-    assert out.loc[[0.5, 2.0, 3.0], "p_holm"].to_numpy()[order[0]] == pytest.approx(min(1, 3 * raw[order[0]]))
-    assert out.loc[2.0, "verdict"] == "does not hold"  # the arm responds (+0.19) and RLG overshoots by 0.25
+    # the one rule (rlg.verdicts): equivalence within half the response, Holm over the w whose response is significant
+    margin = abs(np.mean(ret[2.0]) - np.mean(ret[1.0] + [0.50])) / 2
+    assert out.loc[2.0, "margin"] == pytest.approx(margin)
+    c = out.loc[2.0]
+    p_fails = stats.t.sf((c.claim_estimate - margin) / c.claim_stderr, c.claim_df)  # RLG - retrained > +margin
+    p_holds = max(stats.t.sf((c.claim_estimate + margin) / c.claim_stderr, c.claim_df),
+                  stats.t.cdf((c.claim_estimate - margin) / c.claim_stderr, c.claim_df))
+    c5 = out.loc[0.5]
+    m5 = abs(np.mean(ret[0.5]) - np.mean(ret[1.0] + [0.50])) / 2
+    p5 = min(max(stats.t.sf((c5.claim_estimate + m5) / c5.claim_stderr, c5.claim_df),
+                 stats.t.cdf((c5.claim_estimate - m5) / c5.claim_stderr, c5.claim_df)),
+             min(stats.t.sf((c5.claim_estimate - m5) / c5.claim_stderr, c5.claim_df),
+                 stats.t.cdf((c5.claim_estimate + m5) / c5.claim_stderr, c5.claim_df)))
+    raw = [min(1, 2 * min(p_holds, p_fails)), min(1, 2 * p5)]  # w = 2, w = 0.5 (w = 3: no response, no test)
+    lo, hi = sorted(raw)
+    holm = {r: min(1, max(2 * lo, hi) if r == hi else 2 * lo) for r in raw}
+    assert out.loc[2.0, "p_holm"] == pytest.approx(holm[raw[0]]) and out.loc[0.5, "p_holm"] == pytest.approx(holm[raw[1]])
+    assert np.isnan(out.loc[3.0, "p_holm"])
+    assert out.loc[2.0, "verdict"] == "does not hold"  # the arm responds (+0.19) and RLG overshoots by 0.25 > 0.097
+    assert out.loc[0.5, "verdict"] == "undecided" and holm[raw[1]] > 0.05  # gap -0.01, interval just past the margin
     assert out.loc[3.0, "verdict"] == "undecided"  # retrained(beta/3) is where retrained(beta) is: no response
     assert out.loc[1.0, "verdict"] == "holds" and out.loc[1.0, "reason"].startswith("control")
     assert np.isnan(out.loc[1.0, "p_holm"])

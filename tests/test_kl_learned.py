@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from rlg.kl_stats import TTest, holm, paired, t_interval, verdict, welch
+from rlg.kl_stats import TTest, holm, kl_verdicts, paired, t_interval, welch
 
 # Module fixtures build shared runs once per process: under pytest-xdist this file stays on one worker.
 pytestmark = pytest.mark.xdist_group("test_kl_learned")
@@ -52,13 +52,22 @@ def _res(est, se, df=4):
     return TTest(est, se, df, est / se, float(2 * stats.t.sf(abs(est / se), df)), est - q * se, est + q * se)
 
 
-def test_verdict_rules():
-    flat = _res(0.01, 0.02)  # retraining barely moves with beta/w
-    assert verdict(_res(0.5, 0.01), 1e-6, flat)[0] == "undecided"
-    moves = _res(0.3, 0.02)
-    assert verdict(_res(0.2, 0.01), 1e-6, moves)[0] == "does not hold"
-    assert verdict(_res(0.01, 0.01), 0.4, moves)[0] == "holds"  # 90% interval ~ [-0.011, 0.031] within ±0.15
-    assert verdict(_res(0.01, 0.2), 0.9, moves)[0] == "undecided"  # too wide to show equivalence
+def test_kl_verdicts_follow_the_one_rule():
+    """kl_verdicts on constructed t tests, against hand-computed margins and t tail probabilities: the margin is half
+    the response, a precise arm with a small nonzero gap holds (the RWR case), a gap beyond the margin does not,
+    an interval across the margin is undecided, and a flat response gives no test at all."""
+    flat, moves = _res(0.01, 0.02), _res(0.3, 0.02)  # retraining barely moves / moves by 0.3 with beta/w
+    precise = _res(0.02, 0.005)  # significantly != 0 (t = 4), far inside the margin 0.15: the old rule said "does not hold"
+    out = kl_verdicts([_res(0.5, 0.01), _res(0.4, 0.01), precise, _res(0.01, 0.2)], [flat, moves, moves, moves])
+    assert [o["verdict"] for o in out] == ["undecided", "does not hold", "holds", "undecided"]
+    assert math.isnan(out[0]["margin"]) and math.isnan(out[0]["p_holm"])  # no margin: left out of Holm
+    assert [o["margin"] for o in out[1:]] == pytest.approx([0.15, 0.15, 0.15])
+    # precise: TOST p_holds = max(P(T > (0.02 + 0.15) / 0.005), P(T < (0.02 - 0.15) / 0.005)), df 4
+    p_holds = max(stats.t.sf(0.17 / 0.005, 4), stats.t.cdf(-0.13 / 0.005, 4))
+    assert out[2]["p_holds"] == pytest.approx(p_holds)
+    raw = [min(1, 2 * min(o["p_holds"], o["p_fails"])) for o in out[1:]]
+    assert [o["p_holm"] for o in out[1:]] == pytest.approx(holm(raw))
+    assert precise.p < 0.05  # a test of exactly zero would reject it
 
 
 # -- rlg.kl_learned ---------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("app", ("rlg.harness", "rlg.conf", "rlg.zoo.digits_eval", "rlg.zoo.text_eval", "rlg.zoo.train_digits",
              "rlg.zoo.train")),
     ("report", ("rlg.report",)),
-    ("science", ("rlg.kl_claim", "rlg.kl_learned", "rlg.fkc_learned", "rlg.kl_stats", "rlg.ground_truth",
+    ("science", ("rlg.kl_claim", "rlg.kl_learned", "rlg.fkc_learned", "rlg.kl_stats", "rlg.verdicts",
+                 "rlg.ground_truth",
                  "rlg.zoo.train_*", "rlg.zoo.digits_rl")),
     ("zoo", ("rlg.zoo",)),  # the zoo's data, model builders and manifest helpers: above the evaluators that score it
     ("library", ("rlg", "rlg.grid", "rlg.sampling", "rlg.sampler_spec", "rlg.pairs", "rlg.denoiser", "rlg.guidance",
@@ -220,7 +221,8 @@ def _third_party(path: Path) -> set[str]:
 
 LIBRARY_CORE = ["guidance", "denoiser", "pairs", "sampling", "sampler_spec",
                 "grid", "schedulers", "tiny_pairs", "analytic",
-                "analytic_metrics", "ground_truth", "kl_learned", "kl_stats", "fkc", "fk_steering", "fkc_learned"]
+                "analytic_metrics", "ground_truth", "kl_learned", "kl_stats", "verdicts", "fkc", "fk_steering",
+                "fkc_learned"]
 
 
 def test_the_library_core_imports_no_hydra_no_app_and_the_report_runs_no_model():

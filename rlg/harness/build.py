@@ -58,7 +58,7 @@ class Job:
     """A checked run plan. Built once by :func:`build`; the stages read nothing else."""
 
     name: str  # the run name: directory <paths.root>/<name>, column ``run_name`` of every image row
-    kind: str  # "images" | "ground_truth" | "kl_claim" | "kl_learned"
+    kind: str  # "images" | "ground_truth" | "kl_claim" | "kl_learned" | "findings"
     stages: tuple[str, ...]
     rank: int
     world: int
@@ -83,6 +83,7 @@ class Job:
     ground_truth: Any = None  # rlg.ground_truth.GroundTruthConfig (ground_truth jobs; kl_claim: the analytic part)
     kl_claim: Any = None  # rlg.kl_claim.KLClaimSettings (kl_claim jobs)
     kl_learned: Any = None  # rlg.kl_learned.LearnedTruthConfig (kl_learned jobs)
+    findings: Any = None  # rlg.harness.findings.FindingsPlan (findings jobs; set by the runner before the run)
     launch_rank: int = 0  # this process among the ranks launched with it (0 for manual shards): rank 0 reports
 
 
@@ -426,6 +427,9 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
         return _kl_claim_job(conf, common)
     if conf.kl_learned is not None:  # the same question on MLP denoisers whose optimum is known exactly
         return _kl_learned_job(conf, common)
+    if conf.findings is not None:  # one ordinary sub-run per (pair, seed), then verdicts: the runner plans them
+        _one_process(common, "the findings")
+        return Job(kind="findings", **common)
     if conf.pair.analytic is not None:  # closed-form pair: samples and exact targets, no images
         return _ground_truth_job(conf, common)
     _check_no_effect(conf, RunConf())

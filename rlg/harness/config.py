@@ -257,6 +257,21 @@ class KLLearnedConf:
 
 
 @dataclass
+class FindingsConf:
+    """Verdicts over zoo pairs, sampling seeds and methods (rlg.harness.findings, which documents every field)."""
+
+    pairs: List[str] = field(default_factory=list)  # experiment presets, one per pair (each sets report.reward)
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])  # sampling seeds (the run's `seed`) per pair
+    overrides: List[str] = field(default_factory=list)  # applied to every sub-run after its preset
+    compare_at: List[float] = field(default_factory=lambda: [2.0])  # RLG scales best-of-N is matched with in cost
+    reward_margin: float = 0.25  # equivalence margin on the reward: this fraction of the RL model's reward gain
+    held_out_margin: float = 0.2  # equivalence margin on a held-out metric: this many base-image sds
+    alpha: float = 0.05  # family-wise error rate over the findings table (Holm)
+    n_resamples: int = 20000  # cluster-bootstrap resamples (prompts x seeds) per row
+    sub_reports: bool = True  # each sub-run writes its own report (the Methods section per pair and seed)
+
+
+@dataclass
 class RunConf:
     name: str = "quickstart"
     stage: str = "all"
@@ -284,6 +299,9 @@ class RunConf:
     # the learned-model ground truth of the KL claim (MLP denoisers on the analytic mixture); set by
     # experiment=kl_ground_truth_learned, it makes the run a kl_learned job
     kl_learned: Optional[KLLearnedConf] = None
+    # verdicts over zoo pairs x sampling seeds x methods; set by experiment=findings_zoo, it makes the run a findings
+    # job: one ordinary sub-run per (pair, seed) under <run>/runs/, then the findings table over them
+    findings: Optional[FindingsConf] = None
 
 
 # How every key of the pair, sampler, grid and evaluators schema takes effect; tests/test_effects.py (the effect

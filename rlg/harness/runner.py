@@ -118,6 +118,12 @@ def run(cfg: Any, run_dir: str | Path | None = None, overrides: list[str] | None
 def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | None = None,
             job_name: str | None = None, group: str | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir) if run_dir else Path(job.config.paths.root) / job.name
+    if job.kind == "findings" and job.findings is None:  # every sub-run checked before the run directory is touched
+        import dataclasses
+
+        from rlg.harness.findings import findings_plan
+
+        job = dataclasses.replace(job, findings=findings_plan(job.config, list(overrides or [])))
     ranks = Ranks(job)
     device = job.placement.device if job.placement else job.evaluator_device  # where this invocation's models run
     store = Store(run_dir, writer=f"r{job.rank}-{uuid.uuid4().hex[:8]}", min_free_gb=job.config.paths.min_free_gb)
@@ -127,6 +133,11 @@ def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | 
         if job.kind in ("ground_truth", "kl_claim", "kl_learned"):  # measurements of their own: no image grid
             with timed(entry, job.kind):
                 entry["report"] = getattr(stages, job.kind)(job, store)
+        elif job.kind == "findings":  # ordinary runs per (pair, seed) through run_job, then verdicts
+            from rlg.harness.findings import run_findings
+
+            with timed(entry, "findings"):
+                entry["report"] = run_findings(job, store, run_job)
         else:
             with _tracker(job, store, job_name or job.name, group, entry["run_id"]) as tracker:
                 _image_stages(job, store, entry, ranks, tracker)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 import matplotlib.patches
@@ -118,6 +118,41 @@ def save(fig: Figure, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path
         for p in paths:
             fig.savefig(p, dpi=DPI)
     return paths
+
+
+def separate_labels(fig: Figure, labels: Sequence[Any], pad_pt: float = 0.5) -> None:
+    """Move point labels (``ax.annotate`` with ``textcoords="offset points"``), in the order given, to the first of
+    their offsets 0, +1, -1, +2, -2, ... label heights from where they were whose box overlaps no earlier label's
+    and stays inside the axes (else the first clear one): labels of points that coincide (methods sharing w = 0,
+    w = 1) or lie close stack instead of printing on top of each other. Each label leaves the layout
+    (``set_in_layout(False)``) so that the boxes measured here are where ``savefig`` draws them."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    for ann in labels:
+        ann.set_in_layout(False)
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()  # the constrained layout, then the boxes
+    renderer = canvas.get_renderer()
+    px = fig.dpi / 72.0
+    placed = []
+    for ann in labels:
+        dx, dy = ann.xyann
+        step = ann.get_window_extent(renderer).height / px + pad_pt
+        frame = ann.axes.get_window_extent(renderer) if ann.axes is not None else None
+        chosen = None
+        for k in range(2 * len(labels) + 1):
+            ann.xyann = (dx, dy + (k + 1) // 2 * step * (1 if k % 2 else -1))  # 0, +1, -1, +2, -2, ... steps
+            box = ann.get_window_extent(renderer)
+            if any(box.overlaps(b) for b in placed):
+                continue
+            inside = frame is None or (frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0
+                                       and box.y1 <= frame.y1)
+            if inside:
+                chosen = ann.xyann
+                break
+            chosen = chosen or ann.xyann
+        ann.xyann = chosen or (dx, dy)
+        placed.append(ann.get_window_extent(renderer))
 
 
 def _reference_lines(ax) -> None:

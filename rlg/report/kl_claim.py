@@ -120,11 +120,12 @@ def kl_claim_verdicts(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
       per-model variance for the one RLG model (``rlg.kl_stats.welch``), Holm across the w != 1;
     * ``response``: retrained(beta / w) minus the beta models (retrained seeds and the source): the
       responsiveness check, Welch over seeds;
-    * ``verdict`` / ``reason`` (``rlg.kl_stats.verdict``; at w = 1 a control: RLG(1) is the source model, checked
-      against the other beta retrainings).
+    * ``margin``, ``p_holm``, ``verdict`` / ``reason``: the one rule (``rlg.kl_stats.kl_verdicts``: equivalence
+      within half the response, Holm across w != 1); at w = 1 a control: RLG(1) is the source model, checked
+      against the other beta retrainings (holds when they do not differ at ``alpha``).
     Columns: w, beta_eff, metric, rlg, retrained_mean, n_retrained, pooled_sd, pooled_df, claim_* and response_*
-    (estimate, se, df, t, p, lo, hi), p_holm, verdict, reason."""
-    from rlg.kl_stats import holm, verdict, welch
+    (estimate, se, df, t, p, lo, hi), margin, p_holm, verdict, reason."""
+    from rlg.kl_stats import kl_verdicts, welch
 
     reward = _reward(df)
     m = df[(df.kind == "metric") & (df.metric == reward)]
@@ -157,12 +158,14 @@ def kl_claim_verdicts(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
                 row[f"{name}_{f}"] = getattr(t, f) if t is not None else np.nan
         rows.append(row)
     out = pd.DataFrame(rows)
-    test = [r["claim_p"] if not np.isclose(r["w"], 1.0) else np.nan for r in rows]
-    out["p_holm"] = holm(test)
+    decided = kl_verdicts([r["_claim"] for r in rows],
+                          [None if np.isclose(r["w"], 1.0) else r["_response"] for r in rows], alpha=alpha)
+    for k in ("margin", "p_holm"):
+        out[k] = [d[k] for d in decided]
     verdicts = []
-    for r, p in zip(rows, out.p_holm):
+    for r, d in zip(rows, decided):
         c = r["_claim"]
-        if np.isclose(r["w"], 1.0):
+        if np.isclose(r["w"], 1.0):  # a control, not a claim: is the source a typical beta model?
             ok = np.isfinite(c.p) and c.p >= alpha
             verdicts.append(("holds" if ok else "does not hold",
                              f"control: RLG(1) is the source beta model; vs other beta retrainings "
@@ -170,7 +173,7 @@ def kl_claim_verdicts(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         elif r["_response"] is None:
             verdicts.append(("undecided", "no retrained models at beta to check the response (measure w = 1 too)"))
         else:
-            verdicts.append(verdict(c, p, r["_response"], alpha))
+            verdicts.append((d["verdict"], d["reason"]))
     out["verdict"] = [v for v, _ in verdicts]
     out["reason"] = [why for _, why in verdicts]
     return out.drop(columns=["_claim", "_response"])
@@ -180,24 +183,28 @@ def kl_claim_verdict_tables(df: pd.DataFrame) -> dict[str, str]:
     """The headline: per w, "RLG(w) matches retraining at beta / w": holds / does not hold / undecided, with the
     claim test, the responsiveness check and the reason (``kl_claim_verdicts``)."""
     v = kl_claim_verdicts(df)
-    header = ["w", "beta/w", "verdict", "RLG(w)", "retrained mean (n)", "RLG - retrained [95%]", "t (df)", "Holm p",
+    header = ["w", "beta/w", "verdict", "margin (±)", "RLG(w)", "retrained mean (n)", "RLG - retrained [95%]",
+              "t (df)", "Holm p",
               "response: retrained(beta/w) - retrained(beta) [95%]", "response p", "evidence"]
 
     def ci(r, k):
         e, lo, hi = getattr(r, f"{k}_estimate"), getattr(r, f"{k}_lo"), getattr(r, f"{k}_hi")
         return "–" if not np.isfinite(e) else f"{e:+.3g} [{lo:+.3g}, {hi:+.3g}]"
 
-    rows = [[f"{r.w:g}", f"{r.beta_eff:.4g}", r.verdict, f"{r.rlg:.4g}", f"{r.retrained_mean:.4g} ({r.n_retrained})",
+    rows = [[f"{r.w:g}", f"{r.beta_eff:.4g}", r.verdict, "–" if not np.isfinite(r.margin) else f"{r.margin:.3g}",
+             f"{r.rlg:.4g}", f"{r.retrained_mean:.4g} ({r.n_retrained})",
              ci(r, "claim"), "–" if not np.isfinite(r.claim_t) else f"{r.claim_t:+.2f} ({r.claim_df:.1f})",
              "–" if not np.isfinite(r.p_holm) else f"{r.p_holm:.2g}", ci(r, "response"),
              "–" if not np.isfinite(r.response_p) else f"{r.response_p:.2g}", r.reason] for r in v.itertuples()]
     f = v.iloc[0]
     notes = [f"RLG(w) matches a model retrained at beta/w? {_title(df)}; metric {f.metric}.",
              f"One value per trained model (its mean over the same paired images); per-model sd {f.pooled_sd:.3g} "
-             f"pooled over the retrained seeds (df {f.pooled_df}); Welch t, Holm across w != 1. 'undecided': "
-             "retraining does not respond to beta/w beyond its seed spread (response p >= 0.05), or no difference "
-             "found but the 90% interval is wider than half the response (rlg.kl_stats.verdict)."]
-    return {fmt: render(header, rows, fmt, align="rrl" + "r" * 7 + "l", notes=notes) for fmt in ("markdown", "latex")}
+             f"pooled over the retrained seeds (df {f.pooled_df}); Welch t. Verdict: rlg-bench's one rule "
+             "(rlg.verdicts): equivalence within the margin = half the response retrained(beta/w) - retrained(beta), "
+             "Holm across w != 1; 'holds' when the 95% interval lies inside ± margin (after Holm), 'does not hold' "
+             "when outside, 'undecided' when across it or when retraining does not respond to beta/w beyond its "
+             "seed spread (response p >= 0.05: no margin)."]
+    return {fmt: render(header, rows, fmt, align="rrlr" + "r" * 7 + "l", notes=notes) for fmt in ("markdown", "latex")}
 
 
 def kl_claim_tables(df: pd.DataFrame) -> dict[str, str]:

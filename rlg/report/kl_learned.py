@@ -61,22 +61,25 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
     dec = decompose(df)
     seeds = int(df.seed.dropna().nunique())
     out = {}
-    header = ["objective", "w", "beta/w", "verdict", "RLG - retrained [95%]", "t (df)", "Holm p",
+    header = ["objective", "w", "beta/w", "verdict", "margin (±)", "RLG - retrained [95%]", "t (df)", "Holm p",
               "response: retrained(beta/w) - retrained(beta) [95%]", "evidence",
               "distribution: energy distance to the optimum, RLG - retrained [95%]"]
-    rows = [[r.objective, f"{r.w:g}", f"{r.beta_eff:.3g}", r.verdict, _ci(r, "rlg_vs_retrained"),
+    rows = [[r.objective, f"{r.w:g}", f"{r.beta_eff:.3g}", r.verdict,
+             "–" if not np.isfinite(r.margin) else f"{r.margin:.3g}", _ci(r, "rlg_vs_retrained"),
              "–" if not np.isfinite(r.rlg_vs_retrained_p) else
              f"{r.rlg_vs_retrained / r.rlg_vs_retrained_se:+.2f} ({r.rlg_vs_retrained_df:.0f})",
              "–" if not np.isfinite(r.p_holm) else f"{r.p_holm:.2g}", _ci(r, "response"), r.reason,
              _ci(r, "energy_rlg_vs_retrained", 4)] for r in dec.itertuples()]
     notes = [f"RLG(w) matches a model retrained at beta/w? Learned ground truth, {_title(df)}.",
              f"Mean reward of the samples; differences paired over {seeds} training seeds (each seed: one base, its "
-             "fine-tunes), t on seeds - 1 df, Holm across w. 'undecided' when retraining does not respond to beta/w "
-             "beyond its seed spread, or when no difference is found but the 90% interval is wider than half the "
-             "response (rlg.kl_stats.verdict). The verdict is on the mean reward; the last column asks the same of the "
+             "fine-tunes), t on seeds - 1 df. Verdict: rlg-bench's one rule (rlg.verdicts), equivalence within the "
+             "margin = half the response, Holm across w: 'holds' when the 95% interval lies inside ± margin, 'does "
+             "not hold' when outside, 'undecided' when across it or when retraining does not respond to beta/w "
+             "beyond its seed spread (no margin). The verdict is on the mean reward; the last column asks the same of "
+             "the "
              "whole distribution (energy distance to exact samples of the beta/w optimum). One block per retraining "
              "objective: RLG(w) starts from that objective's beta model."]
-    out["kl_learned_verdict"] = {fmt: render(header, rows, fmt, align="lrrl" + "r" * 4 + "lr", notes=notes)
+    out["kl_learned_verdict"] = {fmt: render(header, rows, fmt, align="lrrlr" + "r" * 4 + "lr", notes=notes)
                                  for fmt in ("markdown", "latex")}
     header = ["objective", "w", "beta/w", "exact reward", "sampler: exact score - exact",
               "RLG's own gap (exact scores) [95%]", "network: oracle - exact score [95%]",

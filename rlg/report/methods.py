@@ -199,7 +199,7 @@ def plot_methods(summary: pd.DataFrame, x: str, y: str, stem: Path, formats: Seq
     with figures.matplotlib.rc_context(figures.STYLE):
         fig = Figure(figsize=figures.SIZES["tradeoff"], layout="constrained")
         ax = fig.add_subplot()
-        handles = []
+        handles, labels = [], []
         for i, (method, g) in enumerate(m.groupby("method", sort=True)):
             st = figures._style(i)
             c = st["color"]
@@ -216,8 +216,10 @@ def plot_methods(summary: pd.DataFrame, x: str, y: str, stem: Path, formats: Seq
                        linewidths=0.6, zorder=4)
             if circ.any():
                 ax.scatter(xs[circ], ys[circ], s=30, marker="x", color="red", linewidths=0.7, zorder=5)
-            for k, xi, yi in zip(g["knob"], xs, ys):
-                ax.annotate(f"{k:g}", (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=5.5)
+            for k, xi, yi in zip(g["knob"], xs, ys):  # in the method's colour: stacked labels stay attributable
+                labels.append(ax.annotate(f"{k:g}", (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=5.5,
+                                          color=c, zorder=6, path_effects=[figures.patheffects.withStroke(
+                                              linewidth=1.5, foreground="white")]))
             name = method + (" (circular on this axis)" if circ.any() else "")
             handles.append(Line2D([], [], color=c, linestyle=st["linestyle"], marker=st["marker"], label=name))
         handles.append(Line2D([], [], color="0.3", marker="o", linestyle="", markeredgecolor="black",
@@ -229,6 +231,7 @@ def plot_methods(summary: pd.DataFrame, x: str, y: str, stem: Path, formats: Seq
             ax.legend(handles=handles, loc="best", fontsize=5.5)
         else:
             ax.text(0.5, 0.5, "no method has both yet", transform=ax.transAxes, ha="center", va="center")
+        figures.separate_labels(fig, labels)  # methods share points (w = 0, 1): their labels stack, not overprint
         return figures.save(fig, stem, formats)
 
 
@@ -315,6 +318,10 @@ def write_index_section(index: Any, out_dir: Path, result: dict[str, Any]) -> No
         return
     index.text(f"Reward axis: {result['reward']}. Cost: network rows per image (one sample through one model at "
                "one step; RLG at 0 < w != 1 runs two models). Wall time: each method's pipeline calls, per image.")
+    from rlg.report.methods_words import methods_in_words
+
+    for line in methods_in_words(summary, result["reward"]):  # what it found, in words, before the tables
+        index.text(line)
     for line in result["notes"]:
         index.text(("WARNING: " if "circular" in line else "") + line)
     index.table(method_table(summary, "markdown"), method_table(summary, "html"))

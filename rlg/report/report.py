@@ -317,7 +317,10 @@ class _Index:
            ".headline{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:.4em 1em;margin:.6em 0}"
            ".headline blockquote{margin:.4em 0;padding:.3em .8em;border-left:4px solid #0072B2;background:#fff}"
            "p.caution{color:#8a4b00;background:#fff4e0;padding:.3em .6em;border-radius:4px}"
-           ".figrow figure{width:480px;margin:.3em}.figrow figure img{max-width:480px}td,th{overflow-wrap:anywhere}")
+           ".figrow figure{width:480px;margin:.3em}.figrow figure img{max-width:480px}"
+           # a cell breaks at spaces only (never inside a number or a word); a table wider than the page scrolls
+           "table{display:block;max-width:100%;overflow-x:auto}td,th{overflow-wrap:normal;word-break:normal}"
+           "td{font-variant-numeric:tabular-nums}td[style*=right]{white-space:nowrap}")  # numbers: never wrapped
 
     def __init__(self, title: str):
         self.title = title

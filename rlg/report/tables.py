@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -65,6 +66,9 @@ def _escape_latex(s: str) -> str:
     return "".join(out)
 
 
+NUMBER_SPACE = re.compile(r"(?<=[\d\]%)]) (?=[\[(+\-−\d])|(?<=,) (?=[+\-−\d])")  # spaces inside "a [b, c] (n)"
+
+
 def render(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, align: str | None = None,
            notes: Sequence[str] = (), groups: Sequence[int] = ()) -> str:
     """A Markdown table, a LaTeX booktabs tabular or an HTML table (``groups``: row indices that start
@@ -83,7 +87,13 @@ def render(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, align
         return "\n".join(lines) + "\n"
     if fmt == "html":
         side = {"l": "left", "r": "right", "c": "center"}
-        cell = lambda tag, a, c: f'<{tag} style="text-align:{side[a]}">{html.escape(str(c))}</{tag}>'  # noqa: E731
+        def cell(tag: str, a: str, c: Any) -> str:
+            text = html.escape(str(c))
+            # a header may break after "_" (<wbr>), never inside a word; a value keeps a number with its interval
+            # and its bracketed count on one line (non-breaking spaces between numbers and brackets)
+            text = text.replace("_", "_<wbr>") if tag == "th" else NUMBER_SPACE.sub("&nbsp;", text)
+            return f'<{tag} style="text-align:{side[a]}">{text}</{tag}>'
+
         lines = [f'<p class="note">{html.escape(str(n))}</p>' for n in notes]
         lines += ["<table>", "<thead><tr>" + "".join(cell("th", a, h) for a, h in zip(align, header)) + "</tr></thead>",
                   "<tbody>"]
