@@ -54,6 +54,9 @@ FAMILIES = {
 # --preset <name> on the 2-core machine, one thread, bf16 (docs/performance.md, "Real shapes"); None: not run
 MEASURED_CPU: dict[str, tuple[float, float] | None] = {
     "hp_sd15_dpo": (4.85, 5.1),
+    "hp_sdxl_spo": (8.10, 44.9),
+    "hpsv2_sdxl_spo": (8.10, 44.9),  # the same pair and sampler as hp_sdxl_spo (only the prompts differ)
+    "hp_sd35m_flowgrpo": (7.87, 16.2),  # without T5 (4.76B more: +9.5 GB in bf16)
 }
 # pair name prefix -> (family, GB of the RL download: a full checkpoint as published, or a LoRA file)
 PAIRS = {"sd15_dpo": ("sd15", 0.86 * 4), "sd15_spo_lora": ("sd15", 0.003), "sd15_ddpo": ("sd15", 0.86 * 4),
