@@ -1,4 +1,5 @@
-"""What a paper preset costs on one GPU: an ESTIMATE from counts, not a measurement (no GPU was lent).
+"""What a paper preset costs on one GPU: FLOPs and parameters counted at the real sizes, GPU time ESTIMATED (no GPU
+was lent), CPU time and memory MEASURED at the real sizes with random weights (benchmarks/real_shapes.py).
 
     python benchmarks/preset_costs.py            # the table of docs/presets.md, in seconds
 
@@ -11,16 +12,22 @@ are counted from it:
   model), at any other w both (RLGDenoiser); each with its CFG branch when CFG is on (FLUX.1-dev is
   guidance-distilled: one row per model). The 7-scale paper grid needs 24/7 = 3.4 rows per step against
   2 for a plain CFG generation (1.7x).
-* FLOPs per row: SD1.5's UNet at 512 px does 339 GMACs per forward (BK-SDM, Kim et al. 2023, Table 1:
-  0.68 TFLOP); SDXL's UNet is scaled from it by parameters x latent positions (approx.); the MMDiT
-  transformers by 2 x params x tokens plus attention 4 x tokens^2 x width x layers (SD3.5-M at 512 px:
-  1024 image + 333 text tokens, width 1536, 24 layers; FLUX.1-dev at 1024 px: 4096 + 512 tokens, width
-  3072, 57 blocks). Text encoders and the VAE are left out (a few % at these step counts).
+* FLOPs per row: COUNTED with torch.utils.flop_counter on the meta device for one denoiser row at the preset's
+  resolution, the models built from their published configurations (rlg/real_configs; `python
+  benchmarks/real_shapes.py --flops`): SD1.5 UNet 0.803 TFLOP at 512 px, SDXL UNet 6.761 at 1024 px, SD3.5-M
+  MMDiT 2.443 at 512 px (77 + 256 text tokens), FLUX.1-dev 74.385 at 1024 px (512 T5 tokens); attention
+  included. The former estimate (2 x params x tokens for the MMDiTs) overstated SD3.5-M 2.9x and FLUX 1.7x: each
+  stream of a joint block has its own weights, so a token meets about half of them. Text encoders and the VAE
+  are left out (a few % at these step counts).
 * time = FLOPs / (312 TFLOP/s, an A100's dense fp16/bf16 peak, x MFU), for an MFU of 50% (low end of the
-  range) and 25% (high end). The project's own measure of this is benchmarks/gpu.sh, not yet run.
-* parameter counts (billions) from the model cards / configs: SD1.5 UNet 0.86, CLIP-L text 0.123, VAE
-  0.084; SDXL UNet 2.57, text encoders 0.123 + 0.695; SD3.5-M MMDiT 2.5, CLIP-L + CLIP-G 0.82, T5-XXL
-  4.76; FLUX.1-dev transformer 12, T5-XXL 4.76, CLIP-L 0.123.
+  range) and 25% (high end): still an ESTIMATE; benchmarks/gpu.sh measures it, not yet run.
+* parameter counts (billions) COUNTED from the meta-device builds (tests/test_real_shapes.py checks them against
+  the published figures): SD1.5 UNet 0.860, CLIP-L text 0.123, VAE 0.084; SDXL UNet 2.567, text encoders
+  0.123 + 0.695; SD3.5-M MMDiT 2.243 + its 384x384 position table 0.226 (a buffer), CLIP-L + CLIP-G 0.818,
+  T5-XXL 4.762; FLUX.1-dev transformer 11.901, T5-XXL 4.762, CLIP-L 0.123.
+* CPU: MEASURED on this project's 2-core machine (one thread, bf16, random weights at the real sizes, 2 steps, two
+  scales, the smallest resolution; process CPU seconds per padded row of the harness's 32-row CPU micro-batch),
+  scaled to the preset's resolution by the counted FLOP ratio; peak resident memory of that run (SD3 without T5).
 * disk = the hub files (fp16/bf16 variants, 2 bytes per parameter; the full-weight RL checkpoints as
   published: DPO and DDPO UNets in fp32) + PNGs (about 0.5 byte per pixel channel: 0.4 MB at 512 px).
 * GPU memory = resident weights in the preset's dtype (both denoisers for a full-weight pair, one for a
@@ -36,11 +43,20 @@ PROMPTS = {"flow_grpo_pickscore": 2048, "geneval": 553, "flow_grpo_ocr": 1018, "
 PEAK_TFLOPS, MFU = 312.0, (0.50, 0.25)  # A100 dense fp16/bf16; the MFU range of the estimate
 ACTIVATIONS_GB = 3.0
 # family: denoiser params (B), other pipeline params (B), TFLOP per denoiser row at the preset's size
+# (rlg.real_shapes counts; FLOPs from `python benchmarks/real_shapes.py --flops`)
 FAMILIES = {
-    "sd15": (0.86, 0.123 + 0.084, 0.678),
-    "sdxl": (2.57, 0.123 + 0.695 + 0.084, 0.678 * (2.57 / 0.86) * (128 * 128) / (64 * 64)),
-    "sd35m": (2.5, 0.82 + 4.76 + 0.084, (2 * 2.5e9 * 1357 + 4 * 1357 ** 2 * 1536 * 24) / 1e12),
-    "flux": (12.0, 4.76 + 0.123 + 0.084, (2 * 12e9 * 4608 + 4 * 4608 ** 2 * 3072 * 57) / 1e12),
+    "sd15": (0.8595, 0.1231 + 0.0837, 0.803),
+    "sdxl": (2.5675, 0.1231 + 0.6947 + 0.0837, 6.761),
+    "sd35m": (2.2432 + 0.2265, 0.1237 + 0.6947 + 4.7623 + 0.0838, 2.443),
+    "flux": (11.9014, 4.7623 + 0.1231 + 0.0838, 74.385),
+}
+# preset -> (peak resident GB, CPU seconds per denoiser row at the preset's resolution): benchmarks/real_shapes.py
+# --preset <name> on the 2-core machine, one thread, bf16 (docs/performance.md, "Real shapes"); None: not run
+MEASURED_CPU: dict[str, tuple[float, float] | None] = {
+    "hp_sd15_dpo": (4.85, 5.1),
+    "hp_sdxl_spo": (8.10, 44.9),
+    "hpsv2_sdxl_spo": (8.10, 44.9),  # the same pair and sampler as hp_sdxl_spo (only the prompts differ)
+    "hp_sd35m_flowgrpo": (7.87, 16.2),  # without T5 (4.76B more: +9.5 GB in bf16)
 }
 # pair name prefix -> (family, GB of the RL download: a full checkpoint as published, or a LoRA file)
 PAIRS = {"sd15_dpo": ("sd15", 0.86 * 4), "sd15_spo_lora": ("sd15", 0.003), "sd15_ddpo": ("sd15", 0.86 * 4),
@@ -79,7 +95,8 @@ def estimate(name: str, overrides: tuple[str, ...] = ()) -> dict:
     png_gb = images * s.height * s.width * 3 * 0.5 / 1e9
     gpu_gb = (denoiser_b * (2 if full else 1) + other_b) * 2 + ACTIVATIONS_GB
     return {"preset": name, "images": images, "steps": s.num_inference_steps, "rows_per_image": rows / images,
-            "hours": hours, "weights_gb": weights_gb, "png_gb": png_gb, "gpu_gb": gpu_gb}
+            "hours": hours, "weights_gb": weights_gb, "png_gb": png_gb, "gpu_gb": gpu_gb,
+            "tflop_row": tflop_row, "cpu": MEASURED_CPU.get(name)}
 
 
 def main() -> None:
@@ -88,15 +105,17 @@ def main() -> None:
     ap.add_argument("--override", nargs="*", default=[],
                     help="Hydra overrides for every preset (e.g. sampler=flowgrpo_eval)")
     args = ap.parse_args()
-    print("ESTIMATE (no GPU measured): A100 fp16/bf16 peak 312 TFLOP/s at 50%..25% MFU; see the module docstring")
-    print("| preset | images | steps | denoiser rows / image | time (est.) | disk: weights + PNGs (est.) | "
-          "GPU memory (est.) |")
-    print("|---|--:|--:|--:|--:|--:|--:|")
+    print("GPU time ESTIMATED (no GPU measured): counted FLOPs at an A100's 312 TFLOP/s x 50%..25% MFU; CPU column "
+          "MEASURED at real sizes (benchmarks/real_shapes.py); see the module docstring")
+    print("| preset | images | steps | denoiser rows / image | TFLOP / row (counted) | GPU time (est.) | "
+          "disk: weights + PNGs | GPU memory (est.) | CPU, 1 thread: s / row, peak RSS (measured) |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     for name in args.presets:
         e = estimate(name, tuple(args.override))
         lo, hi = e["hours"]
-        print(f"| `{name}` | {e['images']:,} | {e['steps']} | {e['rows_per_image']:.0f} | {lo:.1f}-{hi:.1f} h | "
-              f"{e['weights_gb']:.0f} GB + {e['png_gb']:.1f} GB | {e['gpu_gb']:.0f} GB |")
+        cpu = f"{e['cpu'][1]:.1f} s, {e['cpu'][0]:.1f} GB" if e["cpu"] else "not run"
+        print(f"| `{name}` | {e['images']:,} | {e['steps']} | {e['rows_per_image']:.0f} | {e['tflop_row']:.2f} | "
+              f"{lo:.1f}-{hi:.1f} h | {e['weights_gb']:.0f} GB + {e['png_gb']:.1f} GB | {e['gpu_gb']:.0f} GB | {cpu} |")
 
 
 if __name__ == "__main__":

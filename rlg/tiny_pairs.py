@@ -27,7 +27,7 @@ import torch
 from rlg.extras import require
 
 FAMILIES = ("sd", "sdxl", "sd3", "flux", "sd_inpaint", "sdxl_inpaint", "ddim")
-FIXTURE_VERSION = "1"  # bump when a builder changes, so cached fixtures are rebuilt
+FIXTURE_VERSION = "2"  # bump when a builder changes, so cached fixtures are rebuilt (2: real structure, issue 35)
 NUM_MERGES = 2000  # BPE merges kept from open_clip's vocabulary: a small but real tokenizer
 ALL_MERGES = 49152 - 256 - 2  # the full CLIP tokenizer (49408 tokens)
 LORA_RANK, LORA_ALPHA = 4, 8  # alpha != r, so a loader that ignores alpha is caught
@@ -141,17 +141,22 @@ def _sd_scheduler():
 
 
 def _unet(cross_dim=32, in_channels=4, sdxl=False, seed=0):
+    """SD1.5's block layout (attention at the high resolutions, none at the lowest), or with ``sdxl`` SDXL's:
+    no attention at the highest resolution, more transformer layers deeper down, linear projections, and the
+    micro-conditioning (``text_time``: 6 time ids + the pooled text embedding); rlg/real_configs/*/unet."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    extra = {}
-    if sdxl:  # SDXL's micro-conditioning: 6 time ids + the pooled text embedding
-        extra = dict(addition_embed_type="text_time", addition_time_embed_dim=8,
-                     projection_class_embeddings_input_dim=6 * 8 + 32, use_linear_projection=True)
+    blocks = dict(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    if sdxl:
+        blocks = dict(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+                      addition_embed_type="text_time", addition_time_embed_dim=8,
+                      projection_class_embeddings_input_dim=6 * 8 + 32, use_linear_projection=True)
     return UNet2DConditionModel(
         block_out_channels=(16, 32), layers_per_block=1, sample_size=16, in_channels=in_channels, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_dim, attention_head_dim=4, norm_num_groups=8, **extra,
+        cross_attention_dim=cross_dim, attention_head_dim=4, norm_num_groups=8, **blocks,
     ).eval()
 
 
@@ -178,9 +183,12 @@ def build_base(family: str, seed: int = 0):
     if family == "sd3":
         tok = clip_tokenizer()
         torch.manual_seed(seed)
+        # SD3.5-Medium's structure (rlg/real_configs/sd35m): dual attention in the first blocks (13 of 24 there,
+        # 1 of 2 here), RMS qk-norm, a position table larger than the default size, cropped per image
         transformer = D.SD3Transformer2DModel(
             sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
             num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64,
+            dual_attention_layers=(0,), qk_norm="rms_norm", pos_embed_max_size=24,
         ).eval()
         return D.StableDiffusion3Pipeline(
             transformer=transformer, scheduler=D.FlowMatchEulerDiscreteScheduler(shift=3.0),
@@ -192,8 +200,9 @@ def build_base(family: str, seed: int = 0):
     if family == "flux":
         tok = clip_tokenizer()
         torch.manual_seed(seed)
+        # FLUX.1-dev's block mix (rlg/real_configs/flux): twice as many single-stream as double-stream blocks
         transformer = D.FluxTransformer2DModel(
-            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16,
             num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
             axes_dims_rope=[4, 4, 8],
         ).eval()
