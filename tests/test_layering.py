@@ -32,7 +32,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("library", ("rlg", "rlg.grid", "rlg.sampling", "rlg.sampler_spec", "rlg.pairs", "rlg.denoiser", "rlg.guidance",
                  "rlg.schedulers",
                  "rlg.methods", "rlg.evaluators", "rlg.tiny_pairs", "rlg.analytic", "rlg.analytic_metrics",
-                 "rlg.choices", "rlg.fkc", "rlg.fk_steering")),
+                 "rlg.choices", "rlg.fkc", "rlg.fk_steering", "rlg.real_shapes")),
     ("base", ("rlg.store", "rlg.files", "rlg.downloads", "rlg.runtime", "rlg.extras", "rlg.model_ids", "rlg.registry")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(FLOORS)}  # 0 = top
