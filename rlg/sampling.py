@@ -42,6 +42,7 @@ from rlg.guidance import check_scales
 from rlg.pairs import LoadedPair
 from rlg.sampler_spec import (Generated, SamplerError, SamplerSettings, WorkItem,  # noqa: F401 (re-exports)
                               noise_seed)
+from rlg.surface import CALL_KEYWORDS, check_call_keywords, refusal
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,15 @@ def rowwise(module: torch.nn.Module, method: str = "forward", cache_size: int = 
     call.cache = cache  # type: ignore[attr-defined]
     setattr(module, method, call)
     setattr(module, f"_rlg_rowwise_{method}", True)
+
+
+def undo_batch_invariant(pipe) -> None:
+    """Undo :func:`make_batch_invariant`: the text encoders and the VAE run their own methods again."""
+    for comp in pipe.components.values():
+        if isinstance(comp, torch.nn.Module):
+            for method in ("forward", "decode", "encode"):
+                if comp.__dict__.pop(f"_rlg_rowwise_{method}", False):
+                    comp.__dict__.pop(method, None)
 
 
 def make_batch_invariant(pipe, text_cache_size: int = 64) -> None:
@@ -244,20 +254,19 @@ class RLGSampler:
     """Runs a loaded pair's pipeline on batches of work items."""
 
     def __init__(self, pair: LoadedPair, settings: SamplerSettings, text_cache_size: int = 64):
-        if settings.guidance_rescale and settings.guidance_rescale > 0:
-            raise SamplerError(
-                "guidance_rescale > 0 makes classifier-free guidance nonlinear, so mixing raw predictions no longer "
-                "equals the official order (CFG inside each model, then the RLG mix); set sampler.guidance_rescale=0")
+        if settings.guidance_rescale:
+            raise SamplerError(refusal("sampler", "guidance_rescale", CALL_KEYWORDS["guidance_rescale"][1]))
         self.pair = pair
         self.settings = settings
         self.pipe = pair.pipe
         self.scheduler = make_scheduler(self.pipe, settings.scheduler, settings.shift, settings.noise_level)
         make_batch_invariant(self.pipe, text_cache_size)
         self._params = set(inspect.signature(self.pipe.__call__).parameters)
-        unknown = sorted(set(settings.extra) - self._params)
-        if unknown:  # checked once here, not at every pipeline call
-            raise SamplerError(f"sampler.extra has {unknown}, which {type(self.pipe).__name__} does not accept; "
-                              f"remove them (its arguments: {', '.join(sorted(self._params - {'self', 'kwargs'}))})")
+        try:  # every route into the pipeline (sampler.extra, generate_grid(**kwargs), SamplerSettings(extra=))
+            check_call_keywords(settings.extra, "sampler.extra", accepted=self._params,
+                                pipeline=type(self.pipe).__name__)
+        except ValueError as exc:
+            raise SamplerError(str(exc)) from None
         self._check_effects()
 
     def _check_effects(self) -> None:

@@ -12,6 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rlg.choices import RL_KINDS, SCHEDULERS
 from rlg.runtime import DTYPE_NAMES
 from rlg.sampler_spec import resolve_micro_batch
+from rlg.surface import CALL_KEYWORDS, check_call_keywords, refusal
 
 
 @dataclass
@@ -533,8 +534,11 @@ def check_values(cfg: DictConfig) -> None:
     _at_least("sampler.height", s.height, 8, optional=True)
     _at_least("sampler.width", s.width, 8, optional=True)
     if s.guidance_rescale:
-        raise ConfigError("sampler.guidance_rescale > 0 makes classifier-free guidance nonlinear, so mixing raw "
-                          "predictions no longer equals the official order; set sampler.guidance_rescale=0")
+        raise ConfigError(refusal("sampler", "guidance_rescale", CALL_KEYWORDS["guidance_rescale"][1]))
+    try:  # every keyword for the pipeline is declared in one table (rlg.surface); refused ones go here, by name
+        check_call_keywords(s.extra, "sampler.extra")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     _one_of("prompts.source", cfg.prompts.source, ("inline", "file", *SOURCES))
     path = cfg.prompts.path
     if path and not Path(path).expanduser().is_file():  # the loader reads it later; refuse before any import
