@@ -229,3 +229,7 @@ def table_markdown() -> str:
     for k, v in sorted(NETWORK_METHODS.items()):
         out.append(f"| `{k}` | {v if isinstance(v, str) else 'refused: ' + v[1]} |")
     return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # python -m rlg.surface: the tables for docs/guarantees.md
+    print(table_markdown(), end="")

@@ -364,6 +364,9 @@ def misspelt_override(overrides: list[str]) -> str | None:
 
     for item in overrides:
         key = item.split("=", 1)[0]
+        retyped = retyped_override(item)
+        if retyped:
+            return retyped
         if "=" not in item or key.startswith(("+", "~", "hydra.", "hydra/")) or "." not in key:
             continue
         schema, path, entry = RunConf, [], False
@@ -385,6 +388,42 @@ def misspelt_override(overrides: list[str]) -> str | None:
                 break  # a leaf or a free-form dict: the value checks come later
             entry = typing.get_origin(hint) is dict  # a dict of dataclasses by name: skip the name, check the rest
             schema = nested[-1]
+    return None
+
+
+def _leaf_types(key: str) -> tuple[Any, ...]:
+    """The types the schema allows for the dotted ``key`` (empty for a free-form node or an unknown key)."""
+    import dataclasses
+    import typing
+
+    schema: Any = RunConf
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(schema) or part not in {f.name for f in dataclasses.fields(schema)}:
+            return ()
+        hint = typing.get_type_hints(schema)[part]
+        types = typing.get_args(hint) or (hint,)
+        nested = [t for t in types if dataclasses.is_dataclass(t)]
+        schema = nested[-1] if nested else types
+    return schema if isinstance(schema, tuple) else ()
+
+
+def retyped_override(item: str) -> str | None:
+    """One line when a command-line value for a text field would not reach the run as written, or None:
+    Hydra's override grammar reads ``true`` / ``false`` as booleans and ``1e3``, ``1_000``, ``inf`` as numbers,
+    which the text field then holds as 'True', '1000.0', ... Quoting keeps the text."""
+    key, _, text = item.partition("=")
+    key = key.lstrip("+~")
+    if not _ or str not in _leaf_types(key):
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        value = OverridesParser.create().parse_override(item).value()
+    except Exception:  # Hydra's own parse error comes later, with its message
+        return None
+    if isinstance(value, (bool, int, float)) and str(value) != text:
+        return (f"{key}={text} would reach the run as the text {str(value)!r} (Hydra reads {text} as a "
+                f"{type(value).__name__}); quote it to keep it as written: {key}='\"{text}\"'")
     return None
 
 
@@ -420,12 +459,39 @@ def validate(cfg: DictConfig) -> DictConfig:
         key = getattr(exc, "full_key", None) or ""
         raise ConfigError(f"bad config key {key!r}: {exc.msg if hasattr(exc, 'msg') else exc}. "
                           "Check the spelling against README.md ('Config groups') or `rlg-bench --cfg job`") from exc
+    problem = as_written_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
     unknown = _unknown_keys(cfg, RunConf)
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}; check the spelling against README.md ('Config groups') "
                           "or `rlg-bench --cfg job`")
     check_values(merged)
     return merged
+
+
+def as_written_problem(cfg: DictConfig) -> str | None:
+    """Why a composed value would not reach every process of the run as written, or None: Hydra's
+    ``${now:...}`` resolver, which each process of one run (ranks, a resumed run) resolves to another time.
+    (Text the override grammar retypes is caught on the command line: :func:`retyped_override`.)"""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+
+    def texts(node: Any, key: str):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from texts(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from texts(v, f"{key}[{i}]")
+        elif isinstance(node, str):
+            yield key, node
+
+    for key, text in texts(raw, ""):
+        if "${now:" in text:
+            return (f"{key}={text!r} uses Hydra's ${{now:...}} resolver, which each process of a run (every rank, a "
+                    "resumed run) resolves to another time; write the value out")
+
+    return None
 
 
 def check_complete(cfg: DictConfig) -> None:
