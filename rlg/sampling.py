@@ -239,6 +239,9 @@ def scheduler_for_call(pipe, scheduler, generators: list[torch.Generator]):
 # FIRST row's generator only (diffusers' _encode_vae_image loops over the image batch), which would
 # shift that row's noise; given one copy per row, every row draws from its own generator.
 PER_ROW_INPUTS = ("image", "mask_image")
+# Text given once for the whole call; diffusers makes a one-element list of it, which does not match a call of
+# several prompts (SDXL / SD3 concatenate the encoders' outputs row by row): one copy per image row.
+PER_ROW_TEXTS = ("prompt_2", "prompt_3")
 
 
 def _single_image(value: Any) -> bool:
@@ -309,6 +312,9 @@ class RLGSampler:
         kw.update(s.extra)
         for key in PER_ROW_INPUTS:  # one copy per image, so each row's VAE sample uses its own generator
             if key in kw and _single_image(kw[key]):
+                kw[key] = [kw[key]] * len(items)
+        for key in PER_ROW_TEXTS:
+            if isinstance(kw.get(key), str):
                 kw[key] = [kw[key]] * len(items)
         return kw
 
