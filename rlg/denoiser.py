@@ -138,6 +138,7 @@ class RLGDenoiser(torch.nn.Module):
         # counted before any deduplication, so it is what the image costs made on its own
         self.image_rows = torch.zeros((0, 2), dtype=torch.long)
         self._pipe = None  # a weakref to the pipeline (attach): the steps each call runs
+        self._loop: int | None = None  # loop iterations done in this call, when the caller numbers them
 
     # -- what pipelines read from their denoiser ---------------------------------------------
     def __getattr__(self, name: str):
@@ -200,7 +201,8 @@ class RLGDenoiser(torch.nn.Module):
         return self.rl_adapter is not None
 
     # -- per-call state ------------------------------------------------------------------------
-    def begin(self, scales, num_steps: int, *, window: StepWindow | None = None, micro_batch: Any = _DEFAULT) -> None:
+    def begin(self, scales, num_steps: int, *, window: StepWindow | None = None, micro_batch: Any = _DEFAULT,
+              loop_steps: bool = False) -> None:
         """Set the per-image RLG scales (and the step window and micro-batch) for ONE pipeline call.
 
         Args:
@@ -213,6 +215,9 @@ class RLGDenoiser(torch.nn.Module):
             micro_batch: rows per network forward for this call (an int, or ``"auto"``: see
                 :func:`resolve_micro_batch`); ``None`` or ``0``: one forward per model; omitted: the
                 constructor's.
+            loop_steps: the caller numbers the steps: it calls :meth:`loop_step_done` after each iteration of
+                the pipeline's loop (``callback_on_step_end``), and the window is over the loop's iterations
+                (``pipe._num_timesteps`` of them). Otherwise a step is a new timestep value.
         Raises:
             rlg.guidance.ScaleError: a scale that is not a finite number.
             ValueError: ``num_steps < 1`` or a ``micro_batch`` that is not >= 0 or ``"auto"``.
@@ -230,6 +235,7 @@ class RLGDenoiser(torch.nn.Module):
         self._step = -1
         self._last_t = None
         self._diverged = False
+        self._loop = 0 if loop_steps else None
         pipe = self._pipe() if self._pipe is not None else None
         if pipe is not None:  # the pipeline sets it again before its loop; a stale count from the last call must not be read
             pipe._num_timesteps = None
@@ -239,6 +245,11 @@ class RLGDenoiser(torch.nn.Module):
         import weakref
 
         self._pipe = weakref.ref(pipe)
+
+    def loop_step_done(self) -> None:
+        """One iteration of the pipeline's loop is over (called from ``callback_on_step_end``)."""
+        if self._loop is not None:
+            self._loop += 1
 
     def steps_run(self) -> int:
         """The steps the current pipeline call runs: the window's fractions are of these steps.
@@ -251,6 +262,8 @@ class RLGDenoiser(torch.nn.Module):
         n = getattr(pipe, "_num_timesteps", None) if pipe is not None else None
         if not isinstance(n, int) or n < 1:
             return self._num_steps
+        if self._loop is not None:  # loop iterations, numbered by the caller
+            return n
         order = int(getattr(getattr(pipe, "scheduler", None), "order", 1) or 1)
         return -(-n // order)
 
@@ -258,6 +271,7 @@ class RLGDenoiser(torch.nn.Module):
         """End the current call: the scales set by :meth:`begin` are dropped (idempotent); ``image_rows``
         keeps the call's counts until the next :meth:`begin`."""
         self._scales = None
+        self._loop = None
         self._step = -1
         self._last_t = None
         self.window = self.default_window
@@ -280,6 +294,15 @@ class RLGDenoiser(torch.nn.Module):
     def _advance_step(self, timestep) -> None:
         # A step is a new timestep value: FLUX true-CFG calls twice per step with the same t.
         t = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
+        if self._loop is not None and self._step >= 0:  # the caller numbers the loop's iterations
+            if self._loop >= self._num_steps:
+                n = self._num_steps
+                self.end()
+                raise RuntimeError(f"RLGDenoiser: the scales set by begin() were for one pipeline call of {n} steps "
+                                   "and are used up; call begin(scales, num_steps) before every pipeline call")
+            self._step = self._loop
+            self._last_t = t
+            return
         if t != self._last_t:
             if self._step < 0:  # the call's first step: the pipeline has cut its schedule by now
                 self._num_steps = self.steps_run()

@@ -42,7 +42,7 @@ from rlg.guidance import check_scales
 from rlg.pairs import LoadedPair
 from rlg.sampler_spec import (Generated, SamplerError, SamplerSettings, WorkItem,  # noqa: F401 (re-exports)
                               noise_seed)
-from rlg.surface import CALL_KEYWORDS, check_call_keywords, refusal
+from rlg.surface import CALL_KEYWORDS, PARTIAL_SCHEDULE, check_call_keywords, refusal
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,8 @@ class RLGSampler:
         if s.shift is not None and s.scheduler in ("default", "ddim"):
             raise SamplerError(f"shift={s.shift} has no effect with scheduler={s.scheduler} (shift is for the flow "
                                "schedulers euler_ode / flow_grpo_sde); remove it")
-        if s.window is not None and not s.window.steps_inside(s.num_inference_steps):
+        if s.window is not None and not PARTIAL_SCHEDULE & set(s.extra) and \
+                not s.window.steps_inside(s.num_inference_steps):  # else the denoiser checks the steps that run
             raise SamplerError(f"the RLG window [{s.window.start:g}, {s.window.stop:g}) contains no step of the "
                                f"{s.num_inference_steps}-step schedule, so every scale gives the same image; widen it")
         self.conditional = "prompt" in self._params
@@ -344,6 +345,7 @@ class RLGSampler:
         first_bad: list[int | None] = [None] * len(items)
 
         def on_step(pipe, i, t, kwargs):
+            self.pair.denoiser.loop_step_done()  # the window is over the loop's iterations
             lat = kwargs["latents"]
             finite = torch.isfinite(lat.reshape(lat.shape[0], -1)).all(dim=1).tolist()
             for r, ok in enumerate(finite[: len(items)]):
@@ -352,7 +354,7 @@ class RLGSampler:
             return {}
 
         s, den = self.settings, self.pair.denoiser
-        options: dict[str, Any] = {"window": s.window}
+        options: dict[str, Any] = {"window": s.window, "loop_steps": "callback_on_step_end" in self._params}
         if s.micro_batch is not None:
             options["micro_batch"] = s.micro_batch
         start = time.perf_counter()

@@ -98,6 +98,10 @@ CALL_KEYWORDS: dict[str, tuple[str, str]] = {
     "negative_ip_adapter_image_embeds": (REFUSED, "IP-Adapters are not supported"),
 }
 
+# keywords that make a call run other steps than num_inference_steps: the RLG window is over the steps that run,
+# so it is checked at each call's first step (rlg.denoiser), not against num_inference_steps at start-up
+PARTIAL_SCHEDULE = frozenset({"strength", "denoising_start", "denoising_end", "timesteps", "sigmas"})
+
 _WRAPPED = "on a pipeline wrapped by RLG"
 _REWRAP = "make the change before wrapping, or call pair.unwrap(), make it, and wrap again"
 _LORA = (f"{_WRAPPED}, diffusers' LoRA methods skip the RLG denoiser (not a ModelMixin), so the change would "

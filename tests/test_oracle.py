@@ -298,7 +298,7 @@ def test_the_window_is_over_the_steps_that_run(cls, kwargs):
     assert _levels(half, stock_image(ctx, getattr(ctx.stock, ctx.name), kwargs, steps=4)) <= 1
     assert len(getattr(ctx.stock, ctx.name).seen) == 2
     with pytest.raises(ValueError, match="holds none of the 2 steps this call runs"):
-        rlg_images(ctx, kwargs, scales=(1.5,), steps=4, window=StepWindow(0.6, 0.7))
+        rlg_images(ctx, kwargs, scales=(1.5,), steps=4, window=StepWindow(0.7, 0.8))  # holds step 3 of 4 only
 
 
 # -- in-place pipeline changes reach both networks, or are refused --------------------------------------------------

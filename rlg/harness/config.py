@@ -12,7 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rlg.choices import RL_KINDS, SCHEDULERS
 from rlg.runtime import DTYPE_NAMES
 from rlg.sampler_spec import resolve_micro_batch
-from rlg.surface import CALL_KEYWORDS, check_call_keywords, refusal
+from rlg.surface import CALL_KEYWORDS, PARTIAL_SCHEDULE, check_call_keywords, refusal
 
 
 @dataclass
@@ -591,7 +591,8 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"sampler.window needs 0 <= start <= stop <= 1 (fractions of the schedule), got "
                           f"start={s.window.start}, stop={s.window.stop}")
     _at_least("sampler.num_inference_steps", s.num_inference_steps, 1)
-    check_window(s.window.start, s.window.stop, s.window.outside, s.num_inference_steps)
+    if not PARTIAL_SCHEDULE & set(s.extra):  # else the steps that run are known at the call (rlg.denoiser)
+        check_window(s.window.start, s.window.stop, s.window.outside, s.num_inference_steps)
     _at_least("sampler.batch_size", s.batch_size, 1)
     try:
         resolve_micro_batch(s.micro_batch, "cpu")  # the denoiser's own rule (rlg.sampler_spec: no torch)
