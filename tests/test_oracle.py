@@ -474,3 +474,26 @@ def test_a_full_rl_network_without_the_users_adapter_is_refused(style_lora):
     rl = D.UNet2DConditionModel.from_pretrained(tiny_spec("sd", "full").rl.id, subfolder="unet")
     with pytest.raises(PairError, match=r"differ in LoRA adapters"):
         rlg.from_pipeline(pipe, rl=rl)
+
+
+# -- accepted and ignored, and values that would not reach the run as written: refused at start-up ---------------------
+@pytest.mark.parametrize("overrides,message", [
+    (("method.rlg.model=base",), "method rlg: model='base' has no effect (rlg runs both networks); remove method.rlg.model"),
+    (("method.rlg.pick=jpeg_compressibility",), "method rlg: pick='jpeg_compressibility' has no effect"),
+    (("evaluators.selected=[ocr]", "prompts=tiny", "+evaluators.options.ocr.dtype=float16"),
+     "evaluators.options.ocr.dtype has no effect (EasyOCR and PaddleOCR pick their own precision); remove it"),
+    (("+evaluators.options.jpeg.dtype=float16",), "evaluators.options.jpeg.dtype has no effect"),
+    (("sampler.negative_prompt=1e3",), "sampler.negative_prompt=1e3 would reach the run as the text '1000.0'"),
+    (("name=1_1_1",), "name=1_1_1 would reach the run as the text '111'"),
+    (("sampler.negative_prompt=true",), "would reach the run as the text 'True'"),
+    (("name=${now:%H-%M}",), "uses Hydra's ${now:...} resolver, which each process of a run"),
+])
+def test_accepted_and_ignored_or_retyped_settings_are_refused_in_one_line(overrides, message):
+    from rlg.harness.api import job
+    from rlg.harness.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        job("debug=fast", *overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    job("debug=fast", "sampler.negative_prompt='1e3'", "name='1_1_1'")  # quoted: kept as written
+    assert job("debug=fast", "sampler.negative_prompt='1e3'").sampler.negative_prompt == "1e3"
