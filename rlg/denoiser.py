@@ -305,7 +305,13 @@ class RLGDenoiser(torch.nn.Module):
             return
         if t != self._last_t:
             if self._step < 0:  # the call's first step: the pipeline has cut its schedule by now
-                self._num_steps = self.steps_run()
+                n = self.steps_run()
+                if self._loop is None and n > self._num_steps:  # a direct call with more steps than begin() was told
+                    told = self._num_steps
+                    self.end()
+                    raise RuntimeError(f"RLGDenoiser: the scales set by begin() were for one pipeline call of {told} "
+                                       f"steps, but this call runs {n}; call begin(scales, {n}) before it")
+                self._num_steps = n
                 if not self.window.steps_inside(self._num_steps):
                     self.end()
                     raise ValueError(f"the RLG window [{self.window.start:g}, {self.window.stop:g}) holds none of the "

@@ -92,6 +92,7 @@ class LoadedPair:
     denoiser: RLGDenoiser
     denoiser_name: str  # "unet" or "transformer"
     info: dict[str, Any] = field(default_factory=dict)  # what was loaded (LoRA layers, scaling, ...)
+    on_unwrap: list[Any] = field(default_factory=list)  # callables that undo what a sampler changed in the pipeline
 
 
     def unwrap(self):
@@ -107,9 +108,9 @@ class LoadedPair:
             delete_adapter(base, RL_ADAPTER)
         if self.info.get("user_adapters"):
             set_active_adapters(base, self.info["user_adapters"])
-        from rlg.sampling import undo_batch_invariant  # the engine patches them per sampler
-
-        undo_batch_invariant(pipe)
+        for undo in self.on_unwrap:  # what samplers changed in the pipeline (row-wise text encoders and VAE)
+            undo()
+        self.on_unwrap.clear()
         self.denoiser._pipe = None
         return pipe
 

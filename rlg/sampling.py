@@ -264,6 +264,8 @@ class RLGSampler:
         self.pipe = pair.pipe
         self.scheduler = make_scheduler(self.pipe, settings.scheduler, settings.shift, settings.noise_level)
         make_batch_invariant(self.pipe, text_cache_size)
+        if not pair.on_unwrap:  # pair.unwrap() gives the pipeline back with its own encoders' methods
+            pair.on_unwrap.append(functools.partial(undo_batch_invariant, self.pipe))
         self._params = set(inspect.signature(self.pipe.__call__).parameters)
         try:  # every route into the pipeline (sampler.extra, generate_grid(**kwargs), SamplerSettings(extra=))
             check_call_keywords(settings.extra, "sampler.extra", accepted=self._params,

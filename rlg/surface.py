@@ -210,10 +210,11 @@ def check_call_keywords(keys: Iterable[str], route: str = "sampler.extra", *, ac
     ``SamplerSettings(extra=...)``) calls this, at start-up by name and again per pipeline class in
     ``rlg.sampling.RLGSampler``."""
     accepted = None if accepted is None else set(accepted) - {"self"}
+    unknown = sorted(k for k in keys if accepted is not None and k not in accepted)
+    if unknown:
+        raise ValueError(f"{route} has {unknown}, which {pipeline} does not accept; remove them (its arguments: "
+                         f"{', '.join(sorted(accepted - {'kwargs'}))})")
     for key in sorted(keys):
-        if accepted is not None and key not in accepted:
-            raise ValueError(f"{route}.{key} is not taken by {pipeline}; remove it (its arguments: "
-                             f"{', '.join(sorted(accepted - {'kwargs'}))})")
         state, why = CALL_KEYWORDS.get(key, (None, ""))
         if state is None:
             raise ValueError(f"{route}.{key} is not declared in rlg.surface.CALL_KEYWORDS, so RLG cannot say whether "

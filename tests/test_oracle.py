@@ -23,6 +23,7 @@ from rlg import surface
 from rlg.guidance import StepWindow
 from rlg.pairs import PairError, load_pair, tiny_spec
 from rlg.sampling import RLGSampler, SamplerError, SamplerSettings, WorkItem, noise_seed
+from tests.test_core import OfficialOrder
 
 pytestmark = pytest.mark.xdist_group("test_oracle")  # the module cache of loaded pipelines stays on one worker
 
@@ -249,27 +250,13 @@ def test_keywords_that_crashed_after_the_work_are_refused_at_start_up(compose, o
 
 
 # -- the window is over the steps that run ------------------------------------------------------------------------------
-class StepMix(torch.nn.Module):
+class StepMix(OfficialOrder):
     """The hand loop of a windowed RLG step: step k (k-th distinct timestep of the call) mixes base and RL at
     ``scales[k]``, inside CFG (the official order: CFG per model, then the mix)."""
 
     def __init__(self, base, rl, scales, cfg):
-        super().__init__()
-        self.base, self.rl, self.scales, self.cfg, self.seen = base, rl, scales, cfg, []
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["base"], name)
-
-    @property
-    def dtype(self):
-        return self.base.dtype
-
-    @property
-    def device(self):
-        return self.base.device
+        super().__init__(base, rl, None, cfg)
+        self.scales, self.seen = scales, []
 
     def forward(self, *args, **kwargs):
         t = float(kwargs.get("timestep", args[1] if len(args) > 1 else 0).flatten()[0])
