@@ -25,7 +25,7 @@ from rlg.pairs import PairError, load_pair, tiny_spec
 from rlg.sampling import RLGSampler, SamplerError, SamplerSettings, WorkItem, noise_seed
 from tests.test_core import OfficialOrder
 
-pytestmark = pytest.mark.xdist_group("test_oracle")  # the module cache of loaded pipelines stays on one worker
+# No xdist group: each worker loads the classes it runs (about a second each), so 2 workers split the file
 
 STEPS, CFG, SIZE, SEED, PROMPT = 2, 4.5, 32, 3, "a red cube"
 # pipeline class -> tiny family whose folders it loads (the img2img classes load the text-to-image family)
