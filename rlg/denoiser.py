@@ -137,15 +137,56 @@ class RLGDenoiser(torch.nn.Module):
         # network rows each image of the current (or last) call asked of (base, RL): shape (n_images, 2),
         # counted before any deduplication, so it is what the image costs made on its own
         self.image_rows = torch.zeros((0, 2), dtype=torch.long)
+        self._pipe = None  # a weakref to the pipeline (attach): the steps each call runs
+        self._loop: int | None = None  # loop iterations done in this call, when the caller numbers them
 
     # -- what pipelines read from their denoiser ---------------------------------------------
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name in ("base", "rl", "_modules", "_parameters", "_buffers"):
+            if name in ("base", "rl", "_modules", "_parameters", "_buffers") or name.startswith("__"):
                 raise
-            return getattr(self._modules["base"], name)  # config, add_embedding, cache_context, ...
+        value = getattr(self._modules["base"], name)  # config, add_embedding, ... (AttributeError if none)
+        if isinstance(value, torch.nn.Module) or not callable(value):
+            return value
+        return self._network_method(name)
+
+    def _networks(self) -> list[torch.nn.Module]:
+        """The distinct networks: base and RL for a full pair, the one shared network for a LoRA pair."""
+        return [self.base] if self.rl is None else [self.base, self.rl]
+
+    def _network_method(self, name: str):
+        """A network method reached through the wrapper, as ``rlg.surface.NETWORK_METHODS`` declares it: called on
+        every network (an in-place change such as FreeU or an attention processor must reach the RL network too),
+        the base's answer (a read), or a one-line refusal. An undeclared method raises here, so a diffusers release
+        that adds one cannot silently change one network only."""
+        from rlg.surface import BASE, BOTH, BOTH_CONTEXT, NETWORK_METHODS
+
+        how = NETWORK_METHODS.get(name)
+        if how is None:
+            raise RuntimeError(f"RLGDenoiser: {type(self.base).__name__}.{name} was reached through the RLG wrapper but "
+                               "is not declared in rlg.surface.NETWORK_METHODS, so it would reach the base network "
+                               "only; declare it (both networks, base only, or refused) and test it")
+        if how == BASE:
+            return getattr(self.base, name)
+        if how == BOTH:
+            def on_both(*args, **kwargs):
+                results = [getattr(net, name)(*args, **kwargs) for net in self._networks()]
+                return results[0]
+            return on_both
+        if how == BOTH_CONTEXT:
+            @contextlib.contextmanager
+            def entered_on_both(*args, **kwargs):
+                with contextlib.ExitStack() as stack:
+                    for net in self._networks():
+                        stack.enter_context(getattr(net, name)(*args, **kwargs))
+                    yield
+            return entered_on_both
+
+        def refused(*args, **kwargs):
+            raise RuntimeError(f"{name} is refused: {how[1]}")
+        return refused
 
     @property
     def dtype(self) -> torch.dtype:
@@ -160,7 +201,8 @@ class RLGDenoiser(torch.nn.Module):
         return self.rl_adapter is not None
 
     # -- per-call state ------------------------------------------------------------------------
-    def begin(self, scales, num_steps: int, *, window: StepWindow | None = None, micro_batch: Any = _DEFAULT) -> None:
+    def begin(self, scales, num_steps: int, *, window: StepWindow | None = None, micro_batch: Any = _DEFAULT,
+              loop_steps: bool = False) -> None:
         """Set the per-image RLG scales (and the step window and micro-batch) for ONE pipeline call.
 
         Args:
@@ -173,6 +215,9 @@ class RLGDenoiser(torch.nn.Module):
             micro_batch: rows per network forward for this call (an int, or ``"auto"``: see
                 :func:`resolve_micro_batch`); ``None`` or ``0``: one forward per model; omitted: the
                 constructor's.
+            loop_steps: the caller numbers the steps: it calls :meth:`loop_step_done` after each iteration of
+                the pipeline's loop (``callback_on_step_end``), and the window is over the loop's iterations
+                (``pipe._num_timesteps`` of them). Otherwise a step is a new timestep value.
         Raises:
             rlg.guidance.ScaleError: a scale that is not a finite number.
             ValueError: ``num_steps < 1`` or a ``micro_batch`` that is not >= 0 or ``"auto"``.
@@ -190,11 +235,43 @@ class RLGDenoiser(torch.nn.Module):
         self._step = -1
         self._last_t = None
         self._diverged = False
+        self._loop = 0 if loop_steps else None
+        pipe = self._pipe() if self._pipe is not None else None
+        if pipe is not None:  # the pipeline sets it again before its loop; a stale count from the last call must not be read
+            pipe._num_timesteps = None
+
+    def attach(self, pipe) -> None:
+        """Read the number of steps each call runs from ``pipe`` (weakly referenced), see :meth:`steps_run`."""
+        import weakref
+
+        self._pipe = weakref.ref(pipe)
+
+    def loop_step_done(self) -> None:
+        """One iteration of the pipeline's loop is over (called from ``callback_on_step_end``)."""
+        if self._loop is not None:
+            self._loop += 1
+
+    def steps_run(self) -> int:
+        """The steps the current pipeline call runs: the window's fractions are of these steps.
+
+        diffusers pipelines set ``_num_timesteps = len(timesteps)`` before their loop, after ``strength``
+        (img2img / inpaint), ``denoising_start`` / ``denoising_end`` (SDXL) or custom ``timesteps`` / ``sigmas``
+        cut the schedule; a scheduler of order k (Heun) lists about k timesteps per step. Without an attached
+        pipeline that set it: the ``num_steps`` given to :meth:`begin`."""
+        pipe = self._pipe() if self._pipe is not None else None
+        n = getattr(pipe, "_num_timesteps", None) if pipe is not None else None
+        if not isinstance(n, int) or n < 1:
+            return self._num_steps
+        if self._loop is not None:  # loop iterations, numbered by the caller
+            return n
+        order = int(getattr(getattr(pipe, "scheduler", None), "order", 1) or 1)
+        return -(-n // order)
 
     def end(self) -> None:
         """End the current call: the scales set by :meth:`begin` are dropped (idempotent); ``image_rows``
         keeps the call's counts until the next :meth:`begin`."""
         self._scales = None
+        self._loop = None
         self._step = -1
         self._last_t = None
         self.window = self.default_window
@@ -217,7 +294,29 @@ class RLGDenoiser(torch.nn.Module):
     def _advance_step(self, timestep) -> None:
         # A step is a new timestep value: FLUX true-CFG calls twice per step with the same t.
         t = float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
+        if self._loop is not None and self._step >= 0:  # the caller numbers the loop's iterations
+            if self._loop >= self._num_steps:
+                n = self._num_steps
+                self.end()
+                raise RuntimeError(f"RLGDenoiser: the scales set by begin() were for one pipeline call of {n} steps "
+                                   "and are used up; call begin(scales, num_steps) before every pipeline call")
+            self._step = self._loop
+            self._last_t = t
+            return
         if t != self._last_t:
+            if self._step < 0:  # the call's first step: the pipeline has cut its schedule by now
+                n = self.steps_run()
+                if self._loop is None and n > self._num_steps:  # a direct call with more steps than begin() was told
+                    told = self._num_steps
+                    self.end()
+                    raise RuntimeError(f"RLGDenoiser: the scales set by begin() were for one pipeline call of {told} "
+                                       f"steps, but this call runs {n}; call begin(scales, {n}) before it")
+                self._num_steps = n
+                if not self.window.steps_inside(self._num_steps):
+                    self.end()
+                    raise ValueError(f"the RLG window [{self.window.start:g}, {self.window.stop:g}) holds none of the "
+                                     f"{self._num_steps} steps this call runs (the window is over the steps that run, "
+                                     "after strength / denoising_start / denoising_end); widen it")
             if self._step + 1 >= self._num_steps:  # a timestep past the call's steps: a new pipeline call
                 n = self._num_steps
                 self.end()
@@ -262,7 +361,13 @@ class RLGDenoiser(torch.nn.Module):
         self.stats.base_rows += len(need_base)
         self.stats.rl_rows += len(need_rl)
 
-        if self.is_lora_pair and not self.mixed_adapter_batch:
+        user = self.user_adapters() if self.is_lora_pair else []
+        if user:  # the base is the user's adapted model, the RL model that plus the RL adapter: two forwards
+            with self._active_adapters(user):
+                pred_base = self._run(self.base, need_base, None, n_rows, args, kwargs)
+            with self._active_adapters(user + [self.rl_adapter]):
+                pred_rl = self._run(self.base, need_rl, None, n_rows, args, kwargs)
+        elif self.is_lora_pair and not self.mixed_adapter_batch:
             with self._adapters_enabled(False):
                 pred_base = self._run(self.base, need_base, None, n_rows, args, kwargs)
             with self._adapters_enabled(True):
@@ -366,6 +471,26 @@ class RLGDenoiser(torch.nn.Module):
             for h in handles:
                 h.remove()
 
+
+    def user_adapters(self) -> list[str]:
+        """The network's active adapters other than the RL one (a LoRA pair): the user's own (a style or
+        DreamBooth LoRA), which both the base and the RL model keep, as in the stock pipeline with them."""
+        for m in self._lora_layers:
+            return [a for a in m.active_adapters if a != self.rl_adapter]
+        return []
+
+    @contextlib.contextmanager
+    def _active_adapters(self, names: list[str]):
+        """Exactly ``names`` active in every PEFT layer for one forward (their scales as the user set them); the
+        previous active set afterwards."""
+        before = [(m, list(m.active_adapters)) for m in self._lora_layers]
+        for m, _ in before:
+            m.set_adapter(names, inference_mode=True)
+        try:
+            yield
+        finally:
+            for m, names_before in before:
+                m.set_adapter(names_before, inference_mode=True)
 
     @contextlib.contextmanager
     def _adapters_enabled(self, enabled: bool):

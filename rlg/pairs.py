@@ -28,6 +28,7 @@ from rlg import runtime
 from rlg.choices import RL_KINDS
 from rlg.files import StoreWriteError, atomic_write, sha256_file
 from rlg.guidance import StepWindow
+from rlg.surface import PIPELINE_METHODS, REFUSED
 
 if TYPE_CHECKING:  # annotations only: loading a pair imports torch where it is used, so a config check need not
     import torch
@@ -91,12 +92,124 @@ class LoadedPair:
     denoiser: RLGDenoiser
     denoiser_name: str  # "unet" or "transformer"
     info: dict[str, Any] = field(default_factory=dict)  # what was loaded (LoRA layers, scaling, ...)
+    on_unwrap: list[Any] = field(default_factory=list)  # callables that undo what a sampler changed in the pipeline
 
 
     def unwrap(self):
-        """Put the pipeline's own denoiser back (a LoRA stays loaded on it, enabled) and return the pipeline."""
-        setattr(self.pipe, self.denoiser_name, self.denoiser.base)
-        return self.pipe
+        """Give the pipeline back as it was before wrapping, and return it: its own denoiser, without the RL adapter
+        that loading the pair added (an adapter named by ``rl_adapter=`` was the user's and stays), with the
+        user's active adapters, its own pipeline methods and unpatched text encoders and VAE. Wrapping it again
+        (``from_pipeline``) works."""
+        pipe, base = self.pipe, self.denoiser.base
+        setattr(pipe, self.denoiser_name, base)
+        for method in PIPELINE_METHODS:  # the refusals install() put on the instance
+            pipe.__dict__.pop(method, None)
+        if self.info.get("loaded_adapter"):
+            delete_adapter(base, RL_ADAPTER)
+        if self.info.get("user_adapters"):
+            set_active_adapters(base, self.info["user_adapters"])
+        for undo in self.on_unwrap:  # what samplers changed in the pipeline (row-wise text encoders and VAE)
+            undo()
+        self.on_unwrap.clear()
+        self.denoiser._pipe = None
+        return pipe
+
+
+# ---------------------------------------------------------------------------------------------
+# Installing the RLG denoiser in a pipeline, and what a user changed in the networks before that
+# ---------------------------------------------------------------------------------------------
+def tuner_layers(net: torch.nn.Module) -> list[torch.nn.Module]:
+    """PEFT's adapter layers (LoRA, DoRA) and modules_to_save wrappers inside ``net``."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    return [m for m in net.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+
+
+def active_adapters(net: torch.nn.Module) -> list[str]:
+    """The adapters active in ``net``'s PEFT layers (empty without any)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for m in net.modules():
+        if isinstance(m, BaseTunerLayer):
+            return list(m.active_adapters)
+    return []
+
+
+def set_active_adapters(net: torch.nn.Module, names: list[str]) -> None:
+    """Exactly ``names`` active in every PEFT LoRA layer of ``net`` (their scales unchanged)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for m in net.modules():
+        if isinstance(m, BaseTunerLayer):
+            m.set_adapter(names, inference_mode=True)
+
+
+def delete_adapter(net: torch.nn.Module, name: str) -> None:
+    """Remove adapter ``name`` from ``net`` (diffusers' own bookkeeping too), leaving the others as they were."""
+    others = [a for a in active_adapters(net) if a != name]
+    for m in tuner_layers(net):
+        if name in getattr(m, "peft_config", {}) or name in _adapter_names(m):
+            m.delete_adapter(name)
+    config = getattr(net, "peft_config", None)
+    if isinstance(config, dict):
+        config.pop(name, None)
+        if not config and hasattr(net, "_hf_peft_config_loaded"):
+            net._hf_peft_config_loaded = False
+    if others:
+        set_active_adapters(net, others)
+
+
+def _adapter_names(layer: torch.nn.Module) -> set[str]:
+    names: set[str] = set()
+    for attr in getattr(layer, "adapter_layer_names", ()):
+        names |= set(getattr(layer, attr, {}).keys())
+    return names | set(getattr(layer, "_adapters", ()))
+
+
+def in_place_changes(net: torch.nn.Module) -> dict[str, Any]:
+    """What a pipeline method changes inside a network in place (FreeU, attention processors and slicing, fused
+    QKV projections, forward chunking, active LoRA adapters): equal between base and RL for a full pair."""
+    return {
+        "FreeU (enable_freeu)": [tuple(getattr(b, k, None) for k in ("s1", "s2", "b1", "b2"))
+                                 for b in getattr(net, "up_blocks", [])],
+        "attention processors (set_attn_processor, enable_attention_slicing, ...)": sorted(
+            (k, type(v).__name__, getattr(v, "slice_size", None)) for k, v in getattr(net, "attn_processors", {}).items()),
+        "fused QKV projections (fuse_qkv_projections)": sorted(
+            n for n, m in net.named_modules() if getattr(m, "fused_projections", False)),
+        "forward chunking (enable_forward_chunking)": sorted(
+            (n, m._chunk_size) for n, m in net.named_modules() if getattr(m, "_chunk_size", None) is not None),
+        "LoRA adapters (load_lora_weights, set_adapters)": active_adapters(net),
+    }
+
+
+def check_same_changes(base: torch.nn.Module, rl: torch.nn.Module) -> None:
+    """PairError when the base network carries an in-place change the RL network lacks (made to the pipeline
+    before wrapping, so it reached the base only): at w = 1 the images would not be the stock RL pipeline's."""
+    a, b = in_place_changes(base), in_place_changes(rl)
+    differ = [k for k in a if a[k] != b[k]]
+    if differ:
+        raise PairError(f"the base and RL networks differ in {', '.join(differ)}: a change made to the pipeline before "
+                        "wrapping reached the base network only; make it after wrapping (changes through the wrapped "
+                        "pipeline reach both networks) or make it on the RL network too")
+
+
+def install(pipe, name: str, denoiser: RLGDenoiser) -> None:
+    """Put ``denoiser`` in ``pipe`` as its ``name`` (unet / transformer): the denoiser reads the steps each call
+    runs from the pipeline, and the pipeline methods ``rlg.surface.PIPELINE_METHODS`` refuses are replaced on this
+    pipeline instance by a one-line refusal (``LoadedPair.unwrap`` removes them)."""
+    setattr(pipe, name, denoiser)
+    denoiser.attach(pipe)
+    for method, (state, why) in PIPELINE_METHODS.items():
+        if state == REFUSED and hasattr(type(pipe), method):
+            setattr(pipe, method, _refusal(method, why))
+
+
+def _refusal(method: str, why: str):
+    def refused(*args, **kwargs):
+        raise PairError(f"pipe.{method}() is refused: {why}")
+    refused.__name__ = method
+    return refused
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -586,9 +699,10 @@ def load_pair(spec: PairSpec, *, window: StepWindow = StepWindow(), micro_batch:
     else:  # an adapter on the base; loading it may leave the base in train mode
         base.eval()
         denoiser = RLGDenoiser(base, rl_adapter=RL_ADAPTER, window=window, micro_batch=micro_batch)
-    setattr(pipe, name, denoiser)
+    install(pipe, name, denoiser)
     pipe.set_progress_bar_config(disable=True)
     info["weights"] = identity
+    info["loaded_adapter"] = rl is None
     log.info("loaded pair %s (%s)", spec.name, spec.rl_kind)
     log.debug("pair %s: %s", spec.name, json.dumps(info))  # weight paths and sha256s: in meta.json as well
     return LoadedPair(spec=requested, pipe=pipe, denoiser=denoiser, denoiser_name=name, info=info)
@@ -662,17 +776,29 @@ def from_pipeline(pipe, rl: Any = None, *, rl_adapter: str | None = None, weight
     base.eval()
     where = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
     spec = PairSpec(name=name, base=Checkpoint(str(where or "<in-memory pipeline>")), rl=Checkpoint("<in-memory>"))
-    info: dict[str, Any] = {}
     if (rl is None) == (rl_adapter is None):
         raise PairError("from_pipeline needs the RL model: rl=<denoiser module or LoRA path>, or rl_adapter=<name>")
+    layers = tuner_layers(base)
+    if any(getattr(m, "disable_adapters", False) for m in layers):
+        raise PairError("the pipeline's LoRA adapters are disabled (pipe.disable_lora()), which would switch the RL "
+                        "adapter off too; enable them (pipe.enable_lora()) or delete them before wrapping")
+    user = [a for a in active_adapters(base) if a != rl_adapter]  # the user's own adapters: part of the base model
+    info: dict[str, Any] = {"user_adapters": user}
     if rl_adapter is not None:
         spec.rl_kind = "peft_lora"
+        if not any(rl_adapter in _adapter_names(m) for m in layers):
+            raise PairError(f"the pipeline's denoiser has no adapter named {rl_adapter!r} (it has "
+                            f"{sorted(set().union(*map(_adapter_names, layers)))}); load it first")
         denoiser = RLGDenoiser(base, rl_adapter=rl_adapter)
     elif isinstance(rl, torch.nn.Module):
         check_compatible(base, rl, f"given to from_pipeline ({type(rl).__name__})")
+        check_same_changes(base, rl)
         rl = rl.to(device=base.device, dtype=base.dtype).eval()
         denoiser = RLGDenoiser(base, rl)
     else:
+        if any(RL_ADAPTER in _adapter_names(m) for m in layers):
+            raise PairError(f"the pipeline's denoiser already has an adapter named {RL_ADAPTER!r}: use it with "
+                            f"from_pipeline(pipe, rl_adapter={RL_ADAPTER!r}), or delete it (pipe.delete_adapters) first")
         path = Path(str(rl)).expanduser()
         if path.is_file():  # a diffusers LoRA file
             spec.rl, is_peft = Checkpoint(str(path.parent), weight_name=path.name), False
@@ -682,8 +808,15 @@ def from_pipeline(pipe, rl: Any = None, *, rl_adapter: str | None = None, weight
         else:  # a hub id: a PEFT adapter repo, or a diffusers LoRA file named by weight_name
             spec.rl, is_peft = Checkpoint(str(rl), weight_name=weight_name), weight_name is None
         spec.rl_kind = "peft_lora" if is_peft else "diffusers_lora"
-        info = load_peft_lora(spec, base) if is_peft else load_diffusers_lora(spec, pipe, dname)
+        info.update(load_peft_lora(spec, base) if is_peft else load_diffusers_lora(spec, pipe, dname))
+        info["loaded_adapter"] = True
         base.eval()
+        if user:  # loading made the RL adapter the only active one: the user's stay active (the base model)
+            if any(not hasattr(m, "lora_A") for m in tuner_layers(base)):
+                delete_adapter(base, RL_ADAPTER)
+                raise PairError("an RL adapter with modules_to_save cannot be combined with the pipeline's own "
+                                f"adapters {user}; fuse yours first (pipe.fuse_lora(); pipe.unload_lora_weights())")
+            set_active_adapters(base, user + [RL_ADAPTER])
         denoiser = RLGDenoiser(base, rl_adapter=RL_ADAPTER)
-    setattr(pipe, dname, denoiser)
+    install(pipe, dname, denoiser)
     return LoadedPair(spec=spec, pipe=pipe, denoiser=denoiser, denoiser_name=dname, info=info)

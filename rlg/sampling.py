@@ -42,6 +42,7 @@ from rlg.guidance import check_scales
 from rlg.pairs import LoadedPair
 from rlg.sampler_spec import (Generated, SamplerError, SamplerSettings, WorkItem,  # noqa: F401 (re-exports)
                               noise_seed)
+from rlg.surface import CALL_KEYWORDS, PARTIAL_SCHEDULE, check_call_keywords, refusal
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,15 @@ def rowwise(module: torch.nn.Module, method: str = "forward", cache_size: int = 
     call.cache = cache  # type: ignore[attr-defined]
     setattr(module, method, call)
     setattr(module, f"_rlg_rowwise_{method}", True)
+
+
+def undo_batch_invariant(pipe) -> None:
+    """Undo :func:`make_batch_invariant`: the text encoders and the VAE run their own methods again."""
+    for comp in pipe.components.values():
+        if isinstance(comp, torch.nn.Module):
+            for method in ("forward", "decode", "encode"):
+                if comp.__dict__.pop(f"_rlg_rowwise_{method}", False):
+                    comp.__dict__.pop(method, None)
 
 
 def make_batch_invariant(pipe, text_cache_size: int = 64) -> None:
@@ -229,6 +239,9 @@ def scheduler_for_call(pipe, scheduler, generators: list[torch.Generator]):
 # FIRST row's generator only (diffusers' _encode_vae_image loops over the image batch), which would
 # shift that row's noise; given one copy per row, every row draws from its own generator.
 PER_ROW_INPUTS = ("image", "mask_image")
+# Text given once for the whole call; diffusers makes a one-element list of it, which does not match a call of
+# several prompts (SDXL / SD3 concatenate the encoders' outputs row by row): one copy per image row.
+PER_ROW_TEXTS = ("prompt_2", "prompt_3")
 
 
 def _single_image(value: Any) -> bool:
@@ -244,20 +257,21 @@ class RLGSampler:
     """Runs a loaded pair's pipeline on batches of work items."""
 
     def __init__(self, pair: LoadedPair, settings: SamplerSettings, text_cache_size: int = 64):
-        if settings.guidance_rescale and settings.guidance_rescale > 0:
-            raise SamplerError(
-                "guidance_rescale > 0 makes classifier-free guidance nonlinear, so mixing raw predictions no longer "
-                "equals the official order (CFG inside each model, then the RLG mix); set sampler.guidance_rescale=0")
+        if settings.guidance_rescale:
+            raise SamplerError(refusal("sampler", "guidance_rescale", CALL_KEYWORDS["guidance_rescale"][1]))
         self.pair = pair
         self.settings = settings
         self.pipe = pair.pipe
         self.scheduler = make_scheduler(self.pipe, settings.scheduler, settings.shift, settings.noise_level)
         make_batch_invariant(self.pipe, text_cache_size)
+        if not pair.on_unwrap:  # pair.unwrap() gives the pipeline back with its own encoders' methods
+            pair.on_unwrap.append(functools.partial(undo_batch_invariant, self.pipe))
         self._params = set(inspect.signature(self.pipe.__call__).parameters)
-        unknown = sorted(set(settings.extra) - self._params)
-        if unknown:  # checked once here, not at every pipeline call
-            raise SamplerError(f"sampler.extra has {unknown}, which {type(self.pipe).__name__} does not accept; "
-                              f"remove them (its arguments: {', '.join(sorted(self._params - {'self', 'kwargs'}))})")
+        try:  # every route into the pipeline (sampler.extra, generate_grid(**kwargs), SamplerSettings(extra=))
+            check_call_keywords(settings.extra, "sampler.extra", accepted=self._params,
+                                pipeline=type(self.pipe).__name__)
+        except ValueError as exc:
+            raise SamplerError(str(exc)) from None
         self._check_effects()
 
     def _check_effects(self) -> None:
@@ -275,7 +289,8 @@ class RLGSampler:
         if s.shift is not None and s.scheduler in ("default", "ddim"):
             raise SamplerError(f"shift={s.shift} has no effect with scheduler={s.scheduler} (shift is for the flow "
                                "schedulers euler_ode / flow_grpo_sde); remove it")
-        if s.window is not None and not s.window.steps_inside(s.num_inference_steps):
+        if s.window is not None and not PARTIAL_SCHEDULE & set(s.extra) and \
+                not s.window.steps_inside(s.num_inference_steps):  # else the denoiser checks the steps that run
             raise SamplerError(f"the RLG window [{s.window.start:g}, {s.window.stop:g}) contains no step of the "
                                f"{s.num_inference_steps}-step schedule, so every scale gives the same image; widen it")
         self.conditional = "prompt" in self._params
@@ -300,6 +315,9 @@ class RLGSampler:
         kw.update(s.extra)
         for key in PER_ROW_INPUTS:  # one copy per image, so each row's VAE sample uses its own generator
             if key in kw and _single_image(kw[key]):
+                kw[key] = [kw[key]] * len(items)
+        for key in PER_ROW_TEXTS:
+            if isinstance(kw.get(key), str):
                 kw[key] = [kw[key]] * len(items)
         return kw
 
@@ -329,6 +347,7 @@ class RLGSampler:
         first_bad: list[int | None] = [None] * len(items)
 
         def on_step(pipe, i, t, kwargs):
+            self.pair.denoiser.loop_step_done()  # the window is over the loop's iterations
             lat = kwargs["latents"]
             finite = torch.isfinite(lat.reshape(lat.shape[0], -1)).all(dim=1).tolist()
             for r, ok in enumerate(finite[: len(items)]):
@@ -337,7 +356,7 @@ class RLGSampler:
             return {}
 
         s, den = self.settings, self.pair.denoiser
-        options: dict[str, Any] = {"window": s.window}
+        options: dict[str, Any] = {"window": s.window, "loop_steps": "callback_on_step_end" in self._params}
         if s.micro_batch is not None:
             options["micro_batch"] = s.micro_batch
         start = time.perf_counter()

@@ -31,6 +31,12 @@ def test_run_returns_the_stores_results_as_frames_and_the_report(tmp_path, fixtu
     again = rlg.run(experiment="tiny", overrides=["debug=fast", f"paths.root={tmp_path}", "name=py",
                                                   f"paths.fixtures={fixture_root}"])
     assert again.meta["generate"]["images_made"] == 0  # the same run directory: resumed, nothing remade
+    # issue 30: a smaller work list in that directory would get the whole directory's summary: refused, naming name=
+    with pytest.raises(ConfigError, match=r"already holds 4 images outside this call's work list .*name=<another"):
+        rlg.run(experiment="tiny", overrides=["debug=fast", f"paths.root={tmp_path}", "name=py",
+                                              f"paths.fixtures={fixture_root}", "prompts.max_prompts=1",
+                                              "grid.scales=[0,1]"])
+    assert len(direct_read(res.run_dir)) == len(direct)  # nothing stored was touched
 
 
 def test_run_refuses_a_misspelt_key_before_any_work(tmp_path):

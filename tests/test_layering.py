@@ -29,7 +29,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
                  "rlg.ground_truth",
                  "rlg.zoo.train_*", "rlg.zoo.digits_rl")),
     ("zoo", ("rlg.zoo",)),  # the zoo's data, model builders and manifest helpers: above the evaluators that score it
-    ("library", ("rlg", "rlg.grid", "rlg.sampling", "rlg.sampler_spec", "rlg.pairs", "rlg.denoiser", "rlg.guidance",
+    ("library", ("rlg", "rlg.grid", "rlg.sampling", "rlg.sampler_spec", "rlg.surface", "rlg.pairs", "rlg.denoiser", "rlg.guidance",
                  "rlg.schedulers",
                  "rlg.methods", "rlg.evaluators", "rlg.tiny_pairs", "rlg.analytic", "rlg.analytic_metrics",
                  "rlg.choices", "rlg.fkc", "rlg.fk_steering", "rlg.real_shapes")),

@@ -166,6 +166,8 @@ def kernel_distance(features: np.ndarray, reference: np.ndarray) -> dict[str, fl
 
 class _DigitsBase:
     needs = frozenset({"image", "prompt"})
+    # accepted for a uniform evaluator config but without effect: refused at start-up (rlg.harness.build)
+    ignored_options = {"dtype": "the digits classifier runs in float32", "device": "the digits classifier runs on the CPU"}
 
     @staticmethod
     def check_weights(weights: str = CLASSIFIER_ID, **_: object) -> None:

@@ -47,6 +47,7 @@ def jpeg_kb(image: Image.Image, quality: int = 95) -> float:
 
 class JpegCompressibility:
     name = "jpeg"
+    ignored_options = {"dtype": "JPEG compression of uint8 images runs no model"}  # refused at start-up
     needs = frozenset({"image"})
     metrics = {"jpeg_incompressibility": True, "jpeg_compressibility": True}  # with direction="both"
     uses_device = False  # runs on the CPU: the harness resolves no device for it (that would import torch)

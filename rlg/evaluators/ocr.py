@@ -147,6 +147,7 @@ def _paddleocr_reader(gpu: bool, convention: str = "file") -> Callable[[np.ndarr
 
 class OCRAccuracy:
     name = "ocr"
+    ignored_options = {"dtype": "EasyOCR and PaddleOCR pick their own precision"}  # refused at start-up
     needs = frozenset({"image", "prompt"})
     metrics = {"ocr_accuracy": True, "ocr_confidence": True}
     check_prompts = staticmethod(check_prompts)  # start-up check used by rlg.harness.build

@@ -351,6 +351,10 @@ def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: Callable[[], s
         if bad:
             raise ConfigError(f"evaluators.options.{name} has unknown option(s) {bad}; {name} accepts: "
                               f"{', '.join(known)}")
+        ignored = getattr(cls, "ignored_options", {})  # accepted for a uniform config, without effect: refused
+        hit = sorted(k for k in opts if k in ignored and opts[k] is not None)
+        if hit:
+            raise ConfigError(f"evaluators.options.{name}.{hit[0]} has no effect ({ignored[hit[0]]}); remove it")
         uses_device = getattr(cls, "uses_device", True)
         for k, v in (("batch_size", lambda: conf.evaluators.batch_size), ("device", device)):
             if k in params and k not in opts and (k != "device" or uses_device):

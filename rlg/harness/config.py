@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rlg.choices import RL_KINDS, SCHEDULERS
 from rlg.runtime import DTYPE_NAMES
 from rlg.sampler_spec import resolve_micro_batch
+from rlg.surface import CALL_KEYWORDS, PARTIAL_SCHEDULE, check_call_keywords, refusal
 
 
 @dataclass
@@ -389,6 +390,9 @@ def misspelt_override(overrides: list[str]) -> str | None:
 
     for item in overrides:
         key = item.split("=", 1)[0]
+        retyped = retyped_override(item)
+        if retyped:
+            return retyped
         if "=" not in item or key.startswith(("+", "~", "hydra.", "hydra/")) or "." not in key:
             continue
         schema, path, entry = RunConf, [], False
@@ -410,6 +414,42 @@ def misspelt_override(overrides: list[str]) -> str | None:
                 break  # a leaf or a free-form dict: the value checks come later
             entry = typing.get_origin(hint) is dict  # a dict of dataclasses by name: skip the name, check the rest
             schema = nested[-1]
+    return None
+
+
+def _leaf_types(key: str) -> tuple[Any, ...]:
+    """The types the schema allows for the dotted ``key`` (empty for a free-form node or an unknown key)."""
+    import dataclasses
+    import typing
+
+    schema: Any = RunConf
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(schema) or part not in {f.name for f in dataclasses.fields(schema)}:
+            return ()
+        hint = typing.get_type_hints(schema)[part]
+        types = typing.get_args(hint) or (hint,)
+        nested = [t for t in types if dataclasses.is_dataclass(t)]
+        schema = nested[-1] if nested else types
+    return schema if isinstance(schema, tuple) else ()
+
+
+def retyped_override(item: str) -> str | None:
+    """One line when a command-line value for a text field would not reach the run as written, or None:
+    Hydra's override grammar reads ``true`` / ``false`` as booleans and ``1e3``, ``1_000``, ``inf`` as numbers,
+    which the text field then holds as 'True', '1000.0', ... Quoting keeps the text."""
+    key, _, text = item.partition("=")
+    key = key.lstrip("+~")
+    if not _ or str not in _leaf_types(key):
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        value = OverridesParser.create().parse_override(item).value()
+    except Exception:  # Hydra's own parse error comes later, with its message
+        return None
+    if isinstance(value, (bool, int, float)) and str(value) != text:
+        return (f"{key}={text} would reach the run as the text {str(value)!r} (Hydra reads {text} as a "
+                f"{type(value).__name__}); quote it to keep it as written: {key}='\"{text}\"'")
     return None
 
 
@@ -535,6 +575,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         key = getattr(exc, "full_key", None) or ""
         raise ConfigError(f"bad config key {key!r}: {exc.msg if hasattr(exc, 'msg') else exc}. "
                           "Check the spelling against docs/configuration.md or `rlg-bench --cfg job`") from exc
+    problem = as_written_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
     unknown = _unknown_keys(cfg, RunConf)
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}; check the spelling against docs/configuration.md "
@@ -545,6 +588,30 @@ def validate(cfg: DictConfig) -> DictConfig:
             OmegaConf.update(merged, key, user_path(key, value))
     check_values(merged)
     return merged
+
+
+def as_written_problem(cfg: DictConfig) -> str | None:
+    """Why a composed value would not reach every process of the run as written, or None: Hydra's
+    ``${now:...}`` resolver, which each process of one run (ranks, a resumed run) resolves to another time.
+    (Text the override grammar retypes is caught on the command line: :func:`retyped_override`.)"""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+
+    def texts(node: Any, key: str):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from texts(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from texts(v, f"{key}[{i}]")
+        elif isinstance(node, str):
+            yield key, node
+
+    for key, text in texts(raw, ""):
+        if "${now:" in text:
+            return (f"{key}={text!r} uses Hydra's ${{now:...}} resolver, which each process of a run (every rank, a "
+                    "resumed run) resolves to another time; write the value out")
+
+    return None
 
 
 def check_complete(cfg: DictConfig) -> None:
@@ -643,7 +710,8 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"sampler.window needs 0 <= start <= stop <= 1 (fractions of the schedule), got "
                           f"start={s.window.start}, stop={s.window.stop}")
     _at_least("sampler.num_inference_steps", s.num_inference_steps, 1)
-    check_window(s.window.start, s.window.stop, s.window.outside, s.num_inference_steps)
+    if not PARTIAL_SCHEDULE & set(s.extra):  # else the steps that run are known at the call (rlg.denoiser)
+        check_window(s.window.start, s.window.stop, s.window.outside, s.num_inference_steps)
     _at_least("sampler.batch_size", s.batch_size, 1)
     try:
         resolve_micro_batch(s.micro_batch, "cpu")  # the denoiser's own rule (rlg.sampler_spec: no torch)
@@ -652,8 +720,11 @@ def check_values(cfg: DictConfig) -> None:
     _at_least("sampler.height", s.height, 8, optional=True)
     _at_least("sampler.width", s.width, 8, optional=True)
     if s.guidance_rescale:
-        raise ConfigError("sampler.guidance_rescale > 0 makes classifier-free guidance nonlinear, so mixing raw "
-                          "predictions no longer equals the official order; set sampler.guidance_rescale=0")
+        raise ConfigError(refusal("sampler", "guidance_rescale", CALL_KEYWORDS["guidance_rescale"][1]))
+    try:  # every keyword for the pipeline is declared in one table (rlg.surface); refused ones go here, by name
+        check_call_keywords(s.extra, "sampler.extra")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     _one_of("prompts.source", cfg.prompts.source, ("inline", "file", *SOURCES))
     path = cfg.prompts.path
     if path and not Path(path).expanduser().is_file():  # the loader reads it later; refuse before any import

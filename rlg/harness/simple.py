@@ -62,6 +62,14 @@ def run(experiment: str | None = None, overrides: Sequence[str] = (), *, verbose
     validate(cfg)  # the CLI's early checks, before torch is imported
     quiet_third_party(verbose=bool(cfg.verbose if verbose is None else verbose))
     run_dir = Path(checked_run_dir(cfg.paths.root, cfg.name))  # the CLI's folder: ~ expanded, the name checked
+    beyond = stored_beyond_work_list(cfg, args, run_dir)
+    if beyond:  # the report and summary cover the directory: they would answer more than this call asked
+        from rlg.harness.config import ConfigError
+
+        raise ConfigError(f"{run_dir} already holds {beyond} images outside this call's work list (an earlier run "
+                          f"under name={cfg.name} with other overrides), and the result would summarise them too; "
+                          f"give this work list its own directory (name=<another name>), or repeat the earlier "
+                          "run's overrides to resume it")
     entry = run_cfg(cfg, run_dir=run_dir, overrides=args, job_name=cfg.name)
     report = (entry.get("report") or {}).get("index_html")
     csv = run_dir / "report" / "tables" / "summary.csv"
@@ -74,4 +82,21 @@ def run(experiment: str | None = None, overrides: Sequence[str] = (), *, verbose
                      headlines=list((entry.get("report") or {}).get("headlines") or []), meta=entry)
 
 
-__all__ = ["run", "RunResult"]
+def stored_beyond_work_list(cfg, overrides: list[str], run_dir: Path) -> int:
+    """How many images stored in ``run_dir`` are not in the work list of ``cfg`` (0 for a new directory,
+    a resume of the same work list, or a larger one that extends it)."""
+    from rlg.store import Store
+
+    if not run_dir.is_dir():
+        return 0
+    stored = set(Store(run_dir).images().image_key)
+    if not stored:
+        return 0
+    from rlg.harness.build import build
+    from rlg.harness.stages import work_groups
+
+    asked = {key for group in work_groups(build(cfg, overrides=overrides), rank=-1) for key, _ in group}
+    return len(stored - asked)
+
+
+__all__ = ["run", "RunResult", "stored_beyond_work_list"]

@@ -81,10 +81,17 @@ class Method:
 
     name = ""
     needs_pick = False  # best_of_n: a reward picks among candidates after scoring
+    uses_model = True  # False: the method runs both networks, so ``model`` (rl or base alone) means nothing
 
     def __init__(self, knobs: Sequence[Any], model: str = "rl", pick: str | None = None):
         if model not in ("rl", "base"):
             raise MethodError(f"method {self.name}: model={model!r}; use rl or base")
+        if model != "rl" and not self.uses_model:  # accepted and ignored would be silent: refuse
+            raise MethodError(f"method {self.name}: model={model!r} has no effect ({self.name} runs both networks); "
+                              f"remove method.{self.name}.model")
+        if pick is not None and not self.needs_pick:
+            raise MethodError(f"method {self.name}: pick={pick!r} has no effect (only best_of_n picks among samples); "
+                              f"remove method.{self.name}.pick")
         self.knobs = check_knobs(self.name, knobs)
         self.model = model
         self.pick = pick

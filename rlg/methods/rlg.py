@@ -9,6 +9,7 @@ class RLG(Method):
     """pred = pred_base + w (pred_rl - pred_base) at every step: two networks per step for 0 < w != 1."""
 
     name = "rlg"
+    uses_model = False
 
     def arms(self) -> list[Arm]:
         return [Arm(self.name, w, scale=w) for w in self.knobs]

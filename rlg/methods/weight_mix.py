@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 class WeightMix(Method):
     name = "weight_mix"
+    uses_model = False
 
     def __init__(self, knobs, model: str = "rl", pick: str | None = None):
         super().__init__(knobs, model, pick)
