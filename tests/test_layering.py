@@ -32,7 +32,8 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
                  "rlg.schedulers",
                  "rlg.methods", "rlg.evaluators", "rlg.tiny_pairs", "rlg.analytic", "rlg.analytic_metrics",
                  "rlg.choices")),
-    ("base", ("rlg.store", "rlg.files", "rlg.downloads", "rlg.runtime", "rlg.extras", "rlg.model_ids", "rlg.registry")),
+    ("base", ("rlg.store", "rlg.files", "rlg.downloads", "rlg.runtime", "rlg.extras", "rlg.model_ids", "rlg.registry",
+              "rlg.metrics")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(FLOORS)}  # 0 = top
 

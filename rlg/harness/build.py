@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, grid_scale_values, validate
 from rlg.harness.provenance import redact
 from rlg.harness.prompts import Prompt, load_prompts
+from rlg.metrics import Metric, settle_reward
 from rlg.store import content_key
 
 log = logging.getLogger("rlg")
@@ -76,6 +77,9 @@ class Job:
     identity: dict[str, Any] = field(default_factory=dict)
     config_id: str = ""  # short hash of ``identity``: one series per (run, config_id) in every report
     evaluators: tuple[EvaluatorPlan, ...] = ()
+    metrics: tuple[Metric, ...] = ()  # what the selected evaluators write (each declared by its evaluator)
+    reward: str | None = None  # the run's reward, decided once here (run_reward); every report section reads it
+    reward_note: str | None = None  # why the reward is not the one report.reward named
     evaluator_device: str = "cpu"
     prompt_problem: str | None = None  # a selected evaluator cannot score these prompts: generate refuses to start
     tracker_mode: str | None = None  # None: the user's W&B setup decides (WANDB_MODE, `wandb offline`, login)
@@ -387,6 +391,17 @@ def prompt_problem(conf: RunConf, prompts: list[Prompt]) -> str | None:
     return None
 
 
+def run_reward(preferred: str | None, metrics: tuple[Metric, ...]) -> tuple[str | None, str | None]:
+    """(reward, note): the run's reward, decided once. ``report.reward`` when a selected evaluator writes it,
+    else ``rlg.metrics.pick_reward``'s default order over the selected evaluators' metrics; the note (also
+    logged) says why a named reward was not taken."""
+    reward, note = settle_reward([m.id for m in metrics], preferred, "written by the selected evaluators",
+                                 "select its evaluator in evaluators.selected")
+    if note:
+        log.warning(note)
+    return reward, note
+
+
 def tracker_mode(mode: str, overrides: list[str]) -> str | None:
     """The W&B mode to force, or None to let the user's W&B setup decide. The default preset's
     "offline" defers to WANDB_MODE / `wandb online`; a mode chosen on purpose (another preset, e.g.
@@ -442,10 +457,15 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
         ident = image_identity(conf, spec, device)
     eval_device = functools.cache(lambda: resolve_device(conf.evaluators.device, local_rank))
     evaluators = evaluator_plans(conf, prompts, eval_device)
+    from rlg.evaluators.base import metrics_of
+
+    metrics = tuple(m for e in evaluators for m in metrics_of(e.name, e.options))
+    reward, reward_note = run_reward(conf.report.reward, metrics)
     s = conf.sampler
     return Job(kind="images", **common, prompts=tuple(prompts), prompt_info=prompt_info, pair=spec,
                placement=placement, sampler=sampler_settings(s), identity=ident,
-               config_id=content_key(ident)[:16] if generates else "", evaluators=evaluators,
+               config_id=content_key(ident)[:16] if generates else "", evaluators=evaluators, metrics=metrics,
+               reward=reward, reward_note=reward_note,
                evaluator_device=eval_device() if use_devices(evaluators) else "cpu",
                tracker_mode=tracker_mode(conf.tracker.wandb.mode, list(overrides or [])),
                prompt_problem=prompt_problem(conf, prompts), methods=method_plans(conf, scales, evaluators))

@@ -25,6 +25,7 @@ from rlg.harness.prompts import PromptError
 from rlg.harness.provenance import provenance, redact
 from rlg.store import Store, StoreError
 from rlg.harness.tracking import Tracker, wandb_run_id
+from rlg.metrics import title as metric_title
 from rlg.report.stats import SERIES, scale_label
 from rlg.pairs import PairError
 from rlg.sampler_spec import SamplerError
@@ -150,7 +151,9 @@ def _tracker(job: Job, store: Store, job_name: str, group: str | None, run_id: s
     s = job.config.sampler
     return Tracker(run_dir=store.root, name=job_name, project=w.project, entity=w.entity, group=w.group or group or
                    job.name, job_type=job.config.stage, tags=[job.pair.name, s.name, job.name],
-                   config=job.resolved_config, mode=job.tracker_mode, log_images=w.log_images, rank=job.rank,
+                   config={**job.resolved_config, "reward": job.reward,
+                           "metrics": {m.id: m.label for m in job.metrics}},
+                   mode=job.tracker_mode, log_images=w.log_images, rank=job.rank,
                    run_id=wandb_run_id(run_id, job.config_id, job.config.stage))
 
 
@@ -180,13 +183,13 @@ def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, t
         with timed(entry, "report"):
             result = stages.report(job, store)
         entry["report"] = {k: result[k] for k in ("files", "notes", "index", "index_html", "headlines")}
-        _print_summary(result["summary"] or [])
+        _print_summary(result["summary"] or [], job.reward)
         for line in result["headlines"]:
             print(line)  # the report's first-screen sentence: what RLG did
         with contextlib.ExitStack() as stack:
             if not tracker.active and job.rank != 0:  # the shard that finished last logs into the same W&B run
                 tracker = stack.enter_context(tracker.as_rank0())
-            tracker.log_scales(result["summary"] or [])
+            tracker.log_scales(result["summary"] or [], reward=job.reward)
             tracker.log_image_table(result["images"], result["scores"])
             tracker.log_scores_table(result["images"], result["scores"])
             tracker.log_report(result["index_html"], [Path(f) for f in result["files"] if "/figures/" in f])
@@ -209,12 +212,15 @@ def _whole_run_done(job: Job, store: Store, entry: dict[str, Any]) -> bool:
     return True
 
 
-def _print_summary(records: list[dict[str, Any]]) -> None:
-    """One line per (series, scale): the report's own per-scale means (the one owner of them)."""
+def _print_summary(records: list[dict[str, Any]], reward: str | None = None) -> None:
+    """The run's reward, then one line per (series, scale): the report's own per-scale means (the one owner of
+    them)."""
     import pandas as pd
 
     if not records:
         return
+    if reward:
+        print(f"reward: {metric_title(reward)}")
     df = pd.DataFrame(records)
     series = ([c for c in SERIES if c in df.columns and df[c].nunique() > 1]
               or [c for c in SERIES if c in df.columns][:1])

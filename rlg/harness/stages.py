@@ -345,6 +345,24 @@ def _written(store: Store, tmp: Path, final: Path, write) -> list[str]:
     return [str(final / Path(f).relative_to(tmp)) for f in files]
 
 
+def what_ran(job: Job) -> str:
+    """One sentence, from the Job, of what an image run runs: pair, reward, prompts x samples per prompt, the
+    scales (and the other methods), the sampler (steps, scheduler, CFG; DDIM eta where set)."""
+    from rlg.metrics import title
+    from rlg.report.stats import scale_label
+
+    s = job.sampler
+    scheduler = "the pipeline's default scheduler" if s.scheduler == "default" else f"scheduler {s.scheduler}"
+    eta = f", eta {s.eta:g}" if s.eta is not None else ""
+    others = [m.label for m in job.methods if m.label != "rlg"]
+    methods = f" (and {', '.join(others)})" if others else ""
+    n = job.config.prompts.samples_per_prompt
+    return (f"Ran pair {job.pair.name} for the reward {title(job.reward) if job.reward else 'none (no evaluator)'}: "
+            f"{len(job.prompts)} prompts x {n} sample{'s' * (n != 1)} per prompt at RLG scales "
+            f"w = {', '.join(scale_label(w) for w in job.scales)}{methods}; sampler {job.config.sampler.name}: "
+            f"{s.num_inference_steps} steps, {scheduler}{eta}, CFG {s.guidance_scale:g}.")
+
+
 def report(job: Job, store: Store) -> dict[str, Any]:
     """Tables, figures and report/index.md|html of every series in the store, each with its own protocol."""
     from rlg.report.compare import load_run
@@ -356,7 +374,8 @@ def report(job: Job, store: Store) -> dict[str, Any]:
     def write(tmp: Path) -> list[str]:
         result.update(write_report(images, scores, tmp, protocol=protocol, grid_prompts=job.config.report.grid_prompts,
                                    grid_samples=job.config.report.grid_samples,
-                                   n_resamples=job.config.report.n_resamples, reward=job.config.report.reward))
+                                   n_resamples=job.config.report.n_resamples, reward=job.reward,
+                                   reward_note=job.reward_note, run_line=what_ran(job)))
         return result["files"]
 
     files = _written(store, store.temp_dir("report"), store.root / "report", write)
