@@ -34,7 +34,7 @@ def test_every_evaluator_declares_each_metric_it_writes_once():
 def test_option_dependent_metrics_and_the_default_order():
     assert [m.id for m in metrics_of("jpeg", {"direction": "compressibility"})] == ["jpeg_compressibility"]
     assert [m.id for m in metrics_of("hps", {"hps_version": "v2.0"})] == ["hps_v2.0"]
-    assert [m.id for m in metrics_of("geneval", {})] == ["geneval_correct", "geneval_overall"]  # overall: derived
+    assert [m.id for m in metrics_of("geneval", {})] == ["geneval_overall", "geneval_correct"]  # overall: derived
     assert metrics.pick_reward(["pickscore", "ocr_accuracy", "jpeg_compressibility"]) == "ocr_accuracy"
     assert metrics.pick_reward(["digit_prob", "jpeg_compressibility"]) == "digit_prob"
     assert metrics.pick_reward(["b_unknown", "a_unknown"]) == "a_unknown" and metrics.pick_reward([]) is None

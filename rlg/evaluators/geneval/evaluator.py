@@ -38,12 +38,12 @@ class GenEval:
     name = "geneval"
     needs = frozenset({"image", "metadata"})
     declares = register_metrics(
-        Metric("geneval_correct", "GenEval accuracy", "fraction", True, ("reward", "alignment"),
-               "GenEval: share of images whose objects, counts, colours and positions match; higher is better.",
-               reward_rank=2),
         Metric("geneval_overall", "GenEval overall", "fraction", True, ("reward", "alignment"),
                "GenEval overall: unweighted mean of the six task accuracies; higher is better.", reward_rank=1,
-               derived=True))  # the report's mean over tags (rlg.report.stats.GENEVAL_OVERALL)
+               derived=True),  # the report's mean over tags (rlg.report.stats.GENEVAL_OVERALL)
+        Metric("geneval_correct", "GenEval accuracy", "fraction", True, ("reward", "alignment"),
+               "GenEval: share of images whose objects, counts, colours and positions match; higher is better.",
+               reward_rank=2))
     metrics = directions(declares)
 
     @staticmethod
