@@ -31,7 +31,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("library", ("rlg", "rlg.grid", "rlg.sampling", "rlg.sampler_spec", "rlg.pairs", "rlg.denoiser", "rlg.guidance",
                  "rlg.schedulers",
                  "rlg.methods", "rlg.evaluators", "rlg.tiny_pairs", "rlg.analytic", "rlg.analytic_metrics",
-                 "rlg.choices")),
+                 "rlg.choices", "rlg.kind_spec")),
     ("base", ("rlg.store", "rlg.files", "rlg.downloads", "rlg.runtime", "rlg.extras", "rlg.model_ids", "rlg.registry",
               "rlg.metrics")),
 ]

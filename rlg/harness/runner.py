@@ -20,6 +20,7 @@ from rlg.evaluators.base import UnknownEvaluatorError
 from rlg.guidance import ScaleError
 from rlg.harness import stages
 from rlg.harness.build import Job, build, use_devices
+from rlg.harness.kinds import KINDS
 from rlg.harness.config import ConfigError
 from rlg.harness.prompts import PromptError
 from rlg.harness.provenance import provenance, redact
@@ -28,6 +29,7 @@ from rlg.harness.tracking import Tracker, wandb_run_id
 from rlg.metrics import title as metric_title
 from rlg.report.stats import SERIES, scale_label
 from rlg.pairs import PairError
+from rlg.registry import resolve
 from rlg.sampler_spec import SamplerError
 
 log = logging.getLogger("rlg")
@@ -125,9 +127,10 @@ def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | 
     with invocation(job, store, list(overrides or []), device) as entry:
         if ranks.state is not None:
             entry["barrier_timeout_s"] = ranks.timeout_s()
-        if job.kind in ("ground_truth", "kl_claim", "kl_learned"):  # measurements of their own: no image grid
+        stage = KINDS.get(job.kind).stage
+        if stage is not None:  # a measurement of its own: no image grid
             with timed(entry, job.kind):
-                entry["report"] = getattr(stages, job.kind)(job, store)
+                entry["report"] = resolve(stage)(job, store)
         else:
             with _tracker(job, store, job_name or job.name, group, entry["run_id"]) as tracker:
                 _image_stages(job, store, entry, ranks, tracker)

@@ -37,12 +37,6 @@ class RunResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _compose(overrides: list[str]):
-    from rlg.harness.api import compose
-
-    return compose(*overrides)
-
-
 def run(experiment: str | None = None, overrides: Sequence[str] = (), *, verbose: bool | None = None) -> RunResult:
     """Run ``rlg-bench experiment=<experiment> <overrides>`` in this process and return its results.
 
@@ -50,19 +44,18 @@ def run(experiment: str | None = None, overrides: Sequence[str] = (), *, verbose
     ``overrides``: Hydra overrides as on the command line (``["grid.scales=[0,1,2]", "name=my-run"]``).
     Raises the CLI's USER_ERRORS (ConfigError for a misspelt key or bad value, PairError, ...).
     """
+    from rlg.harness.api import job as checked_job
     from rlg.harness.cli import cpu_defaults
-    from rlg.harness.config import validate
     from rlg.harness.console import quiet_third_party
-    from rlg.harness.runner import run as run_cfg
+    from rlg.harness.runner import run_job
     from rlg.report.export import ExportError, export_frame
 
     cpu_defaults()  # as the CLI (takes effect if torch has not started its threads yet)
     args = ([f"experiment={experiment}"] if experiment else []) + [str(o) for o in overrides]
-    cfg = _compose(args)
-    validate(cfg)  # the CLI's early checks, before torch is imported
-    quiet_third_party(verbose=bool(cfg.verbose if verbose is None else verbose))
-    run_dir = Path(cfg.paths.root) / cfg.name
-    entry = run_cfg(cfg, run_dir=run_dir, overrides=args, job_name=cfg.name)
+    job = checked_job(*args)  # every check of the command line; only the Job is read below
+    quiet_third_party(verbose=bool(job.config.verbose if verbose is None else verbose))
+    run_dir = Path(job.config.paths.root) / job.name
+    entry = run_job(job, run_dir=run_dir, overrides=args, job_name=job.name)
     report = (entry.get("report") or {}).get("index_html")
     csv = run_dir / "report" / "tables" / "summary.csv"
     summary = pd.read_csv(csv) if report and csv.is_file() else pd.DataFrame()

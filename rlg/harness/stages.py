@@ -385,16 +385,23 @@ def report(job: Job, store: Store) -> dict[str, Any]:
             "scores": scores, "index": str(final / "index.md"), "index_html": str(final / "index.html")}
 
 
+def _section(job: Job):
+    """The report writer of the job's kind (rlg.harness.kinds.KINDS)."""
+    from rlg.harness.kinds import KINDS
+    from rlg.registry import resolve
+
+    return resolve(KINDS.get(job.kind).report)
+
+
 def ground_truth(job: Job, store: Store) -> dict[str, Any]:
     """The analytic ground truth: RLG samples from the production RLGDenoiser against exact targets;
     rows into the store's ``ground_truth`` table, figures and tables into <run>/report."""
     from rlg.ground_truth import run_ground_truth
-    from rlg.report.ground_truth import ground_truth_tables, write_ground_truth_report
+    from rlg.report.ground_truth import ground_truth_tables
 
-    df = run_ground_truth(job.ground_truth)
+    df = run_ground_truth(job.settings)
     store.write_table("ground_truth", df)
-    files = _written(store, store.temp_dir("report"), store.root / "report",
-                     lambda tmp: write_ground_truth_report(df, tmp))
+    files = _written(store, store.temp_dir("report"), store.root / "report", lambda tmp: _section(job)(df, tmp))
     print(ground_truth_tables(df)["markdown"])
     return {"files": files, "rows": len(df)}
 
@@ -405,15 +412,14 @@ def kl_claim(job: Job, store: Store) -> dict[str, Any]:
     (figures, tables, report.md) into <run>/report."""
     from rlg.ground_truth import run_ground_truth
     from rlg.kl_claim import run_kl_claim
-    from rlg.report.kl_claim import write_kl_claim_report
 
-    df = run_kl_claim(job.kl_claim)
+    df = run_kl_claim(job.settings)
     store.write_table("kl_claim", df)
-    analytic = run_ground_truth(job.ground_truth) if job.ground_truth is not None else None
+    analytic = run_ground_truth(job.settings.analytic) if job.settings.analytic is not None else None
     if analytic is not None:
         store.write_table("ground_truth", analytic)
     files = _written(store, store.temp_dir("report"), store.root / "report",
-                     lambda tmp: write_kl_claim_report(df, analytic, tmp))
+                     lambda tmp: _section(job)(df, analytic, tmp))
     print((store.root / "report" / "report.md").read_text())
     return {"files": files, "rows": len(df), "index": str(store.root / "report" / "report.md")}
 
@@ -422,12 +428,10 @@ def kl_learned(job: Job, store: Store) -> dict[str, Any]:
     """The learned-model ground truth of the KL claim (rlg.kl_learned): MLP denoisers trained and fine-tuned on
     the analytic mixture, rows into the store's ``kl_learned`` table, the report into <run>/report."""
     from rlg.kl_learned import run_learned_truth
-    from rlg.report.kl_learned import write_kl_learned_report
 
-    df = run_learned_truth(job.kl_learned)
+    df = run_learned_truth(job.settings)
     store.write_table("kl_learned", df)
-    files = _written(store, store.temp_dir("report"), store.root / "report",
-                     lambda tmp: write_kl_learned_report(df, tmp))
+    files = _written(store, store.temp_dir("report"), store.root / "report", lambda tmp: _section(job)(df, tmp))
     print((store.root / "report" / "report.md").read_text())
     return {"files": files, "rows": len(df), "seconds": df.attrs.get("seconds"),
             "index": str(store.root / "report" / "report.md")}

@@ -116,13 +116,13 @@ def default_out(run_dirs: Sequence[str | Path], to: str) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``rlg-bench-export DIR... --to csv|parquet|hf [--out PATH]``; prints the path last."""
-    from rlg.report.compare import CompareError
+    from rlg.report.compare import CompareError, add_runs_argument
 
     parser = argparse.ArgumentParser(
         prog="rlg-bench-export",
         description="Export rlg-bench results: one row per (image, metric), newest row of each key, intact "
                     "images only (the report's own reading of the store).")
-    parser.add_argument("runs", nargs="+", metavar="DIR", help="run directories (outputs/<name>) or sweep directories")
+    add_runs_argument(parser)
     parser.add_argument("--to", choices=FORMATS, default="csv", help="csv, parquet, or hf (a datasets.Dataset "
                         "with the images, one row per image; needs the [hf] extra)")
     parser.add_argument("--out", type=Path, default=None, help="output file (hf: directory); default "
