@@ -130,7 +130,7 @@ class KLClaimSettings:
     task: str = "digits_dpo"  # names the model directory kl_<task>
     base: str = "zoo:digits_base_v1"  # the base the kl_digits_* models were fine-tuned from (hub layout)
     trainer: Any = ""  # "module:function" (or a callable) train(beta, seed, steps, out_dir); only to train
-    trainer_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to the trainer as is (e.g. reward: incompress)
+    trainer_kwargs: Dict[str, Any] = field(default_factory=dict)  # to the trainer as is (e.g. reward: incompress)
     train_steps: int = 0  # 0: the trainer's default
     train_missing: bool = False
     beta: float = 1.0  # the KL coefficient of the source (RL) model
@@ -149,7 +149,8 @@ class KLClaimSettings:
     set_metrics: list[str] = field(default_factory=lambda: ["digit_fd:digit_fd"])
     features: str = "classifier"  # "classifier" | "pixels"
     feature_evaluator: str = "digit_fd"
-    evaluator_options: Dict[str, Any] = field(default_factory=dict)  # evaluator name -> options, e.g. {digit_fd: {weights: ...}}
+    # evaluator name -> options, e.g. {digit_fd: {weights: ...}}
+    evaluator_options: Dict[str, Any] = field(default_factory=dict)
     distance: str = "energy_distance"  # "energy_distance" | "mmd2"
     n_batches: int = 4
     n_boot: int = 200

@@ -77,7 +77,8 @@ def _store(tmp_path, reward: str, others: list[str], methods: bool):
                     value = {reward: 1 + w + 0.1 * p + 0.01 * s}
                     value.update({m: 2 - w + 0.1 * p for m in others})
                     for m, v in value.items():
-                        ev = "jpeg" if m.startswith("jpeg") else "digit_fd" if m == "digit_mahalanobis" else "digit_prob"
+                        ev = ("jpeg" if m.startswith("jpeg") else "digit_fd" if m == "digit_mahalanobis"
+                              else "digit_prob")
                         scores.append(dict(image_key=key, evaluator=ev, version="v", metric=m, value=v,
                                            higher_is_better=metrics.metric(m).higher_is_better, error=None))
     return pd.DataFrame(rows), pd.DataFrame(scores)

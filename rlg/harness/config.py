@@ -150,7 +150,7 @@ class ReportConf:
     n_resamples: int = 1000
     grid_prompts: int = 8
     grid_samples: int = 2  # image-grid rows per prompt (samples, each labelled with its own noise seed)
-    reward: Optional[str] = None  # the metric the RL model optimises (every section, W&B); None: rlg.metrics.pick_reward
+    reward: Optional[str] = None  # what the RL model optimises (every section, W&B); None: rlg.metrics.pick_reward
 
 
 @dataclass

@@ -37,7 +37,8 @@ KINDS = Registry("kind", {
     "images": Kind(None, None, None, "rlg.report.report:write_report"),
     "ground_truth": Kind(None, f"{B}:ground_truth_settings", f"{S}:ground_truth",
                          "rlg.report.ground_truth:write_ground_truth_report"),
-    "kl_claim": Kind("kl_claim", f"{B}:kl_claim_settings", f"{S}:kl_claim", "rlg.report.kl_claim:write_kl_claim_report"),
+    "kl_claim": Kind("kl_claim", f"{B}:kl_claim_settings", f"{S}:kl_claim",
+                     "rlg.report.kl_claim:write_kl_claim_report"),
     "kl_learned": Kind("kl_learned", f"{B}:kl_learned_settings", f"{S}:kl_learned",
                        "rlg.report.kl_learned:write_kl_learned_report"),
 }, error=KindError)

@@ -31,8 +31,8 @@ import pandas as pd
 FORMATS = ("csv", "parquet", "hf")
 # the columns of an exported row, in this order (then any other image column, e.g. the sampler fields)
 LEADING = ["run_dir", "run_name", "pair", "run_id", "config_id", "prompt_id", "prompt", "sample", "seed", "scale",
-           "metric", "label", "reward", "value", "higher_is_better", "status", "evaluator", "version", "error", "image_key",
-           "image_sha256", "image_path", "nonfinite"]
+           "metric", "label", "reward", "value", "higher_is_better", "status", "evaluator", "version", "error",
+           "image_key", "image_sha256", "image_path", "nonfinite"]
 
 
 class ExportError(ValueError):
@@ -42,8 +42,8 @@ class ExportError(ValueError):
 def export_frame(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     """One row per (image, metric) of every run directory (or every run below a sweep directory),
     columns LEADING first. ``label`` is the metric's readable name and ``reward`` whether it is the run's reward
-    (both as the report states them: rlg.metrics). ``value`` is the stored float (NaN when the evaluator failed); ``status`` is
-    "ok" (averaged by the report), "nonfinite" (the image had NaN/inf: excluded) or "failed".
+    (both as the report states them: rlg.metrics). ``value`` is the stored float (NaN when the evaluator failed);
+    ``status`` is "ok" (averaged by the report), "nonfinite" (the image had NaN/inf: excluded) or "failed".
     Raises ExportError when no directory holds an image (and CompareError for a missing directory)."""
     from rlg.evaluators.base import register_stored
     from rlg.metrics import label

@@ -145,7 +145,8 @@ def _point(g: pd.DataFrame, scale: float) -> Point | None:
 def headlines(summary: pd.DataFrame, reward: str | None = None, reference_scale: float = 1.0,
               step_scale: float = 2.0, run_rewards: dict[str, str] | None = None) -> list[Headline]:
     """One Headline per series of ``summary`` (``rlg.report.stats.summarize``), for the ``reward``
-    metric (the run's, decided at build time; ``rlg.metrics.pick_reward`` when None). The extrapolation step is ``step_scale`` against
+    metric (the run's, decided at build time; ``rlg.metrics.pick_reward`` when None). The extrapolation step
+    is ``step_scale`` against
     ``reference_scale`` when both were run, else the largest scale above the reference.
     ``run_rewards``: {run_id: reward} for runs that optimise different rewards (a comparison).
     Raises rlg.metrics.RewardError when ``reward`` is not in the summary."""
