@@ -513,11 +513,17 @@ def ground_truth_settings(conf: RunConf, scales: tuple[float, ...]) -> GroundTru
 def kl_claim_settings(conf: RunConf, scales: tuple[float, ...]) -> KLClaimSettings:
     """The kl_claim node as it is; its analytic part with the measurement's seed."""
     s = conf.kl_claim  # the analytic part shares the measurement's seed
+    if s.analytic is not None and s.analytic.seed not in (0, s.seed):
+        raise ConfigError(f"kl_claim.analytic.seed={s.analytic.seed} has no effect (the analytic part takes "
+                          f"kl_claim.seed); set kl_claim.seed instead")
     return s if s.analytic is None else dataclasses.replace(s, analytic=dataclasses.replace(s.analytic, seed=s.seed))
 
 
 def kl_learned_settings(conf: RunConf, scales: tuple[float, ...]) -> LearnedTruthConfig:
     """The kl_learned node with the run's seed."""
+    if conf.kl_learned.seed not in (0, conf.seed):
+        raise ConfigError(f"kl_learned.seed={conf.kl_learned.seed} has no effect (the run's seed is used); set "
+                          f"seed={conf.kl_learned.seed} instead")
     return dataclasses.replace(conf.kl_learned, seed=conf.seed)  # the run's seed
 
 
