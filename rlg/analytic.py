@@ -224,10 +224,6 @@ class QuadraticReward:
             raise ValueError("quadratic coefficients c must be >= 0 (R bounded above)")
         self.d = d
 
-    @property
-    def is_linear(self) -> bool:
-        return bool((self.c == 0).all())
-
     def __repr__(self) -> str:
         return f"QuadraticReward(a={self.a.tolist()}, c={self.c.tolist()}, center={self.center.tolist()})"
 

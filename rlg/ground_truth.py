@@ -96,6 +96,7 @@ from rlg.analytic_metrics import (
 )
 from rlg.fk_steering import FKSteeringConfig, fk_steering_sample_loop
 from rlg.fkc import FKCConfig, effective_sample_size, fkc_sample_loop
+from rlg.kind_spec import METRICS, SAMPLERS, GroundTruthConfig
 from rlg.schedulers import FlowGRPOSDEScheduler
 
 __all__ = [
@@ -119,63 +120,6 @@ SD15_DDIM_CONFIG = dict(
     prediction_type="epsilon",
     timestep_spacing="leading",
 )
-
-# sampler name -> schedule ("flow" | "vp"); see make_sampler
-SAMPLERS = {
-    "flow_euler_ode": "flow",
-    "flow_grpo_sde": "flow",
-    "ddim_eta0": "vp",
-    "ddim_eta1": "vp",
-}
-
-METRICS = ("energy_distance", "mmd2", "mean_reward", "component_weight", "moments")
-
-
-@dataclass
-class GroundTruthConfig:
-    pair: str = "mixture_quadratic"  # a key of rlg.analytic.PAIR_PRESETS
-    d: int = 2
-    beta: float = 1.0
-    scales: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
-    samplers: list[str] = field(default_factory=lambda: list(SAMPLERS))
-    num_inference_steps: int = 100
-    n_per_batch: int = 500
-    n_batches: int = 8
-    noise_level: float = 0.7  # Flow-GRPO SDE
-    flow_shift: float = 3.0  # SD3.5's FlowMatch shift
-    init: str = "marginal"  # "marginal" | "noise"
-    metrics: list[str] = field(default_factory=lambda: list(METRICS))
-    rl_control: bool = True  # the sampler control: the exact target's own score at every w ("exact_score")
-    moment_dims: int = 8  # per-dimension mean/variance tests for dimensions i < moment_dims
-    progress: bool = True  # a tqdm bar over the sampling steps
-    seed: int = 0
-    # RLG with Feynman-Kac correctors (rlg.fkc), method "rlg_fkc", one run per particle count K, at every scale
-    # except w = 0 and 1 (where its weights are identically 0: the same law as plain sampling); [] = none
-    fkc_particles: list[int] = field(default_factory=list)
-    fkc_resample: str = "ess"  # "ess" | "every_step"
-    fkc_ess_threshold: float = 0.5
-    # FK steering (rlg.fk_steering), method "fk_steering": the base model alone, K particles, potentials of the
-    # reward on the predicted x0, lam = w / beta (target: the beta/w optimum); at every scale but 0; [] = none
-    fks_particles: list[int] = field(default_factory=list)
-    fks_potential: str = "difference"  # "difference" | "max" | "sum"
-    fks_interval: int = 1  # steps between resamplings
-
-    def __post_init__(self):
-        unknown = [s for s in self.samplers if s not in SAMPLERS]
-        if unknown:
-            raise ValueError(f"unknown samplers {unknown}; known: {sorted(SAMPLERS)}")
-        bad = [m for m in self.metrics if m not in METRICS]
-        if bad:
-            raise ValueError(f"unknown metrics {bad}; known: {list(METRICS)}")
-        if self.init not in ("marginal", "noise"):
-            raise ValueError(f"init={self.init!r}; use 'marginal' or 'noise'")
-        if self.n_batches < 2 or self.n_per_batch < 2:
-            raise ValueError("need n_batches >= 2 and n_per_batch >= 2 for error bars")
-        for k in self.fkc_particles:  # FKCConfig names the fix for a bad value
-            FKCConfig(k, self.fkc_resample, self.fkc_ess_threshold)
-        for k in self.fks_particles:
-            FKSteeringConfig(k, self.fks_potential, 1.0, self.fks_interval)
-
 
 def make_sampler(name: str, config: GroundTruthConfig):
     """(scheduler, schedule, step_kwargs) for a sampler name."""

@@ -66,71 +66,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from rlg.analytic_metrics import batched, energy_distance, median_bandwidth, mmd2
+from rlg.files import sha256_file
+from rlg.kind_spec import DIGIT_PROMPTS, KLClaimSettings
+from rlg.model_ids import resolve_zoo_id
 
 __all__ = ["KLClaimSettings", "model_dir", "effective_betas", "required_models", "ensure_models", "run_kl_claim",
            "ship_models", "DIGIT_PROMPTS"]
 
-DIGIT_PROMPTS = [f"a handwritten digit {d}" for d in range(10)]
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
-
-
-@dataclass
-class KLClaimSettings:
-    """What one KL-claim measurement runs. ``metrics`` are "evaluator:metric" names of per-image metrics
-    (``rlg.evaluators`` registry); ``set_metrics`` the same for set metrics (an evaluator with
-    ``score_set``); ``features`` = "classifier" (the ``feature_evaluator``'s ``features(images)``) or
-    "pixels" (uint8 / 255, flattened)."""
-
-    task: str = "digits_dpo"  # names the model directory kl_<task>
-    base: str = "zoo:digits_base_v1"  # the base the kl_digits_* models were fine-tuned from (hub layout)
-    trainer: Any = ""  # "module:function" (or a callable) train(beta, seed, steps, out_dir); only to train
-    trainer_kwargs: dict = field(default_factory=dict)  # passed to the trainer as is (e.g. reward: incompress)
-    train_steps: int = 0  # 0: the trainer's default
-    train_missing: bool = False
-    beta: float = 1.0  # the KL coefficient of the source (RL) model
-    scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0])
-    source_seed: int = 0
-    floor_seeds: list[int] = field(default_factory=lambda: [1, 2])
-    weights_dir: str = ""  # default rlg/zoo/weights
-    prompts: list[str] = field(default_factory=lambda: list(DIGIT_PROMPTS))
-    n_per_prompt: int = 16
-    num_inference_steps: int = 20
-    guidance_scale: float = 2.0
-    eta: float = 1.0
-    negative_prompt: str = ""
-    metrics: list[str] = field(default_factory=lambda: ["digit_prob:digit_prob", "jpeg:jpeg_incompressibility"])
-    reward_metric: str = ""  # the metric the RL models were trained on (the verdict's); "": the first of metrics
-    set_metrics: list[str] = field(default_factory=lambda: ["digit_fd:digit_fd"])
-    features: str = "classifier"  # "classifier" | "pixels"
-    feature_evaluator: str = "digit_fd"
-    evaluator_options: dict = field(default_factory=dict)  # evaluator name -> options, e.g. {digit_fd: {weights: ...}}
-    distance: str = "energy_distance"  # "energy_distance" | "mmd2"
-    n_batches: int = 4
-    n_boot: int = 200
-    batch_size: int = 64  # images per pipeline call
-    seed: int = 0
-    threads: int = 1  # torch intra-op threads while sampling (the CPUs are shared); restored afterwards
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if any(w <= 0 for w in self.scales):
-            raise ValueError(f"scales must be > 0 (w = 0 is the base model: no KL coefficient), got {self.scales}")
-        if len(self.floor_seeds) < 2:
-            raise ValueError("floor_seeds needs two seeds per beta: the floor is the distance between two retrainings")
-        if self.source_seed in self.floor_seeds:
-            raise ValueError(f"source_seed {self.source_seed} is among floor_seeds {self.floor_seeds}; use another "
-                             "seed so that RLG(1) is compared with independent retrainings")
-        if self.features not in ("classifier", "pixels"):
-            raise ValueError(f"features={self.features!r}; use 'classifier' or 'pixels'")
-        if self.distance not in ("energy_distance", "mmd2"):
-            raise ValueError(f"distance={self.distance!r}; use 'energy_distance' or 'mmd2'")
-        names = [m.split(":")[-1] for m in self.metrics]
-        if self.reward_metric and self.reward_metric not in names:
-            raise ValueError(f"reward_metric={self.reward_metric!r} is not among the metrics {names}")
-        if self.n_batches < 2 or len(self.prompts) * self.n_per_prompt < 2 * self.n_batches:
-            raise ValueError("need n_batches >= 2 and at least 2 images per batch for the distance error bars")
 
 
 def effective_betas(settings: KLClaimSettings) -> dict[float, float]:
@@ -147,23 +90,10 @@ def model_dir(settings: KLClaimSettings, beta: float, seed: int) -> Path:
     return _weights_dir(settings) / f"kl_{settings.task}" / f"beta{beta:.6g}_seed{seed}"
 
 
-def _resolve(model_id: str) -> str:
-    try:
-        from rlg.zoo import resolve_zoo_id
-    except ImportError:  # the zoo package is not on this branch: only plain paths
-        if model_id.startswith("zoo:"):
-            raise FileNotFoundError(f"{model_id!r} needs the rlg.zoo package (the trained zoo); "
-                                    "put its branch on PYTHONPATH or use a local path") from None
-        return model_id
-    return resolve_zoo_id(model_id)
-
-
 def _base_digest(settings: KLClaimSettings) -> str | None:
     """sha256 of the base UNet's weights (so a model can be checked against the base it was tuned from)."""
-    import hashlib
-
-    f = Path(_resolve(settings.base)) / "unet" / "diffusion_pytorch_model.safetensors"
-    return hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else None
+    f = Path(resolve_zoo_id(settings.base)) / "unet" / "diffusion_pytorch_model.safetensors"
+    return sha256_file(f) if f.exists() else None
 
 
 def _trainer(spec) -> Callable:
@@ -256,7 +186,7 @@ def _sample_arm(settings: KLClaimSettings, model: Path, scale: float, bar) -> np
     from rlg.sampling import SamplerSettings
 
     rl, kind = _rl_checkpoint(model)
-    spec = PairSpec(name=f"kl_{settings.task}", base=Checkpoint(_resolve(settings.base)), rl=rl, rl_kind=kind,
+    spec = PairSpec(name=f"kl_{settings.task}", base=Checkpoint(resolve_zoo_id(settings.base)), rl=rl, rl_kind=kind,
                     offline=True)
     grid = Grid(tuple(settings.prompts), (float(scale),), samples=settings.n_per_prompt, seed=settings.seed,
                 settings=SamplerSettings(num_inference_steps=settings.num_inference_steps,
@@ -460,28 +390,25 @@ def ship_models(settings: KLClaimSettings, manifest: Path | None = None, half: b
     3.9 MB in float32; the loader casts back to the base's dtype) and record every model in ``manifest``
     (sha256 per file, size, training config; default ``<weights_dir>/../kl_manifest.json``, i.e.
     rlg/zoo/kl_manifest.json). LoRA files are kept as trained. ``models``: (beta, seed) pairs to record (default:
-    every required model). Returns the manifest."""
-    import hashlib
-
+    every required model). Each entry goes in through the zoo's locked, atomic manifest writer. Returns the
+    manifest."""
     from diffusers import UNet2DConditionModel
+
+    from rlg.zoo.common import read_manifest, write_manifest_entry
 
     root = _weights_dir(settings)
     manifest = Path(manifest) if manifest is not None else root.parent / "kl_manifest.json"
-    data = json.loads(manifest.read_text()) if manifest.exists() else {"models": {}}
     for b, s in models if models is not None else required_models(settings):
         p = model_dir(settings, b, s)
         unet_dir = p / "unet"
         if half and (unet_dir / "config.json").exists():
             unet = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=torch.float16)
             unet.save_pretrained(str(unet_dir), safe_serialization=True)
-        files = {f.relative_to(p).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
-                 for f in sorted(p.rglob("*")) if f.is_file()}
+        files = {f.relative_to(p).as_posix(): sha256_file(f) for f in sorted(p.rglob("*")) if f.is_file()}
         size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-        data["models"][p.relative_to(root).as_posix()] = {
+        write_manifest_entry(p.relative_to(root).as_posix(), {
             "task": settings.task, "beta": b, "seed": s, "role": "source" if s == settings.source_seed else "retrained",
             "stored_dtype": "float16" if half and (unet_dir / "config.json").exists() else "as trained",
             "size_mb": round(size / 1e6, 3), "sha256": files,
-            "training_config": json.loads((p / "training_config.json").read_text())}
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    return data
+            "training_config": json.loads((p / "training_config.json").read_text())}, manifest)
+    return read_manifest(manifest)

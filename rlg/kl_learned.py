@@ -55,76 +55,15 @@ from torch import nn
 
 from rlg.analytic import AnalyticDenoiserOutput, AnalyticPair, final_alpha_sigma, initial_alpha_sigma, make_pair
 from rlg.analytic_metrics import batched, energy_distance
+from rlg.kind_spec import OBJECTIVES, LearnedTruthConfig
 
 __all__ = ["LearnedTruthConfig", "MLPDenoiser", "train_base", "fine_tune", "pg_loss", "dpo_loss", "elbo_weights",
            "preference_pairs", "sample_trajectories", "step_table", "objective_value", "weight_extrapolation",
            "path_kl", "run_learned_truth", "decompose"]
 
 ARMS = ("exact", "rlg_exact", "oracle", "retrained", "rlg", "weights")
-OBJECTIVES = ("rwr", "pg", "pg_dpok", "dpo")  # retraining objectives ("oracle", DSM on the optimum, is not one)
 
 
-@dataclass
-class LearnedTruthConfig:
-    """What one learned ground-truth run trains and samples (defaults: the ``kl_ground_truth_learned`` preset)."""
-
-    pair: str = "mixture_quadratic"  # rlg.analytic.PAIR_PRESETS with a closed-form tilt
-    d: int = 2
-    beta: float = 1.0  # KL coefficient of the source RL model
-    scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    hidden: int = 128
-    depth: int = 3
-    base_steps: int = 3000
-    tune_steps: int = 1500
-    batch_size: int = 256
-    lr: float = 2e-3
-    tune_lr: float = 1e-3
-    num_inference_steps: int = 50
-    eta: float = 1.0
-    n_samples: int = 2000
-    n_batches: int = 4  # energy distances: se over this many disjoint batches
-    seed: int = 0  # sampling noise (the same for every arm and training seed)
-    threads: int = 1
-    workers: int = 1  # processes, one training seed each (the numbers do not change; the wall time does)
-    progress: bool = True
-    # the retraining objectives, each a full arm (retrained / rlg / weights) at every beta / w:
-    # "rwr" reward-weighted regression, "pg" KL-regularised policy gradient (unbiased for the path-KL objective),
-    # "pg_dpok" the same with the zoo trainer's formula (KL only at the visited states), "dpo" Diffusion-DPO
-    objectives: list[str] = field(default_factory=lambda: ["rwr", "pg", "dpo"])
-    pg_steps: int = 200  # policy-gradient iterations (one batch of trajectories each)
-    pg_batch: int = 128  # trajectories per iteration
-    pg_lr: float = 2e-3
-    pg_timestep_fraction: float = 0.25  # DDPO's train.timestep_fraction: steps per trajectory in each update
-    dpo_steps: int = 1500
-    dpo_pairs: int = 256  # preference pairs per step (fresh Bradley-Terry draws)
-    dpo_lr: float = 5e-4
-    # w(t) of Diffusion-DPO: "elbo" the DDPM variational weights (T - 1) lambda_t (the path likelihood's); "constant"
-    # their mean over t at every t (the simple-loss weighting Wallace et al. train with, same total weight)
-    dpo_weight: str = "elbo"
-
-    def __post_init__(self):
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if not self.scales or any(w <= 0 for w in self.scales):
-            raise ValueError(f"scales must be > 0 (w = 0 is the base: no KL coefficient), got {self.scales}")
-        if len(self.seeds) < 2:
-            raise ValueError(f"seeds needs >= 2 training seeds (intervals over seeds), got {self.seeds}")
-        if self.eta <= 0:
-            raise ValueError(f"eta must be > 0 (the path KL needs a stochastic sampler), got {self.eta}")
-        if self.n_batches < 2 or self.n_samples < 2 * self.n_batches:
-            raise ValueError("need n_batches >= 2 and n_samples >= 2 * n_batches for the distance error bars")
-        unknown = [o for o in self.objectives if o not in OBJECTIVES]
-        if not self.objectives or unknown:
-            raise ValueError(f"objectives must be a non-empty subset of {list(OBJECTIVES)}, got {self.objectives}")
-        if self.dpo_weight not in ("elbo", "constant"):
-            raise ValueError(f"dpo_weight must be 'elbo' or 'constant', got {self.dpo_weight!r}")
-        if not 0 < self.pg_timestep_fraction <= 1:
-            raise ValueError(f"pg_timestep_fraction must be in (0, 1], got {self.pg_timestep_fraction}")
-        for k in ("hidden", "depth", "base_steps", "tune_steps", "batch_size", "num_inference_steps", "pg_steps",
-                  "workers", "pg_batch", "dpo_steps", "dpo_pairs"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
 
 
 def _scheduler() -> DDIMScheduler:

@@ -13,6 +13,14 @@ import importlib
 from typing import Any, Iterator
 
 
+def resolve(target: Any) -> Any:
+    """The object of a lazy ``"module:attribute"`` entry (imported now); any other target as it is."""
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return target
+
+
 class Registry:
     """Names -> objects of one kind, in registration order.
 
@@ -58,11 +66,7 @@ class Registry:
         if name not in self._entries:
             raise (error or self.error)(self.unknown(name))
         if name not in self._loaded:
-            target = self._entries[name]
-            if isinstance(target, str):
-                module, _, attr = target.partition(":")
-                target = getattr(importlib.import_module(module), attr)
-            self._loaded[name] = target
+            self._loaded[name] = resolve(self._entries[name])
         return self._loaded[name]
 
     def __getitem__(self, name: str) -> Any:

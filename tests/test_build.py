@@ -51,3 +51,23 @@ def test_negative_scales_are_allowed_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="rlg"):
         assert list(build.grid_scales(validate(cfg_of("grid.scales=[-1,0,1]")).grid.scales)) == [-1.0, 0.0, 1.0]
     assert "negative RLG scales [-1.0]" in caplog.text
+
+
+def test_the_kind_is_chosen_by_its_group_and_settings_of_another_kind_are_refused():
+    from rlg.harness.api import job
+    from rlg.harness.config import ConfigError
+    from rlg.kind_spec import KLClaimSettings, LearnedTruthConfig
+
+    kl = job("experiment=kl_claim_digits_ddpo", "stage=report")
+    assert kl.kind == "kl_claim" and isinstance(kl.settings, KLClaimSettings) and kl.pair is None
+    assert kl.settings.analytic.seed == kl.settings.seed == 0 and kl.settings.analytic.samplers == ["ddim_eta1"]
+    assert isinstance(job("experiment=kl_ground_truth_learned", "seed=3").settings, LearnedTruthConfig)
+    assert job("experiment=kl_ground_truth_learned", "seed=3").settings.seed == 3  # the run's seed
+    for overrides, message in (
+            (("experiment=tiny", "kind=kl_claim"), "kind=kl_claim needs its kl_claim settings"),
+            (("experiment=kl_claim_digits_ddpo", "kind=images"), "kl_claim settings are given but kind=images"),
+            (("experiment=tiny", "pair=analytic_gaussian_linear"), "use experiment=ground_truth"),
+            (("experiment=kl_claim_digits_ddpo", "kl_claim.analytic.seed=5"), "kl_claim.analytic.seed=5 has no effect"),
+            (("experiment=kl_ground_truth_learned", "kl_learned.seed=5"), "kl_learned.seed=5 has no effect")):
+        with pytest.raises(ConfigError, match=message):
+            job(*overrides)

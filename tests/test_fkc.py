@@ -163,7 +163,7 @@ def test_the_ground_truth_preset_passes_the_fkc_settings_through():
                                            "ground_truth.fks_potential=max", "ground_truth.fks_interval=5",
                                            "tracker=none"])
         bad = compose("config", overrides=["experiment=ground_truth", "ground_truth.fkc_particles=[0]", "tracker=none"])
-    gt = build.build(cfg).ground_truth
+    gt = build.build(cfg).settings
     assert gt.fkc_particles == [4, 16] and gt.fkc_resample == "every_step"
     assert gt.fks_particles == [8] and gt.fks_potential == "max" and gt.fks_interval == 5
     with pytest.raises(ConfigError, match="particles must be an integer >= 1"):

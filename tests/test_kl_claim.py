@@ -174,3 +174,30 @@ def test_verdicts_use_the_training_seed_spread_and_holm():
     assert out.loc[3.0, "verdict"] == "undecided"  # retrained(beta/3) is where retrained(beta) is: no response
     assert out.loc[1.0, "verdict"] == "holds" and out.loc[1.0, "reason"].startswith("control")
     assert np.isnan(out.loc[1.0, "p_holm"])
+
+
+def test_ship_models_records_each_model_in_the_manifest_through_the_zoos_locked_atomic_writer(tmp_path):
+    """Two ship_models calls add their entries to one manifest (the second keeps the first's), each file's sha256
+    is the project's files.sha256_file, and the atomic write leaves no temporary file beside the manifest."""
+    import json
+
+    from rlg.files import sha256_file
+    from rlg.kl_claim import ship_models
+
+    s = KLClaimSettings(task="t", beta=1.0, scales=[1.0], weights_dir=str(tmp_path / "weights"))
+    for b, seed in ((1.0, 0), (1.0, 1)):
+        p = model_dir(s, b, seed)
+        p.mkdir(parents=True)
+        (p / "training_config.json").write_text(json.dumps({"seed": seed}))
+        (p / "pytorch_lora_weights.safetensors").write_bytes(bytes([seed]) * 10)
+    manifest = tmp_path / "kl_manifest.json"
+    ship_models(s, manifest, models=[(1.0, 0)])
+    data = ship_models(s, manifest, models=[(1.0, 1)])
+    assert data == json.loads(manifest.read_text())
+    assert sorted(data["models"]) == ["kl_t/beta1_seed0", "kl_t/beta1_seed1"]
+    entry = data["models"]["kl_t/beta1_seed1"]
+    weights = model_dir(s, 1.0, 1) / "pytorch_lora_weights.safetensors"
+    assert entry["sha256"]["pytorch_lora_weights.safetensors"] == sha256_file(weights)
+    assert entry["role"] == "retrained" and entry["stored_dtype"] == "as trained"
+    assert entry["training_config"] == {"seed": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kl_manifest.json", "weights"]

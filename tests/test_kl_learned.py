@@ -187,4 +187,4 @@ def test_the_preset_is_the_config_of_the_shipped_numbers():
     from rlg.harness.api import job
     from rlg.kl_learned import LearnedTruthConfig
 
-    assert job("experiment=kl_ground_truth_learned").kl_learned == LearnedTruthConfig()
+    assert job("experiment=kl_ground_truth_learned").settings == LearnedTruthConfig()

@@ -465,6 +465,8 @@ def test_figures_say_rlg_scale_w_and_readable_metric_names(store, monkeypatch, t
     (scale_ax,), (trade_ax,) = seen[0].axes, seen[1].axes
     assert scale_ax.get_xlabel() == "RLG scale w" and scale_ax.get_ylabel() == "PickScore ↑"
     assert trade_ax.get_xlabel() == "OCR accuracy ↑" and "RLG scale w" in trade_ax.get_title()
+    import rlg.evaluators.hps  # noqa: F401  (its module declares the hps metrics)
+
     assert figures.metric_label("hps_v2.1") == "HPSv2.1" and figures.metric_label("new_metric") == "new_metric"
     assert figures.metric_label("pickscore (v2)") == "PickScore (v2)"
 
@@ -491,7 +493,8 @@ def test_series_names_say_what_each_id_is():
 # --- the first screen: headline, image browser, screenshot ------------------------------------------
 
 def test_headline_reads_its_numbers_from_the_summary(store):
-    from rlg.report.headline import MIN_PROMPTS, RewardError, headlines, pick_reward
+    from rlg.metrics import RewardError, pick_reward
+    from rlg.report.headline import MIN_PROMPTS, headlines
 
     images, scores = store
     s = summarize(images, scores, n_resamples=50)
@@ -506,7 +509,7 @@ def test_headline_reads_its_numbers_from_the_summary(store):
     assert h.n_prompts == 6 < MIN_PROMPTS and "6 prompt(s)" in h.caution
     assert f"w=2 vs w=1: {r['delta']:+.2f}" in h.sentence and "(11 images per scale, 6 prompts)" in h.sentence
     assert pick_reward(["pickscore", "ocr_accuracy", "jpeg_compressibility"]) == "ocr_accuracy"
-    with pytest.raises(RewardError, match=r"report.reward='hps_v2.1' is not a scored metric.*ocr_accuracy, pickscore"):
+    with pytest.raises(RewardError, match=r"report.reward='hps_v2.1' is not a metric of this run.*ocr_accuracy, pickscore"):
         pick_reward(["pickscore", "ocr_accuracy"], "hps_v2.1")
 
 
@@ -556,7 +559,7 @@ def test_an_unscored_reward_is_named_and_the_headline_picks_by_name(store, tmp_p
                           grid_prompts=0, n_resamples=20, formats=("png",), reward="hps_v2.1")
     assert result["reward"] == "ocr_accuracy" and result["headlines"][0].startswith("OCR accuracy is")
     page = (tmp_path / "index.md").read_text()
-    assert "report.reward=hps_v2.1 was not scored in this run, so the headline uses ocr_accuracy" in page
+    assert "report.reward=hps_v2.1 was not scored in this run, so the run's reward is ocr_accuracy" in page
 
 
 def test_pixel_diversity_is_the_mean_pairwise_rms_distance_of_a_prompts_samples(tmp_path):

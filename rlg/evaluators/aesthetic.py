@@ -31,6 +31,7 @@ from rlg.evaluators._models import (
 from rlg.files import sha256_file
 from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.base import Sample
+from rlg.metrics import Metric, directions, register_metrics
 
 HEAD_FILENAME = "sac+logos+ava1-l14-linearMSE.pth"
 HEAD_URL = (
@@ -70,7 +71,10 @@ def load_aesthetic_head(path: str | Path):
 
 class Aesthetic:
     name = "aesthetic"
-    metrics = {"aesthetic": True}
+    declares = register_metrics(Metric(
+        "aesthetic", "LAION aesthetic score", "1-10", True, ("reward", "quality"),
+        "LAION aesthetic predictor v2 on CLIP ViT-L/14, 1-10; higher is better.", reward_rank=8))
+    metrics = directions(declares)
     needs = frozenset({"image"})
     requires = ("open_clip", "torchvision")
 

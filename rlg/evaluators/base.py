@@ -33,7 +33,8 @@ class Sample:
 class Evaluator(Protocol):
     name: str  # registry name, e.g. "jpeg"
     version: str  # convention string recorded with every number (engine, scale, backbone, ...)
-    metrics: dict[str, bool]  # metric name -> higher_is_better
+    metrics: dict[str, bool]  # metric name -> higher_is_better: what score() writes (rlg.metrics.directions)
+    declares: tuple  # rlg.metrics.Metric of every metric it can write or the report derives from it
     needs: frozenset[str]  # subset of {"image", "prompt", "metadata"}
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:
@@ -93,6 +94,28 @@ def check_ready(name: str, options: dict[str, Any]) -> None:
     check = getattr(cls, "check_weights", None)
     if check is not None:
         check(**options)
+
+
+def metrics_of(name: str, options: dict[str, Any] | None = None) -> tuple:
+    """The ``rlg.metrics.Metric``s an evaluator built with ``options`` writes, and those the report derives from
+    them (class hook ``metrics_for(**options)`` where the options choose them, else the class's ``metrics``)."""
+    cls = evaluator_class(name)
+    hook = getattr(cls, "metrics_for", None)
+    written = hook(**(options or {})) if hook else cls.metrics
+    return tuple(m for m in cls.declares if m.id in written or m.derived)
+
+
+def register_stored(names: Iterable[str]) -> None:
+    """Import the evaluators ``names`` (e.g. the ``evaluator`` column of stored scores) so their metrics are
+    registered in ``rlg.metrics``; one that cannot be imported here (a missing extra) keeps its metric ids as
+    labels."""
+    from rlg.extras import MissingExtraError
+
+    for name in sorted(set(names)):
+        try:
+            evaluator_class(name)
+        except (UnknownEvaluatorError, MissingExtraError):
+            log.debug("metrics of evaluator %r not registered (cannot import it here)", name)
 
 
 def get_evaluator(name: str, **options: Any) -> Evaluator:

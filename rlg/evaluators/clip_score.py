@@ -31,13 +31,17 @@ from rlg.evaluators._models import (
 )
 from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.base import Sample
+from rlg.metrics import Metric, directions, register_metrics
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"
 
 
 class CLIPScore:
     name = "clip_score"
-    metrics = {"clip_score": True}
+    declares = register_metrics(Metric(
+        "clip_score", "CLIP score", "", True, ("reward", "alignment"),
+        "CLIP score: max(100·cos, 0) with openai/clip-vit-large-patch14; higher is better.", reward_rank=9))
+    metrics = directions(declares)
     needs = frozenset({"image", "prompt"})
     requires = ("transformers",)
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from rlg.evaluators.base import Sample
+from rlg.metrics import Metric, directions, register_metrics
 from rlg.model_ids import resolve_zoo_id
 
 CLASSIFIER_ID = "zoo:digits_classifier"
@@ -217,7 +218,17 @@ class DigitProb(_DigitsBase):
     and ``digit_correct`` (1.0 when the classifier's top class is the prompted digit)."""
 
     name = "digit_prob"
-    metrics = {"digit_prob": True, "digit_margin": True, "digit_correct": True}
+    declares = register_metrics(
+        Metric("digit_prob", "digit probability", "probability", True, ("reward", "alignment"),
+               "digit probability: the zoo classifier's probability of the digit the prompt names (alignment); "
+               "higher is better.", reward_rank=7),
+        Metric("digit_margin", "digit log-odds", "log-odds", True, ("reward", "alignment"),
+               "digit log-odds: log(p / (1 - p)) of the digit the prompt names under the zoo classifier "
+               "(alignment, unbounded where the probability saturates); higher is better."),
+        Metric("digit_correct", "digit accuracy", "fraction", True, ("alignment",),
+               "digit accuracy: share of images whose top class under the zoo classifier is the digit the "
+               "prompt names (alignment); higher is better."))
+    metrics = directions(declares)
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -240,7 +251,12 @@ class DigitProb(_DigitsBase):
 
 class DigitFD(_DigitsBase):
     name = "digit_fd"
-    metrics = {"digit_mahalanobis": False}
+    declares = register_metrics(Metric(
+        "digit_mahalanobis", "digit feature distance", "", False, ("quality",),
+        "digit feature distance: per-image squared Mahalanobis distance of the zoo classifier's features from 500 "
+        "real digits, per feature dimension (quality; evaluator digit_fd, whose set-level Fréchet distance is the "
+        "zoo table's digit_fd); lower is better."))
+    metrics = directions(declares)
     set_metrics = {"digit_fd": False}
     needs = frozenset({"image"})
 

@@ -39,6 +39,7 @@ from rlg.evaluators._models import (
 from rlg.files import sha256_file
 from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.base import Sample
+from rlg.metrics import Metric, directions, register_metrics
 from rlg.extras import require
 
 HUB_REPO = "xswu/HPSv2"
@@ -81,6 +82,19 @@ class HPSv2:
     name = "hps"
     needs = frozenset({"image", "prompt"})
     requires = ("open_clip", "torchvision")
+    declares = register_metrics(
+        Metric("hps_v2.0", "HPSv2.0", "", True, ("reward", "quality"),
+               "HPSv2.0: 100·cos(text, image) of the HPSv2 model; higher is better (not comparable to v2.1).",
+               reward_rank=5),
+        Metric("hps_v2.1", "HPSv2.1", "", True, ("reward", "quality"),
+               "HPSv2.1: 100·cos(text, image) of the HPSv2.1 model; higher is better (not comparable to v2.0).",
+               reward_rank=4))
+    metrics = directions(declares)  # an instance writes the one of its hps_version (metrics_for)
+
+    @classmethod
+    def metrics_for(cls, hps_version: str = "v2.1", **_) -> dict[str, bool]:
+        """The metric an instance with this ``hps_version`` writes."""
+        return {f"hps_{hps_version}": True}
 
     def __init__(
         self,
@@ -103,7 +117,7 @@ class HPSv2:
             raise ValueError(f"unknown hps_version {hps_version!r}; use one of {', '.join(CHECKPOINTS)}")
         self.hps_version = hps_version
         self.metric = f"hps_{hps_version}"
-        self.metrics = {self.metric: True}
+        self.metrics = self.metrics_for(hps_version)
         self.antialias = bool(antialias)
         self.scale = float(scale)
         self.device = default_device(device)

@@ -53,6 +53,7 @@ from rlg.files import sha256_file
 from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.aesthetic import aesthetic_head
 from rlg.evaluators.base import Sample
+from rlg.metrics import Metric, directions, register_metrics
 from rlg.extras import require
 
 HUB_REPO = "THUDM/ImageReward"
@@ -114,7 +115,10 @@ def _load_strict(module, state: dict, what: str) -> None:
 
 class ImageReward:
     name = "imagereward"
-    metrics = {"imagereward": True}
+    declares = register_metrics(Metric(
+        "imagereward", "ImageReward", "", True, ("reward", "quality"),
+        "ImageReward: BLIP + MLP, normalised as upstream; higher is better.", reward_rank=6))
+    metrics = directions(declares)
     needs = frozenset({"image", "prompt"})
     requires = ("transformers", "torchvision")
 

@@ -20,6 +20,7 @@ import PIL
 from PIL import Image, features
 
 from rlg.evaluators.base import Sample
+from rlg.metrics import Metric, directions, register_metrics
 
 CONVENTIONS = ("ddpo_kb", "flow_grpo_500")
 # Which reward(s) to store: the two are the same number with opposite signs, so a run that optimises one
@@ -49,7 +50,14 @@ class JpegCompressibility:
     name = "jpeg"
     ignored_options = {"dtype": "JPEG compression of uint8 images runs no model"}  # refused at start-up
     needs = frozenset({"image"})
-    metrics = {"jpeg_incompressibility": True, "jpeg_compressibility": True}  # with direction="both"
+    declares = register_metrics(
+        Metric("jpeg_incompressibility", "JPEG size (kB)", "kB", True, ("reward",),
+               "JPEG size: the PIL JPEG (quality 95) file size in kB, the DDPO incompressibility reward; higher is "
+               "better.", reward_rank=11),
+        Metric("jpeg_compressibility", "JPEG compressibility (−kB)", "−kB", True, ("reward",),
+               "JPEG compressibility: minus the PIL JPEG (quality 95) file size in kB, the DDPO reward; higher (a "
+               "smaller file) is better.", reward_rank=10))
+    metrics = directions(declares)  # with direction="both"
     uses_device = False  # runs on the CPU: the harness resolves no device for it (that would import torch)
 
     def __init__(
@@ -64,8 +72,7 @@ class JpegCompressibility:
         self.convention = convention
         self.quality = int(quality)
         self.direction = direction
-        if direction != "both":  # an instance attribute: the store and report read the instance's metrics
-            self.metrics = {f"jpeg_{direction}": True}
+        self.metrics = self.metrics_for(direction=direction)  # the store and report read the instance's metrics
         # A one-direction run stores a subset of the columns, so it must not pass for a "both" run in the cache.
         suffix = "" if direction == "both" else f"/{direction}"
         self.version = f"jpeg/{convention}/q{self.quality}/PIL-{PIL.__version__}/{_libjpeg_version()}{suffix}"
@@ -77,6 +84,11 @@ class JpegCompressibility:
             raise ValueError(f"unknown jpeg direction {direction!r}; use one of {', '.join(DIRECTIONS)}")
         if convention not in CONVENTIONS:
             raise ValueError(f"unknown jpeg convention {convention!r}; use one of {', '.join(CONVENTIONS)}")
+
+    @classmethod
+    def metrics_for(cls, direction: str = "both", **_) -> dict[str, bool]:
+        """The metrics an instance with these options writes (both directions, or the one asked for)."""
+        return dict(cls.metrics) if direction == "both" else {f"jpeg_{direction}": True}
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:
         out = []

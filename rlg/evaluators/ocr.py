@@ -38,6 +38,7 @@ from rlg.extras import require
 Levenshtein = require("rapidfuzz.distance", purpose="the ocr evaluator").Levenshtein
 
 from rlg.evaluators.base import Sample
+from rlg.metrics import Metric, directions, register_metrics
 
 ENGINES = ("easyocr", "paddleocr")
 # "file": the engine reads the image as it reads the PNG file; "flow_grpo_rgb": an RGB array handed to an engine
@@ -149,7 +150,15 @@ class OCRAccuracy:
     name = "ocr"
     ignored_options = {"dtype": "EasyOCR and PaddleOCR pick their own precision"}  # refused at start-up
     needs = frozenset({"image", "prompt"})
-    metrics = {"ocr_accuracy": True, "ocr_confidence": True}
+    declares = register_metrics(
+        Metric("ocr_accuracy", "OCR accuracy", "fraction", True, ("reward", "alignment"),
+               "OCR accuracy: 1 - edit distance / length of the quoted text (Flow-GRPO); higher is better.",
+               reward_rank=0),
+        # the engine's confidence in its reading measures legibility: quality, not the OCR reward
+        Metric("ocr_confidence", "OCR confidence", "fraction", True, ("quality",),
+               "OCR confidence: the OCR engine's own confidence in what it read, averaged over its pieces "
+               "(legibility, quality; 0 when it reads nothing); higher is better."))
+    metrics = directions(declares)
     check_prompts = staticmethod(check_prompts)  # start-up check used by rlg.harness.build
     WEIGHTS = ("craft_mlt_25k.pth", "english_g2.pth")  # EasyOCR's English detector and recogniser
 

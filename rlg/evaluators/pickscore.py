@@ -22,6 +22,7 @@ from rlg.evaluators._models import (
 )
 from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.base import Sample
+from rlg.metrics import Metric, directions, register_metrics
 
 DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
 DEFAULT_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -29,7 +30,10 @@ DEFAULT_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 class PickScore:
     name = "pickscore"
-    metrics = {"pickscore": True}
+    declares = register_metrics(Metric(
+        "pickscore", "PickScore", "", True, ("reward", "quality"),
+        "PickScore: logit_scale·cos(text, image) of PickScore_v1 (about 18-24); higher is better.", reward_rank=3))
+    metrics = directions(declares)
     needs = frozenset({"image", "prompt"})
     requires = ("transformers",)
 

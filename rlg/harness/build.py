@@ -18,14 +18,23 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from omegaconf import DictConfig, OmegaConf
 
 from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, grid_scale_values, validate
+from rlg.harness.kinds import KINDS, KindError
 from rlg.harness.provenance import redact
 from rlg.harness.prompts import Prompt, load_prompts
+from rlg.metrics import Metric, settle_reward
+from rlg.registry import resolve
+from rlg.kind_spec import FindingsPlan, GroundTruthConfig, KLClaimSettings, LearnedTruthConfig
 from rlg.store import content_key
+
+if TYPE_CHECKING:  # torch-free modules, imported where used so that `import rlg.harness` stays light
+    from rlg.methods.base import Method
+    from rlg.pairs import PairSpec
+    from rlg.sampler_spec import SamplerSettings
 
 log = logging.getLogger("rlg")
 
@@ -58,7 +67,7 @@ class Job:
     """A checked run plan. Built once by :func:`build`; the stages read nothing else."""
 
     name: str  # the run name: directory <paths.root>/<name>, column ``run_name`` of every image row
-    kind: str  # "images" | "ground_truth" | "kl_claim" | "kl_learned" | "findings"
+    kind: str  # a name of rlg.harness.kinds.KINDS (the config group kind=)
     stages: tuple[str, ...]
     rank: int
     world: int
@@ -69,21 +78,21 @@ class Job:
     resolved_config: dict[str, Any]  # redacted, for meta.json and trackers
     prompts: tuple[Prompt, ...] = ()
     prompt_info: dict[str, Any] = field(default_factory=dict)
-    pair: Any = None  # rlg.pairs.PairSpec
+    pair: PairSpec | None = None  # images jobs
     placement: Placement | None = None  # None: the job makes no image (stage evaluate or report)
-    sampler: Any = None  # rlg.sampling.SamplerSettings
+    sampler: SamplerSettings | None = None  # images jobs
     # content-key fields besides prompt/sample/seed/scale; empty (and config_id "") when the job makes no image
     identity: dict[str, Any] = field(default_factory=dict)
     config_id: str = ""  # short hash of ``identity``: one series per (run, config_id) in every report
     evaluators: tuple[EvaluatorPlan, ...] = ()
+    metrics: tuple[Metric, ...] = ()  # what the selected evaluators write (each declared by its evaluator)
+    reward: str | None = None  # the run's reward, decided once here (run_reward); every report section reads it
+    reward_note: str | None = None  # why the reward is not the one report.reward named
     evaluator_device: str = "cpu"
     prompt_problem: str | None = None  # a selected evaluator cannot score these prompts: generate refuses to start
     tracker_mode: str | None = None  # None: the user's W&B setup decides (WANDB_MODE, `wandb offline`, login)
-    methods: tuple[Any, ...] = ()  # rlg.methods.Method objects (images jobs): plain RLG over ``scales`` by default
-    ground_truth: Any = None  # rlg.ground_truth.GroundTruthConfig (ground_truth jobs; kl_claim: the analytic part)
-    kl_claim: Any = None  # rlg.kl_claim.KLClaimSettings (kl_claim jobs)
-    kl_learned: Any = None  # rlg.kl_learned.LearnedTruthConfig (kl_learned jobs)
-    findings: Any = None  # rlg.harness.findings.FindingsPlan (findings jobs; set by the runner before the run)
+    methods: tuple[Method, ...] = ()  # images jobs: plain RLG over ``scales`` by default
+    settings: Union[GroundTruthConfig, KLClaimSettings, LearnedTruthConfig, FindingsPlan, None] = None  # a measurement kind's
     launch_rank: int = 0  # this process among the ranks launched with it (0 for manual shards): rank 0 reports
 
 
@@ -152,7 +161,7 @@ def grid_scales(scales: list[Any], allow_large: bool = False) -> tuple[float, ..
     return tuple(out)
 
 
-def pair_spec(conf) -> Any:
+def pair_spec(conf) -> PairSpec:
     """rlg.pairs.PairSpec from the typed ``pair`` node."""
     from rlg.pairs import Checkpoint, PairSpec, tiny_spec
 
@@ -186,7 +195,7 @@ def pair_spec(conf) -> Any:
                     components=dict(p.components))
 
 
-def sampler_settings(s) -> Any:
+def sampler_settings(s) -> SamplerSettings:
     """rlg.sampling.SamplerSettings from the typed ``sampler`` node (inpainting inputs opened here)."""
     from PIL import Image
 
@@ -207,7 +216,7 @@ def sampler_settings(s) -> Any:
                            window=StepWindow(start=s.window.start, stop=s.window.stop, outside=s.window.outside))
 
 
-def method_plans(conf: RunConf, scales: tuple[float, ...], evaluators: tuple[EvaluatorPlan, ...]) -> tuple[Any, ...]:
+def method_plans(conf: RunConf, scales: tuple[float, ...], evaluators: tuple[EvaluatorPlan, ...]) -> tuple[Method, ...]:
     """The run's methods (rlg.methods) from the ``method`` node: rlg over ``scales`` when it is empty.
     rlg and weight_mix without knobs take grid.scales. Raises ConfigError naming the fix: an unknown
     method, bad knobs, or a best_of_n whose picking metric no selected evaluator writes or that leaves
@@ -392,6 +401,17 @@ def prompt_problem(conf: RunConf, prompts: list[Prompt]) -> str | None:
     return None
 
 
+def run_reward(preferred: str | None, metrics: tuple[Metric, ...]) -> tuple[str | None, str | None]:
+    """(reward, note): the run's reward, decided once. ``report.reward`` when a selected evaluator writes it,
+    else ``rlg.metrics.pick_reward``'s default order over the selected evaluators' metrics; the note (also
+    logged) says why a named reward was not taken."""
+    reward, note = settle_reward([m.id for m in metrics], preferred, "written by the selected evaluators",
+                                 "select its evaluator in evaluators.selected")
+    if note:
+        log.warning(note)
+    return reward, note
+
+
 def tracker_mode(mode: str, overrides: list[str]) -> str | None:
     """The W&B mode to force, or None to let the user's W&B setup decide. The default preset's
     "offline" defers to WANDB_MODE / `wandb online`; a mode chosen on purpose (another preset, e.g.
@@ -405,7 +425,12 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
     ``rlg.harness.runner.USER_ERRORS`` (each names the fix); touches no file of the run directory."""
     cfg = validate(cfg)
     check_complete(cfg)
-    conf: RunConf = OmegaConf.to_object(cfg)  # the dataclass tree: from here on no DictConfig
+    try:
+        kind = KINDS.get(cfg.kind)
+        conf: RunConf = OmegaConf.to_object(cfg)  # the dataclass tree (kind settings checked): no DictConfig after
+    except (KindError, ValueError) as exc:  # a kind's settings refuse a value in their __post_init__
+        raise ConfigError(f"{cfg.kind}: {exc}" if not isinstance(exc, KindError) else f"kind: {exc}") from None
+    check_kind(conf, kind)
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     scales = grid_scales(conf.grid.scales, conf.grid.allow_large_scales)
     submitit_ranks()
@@ -427,15 +452,12 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
     stages = ("generate", "evaluate", "report") if conf.stage == "all" else (conf.stage,)
     common = dict(name=conf.name, stages=stages, rank=rank, world=world, distributed=distributed, seed=conf.seed,
                   scales=scales, config=conf, resolved_config=resolved, launch_rank=launch_rank)
-    if conf.kl_claim is not None:  # RLG(w) against models retrained at beta / w
-        return _kl_claim_job(conf, common)
-    if conf.kl_learned is not None:  # the same question on MLP denoisers whose optimum is known exactly
-        return _kl_learned_job(conf, common)
-    if conf.findings is not None:  # one ordinary sub-run per (pair, seed), then verdicts: the runner plans them
-        _one_process(common, "the findings")
-        return Job(kind="findings", **common)
-    if conf.pair.analytic is not None:  # closed-form pair: samples and exact targets, no images
-        return _ground_truth_job(conf, common)
+    if conf.kind != "images":  # a measurement of its own: no image grid, one process
+        if world > 1:
+            raise ConfigError(f"kind={conf.kind} runs in one process; launch it without torchrun/accelerate or "
+                              "shard.count")
+        common.pop("stages")
+        return Job(kind=conf.kind, stages=("generate",), **common, settings=resolve(kind.settings)(conf, scales, list(overrides or [])))
     _check_no_effect(conf, RunConf())
     prompts, prompt_info = load_prompts(conf.prompts, conf.paths.cache)
     spec = pair_spec(conf)
@@ -450,69 +472,66 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
         ident = image_identity(conf, spec, device)
     eval_device = functools.cache(lambda: resolve_device(conf.evaluators.device, local_rank))
     evaluators = evaluator_plans(conf, prompts, eval_device)
+    from rlg.evaluators.base import metrics_of
+
+    metrics = tuple(m for e in evaluators for m in metrics_of(e.name, e.options))
+    reward, reward_note = run_reward(conf.report.reward, metrics)
     s = conf.sampler
     return Job(kind="images", **common, prompts=tuple(prompts), prompt_info=prompt_info, pair=spec,
                placement=placement, sampler=sampler_settings(s), identity=ident,
-               config_id=content_key(ident)[:16] if generates else "", evaluators=evaluators,
+               config_id=content_key(ident)[:16] if generates else "", evaluators=evaluators, metrics=metrics,
+               reward=reward, reward_note=reward_note,
                evaluator_device=eval_device() if use_devices(evaluators) else "cpu",
                tracker_mode=tracker_mode(conf.tracker.wandb.mode, list(overrides or [])),
                prompt_problem=prompt_problem(conf, prompts), methods=method_plans(conf, scales, evaluators))
 
 
-def _one_process(common: dict[str, Any], what: str) -> None:
-    if common["world"] > 1:
-        raise ConfigError(f"{what} runs in one process; launch it without torchrun/accelerate or shard.count")
+def check_kind(conf: RunConf, kind) -> None:
+    """Refuse settings that belong to another kind than the run's (they would have no effect), and a
+    measurement kind without its settings. Raises ConfigError naming the fix."""
+    for name in ("kl_claim", "kl_learned", "findings"):
+        if getattr(conf, name) is not None and kind.node != name:
+            raise ConfigError(f"{name} settings are given but kind={conf.kind}; they would have no effect: select "
+                              f"kind={name} (its presets do, e.g. experiment=kl_claim_digits_ddpo) or drop them")
+    if kind.node is not None and getattr(conf, kind.node) is None:
+        raise ConfigError(f"kind={conf.kind} needs its {kind.node} settings; start from its preset (rlg-bench "
+                          f"--help lists them)")
+    if (conf.pair.analytic is not None) != (conf.kind == "ground_truth"):
+        raise ConfigError("pair.analytic (a closed-form pair) is the ground truth's, and the ground truth needs one: "
+                          "use experiment=ground_truth [pair=analytic_...]" if conf.kind in ("images", "ground_truth")
+                          else f"pair.analytic has no effect with kind={conf.kind}; drop it")
 
 
-def _ground_truth_job(conf: RunConf, common: dict[str, Any]) -> Job:
-    from rlg.ground_truth import GroundTruthConfig
-
-    _one_process(common, "the analytic ground truth")
+def ground_truth_settings(conf: RunConf, scales: tuple[float, ...], overrides: list[str]) -> GroundTruthConfig:
+    """The analytic ground truth's settings: the closed-form pair, the ground_truth node, the grid's scales."""
     a, g = conf.pair.analytic, conf.ground_truth
     try:
-        gt = GroundTruthConfig(pair=a.preset, d=a.d, beta=a.beta, scales=list(common["scales"]),
-                               samplers=list(g.samplers), num_inference_steps=g.num_inference_steps,
-                               n_per_batch=g.n_per_batch, n_batches=g.n_batches, noise_level=g.noise_level,
-                               flow_shift=g.flow_shift, init=g.init, rl_control=g.rl_control, seed=conf.seed,
-                               fkc_particles=list(g.fkc_particles), fkc_resample=g.fkc_resample,
-                               fks_particles=list(g.fks_particles), fks_potential=g.fks_potential,
-                               fks_interval=g.fks_interval)
+        return GroundTruthConfig(pair=a.preset, d=a.d, beta=a.beta, scales=list(scales), samplers=list(g.samplers),
+                                 num_inference_steps=g.num_inference_steps, n_per_batch=g.n_per_batch,
+                                 n_batches=g.n_batches, noise_level=g.noise_level, flow_shift=g.flow_shift,
+                                 init=g.init, rl_control=g.rl_control, seed=conf.seed,
+                                 fkc_particles=list(g.fkc_particles), fkc_resample=g.fkc_resample,
+                                 fks_particles=list(g.fks_particles), fks_potential=g.fks_potential,
+                                 fks_interval=g.fks_interval)
     except ValueError as exc:
         raise ConfigError(f"ground_truth: {exc}") from exc
-    stages = tuple(st for st in common.pop("stages") if st != "evaluate") or ("generate",)
-    return Job(kind="ground_truth", stages=stages, **common, ground_truth=gt)
 
 
-def _kl_claim_job(conf: RunConf, common: dict[str, Any]) -> Job:
-    import dataclasses
-
-    from rlg.ground_truth import GroundTruthConfig
-    from rlg.kl_claim import KLClaimSettings
-
-    _one_process(common, "the KL-claim measurement")
-    node = dataclasses.asdict(conf.kl_claim)
-    analytic = node.pop("analytic")
-    try:
-        settings = KLClaimSettings(**node)
-        gt = GroundTruthConfig(**analytic, seed=conf.kl_claim.seed) if analytic else None
-    except ValueError as exc:
-        raise ConfigError(f"kl_claim: {exc}") from exc
-    common.pop("stages")
-    return Job(kind="kl_claim", stages=("generate",), **common, kl_claim=settings, ground_truth=gt)
+def kl_claim_settings(conf: RunConf, scales: tuple[float, ...], overrides: list[str]) -> KLClaimSettings:
+    """The kl_claim node as it is; its analytic part with the measurement's seed."""
+    s = conf.kl_claim  # the analytic part shares the measurement's seed
+    if s.analytic is not None and s.analytic.seed not in (0, s.seed):
+        raise ConfigError(f"kl_claim.analytic.seed={s.analytic.seed} has no effect (the analytic part takes "
+                          f"kl_claim.seed); set kl_claim.seed instead")
+    return s if s.analytic is None else dataclasses.replace(s, analytic=dataclasses.replace(s.analytic, seed=s.seed))
 
 
-def _kl_learned_job(conf: RunConf, common: dict[str, Any]) -> Job:
-    import dataclasses
-
-    from rlg.kl_learned import LearnedTruthConfig
-
-    _one_process(common, "the learned KL ground truth")
-    try:
-        settings = LearnedTruthConfig(**dataclasses.asdict(conf.kl_learned), seed=conf.seed)
-    except ValueError as exc:
-        raise ConfigError(f"kl_learned: {exc}") from exc
-    common.pop("stages")
-    return Job(kind="kl_learned", stages=("generate",), **common, kl_learned=settings)
+def kl_learned_settings(conf: RunConf, scales: tuple[float, ...], overrides: list[str]) -> LearnedTruthConfig:
+    """The kl_learned node with the run's seed."""
+    if conf.kl_learned.seed not in (0, conf.seed):
+        raise ConfigError(f"kl_learned.seed={conf.kl_learned.seed} has no effect (the run's seed is used); set "
+                          f"seed={conf.kl_learned.seed} instead")
+    return dataclasses.replace(conf.kl_learned, seed=conf.seed)  # the run's seed
 
 
 __all__ = ["Job", "EvaluatorPlan", "Placement", "build", "resolve_device", "resolve_rank"]

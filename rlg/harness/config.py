@@ -12,6 +12,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlg.choices import RL_KINDS, SCHEDULERS
+from rlg.kind_spec import FindingsConfig, KLClaimSettings, LearnedTruthConfig
 from rlg.runtime import DTYPE_NAMES
 from rlg.sampler_spec import resolve_micro_batch
 from rlg.surface import CALL_KEYWORDS, PARTIAL_SCHEDULE, check_call_keywords, refusal
@@ -152,7 +153,7 @@ class ReportConf:
     n_resamples: int = 1000
     grid_prompts: int = 8
     grid_samples: int = 2  # image-grid rows per prompt (samples, each labelled with its own noise seed)
-    reward: Optional[str] = None  # the metric the RL model optimises (headline, trade-off x); None: by name
+    reward: Optional[str] = None  # what the RL model optimises (every section, W&B); None: rlg.metrics.pick_reward
 
 
 @dataclass
@@ -172,104 +173,6 @@ class GroundTruthConf:
     fks_particles: List[int] = field(default_factory=list)  # FK steering of the base (rlg.fk_steering); [] = none
     fks_potential: str = "difference"  # "difference" | "max" | "sum"
     fks_interval: int = 1  # steps between FK-steering resamplings
-
-
-@dataclass
-class KLAnalyticConf:
-    """The closed-form result shown beside the trained one (rlg.ground_truth.GroundTruthConfig fields)."""
-
-    pair: str = "mixture_quadratic"
-    d: int = 2
-    beta: float = 1.0
-    scales: List[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 3.0])
-    samplers: List[str] = field(default_factory=lambda: ["ddim_eta1"])
-    num_inference_steps: int = 20
-    n_per_batch: int = 500
-    n_batches: int = 8
-    init: str = "marginal"
-
-
-@dataclass
-class KLClaimConf:
-    """The trained-model KL-claim measurement (rlg.kl_claim.KLClaimSettings, which documents every field)."""
-
-    task: str = MISSING  # names the model directory kl_<task>
-    beta: float = MISSING  # KL coefficient of the source RL model
-    base: str = "zoo:digits_base_v1"  # the base the kl_digits_* models were fine-tuned from
-    trainer: str = ""  # "module:function", used only with train_missing
-    trainer_kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to the trainer as is (its own keywords)
-    train_steps: int = 0
-    train_missing: bool = False
-    scales: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0])
-    source_seed: int = 0
-    floor_seeds: List[int] = field(default_factory=lambda: [1, 2])
-    weights_dir: str = ""
-    prompts: List[str] = field(default_factory=lambda: [f"a handwritten digit {d}" for d in range(10)])
-    n_per_prompt: int = 16
-    num_inference_steps: int = 20
-    guidance_scale: float = 2.0
-    eta: float = 1.0
-    negative_prompt: str = ""
-    metrics: List[str] = field(default_factory=lambda: ["digit_prob:digit_prob", "jpeg:jpeg_incompressibility"])
-    reward_metric: str = ""
-    set_metrics: List[str] = field(default_factory=lambda: ["digit_fd:digit_fd"])
-    features: str = "classifier"
-    feature_evaluator: str = "digit_fd"
-    evaluator_options: Dict[str, Any] = field(default_factory=dict)  # evaluator name -> its options
-    distance: str = "energy_distance"
-    n_batches: int = 4
-    n_boot: int = 200
-    batch_size: int = 64  # images per pipeline call
-    seed: int = 0
-    threads: int = 1
-    analytic: Optional[KLAnalyticConf] = None
-
-
-@dataclass
-class KLLearnedConf:
-    """The learned-model ground truth of the KL claim (rlg.kl_learned.LearnedTruthConfig; seed: the run's)."""
-
-    pair: str = "mixture_quadratic"  # an rlg.analytic.PAIR_PRESETS key with a closed-form optimum
-    d: int = 2
-    beta: float = 1.0  # KL coefficient of the source RL model; RLG(w) is compared with retraining at beta / w
-    scales: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0])
-    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # training seeds (intervals over them)
-    hidden: int = 128
-    depth: int = 3
-    base_steps: int = 3000
-    tune_steps: int = 1500
-    batch_size: int = 256
-    lr: float = 2e-3
-    tune_lr: float = 1e-3
-    num_inference_steps: int = 50
-    eta: float = 1.0
-    n_samples: int = 2000
-    n_batches: int = 4
-    objectives: List[str] = field(default_factory=lambda: ["rwr", "pg", "dpo"])  # rwr | pg | pg_dpok | dpo
-    pg_steps: int = 200
-    pg_batch: int = 128
-    pg_lr: float = 2e-3
-    pg_timestep_fraction: float = 0.25
-    dpo_steps: int = 1500
-    dpo_pairs: int = 256
-    dpo_lr: float = 5e-4
-    dpo_weight: str = "elbo"  # "elbo" (DDPM variational weights per t) | "constant" (their mean at every t)
-    workers: int = 1  # processes, one training seed each (same numbers, less wall time)
-
-
-@dataclass
-class FindingsConf:
-    """Verdicts over zoo pairs, sampling seeds and methods (rlg.harness.findings, which documents every field)."""
-
-    pairs: List[str] = field(default_factory=list)  # experiment presets, one per pair (each sets report.reward)
-    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])  # sampling seeds (the run's `seed`) per pair
-    overrides: List[str] = field(default_factory=list)  # applied to every sub-run after its preset
-    compare_at: List[float] = field(default_factory=lambda: [2.0])  # RLG scales best-of-N is matched with in cost
-    reward_margin: float = 0.25  # equivalence margin on the reward: this fraction of the RL model's reward gain
-    held_out_margin: float = 0.2  # equivalence margin on a held-out metric: this many base-image sds
-    alpha: float = 0.05  # family-wise error rate over the findings table (Holm)
-    n_resamples: int = 20000  # cluster-bootstrap resamples (prompts x seeds) per row
-    sub_reports: bool = True  # each sub-run writes its own report (the Methods section per pair and seed)
 
 
 @dataclass
@@ -294,15 +197,12 @@ class RunConf:
     barrier_timeout_min: float = 720.0  # ranks launched together wait this long for each other between stages
     low_memory: bool = False  # free the generator before loading evaluators (both never resident at once)
     verbose: bool = False  # third-party loading bars and warnings (silenced by default)
-    # the KL-claim measurement; set by the kl_claim_* presets, it makes the run a kl_claim job (no pair, sampler
-    # or evaluators of its own)
-    kl_claim: Optional[KLClaimConf] = None
-    # the learned-model ground truth of the KL claim (MLP denoisers on the analytic mixture); set by
-    # experiment=kl_ground_truth_learned, it makes the run a kl_learned job
-    kl_learned: Optional[KLLearnedConf] = None
-    # verdicts over zoo pairs x sampling seeds x methods; set by experiment=findings_zoo, it makes the run a findings
-    # job: one ordinary sub-run per (pair, seed) under <run>/runs/, then the findings table over them
-    findings: Optional[FindingsConf] = None
+    # the run kind (the config group kind=, rlg.harness.kinds.KINDS) and the settings of the measurement kinds
+    # (rlg.kind_spec: the library's own dataclasses, set by the kl_claim_* / kl_ground_truth_learned presets)
+    kind: str = "images"
+    kl_claim: Optional[KLClaimSettings] = None
+    kl_learned: Optional[LearnedTruthConfig] = None
+    findings: Optional[FindingsConfig] = None  # one ordinary sub-run per (pair, seed), then the verdicts over them
 
 
 # How every key of the pair, sampler, grid and evaluators schema takes effect; tests/test_effects.py (the effect
@@ -694,7 +594,7 @@ def check_values(cfg: DictConfig) -> None:
 
     _one_of("stage", cfg.stage, STAGES)
     run_dir(cfg.paths.root, cfg.name)
-    if cfg.kl_claim is None:
+    if cfg.kind in ("images", "ground_truth"):  # the kinds whose scales are the grid's
         grid_scale_values(list(cfg.grid.scales), cfg.grid.allow_large_scales)
     for key in ("device", "evaluators.device"):
         value = OmegaConf.select(cfg, key)

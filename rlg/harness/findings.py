@@ -30,41 +30,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from rlg.harness.config import ConfigError
+from rlg.kind_spec import FindingsPlan, FindingsSubRun as SubRun
 
 log = logging.getLogger("rlg")
 
 PASSED_ON = ("experiment", "name", "seed", "findings", "hydra")  # command-line keys a sub-run does not inherit
-
-
-@dataclass(frozen=True)
-class SubRun:
-    """One (pair, seed) of a findings run: the experiment preset, its reward, the overrides that make it and the
-    checked :class:`~rlg.harness.build.Job` (built when the plan is made: a bad pair fails before any work)."""
-
-    preset: str
-    seed: int
-    reward: str
-    overrides: tuple[str, ...]
-    job: Any
-
-    @property
-    def dir_name(self) -> str:
-        return f"{self.preset}-seed{self.seed}"
-
-
-@dataclass(frozen=True)
-class FindingsPlan:
-    runs: tuple[SubRun, ...]
-    compare_at: tuple[float, ...]
-    reward_margin: float
-    held_out_margin: float
-    alpha: float
-    n_resamples: int
 
 
 def _inherited(cli: list[str]) -> list[str]:
@@ -125,14 +99,26 @@ def findings_plan(conf: Any, cli: list[str]) -> FindingsPlan:
                         float(f.held_out_margin), float(f.alpha), int(f.n_resamples))
 
 
+def findings_settings(conf: Any, scales: tuple[float, ...], overrides: list[str]) -> FindingsPlan:
+    """The findings kind's settings (rlg.harness.kinds.KINDS): the checked plan, every sub-run built at start-up."""
+    return findings_plan(conf, overrides)
+
+
+def findings_stage(job: Any, store: Any) -> dict[str, Any]:
+    """The findings kind's stage (rlg.harness.kinds.KINDS): :func:`run_findings` with the runner's ``run_job``."""
+    from rlg.harness.runner import run_job
+
+    return run_findings(job, store, run_job)
+
+
 def run_findings(job: Any, store: Any, run_job: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    """Run every sub-run of ``job.findings`` with ``run_job`` (``rlg.harness.runner.run_job``, passed in: the
+    """Run every sub-run of ``job.settings`` (a FindingsPlan) with ``run_job`` (``rlg.harness.runner.run_job``, passed in: the
     runner calls this) into ``<run>/runs/<preset>-seed<k>``, then write ``<run>/report`` (index.md/.html with the
     Findings section first, tables/findings.csv). Returns {"files", "index", "index_html", "rows"}."""
     from rlg.harness.stages import _written
     from rlg.report.findings import write_findings_report
 
-    plan = job.findings
+    plan = job.settings
     root = Path(store.root)
     dirs = []
     for i, sub in enumerate(plan.runs):
@@ -157,4 +143,4 @@ def run_findings(job: Any, store: Any, run_job: Callable[..., dict[str, Any]]) -
             "index_html": str(final / "index.html")}
 
 
-__all__ = ["FindingsPlan", "SubRun", "findings_plan", "run_findings"]
+__all__ = ["findings_plan", "findings_settings", "findings_stage", "run_findings"]

@@ -20,13 +20,16 @@ from rlg.evaluators.base import UnknownEvaluatorError
 from rlg.guidance import ScaleError
 from rlg.harness import stages
 from rlg.harness.build import Job, build, use_devices
+from rlg.harness.kinds import KINDS
 from rlg.harness.config import ConfigError
 from rlg.harness.prompts import PromptError
 from rlg.harness.provenance import provenance, redact
 from rlg.store import Store, StoreError
 from rlg.harness.tracking import Tracker, wandb_run_id
+from rlg.metrics import title as metric_title
 from rlg.report.stats import SERIES, scale_label
 from rlg.pairs import PairError
+from rlg.registry import resolve
 from rlg.sampler_spec import SamplerError
 
 log = logging.getLogger("rlg")
@@ -118,26 +121,16 @@ def run(cfg: Any, run_dir: str | Path | None = None, overrides: list[str] | None
 def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | None = None,
             job_name: str | None = None, group: str | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir) if run_dir else Path(job.config.paths.root) / job.name
-    if job.kind == "findings" and job.findings is None:  # every sub-run checked before the run directory is touched
-        import dataclasses
-
-        from rlg.harness.findings import findings_plan
-
-        job = dataclasses.replace(job, findings=findings_plan(job.config, list(overrides or [])))
     ranks = Ranks(job)
     device = job.placement.device if job.placement else job.evaluator_device  # where this invocation's models run
     store = Store(run_dir, writer=f"r{job.rank}-{uuid.uuid4().hex[:8]}", min_free_gb=job.config.paths.min_free_gb)
     with invocation(job, store, list(overrides or []), device) as entry:
         if ranks.state is not None:
             entry["barrier_timeout_s"] = ranks.timeout_s()
-        if job.kind in ("ground_truth", "kl_claim", "kl_learned"):  # measurements of their own: no image grid
+        stage = KINDS.get(job.kind).stage
+        if stage is not None:  # a measurement of its own: no image grid
             with timed(entry, job.kind):
-                entry["report"] = getattr(stages, job.kind)(job, store)
-        elif job.kind == "findings":  # ordinary runs per (pair, seed) through run_job, then verdicts
-            from rlg.harness.findings import run_findings
-
-            with timed(entry, "findings"):
-                entry["report"] = run_findings(job, store, run_job)
+                entry["report"] = resolve(stage)(job, store)
         else:
             with _tracker(job, store, job_name or job.name, group, entry["run_id"]) as tracker:
                 _image_stages(job, store, entry, ranks, tracker)
@@ -161,7 +154,9 @@ def _tracker(job: Job, store: Store, job_name: str, group: str | None, run_id: s
     s = job.config.sampler
     return Tracker(run_dir=store.root, name=job_name, project=w.project, entity=w.entity, group=w.group or group or
                    job.name, job_type=job.config.stage, tags=[job.pair.name, s.name, job.name],
-                   config=job.resolved_config, mode=job.tracker_mode, log_images=w.log_images, rank=job.rank,
+                   config={**job.resolved_config, "reward": job.reward,
+                           "metrics": {m.id: m.label for m in job.metrics}},
+                   mode=job.tracker_mode, log_images=w.log_images, rank=job.rank,
                    run_id=wandb_run_id(run_id, job.config_id, job.config.stage))
 
 
@@ -191,13 +186,13 @@ def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, t
         with timed(entry, "report"):
             result = stages.report(job, store)
         entry["report"] = {k: result[k] for k in ("files", "notes", "index", "index_html", "headlines")}
-        _print_summary(result["summary"] or [])
+        _print_summary(result["summary"] or [], job.reward)
         for line in result["headlines"]:
             print(line)  # the report's first-screen sentence: what RLG did
         with contextlib.ExitStack() as stack:
             if not tracker.active and job.rank != 0:  # the shard that finished last logs into the same W&B run
                 tracker = stack.enter_context(tracker.as_rank0())
-            tracker.log_scales(result["summary"] or [])
+            tracker.log_scales(result["summary"] or [], reward=job.reward)
             tracker.log_image_table(result["images"], result["scores"])
             tracker.log_scores_table(result["images"], result["scores"])
             tracker.log_report(result["index_html"], [Path(f) for f in result["files"] if "/figures/" in f])
@@ -220,12 +215,15 @@ def _whole_run_done(job: Job, store: Store, entry: dict[str, Any]) -> bool:
     return True
 
 
-def _print_summary(records: list[dict[str, Any]]) -> None:
-    """One line per (series, scale): the report's own per-scale means (the one owner of them)."""
+def _print_summary(records: list[dict[str, Any]], reward: str | None = None) -> None:
+    """The run's reward, then one line per (series, scale): the report's own per-scale means (the one owner of
+    them)."""
     import pandas as pd
 
     if not records:
         return
+    if reward:
+        print(f"reward: {metric_title(reward)}")
     df = pd.DataFrame(records)
     series = ([c for c in SERIES if c in df.columns and df[c].nunique() > 1]
               or [c for c in SERIES if c in df.columns][:1])

@@ -37,12 +37,6 @@ class RunResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _compose(overrides: list[str]):
-    from rlg.harness.api import compose
-
-    return compose(*overrides)
-
-
 def run(experiment: str | None = None, overrides: Sequence[str] = (), *, verbose: bool | None = None) -> RunResult:
     """Run ``rlg-bench experiment=<experiment> <overrides>`` in this process and return its results.
 
@@ -50,27 +44,25 @@ def run(experiment: str | None = None, overrides: Sequence[str] = (), *, verbose
     ``overrides``: Hydra overrides as on the command line (``["grid.scales=[0,1,2]", "name=my-run"]``).
     Raises the CLI's USER_ERRORS (ConfigError for a misspelt key or bad value, PairError, ...).
     """
+    from rlg.harness.api import job as checked_job
     from rlg.harness.cli import cpu_defaults
-    from rlg.harness.config import run_dir as checked_run_dir, validate
+    from rlg.harness.config import ConfigError, run_dir as checked_run_dir
     from rlg.harness.console import quiet_third_party
-    from rlg.harness.runner import run as run_cfg
+    from rlg.harness.runner import run_job
     from rlg.report.export import ExportError, export_frame
 
     cpu_defaults()  # as the CLI (takes effect if torch has not started its threads yet)
     args = ([f"experiment={experiment}"] if experiment else []) + [str(o) for o in overrides]
-    cfg = _compose(args)
-    validate(cfg)  # the CLI's early checks, before torch is imported
-    quiet_third_party(verbose=bool(cfg.verbose if verbose is None else verbose))
-    run_dir = Path(checked_run_dir(cfg.paths.root, cfg.name))  # the CLI's folder: ~ expanded, the name checked
-    beyond = stored_beyond_work_list(cfg, args, run_dir)
+    job = checked_job(*args)  # every check of the command line; only the Job is read below
+    quiet_third_party(verbose=bool(job.config.verbose if verbose is None else verbose))
+    run_dir = Path(checked_run_dir(job.config.paths.root, job.name))  # the CLI's folder: ~ expanded, the name checked
+    beyond = stored_beyond_work_list(job, run_dir)
     if beyond:  # the report and summary cover the directory: they would answer more than this call asked
-        from rlg.harness.config import ConfigError
-
         raise ConfigError(f"{run_dir} already holds {beyond} images outside this call's work list (an earlier run "
-                          f"under name={cfg.name} with other overrides), and the result would summarise them too; "
+                          f"under name={job.name} with other overrides), and the result would summarise them too; "
                           f"give this work list its own directory (name=<another name>), or repeat the earlier "
                           "run's overrides to resume it")
-    entry = run_cfg(cfg, run_dir=run_dir, overrides=args, job_name=cfg.name)
+    entry = run_job(job, run_dir=run_dir, overrides=args, job_name=job.name)
     report = (entry.get("report") or {}).get("index_html")
     csv = run_dir / "report" / "tables" / "summary.csv"
     summary = pd.read_csv(csv) if report and csv.is_file() else pd.DataFrame()
@@ -82,8 +74,8 @@ def run(experiment: str | None = None, overrides: Sequence[str] = (), *, verbose
                      headlines=list((entry.get("report") or {}).get("headlines") or []), meta=entry)
 
 
-def stored_beyond_work_list(cfg, overrides: list[str], run_dir: Path) -> int:
-    """How many images stored in ``run_dir`` are not in the work list of ``cfg`` (0 for a new directory,
+def stored_beyond_work_list(job, run_dir: Path) -> int:
+    """How many images stored in ``run_dir`` are not in the work list of ``job`` (0 for a new directory,
     a resume of the same work list, or a larger one that extends it)."""
     from rlg.store import Store
 
@@ -92,10 +84,11 @@ def stored_beyond_work_list(cfg, overrides: list[str], run_dir: Path) -> int:
     stored = set(Store(run_dir).images().image_key)
     if not stored:
         return 0
-    from rlg.harness.build import build
     from rlg.harness.stages import work_groups
 
-    asked = {key for group in work_groups(build(cfg, overrides=overrides), rank=-1) for key, _ in group}
+    if job.kind != "images":  # a measurement kind stores no image work list
+        return 0
+    asked = {key for group in work_groups(job, rank=-1) for key, _ in group}
     return len(stored - asked)
 
 

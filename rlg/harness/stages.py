@@ -345,6 +345,24 @@ def _written(store: Store, tmp: Path, final: Path, write) -> list[str]:
     return [str(final / Path(f).relative_to(tmp)) for f in files]
 
 
+def what_ran(job: Job) -> str:
+    """One sentence, from the Job, of what an image run runs: pair, reward, prompts x samples per prompt, the
+    scales (and the other methods), the sampler (steps, scheduler, CFG; DDIM eta where set)."""
+    from rlg.metrics import title
+    from rlg.report.stats import scale_label
+
+    s = job.sampler
+    scheduler = "the pipeline's default scheduler" if s.scheduler == "default" else f"scheduler {s.scheduler}"
+    eta = f", eta {s.eta:g}" if s.eta is not None else ""
+    others = [m.label for m in job.methods if m.label != "rlg"]
+    methods = f" (and {', '.join(others)})" if others else ""
+    n = job.config.prompts.samples_per_prompt
+    return (f"Ran pair {job.pair.name} for the reward {title(job.reward) if job.reward else 'none (no evaluator)'}: "
+            f"{len(job.prompts)} prompts x {n} sample{'s' * (n != 1)} per prompt at RLG scales "
+            f"w = {', '.join(scale_label(w) for w in job.scales)}{methods}; sampler {job.config.sampler.name}: "
+            f"{s.num_inference_steps} steps, {scheduler}{eta}, CFG {s.guidance_scale:g}.")
+
+
 def report(job: Job, store: Store) -> dict[str, Any]:
     """Tables, figures and report/index.md|html of every series in the store, each with its own protocol."""
     from rlg.report.compare import load_run
@@ -356,7 +374,8 @@ def report(job: Job, store: Store) -> dict[str, Any]:
     def write(tmp: Path) -> list[str]:
         result.update(write_report(images, scores, tmp, protocol=protocol, grid_prompts=job.config.report.grid_prompts,
                                    grid_samples=job.config.report.grid_samples,
-                                   n_resamples=job.config.report.n_resamples, reward=job.config.report.reward))
+                                   n_resamples=job.config.report.n_resamples, reward=job.reward,
+                                   reward_note=job.reward_note, run_line=what_ran(job)))
         return result["files"]
 
     files = _written(store, store.temp_dir("report"), store.root / "report", write)
@@ -366,16 +385,23 @@ def report(job: Job, store: Store) -> dict[str, Any]:
             "scores": scores, "index": str(final / "index.md"), "index_html": str(final / "index.html")}
 
 
+def _section(job: Job):
+    """The report writer of the job's kind (rlg.harness.kinds.KINDS)."""
+    from rlg.harness.kinds import KINDS
+    from rlg.registry import resolve
+
+    return resolve(KINDS.get(job.kind).report)
+
+
 def ground_truth(job: Job, store: Store) -> dict[str, Any]:
     """The analytic ground truth: RLG samples from the production RLGDenoiser against exact targets;
     rows into the store's ``ground_truth`` table, figures and tables into <run>/report."""
     from rlg.ground_truth import run_ground_truth
-    from rlg.report.ground_truth import ground_truth_tables, write_ground_truth_report
+    from rlg.report.ground_truth import ground_truth_tables
 
-    df = run_ground_truth(job.ground_truth)
+    df = run_ground_truth(job.settings)
     store.write_table("ground_truth", df)
-    files = _written(store, store.temp_dir("report"), store.root / "report",
-                     lambda tmp: write_ground_truth_report(df, tmp))
+    files = _written(store, store.temp_dir("report"), store.root / "report", lambda tmp: _section(job)(df, tmp))
     print(ground_truth_tables(df)["markdown"])
     return {"files": files, "rows": len(df)}
 
@@ -386,15 +412,14 @@ def kl_claim(job: Job, store: Store) -> dict[str, Any]:
     (figures, tables, report.md) into <run>/report."""
     from rlg.ground_truth import run_ground_truth
     from rlg.kl_claim import run_kl_claim
-    from rlg.report.kl_claim import write_kl_claim_report
 
-    df = run_kl_claim(job.kl_claim)
+    df = run_kl_claim(job.settings)
     store.write_table("kl_claim", df)
-    analytic = run_ground_truth(job.ground_truth) if job.ground_truth is not None else None
+    analytic = run_ground_truth(job.settings.analytic) if job.settings.analytic is not None else None
     if analytic is not None:
         store.write_table("ground_truth", analytic)
     files = _written(store, store.temp_dir("report"), store.root / "report",
-                     lambda tmp: write_kl_claim_report(df, analytic, tmp))
+                     lambda tmp: _section(job)(df, analytic, tmp))
     print((store.root / "report" / "report.md").read_text())
     return {"files": files, "rows": len(df), "index": str(store.root / "report" / "report.md")}
 
@@ -403,12 +428,10 @@ def kl_learned(job: Job, store: Store) -> dict[str, Any]:
     """The learned-model ground truth of the KL claim (rlg.kl_learned): MLP denoisers trained and fine-tuned on
     the analytic mixture, rows into the store's ``kl_learned`` table, the report into <run>/report."""
     from rlg.kl_learned import run_learned_truth
-    from rlg.report.kl_learned import write_kl_learned_report
 
-    df = run_learned_truth(job.kl_learned)
+    df = run_learned_truth(job.settings)
     store.write_table("kl_learned", df)
-    files = _written(store, store.temp_dir("report"), store.root / "report",
-                     lambda tmp: write_kl_learned_report(df, tmp))
+    files = _written(store, store.temp_dir("report"), store.root / "report", lambda tmp: _section(job)(df, tmp))
     print((store.root / "report" / "report.md").read_text())
     return {"files": files, "rows": len(df), "seconds": df.attrs.get("seconds"),
             "index": str(store.root / "report" / "report.md")}

@@ -241,14 +241,16 @@ class Tracker:
 
     # -- results against w -------------------------------------------------------------------
     def log_scales(self, summary: pd.DataFrame | Iterable[dict[str, Any]], reference_scale: float = 1.0,
-                   level: float = 0.95) -> dict[str, Any]:
+                   level: float = 0.95, reward: str | None = None) -> dict[str, Any]:
         """One W&B step per scale w (x-axis ``rlg_scale``) with, per metric m: m (mean),
         m/ci_lo, m/ci_hi (the ``level`` bootstrap interval), m/win_rate (vs w=reference), m/n.
 
         ``summary``: ``write_report(...)["summary"]`` records, or ``rlg.report.stats.summarize``'s
         frame. Several series (pairs, runs) get their label as a prefix ("<label>/m"). Summaries are
         set explicitly: ``m@w=1`` (and its /ci_lo, /ci_hi), ``m@best_w`` and ``m/best_w`` (the scale
-        with the best mean, by the metric's direction). Returns the summary values set.
+        with the best mean, by the metric's direction). ``reward``: the run's reward (``Job.reward``): the
+        summary ``reward`` names it and its values are repeated under "reward" in place of its id ("reward@best_w",
+        "<label>/reward@w=1", ...), so runs with different rewards share one column. Returns the summary values set.
         """
         df = pd.DataFrame(list(summary) if not isinstance(summary, pd.DataFrame) else summary)
         if self.run is None or df.empty:
@@ -288,6 +290,11 @@ class Tracker:
             best = g.loc[g["mean"].astype(float).idxmax() if higher else g["mean"].astype(float).idxmin()]
             out[f"{key}@best_w"] = float(best["mean"])
             out[f"{key}/best_w"] = float(best["scale"])
+        if reward:
+            out["reward"] = reward
+            for base in set(df.loc[df["metric"] == reward, "wandb_key"]):  # "<label>/<reward id>" or the id
+                for key in [k for k in out if k.startswith(base) and k[len(base):][:1] in ("@", "/")]:
+                    out[base[: len(base) - len(reward)] + "reward" + key[len(base):]] = out[key]
         out["ci_level"] = level
         for k, v in out.items():
             self.run.summary[k] = v

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from rlg.report.names import metric_label
+from rlg.metrics import label as metric_label
 from rlg.report.stats import PAIRING, SERIES, with_series
 
 PAGE = """<!DOCTYPE html>

@@ -197,13 +197,18 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, *, labels:
     return result
 
 
+def add_runs_argument(parser: argparse.ArgumentParser) -> None:
+    """The positional DIR... of the report and export commands."""
+    parser.add_argument("runs", nargs="+", metavar="DIR", help="run directories (outputs/<name>) or sweep directories")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``rlg-bench-report DIR... [--out DIR]``; prints the index path as its last line."""
     parser = argparse.ArgumentParser(
         prog="rlg-bench-report",
         description="One report (index.md + self-contained index.html) over several rlg-bench run directories "
                     "or sweep directories; each run is one series with its own protocol.")
-    parser.add_argument("runs", nargs="+", metavar="DIR", help="run directories (outputs/<name>) or sweep directories")
+    add_runs_argument(parser)
     parser.add_argument("--out", default=None, help="report directory (default: <first DIR's parent>/comparison)")
     parser.add_argument("--label", action="append", default=None,
                         help="series name per run, in order (repeat; default: the settings that differ between "

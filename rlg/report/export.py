@@ -31,8 +31,8 @@ import pandas as pd
 FORMATS = ("csv", "parquet", "hf")
 # the columns of an exported row, in this order (then any other image column, e.g. the sampler fields)
 LEADING = ["run_dir", "run_name", "pair", "run_id", "config_id", "prompt_id", "prompt", "sample", "seed", "scale",
-           "metric", "value", "higher_is_better", "status", "evaluator", "version", "error", "image_key",
-           "image_sha256", "image_path", "nonfinite"]
+           "metric", "label", "reward", "value", "higher_is_better", "status", "evaluator", "version", "error",
+           "image_key", "image_sha256", "image_path", "nonfinite"]
 
 
 class ExportError(ValueError):
@@ -41,20 +41,26 @@ class ExportError(ValueError):
 
 def export_frame(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     """One row per (image, metric) of every run directory (or every run below a sweep directory),
-    columns LEADING first. ``value`` is the stored float (NaN when the evaluator failed); ``status`` is
-    "ok" (averaged by the report), "nonfinite" (the image had NaN/inf: excluded) or "failed".
+    columns LEADING first. ``label`` is the metric's readable name and ``reward`` whether it is the run's reward
+    (both as the report states them: rlg.metrics). ``value`` is the stored float (NaN when the evaluator failed);
+    ``status`` is "ok" (averaged by the report), "nonfinite" (the image had NaN/inf: excluded) or "failed".
     Raises ExportError when no directory holds an image (and CompareError for a missing directory)."""
+    from rlg.evaluators.base import register_stored
+    from rlg.metrics import label
     from rlg.report.compare import find_runs, load_run
+    from rlg.report.report import stored_reward
 
     frames = []
     for run in find_runs(run_dirs):
-        images, scores, _ = load_run(run)
+        images, scores, protocol = load_run(run)
         if images.empty:
             continue
         images = images.drop(columns=[c for c in ("written_ns",) if c in images.columns])
         scores = scores.drop(columns=[c for c in ("written_ns", "image_sha256") if c in scores.columns])
         df = scores.merge(images, on="image_key", how="inner", suffixes=("", "_image"))
-        frames.append(df.assign(run_dir=str(run)))
+        register_stored(scores["evaluator"])
+        reward, _ = stored_reward(df["metric"].unique(), protocol.get("reward"))
+        frames.append(df.assign(run_dir=str(run), label=df["metric"].map(label), reward=df["metric"] == reward))
     if not frames:
         raise ExportError(f"no images in {', '.join(map(str, run_dirs))}; run stage=generate (and evaluate) first")
     df = pd.concat(frames, ignore_index=True)
@@ -70,8 +76,8 @@ def export_frame(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
 def _wide(df: pd.DataFrame) -> pd.DataFrame:
     """One row per image, one column per metric (the stored value; NaN where not ok)."""
     keys = [c for c in ("run_dir", "image_key") if c in df.columns]
-    per_image = [c for c in df.columns if c not in ("metric", "value", "higher_is_better", "status", "evaluator",
-                                                     "version", "error")]
+    per_image = [c for c in df.columns if c not in ("metric", "label", "reward", "value", "higher_is_better", "status",
+                                                     "evaluator", "version", "error")]
     values = df.assign(value=df["value"].where(df["status"] == "ok")).pivot_table(
         index=keys, columns="metric", values="value", aggfunc="first", dropna=False)
     return df[per_image].drop_duplicates(keys).merge(values.reset_index(), on=keys, how="left")
@@ -110,13 +116,13 @@ def default_out(run_dirs: Sequence[str | Path], to: str) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``rlg-bench-export DIR... --to csv|parquet|hf [--out PATH]``; prints the path last."""
-    from rlg.report.compare import CompareError
+    from rlg.report.compare import CompareError, add_runs_argument
 
     parser = argparse.ArgumentParser(
         prog="rlg-bench-export",
         description="Export rlg-bench results: one row per (image, metric), newest row of each key, intact "
                     "images only (the report's own reading of the store).")
-    parser.add_argument("runs", nargs="+", metavar="DIR", help="run directories (outputs/<name>) or sweep directories")
+    add_runs_argument(parser)
     parser.add_argument("--to", choices=FORMATS, default="csv", help="csv, parquet, or hf (a datasets.Dataset "
                         "with the images, one row per image; needs the [hf] extra)")
     parser.add_argument("--out", type=Path, default=None, help="output file (hf: directory); default "

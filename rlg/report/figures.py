@@ -46,7 +46,9 @@ REFERENCE_LINES = ((0.0, "base"), (1.0, "RL"))
 LABEL_OFFSETS = ((3, 3), (3, -3), (-3, 3), (-3, -3))  # points: where each series writes its w labels
 
 
-from rlg.report.names import METRIC_DEFINITIONS, METRIC_LABELS, SCALE_LABEL, metric_label, metric_title  # noqa: F401
+from rlg.metrics import label as metric_label, title as metric_title  # noqa: F401 (each metric's own declaration)
+
+SCALE_LABEL = "RLG scale w"  # not "guidance scale", which reads as the CFG guidance_scale
 
 
 def slug(text: str) -> str:

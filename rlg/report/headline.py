@@ -15,38 +15,15 @@ so the headline, the tables and the figures can never disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from rlg.report.names import metric_label
+from rlg.metrics import label as metric_label, pick_reward
 from rlg.report.stats import SERIES
 from rlg.report.tables import decimals_for
 
-# The metric a run optimises when the run does not say (report.reward): the first one present.
-# JPEG comes last because the zoo's alignment presets also score it as a side metric.
-REWARD_ORDER = ("ocr_accuracy", "geneval_overall", "geneval_correct", "pickscore", "hps_v2.1", "hps_v2.0",
-                "imagereward", "digit_prob", "aesthetic", "clip_score", "jpeg_compressibility",
-                "jpeg_incompressibility")
 MIN_PROMPTS = 20  # below this, a percentile bootstrap over prompts under-covers (Efron & Tibshirani 1993, ch. 13)
-
-
-class RewardError(ValueError):
-    """report.reward names a metric the run did not score; the message lists the scored ones."""
-
-
-def pick_reward(metrics: Sequence[str], preferred: str | None = None) -> str | None:
-    """The reward metric: ``preferred`` when present, else the first of REWARD_ORDER present, else the
-    first metric in name order; None when there is no metric. Raises RewardError when ``preferred`` is
-    given but not among ``metrics``, naming the metrics that are."""
-    metrics = sorted(set(metrics))
-    if preferred:
-        if preferred not in metrics:
-            raise RewardError(f"report.reward={preferred!r} is not a scored metric of this run; set it to one of "
-                              f"{', '.join(metrics)} (or null to pick by name)")
-        return preferred
-    return next((m for m in REWARD_ORDER if m in metrics), metrics[0] if metrics else None)
 
 
 @dataclass
@@ -168,10 +145,11 @@ def _point(g: pd.DataFrame, scale: float) -> Point | None:
 def headlines(summary: pd.DataFrame, reward: str | None = None, reference_scale: float = 1.0,
               step_scale: float = 2.0, run_rewards: dict[str, str] | None = None) -> list[Headline]:
     """One Headline per series of ``summary`` (``rlg.report.stats.summarize``), for the ``reward``
-    metric (``pick_reward`` when None). The extrapolation step is ``step_scale`` against
+    metric (the run's, decided at build time; ``rlg.metrics.pick_reward`` when None). The extrapolation step
+    is ``step_scale`` against
     ``reference_scale`` when both were run, else the largest scale above the reference.
     ``run_rewards``: {run_id: reward} for runs that optimise different rewards (a comparison).
-    Raises RewardError from pick_reward."""
+    Raises rlg.metrics.RewardError when ``reward`` is not in the summary."""
     if summary.empty:
         return []
     default = pick_reward(summary["metric"].unique(), reward)

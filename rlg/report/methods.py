@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 COST = "rows per image"  # the cost axis: network rows (samples x models x steps x CFG branches) per image
 WALL = "wall s per image"
-ALIGNMENT_PREFIXES = ("jpeg", "geneval_overall", "ocr_accuracy", "clip", "digit_prob")
 
 
 def has_methods(images: pd.DataFrame) -> bool:
@@ -109,19 +108,6 @@ def method_summary(points: pd.DataFrame, scores: pd.DataFrame, n_resamples: int 
     picks = points.dropna(subset=["pick"]).groupby("method")["pick"].first() if "pick" in points else pd.Series()
     s["circular"] = [picks.get(m) == metric for m, metric in zip(s["method"], s["metric"])]
     return s[["method", "knob", "metric", "higher_is_better", "mean", "lo", "hi", "n", "cost", "wall_s", "circular"]]
-
-
-def reward_metric(summary: pd.DataFrame, reward: str | None = None) -> str | None:
-    """The reward axis: ``reward`` if given and scored, else the first alignment/reward metric present (jpeg, GenEval,
-    OCR, CLIP, digit_prob, in that order), else the first metric."""
-    metrics = sorted(summary["metric"].unique()) if len(summary) else []
-    if reward and reward in metrics:
-        return reward
-    for p in ALIGNMENT_PREFIXES:
-        hit = [m for m in metrics if m.startswith(p)]
-        if hit:
-            return hit[0]
-    return metrics[0] if metrics else None
 
 
 def _curve(summary: pd.DataFrame, method: str, metric: str) -> pd.DataFrame:
@@ -262,6 +248,7 @@ def write_methods(images: pd.DataFrame, scores: pd.DataFrame, out_dir: Path, *, 
                   seed: int = 0, reward: str | None = None, formats: Sequence[str] = ("png", "pdf")) -> dict[str, Any]:
     """Write tables/methods.{csv,md}, tables/methods_equivalence.csv and figures/methods_*.{png,pdf}.
 
+    ``reward``: the run's reward (the x axis; without it, or unscored, no figures or equivalence table).
     Returns {"files", "summary" (per method, knob, metric), "equivalence", "reward", "notes", "front"
     (the Pareto-front points of reward against every other axis)}."""
     out_dir = Path(out_dir)
@@ -274,7 +261,7 @@ def write_methods(images: pd.DataFrame, scores: pd.DataFrame, out_dir: Path, *, 
     if summary.empty:
         notes.append("methods: no scored images yet")
         return result
-    rew = reward_metric(summary, reward)
+    rew = reward if reward in set(summary["metric"]) else None  # the run's reward (rlg.report.report decides)
     result["reward"] = rew
     path = out_dir / "tables" / "methods.csv"
     summary.to_csv(path, index=False)

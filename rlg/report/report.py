@@ -26,21 +26,19 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from rlg import metrics as metric_info
+from rlg.evaluators.base import register_stored
 from rlg.report import figures, methods, tables
 from rlg.report.browser import write_browser
 from rlg.report.anchors import Anchor, load_anchors
-from rlg.report.headline import Headline, headlines, pick_reward, pixel_diversity
-from rlg.report.stats import GENEVAL_METRIC, GENEVAL_OVERALL, SERIES, geneval_tags, summarize, tidy, with_series
+from rlg.report.headline import Headline, headlines, pixel_diversity
+from rlg.report.stats import SERIES, geneval_tags, summarize, tidy, with_series
 
 log = logging.getLogger(__name__)
 
 NOTHING_SCORED = ("No image of this run has a score yet, so nothing can be said about the reward: run stage=evaluate "
                   "(or stage=all) with the run's evaluators, then the report again.")
 SCORE_COLUMNS = ["image_key", "evaluator", "version", "metric", "value", "higher_is_better", "error"]
-# Default tradeoff axes: (alignment or reward metric) x (image quality / preference metric), by name prefix.
-# ocr_confidence (EasyOCR's confidence in its reading) measures legibility: quality, not the OCR reward.
-ALIGNMENT_PREFIXES = ("geneval_overall", "ocr_accuracy", "clip", "jpeg")
-QUALITY_PREFIXES = ("pickscore", "hps", "imagereward", "aesthetic", "digit_mahalanobis", "ocr_confidence")
 LOG_COLUMNS = SERIES + ["metric", "scale", "mean", "lo", "hi", "win_rate", "n", "n_prompts", "n_nonfinite",
                         "n_failed", "n_unscored", "higher_is_better"]
 # protocol fields shown per series in the index, in this order (then any other field)
@@ -48,18 +46,18 @@ PROTOCOL_ORDER = ["pair", "base", "rl", "steps", "cfg", "resolution", "sampler",
                   "samples_per_prompt", "seed", "evaluator_versions"]
 
 
-def default_tradeoffs(metrics: Sequence[str], reward: str | None = None) -> list[tuple[str, str]]:
-    """(x, y) metric pairs for the trade-off scatter among the metrics present: with a ``reward``, the
-    paper's figure (reward against each other metric, quality metrics first); else alignment x quality."""
-    if reward is not None:
-        others = [m for m in sorted(metrics) if m != reward]
-        quality = [m for p in QUALITY_PREFIXES for m in others if m.startswith(p)]
-        return [(reward, m) for m in dict.fromkeys(quality + others)]
-    xs = [m for p in ALIGNMENT_PREFIXES for m in sorted(metrics) if m.startswith(p)]
-    if GENEVAL_OVERALL not in metrics:
-        xs = [GENEVAL_METRIC] * (GENEVAL_METRIC in metrics) + xs
-    ys = [m for p in QUALITY_PREFIXES for m in sorted(metrics) if m.startswith(p)]
-    return [(x, y) for x in dict.fromkeys(xs) for y in dict.fromkeys(ys)]
+def default_tradeoffs(metrics: Sequence[str], reward: str) -> list[tuple[str, str]]:
+    """(x, y) metric pairs for the trade-off scatter among the metrics present: the paper's figure, the
+    ``reward`` against each other metric, those with the quality role (rlg.metrics) first."""
+    others = [m for m in sorted(metrics) if m != reward]
+    return [(reward, m) for m in dict.fromkeys(metric_info.with_role(others, "quality") + others)]
+
+
+def stored_reward(scored: Sequence[str], reward: str | None) -> tuple[str | None, str | None]:
+    """(reward, note) among the metrics a store holds: ``reward`` (the run's) when scored, else the default order
+    (rlg.metrics.settle_reward) with a note saying so."""
+    return metric_info.settle_reward(scored, reward, "scored in this run",
+                                     "score it with stage=evaluate evaluators.selected=[...]")
 
 
 def series_protocol(protocol: dict[str, Any] | None, series: tuple, df: pd.DataFrame) -> dict[str, Any]:
@@ -137,7 +135,8 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
                  seed: int = 0, level: float = 0.95, reference_scale: float = 1.0,
                  tradeoffs: Sequence[tuple[str, str]] | None = None,
                  formats: Sequence[str] = ("png", "pdf"), title: str | None = None,
-                 reward: str | None = None, grid_samples: int = 2) -> dict[str, Any]:
+                 reward: str | None = None, grid_samples: int = 2, reward_note: str | None = None,
+                 run_line: str | None = None) -> dict[str, Any]:
     """Write figures/ and tables/ under ``out_dir``.
 
     ``protocol``: the run's settings (steps, cfg, resolution, ocr_engine, geneval_detector,
@@ -147,9 +146,11 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     records for logging], "notes": [str], "index": out_dir/index.md, "index_html": out_dir/index.html}.
     ``grid_prompts`` x ``grid_samples``: the image grid's rows (prompts, and samples of each, every row with
     its own noise seed). ``formats``: figure file types (the HTML page embeds the PNGs). ``title``: the page title.
-    ``reward``: the metric the RL model was trained for (the headline's and the trade-off figure's x);
-    None takes ``protocol["reward"]``, else ``rlg.report.headline.pick_reward``; a reward that was not
-    scored is named in a warning and on the page, and the headline falls back to pick_reward.
+    ``reward``: the run's reward, decided once at build time (``rlg.harness.build``; the headline's, the
+    methods section's and the trade-off figures' x); None takes ``protocol["reward"]``, else
+    ``rlg.metrics.pick_reward``; a reward that was not scored is named in a warning and on the page, and the
+    report falls back to pick_reward. ``reward_note``: why the run's reward is not the one its preset named.
+    ``run_line``: one sentence of what was run (``rlg.harness.stages.what_ran``), the first screen's first line.
     """
     out_dir = Path(out_dir)
     fig_dir, tab_dir = out_dir / "figures", out_dir / "tables"
@@ -157,28 +158,25 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     fig_dir.mkdir(parents=True, exist_ok=True)
     if scores is None or scores.empty:
         scores = pd.DataFrame({c: pd.Series(dtype=object) for c in SCORE_COLUMNS})
+    register_stored(scores["evaluator"])  # each metric's label, direction and definition, from its evaluator
     anchors = load_anchors() if anchors is None else list(anchors)
     files: list[Path] = []
-    compared = None
+    compared, all_images = None, images
     if methods.has_methods(images):  # other methods: their own section; the RLG sections keep RLG's images
-        compared = methods.write_methods(images, scores, out_dir, n_resamples=n_resamples, seed=seed, formats=formats,
-                                         reward=reward or (protocol or {}).get("reward") or None)
-        files += compared["files"]
         images = methods.rlg_only(images)
 
     df = tidy(images, scores)
     summary = summarize(images, scores, n_resamples, seed, level, reference_scale, df=df)
     reward = reward or (protocol or {}).get("reward") or None
-    reward_note = None
     if len(summary):
-        scored = summary["metric"].unique()
-        if reward and reward not in set(scored):  # e.g. a preset's reward with debug=fast's JPEG-only scoring
-            reward_note = (f"report.reward={reward} was not scored in this run, so the headline uses "
-                           f"{pick_reward(scored)} (picked by name); score it with stage=evaluate "
-                           f"evaluators.selected=[...] or set report.reward to one of {', '.join(sorted(scored))}")
-            log.warning("report: %s", reward_note)
-            reward = None
-        reward = pick_reward(scored, reward)
+        reward, unscored_note = stored_reward(summary["metric"], reward)
+        if unscored_note:  # e.g. results scored before the run's evaluators changed
+            log.warning("report: %s", unscored_note)
+            reward_note = unscored_note
+    if all_images is not images:  # the methods section, on the same reward as every other section
+        compared = methods.write_methods(all_images, scores, out_dir, n_resamples=n_resamples, seed=seed,
+                                         formats=formats, reward=reward)
+        files += compared["files"]
     run_rewards = {k: v["reward"] for k, v in (protocol or {}).items() if isinstance(v, dict) and v.get("reward")}
     heads = headlines(summary, reward, reference_scale, run_rewards=run_rewards) if reward else []
     diversity = pixel_diversity(images) if heads else pd.DataFrame()
@@ -257,7 +255,7 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     protocols = {s: series_protocol(protocol, s, df) for s in series}
     index = _Index(title or _title(summary, images))
     unscored = not heads and len(images) > 0  # RLG images, none with a score
-    _write_headline(index, out_dir, heads, summary, files, browser, reward_note, diversity, unscored)
+    _write_headline(index, out_dir, heads, summary, files, browser, reward_note, diversity, unscored, run_line)
     _write_index(index, out_dir, summary, tags, anchor_rows, protocols, files, notes, progress, reference_scale)
     if compared is not None:
         methods.write_index_section(index, out_dir, compared)
@@ -442,16 +440,19 @@ def _diversity_rows(h: Headline, diversity: pd.DataFrame | None, width: int) -> 
 
 def _write_headline(index: _Index, out_dir: Path, heads: list[Headline], summary: pd.DataFrame,
                     files: list[Path], browser: Path | None, reward_note: str | None = None,
-                    diversity: pd.DataFrame | None = None, unscored: bool = False) -> None:
-    """The first screen: per series what RLG did (numbers, one sentence, a caution), then the trade-off figure."""
+                    diversity: pd.DataFrame | None = None, unscored: bool = False, run_line: str | None = None) -> None:
+    """The first screen: what was run (``run_line``), per series what RLG did (numbers, one sentence, a caution),
+    then the trade-off figure."""
     if browser is not None:  # a nav entry of its own page
         index.toc.append((browser.name, "Every image (browser)"))
+    if heads or unscored:
+        index.section("headline", "What RLG did here")
+        if run_line:
+            index.text(run_line)
     if not heads:
         if unscored:  # images without a score: say so where the headline would be
-            index.section("headline", "What RLG did here")
             index.raw(f"**{NOTHING_SCORED}**", f'<p class="caution">{html.escape(NOTHING_SCORED)}</p>')
         return
-    index.section("headline", "What RLG did here")
     if reward_note:
         index.raw(f"**{reward_note}**", f'<p class="caution">{html.escape(reward_note)}</p>')
     names = series_names([h.series for h in heads])
@@ -483,8 +484,7 @@ def _write_headline(index: _Index, out_dir: Path, heads: list[Headline], summary
                          f"Trade-off: {figures.metric_label(x)} against {figures.metric_label(y)}, one point per "
                          "w (filled: Pareto front)")
         index.body.append("</div>")
-    defined = [figures.METRIC_DEFINITIONS[m] for m in sorted(summary["metric"].unique())
-               if m in figures.METRIC_DEFINITIONS]
+    defined = metric_info.definitions(summary["metric"].unique())
     if defined:
         index.text("Metrics: " + " ".join(defined))
 

@@ -48,11 +48,16 @@ def with_series(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _normalise_images(images: pd.DataFrame) -> pd.DataFrame:
-    missing = [c for c in ("image_key", "prompt_id", "scale") if c not in images.columns]
+def _require(frame: pd.DataFrame, columns: tuple[str, ...], name: str, needs: str) -> None:
+    """Raise ValueError naming the columns of ``columns`` that ``frame`` lacks and what it ``needs``."""
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"images frame lacks column(s) {missing}; it needs one row per image with "
-                         "image_key, prompt_id, scale (and run_id, run_name, config_id, pair, sample, seed, nonfinite)")
+        raise ValueError(f"{name} frame lacks column(s) {missing}; it needs {needs}")
+
+
+def _normalise_images(images: pd.DataFrame) -> pd.DataFrame:
+    _require(images, ("image_key", "prompt_id", "scale"), "images", "one row per image with image_key, prompt_id, "
+             "scale (and run_id, run_name, config_id, pair, sample, seed, nonfinite)")
     img = with_series(images)
     for c in ("sample", "seed"):
         if c not in img.columns:
@@ -63,10 +68,8 @@ def _normalise_images(images: pd.DataFrame) -> pd.DataFrame:
 
 
 def _normalise_scores(scores: pd.DataFrame) -> pd.DataFrame:
-    missing = [c for c in ("image_key", "metric", "value") if c not in scores.columns]
-    if missing:
-        raise ValueError(f"scores frame lacks column(s) {missing}; it needs one row per (image, metric) "
-                         "with image_key, evaluator, version, metric, value, higher_is_better, error")
+    _require(scores, ("image_key", "metric", "value"), "scores", "one row per (image, metric) with image_key, "
+             "evaluator, version, metric, value, higher_is_better, error")
     sc = scores.copy()
     defaults = {"evaluator": "", "version": "", "higher_is_better": True, "error": None}
     for c, v in defaults.items():

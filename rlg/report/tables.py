@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from rlg.report.anchors import Anchor, compare_protocol, describe_comparability, match_scale
-from rlg.report.names import metric_title
+from rlg.metrics import title as metric_title
 from rlg.report.stats import GENEVAL_TAGS, SERIES, scale_label, series_name
 
 FORMATS = ("markdown", "latex", "html")

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from rlg.files import exclusive, sha256_bytes, sha256_file
+from rlg.files import atomic_write, exclusive, sha256_bytes, sha256_file
 from rlg.runtime import package_versions
 from rlg.zoo import MANIFEST
 
@@ -71,14 +71,15 @@ def read_manifest(path: Path = MANIFEST) -> dict[str, Any]:
 
 def write_manifest_entry(name: str, entry: dict[str, Any], path: Path = MANIFEST) -> None:
     """Insert/replace ``models[name]`` in the manifest (sorted keys, so diffs stay small). Holds an exclusive
-    lock (a file in the temp directory) so trainers running in parallel do not drop each other's entries."""
+    lock (a file in the temp directory) so trainers running in parallel do not drop each other's entries, and
+    replaces the file atomically."""
     import tempfile
 
     lock_path = Path(tempfile.gettempdir()) / f"rlg-zoo-{sha256_bytes(str(path).encode())[:8]}.lock"
     with exclusive(lock_path):
         manifest = read_manifest(path)
         manifest.setdefault("models", {})[name] = entry
-        path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())  # never a half file
 
 
 def mean_ci(values: Any, z: float = 1.96) -> dict[str, float]:

@@ -26,13 +26,13 @@ Full UNet weights are trained and saved as ``<out_dir>/unet`` (like mhdang/dpo-s
 from __future__ import annotations
 
 import copy
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rlg.zoo import digits as D
+from rlg.files import sha256_bytes, sha256_file
 from rlg.zoo import resolve_zoo_id
 from rlg.zoo.common import setup_torch, timer
 from rlg.zoo.digits_rl import (GUIDANCE, NUM_STEPS, decode_uint8, digit_rewards, load_base, load_classifier,
@@ -57,8 +57,8 @@ def make_preference_pairs(base_dir: str, data_seed: int = 0, n_per_prompt: int =
     pairs, as images recur in Pick-a-Pic) and ordered by a Bradley-Terry draw, P(i wins) = sigmoid((r_i - r_j) /
     bt_temperature); P = 10 * pairs_per_prompt. Cached under ~/.cache/rlg-bench/zoo by the base's weights hash and
     the arguments when ``cache``."""
-    digest = hashlib.sha256((Path(base_dir) / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
-    clf_digest = hashlib.sha256(str(resolve_zoo_id(classifier)).encode()).hexdigest()[:6]
+    digest = sha256_file(Path(base_dir) / "unet" / "diffusion_pytorch_model.safetensors")
+    clf_digest = sha256_bytes(str(resolve_zoo_id(classifier)).encode())[:6]
     key = (f"dpo-pairs-bt-{digest[:12]}-{clf_digest}-{data_seed}-{n_per_prompt}-{bt_temperature}-{data_steps}-"
            f"{pairs_per_prompt}.pt")
     if cache and (CACHE_DIR / key).exists():

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from rlg.evaluators.base import Sample
+from rlg.metrics import Metric, directions, register_metrics
 from rlg.evaluators.geneval.detectors import HF_MODEL_ID, HF_REVISION, Detector, build_detector
 from rlg.evaluators.geneval.metadata import validate_row
 from rlg.runtime import default_device, hub_offline, torch_dtype
@@ -36,7 +37,14 @@ class Judgement:
 class GenEval:
     name = "geneval"
     needs = frozenset({"image", "metadata"})
-    metrics = {"geneval_correct": True}
+    declares = register_metrics(
+        Metric("geneval_overall", "GenEval overall", "fraction", True, ("reward", "alignment"),
+               "GenEval overall: unweighted mean of the six task accuracies; higher is better.", reward_rank=1,
+               derived=True),  # the report's mean over tags (rlg.report.stats.GENEVAL_OVERALL)
+        Metric("geneval_correct", "GenEval accuracy", "fraction", True, ("reward", "alignment"),
+               "GenEval: share of images whose objects, counts, colours and positions match; higher is better.",
+               reward_rank=2))
+    metrics = directions(declares)
 
     @staticmethod
     def requires_for(detector: str = "hf", **_: object) -> tuple[str, ...]:

@@ -1,0 +1,49 @@
+"""The run kinds: ``KINDS`` maps the config group ``kind`` (images | ground_truth | kl_claim | kl_learned | findings) to
+what the kind runs with, its stage and its report section.
+
+A measurement kind's settings are one torch-free dataclass of ``rlg.kind_spec`` that is also its node of the
+config schema (``RunConf.<node>``); an image run's settings are the shared groups (pair, sampler, grid, method,
+prompts, evaluators). A new study is its library module, its report section, one line here and a preset that
+selects it (``defaults: [override /kind: <name>]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlg.registry import Registry
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One run kind. ``node``: the RunConf field holding its settings (None: the image groups); ``settings``: the
+    ``"module:function"`` ``(conf, scales, overrides) -> settings`` that makes the Job's ``settings`` (None: an image run);
+    ``stage``: the ``"module:function"`` run as ``stage(job, store) -> dict`` (the invocation's report entry; None:
+    the image stages generate / evaluate / report); ``report``: the ``"module:function"`` that writes its report
+    section. Entries are imported on first use."""
+
+    node: str | None
+    settings: str | None
+    stage: str | None
+    report: str
+
+
+class KindError(ValueError):
+    """An unknown kind, or settings that do not belong to the run's kind; the message names the fix."""
+
+
+B, S = "rlg.harness.build", "rlg.harness.stages"
+KINDS = Registry("kind", {
+    "images": Kind(None, None, None, "rlg.report.report:write_report"),
+    "ground_truth": Kind(None, f"{B}:ground_truth_settings", f"{S}:ground_truth",
+                         "rlg.report.ground_truth:write_ground_truth_report"),
+    "kl_claim": Kind("kl_claim", f"{B}:kl_claim_settings", f"{S}:kl_claim",
+                     "rlg.report.kl_claim:write_kl_claim_report"),
+    "kl_learned": Kind("kl_learned", f"{B}:kl_learned_settings", f"{S}:kl_learned",
+                       "rlg.report.kl_learned:write_kl_learned_report"),
+    "findings": Kind("findings", "rlg.harness.findings:findings_settings", "rlg.harness.findings:findings_stage",
+                     "rlg.report.findings:write_findings_report"),
+}, error=KindError)
+
+
+__all__ = ["KINDS", "Kind", "KindError"]
