@@ -86,6 +86,19 @@ def test_the_cli_refuses_a_bad_name_before_any_folder(tmp_path, name):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["runs"] and not list(root.iterdir())
 
 
+def test_a_refused_value_leaves_an_existing_run_folder_as_it_was(tmp_path):
+    # the newcomer's case: a refused setting under the name of a finished run rewrote its .hydra/ record
+    run = tmp_path / "done"
+    (run / ".hydra").mkdir(parents=True)
+    recorded = {f: f"the finished run's {f}\n" for f in ("config.yaml", "hydra.yaml", "overrides.yaml")}
+    for f, text in recorded.items():
+        (run / ".hydra" / f).write_text(text)
+    out, text = run_cli("debug=fast", f"paths.root={tmp_path}", "name=done", "+sampler.extra.guidance_rescale=0.7")
+    assert _refused(out, text).startswith("rlg-bench: sampler.extra.guidance_rescale is refused: rescaling")
+    assert {f: (run / ".hydra" / f).read_text() for f in recorded} == recorded
+    assert sorted(p.name for p in run.iterdir()) == [".hydra"]
+
+
 def test_a_multirun_refuses_every_bad_name_of_the_sweep_before_any_folder(tmp_path):
     out, text = run_cli("-m", "debug=fast", f"paths.root={tmp_path}", "name=fine,../escape")
     assert _refused(out, text) == f"rlg-bench: name='../escape' {RULE}"

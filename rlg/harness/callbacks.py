@@ -14,12 +14,14 @@ log = logging.getLogger("rlg")
 
 class StartChecks(Callback):
     """Hydra callback: the run name and paths.root (``rlg.harness.config.run_dir``) checked before Hydra makes the
-    run folder (a run) or the sweep folder (a multirun; every name of a sweep ``name=a,b`` too). A refusal is one
+    run folder (a run; there every other start-up check of ``validate`` too, so a refusal writes nothing into an
+    existing run folder) or the sweep folder (a multirun; every name of a sweep ``name=a,b`` too). A refusal is one
     line and exit 2, as every refusal of the CLI; it is a SystemExit because Hydra turns a callback's exceptions
     into warnings. Enabled in conf/config.yaml (``hydra.callbacks.start_checks``)."""
 
     def on_run_start(self, config, **kwargs) -> None:
         _refuse_bad_run_dir(config, [config.name])
+        _refuse_bad_values(config)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -30,6 +32,25 @@ class StartChecks(Callback):
                 names += (list(override.sweep_string_iterator()) if override.is_sweep_override()
                           else [override.value()])
         _refuse_bad_run_dir(config, names)
+
+
+def _refuse_bad_values(config) -> None:
+    """Every start-up check of the task config (``rlg.harness.config.validate``) before Hydra writes ``.hydra/``
+    into the run folder: a refused command must not overwrite the recorded config of a finished run there."""
+    import copy
+
+    from omegaconf import open_dict, read_write
+
+    from rlg.harness.config import ConfigError, validate
+
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]  # as Hydra's run_job does before it calls the app
+    try:
+        validate(task)
+    except ConfigError as exc:
+        print(f"rlg-bench: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _refuse_bad_run_dir(config, names: list) -> None:
