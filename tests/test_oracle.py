@@ -25,6 +25,16 @@ from rlg.pairs import PairError, load_pair, tiny_spec
 from rlg.sampling import RLGSampler, SamplerError, SamplerSettings, WorkItem, noise_seed
 from tests.test_core import OfficialOrder
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Bit-equality with the stock pipeline holds for one thread setting (docs/scale-out.md): other test modules on
+    the same xdist worker may leave torch with more threads, which split reductions differently per batch size."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 # No xdist group: each worker loads the classes it runs (about a second each), so 2 workers split the file
 
 STEPS, CFG, SIZE, SEED, PROMPT = 2, 4.5, 32, 3, "a red cube"

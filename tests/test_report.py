@@ -455,7 +455,44 @@ def test_anchor_table_is_not_written_when_nothing_matches(store, tmp_path):
     assert "## Published anchors" not in result["index"].read_text()
 
 
+def test_tradeoff_labels_sit_on_their_own_points(monkeypatch):
+    """The quickstart's case: w = 0 and 0.5 a few pixels apart at the top of the axes, w = 1 just below them. A label
+    offset sideways read as the neighbour's ("0" over w = 0.5): each label is centred on its own point's x, straight
+    above or below it, covers no other point's marker and no other label."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Annotation
+
+    pts = {0.0: (1.0792, 1.0), 0.5: (1.0797, 1.0), 1.0: (1.0806, 0.9875), 2.0: (1.086, 0.9875), 3.0: (1.092, 0.9125)}
+    rows = [dict(run_name="q", pair="p", run_id="r", config_id="c", scale=w, metric=metric, higher_is_better=True,
+                 mean=v, lo=v - 0.001, hi=v + 0.001, n=80)
+            for w, (x, y) in pts.items() for metric, v in (("jpeg_incompressibility", x), ("digit_correct", y))]
+    seen = []
+    monkeypatch.setattr(figures, "save", lambda fig, stem, formats=(): seen.append(fig) or [])
+    figures.plot_tradeoff(pd.DataFrame(rows), "jpeg_incompressibility", "digit_correct", Path("unused"))
+    fig = seen[0]
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ax = fig.axes[0]
+    labels = {float(a.get_text()): a for a in ax.texts if isinstance(a, Annotation)}
+    assert sorted(labels) == sorted(pts)
+    where = {w: ax.transData.transform(xy) for w, xy in pts.items()}
+    marker = 3 * fig.dpi / 72  # a marker's radius (s=16 points^2) in pixels, rounded up
+    boxes = {w: a.get_window_extent(renderer) for w, a in labels.items()}
+    for w, box in boxes.items():
+        px, py = where[w]
+        assert abs((box.x0 + box.x1) / 2 - px) < 1, f"label {w:g} is not centred on its point"
+        assert box.y0 >= py or box.y1 <= py, f"label {w:g} is not above or below its point"
+        for other, (ox, oy) in where.items():
+            inside = box.x0 - marker < ox < box.x1 + marker and box.y0 - marker < oy < box.y1 + marker
+            assert other == w or not inside, f"label {w:g} covers the point of w = {other:g}"
+    assert not [(a, b) for a in boxes for b in boxes if a < b and boxes[a].overlaps(boxes[b])]
+
+
 def test_figures_say_rlg_scale_w_and_readable_metric_names(store, monkeypatch, tmp_path):
+    import rlg.evaluators.ocr  # noqa: F401  (labels are each metric's own declaration, registered on import)
+    import rlg.evaluators.pickscore  # noqa: F401
+
     images, scores = store
     summary = summarize(images, scores, n_resamples=20)
     seen = []

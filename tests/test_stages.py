@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from rlg.harness import runner
+from rlg.harness.config import ConfigError
 from rlg.harness.prompts import PromptError
-from rlg.sampling import SamplerError
 from rlg.store import Store
 from tests.helpers.runs import FAST, one_thread, cfg_of  # noqa: F401  (one_thread: autouse)
 
@@ -54,7 +54,7 @@ def test_an_evaluator_failing_on_one_image_records_that_image_only(tmp_path):
 
 
 def test_unknown_sampler_arguments_are_refused_before_generation(tmp_path):
-    with pytest.raises(SamplerError, match=r"sampler.extra has \['strength_typo'\].*does not accept"):
+    with pytest.raises(ConfigError, match=r"sampler.extra.strength_typo is not declared in rlg.surface.CALL_KEYWORDS"):
         runner.run(cfg_of(*FAST, "+sampler.extra.strength_typo=1"), run_dir=tmp_path / "x")
     assert not Store(tmp_path / "x").images().shape[0]
 

@@ -43,7 +43,7 @@ COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#00
 LINESTYLES = ["-", "--", "-.", ":"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 REFERENCE_LINES = ((0.0, "base"), (1.0, "RL"))
-LABEL_OFFSETS = ((3, 3), (3, -3), (-3, 3), (-3, -3))  # points: where each series writes its w labels
+LABEL_RISE = 3.5  # points between a marker's centre and its w label (above or below it)
 
 
 from rlg.metrics import label as metric_label, title as metric_title  # noqa: F401 (each metric's own declaration)
@@ -208,7 +208,7 @@ def plot_tradeoff(summary: pd.DataFrame, x_metric: str, y_metric: str, stem: Pat
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=SIZES["tradeoff"], layout="constrained")
         ax = fig.add_subplot()
-        handles = []
+        handles, labels = [], []
         for series, g in summary.groupby(SERIES):
             a = g[g["metric"] == x_metric].set_index("scale")
             b = g[g["metric"] == y_metric].set_index("scale")
@@ -229,13 +229,16 @@ def plot_tradeoff(summary: pd.DataFrame, x_metric: str, y_metric: str, stem: Pat
                        linewidths=0.8, zorder=3)
             ax.scatter(x[front], y[front], s=16, marker=st["marker"], color=c, edgecolors="black",
                        linewidths=0.5, zorder=4)
-            dx, dy = LABEL_OFFSETS[len(handles) % len(LABEL_OFFSETS)]  # each series its own side: labels apart
+            side = 1 if len(handles) % 2 == 0 else -1  # each series starts on its own side
             for i, (w, xi, yi) in enumerate(zip(m.index, x, y)):
-                ddy = dy if i % 2 == 0 else -dy  # neighbouring scales on opposite sides: close points stay readable
-                ax.annotate(f"{w:g}", (xi, yi), xytext=(dx, ddy), textcoords="offset points", fontsize=5.5, color=c,
-                            ha="left" if dx >= 0 else "right", va="bottom" if ddy >= 0 else "top",
-                            zorder=5,  # above the points (zorder 3-4): a neighbour's marker hid "0.5" as "0"
-                            path_effects=[patheffects.withStroke(linewidth=1.5, foreground="white")])
+                # centred straight above or below its own point, neighbouring scales on opposite sides: a label
+                # offset sideways sat over the next point (the quickstart's "0" read as w = 0.5's)
+                ddy = LABEL_RISE * side * (1 if i % 2 == 0 else -1)
+                labels.append(ax.annotate(
+                    f"{w:g}", (xi, yi), xytext=(0, ddy), textcoords="offset points", fontsize=5.5, color=c,
+                    ha="center", va="bottom" if ddy >= 0 else "top",
+                    zorder=5,  # above the points (zorder 3-4): a neighbour's marker hid "0.5" as "0"
+                    path_effects=[patheffects.withStroke(linewidth=1.5, foreground="white")]))
             handles.append(Line2D([], [], color=c, linestyle=st["linestyle"], marker=st["marker"],
                                   label=series_label(series, varying)))
         handles += [Line2D([], [], color="0.3", marker="o", linestyle="", markeredgecolor="black",
@@ -247,7 +250,9 @@ def plot_tradeoff(summary: pd.DataFrame, x_metric: str, y_metric: str, stem: Pat
             axis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5))
         ax.set_title(f"points labelled with the {SCALE_LABEL}", fontsize=6, color="0.3")
         if len(handles) > 2:
+            ax.margins(x=0.05, y=0.1)  # room inside the axes for the labels of the outermost points
             _legend(fig, ax, handles)
+            separate_labels(fig, labels)  # series that share or crowd points: labels stack, not overprint
         else:
             ax.text(0.5, 0.5, "no scale has both metrics yet", transform=ax.transAxes, ha="center", va="center")
         return save(fig, stem, formats)
