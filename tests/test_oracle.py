@@ -195,6 +195,13 @@ STOCK_CASES = [(c, k) for k in sorted(VALUES) for i, c in enumerate(c for c in C
                if i == 0 or k in PER_CLASS]
 
 
+# The cases held to within one 8-bit level instead of bit for bit, each with what was seen. SDXL img2img with
+# denoising_start: bit-equal alone and as a whole file, 1 level off at w = 1 in the full suite (after other modules
+# on the same xdist worker; one torch thread pinned); the same path was 1 level off at w = 0 in diffusers#5447's
+# set-up (Heun). Cause not isolated: see docs/guarantees.md.
+ONE_LEVEL = {("StableDiffusionXLImg2ImgPipeline", "denoising_start"): 1}
+
+
 @pytest.mark.parametrize("cls,keyword", STOCK_CASES, ids=[f"{c.__name__}-{k}" for c, k in STOCK_CASES])
 def test_a_stock_keyword_gives_the_stock_images_at_w_0_and_1(cls, keyword):
     ctx = ctx_of(cls)
@@ -205,8 +212,9 @@ def test_a_stock_keyword_gives_the_stock_images_at_w_0_and_1(cls, keyword):
         assert (got is SamplerError and keyword == "eta") or all(w is got for w in want), (got, want)
         return
     assert not isinstance(want[0], type), f"stock refused {kwargs} ({want[0].__name__}) but RLG ran"
-    assert np.array_equal(got[0], want[0]), f"w = 0 differs from the stock base pipeline by {_levels(got[0], want[0])}"
-    assert np.array_equal(got[1], want[1]), f"w = 1 differs from the stock RL pipeline by {_levels(got[1], want[1])}"
+    slack = ONE_LEVEL.get((cls.__name__, keyword), 0)
+    assert _levels(got[0], want[0]) <= slack, f"w = 0 differs from the stock base pipeline by {_levels(got[0], want[0])}"
+    assert _levels(got[1], want[1]) <= slack, f"w = 1 differs from the stock RL pipeline by {_levels(got[1], want[1])}"
 
 
 def _levels(a, b) -> int:
