@@ -303,6 +303,8 @@ def test_a_refused_method_key_is_refused_at_start_up_in_one_line(key):
 
 
 def test_the_picking_metric_changes_no_image_and_reaches_the_arms_the_report_reads():
+    # that the report then picks by it, also on a rerun over stored candidates: tests/test_methods.py
+    # test_a_rerun_with_another_picking_metric_is_reported_by_that_metric
     other = (*BON, "method.best_of_n.pick=jpeg_incompressibility")
     assert method_images(BON) == method_images(other)  # picking needs no image: same bits, same content keys
     picks = [{arm.pick for m in _job(o).methods for arm in m.arms()} for o in (BON, other)]
@@ -431,3 +433,14 @@ def test_a_refused_evaluator_option_is_refused_at_start_up_in_one_line():
         with pytest.raises(ConfigError) as err:
             _job((*select, f"+evaluators.options.{name}.{option}=float16"))
         assert str(err.value) == f"evaluators.options.{name}.{option} has no effect ({why}); remove it"
+
+
+def test_an_option_forwarded_through_kw_is_enumerated_and_a_misspelt_one_refused_at_start_up():
+    from rlg.evaluators.base import constructor_options
+    from rlg.evaluators.digits import DigitFD
+
+    assert sorted(constructor_options(DigitFD)[0]) == ["batch_size", "device", "dtype", "ridge", "weights"]
+    with pytest.raises(ConfigError) as err:  # DigitFD(**kw) used to take any name, then fail after the images
+        _job(("evaluators.selected=[jpeg,digit_fd]", "+evaluators.options.digit_fd.wieghts=zoo:digits_classifier"))
+    assert str(err.value) == ("evaluators.options.digit_fd has unknown option(s) ['wieghts']; digit_fd accepts: "
+                              "batch_size, device, dtype, ridge, weights")
