@@ -421,7 +421,7 @@ def test_a_gpu_option_reaches_the_evaluator(name, option):
 
 
 def test_a_refused_evaluator_option_is_refused_at_start_up_in_one_line():
-    from rlg.evaluators.base import REGISTRY, evaluator_class
+    from rlg.evaluators.base import REGISTRY, evaluator_class, get_evaluator
 
     refused = [(n, o, why) for n in sorted(REGISTRY) for o, why in getattr(evaluator_class(n), "ignored_options",
                                                                            {}).items()]
@@ -433,6 +433,9 @@ def test_a_refused_evaluator_option_is_refused_at_start_up_in_one_line():
         with pytest.raises(ConfigError) as err:
             _job((*select, f"+evaluators.options.{name}.{option}=float16"))
         assert str(err.value) == f"evaluators.options.{name}.{option} has no effect ({why}); remove it"
+        with pytest.raises(ValueError) as err:  # the library route (rlg.score_images, get_evaluator) refuses it too
+            get_evaluator(name, **{option: "float16"})
+        assert str(err.value) == f"evaluator {name}: option {option} has no effect ({why}); remove it"
 
 
 def test_an_option_forwarded_through_kw_is_enumerated_and_a_misspelt_one_refused_at_start_up():

@@ -138,8 +138,16 @@ def register_stored(names: Iterable[str]) -> None:
 
 
 def get_evaluator(name: str, **options: Any) -> Evaluator:
-    """Build the evaluator ``name`` with its options (batch size, device, dtype, weights, ...)."""
-    return evaluator_class(name)(**options)
+    """Build the evaluator ``name`` with its options (batch size, device, dtype, weights, ...).
+
+    Raises ValueError for an option the class accepts without effect (its ``ignored_options``; the harness
+    refuses the same at start-up), e.g. ``get_evaluator("jpeg", dtype="float16")``."""
+    cls = evaluator_class(name)
+    ignored = getattr(cls, "ignored_options", {})
+    hit = sorted(k for k in options if k in ignored and options[k] is not None)
+    if hit:
+        raise ValueError(f"evaluator {name}: option {hit[0]} has no effect ({ignored[hit[0]]}); remove it")
+    return cls(**options)
 
 
 @dataclass
