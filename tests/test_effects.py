@@ -447,3 +447,13 @@ def test_an_option_forwarded_through_kw_is_enumerated_and_a_misspelt_one_refused
         _job(("evaluators.selected=[jpeg,digit_fd]", "+evaluators.options.digit_fd.wieghts=zoo:digits_classifier"))
     assert str(err.value) == ("evaluators.options.digit_fd has unknown option(s) ['wieghts']; digit_fd accepts: "
                               "batch_size, device, dtype, ridge, weights")
+
+
+def test_geneval_refuses_the_mmdet_files_with_the_hf_detector():
+    from rlg.evaluators.base import get_evaluator
+
+    for option in ("detector_checkpoint", "detector_config"):  # the hf detector would load detector_path instead
+        with pytest.raises(ValueError) as err:
+            get_evaluator("geneval", **{option: "/w/mask2former.pth"})
+        assert str(err.value) == (f"{option} applies to detector='mmdet' only (the hf detector loads detector_path); "
+                                  "remove it or set detector=mmdet")
