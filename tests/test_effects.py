@@ -216,3 +216,244 @@ def test_settings_without_effect_are_refused_with_one_line(fixture_root):
         with pytest.raises(ConfigError, match=message) as err:
             _job(overrides)
         assert "\n" not in str(err.value)
+
+
+# -- the method group: every field of every method entry (issue 30, "accepted and ignored") ---------------------------
+BON = ("method=[best_of_n]", "method.best_of_n.knobs=[1]")
+CFG = ("method=[cfg_rl]", "method.cfg_rl.knobs=[2]")
+# key -> (overrides of the reference run, overrides that change the key); the work list's images must differ
+METHOD_IMAGE_CASES = {
+    "method.rlg.knobs": (("method=[rlg]",), ("method=[rlg]", "method.rlg.knobs=[2]")),
+    "method.weight_mix.knobs": (("method=[weight_mix]",), ("method=[weight_mix]", "method.weight_mix.knobs=[2]")),
+    "method.cfg_rl.knobs": (CFG, ("method=[cfg_rl]", "method.cfg_rl.knobs=[3]")),
+    "method.cfg_rl.model": (CFG, (*CFG, "method.cfg_rl.model=base")),
+    "method.best_of_n.knobs": (BON, ("method=[best_of_n]", "method.best_of_n.knobs=[2]")),
+    "method.best_of_n.model": (BON, (*BON, "method.best_of_n.model=base")),
+}
+# key -> (the override refused at start-up, the one-line message it gets)
+METHOD_REFUSED = {
+    **{f"method.{m}.name": (f"method.{m}.name=other", f"method.{m}.name='other'; an entry's name must be its key")
+       for m in ("rlg", "weight_mix", "cfg_rl", "best_of_n")},
+    **{f"method.{m}.model": (f"method.{m}.model=base", f"method {m}: model='base' has no effect")
+       for m in ("rlg", "weight_mix")},
+    **{f"method.{m}.pick": (f"method.{m}.pick=jpeg_compressibility",
+                            f"method {m}: pick='jpeg_compressibility' has no effect") for m in ("rlg", "weight_mix")},
+    "method.cfg_rl.pick": ("method.cfg_rl.pick=jpeg_compressibility",
+                           "method cfg_rl: pick='jpeg_compressibility' has no effect"),
+}
+METHOD_SELECTION = {"method.rlg": "rlg", "method.weight_mix": "weight_mix", "method.cfg_rl": "cfg_rl",
+                    "method.best_of_n": "best_of_n"}
+
+
+def method_keys() -> list[str]:
+    """Every (method, field) key: the methods of rlg.methods.METHODS (each with its conf/method file) by the
+    fields of the MethodConf schema."""
+    from rlg.harness.config import CONF_DIR, MethodConf
+    from rlg.methods import METHODS
+
+    assert sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml")) == sorted(METHODS)
+    return [f"method.{m}.{f.name}" for m in sorted(METHODS) for f in dataclasses.fields(MethodConf)]
+
+
+def test_every_method_key_has_a_declared_effect_and_a_check_here():
+    from rlg.harness.config import METHOD_KEY_EFFECTS
+
+    keys = method_keys()
+    assert sorted(set(keys) - set(METHOD_KEY_EFFECTS)) == [], "declare the new key's effect in METHOD_KEY_EFFECTS"
+    assert sorted(set(METHOD_KEY_EFFECTS) - set(keys)) == [], "METHOD_KEY_EFFECTS names a key no method has"
+    checked = {**{k: "image" for k in METHOD_IMAGE_CASES}, **{k: "refused" for k in METHOD_REFUSED},
+               "method.best_of_n.pick": "report"}
+    assert {k: checked.get(k) for k in keys} == METHOD_KEY_EFFECTS
+
+
+@lru_cache(maxsize=None)
+def method_images(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], bytes]:
+    """(the content keys, the image bits) of every image of a run's work list, made as the generate stage makes
+    them: one rlg.grid.run_grid per method grid inside the method's model state."""
+    from rlg.grid import run_grid
+    from rlg.harness.stages import image_keys, method_grids
+
+    job = _job(overrides)
+    pair = _loaded(job.pair)
+    made = []
+    for method, arms, grid in method_grids(job):
+        with method.applied(pair.denoiser, next(iter(arms.values()))):
+            made += [(k, res.image) for batch in run_grid(pair, grid, key=image_keys(job, arms)) for k, res in batch]
+    return tuple(k for k, _ in made), b"".join(np.ascontiguousarray(im).tobytes() for _, im in made)
+
+
+@pytest.mark.parametrize("key", sorted(METHOD_IMAGE_CASES))
+def test_a_method_image_key_changes_the_images_and_their_content_keys(key):
+    reference, changed = METHOD_IMAGE_CASES[key]
+    keys_a, bits_a = method_images(reference)
+    keys_b, bits_b = method_images(changed)
+    assert bits_a != bits_b, f"{key}: same images under another setting"
+    assert set(keys_a) != set(keys_b)
+
+
+@pytest.mark.parametrize("key", sorted(METHOD_REFUSED))
+def test_a_refused_method_key_is_refused_at_start_up_in_one_line(key):
+    override, message = METHOD_REFUSED[key]
+    select = f"method=[{key.split('.')[1]}]"
+    knobs = ("method.cfg_rl.knobs=[2]",) if "cfg_rl" in key else ()  # cfg_rl has no default knobs
+    _job((select, *knobs))  # the entry alone starts
+    with pytest.raises(ConfigError) as err:
+        _job((select, *knobs, override))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_picking_metric_changes_no_image_and_reaches_the_arms_the_report_reads():
+    # that the report then picks by it, also on a rerun over stored candidates: tests/test_methods.py
+    # test_a_rerun_with_another_picking_metric_is_reported_by_that_metric
+    other = (*BON, "method.best_of_n.pick=jpeg_incompressibility")
+    assert method_images(BON) == method_images(other)  # picking needs no image: same bits, same content keys
+    picks = [{arm.pick for m in _job(o).methods for arm in m.arms()} for o in (BON, other)]
+    assert picks == [{"jpeg_compressibility"}, {"jpeg_incompressibility"}]
+
+
+# -- evaluator options: every constructor keyword of every registered evaluator ------------------------------------
+BUILT_CHEAPLY = ("jpeg", "ocr", "digit_prob", "digit_fd", "geneval")  # no weights loaded, or the tiny digits CNN
+# the others load large weights before they have a version: their options are checked by declaration only
+CLIP_B32 = {"clip_model": "ViT-B-32", "clip_pretrained": "/w/laion.bin", "clip_quick_gelu": False}
+MMDET = {"detector": "mmdet"}
+# (evaluator, option) -> (the reference build's options, the changed build's options)
+OPTION_CHANGES = {
+    ("jpeg", "convention"): ({}, {"convention": "flow_grpo_500"}), ("jpeg", "quality"): ({}, {"quality": 50}),
+    ("jpeg", "direction"): ({}, {"direction": "compressibility"}),
+    ("ocr", "engine"): ({}, {"engine": "paddleocr"}), ("ocr", "model_dir"): ({}, {"model_dir": "/w/easyocr"}),
+    ("ocr", "on_engine_error"): ({}, {"on_engine_error": "zero"}),
+    ("ocr", "input_convention"): ({}, {"input_convention": "flow_grpo_rgb"}),
+    ("digit_fd", "ridge"): ({}, {"ridge": 1e-2}),
+    ("digit_prob", "batch_size"): ({}, {"batch_size": 3}), ("digit_fd", "batch_size"): ({}, {"batch_size": 3}),
+    ("geneval", "detector"): ({}, MMDET), ("geneval", "detector_path"): ({}, {"detector_path": "other/detector"}),
+    ("geneval", "detector_revision"): ({}, {"detector_revision": "abc1234"}),
+    ("geneval", "detector_checkpoint"): (MMDET, {**MMDET, "detector_checkpoint": "/w/other.pth"}),
+    ("geneval", "detector_config"): (MMDET, {**MMDET, "detector_config": "/w/other_config.py"}),
+    ("geneval", "clip_model"): ({}, {"clip_model": "ViT-L-14-336"}),
+    ("geneval", "clip_pretrained"): ({}, {"clip_pretrained": "/w/openai.bin", "clip_quick_gelu": True}),
+    ("geneval", "clip_quick_gelu"): (CLIP_B32, {**CLIP_B32, "clip_quick_gelu": True}),
+    ("geneval", "threshold"): ({}, {"threshold": 0.5}), ("geneval", "counting_threshold"): ({}, {"counting_threshold": 0.5}),
+    ("geneval", "max_objects"): ({}, {"max_objects": 4}), ("geneval", "max_overlap"): ({}, {"max_overlap": 0.5}),
+    ("geneval", "position_threshold"): ({}, {"position_threshold": 0.2}), ("geneval", "bgcolor"): ({}, {"bgcolor": "#000"}),
+    ("geneval", "crop"): ({}, {"crop": False}), ("geneval", "dtype"): ({}, {"dtype": "bfloat16"}),
+    ("geneval", "batch_size"): ({}, {"batch_size": 1}), ("geneval", "offline"): ({}, {"offline": True}),
+    ("geneval", "cache_dir"): ({}, {"cache_dir": "/w/cache"}),
+    # on CUDA the colour classifier runs under fp16 autocast (clip_amp): the device reaches the version there
+    ("geneval", "device"): ({"device": "cpu"}, {"device": "cuda"}),
+    ("geneval", "clip_amp"): ({"device": "cuda"}, {"device": "cuda", "clip_amp": False}),
+}
+# options whose check needs files: a changed copy of the digits classifier (made by digits_copy below)
+WEIGHTS_OPTIONS = {("digit_prob", "weights"), ("digit_fd", "weights")}
+GPU_PASSED = {("ocr", "device"): "cuda"}  # easyocr's gpu= flag: the value must reach the evaluator
+
+
+def evaluator_options() -> list[tuple[str, str]]:
+    """(evaluator, option) for every registered evaluator and every keyword its constructor takes."""
+    from rlg.evaluators.base import REGISTRY, constructor_options, evaluator_class
+
+    out = []
+    for name in sorted(REGISTRY):
+        options, takes_any = constructor_options(evaluator_class(name))
+        assert not takes_any, f"{name}'s constructor takes any keyword: its options cannot be enumerated"
+        out += [(name, o) for o in sorted(options)]
+    return out
+
+
+def test_every_evaluator_option_has_a_declared_effect_and_a_check_here():
+    from rlg.evaluators.base import REGISTRY, evaluator_class
+    from rlg.harness.config import EVALUATOR_OPTION_EFFECTS
+
+    every = evaluator_options()
+    declared = [(n, o) for n, opts in EVALUATOR_OPTION_EFFECTS.items() for o in opts]
+    assert sorted(set(every) - set(declared)) == [], "declare the new option's effect in EVALUATOR_OPTION_EFFECTS"
+    assert sorted(set(declared) - set(every)) == [], "EVALUATOR_OPTION_EFFECTS names an option no evaluator takes"
+    for name in sorted(REGISTRY):  # refused exactly when the class refuses it
+        refused = {o for o, state in EVALUATOR_OPTION_EFFECTS[name].items() if state == "refused"}
+        assert refused == set(getattr(evaluator_class(name), "ignored_options", {})), name
+    cheap = {(n, o) for n, o in every if n in BUILT_CHEAPLY}
+    checked = {*OPTION_CHANGES, *WEIGHTS_OPTIONS, *GPU_PASSED,
+               *((n, o) for n, o in cheap if EVALUATOR_OPTION_EFFECTS[n][o] == "refused")}
+    assert sorted(cheap - checked) == [], "give the option of a cheaply built evaluator a check here"
+
+
+def _version(name: str, options: dict) -> str:
+    from rlg.evaluators.base import get_evaluator
+
+    return get_evaluator(name, **options).version
+
+
+@pytest.mark.parametrize("name,option", sorted(OPTION_CHANGES))
+def test_an_evaluator_option_changes_the_version_exactly_when_it_changes_the_scores(name, option):
+    from rlg.harness.config import EVALUATOR_OPTION_EFFECTS
+
+    state = EVALUATOR_OPTION_EFFECTS[name][option]
+    reference, changed = OPTION_CHANGES[(name, option)]
+    a, b = _version(name, reference), _version(name, changed)
+    if state == "score" or (state == "gpu" and "cuda" in changed.values()):
+        assert a != b, f"{name}.{option} changes the scores but not the version that keys them"
+    else:
+        assert state == "placement" and a == b, f"{name}.{option} is {state} yet changes the version"
+
+
+@pytest.mark.parametrize("name", ["digit_prob", "digit_fd"])
+def test_other_digits_weights_change_the_version(name, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    import safetensors.torch as st
+
+    from rlg.model_ids import resolve_zoo_id
+
+    own = Path(resolve_zoo_id("zoo:digits_classifier"))
+    shutil.copytree(own, tmp_path / "digits")
+    weights = st.load_file(own / "model.safetensors")
+    first = sorted(weights)[0]
+    weights[first] = weights[first] + 1e-3  # another classifier of the same shape
+    st.save_file(weights, tmp_path / "digits" / "model.safetensors")
+    assert _version(name, {}) != _version(name, {"weights": str(tmp_path / "digits")})
+
+
+@pytest.mark.parametrize("name,option", sorted(GPU_PASSED))
+def test_a_gpu_option_reaches_the_evaluator(name, option):
+    from rlg.evaluators.base import get_evaluator
+
+    assert getattr(get_evaluator(name, **{option: GPU_PASSED[(name, option)]}), option) == GPU_PASSED[(name, option)]
+
+
+def test_a_refused_evaluator_option_is_refused_at_start_up_in_one_line():
+    from rlg.evaluators.base import REGISTRY, evaluator_class, get_evaluator
+
+    refused = [(n, o, why) for n in sorted(REGISTRY) for o, why in getattr(evaluator_class(n), "ignored_options",
+                                                                           {}).items()]
+    assert {n for n, _, _ in refused} == {"jpeg", "ocr", "digit_prob", "digit_fd"}  # each is checked below
+    for name, option, why in refused:
+        select = (f"evaluators.selected=[{name},jpeg]" if name != "jpeg" else "evaluators.selected=[jpeg]",
+                  *(("prompts=tiny",) if name == "ocr" else ()))  # ocr needs prompts that name a text
+        _job(select)  # starts without it
+        with pytest.raises(ConfigError) as err:
+            _job((*select, f"+evaluators.options.{name}.{option}=float16"))
+        assert str(err.value) == f"evaluators.options.{name}.{option} has no effect ({why}); remove it"
+        with pytest.raises(ValueError) as err:  # the library route (rlg.score_images, get_evaluator) refuses it too
+            get_evaluator(name, **{option: "float16"})
+        assert str(err.value) == f"evaluator {name}: option {option} has no effect ({why}); remove it"
+
+
+def test_an_option_forwarded_through_kw_is_enumerated_and_a_misspelt_one_refused_at_start_up():
+    from rlg.evaluators.base import constructor_options
+    from rlg.evaluators.digits import DigitFD
+
+    assert sorted(constructor_options(DigitFD)[0]) == ["batch_size", "device", "dtype", "ridge", "weights"]
+    with pytest.raises(ConfigError) as err:  # DigitFD(**kw) used to take any name, then fail after the images
+        _job(("evaluators.selected=[jpeg,digit_fd]", "+evaluators.options.digit_fd.wieghts=zoo:digits_classifier"))
+    assert str(err.value) == ("evaluators.options.digit_fd has unknown option(s) ['wieghts']; digit_fd accepts: "
+                              "batch_size, device, dtype, ridge, weights")
+
+
+def test_geneval_refuses_the_mmdet_files_with_the_hf_detector():
+    from rlg.evaluators.base import get_evaluator
+
+    for option in ("detector_checkpoint", "detector_config"):  # the hf detector would load detector_path instead
+        with pytest.raises(ValueError) as err:
+            get_evaluator("geneval", **{option: "/w/mask2former.pth"})
+        assert str(err.value) == (f"{option} applies to detector='mmdet' only (the hf detector loads detector_path); "
+                                  "remove it or set detector=mmdet")

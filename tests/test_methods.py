@@ -213,3 +213,20 @@ def test_method_keys_on_the_command_line_are_checked_by_name():
 
     assert misspelt_override(["method.cfg_rl.knobs=[1,4]", "method.best_of_n.pick=pickscore"]) is None
     assert "did you mean 'method.cfg_rl.knobs'" in misspelt_override(["method.cfg_rl.knobz=[1,4]"])
+
+
+def test_a_rerun_with_another_picking_metric_is_reported_by_that_metric(compose, tmp_path):
+    """Stored candidates are reused (no image is made again) and the report picks by the metric asked for now,
+    not the one recorded when the candidates were made (issue 30: accepted and ignored)."""
+    base = ["experiment=tiny", "debug=fast", "prompts.max_prompts=1", "method=[best_of_n]",
+            "method.best_of_n.knobs=[1,2]", "evaluators.selected=[jpeg]"]
+    for pick in ("jpeg_compressibility", "jpeg_incompressibility"):
+        entry = runner.run(compose(*base, f"method.best_of_n.pick={pick}"), run_dir=tmp_path / "r")
+        scores = Store(tmp_path / "r").scores()
+        value = scores[scores.metric == pick].value.to_numpy()
+        assert len(value) == 2 and abs(value[0] - value[1]) > 2e-3  # two candidates the pick tells apart
+        table = pd.read_csv(tmp_path / "r" / "report" / "tables" / "methods.csv")
+        best_of_2 = table[(table.knob == 2) & (table.metric == pick)]["mean"].item()
+        assert best_of_2 == pytest.approx(value.max(), abs=5e-4)  # the best of both by the metric asked for
+        assert f"best of N candidates by {pick}" in (tmp_path / "r" / "report" / "index.md").read_text()
+    assert entry["generate"]["images_made"] == 0  # the second run reused the candidates

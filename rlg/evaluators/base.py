@@ -75,6 +75,25 @@ def evaluator_class(name: str) -> type:
     return REGISTRY.get(name)
 
 
+def constructor_options(cls: type) -> tuple[dict[str, Any], bool]:
+    """The keyword options the evaluator class ``cls`` is built with: ({name: inspect.Parameter}, whether it
+    takes any keyword). A constructor's ``**kw`` counts as the keywords of the next ``__init__`` up the MRO
+    (``DigitProb(**kw)`` forwards to ``_DigitsBase(weights, batch_size, ...)``); a ``**kw`` that reaches no
+    other ``__init__`` takes any keyword."""
+    import inspect
+
+    out: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        out.update({k: p for k, p in params.items() if k != "self" and k not in out
+                    and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)})
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return out, False
+    return out, True
+
+
 def check_ready(name: str, options: dict[str, Any]) -> None:
     """Refuse, before any image is made, an evaluator that could not score: a package it imports is missing
     (class attribute ``requires``: top-level import names, or ``requires_for(**options)``), or its weights are
@@ -119,8 +138,16 @@ def register_stored(names: Iterable[str]) -> None:
 
 
 def get_evaluator(name: str, **options: Any) -> Evaluator:
-    """Build the evaluator ``name`` with its options (batch size, device, dtype, weights, ...)."""
-    return evaluator_class(name)(**options)
+    """Build the evaluator ``name`` with its options (batch size, device, dtype, weights, ...).
+
+    Raises ValueError for an option the class accepts without effect (its ``ignored_options``; the harness
+    refuses the same at start-up), e.g. ``get_evaluator("jpeg", dtype="float16")``."""
+    cls = evaluator_class(name)
+    ignored = getattr(cls, "ignored_options", {})
+    hit = sorted(k for k in options if k in ignored and options[k] is not None)
+    if hit:
+        raise ValueError(f"evaluator {name}: option {hit[0]} has no effect ({ignored[hit[0]]}); remove it")
+    return cls(**options)
 
 
 @dataclass

@@ -264,7 +264,9 @@ class DigitFD(_DigitsBase):
         super().__init__(**kw)
         cov = self.reference["cov"].double()
         self._prec = torch.linalg.inv(cov + ridge * torch.eye(cov.shape[0], dtype=cov.dtype) * cov.diagonal().mean())
-        self.version = f"digit_fd/cnn-{_digest(self.weights)}/heldout500/penultimate64"
+        # the ridge changes every distance: a non-default one is part of the version (the default's string is kept)
+        ridge_tag = "" if ridge == 1e-3 else f"/ridge{ridge:g}"
+        self.version = f"digit_fd/cnn-{_digest(self.weights)}/heldout500/penultimate64{ridge_tag}"
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:
         _, feats = self._logits_features(batch)

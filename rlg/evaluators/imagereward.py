@@ -36,6 +36,7 @@ for tiny test checkpoints only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -194,6 +195,9 @@ class ImageReward:
             f"imagereward/v1.0/(mlp-{REWARD_MEAN:.6g})/{REWARD_STD:.6g}/ckpt-sha256:{sha256_file(ckpt_path)[:12]}"
             f"/tok={source_tag(tokenizer, tokenizer_revision)}/maxlen{MAX_PROMPT_TOKENS}/{dtype_tag(self.dtype)}"
         )
+        if vision_config:  # settings the strict load cannot catch (layer_norm_eps, hidden_act, ...) change the scores
+            digest = hashlib.sha256(json.dumps(vision_config, sort_keys=True, default=str).encode()).hexdigest()
+            self.version += f"/vit-{digest[:12]}"
 
     @staticmethod
     def _resolve_files(checkpoint, repo, revision, offline, cache_dir) -> tuple[str, str]:

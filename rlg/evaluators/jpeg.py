@@ -48,7 +48,9 @@ def jpeg_kb(image: Image.Image, quality: int = 95) -> float:
 
 class JpegCompressibility:
     name = "jpeg"
-    ignored_options = {"dtype": "JPEG compression of uint8 images runs no model"}  # refused at start-up
+    # accepted for a uniform evaluator config but without effect: refused at start-up (rlg.harness.build)
+    ignored_options = {"dtype": "JPEG compression of uint8 images runs no model",
+                       "device": "JPEG compression runs on the CPU"}
     needs = frozenset({"image"})
     declares = register_metrics(
         Metric("jpeg_incompressibility", "JPEG size (kB)", "kB", True, ("reward",),

@@ -338,7 +338,7 @@ def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: Callable[[], s
     device (``device()``, called only for an evaluator that takes one: resolving ``auto`` imports torch).
     Raises ConfigError naming the fix."""
     from rlg.evaluators._models import ModelNotAvailableError
-    from rlg.evaluators.base import REGISTRY, check_ready, evaluator_class
+    from rlg.evaluators.base import REGISTRY, check_ready, constructor_options, evaluator_class
     from rlg.extras import MissingExtraError
 
     plans = []
@@ -352,11 +352,11 @@ def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: Callable[[], s
             cls = evaluator_class(name)
         except MissingExtraError as exc:  # the evaluator's module imports a package that is not installed
             raise ConfigError(f"{exc}; or drop {name} from evaluators.selected") from None
-        params = inspect.signature(cls.__init__).parameters
-        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        params = inspect.signature(cls.__init__).parameters  # its own: the harness fills batch_size/device here
+        options, accepts_any = constructor_options(cls)  # with what a **kw forwards (DigitProb -> _DigitsBase)
         opts = dict(given.get(name) or {})
-        known = sorted(k for k in params if k not in ("self",) and params[k].kind is not params[k].VAR_KEYWORD)
-        bad = sorted(k for k in opts if k not in params) if not accepts_any else []
+        known = sorted(options)
+        bad = sorted(k for k in opts if k not in options) if not accepts_any else []
         if bad:
             raise ConfigError(f"evaluators.options.{name} has unknown option(s) {bad}; {name} accepts: "
                               f"{', '.join(known)}")

@@ -369,6 +369,7 @@ def report(job: Job, store: Store) -> dict[str, Any]:
     from rlg.report.report import write_report
 
     images, scores, protocol = load_run(store.root)
+    images = _current_picks(job, images)
     result: dict[str, Any] = {}
 
     def write(tmp: Path) -> list[str]:
@@ -383,6 +384,20 @@ def report(job: Job, store: Store) -> dict[str, Any]:
     return {"files": files, "notes": result.get("notes", []), "summary": result.get("summary"), "images": images,
             "headlines": result.get("headlines", []),
             "scores": scores, "index": str(final / "index.md"), "index_html": str(final / "index.html")}
+
+
+def _current_picks(job: Job, images):
+    """``images`` with this job's picking metric on its own best-of-N candidates (the report picks per run
+    name and method). A candidate row records the pick of the run that made it; a later run that reuses the
+    stored candidates with another ``method.best_of_n.pick`` must be reported by the metric it asked for."""
+    picks = {m.label: m.pick for m in _methods(job) if getattr(m, "needs_pick", False)}
+    if not picks or "pick" not in images.columns or "method" not in images.columns:
+        return images
+    images = images.copy()
+    own = images["run_name"] == job.name if "run_name" in images.columns else True
+    for label, pick in picks.items():
+        images.loc[own & (images["method"] == label), "pick"] = pick
+    return images
 
 
 def _section(job: Job):

@@ -52,10 +52,17 @@ class GenEval:
         return ("open_clip", "cv2") + (("mmdet", "mmcv") if detector == "mmdet" else ())
 
     @staticmethod
-    def check_options(detector: str = "hf", dtype: str | torch.dtype | None = None, **_: object) -> None:
+    def check_options(detector: str = "hf", dtype: str | torch.dtype | None = None,
+                      detector_checkpoint: str | None = None, detector_config: str | None = None,
+                      **_: object) -> None:
         """Raise ValueError for option values the constructor would refuse (called at start-up)."""
         if detector not in ("hf", "mmdet"):
             raise ValueError(f"unknown GenEval detector {detector!r}; use 'hf' or 'mmdet'")
+        given = [k for k, v in (("detector_checkpoint", detector_checkpoint), ("detector_config", detector_config))
+                 if v is not None]
+        if detector == "hf" and given:  # the mmdet files: the hf detector would ignore them
+            raise ValueError(f"{given[0]} applies to detector='mmdet' only (the hf detector loads detector_path); "
+                             f"remove it or set detector=mmdet")
         if isinstance(dtype, str):
             torch_dtype(dtype)  # raises ValueError naming the known dtypes
 
@@ -99,7 +106,8 @@ class GenEval:
         offline: bool | None = None,  # None: HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE decide (rlg.runtime.hub_offline)
         cache_dir: str | None = None,
     ):
-        self.check_options(detector=detector, dtype=dtype)
+        self.check_options(detector=detector, dtype=dtype, detector_checkpoint=detector_checkpoint,
+                           detector_config=detector_config)
         self.detector_name = detector
         self.detector_path, self.detector_revision = detector_path, detector_revision
         self.detector_checkpoint, self.detector_config = detector_checkpoint, detector_config
@@ -127,6 +135,7 @@ class GenEval:
         else:
             det = ("mmdet:"
                    f"{os.path.basename(detector_checkpoint or 'mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth')}")
+            det += f":cfg-{os.path.basename(detector_config)}" if detector_config else ""  # another model's config
         clip = os.path.basename(os.path.normpath(clip_model)) if clip_model.startswith("local-dir:") else clip_model
         if clip_pretrained and not clip_model.startswith(("local-dir:", "hf-hub:")):
             clip += ":" + (os.path.basename(clip_pretrained) if os.path.sep in clip_pretrained else clip_pretrained)
