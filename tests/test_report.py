@@ -256,8 +256,11 @@ def test_every_figure_is_a_valid_image_of_the_expected_size(report, store):
             kind = p.name.split("_")[0]
             if kind == "grid":
                 n_cols = 5 if p.name.endswith("r1.png") else 3
-                # 4 prompts x 2 samples (write_report's grid_samples=2; every prompt has 2): no footer
-                assert im.size == size(*figures.grid_figsize(8, n_cols)), p.name
+                # 4 prompts x 2 samples (write_report's grid_samples=2; every prompt has 2); a footer when the
+                # series has more prompts than the 4 shown
+                images, _ = store
+                more = images[images.run_id == p.stem.rsplit("_", 1)[-1]]["prompt_id"].nunique() > 4
+                assert im.size == size(*figures.grid_figsize(8, n_cols, footer=more)), p.name
                 assert im.size[0] == 990
             else:
                 assert im.size == expected[kind], p.name
@@ -294,7 +297,8 @@ def test_every_grid_row_is_labelled_with_its_own_noise_seed(store, tmp_path, mon
     seed = {p: int(r2[(r2.prompt_id == p) & (r2["sample"] == 0)].seed.iloc[0]) for p in (0, 1)}  # the row's seed
     rows = [t[t.index("(sample"):] for t in texts if "noise seed" in t]
     assert rows == [f"(sample 0, noise seed {noise_seed(seed[p], p, 0)})" for p in (0, 1)]
-    assert "1 of 2 samples per prompt shown; every image: images.html" in texts
+    n = r2["prompt_id"].nunique()
+    assert n > 2 and f"2 of {n} prompts, 1 of 2 samples per prompt shown; every image: images.html" in texts
 
 
 # --- tables -------------------------------------------------------------------------------------

@@ -342,7 +342,7 @@ def plot_image_grid(images: pd.DataFrame, stem: Path, n_prompts: int = 8, prompt
     image of a row comes from the same initial noise. Columns are labelled with w, rows with a shortened
     prompt, the sample index and the row's own noise seed (rlg.sampler_spec.noise_seed of the run's seed,
     the prompt id and the sample: the generator seed of every image in the row). When a prompt has more
-    samples than rows, a footer says how many are shown. ``images`` should hold one series."""
+    samples (or the run more prompts) than rows, a footer says how many are shown. ``images`` should hold one series."""
     img = _normalise_images(images)
     all_scales = sorted(img["scale"].unique()) if scales is None else [canonical_scale(s) for s in scales]
     rows = choose_grid_rows(img, n_prompts, prompt_ids, samples)
@@ -350,7 +350,10 @@ def plot_image_grid(images: pd.DataFrame, stem: Path, n_prompts: int = 8, prompt
     width = width or (COLUMN_WIDTH if n_cols <= 6 else TEXT_WIDTH)
     stored = int(img.groupby("prompt_id")["sample"].nunique().max()) if len(img) else 0
     shown = int(rows.groupby("prompt_id").size().max()) if len(rows) else 0
-    footer = f"{shown} of {stored} samples per prompt shown; every image: images.html" if shown < stored else ""
+    prompts_stored, prompts_shown = img["prompt_id"].nunique(), rows["prompt_id"].nunique()
+    parts = ([f"{prompts_shown} of {prompts_stored} prompts"] if prompts_shown < prompts_stored else []) + \
+        ([f"{shown} of {stored} samples per prompt"] if shown < stored else [])  # a grid left prompts out silently
+    footer = f"{', '.join(parts)} shown; every image: images.html" if parts else ""
     fw, fh = grid_figsize(n_rows, n_cols, width, footer=bool(footer))
     cell = (fw - 2 * GRID_MARGIN - (n_cols - 1) * GRID_GAP) / n_cols
     by_key = img.set_index(["prompt_id", "sample", "seed", "scale"]).sort_index()
