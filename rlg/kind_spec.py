@@ -242,5 +242,6 @@ class FindingsPlan:
     n_resamples: int
 
 
-__all__ = ["DIGIT_PROMPTS", "FindingsConfig", "FindingsPlan", "FindingsSubRun", "GroundTruthConfig", "KLClaimSettings", "LearnedTruthConfig", "METRICS", "OBJECTIVES",
+__all__ = ["DIGIT_PROMPTS", "FindingsConfig", "FindingsPlan", "FindingsSubRun", "GroundTruthConfig", "KLClaimSettings",
+           "LearnedTruthConfig", "METRICS", "OBJECTIVES",
            "SAMPLERS"]

@@ -92,7 +92,8 @@ class Job:
     prompt_problem: str | None = None  # a selected evaluator cannot score these prompts: generate refuses to start
     tracker_mode: str | None = None  # None: the user's W&B setup decides (WANDB_MODE, `wandb offline`, login)
     methods: tuple[Method, ...] = ()  # images jobs: plain RLG over ``scales`` by default
-    settings: Union[GroundTruthConfig, KLClaimSettings, LearnedTruthConfig, FindingsPlan, None] = None  # a measurement kind's
+    # a measurement kind's settings
+    settings: Union[GroundTruthConfig, KLClaimSettings, LearnedTruthConfig, FindingsPlan, None] = None
     launch_rank: int = 0  # this process among the ranks launched with it (0 for manual shards): rank 0 reports
 
 
@@ -457,7 +458,8 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
             raise ConfigError(f"kind={conf.kind} runs in one process; launch it without torchrun/accelerate or "
                               "shard.count")
         common.pop("stages")
-        return Job(kind=conf.kind, stages=("generate",), **common, settings=resolve(kind.settings)(conf, scales, list(overrides or [])))
+        settings = resolve(kind.settings)(conf, scales, list(overrides or []))
+        return Job(kind=conf.kind, stages=("generate",), **common, settings=settings)
     _check_no_effect(conf, RunConf())
     prompts, prompt_info = load_prompts(conf.prompts, conf.paths.cache)
     spec = pair_spec(conf)

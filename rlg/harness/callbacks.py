@@ -41,24 +41,27 @@ def _refuse_bad_values(config) -> None:
 
     from omegaconf import open_dict, read_write
 
-    from rlg.harness.config import ConfigError, validate
+    from rlg.harness.config import validate
 
     task = copy.deepcopy(config)
     with read_write(task), open_dict(task):
         del task["hydra"]  # as Hydra's run_job does before it calls the app
-    try:
-        validate(task)
-    except ConfigError as exc:
-        print(f"rlg-bench: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    _one_line_or_exit(validate, task)
 
 
 def _refuse_bad_run_dir(config, names: list) -> None:
-    from rlg.harness.config import ConfigError, run_dir
+    from rlg.harness.config import run_dir
+
+    for name in names:
+        _one_line_or_exit(run_dir, config.paths.root, name)
+
+
+def _one_line_or_exit(check, *args) -> None:
+    """``check(*args)``; a ConfigError becomes the CLI's one-line refusal and exit 2."""
+    from rlg.harness.config import ConfigError
 
     try:
-        for name in names:
-            run_dir(config.paths.root, name)
+        check(*args)
     except ConfigError as exc:
         print(f"rlg-bench: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -112,7 +112,8 @@ def findings_stage(job: Any, store: Any) -> dict[str, Any]:
 
 
 def run_findings(job: Any, store: Any, run_job: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    """Run every sub-run of ``job.settings`` (a FindingsPlan) with ``run_job`` (``rlg.harness.runner.run_job``, passed in: the
+    """Run every sub-run of ``job.settings`` (a FindingsPlan) with ``run_job`` (``rlg.harness.runner.run_job``,
+    passed in: the
     runner calls this) into ``<run>/runs/<preset>-seed<k>``, then write ``<run>/report`` (index.md/.html with the
     Findings section first, tables/findings.csv). Returns {"files", "index", "index_html", "rows"}."""
     from rlg.harness.stages import _written

@@ -1,5 +1,5 @@
-"""The run kinds: ``KINDS`` maps the config group ``kind`` (images | ground_truth | kl_claim | kl_learned | findings) to
-what the kind runs with, its stage and its report section.
+"""The run kinds: ``KINDS`` maps the config group ``kind`` (images | ground_truth | kl_claim | kl_learned |
+findings) to what the kind runs with, its stage and its report section.
 
 A measurement kind's settings are one torch-free dataclass of ``rlg.kind_spec`` that is also its node of the
 config schema (``RunConf.<node>``); an image run's settings are the shared groups (pair, sampler, grid, method,
@@ -17,8 +17,9 @@ from rlg.registry import Registry
 @dataclass(frozen=True)
 class Kind:
     """One run kind. ``node``: the RunConf field holding its settings (None: the image groups); ``settings``: the
-    ``"module:function"`` ``(conf, scales, overrides) -> settings`` that makes the Job's ``settings`` (None: an image run);
-    ``stage``: the ``"module:function"`` run as ``stage(job, store) -> dict`` (the invocation's report entry; None:
+    ``"module:function"`` ``(conf, scales, overrides) -> settings`` that makes the Job's ``settings`` (None: an
+    image run); ``stage``: the ``"module:function"`` run as ``stage(job, store) -> dict`` (the invocation's report
+    entry; None:
     the image stages generate / evaluate / report); ``report``: the ``"module:function"`` that writes its report
     section. Entries are imported on first use."""
 
