@@ -17,9 +17,9 @@ import numpy as np
 from rlg.zoo import digits as D
 from rlg.zoo.common import mean_ci
 
-PAIRS = ("zoo_digits_dpo", "zoo_digits_ddpo_compress", "zoo_digits_ddpo_incompress")
+PAIRS = ("zoo_digits_dpo", "zoo_digits_ddpo_compress", "zoo_digits_ddpo_incompress", "zoo_digits_spo")
 REWARD = {"zoo_digits_dpo": "digit_margin", "zoo_digits_ddpo_compress": "jpeg_compressibility",
-          "zoo_digits_ddpo_incompress": "jpeg_incompressibility"}
+          "zoo_digits_ddpo_incompress": "jpeg_incompressibility", "zoo_digits_spo": "digit_margin"}
 
 
 @lru_cache(maxsize=8)
