@@ -135,7 +135,8 @@ def set_quality(images: np.ndarray, prompts: list[str]) -> dict[str, Any]:
 def measure_pair(name: str, scales=(0.0, 0.5, 1.0, 2.0), samples_per_prompt: int = 10, seed: int = 0,
                  weights: Path | str | None = None) -> dict[str, Any]:
     """One sampling seed: per scale the reward (mean, se, 95% CI), digit_prob, digit_margin, kB and the set metrics
-    (set_quality); paired differences between neighbouring scales and w = 2 - w = 1 (same prompts and noise)."""
+    (set_quality); paired differences between neighbouring scales, w = 2 - w = 1 and w = 1 - w = 0 (same prompts and
+    noise)."""
     from rlg.pairs import load_pair
 
     pair = load_pair(pair_spec(name, weights))
@@ -150,6 +151,7 @@ def measure_pair(name: str, scales=(0.0, 0.5, 1.0, 2.0), samples_per_prompt: int
                              **set_quality(g["images"], g["prompts"])}
     ws = sorted(values)
     steps = list(zip(ws, ws[1:])) + ([(1.0, 2.0)] if {1.0, 2.0} <= set(ws) and 1.5 in ws else [])
+    steps += [(0.0, 1.0)] if {0.0, 1.0} <= set(ws) and 0.5 in ws else []  # the RL gain itself, on the same images
     diffs = {f"{b}-{a}": mean_ci(values[b] - values[a]) for a, b in steps}
     return {"pair": name, "reward": reward, "n_images_per_scale": len(next(iter(values.values()))), "seed": seed,
             "scales": per_scale, "paired_differences": diffs}

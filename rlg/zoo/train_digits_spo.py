@@ -51,7 +51,7 @@ from rlg.zoo.digits_rl import (ETA, GUIDANCE, NUM_STEPS, cfg_eps, decode_uint8, 
 from rlg.zoo.train_digits_ddpo import LORA_TARGETS, save_lora
 
 DEFAULTS = dict(beta=10.0, clip_eps=0.1, k=4, divert_start=4, threshold=0.3, rank=4, lr=1e-3, batch_size=10,
-                train_batch=32, steps=60, chunk=10, weight_decay=1e-4)
+                train_batch=32, steps=10, chunk=10, weight_decay=1e-4)
 STATE_FILE = "spo_state.pt"
 # The shipped model's recipe (train_spo keyword arguments beyond beta and seed). 10 iterations (100 trajectories,
 # ~1,300 step pairs) at lr 1e-3: measured at sampling seed 0, 3 samples per prompt, the adapter after 5 iterations
@@ -142,8 +142,9 @@ def sample_step_pairs(parts, unet, pref, digits: torch.Tensor, gen: torch.Genera
         scores = pref(x0, digits.repeat(k)).view(k, b)
         win, lose, valid = compare_candidates(scores, threshold)
         cols = torch.arange(b)
-        out["x_t"].append(x[valid]); out["x_w"].append(cand[win, cols][valid]); out["x_l"].append(cand[lose, cols][valid])
-        out["step"].append(torch.full((int(valid.sum()),), i)); out["digit"].append(digits[valid])
+        for key, v in (("x_t", x), ("x_w", cand[win, cols]), ("x_l", cand[lose, cols]),
+                       ("step", torch.full((b,), i)), ("digit", digits)):
+            out[key].append(v[valid])
         n_seen += b
         if i + 1 < num_steps:  # continue from a random candidate, as SPO does
             pick = torch.randint(0, k, (b,), generator=gen)
@@ -171,7 +172,9 @@ def train_spo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
     every ``chunk`` iterations, with the adapter so far; a later call with a larger ``steps`` trains on; removed at the
     end unless ``keep_state``, so the directory holds only the LoRA); raises ValueError when that state was written
     with other arguments (``steps`` aside). ``snapshot_steps``: also save the adapter after those iterations to
-    ``<out_dir>/iter<k>`` (each equal to a run of k iterations). Deterministic given ``seed`` on one machine and thread count. Returns the training config and log."""
+    ``<out_dir>/iter<k>`` (each equal to a run of k iterations). Deterministic given ``seed`` on one machine and
+    thread count. Returns the training config and log (per iteration: pairs kept, their share, the mean preference
+    score of the last step's candidates, loss, share of pairs with ratio_w > ratio_l, share of clamped ratio_w)."""
     from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 
     args = dict(beta=beta, seed=seed, steps=steps, base=base, classifier=classifier, lr=lr, batch_size=batch_size,
