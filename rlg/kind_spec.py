@@ -135,19 +135,18 @@ class LearnedTruthConfig:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
 
 
-DIGIT_PROMPTS = [f"a handwritten digit {d}" for d in range(10)]
-
-
 @dataclass
 class KLClaimSettings:
-    """What one KL-claim measurement runs. ``metrics`` are "evaluator:metric" names of per-image metrics
-    (``rlg.evaluators`` registry); ``set_metrics`` the same for set metrics (an evaluator with
+    """What one KL-claim measurement runs besides what it shares with an image run (the prompts, sampler and
+    evaluator options come from the shared groups ``prompts``, ``sampler`` and ``evaluators.options``: an
+    ``rlg.grid.Grid`` in ``rlg.kl_claim.run_kl_claim``). ``metrics`` are "evaluator:metric" names of per-image
+    metrics (``rlg.evaluators`` registry); ``set_metrics`` the same for set metrics (an evaluator with
     ``score_set``); ``features`` = "classifier" (the ``feature_evaluator``'s ``features(images)``) or
     "pixels" (uint8 / 255, flattened)."""
 
     task: str = "digits_dpo"  # names the model directory kl_<task>
     base: str = "zoo:digits_base_v1"  # the base the kl_digits_* models were fine-tuned from (hub layout)
-    trainer: Any = ""  # "module:function" (or a callable) train(beta, seed, steps, out_dir); only to train
+    trainer: str = ""  # "module:function" train(beta, seed, steps, out_dir, **trainer_kwargs); only to train
     trainer_kwargs: Dict[str, Any] = field(default_factory=dict)  # to the trainer as is (e.g. reward: incompress)
     train_steps: int = 0  # 0: the trainer's default
     train_missing: bool = False
@@ -156,23 +155,14 @@ class KLClaimSettings:
     source_seed: int = 0
     floor_seeds: list[int] = field(default_factory=lambda: [1, 2])
     weights_dir: str = ""  # default rlg/zoo/weights
-    prompts: list[str] = field(default_factory=lambda: list(DIGIT_PROMPTS))
-    n_per_prompt: int = 16
-    num_inference_steps: int = 20
-    guidance_scale: float = 2.0
-    eta: float = 1.0
-    negative_prompt: str = ""
     metrics: list[str] = field(default_factory=lambda: ["digit_prob:digit_prob", "jpeg:jpeg_incompressibility"])
     reward_metric: str = ""  # the metric the RL models were trained on (the verdict's); "": the first of metrics
     set_metrics: list[str] = field(default_factory=lambda: ["digit_fd:digit_fd"])
     features: str = "classifier"  # "classifier" | "pixels"
     feature_evaluator: str = "digit_fd"
-    # evaluator name -> options, e.g. {digit_fd: {weights: ...}}
-    evaluator_options: Dict[str, Any] = field(default_factory=dict)
     distance: str = "energy_distance"  # "energy_distance" | "mmd2"
     n_batches: int = 4
     n_boot: int = 200
-    batch_size: int = 64  # images per pipeline call
     seed: int = 0
     threads: int = 1  # torch intra-op threads while sampling (the CPUs are shared); restored afterwards
     progress: bool = True
@@ -188,6 +178,8 @@ class KLClaimSettings:
         if self.source_seed in self.floor_seeds:
             raise ValueError(f"source_seed {self.source_seed} is among floor_seeds {self.floor_seeds}; use another "
                              "seed so that RLG(1) is compared with independent retrainings")
+        if self.trainer and ":" not in self.trainer:
+            raise ValueError(f"trainer must be 'module:function', got {self.trainer!r}")
         if self.features not in ("classifier", "pixels"):
             raise ValueError(f"features={self.features!r}; use 'classifier' or 'pixels'")
         if self.distance not in ("energy_distance", "mmd2"):
@@ -195,8 +187,15 @@ class KLClaimSettings:
         names = [m.split(":")[-1] for m in self.metrics]
         if self.reward_metric and self.reward_metric not in names:
             raise ValueError(f"reward_metric={self.reward_metric!r} is not among the metrics {names}")
-        if self.n_batches < 2 or len(self.prompts) * self.n_per_prompt < 2 * self.n_batches:
-            raise ValueError("need n_batches >= 2 and at least 2 images per batch for the distance error bars")
+        self.check_images(2 * self.n_batches)
+
+    def check_images(self, n_images: int) -> None:
+        """ValueError unless ``n_images`` per arm (prompts x samples per prompt) fill ``n_batches`` >= 2 batches
+        of at least 2 images (the distance error bars)."""
+        if self.n_batches < 2 or n_images < 2 * self.n_batches:
+            raise ValueError(f"need n_batches >= 2 and at least 2 images per batch for the distance error bars "
+                             f"({n_images} images per arm, n_batches={self.n_batches}); raise "
+                             "prompts.samples_per_prompt or lower kl_claim.n_batches")
 
 
 @dataclass
@@ -242,6 +241,6 @@ class FindingsPlan:
     n_resamples: int
 
 
-__all__ = ["DIGIT_PROMPTS", "FindingsConfig", "FindingsPlan", "FindingsSubRun", "GroundTruthConfig", "KLClaimSettings",
+__all__ = ["FindingsConfig", "FindingsPlan", "FindingsSubRun", "GroundTruthConfig", "KLClaimSettings",
            "LearnedTruthConfig", "METRICS", "OBJECTIVES",
            "SAMPLERS"]

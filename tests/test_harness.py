@@ -104,10 +104,10 @@ def test_misspelt_command_line_keys_get_one_line_with_the_closest_key():
     assert "unknown config key 'tracker.wandb.projct'" in misspelt_override(["tracker.wandb.projct=x"])
     # free-form nodes, groups, '+'-forced keys and Hydra's keys are left to the later checks
     assert misspelt_override(["+evaluators.options.ocr.engine=x", "sampler.extra.strength=1", "pair=tiny_sd_full",
-                              "hydra.verbose=true", "kl_claim.n_per_prompt=2", "pair.components.text_encoder_3=null",
+                              "hydra.verbose=true", "kl_claim.n_boot=2", "pair.components.text_encoder_3=null",
                               "sampler.window.start=0.2", "kl_claim.trainer_kwargs.reward=x"]) is None
     # the KL-claim node is typed: its misspelt keys get the same one line
-    assert "did you mean 'kl_claim.n_per_prompt'" in misspelt_override(["kl_claim.n_per_promt=2"])
+    assert "did you mean 'kl_claim.n_boot'" in misspelt_override(["kl_claim.n_boot_=2"])
 
 
 def test_sampler_eta_with_a_flow_scheduler_is_refused(compose, tmp_path):
@@ -231,9 +231,9 @@ def test_every_experiment_preset_runs_on_the_tiny_pair_of_its_family(compose, tm
 
 def test_the_kl_claim_preset_runs_through_the_harness_on_the_shipped_models(compose, tmp_path):
     """The kl_claim job kind end to end (reduced: plumbing, not the scientific outcome)."""
-    overrides = ["experiment=kl_claim_digits_ddpo", "kl_claim.scales=[1.0,2.0]", "kl_claim.n_per_prompt=2",
-                 "kl_claim.prompts=['a handwritten digit 3','a handwritten digit 7']", "kl_claim.n_batches=2",
-                 "kl_claim.num_inference_steps=2", "kl_claim.n_boot=5", "kl_claim.analytic.n_per_batch=50",
+    overrides = ["experiment=kl_claim_digits_ddpo", "kl_claim.scales=[1.0,2.0]", "prompts.samples_per_prompt=2",
+                 "prompts.items=['a handwritten digit 3','a handwritten digit 7']", "kl_claim.n_batches=2",
+                 "sampler.num_inference_steps=2", "kl_claim.n_boot=5", "kl_claim.analytic.n_per_batch=50",
                  "kl_claim.analytic.n_batches=2", "kl_claim.analytic.num_inference_steps=4",
                  "kl_claim.analytic.scales=[0.0,1.0]"]
     entry = runner.run(compose(*overrides), run_dir=tmp_path / "kl")

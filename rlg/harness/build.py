@@ -459,6 +459,13 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
                               "shard.count")
         common.pop("stages")
         settings = resolve(kind.settings)(conf, scales, list(overrides or []))
+        if kind.samples:  # it samples images with the shared prompts and sampler groups
+            prompts, prompt_info = load_prompts(conf.prompts, conf.paths.cache)
+            try:
+                settings.check_images(len(prompts) * conf.prompts.samples_per_prompt)
+            except ValueError as exc:
+                raise ConfigError(f"{conf.kind}: {exc}") from None
+            common.update(prompts=tuple(prompts), prompt_info=prompt_info, sampler=sampler_settings(conf.sampler))
         return Job(kind=conf.kind, stages=("generate",), **common, settings=settings)
     _check_no_effect(conf, RunConf())
     prompts, prompt_info = load_prompts(conf.prompts, conf.paths.cache)
@@ -520,7 +527,8 @@ def ground_truth_settings(conf: RunConf, scales: tuple[float, ...], overrides: l
 
 
 def kl_claim_settings(conf: RunConf, scales: tuple[float, ...], overrides: list[str]) -> KLClaimSettings:
-    """The kl_claim node as it is; its analytic part with the measurement's seed."""
+    """The kl_claim node as it is; its analytic part with the measurement's seed. Its prompts, sampler and evaluator
+    options are the shared groups' (the Job's ``prompts`` and ``sampler``, ``evaluators.options``)."""
     s = conf.kl_claim  # the analytic part shares the measurement's seed
     if s.analytic is not None and s.analytic.seed not in (0, s.seed):
         raise ConfigError(f"kl_claim.analytic.seed={s.analytic.seed} has no effect (the analytic part takes "

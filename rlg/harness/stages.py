@@ -428,7 +428,8 @@ def kl_claim(job: Job, store: Store) -> dict[str, Any]:
     from rlg.ground_truth import run_ground_truth
     from rlg.kl_claim import run_kl_claim
 
-    df = run_kl_claim(job.settings)
+    grid = dataclasses.replace(image_grid(job), seed=job.settings.seed)  # the shared prompts and sampler groups
+    df = run_kl_claim(job.settings, grid, job.config.evaluators.options)
     store.write_table("kl_claim", df)
     analytic = run_ground_truth(job.settings.analytic) if job.settings.analytic is not None else None
     if analytic is not None:
