@@ -243,7 +243,7 @@ def test_the_kl_claim_preset_runs_through_the_harness_on_the_shipped_models(comp
     metric = rows[rows["kind"] == "metric"]
     assert set(metric.arm) == {"rlg", "retrained"} and set(metric.w) == {1.0, 2.0}
     assert set(metric.beta_eff.round(6)) == {0.1, 0.05}  # beta / w of the shipped DDPO+KL models
-    assert (tmp_path / "kl" / "report" / "report.md").is_file()
+    assert (tmp_path / "kl" / "report" / "index.html").is_file() and entry["report"]["index"].endswith("index.md")
     assert (tmp_path / "kl" / "report" / "tables" / "kl_claim_verdict.md").is_file()
     with pytest.raises(ConfigError, match="kl_claim: reward_metric='digit_probb' is not among the metrics"):
         build.build(compose("experiment=kl_claim_digits_ddpo", "kl_claim.reward_metric=digit_probb"))

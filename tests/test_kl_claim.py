@@ -78,7 +78,8 @@ def test_kl_claim_pipeline_rows_pairing_and_report(tmp_path, tiny_base):
     assert len(jpeg) == 2 * 3 and (jpeg.lo <= jpeg.value).all() and (jpeg.value <= jpeg.hi).all()
     paths = write_kl_claim_report(df, None, tmp_path / "report")
     names = {p.name for p in paths}
-    assert {"kl_claim_metrics.png", "kl_claim_distance.pdf", "kl_claim.md", "kl_claim_metrics.tex", "report.md"} <= names
+    assert {"kl_claim_metrics.png", "kl_claim_distance.pdf", "kl_claim.md", "kl_claim_metrics.tex", "index.md",
+            "index.html"} <= names
     text = (tmp_path / "report" / "tables" / "kl_claim.md").read_text()
     assert "| 2 | 0.05 |" in text
     # a model tuned from another base is refused
@@ -113,7 +114,7 @@ def test_report_puts_the_analytic_result_beside(tmp_path):
                  value=0.1, stderr=0.01, floor=0.05, floor_stderr=0.01, gap=0.05, gap_in_floor_se=5.0, z=3.5,
                  task="t", beta=1.0, n=8, n_batches=2, steps=3, eta=1.0, guidance_scale=2.0, seed=0) for w in (1.0, 2.0)]
     paths = write_kl_claim_report(pd.DataFrame(rows), gt, tmp_path)
-    report = (tmp_path / "report.md").read_text()
+    report = (tmp_path / "index.md").read_text()
     assert "Analytic ground truth" in report and "| ddim_eta1 | 2 |" in report
     assert any(p.parent.name == "analytic" and p.name == "mean_reward_vs_w.png" for p in paths)
 

@@ -145,8 +145,9 @@ def test_learned_preset_runs_and_rlg_at_w1_is_the_beta_model(learned_run):
     # retraining responds to beta: a lower KL coefficient gives a higher reward, for every seed
     r = df[(df.arm == "retrained") & (df.objective == "rwr")].pivot(index="seed", columns="w", values="reward")
     assert (r[2.0] > r[1.0]).all() and (r[1.0] > r[0.5]).all()
-    report = (run_dir / "report" / "report.md").read_text()
+    report = (run_dir / "report" / "index.md").read_text()
     assert report.startswith("# Does the RLG scale act as the KL coefficient? Learned-model ground truth")
+    assert "<h1>Does the RLG scale act as the KL coefficient?" in (run_dir / "report" / "index.html").read_text()
     assert "| rwr | 1 | 1 | holds |" in report and "| dpo | 1 | 1 | holds |" in report and "RLG's own gap" in report
     assert (run_dir / "report" / "figures" / "kl_learned_frontier.png").is_file()
 

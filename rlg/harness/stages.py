@@ -418,13 +418,13 @@ def ground_truth(job: Job, store: Store) -> dict[str, Any]:
     store.write_table("ground_truth", df)
     files = _written(store, store.temp_dir("report"), store.root / "report", lambda tmp: _section(job)(df, tmp))
     print(ground_truth_tables(df)["markdown"])
-    return {"files": files, "rows": len(df)}
+    return {"files": files, "rows": len(df), **_index(store)}
 
 
 def kl_claim(job: Job, store: Store) -> dict[str, Any]:
     """RLG(w) from the beta model against models retrained at beta / w (rlg.kl_claim), with the analytic
     ground truth beside it; rows into the store's ``kl_claim`` / ``ground_truth`` tables, the report
-    (figures, tables, report.md) into <run>/report."""
+    (figures, tables, index.md / index.html) into <run>/report."""
     from rlg.ground_truth import run_ground_truth
     from rlg.kl_claim import run_kl_claim
 
@@ -436,8 +436,8 @@ def kl_claim(job: Job, store: Store) -> dict[str, Any]:
         store.write_table("ground_truth", analytic)
     files = _written(store, store.temp_dir("report"), store.root / "report",
                      lambda tmp: _section(job)(df, analytic, tmp))
-    print((store.root / "report" / "report.md").read_text())
-    return {"files": files, "rows": len(df), "index": str(store.root / "report" / "report.md")}
+    print((store.root / "report" / "index.md").read_text())
+    return {"files": files, "rows": len(df), **_index(store)}
 
 
 def kl_learned(job: Job, store: Store) -> dict[str, Any]:
@@ -448,6 +448,10 @@ def kl_learned(job: Job, store: Store) -> dict[str, Any]:
     df = run_learned_truth(job.settings)
     store.write_table("kl_learned", df)
     files = _written(store, store.temp_dir("report"), store.root / "report", lambda tmp: _section(job)(df, tmp))
-    print((store.root / "report" / "report.md").read_text())
-    return {"files": files, "rows": len(df), "seconds": df.attrs.get("seconds"),
-            "index": str(store.root / "report" / "report.md")}
+    print((store.root / "report" / "index.md").read_text())
+    return {"files": files, "rows": len(df), "seconds": df.attrs.get("seconds"), **_index(store)}
+
+
+def _index(store: Store) -> dict[str, str]:
+    """The report entry's page paths (every kind writes report/index.md and index.html: rlg.report.page)."""
+    return {"index": str(store.root / "report" / "index.md"), "index_html": str(store.root / "report" / "index.html")}

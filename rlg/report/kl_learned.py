@@ -21,7 +21,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, MARKERS, STYLE, TEXT_WIDTH, save
-from rlg.report.tables import render
+from rlg.report.page import write_kind_report
+from rlg.report.tables import FORMATS as TABLE_FORMATS, render
 
 __all__ = ["kl_learned_tables", "write_kl_learned_figures", "write_kl_learned_report"]
 
@@ -80,7 +81,7 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
              "whole distribution (energy distance to exact samples of the beta/w optimum). One block per retraining "
              "objective: RLG(w) starts from that objective's beta model."]
     out["kl_learned_verdict"] = {fmt: render(header, rows, fmt, align="lrrlr" + "r" * 4 + "lr", notes=notes)
-                                 for fmt in ("markdown", "latex")}
+                                 for fmt in TABLE_FORMATS}
     header = ["objective", "w", "beta/w", "exact reward", "sampler: exact score - exact",
               "RLG's own gap (exact scores) [95%]", "network: oracle - exact score [95%]",
               "fine-tuning: retrained - oracle [95%]", "own criterion: retrained - oracle [95%]",
@@ -102,7 +103,7 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
              "minus at the oracle, on the same evaluation draw: > 0 means the fine-tune optimised its criterion "
              "past the oracle, so a reward gap to the oracle is the objective's, not the optimiser's."]
     out["kl_learned_errors"] = {fmt: render(header, rows, fmt, align="l" + "r" * (len(header) - 1), notes=notes)
-                                for fmt in ("markdown", "latex")}
+                                for fmt in TABLE_FORMATS}
     arms = [(a, o) for a, o in df[["arm", "objective"]].drop_duplicates().itertuples(index=False)]
     header = ["w", "floor (exact vs exact)"] + [a if not o else f"{a} ({o})" for a, o in arms]
     rows = []
@@ -115,7 +116,7 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
     notes = ["Energy distance to exact samples of the beta/w optimum (at the sampler's output noise level); learned "
              "arms: mean ± se over training seeds."]
     out["kl_learned_distance"] = {fmt: render(header, rows, fmt, align="r" * len(header), notes=notes)
-                                  for fmt in ("markdown", "latex")}
+                                  for fmt in TABLE_FORMATS}
     return out
 
 
@@ -180,24 +181,13 @@ def write_kl_learned_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] =
 
 
 def write_kl_learned_report(df: pd.DataFrame, out_dir) -> list[Path]:
-    """Figures (``figures/``), tables (``tables/``) and ``report.md`` (verdict table first); the paths written."""
+    """Figures (``figures/``), tables (``tables/``) and ``index.md`` / ``index.html`` (``rlg.report.page``; verdict
+    table first); the paths written."""
     out_dir = Path(out_dir)
     files = write_kl_learned_figures(df, out_dir / "figures")
-    (out_dir / "tables").mkdir(parents=True, exist_ok=True)
-    tables = kl_learned_tables(df)
-    for stem, t in tables.items():
-        for fmt, text in t.items():
-            p = out_dir / "tables" / f"{stem}.{'md' if fmt == 'markdown' else 'tex'}"
-            p.write_text(text)
-            files.append(p)
     secs = df.attrs.get("seconds")
-    parts = ["# Does the RLG scale act as the KL coefficient? Learned-model ground truth", "",
-             tables["kl_learned_verdict"]["markdown"], "", "## The errors, separated", "",
-             tables["kl_learned_errors"]["markdown"], "", tables["kl_learned_distance"]["markdown"], "",
-             "![frontier](figures/kl_learned_frontier.png)", "", "![training](figures/kl_learned_training.png)", ""]
-    if secs is not None:
-        parts += [f"Wall time {secs:g} s (training {df.attrs.get('train_seconds', float('nan')):g} s).", ""]
-    report = out_dir / "report.md"
-    report.write_text("\n".join(parts))
-    files.append(report)
-    return files
+    wall = [] if secs is None else [f"Wall time {secs:g} s (training {df.attrs.get('train_seconds', float('nan')):g} s)."]
+    sections = [("", ["kl_learned_verdict"]), ("The errors, separated", [
+        "kl_learned_errors", "kl_learned_distance", *(f for f in files if f.suffix == ".png"), *wall])]
+    return files + write_kind_report(out_dir, "Does the RLG scale act as the KL coefficient? Learned-model ground truth",
+                                     kl_learned_tables(df), sections)
