@@ -20,11 +20,10 @@ METRICS = ("energy_distance", "mmd2", "mean_reward", "component_weight", "moment
 
 
 @dataclass
-class GroundTruthConfig:
-    pair: str = "mixture_quadratic"  # a key of rlg.analytic.PAIR_PRESETS
-    d: int = 2
-    beta: float = 1.0
-    scales: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+class GroundTruthSampling:
+    """How the analytic ground truth samples: the config node ``ground_truth`` (its pair is ``pair.analytic``, its
+    scales ``grid.scales``, its seed the run's; ``GroundTruthConfig`` adds them)."""
+
     samplers: list[str] = field(default_factory=lambda: list(SAMPLERS))
     num_inference_steps: int = 100
     n_per_batch: int = 500
@@ -32,21 +31,31 @@ class GroundTruthConfig:
     noise_level: float = 0.7  # Flow-GRPO SDE
     flow_shift: float = 3.0  # SD3.5's FlowMatch shift
     init: str = "marginal"  # "marginal" | "noise"
-    metrics: list[str] = field(default_factory=lambda: list(METRICS))
     rl_control: bool = True  # the sampler control: the exact target's own score at every w ("exact_score")
-    moment_dims: int = 8  # per-dimension mean/variance tests for dimensions i < moment_dims
-    progress: bool = True  # a tqdm bar over the sampling steps
-    seed: int = 0
     # RLG with Feynman-Kac correctors (rlg.fkc), method "rlg_fkc", one run per particle count K, at every scale
     # except w = 0 and 1 (where its weights are identically 0: the same law as plain sampling); [] = none
     fkc_particles: list[int] = field(default_factory=list)
     fkc_resample: str = "ess"  # "ess" | "every_step"
-    fkc_ess_threshold: float = 0.5
     # FK steering (rlg.fk_steering), method "fk_steering": the base model alone, K particles, potentials of the
     # reward on the predicted x0, lam = w / beta (target: the beta/w optimum); at every scale but 0; [] = none
     fks_particles: list[int] = field(default_factory=list)
     fks_potential: str = "difference"  # "difference" | "max" | "sum"
     fks_interval: int = 1  # steps between resamplings
+
+
+@dataclass
+class GroundTruthConfig(GroundTruthSampling):
+    """What one analytic ground-truth run (``rlg.ground_truth.run_ground_truth``) samples and measures."""
+
+    pair: str = "mixture_quadratic"  # a key of rlg.analytic.PAIR_PRESETS
+    d: int = 2
+    beta: float = 1.0
+    scales: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))
+    moment_dims: int = 8  # per-dimension mean/variance tests for dimensions i < moment_dims
+    progress: bool = True  # a tqdm bar over the sampling steps
+    seed: int = 0
+    fkc_ess_threshold: float = 0.5
 
     def __post_init__(self):
         if self.fkc_particles or self.fks_particles:  # their own configs name the fix for a bad value
@@ -241,6 +250,6 @@ class FindingsPlan:
     n_resamples: int
 
 
-__all__ = ["FindingsConfig", "FindingsPlan", "FindingsSubRun", "GroundTruthConfig", "KLClaimSettings",
+__all__ = ["FindingsConfig", "FindingsPlan", "FindingsSubRun", "GroundTruthConfig", "GroundTruthSampling", "KLClaimSettings",
            "LearnedTruthConfig", "METRICS", "OBJECTIVES",
            "SAMPLERS"]

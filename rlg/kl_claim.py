@@ -69,6 +69,7 @@ from tqdm.auto import tqdm
 from rlg.analytic_metrics import batched, energy_distance, median_bandwidth, mmd2
 from rlg.files import sha256_file
 from rlg.kind_spec import KLClaimSettings
+from rlg.kl_stats import mean_se, normal_interval
 from rlg.model_ids import resolve_zoo_id
 from rlg.registry import resolve
 
@@ -257,8 +258,9 @@ class _Scorer:
 
 
 def _mean_row(v: np.ndarray) -> dict[str, float]:
-    m, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
-    return dict(value=m, stderr=se, lo=m - 1.96 * se, hi=m + 1.96 * se)
+    m, se = mean_se(v)
+    lo, hi = normal_interval(m, se)
+    return dict(value=m, stderr=se, lo=lo, hi=hi)
 
 
 def _batches(n_prompts: int, n_per_prompt: int, n_batches: int) -> list[np.ndarray]:
@@ -337,9 +339,8 @@ def _run(settings: KLClaimSettings, grid, options: dict[str, dict], images_out: 
                 if arm == "rlg":
                     d = v - per_image[ref][metric]
                     df_ = per_image[other][metric] - per_image[ref][metric]
-                    extra = dict(diff=float(d.mean()), diff_stderr=float(d.std(ddof=1) / math.sqrt(len(d))),
-                                 diff_floor=float(df_.mean()),
-                                 diff_floor_stderr=float(df_.std(ddof=1) / math.sqrt(len(df_))))
+                    (diff, diff_se), (floor, floor_se) = mean_se(d), mean_se(df_)
+                    extra = dict(diff=diff, diff_stderr=diff_se, diff_floor=floor, diff_floor_stderr=floor_se)
                 rows.append(dict(kind="metric", arm=arm, w=w, beta_eff=b, model_seed=mseed, metric=metric,
                                  **_mean_row(v), **extra, **common))
             if settings.set_metrics:
@@ -349,8 +350,9 @@ def _run(settings: KLClaimSettings, grid, options: dict[str, dict], images_out: 
                     # value +- 1.96 bootstrap se: resampling with replacement inflates a biased Frechet distance,
                     # so percentile intervals can exclude the value itself (science audit, section 3)
                     se = float(resampled[metric].std(ddof=1))
+                    lo, hi = normal_interval(value, se)
                     rows.append(dict(kind="metric", arm=arm, w=w, beta_eff=b, model_seed=mseed, metric=metric,
-                                     value=value, stderr=se, lo=value - 1.96 * se, hi=value + 1.96 * se, **common))
+                                     value=value, stderr=se, lo=lo, hi=hi, **common))
         fa, fo, fr = feats[ref], feats[other], feats[("rlg", w, settings.source_seed)]
         if settings.distance == "mmd2":
             h = median_bandwidth(fa)

@@ -20,7 +20,30 @@ from scipy import stats
 
 from rlg.verdicts import VERDICTS, holm  # the rule and Holm live there (one owner); re-exported
 
-__all__ = ["TTest", "t_interval", "welch", "paired", "holm", "kl_verdicts", "VERDICTS"]
+__all__ = ["TTest", "t_interval", "welch", "paired", "holm", "kl_verdicts", "VERDICTS", "Z95", "mean_se",
+           "normal_interval", "mean_ci"]
+
+Z95 = 1.96  # the two-sided 95% quantile of the normal distribution, rounded as every normal interval here uses it
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, standard error sd / sqrt(n)) of a 1-D sample, sd with ddof = 1, in float64; se is NaN for n < 2."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
+
+
+def normal_interval(estimate: float, se: float, z: float = Z95) -> tuple[float, float]:
+    """The normal-approximation interval estimate -+ z se (95% for the default z)."""
+    return estimate - z * se, estimate + z * se
+
+
+def mean_ci(values: Sequence[float], z: float = Z95) -> dict[str, float]:
+    """{"mean", "se", "lo", "hi"} rounded to 5 decimals and "n": ``mean_se`` and ``normal_interval`` of a 1-D
+    sample, as the zoo's measurement records store them."""
+    m, se = mean_se(values)
+    lo, hi = normal_interval(m, se, z)
+    return {"mean": round(m, 5), "se": round(se, 5), "lo": round(lo, 5), "hi": round(hi, 5),
+            "n": int(np.asarray(values).size)}
 
 
 @dataclass(frozen=True)
@@ -55,7 +78,7 @@ def t_interval(values: Sequence[float]) -> TTest:
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2:
         raise ValueError(f"t_interval needs >= 2 values (training seeds), got {v.size}")
-    return _result(float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)), v.size - 1)
+    return _result(*mean_se(v), v.size - 1)
 
 
 def paired(a: Sequence[float], b: Sequence[float]) -> TTest:

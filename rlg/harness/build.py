@@ -515,13 +515,8 @@ def ground_truth_settings(conf: RunConf, scales: tuple[float, ...], overrides: l
     """The analytic ground truth's settings: the closed-form pair, the ground_truth node, the grid's scales."""
     a, g = conf.pair.analytic, conf.ground_truth
     try:
-        return GroundTruthConfig(pair=a.preset, d=a.d, beta=a.beta, scales=list(scales), samplers=list(g.samplers),
-                                 num_inference_steps=g.num_inference_steps, n_per_batch=g.n_per_batch,
-                                 n_batches=g.n_batches, noise_level=g.noise_level, flow_shift=g.flow_shift,
-                                 init=g.init, rl_control=g.rl_control, seed=conf.seed,
-                                 fkc_particles=list(g.fkc_particles), fkc_resample=g.fkc_resample,
-                                 fks_particles=list(g.fks_particles), fks_potential=g.fks_potential,
-                                 fks_interval=g.fks_interval)
+        return GroundTruthConfig(**dataclasses.asdict(g), pair=a.preset, d=a.d, beta=a.beta, scales=list(scales),
+                                 seed=conf.seed)
     except ValueError as exc:
         raise ConfigError(f"ground_truth: {exc}") from exc
 

@@ -166,7 +166,7 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     """Make this rank's missing images, one ``rlg.grid.run_grid`` per method grid (``method_grids``), each
     inside its method's model state (a weight-mixed network). ``progress(done, total)`` is called after
     each batch (the tracker turns it into images/s and an ETA)."""
-    from rlg.grid import grid_calls, prompt_truncation, run_grid
+    from rlg.grid import pack_calls, prompt_truncation, run_grid
     from rlg.grid import pending as unmade
     from rlg.grid import work_groups as grid_groups
 
@@ -203,7 +203,7 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
         if any(k not in stored for g in groups for k, _ in g):  # else nothing to make: no mixed network is built
             todo_grids.append((method, arms, grid, groups))
     sizes = iter([len(c) for _, _, grid, groups in todo_grids  # run_grid's calls, in order
-                  for c in grid_calls(grid, unmade(groups, stored))])
+                  for c in pack_calls(unmade(groups, stored), grid.batch_size)])
     step_share = [0.0]
 
     def tick(*_) -> None:  # returns None: a forward hook's return value would replace the output

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rlg.kl_stats import mean_se, normal_interval
 from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, MARKERS, STYLE, TEXT_WIDTH, save
 from rlg.report.page import write_kind_report
 from rlg.report.tables import FORMATS as TABLE_FORMATS, render
@@ -89,8 +90,8 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
     has_gap = "objective_gap" in dec
     rows = [[r.objective, f"{r.w:g}", f"{r.beta_eff:.3g}", f"{r.exact_reward:.3f}",
              f"{r.exact_score_reward - r.exact_reward:+.3f}",
-             (f"{r.rlg_gap_exact:+.3f} [{r.rlg_gap_exact - 1.96 * r.rlg_gap_exact_se:+.3f}, "
-              f"{r.rlg_gap_exact + 1.96 * r.rlg_gap_exact_se:+.3f}]" if r.rlg_gap_exact_se > 0 else "0 (exact)"),
+             ("{:+.3f} [{:+.3f}, {:+.3f}]".format(r.rlg_gap_exact, *normal_interval(r.rlg_gap_exact, r.rlg_gap_exact_se))
+              if r.rlg_gap_exact_se > 0 else "0 (exact)"),
              _ci(r, "network"), _ci(r, "fine_tuning"),
              _ci(r, "objective_gap") if has_gap and np.isfinite(r.objective_gap) else "–",
              _ci(r, "weights_vs_retrained")] for r in dec.itertuples()]
@@ -111,7 +112,8 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
         cells = [f"{w:g}", f"{at.energy_floor.iloc[0]:.4f} ± {at.energy_floor_stderr.iloc[0]:.1g}"]
         for a, o in arms:
             v = at[(at.arm == a) & (at.objective == o)].energy
-            cells.append(f"{v.mean():.4f}" + (f" ± {v.std(ddof=1) / np.sqrt(len(v)):.1g}" if len(v) > 1 else ""))
+            m, se = mean_se(v)
+            cells.append(f"{m:.4f}" + (f" ± {se:.1g}" if len(v) > 1 else ""))
         rows.append(cells)
     notes = ["Energy distance to exact samples of the beta/w optimum (at the sampler's output noise level); learned "
              "arms: mean ± se over training seeds."]
