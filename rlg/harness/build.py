@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, grid_scale_values, validate
+from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, grid_scale_values, run_dir, validate
 from rlg.harness.kinds import KINDS, KindError
 from rlg.harness.provenance import redact
 from rlg.harness.prompts import Prompt, load_prompts
@@ -67,6 +67,8 @@ class Job:
     """A checked run plan. Built once by :func:`build`; the stages read nothing else."""
 
     name: str  # the run name: directory <paths.root>/<name>, column ``run_name`` of every image row
+    run_dir: Path  # <paths.root>/<name>, ~ expanded and checked (rlg.harness.config.run_dir): the CLI's folder
+    verbose: bool  # third-party loading bars and warnings too
     kind: str  # a name of rlg.harness.kinds.KINDS (the config group kind=)
     stages: tuple[str, ...]
     rank: int
@@ -451,8 +453,9 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
         world, local_rank = conf.shard.count * state.num_processes, state.local_process_index
     launch_rank = rank - conf.shard.index * (world // conf.shard.count)
     stages = ("generate", "evaluate", "report") if conf.stage == "all" else (conf.stage,)
-    common = dict(name=conf.name, stages=stages, rank=rank, world=world, distributed=distributed, seed=conf.seed,
-                  scales=scales, config=conf, resolved_config=resolved, launch_rank=launch_rank)
+    common = dict(name=conf.name, run_dir=Path(run_dir(conf.paths.root, conf.name)), verbose=conf.verbose, stages=stages,
+                  rank=rank, world=world, distributed=distributed, seed=conf.seed, scales=scales, config=conf,
+                  resolved_config=resolved, launch_rank=launch_rank)
     if conf.kind != "images":  # a measurement of its own: no image grid, one process
         if world > 1:
             raise ConfigError(f"kind={conf.kind} runs in one process; launch it without torchrun/accelerate or "
