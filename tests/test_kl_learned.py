@@ -96,7 +96,8 @@ def test_learned_preset_runs_and_rlg_at_w1_is_the_beta_model(learned_run):
 def test_the_errors_add_up_and_exact_rlg_is_exact_on_the_gaussian_linear_pair(learned_run):
     """retrained - exact score = network + fine-tuning (per seed, hence for the means); and RLG with exact scores is
     exact on gaussian_linear (the known case: the mixed prediction is the score of the beta/w optimum)."""
-    from rlg.kl_learned import LearnedTruthConfig, decompose, run_learned_truth
+    from rlg.kl_learned import LearnedTruthConfig, run_learned_truth
+    from rlg.kl_stats import decompose
 
     _, df, _ = learned_run
     dec = decompose(df)

@@ -150,11 +150,12 @@ def image_key(job: Job, prompt: Prompt, sample: int, scale: float, arm: Any = No
 
 
 def _image_row(job: Job, run_id: str, key: str, it, res, truncated: bool, prompt: Prompt, arm) -> dict[str, Any]:
-    s = job.config.sampler
+    s = job.sampler
     cfg = s.guidance_scale if arm.guidance_scale is None else arm.guidance_scale
     return {"image_key": key, "run_id": run_id, "run_name": job.name, "config_id": job.config_id,
             "pair": job.pair.name, "prompt_id": it.prompt_index, "prompt": it.prompt, "sample": it.sample_index,
-            "seed": it.seed, "scale": it.scale, "sampler": s.name, "num_inference_steps": s.num_inference_steps,
+            "seed": it.seed, "scale": it.scale, "sampler": job.config.sampler.name,
+            "num_inference_steps": s.num_inference_steps,
             "guidance_scale": cfg, "height": s.height, "width": s.width, "nonfinite": res.nonfinite,
             "nonfinite_step": res.nonfinite_step, "truncated": truncated,
             "metadata": json.dumps(prompt.metadata) if prompt.metadata else None,

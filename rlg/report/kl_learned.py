@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rlg.kl_stats import mean_se, normal_interval
+from rlg.kl_stats import decompose, mean_se, normal_interval
 from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, MARKERS, STYLE, TEXT_WIDTH, save
 from rlg.report.page import write_kind_report
 from rlg.report.tables import FORMATS as TABLE_FORMATS, render
@@ -57,8 +57,6 @@ def _title(df: pd.DataFrame) -> str:
 
 def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
     """{"kl_learned_verdict" | "kl_learned_errors" | "kl_learned_distance": {"markdown": ..., "latex": ...}}."""
-    from rlg.kl_learned import decompose
-
     df = _with_objective(df)
     dec = decompose(df)
     seeds = int(df.seed.dropna().nunique())
