@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from rlg.zoo import digits as D
-from rlg.zoo.common import mean_ci
+from rlg.kl_stats import mean_ci
 
 PAIRS = ("zoo_digits_dpo", "zoo_digits_ddpo_compress", "zoo_digits_ddpo_incompress", "zoo_digits_spo")
 REWARD = {"zoo_digits_dpo": "digit_margin", "zoo_digits_ddpo_compress": "jpeg_compressibility",
