@@ -1,4 +1,5 @@
-"""Measurements of the compositional zoo pair: the zoo_digits detector on scenes with known ground truth.
+"""Measurements of the compositional zoo pair: the zoo_digits detector on scenes with known ground truth, and RLG
+control of GenEval accuracy (per tag and overall) at sampling seeds.
 
 ``measure_detector`` composes held-out scenes (``rlg.zoo.geneval.dataset`` on the held-out digit split, never seen by
 the classifier or the generator), runs the GenEval evaluator with ``detector=zoo_digits`` and compares:
@@ -97,6 +98,90 @@ def measure_detector(n: int = 400, seed: int = 0, split: str = "test") -> dict[s
             "geneval": geneval, "n": n, "seed": seed, "split": split, "detector": ev.detector().version}
 
 
-if __name__ == "__main__":
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 400
-    print(json.dumps(measure_detector(n), indent=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The pair: GenEval correctness per tag at RLG scales (the harness's sampler preset and grid loop)
+# ---------------------------------------------------------------------------------------------
+PAIR, SAMPLER, REWARD = "zoo_geneval_flowgrpo", "zoo_text_ode", "geneval_overall"
+
+
+def score(images: np.ndarray, prompts: list[str]) -> np.ndarray:
+    """float64 (N,) geneval_correct of each image (GenEval with detector=zoo_digits, through the evaluators' loop
+    rlg.evaluators.base.score_images; each prompt's metadata row from rlg.zoo.geneval.rows()). Raises RuntimeError
+    when an image fails."""
+    from rlg.evaluators.base import score_images
+    from rlg.evaluators.geneval import GenEval
+    from rlg.zoo import geneval as G
+
+    meta = {r["prompt"]: r for r in G.rows()}
+    scored = score_images(GenEval(detector="zoo_digits", device="cpu"), images, prompts,
+                          [meta[p] for p in prompts], batch_size=64)
+    if scored.failed:
+        first = next(e for errs in scored.errors.values() for e in errs if e)
+        raise RuntimeError(f"GenEval failed on {scored.failed} images, e.g. {first}")
+    return np.asarray(scored["geneval_correct"], dtype=np.float64)
+
+
+def tag_summary(values: np.ndarray, tags: list[str]) -> dict[str, dict[str, float]]:
+    """Per tag mean_ci of ``values`` (N,), and "overall": GenEval's unweighted mean over the tags, with the se of a
+    mean of independent tag means (sqrt(sum se_t^2) / n_tags) and its normal 95% interval."""
+    from rlg.zoo.common import mean_ci
+
+    tags_arr = np.asarray(tags)
+    out = {t: mean_ci(values[tags_arr == t]) for t in dict.fromkeys(tags)}
+    m = float(np.mean([v["mean"] for v in out.values()]))
+    se = float(np.sqrt(sum(v["se"] ** 2 for v in out.values())) / len(out))
+    out["overall"] = {"mean": round(m, 5), "se": round(se, 5), "lo": round(m - 1.96 * se, 5),
+                      "hi": round(m + 1.96 * se, 5), "n": int(len(values))}
+    return out
+
+
+def measure_pair(scales=(0.0, 1.0, 2.0), samples_per_prompt: int = 4, seed: int = 0, base=None, rl=None,
+                 batch: int = 48) -> dict[str, Any]:
+    """One sampling seed: per scale GenEval accuracy per tag and overall (tag_summary), and the paired differences
+    (same prompt, sample and initial noise) between neighbouring scales, per tag and overall. ``base``/``rl``:
+    directories of a retrained pair (default: the shipped preset pair=zoo_geneval_flowgrpo)."""
+    from rlg.pairs import load_pair
+    from rlg.zoo import geneval as G
+    from rlg.zoo.digits_eval import generate, pair_spec
+
+    spec = pair_spec(PAIR) if base is None else G.pair_spec(base, rl)
+    gen = generate(load_pair(spec), list(scales), samples_per_prompt, seed, prompts=list(G.PROMPTS), batch=batch,
+                   sampler=SAMPLER)
+    tag_of = {r["prompt"]: r["tag"] for r in G.rows()}
+    values = {w: score(g["images"], g["prompts"]) for w, g in gen.items()}
+    tags = [tag_of[p] for p in gen[float(scales[0])]["prompts"]]
+    ws = sorted(values)
+    return {"pair": PAIR, "reward": REWARD, "seed": seed, "samples_per_prompt": samples_per_prompt,
+            "n_images_per_scale": len(tags), "scales": {str(w): tag_summary(values[w], tags) for w in ws},
+            "paired_differences": {f"{b}-{a}": tag_summary(values[b] - values[a], tags) for a, b in zip(ws, ws[1:])},
+            "images": {w: g["images"] for w, g in gen.items()}}
+
+
+def measure_seeds(seeds=(0, 1, 2), scales=(0.0, 1.0, 2.0), samples_per_prompt: int = 4, base=None, rl=None,
+                  log=print) -> dict[str, Any]:
+    """measure_pair at each sampling seed (images dropped), and the verdict per tag and overall: for each
+    neighbouring pair of scales, at how many seeds the paired 95% interval lies above 0 / below 0."""
+    runs = []
+    for sd in seeds:
+        run = measure_pair(scales, samples_per_prompt, sd, base, rl)
+        run.pop("images")
+        runs.append(run)
+        log(f"{PAIR} seed {sd}: " + ", ".join(f"{k} {v['overall']['mean']:+.3f} [{v['overall']['lo']:+.3f}, "
+                                              f"{v['overall']['hi']:+.3f}]" for k, v in run["paired_differences"].items()))
+    verdict = {}
+    for k in runs[0]["paired_differences"]:
+        verdict[k] = {t: {"above_0": sum(r["paired_differences"][k][t]["lo"] > 0 for r in runs),
+                          "below_0": sum(r["paired_differences"][k][t]["hi"] < 0 for r in runs)}
+                      for t in runs[0]["paired_differences"][k]}
+    return {"pair": PAIR, "reward": REWARD, "seeds": list(seeds), "verdict": verdict, "runs": runs}
+
+
+if __name__ == "__main__":  # python -m rlg.zoo.geneval_eval detector [n] | pair OUT.json [samples] [seeds 0,1,2]
+    if sys.argv[1] == "detector":
+        print(json.dumps(measure_detector(int(sys.argv[2]) if len(sys.argv) > 2 else 400), indent=1))
+    else:
+        res = measure_seeds(seeds=tuple(int(s) for s in (sys.argv[4] if len(sys.argv) > 4 else "0,1,2").split(",")),
+                            samples_per_prompt=int(sys.argv[3]) if len(sys.argv) > 3 else 4)
+        open(sys.argv[2], "w").write(json.dumps(res, indent=1) + "\n")
