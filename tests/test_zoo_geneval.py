@@ -154,7 +154,7 @@ def test_shipped_pair_loads_through_the_stock_pipeline_and_is_within_budget():
 
 def test_detector_measurement_counts_matches_and_overall_is_the_mean_over_tags():
     from rlg.evaluators.geneval import Detection
-    from rlg.zoo.geneval_eval import match, measure_detector, tag_summary
+    from rlg.zoo.geneval_eval import legibility, match, measure_detector, tag_summary
 
     truth = [("3", (0, 0, 10, 10)), ("7", (20, 0, 30, 10))]
     dets = [Detection("3", 0.9, (1, 0, 10, 10)), Detection("3", 0.8, (0, 0, 10, 10)),  # the second is a duplicate
@@ -166,6 +166,10 @@ def test_detector_measurement_counts_matches_and_overall_is_the_mean_over_tags()
     assert s["overall"]["se"] == pytest.approx(np.sqrt(0.5**2 + 0.0**2) / 2, abs=1e-5)  # se of "a": sd 0.707 / sqrt 2
     m = measure_detector(24, seed=1)
     assert m["precision"] >= 0.95 and m["recall"] >= 0.95 and m["n"] == 24, m
+    images, idx, _ = G.dataset(8, seed=2, split="test")
+    leg = legibility(images, [G.PROMPTS[i] for i in idx])
+    ink = float(np.mean(255 - images.astype(float)) / 255)
+    assert leg["layout"] == 1.0 and leg["read_gt_0.9"] >= 0.9 and leg["ink"] == pytest.approx(ink, abs=1e-4), leg
 
 
 def test_base_trainer_resumes_to_the_uninterrupted_result_on_scenes(tmp_path):

@@ -137,10 +137,30 @@ def tag_summary(values: np.ndarray, tags: list[str]) -> dict[str, dict[str, floa
     return out
 
 
+def legibility(images: np.ndarray, prompts: list[str]) -> dict[str, float]:
+    """How readable one scale's images (uint8 (N, H, W, 3)) are to the zoo_digits detector: ``layout`` (share of
+    images with as many detections as the prompt's digits), ``mean_read`` (mean classifier probability of the
+    detections), ``read_gt_0.9`` (share of detections read with probability > 0.9) and ``ink`` (mean ink share of
+    the canvas, 1 - grey / 255)."""
+    from PIL import Image
+
+    from rlg.evaluators.geneval.detectors import build_detector
+    from rlg.zoo import geneval as G
+
+    rows = {r["prompt"]: r for r in G.rows()}
+    dets = build_detector("zoo_digits").detect([Image.fromarray(im) for im in images])
+    scores = np.array([d.score for ds in dets for d in ds])
+    want = [sum(c["count"] for c in rows[p]["include"]) for p in prompts]
+    return {"layout": round(float(np.mean([len(ds) == n for ds, n in zip(dets, want)])), 4),
+            "mean_read": round(float(scores.mean()), 4) if len(scores) else float("nan"),
+            "read_gt_0.9": round(float((scores > 0.9).mean()), 4) if len(scores) else float("nan"),
+            "ink": round(float(np.mean(255 - images.astype(np.float64)) / 255), 4)}
+
+
 def measure_pair(scales=(0.0, 1.0, 2.0), samples_per_prompt: int = 4, seed: int = 0, base=None, rl=None,
                  batch: int = 48) -> dict[str, Any]:
-    """One sampling seed: per scale GenEval accuracy per tag and overall (tag_summary), and the paired differences
-    (same prompt, sample and initial noise) between neighbouring scales, per tag and overall. ``base``/``rl``:
+    """One sampling seed: per scale GenEval accuracy per tag and overall (tag_summary) and legibility, and the paired
+    differences (same prompt, sample and initial noise) between neighbouring scales, per tag and overall. ``base``/``rl``:
     directories of a retrained pair (default: the shipped preset pair=zoo_geneval_flowgrpo)."""
     from rlg.pairs import load_pair
     from rlg.zoo import geneval as G
@@ -156,6 +176,7 @@ def measure_pair(scales=(0.0, 1.0, 2.0), samples_per_prompt: int = 4, seed: int 
     return {"pair": PAIR, "reward": REWARD, "seed": seed, "samples_per_prompt": samples_per_prompt,
             "n_images_per_scale": len(tags), "scales": {str(w): tag_summary(values[w], tags) for w in ws},
             "paired_differences": {f"{b}-{a}": tag_summary(values[b] - values[a], tags) for a, b in zip(ws, ws[1:])},
+            "legibility": {str(w): legibility(gen[w]["images"], gen[w]["prompts"]) for w in ws},
             "images": {w: g["images"] for w, g in gen.items()}}
 
 
