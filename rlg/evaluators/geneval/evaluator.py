@@ -72,9 +72,10 @@ class GenEval:
             raise ValueError(f"unknown GenEval detector {detector!r}; use one of {', '.join(DETECTORS)}")
         given = [k for k, v in (("detector_checkpoint", detector_checkpoint), ("detector_config", detector_config))
                  if v is not None]
-        if detector in ("hf", "zoo_digits") and given:  # the mmdet files: these detectors would ignore them
-            raise ValueError(f"{given[0]} applies to detector='mmdet' only (the {detector} detector does not read "
-                             f"it); remove it or set detector=mmdet")
+        if detector != "mmdet" and given:  # the mmdet files: the other detectors would ignore them
+            reads = "loads detector_path" if detector == "hf" else "reads the zoo's digit classifier"
+            raise ValueError(f"{given[0]} applies to detector='mmdet' only (the {detector} detector {reads}); "
+                             f"remove it or set detector=mmdet")
         if detector == "zoo_digits" and (detector_path != HF_MODEL_ID or detector_revision != HF_REVISION):
             raise ValueError("detector_path and detector_revision apply to detector='hf' only (zoo_digits reads "
                              "the zoo's digit classifier, zoo:digits_classifier); remove them")
