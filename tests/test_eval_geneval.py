@@ -557,7 +557,7 @@ def test_geneval_end_to_end_with_tiny_models(tiny_mask2former, tiny_clip, shared
 
 
 def test_geneval_options_are_validated():
-    with pytest.raises(ValueError, match="'hf' or 'mmdet'"):
+    with pytest.raises(ValueError, match="unknown GenEval detector 'yolo'; use one of hf, mmdet, zoo_digits"):
         GenEval(detector="yolo")
     with pytest.raises(ValueError, match="dtype"):
         GenEval(dtype="float8")

@@ -26,7 +26,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("facade", ("rlg",)),
     # the zoo's measurement and its retrain driver read the presets through rlg.harness.api.job: harness users
     ("app", ("rlg.harness", "rlg.conf", "rlg.zoo.digits_eval", "rlg.zoo.text_eval", "rlg.zoo.train_digits",
-             "rlg.zoo.train")),
+             "rlg.zoo.train", "rlg.zoo.geneval_eval", "rlg.zoo.train_geneval")),
     ("report", ("rlg.report",)),
     ("science", ("rlg.kl_claim", "rlg.kl_learned", "rlg.fkc_learned", "rlg.kl_stats", "rlg.verdicts",
                  "rlg.ground_truth",

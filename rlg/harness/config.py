@@ -620,7 +620,7 @@ def check_window(start: float, stop: float, outside: str, num_steps: int) -> Non
 def check_values(cfg: DictConfig) -> None:
     """Values the schema's types cannot express, checked at start-up (not hours later when used)."""
     from rlg.evaluators.base import REGISTRY
-    from rlg.harness.prompts import SOURCES
+    from rlg.harness.prompts import PACKAGE_SOURCES, SOURCES
 
     _one_of("stage", cfg.stage, STAGES)
     run_dir(cfg.paths.root, cfg.name)
@@ -655,7 +655,7 @@ def check_values(cfg: DictConfig) -> None:
         check_call_keywords(s.extra, "sampler.extra")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    _one_of("prompts.source", cfg.prompts.source, ("inline", "file", *SOURCES))
+    _one_of("prompts.source", cfg.prompts.source, ("inline", "file", *SOURCES, *PACKAGE_SOURCES))
     path = cfg.prompts.path
     if path and not Path(path).expanduser().is_file():  # the loader reads it later; refuse before any import
         raise ConfigError(f"prompt file {Path(path).expanduser()} does not exist; fix prompts.path")

@@ -121,6 +121,10 @@ SOURCES: dict[str, Source] = {
     "parti": Source(f"{GH}/google-research/parti/main/PartiPrompts.tsv", None, _parti, "PartiPrompts.tsv"),
 }
 HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
+# prompt sets shipped inside the package (the zoo's own): name -> (path relative to the rlg package, parser)
+PACKAGE_SOURCES: dict[str, tuple[str, Any]] = {
+    "zoo_geneval": ("zoo/geneval_digits_metadata.jsonl", _geneval),  # rlg.zoo.geneval.rows(), GenEval format
+}
 
 # A small blocklist for prompts.sfw=true on the Pick-a-Pic prompts (whole words, case-insensitive).
 NSFW_WORDS = ("nude", "naked", "nsfw", "sex", "sexy", "porn", "topless", "nipple", "nipples", "breasts", "boobs",
@@ -182,6 +186,11 @@ def load_prompt_set(source: str, *, cache_dir: str | Path, path: str | Path | No
         if not prompts:
             raise PromptError("prompts.items is empty; list at least one prompt")
         info: dict[str, Any] = {"source": "inline"}
+    elif source in PACKAGE_SOURCES and not path:
+        rel, parse = PACKAGE_SOURCES[source]
+        data = (Path(__file__).resolve().parent.parent / rel).read_bytes()
+        prompts = parse(_decode(data, rel), f"rlg/{rel}")
+        info = {"source": source, "path": f"rlg/{rel}", "sha256": sha256_bytes(data)}
     elif source == "file" or path:
         if not path:
             raise PromptError("prompts.source=file needs prompts.path=/path/to/prompts.txt (or .jsonl)")
@@ -215,7 +224,8 @@ def load_prompt_set(source: str, *, cache_dir: str | Path, path: str | Path | No
             log.warning("prompt set %s is not pinned upstream; its sha256 (and hub commit) are recorded in the run "
                         "metadata", source)
     else:
-        raise PromptError(f"unknown prompt source {source!r}; known: inline, file, {', '.join(SOURCES)}")
+        raise PromptError(f"unknown prompt source {source!r}; known: inline, file, "
+                          f"{', '.join([*SOURCES, *PACKAGE_SOURCES])}")
     if sfw:
         pattern = re.compile(r"\b(" + "|".join(NSFW_WORDS) + r")\b", re.IGNORECASE)
         before = len(prompts)

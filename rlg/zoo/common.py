@@ -158,3 +158,35 @@ def same_tensors(a: Path, b: Path) -> bool:
         if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
             return False
     return bool(files)
+
+
+def run_models(models: tuple[str, ...], train_model, compare, ship, weights: Path, out: Path | str | None = None,
+               do_ship: bool = False, only: list[str] | None = None, log=print, **train_kw: Any) -> dict[str, Any]:
+    """The retrain loop of a zoo task: train each of ``models`` (in order; ``only`` a subset) with
+    ``train_model(model, out_dir, log=log, **train_kw)`` into ``out`` (default outputs/zoo_retrain/<time>; the
+    shipped ``weights`` with ``do_ship``), record its wall time, ``compare(model, info, model_dir, shipped_manifest)``
+    it with the manifest, and ``ship(model, src, info)`` it when shipping. Returns {model: {config, reproduction}}."""
+    import shutil
+    import time
+
+    out = weights if do_ship else Path(out or f"outputs/zoo_retrain/{time.strftime('%Y%m%d-%H%M%S')}")
+    shipped = read_manifest().get("models", {})
+    report: dict[str, Any] = {}
+    for model in models:
+        if only and model not in only:
+            continue
+        if (out / model).exists() and not do_ship:
+            shutil.rmtree(out / model)
+        log(f"== training {model} -> {out / model}")
+        t0 = time.time()
+        info = train_model(model, out / model, log=log, **train_kw)
+        info["wall_seconds"] = round(time.time() - t0, 1)
+        info["environment"] = environment()
+        if not do_ship:
+            (out / f"{model}.train.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+        check = compare(model, info, out / model, shipped)
+        report[model] = {"config": info, "reproduction": check}
+        log(f"== {model}: {json.dumps(check)}")
+        if do_ship:
+            ship(model, out / model, info)
+    return report

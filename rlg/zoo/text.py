@@ -100,6 +100,34 @@ def dataset(n: int, seed: int, fonts: tuple[str, ...] = FONTS) -> tuple[np.ndarr
     return np.stack([render(VOCAB[w], rng, fonts) for w in words]), words
 
 
+PROMPTS = tuple(prompt(w) for w in VOCAB)
+
+
+# the trainers' task interface (rlg.zoo.train_text_base / train_text_flowgrpo; rlg.zoo.geneval has the same)
+def vae_data(n: int, seed: int) -> np.ndarray:
+    """The VAE's training images: uint8 (n, H, W, 3), every face."""
+    return dataset(n, seed)[0]
+
+
+def flow_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The transformer's training images and their prompt indices into PROMPTS (the FLOW_FONTS face)."""
+    return dataset(n, seed, fonts=FLOW_FONTS)
+
+
+def reward_fn():
+    """The Flow-GRPO reward of this task: (images uint8 (B, H, W, 3), prompt indices (B,)) -> float32 (B,) OCR
+    accuracy of each image's word (rlg.evaluators.ocr: real EasyOCR, Flow-GRPO's formula)."""
+    from rlg.evaluators.ocr import OCRAccuracy, ocr_accuracy
+
+    reader = OCRAccuracy(device="cpu").reader()
+
+    def reward(images: np.ndarray, idx) -> torch.Tensor:
+        return torch.tensor([ocr_accuracy(VOCAB[int(i)], reader(np.ascontiguousarray(im)))
+                             for im, i in zip(images, idx)])
+
+    return reward
+
+
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (n, H, W, 3) -> float32 (n, 3, H, W) in [-1, 1] (the VAE's input range)."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1

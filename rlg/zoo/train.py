@@ -1,4 +1,4 @@
-"""Retrain the zoo from scratch: ``python -m rlg.zoo.train digits|all [--out DIR] [--ship] [--only a,b]``.
+"""Retrain the zoo from scratch: ``python -m rlg.zoo.train digits|text|geneval|all [--out DIR] [--ship] [--only a,b]``.
 
 Without --ship the models go to a fresh directory (default outputs/zoo_retrain/<time>) and each is
 compared with the shipped model's manifest metrics within the task's tolerances; --ship overwrites
@@ -14,7 +14,8 @@ import json
 import sys
 
 # task -> "module:function"; the function takes (out, ship, only, log[, eval_samples]) and returns a report
-TASKS = {"digits": "rlg.zoo.train_digits:run", "text": "rlg.zoo.train_text:run"}
+TASKS = {"digits": "rlg.zoo.train_digits:run", "text": "rlg.zoo.train_text:run",
+         "geneval": "rlg.zoo.train_geneval:run"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -136,30 +135,10 @@ def ship_model(model: str, src: Path, info: dict[str, Any]) -> None:
 def run(out: Path | str | None = None, ship: bool = False, only: list[str] | None = None,
         eval_samples: int = EVAL_SAMPLES, log=print) -> dict[str, Any]:
     """Train ``only`` (default both text models) into ``out``; returns {model: {config, reproduction}}."""
-    import shutil
+    from rlg.zoo.common import run_models
 
-    from rlg.zoo.common import read_manifest
-
-    out = T.WEIGHTS if ship else Path(out or f"outputs/zoo_retrain/{time.strftime('%Y%m%d-%H%M%S')}")
-    shipped = read_manifest().get("models", {})
-    report: dict[str, Any] = {}
-    for model in (BASE_NAME, RL_NAME):
-        if only and model not in only:
-            continue
-        if (out / model).exists() and not ship:
-            shutil.rmtree(out / model)
-        log(f"== training {model} -> {out / model}")
-        t0 = time.time()
-        info = train_model(model, out / model, eval_samples=eval_samples, log=log)
-        info["wall_seconds"] = round(time.time() - t0, 1)
-        if not ship:
-            (out / f"{model}.train.json").write_text(json.dumps(info, indent=1, default=str) + "\n")
-        check = compare(model, info, out / model, shipped)
-        report[model] = {"config": info, "reproduction": check}
-        log(f"== {model}: {json.dumps(check)}")
-        if ship:
-            ship_model(model, out / model, info)
-    return report
+    return run_models((BASE_NAME, RL_NAME), train_model, compare, ship_model, T.WEIGHTS, out, ship, only, log,
+                      eval_samples=eval_samples)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,10 @@
-"""Train the text zoo's base StableDiffusion3Pipeline from scratch: a small VAE, then a rectified-flow transformer.
+"""Train a zoo SD3-like base pipeline from scratch: a small VAE, then a rectified-flow transformer.
+
+The data come from a task module (``task``: rlg.zoo.text, the default, or rlg.zoo.geneval) with ``vae_data(n, seed)``
+(uint8 (n, 32, 64, 3)), ``flow_data(n, seed)`` (images and int64 prompt indices) and ``PROMPTS``; the architecture is
+rlg.zoo.text's for both. Resumable: with ``resume=True`` the VAE is saved to ``<out_dir>.partial/vae`` and the
+transformer's state (weights, EMA, optimiser, generator, losses) to ``<out_dir>.partial/flow.pt`` every
+``checkpoint_every`` steps; the same call continues from there (the result equals an uninterrupted run's).
 
 Deterministic given the seed (one torch thread; data from a seeded numpy Generator). Run through
 ``python -m rlg.zoo.train text`` (or ``python -m rlg.zoo.train_text_base OUT_DIR``).
@@ -25,11 +31,11 @@ import torch
 from rlg.zoo import text as T
 
 
-def train_vae(seed: int, steps: int, n_images: int = 2048, batch: int = 16, log=print):
-    """AutoencoderKL on rendered words; loss MSE(recon, x) + 1e-6 KL (a nearly deterministic autoencoder).
+def train_vae(seed: int, steps: int, n_images: int = 2048, batch: int = 16, log=print, task=T):
+    """AutoencoderKL on the task's images; loss MSE(recon, x) + 1e-6 KL (a nearly deterministic autoencoder).
     Returns (vae with scaling/shift factors set, metrics)."""
     torch.manual_seed(seed)
-    images, _ = T.dataset(n_images, seed=seed + 101)
+    images = task.vae_data(n_images, seed + 101)
     x_all = T.to_tensor(images)
     vae = T.build_vae(seed).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
@@ -55,7 +61,7 @@ def train_vae(seed: int, steps: int, n_images: int = 2048, batch: int = 16, log=
         z = torch.cat([vae.encode(x_all[i:i + 256]).latent_dist.mean for i in range(0, len(x_all), 256)])
         shift = float(z.mean())
         scale = float(1 / (z - shift).std())
-        held = T.to_tensor(T.dataset(256, seed=seed + 202)[0])
+        held = T.to_tensor(task.vae_data(256, seed + 202))
         rec = vae.decode(vae.encode(held).latent_dist.mean).sample
         held_mse = float(torch.mean((rec - held) ** 2))
     vae.register_to_config(scaling_factor=scale, shift_factor=shift)
@@ -74,33 +80,45 @@ def prompt_embeddings(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Ten
 
 def train_transformer(pipe, seed: int, steps: int, n_images: int = 8192, batch: int = 32, lr: float = 1e-3,
                       p_uncond: float = 0.1, ema_decay: float = 0.995, warmup: int = 100, log=print,
-                      on_snapshot=None, snapshot_steps=()):
-    """Rectified-flow training of ``pipe.transformer`` on VAE latents of rendered words; returns (EMA model, metrics).
+                      on_snapshot=None, snapshot_steps=(), task=T, checkpoint: Path | None = None,
+                      checkpoint_every: int = 100):
+    """Rectified-flow training of ``pipe.transformer`` on VAE latents of the task's images; returns (EMA model,
+    metrics).
 
     ``on_snapshot(step, ema, metrics)`` is called after each step count in ``snapshot_steps``: nothing in the run
-    depends on ``steps`` (constant LR after warm-up), so a snapshot at N equals the result of a run with N steps."""
+    depends on ``steps`` (constant LR after warm-up), so a snapshot at N equals the result of a run with N steps.
+    ``checkpoint``: a file the state is saved to every ``checkpoint_every`` steps and resumed from if present."""
     torch.manual_seed(seed)
-    images, words = T.dataset(n_images, seed=seed + 303, fonts=T.FLOW_FONTS)
+    images, words = task.flow_data(n_images, seed + 303)
     vae = pipe.vae
     with torch.no_grad():
         x = T.to_tensor(images)
         z = torch.cat([vae.encode(x[i:i + 256]).latent_dist.mean for i in range(0, len(x), 256)])
         z = (z - vae.config.shift_factor) * vae.config.scaling_factor
-    pe, pooled = prompt_embeddings(pipe, [T.prompt(w) for w in T.VOCAB] + [""])
-    uncond = len(T.VOCAB)
+    pe, pooled = prompt_embeddings(pipe, list(task.PROMPTS) + [""])
+    uncond = len(task.PROMPTS)
     words_t = torch.from_numpy(words)
     model = pipe.transformer.train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
-    t0, losses = time.time(), []
+    t0, losses, start, spent = time.time(), [], 0, 0.0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        losses, start, spent = state["losses"], state["step"], state["seconds"]
+        t0 -= spent
+        log(f"flow: resumed at step {start} from {checkpoint}")
 
     def metrics(n: int) -> dict:
         return {"flow_steps": n, "flow_final_loss": float(np.mean(losses[max(0, n - 200):n])),
                 "flow_seconds": time.time() - t0, "flow_batch": batch, "flow_lr": lr, "p_uncond": p_uncond,
                 "ema_decay": ema_decay, "flow_warmup": warmup, "flow_images": n_images}
 
-    for step in range(steps):
+    for step in range(start, steps):
         idx = torch.randint(len(z), (batch,), generator=gen)
         x0 = z[idx]
         cond = torch.where(torch.rand(batch, generator=gen) < p_uncond, uncond, words_t[idx])
@@ -127,20 +145,41 @@ def train_transformer(pipe, seed: int, steps: int, n_images: int = 8192, batch: 
             log(f"flow step {step} loss {np.mean(losses[-100:]):.4f} ({time.time() - t0:.0f}s)")
         if on_snapshot is not None and step + 1 in snapshot_steps and step + 1 < steps:
             on_snapshot(step + 1, ema, metrics(step + 1))
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            tmp = Path(checkpoint).with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "gen": gen.get_state(), "losses": losses, "step": step + 1,
+                        "seconds": time.time() - t0}, tmp)
+            tmp.replace(checkpoint)  # atomic: an interrupted save leaves the previous checkpoint
 
     return ema, metrics(steps)
 
 
 def train_base(seed: int, out_dir: Path, vae_steps: int = 300, flow_steps: int = 1000, log=print,
-               snapshot_steps=()) -> dict:
+               snapshot_steps=(), task=T, resume: bool = False, **flow_kw) -> dict:
     """VAE, then transformer; saves a StableDiffusion3Pipeline (safetensors, hub layout) to ``out_dir``.
 
     ``snapshot_steps``: also save the pipeline after these transformer step counts to ``<out_dir>_flow<N>`` (for
-    choosing the step count; each equals a run with ``flow_steps=N``)."""
+    choosing the step count; each equals a run with ``flow_steps=N``). ``resume``: checkpoint into
+    ``<out_dir>.partial`` and continue from it (removed when the run finishes). ``flow_kw``: train_transformer's
+    hyper-parameters (n_images, batch, lr, ...)."""
+    import shutil
+
+    from diffusers import AutoencoderKL
+
     torch.set_num_threads(T.threads())
     t0 = time.time()
     out_dir = Path(out_dir)
-    vae, m_vae = train_vae(seed, vae_steps, log=log)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    if resume and (partial / "vae" / "config.json").exists():
+        vae = AutoencoderKL.from_pretrained(str(partial / "vae"))
+        m_vae = json.loads((partial / "vae_metrics.json").read_text())
+        log(f"vae: resumed from {partial / 'vae'}")
+    else:
+        vae, m_vae = train_vae(seed, vae_steps, log=log, task=task)
+        if resume:
+            vae.save_pretrained(str(partial / "vae"), safe_serialization=True)
+            (partial / "vae_metrics.json").write_text(json.dumps(m_vae))
     pipe = T.assemble(T.build_transformer(seed), vae.requires_grad_(False), T.build_text_encoders(seed))
 
     def save(ema, m_flow: dict, path: Path) -> dict:
@@ -154,8 +193,12 @@ def train_base(seed: int, out_dir: Path, vae_steps: int = 300, flow_steps: int =
         save(ema, m_flow, out_dir.with_name(f"{out_dir.name}_flow{n}"))
 
     ema, m_flow = train_transformer(pipe, seed, flow_steps, log=log, snapshot_steps=snapshot_steps,
-                                    on_snapshot=snapshot)
-    return save(ema, m_flow, out_dir)
+                                    on_snapshot=snapshot, task=task,
+                                    checkpoint=partial / "flow.pt" if resume else None, **flow_kw)
+    metrics = save(ema, m_flow, out_dir)
+    if resume:
+        shutil.rmtree(partial)
+    return metrics
 
 
 if __name__ == "__main__":

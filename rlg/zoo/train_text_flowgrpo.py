@@ -1,4 +1,6 @@
-"""Flow-GRPO fine-tune of the text zoo's base transformer with the OCR evaluator (real EasyOCR) as reward.
+"""Flow-GRPO fine-tune of a zoo SD3-like base transformer with a task's reward: rlg.zoo.text (the default, the OCR
+evaluator with real EasyOCR) or rlg.zoo.geneval (GenEval correctness under the zoo_digits detector); the task module
+gives ``PROMPTS`` and ``reward_fn()`` -> reward(images uint8 (B, H, W, 3), prompt indices (B,)) -> (B,).
 
 The algorithm of yifan123/flow_grpo @ ac4c86e : scripts/train_sd3.py (read, not copied):
   1. sample a group of ``group`` images per prompt with the Flow-GRPO SDE (``noise_level`` 0.7, ``sample_steps``
@@ -7,7 +9,7 @@ The algorithm of yifan123/flow_grpo @ ac4c86e : scripts/train_sd3.py (read, not 
      and the rest deterministic Euler ODE steps, as Flow-GRPO-Fast (yifan123/flow_grpo README; MixGRPO): all
      reward variance then comes from the k high-noise steps that decide the glyphs, and only those are trained
      (on this CPU budget, all-SDE trajectories gave no measurable gain: OCR 0.69 -> 0.66 after 30 iterations);
-  2. reward r = OCR accuracy (rlg.evaluators.ocr: EasyOCR, Flow-GRPO's formula); advantage per prompt group
+  2. reward r = the task's (OCR accuracy for the text task: rlg.evaluators.ocr); advantage per prompt group
      A = (r - mean_group) / (std_group + 1e-4), clipped to +-adv_clip_max;
   3. loss per step j: max(-A ratio, -A clip(ratio, 1 +- clip_range)) with ratio = exp(log p_theta - log p_old),
      plus beta * ||mean_theta - mean_ref||^2 / (2 std_j^2) (mean over latent dims; ref = adapter off);
@@ -84,23 +86,18 @@ def decode(pipe, latents: torch.Tensor) -> np.ndarray:
     return (img * 255).round().astype(np.uint8)
 
 
-def ocr_rewards(reader, images: np.ndarray, words: list[str]) -> torch.Tensor:
-    from rlg.evaluators.ocr import ocr_accuracy
-
-    return torch.tensor([ocr_accuracy(w, reader(np.ascontiguousarray(im))) for im, w in zip(images, words)])
-
-
 def train_flowgrpo(beta: float, seed: int, steps: int, out_dir: Path | str, base_dir: Path | str = T.BASE_DIR,
-                   log=print, snapshot_steps=(), **overrides) -> dict:
+                   log=print, snapshot_steps=(), task=T, resume: bool = False, **overrides) -> dict:
     """Fine-tune a PEFT LoRA on the base transformer for ``steps`` iterations; save it to ``out_dir`` (and the
     adapter after each iteration count in ``snapshot_steps`` to ``<out_dir>_it<N>``, for choosing ``steps``).
+    ``resume``: save the state (adapter, optimiser, generator, history) to ``<out_dir>.partial.pt`` after every
+    iteration and continue from it when present (removed at the end; the result equals an uninterrupted run's).
 
     beta: KL coefficient (0 allowed). Deterministic given ``seed`` (one torch thread). Returns metrics.
     """
     from diffusers import StableDiffusion3Pipeline
     from peft import LoraConfig, get_peft_model
 
-    from rlg.evaluators.ocr import OCRAccuracy
     from rlg.schedulers import FlowGRPOSDEScheduler
     from rlg.zoo.train_text_base import prompt_embeddings
 
@@ -112,18 +109,27 @@ def train_flowgrpo(beta: float, seed: int, steps: int, out_dir: Path | str, base
     sched = FlowGRPOSDEScheduler.from_config(pipe.scheduler.config, noise_level=cfg["noise_level"])
     sched.set_timesteps(cfg["sample_steps"])
     sigmas, timesteps = sched.sigmas.float(), sched.timesteps
-    pe_all, pooled_all = prompt_embeddings(pipe, [T.prompt(w) for w in T.VOCAB] + [""])
+    pe_all, pooled_all = prompt_embeddings(pipe, list(task.PROMPTS) + [""])
     lora = LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], init_lora_weights="gaussian",
                       target_modules=T.LORA_TARGETS)
     model = get_peft_model(pipe.transformer.requires_grad_(False), lora)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.0)
-    reader = OCRAccuracy(device="cpu").reader()
+    reward_of = task.reward_fn()  # built here, as before the generalisation: the OCR reader's init draws torch RNG
     gen = torch.Generator().manual_seed(seed)
-    nw, G, P = len(T.VOCAB), cfg["group"], cfg["prompts_per_step"]
+    nw, G, P = len(task.PROMPTS), cfg["group"], cfg["prompts_per_step"]
     n_sde = len(timesteps) if cfg["sde_steps"] is None else cfg["sde_steps"]
-    history = []
+    history, start = [], 0
     out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial.pt")
+    if resume and partial.exists():
+        state = torch.load(partial, weights_only=False)
+        model.load_state_dict(state["model"], strict=False)  # the adapter's tensors; the base is the same file
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        history, start = state["history"], state["step"]
+        t0 -= state["seconds"]
+        log(f"grpo: resumed at iteration {start} from {partial}")
 
     def save(path: Path, config: dict) -> dict:
         model.save_pretrained(str(path), safe_serialization=True)
@@ -133,7 +139,7 @@ def train_flowgrpo(beta: float, seed: int, steps: int, out_dir: Path | str, base
                    "train_reward_last5": float(np.mean([h["reward"] for h in history[-5:]]))}
         (path / "train_metrics.json").write_text(json.dumps({**metrics, "history": history}, indent=1))
         return metrics
-    for it in range(steps):
+    for it in range(start, steps):
         # --- 1. sample groups with the SDE (no grad), recording the trajectory
         words = torch.randperm(nw, generator=gen)[:P].repeat_interleave(G)
         n = len(words)
@@ -153,7 +159,7 @@ def train_flowgrpo(beta: float, seed: int, steps: int, out_dir: Path | str, base
                     x = x + (sigmas[j + 1] - sigmas[j]) * v
                 states.append(x)
         images = decode(pipe, x)
-        rewards = ocr_rewards(reader, images, [T.VOCAB[w] for w in words])
+        rewards = reward_of(images, words.tolist())
         adv = group_advantages(rewards, words).clamp(-cfg["adv_clip_max"], cfg["adv_clip_max"])
         # --- 2. policy-gradient step accumulated over all SDE steps
         model.train()
@@ -182,7 +188,14 @@ def train_flowgrpo(beta: float, seed: int, steps: int, out_dir: Path | str, base
         log(f"grpo step {it} reward {rewards.mean():.3f} kl {history[-1]['kl']:.3g} ({time.time() - t0:.0f}s)")
         if it + 1 in snapshot_steps and it + 1 < steps:  # equals a run with steps = it + 1 (nothing depends on steps)
             save(out_dir.with_name(f"{out_dir.name}_it{it + 1}"), {**cfg, "steps": it + 1})
-    return save(out_dir, cfg)
+        if resume and it + 1 < steps:
+            trained = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+            torch.save({"model": trained, "opt": opt.state_dict(), "gen": gen.get_state(), "history": history,
+                        "step": it + 1, "seconds": time.time() - t0}, partial.with_suffix(".tmp"))
+            partial.with_suffix(".tmp").replace(partial)
+    metrics = save(out_dir, cfg)
+    partial.unlink(missing_ok=True)
+    return metrics
 
 
 if __name__ == "__main__":

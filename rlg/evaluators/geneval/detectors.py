@@ -3,6 +3,7 @@
 "mmdet": the official detector, Mask2Former Swin-S COCO instance through mmdetection 2.x
   (djghosh13/geneval @ af4902f : evaluation/evaluate_images.py, ``init_detector`` +
   ``inference_detector``; weights from evaluation/download_models.sh).
+"zoo_digits": handwritten digits for the zoo's compositional pair (rlg.evaluators.geneval.digit_detector).
 "hf": the same architecture through transformers' Mask2FormerForUniversalSegmentation with the
   facebook/mask2former-swin-small-coco-instance weights (converted from the Mask2Former authors'
   release, not the mmdet checkpoint, so numbers can differ slightly). Its raw outputs are
@@ -248,9 +249,16 @@ class MMDetMask2FormerDetector:
         return out
 
 
+DETECTORS = ("hf", "mmdet", "zoo_digits")
+
+
 def build_detector(name: str, **options) -> Detector:
     if name == "hf":
         return HFMask2FormerDetector(**options)
     if name == "mmdet":
         return MMDetMask2FormerDetector(**options)
-    raise ValueError(f"unknown GenEval detector {name!r}; use 'hf' or 'mmdet'")
+    if name == "zoo_digits":
+        from rlg.evaluators.geneval.digit_detector import ZooDigitsDetector
+
+        return ZooDigitsDetector(**options)
+    raise ValueError(f"unknown GenEval detector {name!r}; use one of {', '.join(DETECTORS)}")

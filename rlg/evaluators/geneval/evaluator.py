@@ -10,7 +10,7 @@ import torch
 
 from rlg.evaluators.base import Sample
 from rlg.metrics import Metric, directions, register_metrics
-from rlg.evaluators.geneval.detectors import HF_MODEL_ID, HF_REVISION, Detector, build_detector
+from rlg.evaluators.geneval.detectors import DETECTORS, HF_MODEL_ID, HF_REVISION, Detector, build_detector
 from rlg.evaluators.geneval.metadata import validate_row
 from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.geneval.rules import (
@@ -48,21 +48,37 @@ class GenEval:
 
     @staticmethod
     def requires_for(detector: str = "hf", **_: object) -> tuple[str, ...]:
-        """Packages the chosen detector and the colour classifier import (start-up check)."""
+        """Packages the chosen detector and the colour classifier import (start-up check). zoo_digits: cv2 only
+        (its prompts have no colour clause; open_clip is imported only when one is checked)."""
+        if detector == "zoo_digits":
+            return ("cv2",)
         return ("open_clip", "cv2") + (("mmdet", "mmcv") if detector == "mmdet" else ())
+
+    @staticmethod
+    def check_weights(detector: str = "hf", **_: object) -> None:
+        """zoo_digits: raise ModelNotAvailableError unless the zoo's digit classifier is on disk (start-up check)."""
+        if detector == "zoo_digits":
+            from rlg.evaluators.digits import _DigitsBase
+
+            _DigitsBase.check_weights()
 
     @staticmethod
     def check_options(detector: str = "hf", dtype: str | torch.dtype | None = None,
                       detector_checkpoint: str | None = None, detector_config: str | None = None,
+                      detector_path: str = HF_MODEL_ID, detector_revision: str | None = HF_REVISION,
                       **_: object) -> None:
         """Raise ValueError for option values the constructor would refuse (called at start-up)."""
-        if detector not in ("hf", "mmdet"):
-            raise ValueError(f"unknown GenEval detector {detector!r}; use 'hf' or 'mmdet'")
+        if detector not in DETECTORS:
+            raise ValueError(f"unknown GenEval detector {detector!r}; use one of {', '.join(DETECTORS)}")
         given = [k for k, v in (("detector_checkpoint", detector_checkpoint), ("detector_config", detector_config))
                  if v is not None]
-        if detector == "hf" and given:  # the mmdet files: the hf detector would ignore them
-            raise ValueError(f"{given[0]} applies to detector='mmdet' only (the hf detector loads detector_path); "
+        if detector != "mmdet" and given:  # the mmdet files: the other detectors would ignore them
+            reads = "loads detector_path" if detector == "hf" else "reads the zoo's digit classifier"
+            raise ValueError(f"{given[0]} applies to detector='mmdet' only (the {detector} detector {reads}); "
                              f"remove it or set detector=mmdet")
+        if detector == "zoo_digits" and (detector_path != HF_MODEL_ID or detector_revision != HF_REVISION):
+            raise ValueError("detector_path and detector_revision apply to detector='hf' only (zoo_digits reads "
+                             "the zoo's digit classifier, zoo:digits_classifier); remove them")
         if isinstance(dtype, str):
             torch_dtype(dtype)  # raises ValueError naming the known dtypes
 
@@ -107,7 +123,8 @@ class GenEval:
         cache_dir: str | None = None,
     ):
         self.check_options(detector=detector, dtype=dtype, detector_checkpoint=detector_checkpoint,
-                           detector_config=detector_config)
+                           detector_config=detector_config, detector_path=detector_path,
+                           detector_revision=detector_revision)
         self.detector_name = detector
         self.detector_path, self.detector_revision = detector_path, detector_revision
         self.detector_checkpoint, self.detector_config = detector_checkpoint, detector_config
@@ -128,7 +145,9 @@ class GenEval:
         self._detector: Detector | None = None
         self._colour = None
 
-        if detector == "hf":
+        if detector == "zoo_digits":
+            det = "zoo_digits:digits_classifier"
+        elif detector == "hf":
             local = os.path.isdir(detector_path)
             det = f"hf:{os.path.basename(os.path.normpath(detector_path))}" if local else \
                 f"hf:{detector_path}@{(detector_revision or 'main')[:7]}"
@@ -149,7 +168,9 @@ class GenEval:
 
     def detector(self) -> Detector:
         if self._detector is None:
-            if self.detector_name == "hf":
+            if self.detector_name == "zoo_digits":
+                self._detector = build_detector("zoo_digits")
+            elif self.detector_name == "hf":
                 self._detector = build_detector(
                     "hf", model=self.detector_path, revision=self.detector_revision,
                     local_files_only=self.offline, device=self.device, dtype=self.dtype, cache_dir=self.cache_dir,
@@ -190,7 +211,15 @@ class GenEval:
                 raise ValueError(f"GenEval needs the prompt's metadata row for sample {s.key}")
             rows.append(validate_row(s.metadata, f"metadata of sample {s.key}"))
         images = [s.image.convert("RGB") for s in batch]
-        detections = self.detector().detect(images)
+        detector = self.detector()
+        known = set(detector.classnames)
+        for s, row in zip(batch, rows):  # a class the detector cannot name would silently never be found
+            unknown = sorted({c["class"] for c in row["include"] + row.get("exclude", [])} - known)
+            if unknown:
+                raise ValueError(f"sample {s.key}: class(es) {unknown} are not among the {self.detector_name} "
+                                 f"detector's classes; use detector=zoo_digits for digit prompts and hf/mmdet for "
+                                 f"COCO objects")
+        detections = detector.detect(images)
         return [self.judge_detections(img, row, dets) for img, row, dets in zip(images, rows, detections)]
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:

@@ -23,6 +23,10 @@ OBJECT_NAMES = (
     "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )
 
+# the zoo_digits detector's classes (rlg.evaluators.geneval.digit_detector), for the zoo's compositional pair
+DIGIT_NAMES = tuple(str(d) for d in range(10))
+KNOWN_CLASSES = frozenset(OBJECT_NAMES) | frozenset(DIGIT_NAMES)
+
 _ROW_KEYS = {"tag", "include", "exclude", "prompt"}
 _INCLUDE_KEYS = {"class", "count", "color", "position"}
 _EXCLUDE_KEYS = {"class", "count"}
@@ -38,8 +42,9 @@ def _check_clause(clause: Any, where: str, allowed: set[str], index: int) -> Non
     unknown = set(clause) - allowed
     if unknown:
         raise MetadataError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    if clause.get("class") not in OBJECT_NAMES:
-        raise MetadataError(f"{where}: class {clause.get('class')!r} is not one of the 80 GenEval object names")
+    if clause.get("class") not in KNOWN_CLASSES:
+        raise MetadataError(f"{where}: class {clause.get('class')!r} is not one of the 80 GenEval object names "
+                            f"(nor a digit name 0-9 of the zoo_digits detector)")
     count = clause.get("count")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise MetadataError(f"{where}: count must be an integer >= 1, got {count!r}")

@@ -1,0 +1,208 @@
+"""Measurements of the compositional zoo pair: the zoo_digits detector on scenes with known ground truth, and RLG
+control of GenEval accuracy (per tag and overall) at sampling seeds.
+
+``measure_detector`` composes held-out scenes (``rlg.zoo.geneval.dataset`` on the held-out digit split, never seen by
+the classifier or the generator), runs the GenEval evaluator with ``detector=zoo_digits`` and compares:
+  per class   precision = TP / detections kept (score > GenEval's 0.3), recall = TP / ground-truth digits, where a
+              detection is a TP when its box overlaps an unmatched ground-truth box of the same class with IoU >= 0.5
+              (greedy by score; boxes with exclusive ends, plain areas);
+  counting    share of counting scenes whose kept detections (score > 0.9, GenEval's counting threshold) of the
+              asked class number exactly the truth (2);
+  position    share of position scenes where the kept detections of both classes exist and GenEval's
+              relative_position of the placed digit to the target includes the asked relation;
+  geneval     share of scenes GenEval judges correct, per tag and overall: the reward's ceiling on real scenes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def box_iou(a, b) -> float:
+    """IoU of two (x0, y0, x1, y1) boxes with exclusive ends."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match(truth: list[tuple[str, tuple]], dets: list, iou: float = 0.5) -> tuple[int, int, int, dict]:
+    """Greedy matching of detections (highest score first) to ground truth of the same class.
+    Returns (tp, fp, fn, per-class {name: [tp, fp, fn]})."""
+    per: dict[str, list[int]] = {}
+    used = [False] * len(truth)
+    for d in sorted(dets, key=lambda d: -d.score):
+        hit = next((i for i, (c, b) in enumerate(truth)
+                    if not used[i] and c == d.classname and box_iou(b, d.box) >= iou), None)
+        if hit is None:
+            per.setdefault(d.classname, [0, 0, 0])[1] += 1
+        else:
+            used[hit] = True
+            per.setdefault(d.classname, [0, 0, 0])[0] += 1
+    for (c, _), u in zip(truth, used):
+        if not u:
+            per.setdefault(c, [0, 0, 0])[2] += 1
+    tp, fp, fn = (sum(v[k] for v in per.values()) for k in range(3))
+    return tp, fp, fn, per
+
+
+def measure_detector(n: int = 400, seed: int = 0, split: str = "test") -> dict[str, Any]:
+    """The zoo_digits detector on ``n`` composed scenes of ``split`` (see the module docstring); returns
+    {"per_class": {digit: {precision, recall, n_truth}}, "precision", "recall", "count_accuracy",
+    "position_accuracy", "geneval": {tag: accuracy, "overall": mean over tags}, "n", "seed", "split"}."""
+    from PIL import Image
+
+    from rlg.evaluators.base import Sample
+    from rlg.evaluators.geneval import GenEval, relative_position, select_objects
+    from rlg.evaluators.geneval.rules import COUNTING_THRESHOLD, THRESHOLD
+    from rlg.zoo import geneval as G
+
+    images, idx, truths = G.dataset(n, seed, split=split)
+    rows = G.rows()
+    ev = GenEval(detector="zoo_digits", device="cpu")
+    samples = [Sample(str(k), Image.fromarray(im), rows[i]["prompt"], rows[i]) for k, (im, i) in enumerate(zip(images, idx))]
+    detections = ev.detector().detect([s.image for s in samples])
+    judged = [ev.judge_detections(s.image, rows[i], d) for s, i, d in zip(samples, idx, detections)]
+    per: dict[str, list[int]] = {}
+    counts, positions = [], []
+    for i, truth, dets in zip(idx, truths, detections):
+        row = rows[i]
+        kept = [d for d in dets if d.score > THRESHOLD]
+        for c, v in match(truth, kept)[3].items():
+            acc = per.setdefault(c, [0, 0, 0])
+            for k in range(3):
+                acc[k] += v[k]
+        if row["tag"] == "counting":
+            cls = row["include"][0]["class"]
+            counts.append(sum(d.classname == cls and d.score > COUNTING_THRESHOLD for d in dets) == len(truth))
+        if row["tag"] == "position":
+            objs = select_objects(dets, "position")
+            target, placed = row["include"][0]["class"], row["include"][1]["class"]
+            ok = target in objs and placed in objs and \
+                row["include"][1]["position"][0] in relative_position(objs[placed][0], objs[target][0])
+            positions.append(ok)
+    tags = {t: [j.correct for j, i in zip(judged, idx) if rows[i]["tag"] == t] for t in G.TAGS}
+    geneval = {t: float(np.mean(v)) for t, v in tags.items()}
+    geneval["overall"] = float(np.mean(list(geneval.values())))
+    tp, fp, fn = (sum(v[k] for v in per.values()) for k in range(3))
+    return {"per_class": {c: {"precision": v[0] / max(v[0] + v[1], 1), "recall": v[0] / max(v[0] + v[2], 1),
+                              "n_truth": v[0] + v[2]} for c, v in sorted(per.items())},
+            "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1),
+            "count_accuracy": float(np.mean(counts)), "n_counting": len(counts),
+            "position_accuracy": float(np.mean(positions)), "n_position": len(positions),
+            "geneval": geneval, "n": n, "seed": seed, "split": split, "detector": ev.detector().version}
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The pair: GenEval correctness per tag at RLG scales (the harness's sampler preset and grid loop)
+# ---------------------------------------------------------------------------------------------
+PAIR, SAMPLER, REWARD = "zoo_geneval_flowgrpo", "zoo_text_ode", "geneval_overall"
+
+
+def score(images: np.ndarray, prompts: list[str]) -> np.ndarray:
+    """float64 (N,) geneval_correct of each image (GenEval with detector=zoo_digits, through the evaluators' loop
+    rlg.evaluators.base.score_images; each prompt's metadata row from rlg.zoo.geneval.rows()). Raises RuntimeError
+    when an image fails."""
+    from rlg.evaluators.base import score_images
+    from rlg.evaluators.geneval import GenEval
+    from rlg.zoo import geneval as G
+
+    meta = {r["prompt"]: r for r in G.rows()}
+    scored = score_images(GenEval(detector="zoo_digits", device="cpu"), images, prompts,
+                          [meta[p] for p in prompts], batch_size=64)
+    if scored.failed:
+        first = next(e for errs in scored.errors.values() for e in errs if e)
+        raise RuntimeError(f"GenEval failed on {scored.failed} images, e.g. {first}")
+    return np.asarray(scored["geneval_correct"], dtype=np.float64)
+
+
+def tag_summary(values: np.ndarray, tags: list[str]) -> dict[str, dict[str, float]]:
+    """Per tag mean_ci of ``values`` (N,), and "overall": GenEval's unweighted mean over the tags, with the se of a
+    mean of independent tag means (sqrt(sum se_t^2) / n_tags) and its normal 95% interval."""
+    from rlg.zoo.common import mean_ci
+
+    tags_arr = np.asarray(tags)
+    out = {t: mean_ci(values[tags_arr == t]) for t in dict.fromkeys(tags)}
+    m = float(np.mean([v["mean"] for v in out.values()]))
+    se = float(np.sqrt(sum(v["se"] ** 2 for v in out.values())) / len(out))
+    out["overall"] = {"mean": round(m, 5), "se": round(se, 5), "lo": round(m - 1.96 * se, 5),
+                      "hi": round(m + 1.96 * se, 5), "n": int(len(values))}
+    return out
+
+
+def legibility(images: np.ndarray, prompts: list[str]) -> dict[str, float]:
+    """How readable one scale's images (uint8 (N, H, W, 3)) are to the zoo_digits detector: ``layout`` (share of
+    images with as many detections as the prompt's digits), ``mean_read`` (mean classifier probability of the
+    detections), ``read_gt_0.9`` (share of detections read with probability > 0.9) and ``ink`` (mean ink share of
+    the canvas, 1 - grey / 255)."""
+    from PIL import Image
+
+    from rlg.evaluators.geneval.detectors import build_detector
+    from rlg.zoo import geneval as G
+
+    rows = {r["prompt"]: r for r in G.rows()}
+    dets = build_detector("zoo_digits").detect([Image.fromarray(im) for im in images])
+    scores = np.array([d.score for ds in dets for d in ds])
+    want = [sum(c["count"] for c in rows[p]["include"]) for p in prompts]
+    return {"layout": round(float(np.mean([len(ds) == n for ds, n in zip(dets, want)])), 4),
+            "mean_read": round(float(scores.mean()), 4) if len(scores) else float("nan"),
+            "read_gt_0.9": round(float((scores > 0.9).mean()), 4) if len(scores) else float("nan"),
+            "ink": round(float(np.mean(255 - images.astype(np.float64)) / 255), 4)}
+
+
+def measure_pair(scales=(0.0, 1.0, 2.0), samples_per_prompt: int = 4, seed: int = 0, base=None, rl=None,
+                 batch: int = 48) -> dict[str, Any]:
+    """One sampling seed: per scale GenEval accuracy per tag and overall (tag_summary) and legibility, and the paired
+    differences (same prompt, sample and initial noise) between neighbouring scales, per tag and overall. ``base``/``rl``:
+    directories of a retrained pair (default: the shipped preset pair=zoo_geneval_flowgrpo)."""
+    from rlg.pairs import load_pair
+    from rlg.zoo import geneval as G
+    from rlg.zoo.digits_eval import generate, pair_spec
+
+    spec = pair_spec(PAIR) if base is None else G.pair_spec(base, rl)
+    gen = generate(load_pair(spec), list(scales), samples_per_prompt, seed, prompts=list(G.PROMPTS), batch=batch,
+                   sampler=SAMPLER)
+    tag_of = {r["prompt"]: r["tag"] for r in G.rows()}
+    values = {w: score(g["images"], g["prompts"]) for w, g in gen.items()}
+    tags = [tag_of[p] for p in gen[float(scales[0])]["prompts"]]
+    ws = sorted(values)
+    return {"pair": PAIR, "reward": REWARD, "seed": seed, "samples_per_prompt": samples_per_prompt,
+            "n_images_per_scale": len(tags), "scales": {str(w): tag_summary(values[w], tags) for w in ws},
+            "paired_differences": {f"{b}-{a}": tag_summary(values[b] - values[a], tags) for a, b in zip(ws, ws[1:])},
+            "legibility": {str(w): legibility(gen[w]["images"], gen[w]["prompts"]) for w in ws},
+            "images": {w: g["images"] for w, g in gen.items()}}
+
+
+def measure_seeds(seeds=(0, 1, 2), scales=(0.0, 1.0, 2.0), samples_per_prompt: int = 4, base=None, rl=None,
+                  log=print) -> dict[str, Any]:
+    """measure_pair at each sampling seed (images dropped), and the verdict per tag and overall: for each
+    neighbouring pair of scales, at how many seeds the paired 95% interval lies above 0 / below 0."""
+    runs = []
+    for sd in seeds:
+        run = measure_pair(scales, samples_per_prompt, sd, base, rl)
+        run.pop("images")
+        runs.append(run)
+        log(f"{PAIR} seed {sd}: " + ", ".join(f"{k} {v['overall']['mean']:+.3f} [{v['overall']['lo']:+.3f}, "
+                                              f"{v['overall']['hi']:+.3f}]" for k, v in run["paired_differences"].items()))
+    verdict = {}
+    for k in runs[0]["paired_differences"]:
+        verdict[k] = {t: {"above_0": sum(r["paired_differences"][k][t]["lo"] > 0 for r in runs),
+                          "below_0": sum(r["paired_differences"][k][t]["hi"] < 0 for r in runs)}
+                      for t in runs[0]["paired_differences"][k]}
+    return {"pair": PAIR, "reward": REWARD, "seeds": list(seeds), "verdict": verdict, "runs": runs}
+
+
+if __name__ == "__main__":  # python -m rlg.zoo.geneval_eval detector [n] | pair OUT.json [samples] [seeds 0,1,2]
+    if sys.argv[1] == "detector":
+        print(json.dumps(measure_detector(int(sys.argv[2]) if len(sys.argv) > 2 else 400), indent=1))
+    else:
+        res = measure_seeds(seeds=tuple(int(s) for s in (sys.argv[4] if len(sys.argv) > 4 else "0,1,2").split(",")),
+                            samples_per_prompt=int(sys.argv[3]) if len(sys.argv) > 3 else 4)
+        open(sys.argv[2], "w").write(json.dumps(res, indent=1) + "\n")
