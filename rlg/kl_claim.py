@@ -113,18 +113,28 @@ def required_models(settings: KLClaimSettings) -> list[tuple[float, int]]:
     return list(dict.fromkeys(need))
 
 
-def ensure_models(settings: KLClaimSettings) -> dict[tuple[float, int], Path]:
-    """Paths of the required models; trains the missing ones when ``train_missing`` (else FileNotFoundError
-    naming them and the fix). Writes ``training_config.json`` (with the base UNet's sha256) beside each model
-    it trains; raises ValueError when an existing model was tuned from another base than ``settings.base``."""
+def ensure_models(settings: KLClaimSettings, models: list[tuple[float, int]] | None = None
+                  ) -> dict[tuple[float, int], Path]:
+    """Paths of the ``models`` ((beta, seed) pairs; default ``required_models``); trains the missing ones, in that
+    order, when ``train_missing`` (else FileNotFoundError naming them and the fix). Resumable: a model counts as
+    finished once its ``training_config.json`` exists (written last, after the weights), so the same call after an
+    interruption skips the finished ones and retrains the one cut short. Writes ``training_config.json`` (the
+    base UNet's sha256, the wall seconds, the load average before and after, ``rlg.zoo.common.environment``)
+    beside each model it trains and records it in the manifest as soon as it is trained (``ship_models``); raises
+    ValueError when an existing model was tuned from another base than ``settings.base``."""
+    import os
+
+    from rlg.zoo.common import environment
+
+    models = required_models(settings) if models is None else list(dict.fromkeys(models))
     paths, missing = {}, []
-    for b, s in required_models(settings):
+    for b, s in models:
         p = model_dir(settings, b, s)
         paths[(b, s)] = p
         if not (p / "training_config.json").exists():
             missing.append((b, s))
     base_digest = _base_digest(settings)
-    for b, s in required_models(settings):
+    for b, s in models:
         cfg_file = paths[(b, s)] / "training_config.json"
         if (b, s) in missing or base_digest is None:
             continue
@@ -143,7 +153,7 @@ def ensure_models(settings: KLClaimSettings) -> dict[tuple[float, int], Path]:
         for b, s in missing:
             p = paths[(b, s)]
             p.mkdir(parents=True, exist_ok=True)
-            t0 = time.time()
+            t0, load0 = time.time(), os.getloadavg()
             kw: dict[str, Any] = dict(settings.trainer_kwargs, beta=b, seed=s, out_dir=p)
             if settings.train_steps:
                 kw["steps"] = settings.train_steps
@@ -152,11 +162,13 @@ def ensure_models(settings: KLClaimSettings) -> dict[tuple[float, int], Path]:
             config = dict(trainer=name, trainer_kwargs=settings.trainer_kwargs, beta=b, seed=s,
                           steps=settings.train_steps or None, base=settings.base,
                           base_unet_sha256=_base_digest(settings), task=settings.task,
-                          train_seconds=round(time.time() - t0, 1))
+                          train_seconds=round(time.time() - t0, 1),
+                          load_average_1min=[round(load0[0], 2), round(os.getloadavg()[0], 2)],
+                          environment=environment())
             if isinstance(info, dict):
                 config["trainer_info"] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, list, dict))}
             (p / "training_config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
-        ship_models(settings, models=missing)
+            ship_models(settings, models=[(b, s)])  # recorded at once: an interrupted run keeps what it trained
     return paths
 
 

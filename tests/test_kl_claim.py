@@ -201,3 +201,45 @@ def test_ship_models_records_each_model_in_the_manifest_through_the_zoos_locked_
     assert entry["role"] == "retrained" and entry["stored_dtype"] == "as trained"
     assert entry["training_config"] == {"seed": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kl_manifest.json", "weights"]
+
+
+def test_shipped_kl_models_match_the_manifest_and_the_ddpo_preset_s_models_load():
+    """Every model recorded in rlg/zoo/kl_manifest.json is on disk with the recorded sha256 per file, every model
+    directory on disk is recorded, and the models the kl_claim_digits_ddpo preset needs load through the production
+    loader (rl_kind=diffusers_lora on the preset's base) as non-zero LoRAs of one layout, tuned from that base."""
+    from safetensors import safe_open
+
+    from rlg.files import sha256_file
+    from rlg.harness.api import job
+    from rlg.kl_claim import DEFAULT_WEIGHTS_DIR, _base_digest, _rl_checkpoint
+    from rlg.pairs import Checkpoint, PairSpec, load_pair
+    from rlg.zoo import resolve_zoo_id
+
+    manifest = json.loads((DEFAULT_WEIGHTS_DIR.parent / "kl_manifest.json").read_text())["models"]
+    on_disk = {p.parent.relative_to(DEFAULT_WEIGHTS_DIR).as_posix()
+               for p in DEFAULT_WEIGHTS_DIR.glob("kl_*/*/training_config.json")}
+    assert on_disk == set(manifest)
+    for name, entry in manifest.items():
+        files = {f.relative_to(DEFAULT_WEIGHTS_DIR / name).as_posix()
+                 for f in (DEFAULT_WEIGHTS_DIR / name).rglob("*") if f.is_file()}
+        assert files == set(entry["sha256"]), name
+        for f, digest in entry["sha256"].items():
+            assert sha256_file(DEFAULT_WEIGHTS_DIR / name / f) == digest, f"{name}/{f}"
+
+    s = job("experiment=kl_claim_digits_ddpo").settings
+    need = required_models(s)
+    assert len(need) == 1 + len(s.scales) * len(s.floor_seeds) and len(s.floor_seeds) >= 3
+    keys = None
+    for b, seed in need:
+        p = model_dir(s, b, seed)
+        entry = manifest[p.relative_to(DEFAULT_WEIGHTS_DIR).as_posix()]
+        assert entry["training_config"]["base_unet_sha256"] == _base_digest(s)
+        assert entry["training_config"]["steps"] == s.train_steps and entry["beta"] == pytest.approx(b)
+        with safe_open(str(p / "pytorch_lora_weights.safetensors"), "pt") as f:
+            keys = keys or set(f.keys())
+            assert set(f.keys()) == keys, p.name
+    for b, seed in need[:2]:  # the source and one retrained model through the loader the claim samples with
+        rl, kind = _rl_checkpoint(model_dir(s, b, seed))
+        pair = load_pair(PairSpec(name="kl", base=Checkpoint(resolve_zoo_id(s.base)), rl=rl, rl_kind=kind,
+                                  offline=True))
+        assert kind == "diffusers_lora" and pair.info["lora_layers"] * 2 == len(keys) and pair.info["lora_nonzero"]
