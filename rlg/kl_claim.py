@@ -12,7 +12,9 @@ sampler and steps, and the same per-image noise (``rlg.sampling.noise_seed(seed,
 i of every arm starts from the same latents and sees the same DDIM step noise; images do not depend on
 the batch they were made in):
 
-* ``rlg`` at each w in ``scales``: base + the beta model trained with ``source_seed``;
+* ``rlg`` at each w in ``scales``: base + the beta model trained with ``source_seed`` (``paired``: with each of
+  the ``floor_seeds``, so that RLG(w) from seed s is compared with the beta / w model of seed s: the trainer draws
+  the same prompts and noise for one seed at every coefficient, and what a seed does cancels in the difference);
 * ``retrained`` at each effective coefficient b = beta / w and each seed in ``floor_seeds``: base + the
   model fine-tuned at b, sampled at w = 1 (the RL model alone: RLGDenoiser runs only it at w = 1).
   The source seed is not among the floor seeds, so RLG(1) is compared with other seeds of the beta model.
@@ -22,7 +24,8 @@ logged training curve):
 
 * ``kind="metric"``: per arm (``arm`` = "rlg" | "retrained", ``model_seed``) and per-image metric
   (e.g. ``digit_prob``, ``jpeg_incompressibility``): mean, its standard error and a 95% normal interval
-  over images; for ``rlg`` rows also ``diff`` = mean(RLG) - mean(retrained, first floor seed), paired
+  over images, for every RLG source seed and every floor seed; for ``rlg`` rows also ``diff`` = mean(RLG) -
+  mean(retrained, first floor seed; ``paired``: the same training seed), paired
   per image, with its paired standard error ``diff_stderr`` and ``diff_floor`` = the same paired
   difference between the two retrained seeds (how far two retrainings at b differ).
   Set metrics (``digit_fd``): the value on the arm's whole set, se from ``n_boot`` bootstrap resamples of
@@ -70,7 +73,7 @@ from rlg.files import sha256_file
 from rlg.kind_spec import DIGIT_PROMPTS, KLClaimSettings
 from rlg.model_ids import resolve_zoo_id
 
-__all__ = ["KLClaimSettings", "model_dir", "effective_betas", "required_models", "ensure_models", "run_kl_claim",
+__all__ = ["KLClaimSettings", "model_dir", "effective_betas", "rlg_seeds", "required_models", "ensure_models", "run_kl_claim",
            "ship_models", "DIGIT_PROMPTS"]
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
@@ -105,9 +108,15 @@ def _trainer(spec) -> Callable:
     return getattr(importlib.import_module(module), fn)
 
 
+def rlg_seeds(settings: KLClaimSettings) -> list[int]:
+    """The training seeds of the beta models RLG starts from: every floor seed when ``paired``, else the source."""
+    return list(settings.floor_seeds) if settings.paired else [settings.source_seed]
+
+
 def required_models(settings: KLClaimSettings) -> list[tuple[float, int]]:
-    """(beta, seed) of every model the measurement needs: the source, and the floor seeds at each beta / w."""
-    need = [(settings.beta, settings.source_seed)]
+    """(beta, seed) of every model the measurement needs: the beta models RLG starts from (``rlg_seeds``), and the
+    floor seeds at each beta / w."""
+    need = [(settings.beta, s) for s in rlg_seeds(settings)]
     for b in effective_betas(settings).values():
         need += [(b, s) for s in settings.floor_seeds]
     return list(dict.fromkeys(need))
@@ -325,18 +334,24 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
     paths = ensure_models(settings)
     betas = effective_betas(settings)
     n_images = len(settings.prompts) * settings.n_per_prompt
-    arms = [("rlg", w, settings.source_seed, paths[(settings.beta, settings.source_seed)], w) for w in betas]
+    sources = rlg_seeds(settings)
+    arms = [("rlg", w, s, paths[(settings.beta, s)], w) for w in betas for s in sources]
     arms += [("retrained", w, s, paths[(b, s)], 1.0) for w, b in betas.items() for s in settings.floor_seeds]
     scorer = _Scorer(settings)
-    images, per_image, feats = {}, {}, {}
+    images, per_image, feats, done = {}, {}, {}, {}
     with tqdm(total=len(arms) * n_images, desc=f"kl_claim {settings.task}", unit="img",
               disable=not settings.progress) as bar:
         for arm, w, seed, path, scale in arms:
             key = (arm, w, seed)
+            if (path, scale) in done:  # paired, w = 1: RLG(1) from a seed's beta model is that model, same noise
+                images[key], per_image[key], feats[key] = (x[done[(path, scale)]] for x in (images, per_image, feats))
+                bar.update(n_images)
+                continue
             bar.set_postfix_str(f"{arm} w={w:g} seed={seed}")
             images[key] = _sample_arm(settings, path, scale, bar)
             per_image[key] = scorer.per_image(images[key])
             feats[key] = scorer.features(images[key])
+            done[(path, scale)] = key
     if images_out is not None:
         images_out.update(images)
     rng = np.random.default_rng(settings.seed)
@@ -347,15 +362,17 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
     common = dict(task=settings.task, beta=settings.beta, n=n_images, n_batches=settings.n_batches,
                   reward_metric=reward,
                   steps=settings.num_inference_steps, eta=settings.eta, guidance_scale=settings.guidance_scale,
-                  seed=settings.seed)
+                  seed=settings.seed, paired=settings.paired)
     rows = []
     for w, b in betas.items():
         ref, other = ("retrained", w, seed_a), ("retrained", w, seed_b)
-        for key in [("rlg", w, settings.source_seed), ref, other]:
+        for key in [("rlg", w, s) for s in sources] + [("retrained", w, s) for s in settings.floor_seeds]:
             arm, _, mseed = key
             for metric, v in per_image[key].items():
                 extra = {}
                 if arm == "rlg":
+                    # against the same training seed's retrain when paired, else against seed A
+                    ref = ("retrained", w, mseed) if settings.paired else ("retrained", w, seed_a)
                     d = v - per_image[ref][metric]
                     df_ = per_image[other][metric] - per_image[ref][metric]
                     extra = dict(diff=float(d.mean()), diff_stderr=float(d.std(ddof=1) / math.sqrt(len(d))),
@@ -372,7 +389,8 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
                     se = float(resampled[metric].std(ddof=1))
                     rows.append(dict(kind="metric", arm=arm, w=w, beta_eff=b, model_seed=mseed, metric=metric,
                                      value=value, stderr=se, lo=value - 1.96 * se, hi=value + 1.96 * se, **common))
-        fa, fo, fr = feats[ref], feats[other], feats[("rlg", w, settings.source_seed)]
+        ref = ("retrained", w, seed_a)
+        fa, fo, fr = feats[ref], feats[other], feats[("rlg", w, sources[0])]  # paired: sources[0] is seed A
         if settings.distance == "mmd2":
             h = median_bandwidth(fa)
             fn = lambda x, y: mmd2(x, y, h, paired=True)  # noqa: E731
@@ -381,7 +399,7 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
         v, se = batched(fn, [fr[i] for i in batches], [fa[i] for i in batches])
         f, fse = batched(fn, [fo[i] for i in batches], [fa[i] for i in batches])
         gap = v - f
-        rows.append(dict(kind="distance", arm="rlg", w=w, beta_eff=b, model_seed=settings.source_seed,
+        rows.append(dict(kind="distance", arm="rlg", w=w, beta_eff=b, model_seed=sources[0],
                          metric=f"{settings.distance}/{settings.features}", value=v, stderr=se, floor=f,
                          floor_stderr=fse, gap=gap,
                          z=gap / math.sqrt(se**2 + fse**2) if se > 0 or fse > 0 else float("nan"), **common))

@@ -243,3 +243,56 @@ def test_shipped_kl_models_match_the_manifest_and_the_ddpo_preset_s_models_load(
         pair = load_pair(PairSpec(name="kl", base=Checkpoint(resolve_zoo_id(s.base)), rl=rl, rl_kind=kind,
                                   offline=True))
         assert kind == "diffusers_lora" and pair.info["lora_layers"] * 2 == len(keys) and pair.info["lora_nonzero"]
+
+
+def test_paired_verdicts_test_per_seed_differences_and_the_control_is_exact():
+    """A paired run (RLG from each seed's beta model): the claim and the response are one-sample t tests on the
+    per-seed differences (scipy's ttest_rel), the margin half the paired response, and the w = 1 control holds
+    only when RLG(1) equals the beta model exactly."""
+    from scipy import stats
+
+    from rlg.report.kl_claim import kl_claim_verdict_tables, kl_claim_verdicts
+
+    beta = 0.1
+    ret = {1.0: [-1.064, -1.069, -1.065], 3.0: [-1.058, -1.065, -1.061]}  # seeds 1-3; seed spread > response
+    rlg = {1.0: ret[1.0], 3.0: [-1.059, -1.0655, -1.0605]}
+    common = dict(kind="metric", metric="jpeg_compressibility", reward_metric="jpeg_compressibility", task="t",
+                  beta=beta, n=8, n_batches=2, steps=3, eta=1.0, guidance_scale=2.0, seed=0, stderr=0.0, paired=True)
+    rows = [dict(arm=arm, w=w, beta_eff=beta / w, model_seed=s, value=v, **common)
+            for arm, table in (("rlg", rlg), ("retrained", ret)) for w, vs in table.items() for s, v in zip((1, 2, 3), vs)]
+    df = pd.DataFrame(rows)
+    out = kl_claim_verdicts(df).set_index("w")
+    resp = stats.ttest_rel(ret[3.0], ret[1.0])
+    claim = stats.ttest_rel(rlg[3.0], ret[3.0])
+    assert out.loc[3.0, "response_p"] == pytest.approx(resp.pvalue) and resp.pvalue < 0.05
+    assert stats.ttest_ind(ret[3.0], ret[1.0], equal_var=False).pvalue > 0.05  # unpaired, it would not respond
+    assert out.loc[3.0, "claim_estimate"] == pytest.approx(np.mean(np.subtract(rlg[3.0], ret[3.0])))
+    assert out.loc[3.0, "claim_t"] == pytest.approx(claim.statistic) and out.loc[3.0, "claim_df"] == 2
+    margin = abs(np.mean(np.subtract(ret[3.0], ret[1.0]))) / 2
+    assert out.loc[3.0, "margin"] == pytest.approx(margin)
+    est, se = out.loc[3.0, "claim_estimate"], out.loc[3.0, "claim_stderr"]
+    p_holds = max(stats.t.sf((est + margin) / se, 2), stats.t.cdf((est - margin) / se, 2))  # TOST at the margin
+    assert p_holds < 0.05 and out.loc[3.0, "verdict"] == "holds"  # the only test: no Holm adjustment
+    assert out.loc[1.0, "verdict"] == "holds" and out.loc[1.0, "reason"].startswith("control")
+    df.loc[(df.arm == "rlg") & (df.w == 1.0) & (df.model_seed == 2), "value"] += 1e-6  # not the same model
+    assert kl_claim_verdicts(df).set_index("w").loc[1.0, "verdict"] == "does not hold"
+    assert "paired by training seed" in kl_claim_verdict_tables(df)["markdown"]
+
+
+def test_paired_run_samples_rlg_from_every_seed_and_reports_every_seed(tmp_path, tiny_base):
+    s = settings(tmp_path, tiny_base, paired=True, floor_seeds=[1, 2, 3])
+    assert required_models(s) == [(0.1, 1), (0.1, 2), (0.1, 3), (0.05, 1), (0.05, 2), (0.05, 3)]
+    images = {}
+    df = run_kl_claim(s, images_out=images)
+    m = df[df.kind == "metric"]
+    for arm in ("rlg", "retrained"):
+        assert sorted(m[(m.arm == arm)].groupby("w").model_seed.apply(sorted).tolist()) == [[1, 2, 3]] * 2
+    for seed in (1, 2, 3):  # RLG(1) from seed s is seed s's beta model on the same noise
+        np.testing.assert_array_equal(images[("rlg", 1.0, seed)], images[("retrained", 1.0, seed)])
+    rlg2 = m[(m.arm == "rlg") & (m.w == 2.0)].set_index("model_seed")
+    ret2 = m[(m.arm == "retrained") & (m.w == 2.0)].set_index("model_seed")
+    for seed in (1, 2, 3):  # diff is against the same seed's retrain
+        assert rlg2.loc[seed, "diff"] == pytest.approx(rlg2.loc[seed, "value"] - ret2.loc[seed, "value"])
+    write_kl_claim_report(df, None, tmp_path / "report")
+    table = (tmp_path / "report" / "tables" / "kl_claim_metrics.md").read_text()
+    assert "retrained seed 3" in table and "RLG - retrained same seed" in table

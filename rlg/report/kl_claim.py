@@ -55,10 +55,14 @@ def write_kl_claim_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] = F
             axes = fig.subplots(1, len(metrics), squeeze=False)[0]
             for ax, metric in zip(axes, metrics):
                 d = m[m.metric == metric]
-                r = d[d.arm == "rlg"].sort_values("beta_eff")
-                # a bootstrap percentile interval of a biased set metric (digit_fd) need not contain the value
-                ax.errorbar(r.beta_eff, r.value, yerr=_yerr(r), color=COLORS[0], marker="o",
-                            capsize=2, label="RLG from the beta model")
+                rlg = d[d.arm == "rlg"]
+                several = rlg.model_seed.nunique() > 1  # paired: RLG from each seed's beta model
+                for j, (seed, r) in enumerate(rlg.groupby("model_seed")):
+                    r = r.sort_values("beta_eff")
+                    # a bootstrap percentile interval of a biased set metric (digit_fd) need not contain the value
+                    ax.errorbar(r.beta_eff, r.value, yerr=_yerr(r), color=COLORS[0], marker=MARKERS[j % len(MARKERS)],
+                                capsize=2, alpha=1.0 if j == 0 else 0.6,
+                                label=f"RLG from the beta model, seed {seed}" if several else "RLG from the beta model")
                 for i, (seed, g) in enumerate(d[d.arm == "retrained"].groupby("model_seed")):
                     g = g.sort_values("beta_eff")
                     ax.errorbar(g.beta_eff * (1.04 if i else 0.96), g.value, yerr=_yerr(g),
@@ -129,6 +133,8 @@ def kl_claim_verdicts(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
 
     reward = _reward(df)
     m = df[(df.kind == "metric") & (df.metric == reward)]
+    if "paired" in m.columns and m.paired.fillna(False).astype(bool).any():
+        return _paired_verdicts(m, reward, alpha)
     beta = float(m.beta.iloc[0])
     groups = {round(float(b), 9): g.value.to_numpy() for b, g in m[m.arm == "retrained"].groupby("beta_eff")}
     src = m[(m.arm == "rlg") & np.isclose(m.w, 1.0)].value.to_numpy()
@@ -179,6 +185,63 @@ def kl_claim_verdicts(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     return out.drop(columns=["_claim", "_response"])
 
 
+def _paired_verdicts(m: pd.DataFrame, reward: str, alpha: float) -> pd.DataFrame:
+    """``kl_claim_verdicts`` for rows of a ``paired`` run: RLG(w) from the beta model of training seed s against the
+    beta / w model of seed s. ``claim`` = mean over seeds of RLG_s(w) - retrained_s(beta / w) and ``response`` =
+    mean over seeds of retrained_s(beta / w) - retrained_s(beta), each a one-sample t on the per-seed differences
+    (``rlg.kl_stats.paired``, df = seeds - 1): same-seed models share the trainer's random stream, so what a seed
+    does at every coefficient cancels. w = 1 is the control: RLG(1) from seed s is that seed's beta model on the
+    same noise, difference exactly 0. ``pooled_sd`` / ``pooled_df``: the per-model seed spread pooled over the
+    coefficients, as in the unpaired test (for comparison; the paired tests do not use it)."""
+    from rlg.kl_stats import kl_verdicts, paired
+
+    def by_seed(arm, w):
+        at = m[(m.arm == arm) & np.isclose(m.w, w)]
+        return dict(zip(at.model_seed.astype(int), at.value.astype(float)))
+
+    ws = sorted(set(m.w))
+    beta_models = by_seed("retrained", 1.0) if any(np.isclose(ws, 1.0)) else {}
+    groups = [np.array(list(by_seed("retrained", w).values())) for w in ws]
+    pooled_df = sum(len(g) - 1 for g in groups if len(g) >= 2)
+    pooled_var = sum((len(g) - 1) * g.var(ddof=1) for g in groups if len(g) >= 2) / pooled_df if pooled_df else np.nan
+    rows = []
+    for w in ws:
+        rlg, ret = by_seed("rlg", w), by_seed("retrained", w)
+        seeds = sorted(set(rlg) & set(ret))
+        claim = paired([rlg[s] for s in seeds], [ret[s] for s in seeds])
+        common = sorted(set(ret) & set(beta_models))
+        response = (paired([ret[s] for s in common], [beta_models[s] for s in common])
+                    if not np.isclose(w, 1.0) and len(common) >= 2 else None)
+        at = m[np.isclose(m.w, w)]
+        row = dict(w=float(w), beta_eff=float(at.beta_eff.iloc[0]), metric=reward, rlg=float(np.mean(list(rlg.values()))),
+                   retrained_mean=float(np.mean(list(ret.values()))), n_retrained=len(ret),
+                   pooled_sd=float(np.sqrt(pooled_var)), pooled_df=pooled_df, _claim=claim, _response=response)
+        for name, t in (("claim", claim), ("response", response)):
+            for f in ("estimate", "stderr", "df", "t", "p", "lo", "hi"):
+                row[f"{name}_{f}"] = getattr(t, f) if t is not None else np.nan
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    decided = kl_verdicts([r["_claim"] for r in rows], [r["_response"] for r in rows], alpha=alpha)
+    for k in ("margin", "p_holm"):
+        out[k] = [d[k] for d in decided]
+    verdicts = []
+    for r, d in zip(rows, decided):
+        c = r["_claim"]
+        if np.isclose(r["w"], 1.0):  # a control: the same model on the same noise
+            same = c.estimate == 0 and c.stderr == 0
+            verdicts.append(("holds" if same else "does not hold",
+                             "control: RLG(1) from each seed's beta model is that model on the same noise; "
+                             f"difference {c.estimate:+.3g} (0 exactly expected)"))
+        elif r["_response"] is None:
+            verdicts.append(("undecided", "no retrained models at beta of the same seeds (measure w = 1 too)"))
+        else:
+            verdicts.append((d["verdict"], d["reason"]))
+    out["verdict"] = [v for v, _ in verdicts]
+    out["reason"] = [why for _, why in verdicts]
+    out["paired"] = True
+    return out.drop(columns=["_claim", "_response"])
+
+
 def kl_claim_verdict_tables(df: pd.DataFrame) -> dict[str, str]:
     """The headline: per w, "RLG(w) matches retraining at beta / w": holds / does not hold / undecided, with the
     claim test, the responsiveness check and the reason (``kl_claim_verdicts``)."""
@@ -197,9 +260,11 @@ def kl_claim_verdict_tables(df: pd.DataFrame) -> dict[str, str]:
              "–" if not np.isfinite(r.p_holm) else f"{r.p_holm:.2g}", ci(r, "response"),
              "–" if not np.isfinite(r.response_p) else f"{r.response_p:.2g}", r.reason] for r in v.itertuples()]
     f = v.iloc[0]
+    test = ("paired by training seed: RLG(w) from seed s's beta model against seed s's beta/w model, one-sample t "
+            "on the per-seed differences (df = seeds - 1)" if "paired" in v.columns else "Welch t")
     notes = [f"RLG(w) matches a model retrained at beta/w? {_title(df)}; metric {f.metric}.",
              f"One value per trained model (its mean over the same paired images); per-model sd {f.pooled_sd:.3g} "
-             f"pooled over the retrained seeds (df {f.pooled_df}); Welch t. Verdict: rlg-bench's one rule "
+             f"pooled over the retrained seeds (df {f.pooled_df}); {test}. Verdict: rlg-bench's one rule "
              "(rlg.verdicts): equivalence within the margin = half the response retrained(beta/w) - retrained(beta), "
              "Holm across w != 1; 'holds' when the 95% interval lies inside ± margin (after Holm), 'does not hold' "
              "when outside, 'undecided' when across it or when retraining does not respond to beta/w beyond its "
@@ -242,21 +307,24 @@ def kl_claim_metric_tables(df: pd.DataFrame) -> dict[str, str]:
     per-image difference RLG - retrained (seed A) with its se, and the same difference between the
     retrained seeds (the floor)."""
     m = df[df.kind == "metric"]
-    header = ["metric", "w", "beta/w", "RLG(w) [95%]", "retrained seed A [95%]", "retrained seed B [95%]",
-              "RLG - A (± se)", "B - A (± se)"]
+    paired = "paired" in m.columns and m.paired.fillna(False).astype(bool).any()
+    seeds = sorted(m[m.arm == "retrained"].model_seed.astype(int).unique())
+    a, b = seeds[:2] if len(seeds) >= 2 else ("A", "B")  # the floor's two seeds
+    header = (["metric", "w", "beta/w", "RLG seed", "RLG(w) [95%]"] + [f"retrained seed {s} [95%]" for s in seeds]
+              + [f"RLG - retrained {'same seed' if paired else f'seed {a}'} (± se)", f"seed {b} - seed {a} (± se)"])
     rows, groups = [], []
+    cell = lambda x: f"{x.value:.4g} [{x.lo:.4g}, {x.hi:.4g}]"  # noqa: E731
     for metric, part in m.groupby("metric", sort=False):
         groups.append(len(rows))
         for w, at in part.groupby("w"):
-            r = at[at.arm == "rlg"].iloc[0]
-            ret = at[at.arm == "retrained"].sort_values("model_seed")
-            cell = lambda x: f"{x.value:.4g} [{x.lo:.4g}, {x.hi:.4g}]"  # noqa: E731
-            diff = (f"{r['diff']:+.3g} ± {r.diff_stderr:.2g}"
-                    if "diff" in r and np.isfinite(r.get("diff", np.nan)) else "–")
-            floor = (f"{r.diff_floor:+.3g} ± {r.diff_floor_stderr:.2g}"
-                     if "diff_floor" in r and np.isfinite(r.get("diff_floor", np.nan)) else "–")
-            rows.append([metric, f"{w:g}", f"{r.beta_eff:.4g}", cell(r), *(cell(x) for x in ret.itertuples()),
-                         diff, floor])
+            ret = {int(x.model_seed): cell(x) for x in at[at.arm == "retrained"].itertuples()}
+            for r in at[at.arm == "rlg"].sort_values("model_seed").itertuples():
+                diff = (f"{r.diff:+.3g} ± {r.diff_stderr:.2g}"
+                        if np.isfinite(getattr(r, "diff", np.nan)) else "–")
+                floor = (f"{r.diff_floor:+.3g} ± {r.diff_floor_stderr:.2g}"
+                         if np.isfinite(getattr(r, "diff_floor", np.nan)) else "–")
+                rows.append([metric, f"{w:g}", f"{r.beta_eff:.4g}", f"{int(r.model_seed)}", cell(r),
+                             *(ret.get(s, "–") for s in seeds), diff, floor])
     notes = ["Per-image metrics: mean over images, normal 95% interval; set metrics (digit_fd): value on the whole "
              "set ± 1.96 bootstrap se over images (it contains the value; the biased FD is not corrected); paired "
              "differences share the per-image noise."]
