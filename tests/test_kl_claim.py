@@ -228,7 +228,8 @@ def test_shipped_kl_models_match_the_manifest_and_the_ddpo_preset_s_models_load(
 
     s = job("experiment=kl_claim_digits_ddpo").settings
     need = required_models(s)
-    assert len(need) == 1 + len(s.scales) * len(s.floor_seeds) and len(s.floor_seeds) >= 3
+    assert s.paired and len(s.floor_seeds) >= 3  # RLG from every seed's beta model: no separate source
+    assert set(need) == {(s.beta / w, seed) for w in s.scales for seed in s.floor_seeds}
     keys = None
     for b, seed in need:
         p = model_dir(s, b, seed)
@@ -238,7 +239,7 @@ def test_shipped_kl_models_match_the_manifest_and_the_ddpo_preset_s_models_load(
         with safe_open(str(p / "pytorch_lora_weights.safetensors"), "pt") as f:
             keys = keys or set(f.keys())
             assert set(f.keys()) == keys, p.name
-    for b, seed in need[:2]:  # the source and one retrained model through the loader the claim samples with
+    for b, seed in need[-1:]:  # one (the smallest beta's, the largest LoRA move) through the claim's own loader
         rl, kind = _rl_checkpoint(model_dir(s, b, seed))
         pair = load_pair(PairSpec(name="kl", base=Checkpoint(resolve_zoo_id(s.base)), rl=rl, rl_kind=kind,
                                   offline=True))
