@@ -129,7 +129,7 @@ def kl_claim_verdicts(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
       against the other beta retrainings (holds when they do not differ at ``alpha``).
     Columns: w, beta_eff, metric, rlg, retrained_mean, n_retrained, pooled_sd, pooled_df, claim_* and response_*
     (estimate, se, df, t, p, lo, hi), margin, p_holm, verdict, reason."""
-    from rlg.kl_stats import kl_verdicts, welch
+    from rlg.kl_stats import welch
 
     reward = _reward(df)
     m = df[(df.kind == "metric") & (df.metric == reward)]
@@ -156,30 +156,38 @@ def kl_claim_verdicts(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
             response = None
         else:
             response = welch(groups[b], base_group)
-        row = dict(w=float(w), beta_eff=float(at.beta_eff.iloc[0]), metric=reward, rlg=float(rlg.mean()),
-                   retrained_mean=float(ret.mean()), n_retrained=len(ret), pooled_sd=float(np.sqrt(pooled_var)),
-                   pooled_df=pooled_df, _claim=claim, _response=response)
-        for name, t in (("claim", claim), ("response", response)):
-            for f in ("estimate", "stderr", "df", "t", "p", "lo", "hi"):
-                row[f"{name}_{f}"] = getattr(t, f) if t is not None else np.nan
-        rows.append(row)
+        rows.append(_test_row(dict(w=float(w), beta_eff=float(at.beta_eff.iloc[0]), metric=reward,
+                                   rlg=float(rlg.mean()), retrained_mean=float(ret.mean()), n_retrained=len(ret),
+                                   pooled_sd=float(np.sqrt(pooled_var)), pooled_df=pooled_df),
+                              claim, None if np.isclose(w, 1.0) else response))
+
+    def control(c):  # a control, not a claim: is the source a typical beta model?
+        ok = np.isfinite(c.p) and c.p >= alpha
+        return ("holds" if ok else "does not hold", f"control: RLG(1) is the source beta model; vs other beta "
+                f"retrainings {c.estimate:+.3g} ± {c.stderr:.2g} (t({c.df:.1f}), p = {c.p:.2g})")
+
+    return _decide(rows, alpha, control, "no retrained models at beta to check the response (measure w = 1 too)")
+
+
+def _test_row(row: dict, claim, response) -> dict:
+    """``row`` with the claim and response tests as columns ``claim_*`` / ``response_*`` (NaN for no test)."""
+    for name, t in (("claim", claim), ("response", response)):
+        for f in ("estimate", "stderr", "df", "t", "p", "lo", "hi"):
+            row[f"{name}_{f}"] = getattr(t, f) if t is not None else np.nan
+    return dict(row, _claim=claim, _response=response)
+
+
+def _decide(rows: list[dict], alpha: float, control, no_response: str) -> pd.DataFrame:
+    """The verdict columns of ``kl_claim_verdicts``: margin and Holm p from ``rlg.kl_stats.kl_verdicts``; w = 1 by
+    ``control(claim) -> (verdict, reason)``; a w without a response test "undecided" with ``no_response``."""
+    from rlg.kl_stats import kl_verdicts
+
     out = pd.DataFrame(rows)
-    decided = kl_verdicts([r["_claim"] for r in rows],
-                          [None if np.isclose(r["w"], 1.0) else r["_response"] for r in rows], alpha=alpha)
+    decided = kl_verdicts([r["_claim"] for r in rows], [r["_response"] for r in rows], alpha=alpha)
     for k in ("margin", "p_holm"):
         out[k] = [d[k] for d in decided]
-    verdicts = []
-    for r, d in zip(rows, decided):
-        c = r["_claim"]
-        if np.isclose(r["w"], 1.0):  # a control, not a claim: is the source a typical beta model?
-            ok = np.isfinite(c.p) and c.p >= alpha
-            verdicts.append(("holds" if ok else "does not hold",
-                             f"control: RLG(1) is the source beta model; vs other beta retrainings "
-                             f"{c.estimate:+.3g} ± {c.stderr:.2g} (t({c.df:.1f}), p = {c.p:.2g})"))
-        elif r["_response"] is None:
-            verdicts.append(("undecided", "no retrained models at beta to check the response (measure w = 1 too)"))
-        else:
-            verdicts.append((d["verdict"], d["reason"]))
+    verdicts = [control(r["_claim"]) if np.isclose(r["w"], 1.0) else ("undecided", no_response)
+                if r["_response"] is None else (d["verdict"], d["reason"]) for r, d in zip(rows, decided)]
     out["verdict"] = [v for v, _ in verdicts]
     out["reason"] = [why for _, why in verdicts]
     return out.drop(columns=["_claim", "_response"])
@@ -193,7 +201,7 @@ def _paired_verdicts(m: pd.DataFrame, reward: str, alpha: float) -> pd.DataFrame
     does at every coefficient cancels. w = 1 is the control: RLG(1) from seed s is that seed's beta model on the
     same noise, difference exactly 0. ``pooled_sd`` / ``pooled_df``: the per-model seed spread pooled over the
     coefficients, as in the unpaired test (for comparison; the paired tests do not use it)."""
-    from rlg.kl_stats import kl_verdicts, paired
+    from rlg.kl_stats import paired
 
     def by_seed(arm, w):
         at = m[(m.arm == arm) & np.isclose(m.w, w)]
@@ -213,33 +221,19 @@ def _paired_verdicts(m: pd.DataFrame, reward: str, alpha: float) -> pd.DataFrame
         response = (paired([ret[s] for s in common], [beta_models[s] for s in common])
                     if not np.isclose(w, 1.0) and len(common) >= 2 else None)
         at = m[np.isclose(m.w, w)]
-        row = dict(w=float(w), beta_eff=float(at.beta_eff.iloc[0]), metric=reward, rlg=float(np.mean(list(rlg.values()))),
-                   retrained_mean=float(np.mean(list(ret.values()))), n_retrained=len(ret),
-                   pooled_sd=float(np.sqrt(pooled_var)), pooled_df=pooled_df, _claim=claim, _response=response)
-        for name, t in (("claim", claim), ("response", response)):
-            for f in ("estimate", "stderr", "df", "t", "p", "lo", "hi"):
-                row[f"{name}_{f}"] = getattr(t, f) if t is not None else np.nan
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    decided = kl_verdicts([r["_claim"] for r in rows], [r["_response"] for r in rows], alpha=alpha)
-    for k in ("margin", "p_holm"):
-        out[k] = [d[k] for d in decided]
-    verdicts = []
-    for r, d in zip(rows, decided):
-        c = r["_claim"]
-        if np.isclose(r["w"], 1.0):  # a control: the same model on the same noise
-            same = c.estimate == 0 and c.stderr == 0
-            verdicts.append(("holds" if same else "does not hold",
-                             "control: RLG(1) from each seed's beta model is that model on the same noise; "
-                             f"difference {c.estimate:+.3g} (0 exactly expected)"))
-        elif r["_response"] is None:
-            verdicts.append(("undecided", "no retrained models at beta of the same seeds (measure w = 1 too)"))
-        else:
-            verdicts.append((d["verdict"], d["reason"]))
-    out["verdict"] = [v for v, _ in verdicts]
-    out["reason"] = [why for _, why in verdicts]
+        rows.append(_test_row(dict(w=float(w), beta_eff=float(at.beta_eff.iloc[0]), metric=reward,
+                                   rlg=float(np.mean(list(rlg.values()))),
+                                   retrained_mean=float(np.mean(list(ret.values()))), n_retrained=len(ret),
+                                   pooled_sd=float(np.sqrt(pooled_var)), pooled_df=pooled_df), claim, response))
+
+    def control(c):  # the same model on the same noise
+        return ("holds" if c.estimate == 0 and c.stderr == 0 else "does not hold",
+                "control: RLG(1) from each seed's beta model is that model on the same noise; "
+                f"difference {c.estimate:+.3g} (0 exactly expected)")
+
+    out = _decide(rows, alpha, control, "no retrained models at beta of the same seeds (measure w = 1 too)")
     out["paired"] = True
-    return out.drop(columns=["_claim", "_response"])
+    return out
 
 
 def kl_claim_verdict_tables(df: pd.DataFrame) -> dict[str, str]:
