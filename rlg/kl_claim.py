@@ -73,7 +73,8 @@ from rlg.files import sha256_file
 from rlg.kind_spec import DIGIT_PROMPTS, KLClaimSettings
 from rlg.model_ids import resolve_zoo_id
 
-__all__ = ["KLClaimSettings", "model_dir", "effective_betas", "rlg_seeds", "required_models", "ensure_models", "run_kl_claim",
+__all__ = ["KLClaimSettings", "model_dir", "effective_betas", "rlg_seeds", "required_models", "ensure_models",
+           "run_kl_claim",
            "ship_models", "DIGIT_PROMPTS"]
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "zoo" / "weights"

@@ -116,8 +116,10 @@ def response_summary(scores: dict[str, dict], beta: float, w: float, metric: str
     hi_v, lo_v = np.array(list(groups["beta"].values())), np.array(list(groups["beta_w"].values()))
     t = welch(lo_v, hi_v)
     common = sorted(set(groups["beta"]) & set(groups["beta_w"]))
-    pt = paired([groups["beta_w"][s] for s in common], [groups["beta"][s] for s in common]) if len(common) >= 2 else None
-    sd = math.sqrt((hi_v.var(ddof=1) * (hi_v.size - 1) + lo_v.var(ddof=1) * (lo_v.size - 1)) / (hi_v.size + lo_v.size - 2))
+    pt = (paired([groups["beta_w"][s] for s in common], [groups["beta"][s] for s in common])
+          if len(common) >= 2 else None)
+    pooled_var = (hi_v.var(ddof=1) * (hi_v.size - 1) + lo_v.var(ddof=1) * (lo_v.size - 1)) / (hi_v.size + lo_v.size - 2)
+    sd = math.sqrt(pooled_var)
     return {"metric": metric, "beta": beta, "beta_w": lo, "w": w,
             "means": {"beta": groups["beta"], "beta_w": groups["beta_w"]},
             "seed_sd": {"beta": float(hi_v.std(ddof=1)), "beta_w": float(lo_v.std(ddof=1)), "pooled": sd},

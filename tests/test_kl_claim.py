@@ -260,7 +260,8 @@ def test_paired_verdicts_test_per_seed_differences_and_the_control_is_exact():
     common = dict(kind="metric", metric="jpeg_compressibility", reward_metric="jpeg_compressibility", task="t",
                   beta=beta, n=8, n_batches=2, steps=3, eta=1.0, guidance_scale=2.0, seed=0, stderr=0.0, paired=True)
     rows = [dict(arm=arm, w=w, beta_eff=beta / w, model_seed=s, value=v, **common)
-            for arm, table in (("rlg", rlg), ("retrained", ret)) for w, vs in table.items() for s, v in zip((1, 2, 3), vs)]
+            for arm, table in (("rlg", rlg), ("retrained", ret))
+            for w, vs in table.items() for s, v in zip((1, 2, 3), vs)]
     df = pd.DataFrame(rows)
     out = kl_claim_verdicts(df).set_index("w")
     resp = stats.ttest_rel(ret[3.0], ret[1.0])
