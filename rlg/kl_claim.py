@@ -373,8 +373,8 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
                 extra = {}
                 if arm == "rlg":
                     # against the same training seed's retrain when paired, else against seed A
-                    ref = ("retrained", w, mseed) if settings.paired else ("retrained", w, seed_a)
-                    d = v - per_image[ref][metric]
+                    against = ("retrained", w, mseed) if settings.paired else ref
+                    d = v - per_image[against][metric]
                     df_ = per_image[other][metric] - per_image[ref][metric]
                     extra = dict(diff=float(d.mean()), diff_stderr=float(d.std(ddof=1) / math.sqrt(len(d))),
                                  diff_floor=float(df_.mean()),
@@ -390,7 +390,6 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
                     se = float(resampled[metric].std(ddof=1))
                     rows.append(dict(kind="metric", arm=arm, w=w, beta_eff=b, model_seed=mseed, metric=metric,
                                      value=value, stderr=se, lo=value - 1.96 * se, hi=value + 1.96 * se, **common))
-        ref = ("retrained", w, seed_a)
         fa, fo, fr = feats[ref], feats[other], feats[("rlg", w, sources[0])]  # paired: sources[0] is seed A
         if settings.distance == "mmd2":
             h = median_bandwidth(fa)

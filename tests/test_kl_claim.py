@@ -25,7 +25,8 @@ from rlg.report.kl_claim import write_kl_claim_report
 pytestmark = pytest.mark.xdist_group("test_kl_claim")
 
 
-def shifted_unet_trainer(base_dir):
+def shifted_unet_trainer(base_dir, per_seed=0.0):
+    """``per_seed`` > 0: the move is (1 + per_seed * seed) times larger, so seeds differ."""
     def train(beta, seed, out_dir, steps=None):
         from diffusers import UNet2DConditionModel
 
@@ -33,7 +34,8 @@ def shifted_unet_trainer(base_dir):
         g = torch.Generator().manual_seed(123)  # one direction for every b and seed
         with torch.no_grad():
             for p in unet.parameters():
-                p.add_((0.02 / beta) * (p.std() if p.numel() > 1 else 1.0) * torch.randn(p.shape, generator=g))
+                p.add_((0.02 / beta) * (1 + per_seed * seed) * (p.std() if p.numel() > 1 else 1.0)
+                       * torch.randn(p.shape, generator=g))
         unet.save_pretrained(str(out_dir / "unet"))
         return {"kl_coefficient": beta}
 
@@ -282,7 +284,8 @@ def test_paired_verdicts_test_per_seed_differences_and_the_control_is_exact():
 
 
 def test_paired_run_samples_rlg_from_every_seed_and_reports_every_seed(tmp_path, tiny_base):
-    s = settings(tmp_path, tiny_base, paired=True, floor_seeds=[1, 2, 3])
+    s = settings(tmp_path, tiny_base, paired=True, floor_seeds=[1, 2, 3],
+                 trainer=shifted_unet_trainer(tiny_base, per_seed=0.5))
     assert required_models(s) == [(0.1, 1), (0.1, 2), (0.1, 3), (0.05, 1), (0.05, 2), (0.05, 3)]
     images = {}
     df = run_kl_claim(s, images_out=images)
@@ -293,8 +296,10 @@ def test_paired_run_samples_rlg_from_every_seed_and_reports_every_seed(tmp_path,
         np.testing.assert_array_equal(images[("rlg", 1.0, seed)], images[("retrained", 1.0, seed)])
     rlg2 = m[(m.arm == "rlg") & (m.w == 2.0)].set_index("model_seed")
     ret2 = m[(m.arm == "retrained") & (m.w == 2.0)].set_index("model_seed")
-    for seed in (1, 2, 3):  # diff is against the same seed's retrain
+    for seed in (1, 2, 3):  # diff is against the same seed's retrain; the floor is always seed 2 - seed 1
         assert rlg2.loc[seed, "diff"] == pytest.approx(rlg2.loc[seed, "value"] - ret2.loc[seed, "value"])
+        assert rlg2.loc[seed, "diff_floor"] == pytest.approx(ret2.loc[2, "value"] - ret2.loc[1, "value"])
+    assert ret2.loc[2, "value"] != ret2.loc[1, "value"]  # the seeds differ, so a wrong floor would show
     write_kl_claim_report(df, None, tmp_path / "report")
     table = (tmp_path / "report" / "tables" / "kl_claim_metrics.md").read_text()
     assert "retrained seed 3" in table and "RLG - retrained same seed" in table
