@@ -228,6 +228,10 @@ def test_shipped_kl_models_match_the_manifest_and_the_ddpo_preset_s_models_load(
         for f, digest in entry["sha256"].items():
             assert sha256_file(DEFAULT_WEIGHTS_DIR / name / f) == digest, f"{name}/{f}"
 
+    from rlg.kl_claim import ensure_models
+
+    v1 = job("experiment=kl_claim_digits_ddpo_v1").settings  # the first generation, moved to kl_<task>_v1
+    assert set(ensure_models(v1).values()) == {model_dir(v1, b, seed) for b, seed in required_models(v1)}
     s = job("experiment=kl_claim_digits_ddpo").settings
     need = required_models(s)
     assert s.paired and len(s.floor_seeds) >= 3  # RLG from every seed's beta model: no separate source
