@@ -128,7 +128,8 @@ def kl_claim_verdicts(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
       within half the response, Holm across w != 1); at w = 1 a control: RLG(1) is the source model, checked
       against the other beta retrainings (holds when they do not differ at ``alpha``).
     Columns: w, beta_eff, metric, rlg, retrained_mean, n_retrained, pooled_sd, pooled_df, claim_* and response_*
-    (estimate, se, df, t, p, lo, hi), margin, p_holm, verdict, reason."""
+    (estimate, se, df, t, p, lo, hi), margin, p_holm, verdict, reason. Rows of a ``paired`` run are tested per
+    training seed instead (``_paired_verdicts``; the output then has ``paired`` = True)."""
     from rlg.kl_stats import welch
 
     reward = _reward(df)
