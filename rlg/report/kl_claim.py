@@ -247,7 +247,9 @@ def kl_claim_verdict_tables(df: pd.DataFrame) -> dict[str, str]:
 
     def ci(r, k):
         e, lo, hi = getattr(r, f"{k}_estimate"), getattr(r, f"{k}_lo"), getattr(r, f"{k}_hi")
-        return "–" if not np.isfinite(e) else f"{e:+.3g} [{lo:+.3g}, {hi:+.3g}]"
+        if not np.isfinite(e):
+            return "–"
+        return f"{e:+.3g} [{lo:+.3g}, {hi:+.3g}]" if np.isfinite(lo) else f"{e:+.3g} (no spread)"
 
     rows = [[f"{r.w:g}", f"{r.beta_eff:.4g}", r.verdict, "–" if not np.isfinite(r.margin) else f"{r.margin:.3g}",
              f"{r.rlg:.4g}", f"{r.retrained_mean:.4g} ({r.n_retrained})",
