@@ -21,9 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # top to bottom; a module may import its own floor and the floors below it. A module's floor is the one
 # of its longest matching pattern (a module, a package with everything in it, or an fnmatch pattern).
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
-    # the zoo's measurement and its retrain driver read the presets through rlg.harness.api.job: harness users
+    # the zoo's measurement and its retrain driver, and the KL claim's response check, read the presets through
+    # rlg.harness.api.job: harness users
     ("app", ("rlg.harness", "rlg.conf", "rlg.zoo.digits_eval", "rlg.zoo.text_eval", "rlg.zoo.train_digits",
-             "rlg.zoo.train")),
+             "rlg.zoo.train", "rlg.kl_response")),
     ("report", ("rlg.report",)),
     ("science", ("rlg.kl_claim", "rlg.kl_learned", "rlg.fkc_learned", "rlg.kl_stats", "rlg.verdicts",
                  "rlg.ground_truth",
