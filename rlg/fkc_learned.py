@@ -33,6 +33,7 @@ from rlg.analytic import initial_alpha_sigma
 from rlg.analytic_metrics import batched, energy_distance
 from rlg.fkc import FKCConfig, fkc_sample_loop
 from rlg.kl_learned import LearnedTruthConfig, _exact, _pair, _rlg, _scheduler, _Setting, fine_tune, train_base
+from rlg.kl_stats import normal_interval
 
 __all__ = ["run_learned_fkc", "decompose_fkc"]
 
@@ -132,7 +133,7 @@ def decompose_fkc(df: pd.DataFrame) -> pd.DataFrame:
                 d = float(a.reward - ex.reward)
                 se = math.sqrt(float(a.reward_stderr) ** 2 + float(ex.reward_stderr) ** 2) if name == "fkc_gap_exact" \
                     else float(a.paired_gap_stderr)  # rlg_exact shares exact's noise: paired se
-                row.update({name: d, f"{name}_lo": d - 1.96 * se, f"{name}_hi": d + 1.96 * se})
+                row.update(dict(zip((name, f"{name}_lo", f"{name}_hi"), (d, *normal_interval(d, se)))))
             row.update(energy_retrained=float(ret.energy.mean()), energy_rlg=float(rlg.energy.mean()),
                        energy_fkc=float(fk.energy.mean()), energy_fkc_se=float(fk.energy.std() / math.sqrt(len(fk))),
                        energy_exact=float(ex.energy), energy_rlg_exact=float(rex.energy),

@@ -43,11 +43,6 @@ class Grid:
         settings: the sampler settings of every call.
         batch_size: images per pipeline call (>= 1): whole groups where they fit.
         prompt_ids: the id of each prompt (enters the noise seed and the key); default 0..len(prompts)-1.
-        scale_outer: False (the protocol): every scale of a (prompt, sample) in one call. True: each call holds
-            one scale, the scales in turn (then prompt-major, sample-minor), as a loop of one-scale grids would
-            pack them. The noise is the same either way; only which images share a call changes, and that
-            changes pixels only with ``settings.micro_batch`` None (one unpadded forward per call). The text
-            zoo's shipped OCR numbers were measured so (``rlg.zoo.train_text.evaluate``).
 
     Raises:
         ValueError: an empty grid dimension, ``samples < 1``, ``batch_size < 1``, ids not one per prompt
@@ -61,7 +56,6 @@ class Grid:
     settings: SamplerSettings = field(default_factory=SamplerSettings)
     batch_size: int = DEFAULT_BATCH_SIZE
     prompt_ids: tuple[int, ...] | None = None
-    scale_outer: bool = False
 
     def __post_init__(self) -> None:
         prompts = (self.prompts,) if isinstance(self.prompts, str) else tuple(self.prompts)
@@ -113,18 +107,9 @@ def pack_calls(todo: list[list[Any]], size: int) -> list[list[Any]]:
     return batches
 
 
-def grid_calls(grid: Grid, todo: list[list[Any]]) -> list[list[Any]]:
-    """The pipeline calls of ``todo`` ((key, WorkItem) groups of ``grid``): :func:`pack_calls`, or with
-    ``grid.scale_outer`` the items of each scale in turn, packed alone."""
-    if not grid.scale_outer:
-        return pack_calls(todo, grid.batch_size)
-    return [call for w in grid.scales
-            for call in pack_calls([[(k, it)] for group in todo for k, it in group if it.scale == w], grid.batch_size)]
-
-
 def pending(groups: list[list[tuple[Hashable, Any]]], skip: Collection[Hashable]) -> list[list[tuple[Hashable, Any]]]:
     """``groups`` ((key, WorkItem) lists of :func:`work_groups`) without the keys in ``skip``, and without the
-    groups left empty: what :func:`run_grid` makes, to pack with :func:`grid_calls`."""
+    groups left empty: what :func:`run_grid` makes, to pack with :func:`pack_calls`."""
     skip = set(skip)
     return [g for g in ([(k, it) for k, it in group if k not in skip] for group in groups) if g]
 
@@ -178,7 +163,7 @@ def run_grid(pair, grid: Grid, *, key: KeyFn | None = None, skip: Collection[Has
     todo = pending(groups, skip)
 
     def calls() -> Iterator[list[tuple[Hashable, Generated]]]:
-        for batch in grid_calls(grid, todo):
+        for batch in pack_calls(todo, grid.batch_size):
             if before_call is not None:
                 before_call()
             results = sampler.generate([it for _, it in batch])
@@ -219,5 +204,5 @@ def generate_grid(pair, prompts: str | list[str], scales, *, seed: int = 0, samp
     return [[[made[(p, s, w)] for w in g.scales] for s in range(samples)] for p in g.prompt_ids]
 
 
-__all__ = ["Grid", "work_groups", "pack_calls", "grid_calls", "pending", "prompt_truncation", "run_grid",
+__all__ = ["Grid", "work_groups", "pack_calls", "pending", "prompt_truncation", "run_grid",
            "generate_grid", "DEFAULT_BATCH_SIZE"]

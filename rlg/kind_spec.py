@@ -20,11 +20,10 @@ METRICS = ("energy_distance", "mmd2", "mean_reward", "component_weight", "moment
 
 
 @dataclass
-class GroundTruthConfig:
-    pair: str = "mixture_quadratic"  # a key of rlg.analytic.PAIR_PRESETS
-    d: int = 2
-    beta: float = 1.0
-    scales: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+class GroundTruthSampling:
+    """How the analytic ground truth samples: the config node ``ground_truth`` (its pair is ``pair.analytic``, its
+    scales ``grid.scales``, its seed the run's; ``GroundTruthConfig`` adds them)."""
+
     samplers: list[str] = field(default_factory=lambda: list(SAMPLERS))
     num_inference_steps: int = 100
     n_per_batch: int = 500
@@ -32,21 +31,31 @@ class GroundTruthConfig:
     noise_level: float = 0.7  # Flow-GRPO SDE
     flow_shift: float = 3.0  # SD3.5's FlowMatch shift
     init: str = "marginal"  # "marginal" | "noise"
-    metrics: list[str] = field(default_factory=lambda: list(METRICS))
     rl_control: bool = True  # the sampler control: the exact target's own score at every w ("exact_score")
-    moment_dims: int = 8  # per-dimension mean/variance tests for dimensions i < moment_dims
-    progress: bool = True  # a tqdm bar over the sampling steps
-    seed: int = 0
     # RLG with Feynman-Kac correctors (rlg.fkc), method "rlg_fkc", one run per particle count K, at every scale
     # except w = 0 and 1 (where its weights are identically 0: the same law as plain sampling); [] = none
     fkc_particles: list[int] = field(default_factory=list)
     fkc_resample: str = "ess"  # "ess" | "every_step"
-    fkc_ess_threshold: float = 0.5
     # FK steering (rlg.fk_steering), method "fk_steering": the base model alone, K particles, potentials of the
     # reward on the predicted x0, lam = w / beta (target: the beta/w optimum); at every scale but 0; [] = none
     fks_particles: list[int] = field(default_factory=list)
     fks_potential: str = "difference"  # "difference" | "max" | "sum"
     fks_interval: int = 1  # steps between resamplings
+
+
+@dataclass
+class GroundTruthConfig(GroundTruthSampling):
+    """What one analytic ground-truth run (``rlg.ground_truth.run_ground_truth``) samples and measures."""
+
+    pair: str = "mixture_quadratic"  # a key of rlg.analytic.PAIR_PRESETS
+    d: int = 2
+    beta: float = 1.0
+    scales: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))
+    moment_dims: int = 8  # per-dimension mean/variance tests for dimensions i < moment_dims
+    progress: bool = True  # a tqdm bar over the sampling steps
+    seed: int = 0
+    fkc_ess_threshold: float = 0.5
 
     def __post_init__(self):
         if self.fkc_particles or self.fks_particles:  # their own configs name the fix for a bad value
@@ -135,19 +144,18 @@ class LearnedTruthConfig:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
 
 
-DIGIT_PROMPTS = [f"a handwritten digit {d}" for d in range(10)]
-
-
 @dataclass
 class KLClaimSettings:
-    """What one KL-claim measurement runs. ``metrics`` are "evaluator:metric" names of per-image metrics
-    (``rlg.evaluators`` registry); ``set_metrics`` the same for set metrics (an evaluator with
+    """What one KL-claim measurement runs besides what it shares with an image run (the prompts, sampler and
+    evaluator options come from the shared groups ``prompts``, ``sampler`` and ``evaluators.options``: an
+    ``rlg.grid.Grid`` in ``rlg.kl_claim.run_kl_claim``). ``metrics`` are "evaluator:metric" names of per-image
+    metrics (``rlg.evaluators`` registry); ``set_metrics`` the same for set metrics (an evaluator with
     ``score_set``); ``features`` = "classifier" (the ``feature_evaluator``'s ``features(images)``) or
     "pixels" (uint8 / 255, flattened)."""
 
     task: str = "digits_dpo"  # names the model directory kl_<task>
     base: str = "zoo:digits_base_v1"  # the base the kl_digits_* models were fine-tuned from (hub layout)
-    trainer: Any = ""  # "module:function" (or a callable) train(beta, seed, steps, out_dir); only to train
+    trainer: str = ""  # "module:function" train(beta, seed, steps, out_dir, **trainer_kwargs); only to train
     trainer_kwargs: Dict[str, Any] = field(default_factory=dict)  # to the trainer as is (e.g. reward: incompress)
     train_steps: int = 0  # 0: the trainer's default
     train_missing: bool = False
@@ -160,23 +168,14 @@ class KLClaimSettings:
     # source_seed model is then not used. False: RLG from the one source_seed model against the floor seeds' mean.
     paired: bool = False
     weights_dir: str = ""  # default rlg/zoo/weights
-    prompts: list[str] = field(default_factory=lambda: list(DIGIT_PROMPTS))
-    n_per_prompt: int = 16
-    num_inference_steps: int = 20
-    guidance_scale: float = 2.0
-    eta: float = 1.0
-    negative_prompt: str = ""
     metrics: list[str] = field(default_factory=lambda: ["digit_prob:digit_prob", "jpeg:jpeg_incompressibility"])
     reward_metric: str = ""  # the metric the RL models were trained on (the verdict's); "": the first of metrics
     set_metrics: list[str] = field(default_factory=lambda: ["digit_fd:digit_fd"])
     features: str = "classifier"  # "classifier" | "pixels"
     feature_evaluator: str = "digit_fd"
-    # evaluator name -> options, e.g. {digit_fd: {weights: ...}}
-    evaluator_options: Dict[str, Any] = field(default_factory=dict)
     distance: str = "energy_distance"  # "energy_distance" | "mmd2"
     n_batches: int = 4
     n_boot: int = 200
-    batch_size: int = 64  # images per pipeline call
     seed: int = 0
     threads: int = 1  # torch intra-op threads while sampling (the CPUs are shared); restored afterwards
     progress: bool = True
@@ -192,6 +191,8 @@ class KLClaimSettings:
         if self.source_seed in self.floor_seeds:
             raise ValueError(f"source_seed {self.source_seed} is among floor_seeds {self.floor_seeds}; use another "
                              "seed so that RLG(1) is compared with independent retrainings")
+        if self.trainer and ":" not in self.trainer:
+            raise ValueError(f"trainer must be 'module:function', got {self.trainer!r}")
         if self.features not in ("classifier", "pixels"):
             raise ValueError(f"features={self.features!r}; use 'classifier' or 'pixels'")
         if self.distance not in ("energy_distance", "mmd2"):
@@ -199,8 +200,15 @@ class KLClaimSettings:
         names = [m.split(":")[-1] for m in self.metrics]
         if self.reward_metric and self.reward_metric not in names:
             raise ValueError(f"reward_metric={self.reward_metric!r} is not among the metrics {names}")
-        if self.n_batches < 2 or len(self.prompts) * self.n_per_prompt < 2 * self.n_batches:
-            raise ValueError("need n_batches >= 2 and at least 2 images per batch for the distance error bars")
+        self.check_images(2 * self.n_batches)
+
+    def check_images(self, n_images: int) -> None:
+        """ValueError unless ``n_images`` per arm (prompts x samples per prompt) fill ``n_batches`` >= 2 batches
+        of at least 2 images (the distance error bars)."""
+        if self.n_batches < 2 or n_images < 2 * self.n_batches:
+            raise ValueError(f"need n_batches >= 2 and at least 2 images per batch for the distance error bars "
+                             f"({n_images} images per arm, n_batches={self.n_batches}); raise "
+                             "prompts.samples_per_prompt or lower kl_claim.n_batches")
 
 
 @dataclass
@@ -246,6 +254,6 @@ class FindingsPlan:
     n_resamples: int
 
 
-__all__ = ["DIGIT_PROMPTS", "FindingsConfig", "FindingsPlan", "FindingsSubRun", "GroundTruthConfig", "KLClaimSettings",
+__all__ = ["FindingsConfig", "FindingsPlan", "FindingsSubRun", "GroundTruthConfig", "GroundTruthSampling", "KLClaimSettings",
            "LearnedTruthConfig", "METRICS", "OBJECTIVES",
            "SAMPLERS"]

@@ -54,13 +54,14 @@ one retraining command.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -70,12 +71,13 @@ from tqdm.auto import tqdm
 
 from rlg.analytic_metrics import batched, energy_distance, median_bandwidth, mmd2
 from rlg.files import sha256_file
-from rlg.kind_spec import DIGIT_PROMPTS, KLClaimSettings
+from rlg.kind_spec import KLClaimSettings
+from rlg.kl_stats import mean_se, normal_interval
 from rlg.model_ids import resolve_zoo_id
+from rlg.registry import resolve
 
 __all__ = ["KLClaimSettings", "model_dir", "effective_betas", "rlg_seeds", "required_models", "ensure_models",
-           "run_kl_claim",
-           "ship_models", "DIGIT_PROMPTS"]
+           "run_kl_claim", "ship_models"]
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
 
@@ -98,15 +100,6 @@ def _base_digest(settings: KLClaimSettings) -> str | None:
     """sha256 of the base UNet's weights (so a model can be checked against the base it was tuned from)."""
     f = Path(resolve_zoo_id(settings.base)) / "unet" / "diffusion_pytorch_model.safetensors"
     return sha256_file(f) if f.exists() else None
-
-
-def _trainer(spec) -> Callable:
-    if callable(spec):
-        return spec
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"trainer must be 'module:function', got {spec!r}")
-    module, fn = spec.split(":")
-    return getattr(importlib.import_module(module), fn)
 
 
 def rlg_seeds(settings: KLClaimSettings) -> list[int]:
@@ -159,7 +152,7 @@ def ensure_models(settings: KLClaimSettings, models: list[tuple[float, int]] | N
             f"{[model_dir(settings, b, s).name for b, s in missing]}; train them with train_missing=true "
             f"(trainer {settings.trainer or '<unset>'}) or point weights_dir at the shipped ones")
     if missing:
-        train = _trainer(settings.trainer)
+        train = resolve(settings.trainer)
         for b, s in missing:
             p = paths[(b, s)]
             p.mkdir(parents=True, exist_ok=True)
@@ -168,8 +161,7 @@ def ensure_models(settings: KLClaimSettings, models: list[tuple[float, int]] | N
             if settings.train_steps:
                 kw["steps"] = settings.train_steps
             info = train(**kw)
-            name = settings.trainer if isinstance(settings.trainer, str) else getattr(train, "__qualname__", "?")
-            config = dict(trainer=name, trainer_kwargs=settings.trainer_kwargs, beta=b, seed=s,
+            config = dict(trainer=settings.trainer, trainer_kwargs=settings.trainer_kwargs, beta=b, seed=s,
                           steps=settings.train_steps or None, base=settings.base,
                           base_unet_sha256=_base_digest(settings), task=settings.task,
                           train_seconds=round(time.time() - t0, 1),
@@ -199,60 +191,52 @@ def _rl_checkpoint(path: Path):
                             "adapter_config.json; is it a trained model directory?")
 
 
-def _sample_arm(settings: KLClaimSettings, model: Path, scale: float, bar) -> np.ndarray:
-    """uint8 (N, H, W, 3) images of base + ``model`` at RLG scale ``scale``, image order (prompt, sample), through
-    the grid protocol (``rlg.grid.run_grid``): one scale per arm, calls of ``batch_size`` images in (prompt,
-    sample) order, the same calls as the harness makes for this grid."""
-    from rlg.grid import Grid, run_grid
+def _sample_arm(grid, model: Path, scale: float, task: str, base: str, bar) -> np.ndarray:
+    """uint8 (N, H, W, 3) images of ``base`` + ``model`` at RLG scale ``scale``, image order (prompt, sample),
+    through the grid protocol (``rlg.grid.run_grid``): ``grid`` at the one scale, the same calls as the harness
+    makes for it."""
+    from rlg.grid import run_grid
     from rlg.pairs import Checkpoint, PairSpec, load_pair
-    from rlg.sampling import SamplerSettings
 
     rl, kind = _rl_checkpoint(model)
-    spec = PairSpec(name=f"kl_{settings.task}", base=Checkpoint(resolve_zoo_id(settings.base)), rl=rl, rl_kind=kind,
-                    offline=True)
-    grid = Grid(tuple(settings.prompts), (float(scale),), samples=settings.n_per_prompt, seed=settings.seed,
-                settings=SamplerSettings(num_inference_steps=settings.num_inference_steps,
-                                         guidance_scale=settings.guidance_scale,
-                                         negative_prompt=settings.negative_prompt, eta=settings.eta),
-                batch_size=settings.batch_size)
+    spec = PairSpec(name=f"kl_{task}", base=Checkpoint(resolve_zoo_id(base)), rl=rl, rl_kind=kind, offline=True)
     images = {}
-    for call in run_grid(load_pair(spec), grid):
+    for call in run_grid(load_pair(spec), dataclasses.replace(grid, scales=(float(scale),))):
         for (prompt, sample, _), gen in call:
             if gen.nonfinite:
                 raise FloatingPointError(f"non-finite latents sampling {model.name} at w={scale}")
             images[(prompt, sample)] = gen.image
         bar.update(len(call))
-    return np.stack([images[(p, k)] for p in range(len(settings.prompts)) for k in range(settings.n_per_prompt)])
+    return np.stack([images[(p, k)] for p in grid.prompt_ids for k in range(grid.samples)])
 
 
 class _Scorer:
     """Per-image metrics, set metrics and features of uint8 image arrays, through the evaluator registry."""
 
-    def __init__(self, settings: KLClaimSettings):
+    def __init__(self, settings: KLClaimSettings, grid, options: dict[str, dict]):
         from rlg.evaluators import get_evaluator
 
         self.settings = settings
+        # the prompt of each image, in (prompt, sample) order
+        self.prompts = [p for p in grid.prompts for _ in range(grid.samples)]
         names = {m.split(":")[0] for m in settings.metrics + settings.set_metrics}
         if settings.features == "classifier":
             names.add(settings.feature_evaluator)
-        self.evaluators = {n: get_evaluator(n, **settings.evaluator_options.get(n, {})) for n in sorted(names)}
+        self.evaluators = {n: get_evaluator(n, **options.get(n, {})) for n in sorted(names)}
 
     def _samples(self, images: np.ndarray):
         from rlg.evaluators import Sample
 
-        n = self.settings.n_per_prompt
-        return [Sample(key=str(i), image=Image.fromarray(im), prompt=self.settings.prompts[i // n])
-                for i, im in enumerate(images)]
+        return [Sample(key=str(i), image=Image.fromarray(im), prompt=self.prompts[i]) for i, im in enumerate(images)]
 
     def per_image(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """metric -> float64 (N,) through the evaluator runner (``score_images``), all images in one ``score`` call
         per evaluator (as the shipped numbers were made). Raises RuntimeError naming a failed image."""
         from rlg.evaluators import score_images
 
-        n = self.settings.n_per_prompt
-        prompts = [self.settings.prompts[i // n] for i in range(len(images))]
         names = list(dict.fromkeys(spec.split(":")[0] for spec in self.settings.metrics))
-        scores = score_images([self.evaluators[e] for e in names], images, prompts, batch_size=max(1, len(images)))
+        scores = score_images([self.evaluators[e] for e in names], images, self.prompts,
+                              batch_size=max(1, len(images)))
         for ev, errs in scores.errors.items():
             bad = [(i, e) for i, e in enumerate(errs) if e]
             if bad:
@@ -295,8 +279,9 @@ class _Scorer:
 
 
 def _mean_row(v: np.ndarray) -> dict[str, float]:
-    m, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
-    return dict(value=m, stderr=se, lo=m - 1.96 * se, hi=m + 1.96 * se)
+    m, se = mean_se(v)
+    lo, hi = normal_interval(m, se)
+    return dict(value=m, stderr=se, lo=lo, hi=hi)
 
 
 def _batches(n_prompts: int, n_per_prompt: int, n_batches: int) -> list[np.ndarray]:
@@ -322,23 +307,30 @@ def training_rows(settings: KLClaimSettings, paths: dict[tuple[float, int], Path
     return rows
 
 
-def run_kl_claim(settings: KLClaimSettings, images_out: dict | None = None) -> pd.DataFrame:
+def run_kl_claim(settings: KLClaimSettings, grid, evaluator_options: dict[str, dict] | None = None,
+                 images_out: dict | None = None) -> pd.DataFrame:
     """Sample every arm, score it, compare RLG(w) with retrained(beta / w); tidy rows (module docstring).
-    ``images_out``, if given, receives {(arm, w, model_seed): uint8 images} (for image grids)."""
+
+    ``grid``: an ``rlg.grid.Grid`` with the prompts, samples per prompt, noise seed, sampler settings and call
+    size every arm samples with (the harness makes it from the shared ``prompts`` and ``sampler`` groups; its
+    scales are replaced by each arm's). ``evaluator_options``: evaluator name -> constructor options (the
+    harness's ``evaluators.options``). ``images_out``, if given, receives {(arm, w, model_seed): uint8 images}.
+    Raises ValueError when the grid's images per arm cannot fill ``settings.n_batches`` batches."""
     from rlg.runtime import torch_threads
 
+    settings.check_images(len(grid.prompts) * grid.samples)
     with torch_threads(settings.threads):
-        return _run(settings, images_out)
+        return _run(settings, grid, evaluator_options or {}, images_out)
 
 
-def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
+def _run(settings: KLClaimSettings, grid, options: dict[str, dict], images_out: dict | None) -> pd.DataFrame:
     paths = ensure_models(settings)
     betas = effective_betas(settings)
-    n_images = len(settings.prompts) * settings.n_per_prompt
+    n_images = len(grid.prompts) * grid.samples
     sources = rlg_seeds(settings)
     arms = [("rlg", w, s, paths[(settings.beta, s)], w) for w in betas for s in sources]
     arms += [("retrained", w, s, paths[(b, s)], 1.0) for w, b in betas.items() for s in settings.floor_seeds]
-    scorer = _Scorer(settings)
+    scorer = _Scorer(settings, grid, options)
     images, per_image, feats, done = {}, {}, {}, {}
     with tqdm(total=len(arms) * n_images, desc=f"kl_claim {settings.task}", unit="img",
               disable=not settings.progress) as bar:
@@ -349,7 +341,7 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
                 bar.update(n_images)
                 continue
             bar.set_postfix_str(f"{arm} w={w:g} seed={seed}")
-            images[key] = _sample_arm(settings, path, scale, bar)
+            images[key] = _sample_arm(grid, path, scale, settings.task, settings.base, bar)
             per_image[key] = scorer.per_image(images[key])
             feats[key] = scorer.features(images[key])
             done[(path, scale)] = key
@@ -357,13 +349,13 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
         images_out.update(images)
     rng = np.random.default_rng(settings.seed)
     boot = [rng.integers(0, n_images, n_images) for _ in range(settings.n_boot)]
-    batches = _batches(len(settings.prompts), settings.n_per_prompt, settings.n_batches)
+    batches = _batches(len(grid.prompts), grid.samples, settings.n_batches)
     seed_a, seed_b = settings.floor_seeds[:2]
     reward = settings.reward_metric or settings.metrics[0].split(":")[-1]
     common = dict(task=settings.task, beta=settings.beta, n=n_images, n_batches=settings.n_batches,
                   reward_metric=reward,
-                  steps=settings.num_inference_steps, eta=settings.eta, guidance_scale=settings.guidance_scale,
-                  seed=settings.seed, paired=settings.paired)
+                  steps=grid.settings.num_inference_steps, eta=grid.settings.eta,
+                  guidance_scale=grid.settings.guidance_scale, seed=settings.seed, paired=settings.paired)
     rows = []
     for w, b in betas.items():
         ref, other = ("retrained", w, seed_a), ("retrained", w, seed_b)
@@ -376,9 +368,8 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
                     against = ("retrained", w, mseed) if settings.paired else ref
                     d = v - per_image[against][metric]
                     df_ = per_image[other][metric] - per_image[ref][metric]
-                    extra = dict(diff=float(d.mean()), diff_stderr=float(d.std(ddof=1) / math.sqrt(len(d))),
-                                 diff_floor=float(df_.mean()),
-                                 diff_floor_stderr=float(df_.std(ddof=1) / math.sqrt(len(df_))))
+                    (diff, diff_se), (floor, floor_se) = mean_se(d), mean_se(df_)
+                    extra = dict(diff=diff, diff_stderr=diff_se, diff_floor=floor, diff_floor_stderr=floor_se)
                 rows.append(dict(kind="metric", arm=arm, w=w, beta_eff=b, model_seed=mseed, metric=metric,
                                  **_mean_row(v), **extra, **common))
             if settings.set_metrics:
@@ -388,8 +379,9 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
                     # value +- 1.96 bootstrap se: resampling with replacement inflates a biased Frechet distance,
                     # so percentile intervals can exclude the value itself (science audit, section 3)
                     se = float(resampled[metric].std(ddof=1))
+                    lo, hi = normal_interval(value, se)
                     rows.append(dict(kind="metric", arm=arm, w=w, beta_eff=b, model_seed=mseed, metric=metric,
-                                     value=value, stderr=se, lo=value - 1.96 * se, hi=value + 1.96 * se, **common))
+                                     value=value, stderr=se, lo=lo, hi=hi, **common))
         fa, fo, fr = feats[ref], feats[other], feats[("rlg", w, sources[0])]  # paired: sources[0] is seed A
         if settings.distance == "mmd2":
             h = median_bandwidth(fa)
@@ -405,9 +397,8 @@ def _run(settings: KLClaimSettings, images_out: dict | None) -> pd.DataFrame:
                          z=gap / math.sqrt(se**2 + fse**2) if se > 0 or fse > 0 else float("nan"), **common))
     rows += training_rows(settings, paths)
     df = pd.DataFrame(rows)
-    attrs = asdict(settings)
-    attrs["trainer"] = settings.trainer if isinstance(settings.trainer, str) else repr(settings.trainer)
-    df.attrs["settings"] = attrs
+    df.attrs["settings"] = dict(asdict(settings), prompts=list(grid.prompts), samples_per_prompt=grid.samples,
+                                sampler=repr(grid.settings), batch_size=grid.batch_size)
     return df
 
 

@@ -23,7 +23,7 @@ Arms sampled at each w (b = beta / w), all with DDIM (eta ``eta``), the same ste
   tuned_s(beta) at scale w), ``weights`` (the DeRa-style weight extrapolation base_s + w (tuned_s(beta) -
   base_s), Liu et al. ICML 2024, sampled alone).
 
-The reward errors separated (``decompose``; mean reward of the sampled x_0 at the sampler's output noise):
+The reward errors separated (``rlg.kl_stats.decompose``; mean reward of the sampled x_0 at the sampler's output noise):
 
 * RLG's own gap, exact scores: rlg_exact - exact (paired over samples; normal 95% interval);
 * the network's approximation error: oracle - exact, per seed (t interval over seeds);
@@ -59,7 +59,7 @@ from rlg.kind_spec import OBJECTIVES, LearnedTruthConfig
 
 __all__ = ["LearnedTruthConfig", "MLPDenoiser", "train_base", "fine_tune", "pg_loss", "dpo_loss", "elbo_weights",
            "preference_pairs", "sample_trajectories", "step_table", "objective_value", "weight_extrapolation",
-           "path_kl", "run_learned_truth", "decompose"]
+           "path_kl", "run_learned_truth"]
 
 ARMS = ("exact", "rlg_exact", "oracle", "retrained", "rlg", "weights")
 
@@ -578,63 +578,3 @@ def _exact(mixture, scheduler):
     from rlg.analytic import make_denoiser
 
     return make_denoiser(mixture, scheduler, torch.float64)
-
-
-def decompose(df: pd.DataFrame) -> pd.DataFrame:
-    """Per retraining objective and w, the reward errors with 95% intervals (``rlg.kl_stats``): ``rlg_gap_exact``
-    (rlg_exact - exact, paired over samples, normal interval), ``network`` (oracle - exact), ``fine_tuning``
-    (retrained - oracle: the objective's convergence error), ``rlg_vs_retrained`` (rlg - retrained),
-    ``weights_vs_retrained`` (weights - retrained), ``energy_rlg_vs_retrained`` (energy distance to the optimum's
-    samples, rlg minus retrained), ``response`` (retrained(beta / w) - retrained(beta)), each over training seeds
-    (t, df = seeds - 1); ``margin``, ``p_holm`` and the verdict with its reason (``rlg.kl_stats.kl_verdicts``:
-    equivalence of rlg_vs_retrained within half the response, Holm across w within the objective). Rows stored before the ``objective`` column existed are RWR's."""
-    from rlg.kl_stats import kl_verdicts, paired
-
-    df = df.copy()
-    if "objective" not in df:
-        df["objective"] = np.where(df.arm.isin(["retrained", "rlg", "weights"]), "rwr", "")
-    df["objective"] = df.objective.fillna("")
-    shared = df[df.objective == ""]
-    beta = float(df.beta.iloc[0])
-    res = []
-    for obj in [o for o in OBJECTIVES if o in set(df.objective)]:
-        mine = pd.concat([shared, df[df.objective == obj]])
-        out = []
-        src = mine[(mine.arm == "retrained") & np.isclose(mine.beta_eff, beta)]
-        for w, at in mine.groupby("w"):
-            by = {a: g.sort_values("seed").set_index("seed").reward for a, g in at.groupby("arm")}
-            ex = float(by["exact"].iloc[0])
-            ge = at[at.arm == "rlg_exact"].iloc[0]
-            row = dict(objective=obj, w=w, beta_eff=float(at.beta_eff.iloc[0]),
-                       exact_reward=float(at.exact_reward.iloc[0]), exact_score_reward=ex,
-                       rlg_gap_exact=ge.paired_gap, rlg_gap_exact_se=ge.paired_gap_stderr)
-            # the exact-score arm is one run shared by every seed: differences from it have no seed spread of its own
-            tests = {"network": paired(by["oracle"], np.full(len(by["oracle"]), ex)),
-                     "fine_tuning": paired(by["retrained"], by["oracle"]),
-                     "rlg_vs_retrained": paired(by["rlg"], by["retrained"]),
-                     "weights_vs_retrained": paired(by["weights"], by["retrained"])}
-            energy = {a: g.sort_values("seed").set_index("seed").energy for a, g in at.groupby("arm")}
-            tests["energy_rlg_vs_retrained"] = paired(energy["rlg"], energy["retrained"])
-            ret = at[at.arm == "retrained"].sort_values("seed")
-            if "objective_value" in ret and ret.objective_value.notna().all():
-                # > 0: the fine-tune scores better on its own criterion than the oracle (the objective's bias)
-                tests["objective_gap"] = paired(ret.objective_value.to_numpy(), ret.objective_value_oracle.to_numpy())
-            source = src.sort_values("seed").set_index("seed").reward
-            # at w = 1 retrained(beta / w) is retrained(beta): no response by definition
-            tests["response"] = paired(by["retrained"], source.reindex(by["retrained"].index))
-            for k, t in tests.items():
-                row.update({k: t.estimate, f"{k}_se": t.stderr, f"{k}_df": t.df, f"{k}_lo": t.lo, f"{k}_hi": t.hi,
-                            f"{k}_p": t.p})
-            row["_tests"] = tests
-            out.append(row)
-        part = pd.DataFrame(out)
-        decided = kl_verdicts([r["_tests"]["rlg_vs_retrained"] for r in out],
-                              [None if r["w"] == 1 else r["_tests"]["response"] for r in out])
-        part["margin"] = [d["margin"] for d in decided]
-        part["p_holm"] = [d["p_holm"] for d in decided]
-        verdicts = [("holds", "control: RLG(1) is the beta model itself (RLG - retrained = 0 exactly)")
-                    if r["w"] == 1 else (d["verdict"], d["reason"]) for r, d in zip(out, decided)]
-        part["verdict"] = [v for v, _ in verdicts]
-        part["reason"] = [why for _, why in verdicts]
-        res.append(part.drop(columns="_tests"))
-    return pd.concat(res, ignore_index=True)

@@ -52,12 +52,14 @@ def _weights_sha(path: Path) -> str:
     return "+".join(sha256_file(f) for f in files)
 
 
-def measure_response(settings: KLClaimSettings, w: float, seeds: Sequence[int], out: Path | str,
-                     sample=None, log=print) -> dict[str, Any]:
+def measure_response(settings: KLClaimSettings, grid, w: float, seeds: Sequence[int], out: Path | str,
+                     evaluator_options: dict[str, dict] | None = None, sample=None, log=print) -> dict[str, Any]:
     """Train (when missing and ``settings.train_missing``) and score the models of ``response_models``; returns
-    ``response_summary`` of the scores. ``out``: the JSON cache {model dir name: {sha256, seed, n, metric:
-    [per-image values]}}, rewritten atomically after each model. ``sample(settings, path) -> uint8 (N, H, W, 3)``
-    replaces the production sampler (tests); default: ``rlg.kl_claim._sample_arm`` at scale 1."""
+    ``response_summary`` of the scores. ``grid``: the ``rlg.grid.Grid`` every model samples (prompts, samples per
+    prompt, noise seed, sampler; as ``rlg.kl_claim.run_kl_claim`` takes it); ``evaluator_options``: evaluator name
+    -> constructor options. ``out``: the JSON cache {model dir name: {sha256, seed, n, metric: [per-image
+    values]}}, rewritten atomically after each model. ``sample(grid, path) -> uint8 (N, H, W, 3)`` replaces the
+    production sampler (tests); default: ``rlg.kl_claim._sample_arm`` at scale 1."""
     from rlg.kl_claim import _Scorer, _sample_arm, ensure_models
 
     out = Path(out)
@@ -66,26 +68,24 @@ def measure_response(settings: KLClaimSettings, w: float, seeds: Sequence[int], 
     reward = settings.reward_metric or settings.metrics[0].split(":")[-1]
     # per-image metrics only: the set metrics and features of the claim are not needed for the response
     scoring = dataclasses.replace(settings, set_metrics=[], features="pixels")
-    scorer = None
+    scorer, n_images = None, len(grid.prompts) * grid.samples
     cache = json.loads(out.read_text()) if out.exists() else {}
     for b, s in models:
         p = paths[(b, s)]
         sha = _weights_sha(p)
         hit = cache.get(p.name)
-        if hit and hit["sha256"] == sha and hit["sampling_seed"] == settings.seed and \
-                hit["n"] == len(settings.prompts) * settings.n_per_prompt:
+        if hit and hit["sha256"] == sha and hit["sampling_seed"] == grid.seed and hit["n"] == n_images:
             continue
         if sample is None:
             from tqdm.auto import tqdm
 
-            with tqdm(total=len(settings.prompts) * settings.n_per_prompt, disable=not settings.progress,
-                      desc=p.name) as bar:
-                images = _sample_arm(settings, p, 1.0, bar)
+            with tqdm(total=n_images, disable=not settings.progress, desc=p.name) as bar:
+                images = _sample_arm(grid, p, 1.0, settings.task, settings.base, bar)
         else:
-            images = sample(settings, p)
-        scorer = scorer or _Scorer(scoring)
+            images = sample(grid, p)
+        scorer = scorer or _Scorer(scoring, grid, evaluator_options or {})
         scores = scorer.per_image(images)
-        cache[p.name] = dict(beta=b, seed=s, sha256=sha, sampling_seed=settings.seed, n=len(images),
+        cache[p.name] = dict(beta=b, seed=s, sha256=sha, sampling_seed=grid.seed, n=len(images),
                              **{k: [float(x) for x in v] for k, v in scores.items()})
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, (json.dumps(cache, indent=1, sort_keys=True) + "\n").encode())
@@ -137,9 +137,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the preset, e.g. kl_claim.n_per_prompt=10")
     a = ap.parse_args(argv)
     from rlg.harness.api import job
+    from rlg.harness.stages import image_grid
 
-    settings = job(f"experiment={a.experiment}", "kl_claim.train_missing=true", *a.overrides).settings
-    summary = measure_response(settings, a.w, a.seeds, a.out)
+    j = job(f"experiment={a.experiment}", "kl_claim.train_missing=true", *a.overrides)
+    grid = dataclasses.replace(image_grid(j), seed=j.settings.seed)  # as the claim's stage samples its arms
+    summary = measure_response(j.settings, grid, a.w, a.seeds, a.out, j.config.evaluators.options)
     print(json.dumps({k: v for k, v in summary.items() if k != "models"}, indent=1, default=str))
     return summary
 

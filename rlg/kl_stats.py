@@ -1,5 +1,6 @@
-"""Tests over training seeds for the KL claim: t intervals, Welch and paired t tests, and the per-w verdicts
-"RLG(w) matches retraining at beta / w: holds / does not hold / undecided" (``kl_verdicts``).
+"""Tests over training seeds for the KL claim: t intervals, Welch and paired t tests, the per-w verdicts
+"RLG(w) matches retraining at beta / w: holds / does not hold / undecided" (``kl_verdicts``), the learned ground
+truth's error decomposition (``decompose``), and the one mean +- 1.96 se helper (``mean_se``, ``normal_interval``).
 
 Every function takes per-model numbers (one value per trained model, e.g. a model's mean reward over a fixed,
 paired image set), so the spread between training seeds is the error: the question is about trained models,
@@ -16,11 +17,36 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
+from rlg.kind_spec import OBJECTIVES
 from rlg.verdicts import VERDICTS, holm  # the rule and Holm live there (one owner); re-exported
 
-__all__ = ["TTest", "t_interval", "welch", "paired", "holm", "kl_verdicts", "VERDICTS"]
+__all__ = ["TTest", "t_interval", "welch", "paired", "holm", "kl_verdicts", "VERDICTS", "Z95", "mean_se",
+           "normal_interval", "mean_ci", "decompose"]
+
+Z95 = 1.96  # the two-sided 95% quantile of the normal distribution, rounded as every normal interval here uses it
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, standard error sd / sqrt(n)) of a 1-D sample, sd with ddof = 1, in float64; se is NaN for n < 2."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
+
+
+def normal_interval(estimate: float, se: float, z: float = Z95) -> tuple[float, float]:
+    """The normal-approximation interval estimate -+ z se (95% for the default z)."""
+    return estimate - z * se, estimate + z * se
+
+
+def mean_ci(values: Sequence[float], z: float = Z95) -> dict[str, float]:
+    """{"mean", "se", "lo", "hi"} rounded to 5 decimals and "n": ``mean_se`` and ``normal_interval`` of a 1-D
+    sample, as the zoo's measurement records store them."""
+    m, se = mean_se(values)
+    lo, hi = normal_interval(m, se, z)
+    return {"mean": round(m, 5), "se": round(se, 5), "lo": round(lo, 5), "hi": round(hi, 5),
+            "n": int(np.asarray(values).size)}
 
 
 @dataclass(frozen=True)
@@ -55,7 +81,7 @@ def t_interval(values: Sequence[float]) -> TTest:
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2:
         raise ValueError(f"t_interval needs >= 2 values (training seeds), got {v.size}")
-    return _result(float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)), v.size - 1)
+    return _result(*mean_se(v), v.size - 1)
 
 
 def paired(a: Sequence[float], b: Sequence[float]) -> TTest:
@@ -128,3 +154,61 @@ def kl_verdicts(claims: Sequence[TTest], responses: Sequence[TTest | None], frac
     for row, h, f, pr, pa in zip(out, ph, pf, p_rule, p_holm):
         row.update(p_holds=h, p_fails=f, p_rule=pr, p_holm=pa)
     return out
+
+
+def decompose(df: pd.DataFrame) -> pd.DataFrame:
+    """The learned ground truth's rows (``rlg.kl_learned.run_learned_truth``) per retraining objective and w, the reward errors with 95% intervals (``rlg.kl_stats``): ``rlg_gap_exact``
+    (rlg_exact - exact, paired over samples, normal interval), ``network`` (oracle - exact), ``fine_tuning``
+    (retrained - oracle: the objective's convergence error), ``rlg_vs_retrained`` (rlg - retrained),
+    ``weights_vs_retrained`` (weights - retrained), ``energy_rlg_vs_retrained`` (energy distance to the optimum's
+    samples, rlg minus retrained), ``response`` (retrained(beta / w) - retrained(beta)), each over training seeds
+    (t, df = seeds - 1); ``margin``, ``p_holm`` and the verdict with its reason (``rlg.kl_stats.kl_verdicts``:
+    equivalence of rlg_vs_retrained within half the response, Holm across w within the objective). Rows stored before the ``objective`` column existed are RWR's."""
+    df = df.copy()
+    if "objective" not in df:
+        df["objective"] = np.where(df.arm.isin(["retrained", "rlg", "weights"]), "rwr", "")
+    df["objective"] = df.objective.fillna("")
+    shared = df[df.objective == ""]
+    beta = float(df.beta.iloc[0])
+    res = []
+    for obj in [o for o in OBJECTIVES if o in set(df.objective)]:
+        mine = pd.concat([shared, df[df.objective == obj]])
+        out = []
+        src = mine[(mine.arm == "retrained") & np.isclose(mine.beta_eff, beta)]
+        for w, at in mine.groupby("w"):
+            by = {a: g.sort_values("seed").set_index("seed").reward for a, g in at.groupby("arm")}
+            ex = float(by["exact"].iloc[0])
+            ge = at[at.arm == "rlg_exact"].iloc[0]
+            row = dict(objective=obj, w=w, beta_eff=float(at.beta_eff.iloc[0]),
+                       exact_reward=float(at.exact_reward.iloc[0]), exact_score_reward=ex,
+                       rlg_gap_exact=ge.paired_gap, rlg_gap_exact_se=ge.paired_gap_stderr)
+            # the exact-score arm is one run shared by every seed: differences from it have no seed spread of its own
+            tests = {"network": paired(by["oracle"], np.full(len(by["oracle"]), ex)),
+                     "fine_tuning": paired(by["retrained"], by["oracle"]),
+                     "rlg_vs_retrained": paired(by["rlg"], by["retrained"]),
+                     "weights_vs_retrained": paired(by["weights"], by["retrained"])}
+            energy = {a: g.sort_values("seed").set_index("seed").energy for a, g in at.groupby("arm")}
+            tests["energy_rlg_vs_retrained"] = paired(energy["rlg"], energy["retrained"])
+            ret = at[at.arm == "retrained"].sort_values("seed")
+            if "objective_value" in ret and ret.objective_value.notna().all():
+                # > 0: the fine-tune scores better on its own criterion than the oracle (the objective's bias)
+                tests["objective_gap"] = paired(ret.objective_value.to_numpy(), ret.objective_value_oracle.to_numpy())
+            source = src.sort_values("seed").set_index("seed").reward
+            # at w = 1 retrained(beta / w) is retrained(beta): no response by definition
+            tests["response"] = paired(by["retrained"], source.reindex(by["retrained"].index))
+            for k, t in tests.items():
+                row.update({k: t.estimate, f"{k}_se": t.stderr, f"{k}_df": t.df, f"{k}_lo": t.lo, f"{k}_hi": t.hi,
+                            f"{k}_p": t.p})
+            row["_tests"] = tests
+            out.append(row)
+        part = pd.DataFrame(out)
+        decided = kl_verdicts([r["_tests"]["rlg_vs_retrained"] for r in out],
+                              [None if r["w"] == 1 else r["_tests"]["response"] for r in out])
+        part["margin"] = [d["margin"] for d in decided]
+        part["p_holm"] = [d["p_holm"] for d in decided]
+        verdicts = [("holds", "control: RLG(1) is the beta model itself (RLG - retrained = 0 exactly)")
+                    if r["w"] == 1 else (d["verdict"], d["reason"]) for r, d in zip(out, decided)]
+        part["verdict"] = [v for v, _ in verdicts]
+        part["reason"] = [why for _, why in verdicts]
+        res.append(part.drop(columns="_tests"))
+    return pd.concat(res, ignore_index=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import io
 import json
 import logging
@@ -62,7 +61,7 @@ _KEY = re.compile(r"^[0-9a-f]{64}$")
 
 def content_key(fields: dict[str, Any]) -> str:
     """sha256 of everything that determines an image (canonical JSON)."""
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+    return sha256_bytes(json.dumps(fields, sort_keys=True, default=str).encode())
 
 
 # -- the store ---------------------------------------------------------------------------------

@@ -71,3 +71,10 @@ def test_the_kind_is_chosen_by_its_group_and_settings_of_another_kind_are_refuse
             (("experiment=kl_ground_truth_learned", "kl_learned.seed=5"), "kl_learned.seed=5 has no effect")):
         with pytest.raises(ConfigError, match=message):
             job(*overrides)
+
+
+def test_the_job_holds_its_checked_run_directory(monkeypatch, tmp_path):
+    """Job.run_dir is the CLI's folder <paths.root>/<name> with ~ expanded (rlg.run and the runner read it there)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    job = build.build(cfg_of(*FAST, "paths.root='~/runs'", "name=r1", "stage=report", "verbose=true"))
+    assert job.run_dir == tmp_path / "runs" / "r1" and job.verbose is True

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from rlg.grid import Grid, grid_calls, pack_calls, work_groups
+from rlg.grid import Grid, pack_calls, work_groups
 from rlg.guidance import ScaleError
 
 
@@ -33,23 +33,6 @@ def test_calls_keep_groups_whole_where_they_fit_and_split_a_group_larger_than_a_
     assert pack_calls(groups, 2) == [["g0w0", "g0w1"], ["g0w2"], ["g1w0", "g1w1"], ["g1w2"], ["g2w0", "g2w1"], ["g2w2"]]
     assert pack_calls([["a"], ["b", "c", "d"], ["e"]], 2) == [["a"], ["b", "c"], ["d", "e"]]
     assert pack_calls([], 5) == []
-
-
-def test_scale_outer_calls_are_those_of_one_grid_per_scale():
-    """Grid.scale_outer (the text zoo's measurement): each call holds one scale, the scales in turn, cut exactly as
-    separate one-scale grids would be; without it every scale of a (prompt, sample) shares a call."""
-    def keys(calls):
-        return [[k for k, _ in call] for call in calls]
-
-    g = Grid(prompts=("a", "b"), scales=(0, 1, 2), samples=3, batch_size=4)
-    own = keys(grid_calls(g, work_groups(g)))
-    assert own[0] == [(0, 0, 0.0), (0, 0, 1.0), (0, 0, 2.0)] and len(own) == 6  # whole groups of 3 in calls of 4
-    outer = dataclasses.replace(g, scale_outer=True)
-    one_scale = [dataclasses.replace(g, scales=(w,)) for w in g.scales]
-    per_scale = [keys(grid_calls(one, work_groups(one))) for one in one_scale]
-    assert keys(grid_calls(outer, work_groups(outer))) == [c for calls in per_scale for c in calls]
-    assert [len(c) for c in per_scale[0]] == [4, 2] and per_scale[0][0] == [(0, 0, 0.0), (0, 1, 0.0), (0, 2, 0.0),
-                                                                             (1, 0, 0.0)]
 
 
 @pytest.mark.parametrize("kw,match", [(dict(prompts=()), "at least one prompt"), (dict(samples=0), "must be >= 1"),

@@ -1,9 +1,9 @@
 """The pipeline of the trained-model KL-claim measurement (rlg.kl_claim, rlg.report.kl_claim), on the tiny
 random-weight SD pair (rlg.tiny_pairs) in seconds. It checks plumbing, not the scientific outcome.
 
-The "trainer" here is a stand-in with a known answer: the model at coefficient b is the base UNet with
-every weight moved along one fixed random direction by 0.02 / b (a larger move for a smaller b, as a
-KL-regularised fine-tune would), and it ignores the seed. So the two "retrained" seeds are the same
+The "trainer" here is a stand-in with a known answer (tests.helpers.trainers.shifted_unet): the model at
+coefficient b is the base UNet with every weight moved along one fixed random direction by 0.02 / b (a
+larger move for a smaller b, as a KL-regularised fine-tune would), and it ignores the seed. So the two "retrained" seeds are the same
 model, and RLG(1) (the beta model alone) is that model too: with paired noise their images must be
 identical, their paired differences exactly 0, and the distance equal to the floor.
 """
@@ -18,28 +18,13 @@ import pytest
 import torch
 
 from rlg.analytic_metrics import energy_distance
+from rlg.grid import Grid
 from rlg.kl_claim import KLClaimSettings, model_dir, required_models, run_kl_claim
 from rlg.report.kl_claim import write_kl_claim_report
+from rlg.sampler_spec import SamplerSettings
 
 # Module fixtures build shared runs once per process: under pytest-xdist this file stays on one worker.
 pytestmark = pytest.mark.xdist_group("test_kl_claim")
-
-
-def shifted_unet_trainer(base_dir, per_seed=0.0):
-    """``per_seed`` > 0: the move is (1 + per_seed * seed) times larger, so seeds differ."""
-    def train(beta, seed, out_dir, steps=None):
-        from diffusers import UNet2DConditionModel
-
-        unet = UNet2DConditionModel.from_pretrained(str(base_dir), subfolder="unet")
-        g = torch.Generator().manual_seed(123)  # one direction for every b and seed
-        with torch.no_grad():
-            for p in unet.parameters():
-                p.add_((0.02 / beta) * (1 + per_seed * seed) * (p.std() if p.numel() > 1 else 1.0)
-                       * torch.randn(p.shape, generator=g))
-        unet.save_pretrained(str(out_dir / "unet"))
-        return {"kl_coefficient": beta}
-
-    return train
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +35,24 @@ def tiny_base(tmp_path_factory):
 
 
 def settings(tmp_path, base, **kw):
-    opts = dict(task="tiny", base=str(base), trainer=shifted_unet_trainer(base), train_missing=True, beta=0.1,
+    opts = dict(task="tiny", base=str(base), trainer="tests.helpers.trainers:shifted_unet",
+                trainer_kwargs={"base_dir": str(base)}, train_missing=True, beta=0.1,
                 scales=[1.0, 2.0], source_seed=0, floor_seeds=[1, 2], weights_dir=str(tmp_path / "w"),
-                prompts=["a handwritten digit 1", "a handwritten digit 7"], n_per_prompt=4, num_inference_steps=3,
-                guidance_scale=2.0, eta=1.0, metrics=["jpeg:jpeg_incompressibility"], set_metrics=[],
-                features="pixels", n_batches=2, progress=False)
+                metrics=["jpeg:jpeg_incompressibility"], set_metrics=[], features="pixels", n_batches=2, progress=False)
     opts.update(kw)
     return KLClaimSettings(**opts)
+
+
+# what every arm samples: the shared prompts and sampler groups, as the harness passes them
+GRID = Grid(("a handwritten digit 1", "a handwritten digit 7"), (1.0,), samples=4,
+            settings=SamplerSettings(num_inference_steps=3, guidance_scale=2.0, eta=1.0))
 
 
 def test_kl_claim_pipeline_rows_pairing_and_report(tmp_path, tiny_base):
     s = settings(tmp_path, tiny_base)
     assert required_models(s) == [(0.1, 0), (0.1, 1), (0.1, 2), (0.05, 1), (0.05, 2)]
     images = {}
-    df = run_kl_claim(s, images_out=images)
+    df = run_kl_claim(s, GRID, images_out=images)
     for b, seed in required_models(s):  # trained, with a training config beside the weights
         cfg = json.loads((model_dir(s, b, seed) / "training_config.json").read_text())
         assert cfg["beta"] == b and cfg["seed"] == seed and cfg["trainer_info"] == {"kl_coefficient": b}
@@ -89,7 +78,8 @@ def test_kl_claim_pipeline_rows_pairing_and_report(tmp_path, tiny_base):
     assert len(jpeg) == 2 * 3 and (jpeg.lo <= jpeg.value).all() and (jpeg.value <= jpeg.hi).all()
     paths = write_kl_claim_report(df, None, tmp_path / "report")
     names = {p.name for p in paths}
-    assert {"kl_claim_metrics.png", "kl_claim_distance.pdf", "kl_claim.md", "kl_claim_metrics.tex", "report.md"} <= names
+    assert {"kl_claim_metrics.png", "kl_claim_distance.pdf", "kl_claim.md", "kl_claim_metrics.tex", "index.md",
+            "index.html"} <= names
     text = (tmp_path / "report" / "tables" / "kl_claim.md").read_text()
     assert "| 2 | 0.05 |" in text
     # a model tuned from another base is refused
@@ -97,18 +87,22 @@ def test_kl_claim_pipeline_rows_pairing_and_report(tmp_path, tiny_base):
     cfg = json.loads(cfg_file.read_text())
     cfg_file.write_text(json.dumps({**cfg, "base_unet_sha256": "0" * 64}))
     with pytest.raises(ValueError, match="fine-tuned from a base UNet"):
-        run_kl_claim(s)
+        run_kl_claim(s, GRID)
 
 
 def test_missing_models_name_the_fix_and_settings_validate(tmp_path, tiny_base):
     with pytest.raises(FileNotFoundError, match="train_missing=true"):
-        run_kl_claim(settings(tmp_path, tiny_base, train_missing=False))
+        run_kl_claim(settings(tmp_path, tiny_base, train_missing=False), GRID)
     with pytest.raises(ValueError, match="source_seed"):
         settings(tmp_path, tiny_base, source_seed=1)
     with pytest.raises(ValueError, match="w = 0 is the base"):
         settings(tmp_path, tiny_base, scales=[0.0, 1.0])
     with pytest.raises(ValueError, match="reward_metric='x' is not among the metrics"):
         settings(tmp_path, tiny_base, reward_metric="x")
+    with pytest.raises(ValueError, match="trainer must be 'module:function', got 'train'"):
+        settings(tmp_path, tiny_base, trainer="train")
+    with pytest.raises(ValueError, match=r"\(2 images per arm, n_batches=2\); raise prompts.samples_per_prompt"):
+        run_kl_claim(settings(tmp_path, tiny_base), Grid(("a",), (1.0,), samples=2))
 
 
 def test_report_puts_the_analytic_result_beside(tmp_path):
@@ -120,7 +114,7 @@ def test_report_puts_the_analytic_result_beside(tmp_path):
                  value=0.1, stderr=0.01, floor=0.05, floor_stderr=0.01, gap=0.05, gap_in_floor_se=5.0, z=3.5,
                  task="t", beta=1.0, n=8, n_batches=2, steps=3, eta=1.0, guidance_scale=2.0, seed=0) for w in (1.0, 2.0)]
     paths = write_kl_claim_report(pd.DataFrame(rows), gt, tmp_path)
-    report = (tmp_path / "report.md").read_text()
+    report = (tmp_path / "index.md").read_text()
     assert "Analytic ground truth" in report and "| ddim_eta1 | 2 |" in report
     assert any(p.parent.name == "analytic" and p.name == "mean_reward_vs_w.png" for p in paths)
 
@@ -289,10 +283,10 @@ def test_paired_verdicts_test_per_seed_differences_and_the_control_is_exact():
 
 def test_paired_run_samples_rlg_from_every_seed_and_reports_every_seed(tmp_path, tiny_base):
     s = settings(tmp_path, tiny_base, paired=True, floor_seeds=[1, 2, 3],
-                 trainer=shifted_unet_trainer(tiny_base, per_seed=0.5))
+                 trainer_kwargs={"base_dir": str(tiny_base), "per_seed": 0.5})
     assert required_models(s) == [(0.1, 1), (0.1, 2), (0.1, 3), (0.05, 1), (0.05, 2), (0.05, 3)]
     images = {}
-    df = run_kl_claim(s, images_out=images)
+    df = run_kl_claim(s, GRID, images_out=images)
     m = df[df.kind == "metric"]
     for arm in ("rlg", "retrained"):
         assert sorted(m[(m.arm == arm)].groupby("w").model_seed.apply(sorted).tolist()) == [[1, 2, 3]] * 2

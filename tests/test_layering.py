@@ -1,9 +1,10 @@
 """The floors of rlg, computed from the imports: no cycle, and no arrow from a lower floor to a higher one.
 
 The graph is read with ``ast`` from every module under rlg/, imports inside functions included (they
-keep start-up light, but they are arrows all the same). A lazy registry entry (a "rlg.module:name" string,
-``rlg.registry.Registry``) is an arrow for the floors too (it imports on first use), but not for cycles
-(it never runs at import time: ``rlg.choices`` names functions of ``rlg.sampling``, which imports it).
+keep start-up light, but they are arrows all the same). A lazy entry (a "rlg.module:name" string of
+``rlg.registry.Registry``, or a bare "rlg.module" string, as ``rlg/__init__.py`` hands to importlib) is an arrow
+for the floors too (it imports on first use), but not for cycles (it never runs at import time: ``rlg.choices``
+names functions of ``rlg.sampling``, which imports it).
 The floors are written down once, here.
 """
 
@@ -21,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # top to bottom; a module may import its own floor and the floors below it. A module's floor is the one
 # of its longest matching pattern (a module, a package with everything in it, or an fnmatch pattern).
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
+    # the package's front door (``import rlg``): lazy names from every floor, rlg.run included; nothing imports it
+    ("facade", ("rlg",)),
     # the zoo's measurement and its retrain driver, and the KL claim's response check, read the presets through
     # rlg.harness.api.job: harness users
     ("app", ("rlg.harness", "rlg.conf", "rlg.zoo.digits_eval", "rlg.zoo.text_eval", "rlg.zoo.train_digits",
@@ -30,7 +33,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
                  "rlg.ground_truth",
                  "rlg.zoo.train_*", "rlg.zoo.digits_rl")),
     ("zoo", ("rlg.zoo",)),  # the zoo's data, model builders and manifest helpers: above the evaluators that score it
-    ("library", ("rlg", "rlg.grid", "rlg.sampling", "rlg.sampler_spec", "rlg.surface", "rlg.pairs", "rlg.denoiser",
+    ("library", ("rlg.grid", "rlg.sampling", "rlg.sampler_spec", "rlg.surface", "rlg.pairs", "rlg.denoiser",
                  "rlg.guidance", "rlg.schedulers",
                  "rlg.methods", "rlg.evaluators", "rlg.tiny_pairs", "rlg.analytic", "rlg.analytic_metrics",
                  "rlg.choices", "rlg.kind_spec", "rlg.fkc", "rlg.fk_steering", "rlg.real_shapes")),
@@ -51,7 +54,8 @@ def modules(root: Path, package: str = "rlg") -> dict[str, Path]:
     return out
 
 
-LAZY = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):[A-Za-z_]\w*")  # "module:attribute", a registry entry
+# "module:attribute" (a registry entry) or a bare "module.path" (a module name handed to importlib)
+LAZY = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?::[A-Za-z_]\w*)?")
 
 
 def import_graph(root: Path, package: str = "rlg", lazy: bool = False) -> dict[str, dict[str, int]]:
@@ -68,7 +72,7 @@ def import_graph(root: Path, package: str = "rlg", lazy: bool = False) -> dict[s
             if lazy:
                 hit = LAZY.fullmatch(node.value) if isinstance(node, ast.Constant) and isinstance(node.value, str) \
                     else None
-                targets = [hit.group(1)] if hit and hit.group(1) in mods else []
+                targets = [hit.group(1)] if hit and hit.group(1) in mods and hit.group(1) != package else []
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -179,6 +183,14 @@ def test_the_checker_fails_on_an_injected_upward_import(tmp_path):
                                             "report"]
 
 
+def test_the_checker_sees_a_module_name_handed_to_importlib(tmp_path):
+    """A bare module string (as rlg/__init__.py gives importlib) is an arrow too: one pointing up is found."""
+    root = _copy_with(tmp_path, "rlg.extras", '\n\n_LATER = "rlg.report.stats"  # importlib.import_module(_LATER)\n')
+    line = len((root / "rlg" / "extras.py").read_text().splitlines())
+    assert problems(import_graph(root), lazy=import_graph(root, lazy=True)) == [
+        f"rlg.extras:{line} names (a lazy registry entry) rlg.report.stats: an arrow up from base to report"]
+
+
 def test_the_checker_fails_on_an_injected_cycle(tmp_path):
     root = _copy_with(tmp_path, "rlg.guidance", "\n\ndef _late():\n    import rlg.denoiser as d\n    return d\n")
     found = problems(import_graph(root))
@@ -202,7 +214,7 @@ def test_the_graph_reader_sees_relative_function_local_and_submodule_imports(tmp
         "import cycle among ['rlg.sub', 'rlg.sub.leaf']: rlg.sub:1 -> rlg.sub.leaf, rlg.sub.leaf:3 -> rlg.sub"]
 
 
-@pytest.mark.parametrize("module,floor", [("rlg", "library"), ("rlg.harness.runner", "app"), ("rlg.zoo", "zoo"),
+@pytest.mark.parametrize("module,floor", [("rlg", "facade"), ("rlg.harness.runner", "app"), ("rlg.zoo", "zoo"),
                                           ("rlg.zoo.train_digits_dpo", "science"), ("rlg.zoo.digits", "zoo"),
                                           ("rlg.evaluators.geneval.detector", "library"), ("rlg.store", "base"),
                                           ("rlg.zoo.train", "app"), ("rlg.registry", "base"),
@@ -235,7 +247,8 @@ def test_the_library_core_imports_no_hydra_no_app_and_the_report_runs_no_model()
                                                                  "rlg.store"))}
         assert not bad, f"rlg/{name}.py imports {bad}"
     for name in (m for m in graph if m.startswith("rlg.report")):  # the report draws stored rows; it runs no model
-        assert not {t for t in graph[name] if t.startswith(("rlg.pairs", "rlg.sampling", "rlg.grid"))}, name
+        assert not {t for t in graph[name] if t.startswith(("rlg.pairs", "rlg.sampling", "rlg.grid", "rlg.kl_learned",
+                                                            "rlg.kl_claim", "rlg.ground_truth"))}, name
         assert "hydra" not in _third_party(modules(ROOT)[name]), name
 
 

@@ -310,6 +310,21 @@ def load_open_clip(
     return model.eval(), preprocess, source
 
 
+def load_processor_and_model(processor_loader: Callable[..., Any], processor: str, processor_revision: str | None,
+                             model_loader: Callable[..., Any], model: str, model_revision: str | None, *, what: str,
+                             offline: bool, cache_dir: str | None, device: Any, dtype: Any,
+                             processor_option: str = "model", **model_kwargs: Any) -> tuple[Any, Any]:
+    """(processor, model) of a hub CLIP-style scorer through ``load_pretrained``: the processor's tokenizer checked
+    (``check_tokenizer``; option ``processor_option``), the model in eval mode on ``device`` in ``dtype``. ``what``
+    names both in messages ("<what> processor", "<what> model"); ``model_kwargs`` go to the model's loader."""
+    proc = load_pretrained(processor_loader, processor, revision=processor_revision, offline=offline,
+                           option=processor_option, what=f"{what} processor", cache_dir=cache_dir)
+    check_tokenizer(proc.tokenizer, processor, option=processor_option, what=f"{what} processor")
+    net = load_pretrained(model_loader, model, revision=model_revision, offline=offline, option="model",
+                          what=f"{what} model", cache_dir=cache_dir, **model_kwargs)
+    return proc, net.eval().to(device, dtype)
+
+
 def check_tokenizer(tokenizer: Any, source: str, *, option: str, what: str) -> Any:
     """Refuse a tokenizer with no vocabulary beyond its special tokens.
 

@@ -21,14 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlg.evaluators._models import (
-    check_tokenizer,
-    dtype_tag,
-    hub_commit,
-    embeddings,
-    load_pretrained,
-    source_tag,
-)
+from rlg.evaluators._models import dtype_tag, embeddings, hub_commit, load_processor_and_model, source_tag
 from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.base import Sample
 from rlg.metrics import Metric, directions, register_metrics
@@ -64,15 +57,9 @@ class CLIPScore:
         self.text_prefix = text_prefix
         self.device = default_device(device)
         self.dtype = torch_dtype(dtype)
-        self.processor = load_pretrained(
-            CLIPProcessor.from_pretrained, model, revision=revision, offline=offline,
-            option="model", what="CLIP score processor", cache_dir=cache_dir,
-        )
-        check_tokenizer(self.processor.tokenizer, model, option="model", what="CLIP score processor")
-        self.model = load_pretrained(
-            CLIPModel.from_pretrained, model, revision=revision, offline=offline,
-            option="model", what="CLIP score model", cache_dir=cache_dir,
-        ).eval().to(self.device, self.dtype)
+        self.processor, self.model = load_processor_and_model(
+            CLIPProcessor.from_pretrained, model, revision, CLIPModel.from_pretrained, model, revision,
+            what="CLIP score", offline=offline, cache_dir=cache_dir, device=self.device, dtype=self.dtype)
         self._torch = torch
         self._max_len = self.model.config.text_config.max_position_embeddings
         commit = hub_commit(model, revision, "config.json", cache_dir)  # the resolved commit, not "main"

@@ -36,7 +36,6 @@ for tiny test checkpoints only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -50,7 +49,7 @@ from rlg.evaluators._models import (
     load_pretrained,
     source_tag,
 )
-from rlg.files import sha256_file
+from rlg.files import sha256_bytes, sha256_file
 from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.aesthetic import aesthetic_head
 from rlg.evaluators.base import Sample
@@ -196,7 +195,7 @@ class ImageReward:
             f"/tok={source_tag(tokenizer, tokenizer_revision)}/maxlen{MAX_PROMPT_TOKENS}/{dtype_tag(self.dtype)}"
         )
         if vision_config:  # settings the strict load cannot catch (layer_norm_eps, hidden_act, ...) change the scores
-            digest = hashlib.sha256(json.dumps(vision_config, sort_keys=True, default=str).encode()).hexdigest()
+            digest = sha256_bytes(json.dumps(vision_config, sort_keys=True, default=str).encode())
             self.version += f"/vit-{digest[:12]}"
 
     @staticmethod

@@ -12,14 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlg.evaluators._models import (
-    check_tokenizer,
-    dtype_tag,
-    hub_commit,
-    embeddings,
-    load_pretrained,
-    source_tag,
-)
+from rlg.evaluators._models import dtype_tag, embeddings, hub_commit, load_processor_and_model, source_tag
 from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.base import Sample
 from rlg.metrics import Metric, directions, register_metrics
@@ -54,18 +47,13 @@ class PickScore:
         offline = hub_offline(offline)
         self.device = default_device(device)
         self.dtype = torch_dtype(dtype)
-        self.processor = load_pretrained(
-            AutoProcessor.from_pretrained, processor, revision=processor_revision, offline=offline,
-            option="processor", what="PickScore processor", cache_dir=cache_dir,
-        )
-        check_tokenizer(self.processor.tokenizer, processor, option="processor", what="PickScore processor")
-        self.model = load_pretrained(
-            AutoModel.from_pretrained, model, revision=model_revision, offline=offline,
-            option="model", what="PickScore model", cache_dir=cache_dir,
+        self.processor, self.model = load_processor_and_model(
+            AutoProcessor.from_pretrained, processor, processor_revision, AutoModel.from_pretrained, model,
+            model_revision, what="PickScore", offline=offline, cache_dir=cache_dir, device=self.device,
+            dtype=self.dtype, processor_option="processor",
             # transformers 5.24's AutoModel looks for a PEFT adapter_config.json without passing on
             # local_files_only, so offline it would retry the network for ~25 s before failing.
-            adapter_kwargs=dict(local_files_only=offline, cache_dir=cache_dir),
-        ).eval().to(self.device, self.dtype)
+            adapter_kwargs=dict(local_files_only=offline, cache_dir=cache_dir))
         self._torch = torch
         # Record the resolved hub commits, not a moving branch name like "main".
         model_commit = hub_commit(model, model_revision, "config.json", cache_dir)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, grid_scale_values, validate
+from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, grid_scale_values, run_dir, validate
 from rlg.harness.kinds import KINDS, KindError
 from rlg.harness.provenance import redact
 from rlg.harness.prompts import Prompt, load_prompts
@@ -67,6 +67,8 @@ class Job:
     """A checked run plan. Built once by :func:`build`; the stages read nothing else."""
 
     name: str  # the run name: directory <paths.root>/<name>, column ``run_name`` of every image row
+    run_dir: Path  # <paths.root>/<name>, ~ expanded and checked (rlg.harness.config.run_dir): the CLI's folder
+    verbose: bool  # third-party loading bars and warnings too
     kind: str  # a name of rlg.harness.kinds.KINDS (the config group kind=)
     stages: tuple[str, ...]
     rank: int
@@ -451,14 +453,22 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
         world, local_rank = conf.shard.count * state.num_processes, state.local_process_index
     launch_rank = rank - conf.shard.index * (world // conf.shard.count)
     stages = ("generate", "evaluate", "report") if conf.stage == "all" else (conf.stage,)
-    common = dict(name=conf.name, stages=stages, rank=rank, world=world, distributed=distributed, seed=conf.seed,
-                  scales=scales, config=conf, resolved_config=resolved, launch_rank=launch_rank)
+    common = dict(name=conf.name, run_dir=Path(run_dir(conf.paths.root, conf.name)), verbose=conf.verbose, stages=stages,
+                  rank=rank, world=world, distributed=distributed, seed=conf.seed, scales=scales, config=conf,
+                  resolved_config=resolved, launch_rank=launch_rank)
     if conf.kind != "images":  # a measurement of its own: no image grid, one process
         if world > 1:
             raise ConfigError(f"kind={conf.kind} runs in one process; launch it without torchrun/accelerate or "
                               "shard.count")
         common.pop("stages")
         settings = resolve(kind.settings)(conf, scales, list(overrides or []))
+        if kind.samples:  # it samples images with the shared prompts and sampler groups
+            prompts, prompt_info = load_prompts(conf.prompts, conf.paths.cache)
+            try:
+                settings.check_images(len(prompts) * conf.prompts.samples_per_prompt)
+            except ValueError as exc:
+                raise ConfigError(f"{conf.kind}: {exc}") from None
+            common.update(prompts=tuple(prompts), prompt_info=prompt_info, sampler=sampler_settings(conf.sampler))
         return Job(kind=conf.kind, stages=("generate",), **common, settings=settings)
     _check_no_effect(conf, RunConf())
     prompts, prompt_info = load_prompts(conf.prompts, conf.paths.cache)
@@ -508,19 +518,15 @@ def ground_truth_settings(conf: RunConf, scales: tuple[float, ...], overrides: l
     """The analytic ground truth's settings: the closed-form pair, the ground_truth node, the grid's scales."""
     a, g = conf.pair.analytic, conf.ground_truth
     try:
-        return GroundTruthConfig(pair=a.preset, d=a.d, beta=a.beta, scales=list(scales), samplers=list(g.samplers),
-                                 num_inference_steps=g.num_inference_steps, n_per_batch=g.n_per_batch,
-                                 n_batches=g.n_batches, noise_level=g.noise_level, flow_shift=g.flow_shift,
-                                 init=g.init, rl_control=g.rl_control, seed=conf.seed,
-                                 fkc_particles=list(g.fkc_particles), fkc_resample=g.fkc_resample,
-                                 fks_particles=list(g.fks_particles), fks_potential=g.fks_potential,
-                                 fks_interval=g.fks_interval)
+        return GroundTruthConfig(**dataclasses.asdict(g), pair=a.preset, d=a.d, beta=a.beta, scales=list(scales),
+                                 seed=conf.seed)
     except ValueError as exc:
         raise ConfigError(f"ground_truth: {exc}") from exc
 
 
 def kl_claim_settings(conf: RunConf, scales: tuple[float, ...], overrides: list[str]) -> KLClaimSettings:
-    """The kl_claim node as it is; its analytic part with the measurement's seed."""
+    """The kl_claim node as it is; its analytic part with the measurement's seed. Its prompts, sampler and evaluator
+    options are the shared groups' (the Job's ``prompts`` and ``sampler``, ``evaluators.options``)."""
     s = conf.kl_claim  # the analytic part shares the measurement's seed
     if s.analytic is not None and s.analytic.seed not in (0, s.seed):
         raise ConfigError(f"kl_claim.analytic.seed={s.analytic.seed} has no effect (the analytic part takes "

@@ -12,7 +12,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlg.choices import RL_KINDS, SCHEDULERS
-from rlg.kind_spec import FindingsConfig, KLClaimSettings, LearnedTruthConfig
+from rlg.kind_spec import FindingsConfig, GroundTruthSampling, KLClaimSettings, LearnedTruthConfig
 from rlg.runtime import DTYPE_NAMES
 from rlg.sampler_spec import resolve_micro_batch
 from rlg.surface import CALL_KEYWORDS, PARTIAL_SCHEDULE, check_call_keywords, refusal
@@ -157,25 +157,6 @@ class ReportConf:
 
 
 @dataclass
-class GroundTruthConf:
-    """Settings of the analytic ground-truth experiment (rlg.ground_truth.GroundTruthConfig)."""
-
-    samplers: List[str] = field(default_factory=lambda: ["flow_euler_ode", "flow_grpo_sde", "ddim_eta0", "ddim_eta1"])
-    num_inference_steps: int = 100
-    n_per_batch: int = 500
-    n_batches: int = 8
-    noise_level: float = 0.7
-    flow_shift: float = 3.0
-    init: str = "marginal"
-    rl_control: bool = True
-    fkc_particles: List[int] = field(default_factory=list)  # RLG-FKC rows per particle count (rlg.fkc); [] = none
-    fkc_resample: str = "ess"  # "ess" | "every_step"
-    fks_particles: List[int] = field(default_factory=list)  # FK steering of the base (rlg.fk_steering); [] = none
-    fks_potential: str = "difference"  # "difference" | "max" | "sum"
-    fks_interval: int = 1  # steps between FK-steering resamplings
-
-
-@dataclass
 class RunConf:
     name: str = "quickstart"
     stage: str = "all"
@@ -193,7 +174,7 @@ class RunConf:
     paths: PathsConf = field(default_factory=PathsConf)
     shard: ShardConf = field(default_factory=ShardConf)
     report: ReportConf = field(default_factory=ReportConf)
-    ground_truth: GroundTruthConf = field(default_factory=GroundTruthConf)
+    ground_truth: GroundTruthSampling = field(default_factory=GroundTruthSampling)
     barrier_timeout_min: float = 720.0  # ranks launched together wait this long for each other between stages
     low_memory: bool = False  # free the generator before loading evaluators (both never resident at once)
     verbose: bool = False  # third-party loading bars and warnings (silenced by default)
@@ -407,12 +388,12 @@ def job_dir_name(override_dirname: str, limit: int = 80) -> str:
     (``/``, quotes, spaces, ...) become ``_``; a name that had to change or is longer than ``limit``
     gets a hash of the full overrides, so two jobs never share a directory and rerunning the same sweep
     finds its jobs again (resume)."""
-    import hashlib
+    from rlg.files import sha256_bytes
 
     safe = re.sub(r"[^A-Za-z0-9._=,+@-]+", "_", override_dirname).strip("._") or "default"
     if safe == override_dirname and len(safe) <= limit:
         return safe
-    digest = hashlib.sha256(override_dirname.encode()).hexdigest()[:10]
+    digest = sha256_bytes(override_dirname.encode())[:10]
     return f"{safe[: limit - 11]}-{digest}"
 
 

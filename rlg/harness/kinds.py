@@ -21,12 +21,15 @@ class Kind:
     image run); ``stage``: the ``"module:function"`` run as ``stage(job, store) -> dict`` (the invocation's report
     entry; None:
     the image stages generate / evaluate / report); ``report``: the ``"module:function"`` that writes its report
-    section. Entries are imported on first use."""
+    section; ``samples``: a measurement that samples images with the shared ``prompts`` and ``sampler`` groups
+    (the Job then holds its prompts and sampler, as an image run's; its settings have ``check_images(n)``, which
+    refuses n images per arm). Entries are imported on first use."""
 
     node: str | None
     settings: str | None
     stage: str | None
     report: str
+    samples: bool = False
 
 
 class KindError(ValueError):
@@ -39,7 +42,7 @@ KINDS = Registry("kind", {
     "ground_truth": Kind(None, f"{B}:ground_truth_settings", f"{S}:ground_truth",
                          "rlg.report.ground_truth:write_ground_truth_report"),
     "kl_claim": Kind("kl_claim", f"{B}:kl_claim_settings", f"{S}:kl_claim",
-                     "rlg.report.kl_claim:write_kl_claim_report"),
+                     "rlg.report.kl_claim:write_kl_claim_report", samples=True),
     "kl_learned": Kind("kl_learned", f"{B}:kl_learned_settings", f"{S}:kl_learned",
                        "rlg.report.kl_learned:write_kl_learned_report"),
     "findings": Kind("findings", "rlg.harness.findings:findings_settings", "rlg.harness.findings:findings_stage",

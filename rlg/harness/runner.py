@@ -120,7 +120,7 @@ def run(cfg: Any, run_dir: str | Path | None = None, overrides: list[str] | None
 
 def run_job(job: Job, run_dir: str | Path | None = None, overrides: list[str] | None = None,
             job_name: str | None = None, group: str | None = None) -> dict[str, Any]:
-    run_dir = Path(run_dir) if run_dir else Path(job.config.paths.root) / job.name
+    run_dir = Path(run_dir) if run_dir else job.run_dir
     ranks = Ranks(job)
     device = job.placement.device if job.placement else job.evaluator_device  # where this invocation's models run
     store = Store(run_dir, writer=f"r{job.rank}-{uuid.uuid4().hex[:8]}", min_free_gb=job.config.paths.min_free_gb)

@@ -46,7 +46,7 @@ def run(experiment: str | None = None, overrides: Sequence[str] = (), *, verbose
     """
     from rlg.harness.api import job as checked_job
     from rlg.harness.cli import cpu_defaults
-    from rlg.harness.config import ConfigError, run_dir as checked_run_dir
+    from rlg.harness.config import ConfigError
     from rlg.harness.console import quiet_third_party
     from rlg.harness.runner import run_job
     from rlg.report.export import ExportError, export_frame
@@ -54,8 +54,8 @@ def run(experiment: str | None = None, overrides: Sequence[str] = (), *, verbose
     cpu_defaults()  # as the CLI (takes effect if torch has not started its threads yet)
     args = ([f"experiment={experiment}"] if experiment else []) + [str(o) for o in overrides]
     job = checked_job(*args)  # every check of the command line; only the Job is read below
-    quiet_third_party(verbose=bool(job.config.verbose if verbose is None else verbose))
-    run_dir = Path(checked_run_dir(job.config.paths.root, job.name))  # the CLI's folder: ~ expanded, the name checked
+    quiet_third_party(verbose=job.verbose if verbose is None else verbose)
+    run_dir = job.run_dir  # the CLI's folder
     beyond = stored_beyond_work_list(job, run_dir)
     if beyond:  # the report and summary cover the directory: they would answer more than this call asked
         raise ConfigError(f"{run_dir} already holds {beyond} images outside this call's work list (an earlier run "

@@ -150,11 +150,12 @@ def image_key(job: Job, prompt: Prompt, sample: int, scale: float, arm: Any = No
 
 
 def _image_row(job: Job, run_id: str, key: str, it, res, truncated: bool, prompt: Prompt, arm) -> dict[str, Any]:
-    s = job.config.sampler
+    s = job.sampler
     cfg = s.guidance_scale if arm.guidance_scale is None else arm.guidance_scale
     return {"image_key": key, "run_id": run_id, "run_name": job.name, "config_id": job.config_id,
             "pair": job.pair.name, "prompt_id": it.prompt_index, "prompt": it.prompt, "sample": it.sample_index,
-            "seed": it.seed, "scale": it.scale, "sampler": s.name, "num_inference_steps": s.num_inference_steps,
+            "seed": it.seed, "scale": it.scale, "sampler": job.config.sampler.name,
+            "num_inference_steps": s.num_inference_steps,
             "guidance_scale": cfg, "height": s.height, "width": s.width, "nonfinite": res.nonfinite,
             "nonfinite_step": res.nonfinite_step, "truncated": truncated,
             "metadata": json.dumps(prompt.metadata) if prompt.metadata else None,
@@ -166,7 +167,7 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
     """Make this rank's missing images, one ``rlg.grid.run_grid`` per method grid (``method_grids``), each
     inside its method's model state (a weight-mixed network). ``progress(done, total)`` is called after
     each batch (the tracker turns it into images/s and an ETA)."""
-    from rlg.grid import grid_calls, prompt_truncation, run_grid
+    from rlg.grid import pack_calls, prompt_truncation, run_grid
     from rlg.grid import pending as unmade
     from rlg.grid import work_groups as grid_groups
 
@@ -203,7 +204,7 @@ def generate(job: Job, store: Store, run_id: str, progress=None) -> dict[str, An
         if any(k not in stored for g in groups for k, _ in g):  # else nothing to make: no mixed network is built
             todo_grids.append((method, arms, grid, groups))
     sizes = iter([len(c) for _, _, grid, groups in todo_grids  # run_grid's calls, in order
-                  for c in grid_calls(grid, unmade(groups, stored))])
+                  for c in pack_calls(unmade(groups, stored), grid.batch_size)])
     step_share = [0.0]
 
     def tick(*_) -> None:  # returns None: a forward hook's return value would replace the output
@@ -418,25 +419,26 @@ def ground_truth(job: Job, store: Store) -> dict[str, Any]:
     store.write_table("ground_truth", df)
     files = _written(store, store.temp_dir("report"), store.root / "report", lambda tmp: _section(job)(df, tmp))
     print(ground_truth_tables(df)["markdown"])
-    return {"files": files, "rows": len(df)}
+    return {"files": files, "rows": len(df), **_index(store)}
 
 
 def kl_claim(job: Job, store: Store) -> dict[str, Any]:
     """RLG(w) from the beta model against models retrained at beta / w (rlg.kl_claim), with the analytic
     ground truth beside it; rows into the store's ``kl_claim`` / ``ground_truth`` tables, the report
-    (figures, tables, report.md) into <run>/report."""
+    (figures, tables, index.md / index.html) into <run>/report."""
     from rlg.ground_truth import run_ground_truth
     from rlg.kl_claim import run_kl_claim
 
-    df = run_kl_claim(job.settings)
+    grid = dataclasses.replace(image_grid(job), seed=job.settings.seed)  # the shared prompts and sampler groups
+    df = run_kl_claim(job.settings, grid, job.config.evaluators.options)
     store.write_table("kl_claim", df)
     analytic = run_ground_truth(job.settings.analytic) if job.settings.analytic is not None else None
     if analytic is not None:
         store.write_table("ground_truth", analytic)
     files = _written(store, store.temp_dir("report"), store.root / "report",
                      lambda tmp: _section(job)(df, analytic, tmp))
-    print((store.root / "report" / "report.md").read_text())
-    return {"files": files, "rows": len(df), "index": str(store.root / "report" / "report.md")}
+    print((store.root / "report" / "index.md").read_text())
+    return {"files": files, "rows": len(df), **_index(store)}
 
 
 def kl_learned(job: Job, store: Store) -> dict[str, Any]:
@@ -447,6 +449,10 @@ def kl_learned(job: Job, store: Store) -> dict[str, Any]:
     df = run_learned_truth(job.settings)
     store.write_table("kl_learned", df)
     files = _written(store, store.temp_dir("report"), store.root / "report", lambda tmp: _section(job)(df, tmp))
-    print((store.root / "report" / "report.md").read_text())
-    return {"files": files, "rows": len(df), "seconds": df.attrs.get("seconds"),
-            "index": str(store.root / "report" / "report.md")}
+    print((store.root / "report" / "index.md").read_text())
+    return {"files": files, "rows": len(df), "seconds": df.attrs.get("seconds"), **_index(store)}
+
+
+def _index(store: Store) -> dict[str, str]:
+    """The report entry's page paths (every kind writes report/index.md and index.html: rlg.report.page)."""
+    return {"index": str(store.root / "report" / "index.md"), "index_html": str(store.root / "report" / "index.html")}

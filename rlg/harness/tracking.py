@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -49,6 +48,8 @@ from typing import Any, Iterable, Sequence
 from urllib.parse import urlparse
 
 import pandas as pd
+
+from rlg.files import sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def resolve_mode(mode: str | None) -> str:
 
 def wandb_run_id(run_id: str, config_id: str, stage: str) -> str:
     """The stable W&B run id of one run directory (its ``run_id``), setting and stage: 16 hex digits."""
-    return hashlib.sha256(f"{run_id}/{config_id}/{stage}".encode()).hexdigest()[:16]
+    return sha256_bytes(f"{run_id}/{config_id}/{stage}".encode())[:16]
 
 
 def media_key(stem: str) -> str:

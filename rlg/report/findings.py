@@ -274,7 +274,7 @@ def write_findings_report(dirs: Sequence[tuple[str, int, str, Path]], out_dir: P
     """``tables/findings.{csv,md}`` and ``index.{md,html}`` (the Findings section first, then each sub-run's own
     report linked) under ``out_dir``, from the sub-runs ``dirs`` = (preset, seed, reward, run dir). Returns
     {"files", "table", "rows", "headlines"}."""
-    from rlg.report.report import _Index
+    from rlg.report.page import Page
 
     out_dir = Path(out_dir)
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
@@ -298,7 +298,7 @@ def write_findings_report(dirs: Sequence[tuple[str, int, str, Path]], out_dir: P
     headline = (f"Findings: {len(table)} rows over {len(by_pair)} pairs x {len(dirs) // max(1, len(by_pair))} seeds: "
                 + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("holds", "does not hold", "undecided",
                                                                   "no verdict (circular)")))
-    index = _Index(title)
+    index = Page(title)
     index.section("findings", "Findings")
     index.text(headline)
     index.text(RULE)

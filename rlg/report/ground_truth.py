@@ -18,7 +18,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, STYLE, TEXT_WIDTH, _reference_lines, save
-from rlg.report.tables import render
+from rlg.report.page import write_kind_report
+from rlg.report.tables import FORMATS as TABLE_FORMATS, render
 
 __all__ = ["write_ground_truth_figures", "ground_truth_tables", "ground_truth_moment_tables", "ground_truth_fkc_tables",
            "write_ground_truth_report"]
@@ -201,7 +202,7 @@ def ground_truth_tables(df: pd.DataFrame, distance: str = "energy_distance") -> 
                      "its distance z against the same floor; not run at w = 0, 1 (weights are 0 there). Per K: the "
                      "ground_truth_fkc table.")
     return {fmt: render(header, rows, fmt, align="lr" + "r" * (len(header) - 2), notes=notes, groups=groups[1:])
-            for fmt in ("markdown", "latex")}
+            for fmt in TABLE_FORMATS}
 
 
 def ground_truth_moment_tables(df: pd.DataFrame, max_dims: int = 4) -> dict[str, str]:
@@ -224,7 +225,7 @@ def ground_truth_moment_tables(df: pd.DataFrame, max_dims: int = 4) -> dict[str,
     notes = ["Per-dimension moment tests of the ground truth (exact values in closed form, noised to the sampler's "
              "output level); se from influence values, paired se for the net column."]
     return {fmt: render(header, rows, fmt, align="lrr" + "r" * (len(header) - 3), notes=notes, groups=groups[1:])
-            for fmt in ("markdown", "latex")}
+            for fmt in TABLE_FORMATS}
 
 
 def ground_truth_fkc_tables(df: pd.DataFrame, distance: str = "energy_distance") -> dict[str, str] | None:
@@ -262,20 +263,17 @@ def ground_truth_fkc_tables(df: pd.DataFrame, distance: str = "energy_distance")
              "(final weights, mean over samples; smallest over samples and steps); resamplings per sample. Network "
              "rows per output sample: 2 K per step for FKC, K for FK steering."]
     return {fmt: render(header, rows, fmt, align="lrlr" + "r" * (len(header) - 4), notes=notes, groups=groups[1:])
-            for fmt in ("markdown", "latex")}
+            for fmt in TABLE_FORMATS}
 
 
 def write_ground_truth_report(df: pd.DataFrame, out_dir) -> list[Path]:
-    """Figures under ``out_dir``/figures and tables (ground_truth.md/.tex, ground_truth_moments.md/.tex)
-    under ``out_dir``/tables; returns the paths written."""
+    """Figures under ``out_dir``/figures, tables (ground_truth, ground_truth_moments, ground_truth_fkc: .md/.tex)
+    under ``out_dir``/tables and ``index.md`` / ``index.html`` (``rlg.report.page``); returns the paths written."""
     out_dir = Path(out_dir)
     files = write_ground_truth_figures(df, out_dir / "figures")
-    (out_dir / "tables").mkdir(parents=True, exist_ok=True)
-    for stem, tables in (("ground_truth", ground_truth_tables(df)),
-                         ("ground_truth_moments", ground_truth_moment_tables(df)),
-                         ("ground_truth_fkc", ground_truth_fkc_tables(df) or {})):
-        for fmt, text in tables.items():
-            path = out_dir / "tables" / f"{stem}.{'md' if fmt == 'markdown' else 'tex'}"
-            path.write_text(text)
-            files.append(path)
-    return files
+    tables = {"ground_truth": ground_truth_tables(df), "ground_truth_moments": ground_truth_moment_tables(df)}
+    fkc = ground_truth_fkc_tables(df)
+    if fkc is not None:
+        tables["ground_truth_fkc"] = fkc
+    sections = [("", list(tables)), ("Figures", [f for f in files if f.suffix == ".png"])]
+    return files + write_kind_report(out_dir, f"Analytic ground truth: {_title(df)}", tables, sections)

@@ -9,7 +9,7 @@ Figures (report style of ``rlg.report.figures``; PNG and PDF):
   retrained seeds, per w (bars: 2 se).
 Tables: ``kl_claim_verdict`` (the headline: per w holds / does not hold / undecided, tests over training seeds),
 ``kl_claim.md``/``.tex`` (distance per w against the floors of every w) and
-``kl_claim_metrics.md``/``.tex`` (per arm and metric); ``report.md`` puts both and the analytic tables
+``kl_claim_metrics.md``/``.tex`` (per arm and metric); ``index.md``/``.html`` puts both and the analytic tables
 together.
 """
 
@@ -24,7 +24,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, MARKERS, STYLE, TEXT_WIDTH, save
-from rlg.report.tables import render
+from rlg.report.page import write_kind_report
+from rlg.report.tables import FORMATS as TABLE_FORMATS, render
 
 __all__ = ["kl_claim_verdicts", "kl_claim_verdict_tables", "kl_claim_tables", "kl_claim_metric_tables",
            "kl_claim_training_tables", "write_kl_claim_figures", "write_kl_claim_training_figure",
@@ -266,7 +267,7 @@ def kl_claim_verdict_tables(df: pd.DataFrame) -> dict[str, str]:
              "Holm across w != 1; 'holds' when the 95% interval lies inside ± margin (after Holm), 'does not hold' "
              "when outside, 'undecided' when across it or when retraining does not respond to beta/w beyond its "
              "seed spread (response p >= 0.05: no margin)."]
-    return {fmt: render(header, rows, fmt, align="rrlr" + "r" * 7 + "l", notes=notes) for fmt in ("markdown", "latex")}
+    return {fmt: render(header, rows, fmt, align="rrlr" + "r" * 7 + "l", notes=notes) for fmt in TABLE_FORMATS}
 
 
 def kl_claim_tables(df: pd.DataFrame) -> dict[str, str]:
@@ -296,7 +297,7 @@ def kl_claim_tables(df: pd.DataFrame) -> dict[str, str]:
     notes = [f"KL claim, {_title(df)}; {metric} over {batches} disjoint image batches (se over batches).",
              f"Floors over w: {mf:.3g} ± sd {sf:.2g} (k = {k}): the training-seed spread of the distance between "
              "two retrainings. All arms share prompts, sampler, steps and per-image noise."]
-    return {fmt: render(header, rows, fmt, align="rrrrrrr", notes=notes) for fmt in ("markdown", "latex")}
+    return {fmt: render(header, rows, fmt, align="rrrrrrr", notes=notes) for fmt in TABLE_FORMATS}
 
 
 def kl_claim_metric_tables(df: pd.DataFrame) -> dict[str, str]:
@@ -326,7 +327,7 @@ def kl_claim_metric_tables(df: pd.DataFrame) -> dict[str, str]:
              "set ± 1.96 bootstrap se over images (it contains the value; the biased FD is not corrected); paired "
              "differences share the per-image noise."]
     return {fmt: render(header, rows, fmt, align="lrr" + "r" * (len(header) - 3), notes=notes, groups=groups[1:])
-            for fmt in ("markdown", "latex")}
+            for fmt in TABLE_FORMATS}
 
 
 def kl_claim_training_tables(df: pd.DataFrame) -> dict[str, str] | None:
@@ -356,7 +357,7 @@ def kl_claim_training_tables(df: pd.DataFrame) -> dict[str, str] | None:
     notes = ["Training curves of the trained models (trainer log: the on-policy batch's mean reward per step). "
              "p: one-sided, slope > 0 over the last half of the steps; a few noisy points can miss a rise that a "
              "longer run shows (science audit: 48 DDPO iterations kept rising)."]
-    return {fmt: render(header, rows, fmt, align="rrl" + "r" * 6, notes=notes) for fmt in ("markdown", "latex")}
+    return {fmt: render(header, rows, fmt, align="rrl" + "r" * 6, notes=notes) for fmt in TABLE_FORMATS}
 
 
 def write_kl_claim_training_figure(df: pd.DataFrame, out_dir, formats: Sequence[str] = FORMATS) -> list[Path]:
@@ -381,41 +382,27 @@ def write_kl_claim_training_figure(df: pd.DataFrame, out_dir, formats: Sequence[
 
 
 def write_kl_claim_report(df: pd.DataFrame, analytic_df: pd.DataFrame | None, out_dir) -> list[Path]:
-    """Figures (``figures/``), tables (``tables/``) and ``report.md`` with the trained-model result and the
-    analytic ground truth beside it; returns the paths written."""
+    """Figures (``figures/``), tables (``tables/``) and ``index.md`` / ``index.html`` (``rlg.report.page``) with the
+    trained-model result and the analytic ground truth beside it; returns the paths written."""
     out_dir = Path(out_dir)
     files = write_kl_claim_figures(df, out_dir / "figures") + write_kl_claim_training_figure(df, out_dir / "figures")
-    (out_dir / "tables").mkdir(parents=True, exist_ok=True)
     tables = {"kl_claim": kl_claim_tables(df), "kl_claim_metrics": kl_claim_metric_tables(df)}
     training = kl_claim_training_tables(df)
     if training is not None:
         tables["kl_claim_training"] = training
     if (df.kind == "metric").any():
         tables["kl_claim_verdict"] = kl_claim_verdict_tables(df)
+    figs = lambda *stems: [f for f in files if f.suffix == ".png" and f.stem in stems]  # noqa: E731 (those drawn)
+    sections = [("", ["kl_claim_verdict"] if "kl_claim_verdict" in tables else []),
+                ("Trained models: RLG(w) from the beta model vs models retrained at beta / w",
+                 ["kl_claim", "kl_claim_metrics", *figs("kl_claim_metrics", "kl_claim_distance")])]
+    if training is not None:
+        sections.append(("Did the retrained models reach a plateau?", ["kl_claim_training", *figs("kl_claim_training")]))
     if analytic_df is not None and len(analytic_df):
         from rlg.report.ground_truth import ground_truth_moment_tables, ground_truth_tables, write_ground_truth_figures
 
         files += write_ground_truth_figures(analytic_df, out_dir / "figures" / "analytic")
         tables["ground_truth"] = ground_truth_tables(analytic_df)
         tables["ground_truth_moments"] = ground_truth_moment_tables(analytic_df)
-    for stem, t in tables.items():
-        for fmt, text in t.items():
-            p = out_dir / "tables" / f"{stem}.{'md' if fmt == 'markdown' else 'tex'}"
-            p.write_text(text)
-            files.append(p)
-    parts = ["# Does the RLG scale act as the KL coefficient?", ""]
-    if "kl_claim_verdict" in tables:
-        parts += [tables["kl_claim_verdict"]["markdown"], ""]
-    parts += ["## Trained models: RLG(w) from the beta model vs models retrained at beta / w", "",
-              tables["kl_claim"]["markdown"], "", tables["kl_claim_metrics"]["markdown"], "",
-              "![metrics](figures/kl_claim_metrics.png)", "", "![distance](figures/kl_claim_distance.png)", ""]
-    if "kl_claim_training" in tables:
-        parts += ["## Did the retrained models reach a plateau?", "", tables["kl_claim_training"]["markdown"], "",
-                  "![training](figures/kl_claim_training.png)", ""]
-    if "ground_truth" in tables:
-        parts += ["## Analytic ground truth (closed-form beta/w optimum)", "", tables["ground_truth"]["markdown"], "",
-                  tables["ground_truth_moments"]["markdown"], ""]
-    report = out_dir / "report.md"
-    report.write_text("\n".join(parts))
-    files.append(report)
-    return files
+        sections.append(("Analytic ground truth (closed-form beta/w optimum)", ["ground_truth", "ground_truth_moments"]))
+    return files + write_kind_report(out_dir, "Does the RLG scale act as the KL coefficient?", tables, sections)

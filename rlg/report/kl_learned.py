@@ -20,8 +20,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rlg.kl_stats import decompose, mean_se, normal_interval
 from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, MARKERS, STYLE, TEXT_WIDTH, save
-from rlg.report.tables import render
+from rlg.report.page import write_kind_report
+from rlg.report.tables import FORMATS as TABLE_FORMATS, render
 
 __all__ = ["kl_learned_tables", "write_kl_learned_figures", "write_kl_learned_report"]
 
@@ -55,8 +57,6 @@ def _title(df: pd.DataFrame) -> str:
 
 def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
     """{"kl_learned_verdict" | "kl_learned_errors" | "kl_learned_distance": {"markdown": ..., "latex": ...}}."""
-    from rlg.kl_learned import decompose
-
     df = _with_objective(df)
     dec = decompose(df)
     seeds = int(df.seed.dropna().nunique())
@@ -80,7 +80,7 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
              "whole distribution (energy distance to exact samples of the beta/w optimum). One block per retraining "
              "objective: RLG(w) starts from that objective's beta model."]
     out["kl_learned_verdict"] = {fmt: render(header, rows, fmt, align="lrrlr" + "r" * 4 + "lr", notes=notes)
-                                 for fmt in ("markdown", "latex")}
+                                 for fmt in TABLE_FORMATS}
     header = ["objective", "w", "beta/w", "exact reward", "sampler: exact score - exact",
               "RLG's own gap (exact scores) [95%]", "network: oracle - exact score [95%]",
               "fine-tuning: retrained - oracle [95%]", "own criterion: retrained - oracle [95%]",
@@ -88,8 +88,8 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
     has_gap = "objective_gap" in dec
     rows = [[r.objective, f"{r.w:g}", f"{r.beta_eff:.3g}", f"{r.exact_reward:.3f}",
              f"{r.exact_score_reward - r.exact_reward:+.3f}",
-             (f"{r.rlg_gap_exact:+.3f} [{r.rlg_gap_exact - 1.96 * r.rlg_gap_exact_se:+.3f}, "
-              f"{r.rlg_gap_exact + 1.96 * r.rlg_gap_exact_se:+.3f}]" if r.rlg_gap_exact_se > 0 else "0 (exact)"),
+             ("{:+.3f} [{:+.3f}, {:+.3f}]".format(r.rlg_gap_exact, *normal_interval(r.rlg_gap_exact, r.rlg_gap_exact_se))
+              if r.rlg_gap_exact_se > 0 else "0 (exact)"),
              _ci(r, "network"), _ci(r, "fine_tuning"),
              _ci(r, "objective_gap") if has_gap and np.isfinite(r.objective_gap) else "–",
              _ci(r, "weights_vs_retrained")] for r in dec.itertuples()]
@@ -102,7 +102,7 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
              "minus at the oracle, on the same evaluation draw: > 0 means the fine-tune optimised its criterion "
              "past the oracle, so a reward gap to the oracle is the objective's, not the optimiser's."]
     out["kl_learned_errors"] = {fmt: render(header, rows, fmt, align="l" + "r" * (len(header) - 1), notes=notes)
-                                for fmt in ("markdown", "latex")}
+                                for fmt in TABLE_FORMATS}
     arms = [(a, o) for a, o in df[["arm", "objective"]].drop_duplicates().itertuples(index=False)]
     header = ["w", "floor (exact vs exact)"] + [a if not o else f"{a} ({o})" for a, o in arms]
     rows = []
@@ -110,12 +110,13 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
         cells = [f"{w:g}", f"{at.energy_floor.iloc[0]:.4f} ± {at.energy_floor_stderr.iloc[0]:.1g}"]
         for a, o in arms:
             v = at[(at.arm == a) & (at.objective == o)].energy
-            cells.append(f"{v.mean():.4f}" + (f" ± {v.std(ddof=1) / np.sqrt(len(v)):.1g}" if len(v) > 1 else ""))
+            m, se = mean_se(v)
+            cells.append(f"{m:.4f}" + (f" ± {se:.1g}" if len(v) > 1 else ""))
         rows.append(cells)
     notes = ["Energy distance to exact samples of the beta/w optimum (at the sampler's output noise level); learned "
              "arms: mean ± se over training seeds."]
     out["kl_learned_distance"] = {fmt: render(header, rows, fmt, align="r" * len(header), notes=notes)
-                                  for fmt in ("markdown", "latex")}
+                                  for fmt in TABLE_FORMATS}
     return out
 
 
@@ -180,24 +181,13 @@ def write_kl_learned_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] =
 
 
 def write_kl_learned_report(df: pd.DataFrame, out_dir) -> list[Path]:
-    """Figures (``figures/``), tables (``tables/``) and ``report.md`` (verdict table first); the paths written."""
+    """Figures (``figures/``), tables (``tables/``) and ``index.md`` / ``index.html`` (``rlg.report.page``; verdict
+    table first); the paths written."""
     out_dir = Path(out_dir)
     files = write_kl_learned_figures(df, out_dir / "figures")
-    (out_dir / "tables").mkdir(parents=True, exist_ok=True)
-    tables = kl_learned_tables(df)
-    for stem, t in tables.items():
-        for fmt, text in t.items():
-            p = out_dir / "tables" / f"{stem}.{'md' if fmt == 'markdown' else 'tex'}"
-            p.write_text(text)
-            files.append(p)
     secs = df.attrs.get("seconds")
-    parts = ["# Does the RLG scale act as the KL coefficient? Learned-model ground truth", "",
-             tables["kl_learned_verdict"]["markdown"], "", "## The errors, separated", "",
-             tables["kl_learned_errors"]["markdown"], "", tables["kl_learned_distance"]["markdown"], "",
-             "![frontier](figures/kl_learned_frontier.png)", "", "![training](figures/kl_learned_training.png)", ""]
-    if secs is not None:
-        parts += [f"Wall time {secs:g} s (training {df.attrs.get('train_seconds', float('nan')):g} s).", ""]
-    report = out_dir / "report.md"
-    report.write_text("\n".join(parts))
-    files.append(report)
-    return files
+    wall = [] if secs is None else [f"Wall time {secs:g} s (training {df.attrs.get('train_seconds', float('nan')):g} s)."]
+    sections = [("", ["kl_learned_verdict"]), ("The errors, separated", [
+        "kl_learned_errors", "kl_learned_distance", *(f for f in files if f.suffix == ".png"), *wall])]
+    return files + write_kind_report(out_dir, "Does the RLG scale act as the KL coefficient? Learned-model ground truth",
+                                     kl_learned_tables(df), sections)

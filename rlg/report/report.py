@@ -15,7 +15,6 @@ states the images it rests on and the images excluded (nonfinite, failed, not ye
 
 from __future__ import annotations
 
-import base64
 import html
 import logging
 import math
@@ -30,6 +29,7 @@ from rlg import metrics as metric_info
 from rlg.evaluators.base import register_stored
 from rlg.report import figures, methods, tables
 from rlg.report.browser import write_browser
+from rlg.report.page import Page
 from rlg.report.anchors import Anchor, load_anchors
 from rlg.report.headline import Headline, headlines, pixel_diversity
 from rlg.report.stats import SERIES, geneval_tags, summarize, tidy, with_series
@@ -253,7 +253,7 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     series = [tuple(k) for k in df[SERIES].drop_duplicates().itertuples(index=False)] if len(df) else \
         [tuple(k) for k in _series_of(images)]
     protocols = {s: series_protocol(protocol, s, df) for s in series}
-    index = _Index(title or _title(summary, images))
+    index = Page(title or _title(summary, images))
     unscored = not heads and len(images) > 0  # RLG images, none with a score
     _write_headline(index, out_dir, heads, summary, files, browser, reward_note, diversity, unscored, run_line)
     _write_index(index, out_dir, summary, tags, anchor_rows, protocols, files, notes, progress, reference_scale)
@@ -301,73 +301,6 @@ def _title(summary: pd.DataFrame, images: pd.DataFrame) -> str:
     names = sorted(set(summary["run_name"]) if len(summary) else set(with_series(images)["run_name"]))
     names = [n for n in names if n]
     return "rlg-bench report" + (f": {', '.join(names)}" if names else "")
-
-
-class _Index:
-    """One page built twice: Markdown (figures linked) and self-contained HTML (figures embedded)."""
-
-    CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-           "table{border-collapse:collapse;margin:.5em 0 1.2em;font-size:.85em}"
-           "th,td{border-bottom:1px solid #ddd;padding:.25em .6em}th{background:#f4f4f4}"
-           "tr.group td{border-top:2px solid #999}p.note{color:#555;font-size:.85em;margin:.2em 0}"
-           "figure{display:inline-block;margin:.5em;vertical-align:top}figure img{max-width:520px}"
-           "figcaption{font-size:.8em;color:#555}nav a{margin-right:1em}h1{overflow-wrap:anywhere;font-size:1.5em}"
-           ".headline{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:.4em 1em;margin:.6em 0}"
-           ".headline blockquote{margin:.4em 0;padding:.3em .8em;border-left:4px solid #0072B2;background:#fff}"
-           "p.caution{color:#8a4b00;background:#fff4e0;padding:.3em .6em;border-radius:4px}"
-           ".figrow figure{width:480px;margin:.3em}.figrow figure img{max-width:480px}"
-           # a cell breaks at spaces only (never inside a number or a word); a table wider than the page scrolls
-           "table{display:block;max-width:100%;overflow-x:auto}td,th{overflow-wrap:normal;word-break:normal}"
-           "td{font-variant-numeric:tabular-nums}td[style*=right]{white-space:nowrap}")  # numbers: never wrapped
-
-    def __init__(self, title: str):
-        self.title = title
-        self.md: list[str] = [f"# {title}", ""]
-        self.body: list[str] = []
-        self.toc: list[tuple[str, str]] = []
-
-    def section(self, anchor: str, title: str) -> None:
-        self.toc.append((anchor, title))
-        self.md += [f'<a id="{anchor}"></a>', f"## {title}", ""]
-        self.body.append(f'<h2 id="{anchor}">{html.escape(title)}</h2>')
-
-    def sub(self, title: str) -> None:
-        self.md += [f"### {title}", ""]
-        self.body.append(f"<h3>{html.escape(title)}</h3>")
-
-    def text(self, line: str) -> None:
-        self.md += [line, ""]
-        self.body.append(f"<p>{html.escape(line)}</p>")
-
-    def table(self, markdown: str, html_table: str) -> None:
-        self.md += [markdown.rstrip(), ""]
-        self.body.append(html_table)
-
-    def figure(self, png: Path, rel: str, caption: str) -> None:
-        self.md += [f"![{caption}]({rel})", ""]
-        data = base64.b64encode(png.read_bytes()).decode("ascii")
-        self.body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-    def raw(self, markdown: str, html_block: str) -> None:
-        """A block given in both forms (HTML already escaped by the caller)."""
-        self.md += [markdown.rstrip(), ""]
-        self.body.append(html_block)
-
-    def link(self, rel: str, label: str) -> None:
-        self.md += [f"- [{label}]({rel})"]
-        self.body.append(f'<li><a href="{html.escape(rel)}">{html.escape(label)}</a></li>')
-
-    def markdown(self) -> str:
-        toc = " · ".join(f"[{t}]({a if '.' in a else '#' + a})" for a, t in self.toc)  # a file, or a section
-        return "\n".join([*self.md[:2], toc, "", *self.md[2:]]).rstrip() + "\n"
-
-    def html(self) -> str:
-        nav = "".join(f'<a href="{html.escape(a if "." in a else "#" + a)}">{html.escape(t)}</a>' for a, t in self.toc)
-        return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}'
-                f"</title><style>{self.CSS}</style></head><body>\n<h1>{html.escape(self.title)}</h1>\n"
-                f"<nav>{nav}</nav>\n"
-                + "\n".join(self.body) + "\n</body></html>\n")
 
 
 def _protocol_rows(proto: dict[str, Any], pair: str | None) -> list[list[str]]:
@@ -438,7 +371,7 @@ def _diversity_rows(h: Headline, diversity: pd.DataFrame | None, width: int) -> 
     return [row[:width]]
 
 
-def _write_headline(index: _Index, out_dir: Path, heads: list[Headline], summary: pd.DataFrame,
+def _write_headline(index: Page, out_dir: Path, heads: list[Headline], summary: pd.DataFrame,
                     files: list[Path], browser: Path | None, reward_note: str | None = None,
                     diversity: pd.DataFrame | None = None, unscored: bool = False, run_line: str | None = None) -> None:
     """The first screen: what was run (``run_line``), per series what RLG did (numbers, one sentence, a caution),
@@ -489,7 +422,7 @@ def _write_headline(index: _Index, out_dir: Path, heads: list[Headline], summary
         index.text("Metrics: " + " ".join(defined))
 
 
-def _write_index(index: _Index, out_dir: Path, summary: pd.DataFrame, tags: pd.DataFrame, anchor_rows: pd.DataFrame,
+def _write_index(index: Page, out_dir: Path, summary: pd.DataFrame, tags: pd.DataFrame, anchor_rows: pd.DataFrame,
                  protocols: dict[tuple, dict[str, Any]], files: list[Path], notes: list[str], progress: list[str],
                  reference_scale: float) -> None:
     index.text(f"Written {time.strftime('%Y-%m-%d %H:%M')} from the results store alone: {len(protocols)} series, "

@@ -82,15 +82,6 @@ def write_manifest_entry(name: str, entry: dict[str, Any], path: Path = MANIFEST
         atomic_write(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())  # never a half file
 
 
-def mean_ci(values: Any, z: float = 1.96) -> dict[str, float]:
-    """Mean, standard error and a normal-approximation 95% interval of a 1-D sample."""
-    v = np.asarray(values, dtype=np.float64)
-    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
-    m = float(v.mean())
-    return {"mean": round(m, 5), "se": round(se, 5), "lo": round(m - z * se, 5), "hi": round(m + z * se, 5),
-            "n": int(len(v))}
-
-
 def dotted_get(d: dict[str, Any], path: str) -> Any:
     """A value by dotted path whose keys may themselves hold dots ("0.0"); None when absent."""
     parts, cur, i = path.split("."), d, 0

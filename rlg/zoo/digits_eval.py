@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from rlg.zoo import digits as D
-from rlg.zoo.common import mean_ci
+from rlg.kl_stats import mean_ci
 
-PAIRS = ("zoo_digits_dpo", "zoo_digits_ddpo_compress", "zoo_digits_ddpo_incompress")
+PAIRS = ("zoo_digits_dpo", "zoo_digits_ddpo_compress", "zoo_digits_ddpo_incompress", "zoo_digits_spo")
 REWARD = {"zoo_digits_dpo": "digit_margin", "zoo_digits_ddpo_compress": "jpeg_compressibility",
-          "zoo_digits_ddpo_incompress": "jpeg_incompressibility"}
+          "zoo_digits_ddpo_incompress": "jpeg_incompressibility", "zoo_digits_spo": "digit_margin"}
 
 
 @lru_cache(maxsize=8)
@@ -135,7 +135,8 @@ def set_quality(images: np.ndarray, prompts: list[str]) -> dict[str, Any]:
 def measure_pair(name: str, scales=(0.0, 0.5, 1.0, 2.0), samples_per_prompt: int = 10, seed: int = 0,
                  weights: Path | str | None = None) -> dict[str, Any]:
     """One sampling seed: per scale the reward (mean, se, 95% CI), digit_prob, digit_margin, kB and the set metrics
-    (set_quality); paired differences between neighbouring scales and w = 2 - w = 1 (same prompts and noise)."""
+    (set_quality); paired differences between neighbouring scales, w = 2 - w = 1 and w = 1 - w = 0 (same prompts and
+    noise)."""
     from rlg.pairs import load_pair
 
     pair = load_pair(pair_spec(name, weights))
@@ -150,6 +151,7 @@ def measure_pair(name: str, scales=(0.0, 0.5, 1.0, 2.0), samples_per_prompt: int
                              **set_quality(g["images"], g["prompts"])}
     ws = sorted(values)
     steps = list(zip(ws, ws[1:])) + ([(1.0, 2.0)] if {1.0, 2.0} <= set(ws) and 1.5 in ws else [])
+    steps += [(0.0, 1.0)] if {0.0, 1.0} <= set(ws) and 0.5 in ws else []  # the RL gain itself, on the same images
     diffs = {f"{b}-{a}": mean_ci(values[b] - values[a]) for a, b in steps}
     return {"pair": name, "reward": reward, "n_images_per_scale": len(next(iter(values.values()))), "seed": seed,
             "scales": per_scale, "paired_differences": diffs}

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from rlg.zoo import text as T
-from rlg.zoo.common import mean_ci
+from rlg.kl_stats import mean_ci
 
 PAIR, SAMPLER = "zoo_text_flowgrpo", "zoo_text_ode"
 REWARD = "ocr_accuracy"

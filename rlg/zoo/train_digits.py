@@ -1,6 +1,6 @@
 """Retrain the digits half of the zoo from scratch, measure it, and compare with the shipped models.
 
-Order: classifier -> base pipeline (VAE + UNet) -> Diffusion-DPO -> DDPO+KL compress / incompress.
+Order: classifier -> base pipeline (VAE + UNet) -> Diffusion-DPO -> DDPO+KL compress / incompress -> SPO.
 Every model is written to ``<out>/<model>`` in the layout of rlg/zoo/weights; the metrics of the
 retrained pairs are measured with the production sampler (rlg.zoo.digits_eval) and compared with
 the shipped manifest's within TOLERANCES. With ``ship=True`` the output directory is rlg/zoo/weights
@@ -20,7 +20,8 @@ from rlg.zoo import digits as D
 from rlg.zoo.common import compare_with_shipped, environment, read_manifest
 from rlg.zoo.common import ship_model as common_ship
 
-MODELS = ("digits_classifier", "digits_base", "digits_dpo", "digits_ddpo_compress", "digits_ddpo_incompress")
+MODELS = ("digits_classifier", "digits_base", "digits_dpo", "digits_ddpo_compress", "digits_ddpo_incompress",
+          "digits_spo")
 TRAINERS = {
     "digits_classifier": "rlg.zoo.train_digits_classifier:train_classifier(out_dir, seed=0)",
     "digits_base": "rlg.zoo.train_digits_base:train_base(out_dir, seed=0)",
@@ -28,6 +29,7 @@ TRAINERS = {
     "digits_ddpo_compress": "rlg.zoo.train_digits_ddpo:train_ddpo(beta, seed, steps, out_dir, reward='compress', "
                             "lr, batch_size, group_size)",
     "digits_ddpo_incompress": "rlg.zoo.train_digits_ddpo:train_ddpo(beta, seed, steps, out_dir, reward='incompress')",
+    "digits_spo": "rlg.zoo.train_digits_spo:train_spo(beta, seed, steps, out_dir, keep_state=False)",
 }
 # metric path -> (kind, tolerance): "abs" |retrained - shipped| <= tol; "rel" <= tol * |shipped|. A path "a - b" is
 # the difference of two metrics: the RL gain at w = 1 over the base (w = 0) on the same prompts and noise. The gain,
@@ -40,9 +42,12 @@ TOLERANCES = {
     "digits_dpo": {"eval.scales.0.0.digit_margin.mean": ("rel", 0.1), _GAIN.format(m="digit_margin"): ("rel", 0.5)},
     "digits_ddpo_compress": {"eval.scales.0.0.jpeg_kb.mean": ("rel", 0.1), _GAIN.format(m="jpeg_kb"): ("rel", 0.5)},
     "digits_ddpo_incompress": {"eval.scales.0.0.jpeg_kb.mean": ("rel", 0.1), _GAIN.format(m="jpeg_kb"): ("rel", 0.5)},
+    "digits_spo": {"eval.scales.0.0.digit_margin.mean": ("rel", 0.1), _GAIN.format(m="digit_margin"): ("rel", 0.5)},
 }
+# model -> the state file its trainer resumes from (the same command with the same --out continues an interrupted run)
+RESUMABLE = {"digits_spo": "spo_state.pt"}
 PAIR_OF = {"digits_dpo": "zoo_digits_dpo", "digits_ddpo_compress": "zoo_digits_ddpo_compress",
-           "digits_ddpo_incompress": "zoo_digits_ddpo_incompress"}
+           "digits_ddpo_incompress": "zoo_digits_ddpo_incompress", "digits_spo": "zoo_digits_spo"}
 
 
 
@@ -68,6 +73,11 @@ def train_model(model: str, out_dir: Path, log=print) -> dict[str, Any]:
         # cache=False: a from-scratch retrain regenerates its preference pairs (and times them)
         return train_dpo(DEFAULTS["beta"], 0, DEFAULTS["steps"], out_dir, base=base, classifier=classifier,
                          cache=False, log=log)
+    if model == "digits_spo":
+        from rlg.zoo.train_digits_spo import DEFAULTS as DS, SHIPPED as SS, train_spo
+        # keep_state=False: an interrupted retrain resumes from its state file; a finished one leaves only the LoRA
+        return train_spo(DS["beta"], 0, out_dir=out_dir, base=base, classifier=classifier, keep_state=False, log=log,
+                         **SS)
     from rlg.zoo.train_digits_ddpo import DEFAULTS as DD, SHIPPED, train_ddpo
     kind = model.rsplit("_", 1)[1]
     return train_ddpo(DD["beta"], 0, out_dir=out_dir, reward=kind, base=base, log=log, **SHIPPED[kind])
@@ -83,8 +93,8 @@ def run(out: Path | str | None = None, ship: bool = False, only: list[str] | Non
     for model in MODELS:
         if only and model not in only:
             continue
-        if (out / model).exists() and out != WEIGHTS_DIR:
-            shutil.rmtree(out / model)
+        if (out / model).exists() and out != WEIGHTS_DIR and not (out / model / RESUMABLE.get(model, "-")).exists():
+            shutil.rmtree(out / model)  # a fresh start, unless an interrupted resumable run left its state there
         log(f"== training {model} -> {out / model}")
         info = train_model(model, out / model, log=log)
         info["environment"] = environment()

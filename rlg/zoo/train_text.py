@@ -16,6 +16,7 @@ interval.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -49,9 +50,9 @@ def evaluate(base_dir: Path | str, rl_dir: Path | str, scales=EVAL_SCALES, sampl
              words=T.VOCAB, seed: int = EVAL_SEED, steps: int = 20, return_images: bool = False) -> dict[str, Any]:
     """OCR accuracy per RLG scale: {scale: {mean, se, lo, hi, n}} (+ "images" {scale: uint8 (n, H, W, 3)}).
 
-    One grid (rlg.grid.run_grid) of every (word, sample, scale), in calls of 16 images that hold one scale each
-    (``Grid.scale_outer``): the settings keep ``micro_batch`` None, with which an image depends on its call, so
-    the calls are those the shipped numbers were measured with. A scale's images are in (word, sample) order and
+    One grid (rlg.grid.run_grid) of every (word, sample) per scale, the scales in turn, in calls of 16 images: the
+    settings keep ``micro_batch`` None, with which an image depends on its call, so the calls are those the shipped
+    numbers were measured with. A scale's images are in (word, sample) order and
     are scored by rlg.evaluators.base.score_images. Raises RuntimeError when OCR fails on an image (a mean over
     the rest would not be the protocol's)."""
     from rlg.evaluators.base import score_images
@@ -59,17 +60,18 @@ def evaluate(base_dir: Path | str, rl_dir: Path | str, scales=EVAL_SCALES, sampl
     from rlg.grid import Grid, run_grid
     from rlg.pairs import load_pair
     from rlg.sampling import SamplerSettings
-    from rlg.zoo.common import mean_ci
+    from rlg.kl_stats import mean_ci
 
     pair = load_pair(T.pair_spec(base_dir, rl_dir))
     kw = T.sampler_kwargs(steps=steps)
     settings = SamplerSettings(num_inference_steps=steps, guidance_scale=kw["guidance_scale"], height=T.HEIGHT,
                                width=T.WIDTH, negative_prompt="", extra={"max_sequence_length": T.MAX_SEQUENCE_LENGTH})
     grid = Grid(prompts=tuple(T.prompt(word) for word in words), scales=tuple(float(w) for w in scales),
-                samples=samples, seed=seed, settings=settings, batch_size=16, scale_outer=True)
+                samples=samples, seed=seed, settings=settings, batch_size=16)
     ocr = OCRAccuracy(device="cpu")
     ocr.reader()  # EasyOCR is built before sampling, as when the shipped numbers were measured
-    made = {k: res.image for call in run_grid(pair, grid) for k, res in call}
+    made = {k: res.image for w in grid.scales for call in run_grid(pair, dataclasses.replace(grid, scales=(w,)))
+            for k, res in call}
     out: dict[str, Any] = {}
     images: dict[float, np.ndarray] = {}
     accs: dict[float, np.ndarray] = {}
