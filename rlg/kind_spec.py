@@ -163,6 +163,10 @@ class KLClaimSettings:
     scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0])
     source_seed: int = 0
     floor_seeds: list[int] = field(default_factory=lambda: [1, 2])
+    # paired: RLG(w) from the beta model of every floor seed, each against the beta / w model of the same training
+    # seed (common random numbers: the trainer draws the same prompts and noise for a seed at every beta); the
+    # source_seed model is then not used. False: RLG from the one source_seed model against the floor seeds' mean.
+    paired: bool = False
     weights_dir: str = ""  # default rlg/zoo/weights
     metrics: list[str] = field(default_factory=lambda: ["digit_prob:digit_prob", "jpeg:jpeg_incompressibility"])
     reward_metric: str = ""  # the metric the RL models were trained on (the verdict's); "": the first of metrics

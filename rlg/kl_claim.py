@@ -12,7 +12,9 @@ sampler and steps, and the same per-image noise (``rlg.sampling.noise_seed(seed,
 i of every arm starts from the same latents and sees the same DDIM step noise; images do not depend on
 the batch they were made in):
 
-* ``rlg`` at each w in ``scales``: base + the beta model trained with ``source_seed``;
+* ``rlg`` at each w in ``scales``: base + the beta model trained with ``source_seed`` (``paired``: with each of
+  the ``floor_seeds``, so that RLG(w) from seed s is compared with the beta / w model of seed s: the trainer draws
+  the same prompts and noise for one seed at every coefficient, and what a seed does cancels in the difference);
 * ``retrained`` at each effective coefficient b = beta / w and each seed in ``floor_seeds``: base + the
   model fine-tuned at b, sampled at w = 1 (the RL model alone: RLGDenoiser runs only it at w = 1).
   The source seed is not among the floor seeds, so RLG(1) is compared with other seeds of the beta model.
@@ -22,7 +24,8 @@ logged training curve):
 
 * ``kind="metric"``: per arm (``arm`` = "rlg" | "retrained", ``model_seed``) and per-image metric
   (e.g. ``digit_prob``, ``jpeg_incompressibility``): mean, its standard error and a 95% normal interval
-  over images; for ``rlg`` rows also ``diff`` = mean(RLG) - mean(retrained, first floor seed), paired
+  over images, for every RLG source seed and every floor seed; for ``rlg`` rows also ``diff`` = mean(RLG) -
+  mean(retrained, first floor seed; ``paired``: the same training seed), paired
   per image, with its paired standard error ``diff_stderr`` and ``diff_floor`` = the same paired
   difference between the two retrained seeds (how far two retrainings at b differ).
   Set metrics (``digit_fd``): the value on the arm's whole set, se from ``n_boot`` bootstrap resamples of
@@ -73,8 +76,8 @@ from rlg.kl_stats import mean_se, normal_interval
 from rlg.model_ids import resolve_zoo_id
 from rlg.registry import resolve
 
-__all__ = ["KLClaimSettings", "model_dir", "effective_betas", "required_models", "ensure_models", "run_kl_claim",
-           "ship_models"]
+__all__ = ["KLClaimSettings", "model_dir", "effective_betas", "rlg_seeds", "required_models", "ensure_models",
+           "run_kl_claim", "ship_models"]
 
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "zoo" / "weights"
 
@@ -99,26 +102,42 @@ def _base_digest(settings: KLClaimSettings) -> str | None:
     return sha256_file(f) if f.exists() else None
 
 
+def rlg_seeds(settings: KLClaimSettings) -> list[int]:
+    """The training seeds of the beta models RLG starts from: every floor seed when ``paired``, else the source."""
+    return list(settings.floor_seeds) if settings.paired else [settings.source_seed]
+
+
 def required_models(settings: KLClaimSettings) -> list[tuple[float, int]]:
-    """(beta, seed) of every model the measurement needs: the source, and the floor seeds at each beta / w."""
-    need = [(settings.beta, settings.source_seed)]
+    """(beta, seed) of every model the measurement needs: the beta models RLG starts from (``rlg_seeds``), and the
+    floor seeds at each beta / w."""
+    need = [(settings.beta, s) for s in rlg_seeds(settings)]
     for b in effective_betas(settings).values():
         need += [(b, s) for s in settings.floor_seeds]
     return list(dict.fromkeys(need))
 
 
-def ensure_models(settings: KLClaimSettings) -> dict[tuple[float, int], Path]:
-    """Paths of the required models; trains the missing ones when ``train_missing`` (else FileNotFoundError
-    naming them and the fix). Writes ``training_config.json`` (with the base UNet's sha256) beside each model
-    it trains; raises ValueError when an existing model was tuned from another base than ``settings.base``."""
+def ensure_models(settings: KLClaimSettings, models: list[tuple[float, int]] | None = None
+                  ) -> dict[tuple[float, int], Path]:
+    """Paths of the ``models`` ((beta, seed) pairs; default ``required_models``); trains the missing ones, in that
+    order, when ``train_missing`` (else FileNotFoundError naming them and the fix). Resumable: a model counts as
+    finished once its ``training_config.json`` exists (written last, after the weights), so the same call after an
+    interruption skips the finished ones and retrains the one cut short. Writes ``training_config.json`` (the
+    base UNet's sha256, the wall seconds, the load average before and after, ``rlg.zoo.common.environment``)
+    beside each model it trains and records it in the manifest as soon as it is trained (``ship_models``); raises
+    ValueError when an existing model was tuned from another base than ``settings.base``."""
+    import os
+
+    from rlg.zoo.common import environment
+
+    models = required_models(settings) if models is None else list(dict.fromkeys(models))
     paths, missing = {}, []
-    for b, s in required_models(settings):
+    for b, s in models:
         p = model_dir(settings, b, s)
         paths[(b, s)] = p
         if not (p / "training_config.json").exists():
             missing.append((b, s))
     base_digest = _base_digest(settings)
-    for b, s in required_models(settings):
+    for b, s in models:
         cfg_file = paths[(b, s)] / "training_config.json"
         if (b, s) in missing or base_digest is None:
             continue
@@ -137,7 +156,7 @@ def ensure_models(settings: KLClaimSettings) -> dict[tuple[float, int], Path]:
         for b, s in missing:
             p = paths[(b, s)]
             p.mkdir(parents=True, exist_ok=True)
-            t0 = time.time()
+            t0, load0 = time.time(), os.getloadavg()
             kw: dict[str, Any] = dict(settings.trainer_kwargs, beta=b, seed=s, out_dir=p)
             if settings.train_steps:
                 kw["steps"] = settings.train_steps
@@ -145,11 +164,13 @@ def ensure_models(settings: KLClaimSettings) -> dict[tuple[float, int], Path]:
             config = dict(trainer=settings.trainer, trainer_kwargs=settings.trainer_kwargs, beta=b, seed=s,
                           steps=settings.train_steps or None, base=settings.base,
                           base_unet_sha256=_base_digest(settings), task=settings.task,
-                          train_seconds=round(time.time() - t0, 1))
+                          train_seconds=round(time.time() - t0, 1),
+                          load_average_1min=[round(load0[0], 2), round(os.getloadavg()[0], 2)],
+                          environment=environment())
             if isinstance(info, dict):
                 config["trainer_info"] = {k: v for k, v in info.items() if isinstance(v, (int, float, str, list, dict))}
             (p / "training_config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str) + "\n")
-        ship_models(settings, models=missing)
+            ship_models(settings, models=[(b, s)])  # recorded at once: an interrupted run keeps what it trained
     return paths
 
 
@@ -306,18 +327,24 @@ def _run(settings: KLClaimSettings, grid, options: dict[str, dict], images_out: 
     paths = ensure_models(settings)
     betas = effective_betas(settings)
     n_images = len(grid.prompts) * grid.samples
-    arms = [("rlg", w, settings.source_seed, paths[(settings.beta, settings.source_seed)], w) for w in betas]
+    sources = rlg_seeds(settings)
+    arms = [("rlg", w, s, paths[(settings.beta, s)], w) for w in betas for s in sources]
     arms += [("retrained", w, s, paths[(b, s)], 1.0) for w, b in betas.items() for s in settings.floor_seeds]
     scorer = _Scorer(settings, grid, options)
-    images, per_image, feats = {}, {}, {}
+    images, per_image, feats, done = {}, {}, {}, {}
     with tqdm(total=len(arms) * n_images, desc=f"kl_claim {settings.task}", unit="img",
               disable=not settings.progress) as bar:
         for arm, w, seed, path, scale in arms:
             key = (arm, w, seed)
+            if (path, scale) in done:  # paired, w = 1: RLG(1) from a seed's beta model is that model, same noise
+                images[key], per_image[key], feats[key] = (x[done[(path, scale)]] for x in (images, per_image, feats))
+                bar.update(n_images)
+                continue
             bar.set_postfix_str(f"{arm} w={w:g} seed={seed}")
             images[key] = _sample_arm(grid, path, scale, settings.task, settings.base, bar)
             per_image[key] = scorer.per_image(images[key])
             feats[key] = scorer.features(images[key])
+            done[(path, scale)] = key
     if images_out is not None:
         images_out.update(images)
     rng = np.random.default_rng(settings.seed)
@@ -328,16 +355,18 @@ def _run(settings: KLClaimSettings, grid, options: dict[str, dict], images_out: 
     common = dict(task=settings.task, beta=settings.beta, n=n_images, n_batches=settings.n_batches,
                   reward_metric=reward,
                   steps=grid.settings.num_inference_steps, eta=grid.settings.eta,
-                  guidance_scale=grid.settings.guidance_scale, seed=settings.seed)
+                  guidance_scale=grid.settings.guidance_scale, seed=settings.seed, paired=settings.paired)
     rows = []
     for w, b in betas.items():
         ref, other = ("retrained", w, seed_a), ("retrained", w, seed_b)
-        for key in [("rlg", w, settings.source_seed), ref, other]:
+        for key in [("rlg", w, s) for s in sources] + [("retrained", w, s) for s in settings.floor_seeds]:
             arm, _, mseed = key
             for metric, v in per_image[key].items():
                 extra = {}
                 if arm == "rlg":
-                    d = v - per_image[ref][metric]
+                    # against the same training seed's retrain when paired, else against seed A
+                    against = ("retrained", w, mseed) if settings.paired else ref
+                    d = v - per_image[against][metric]
                     df_ = per_image[other][metric] - per_image[ref][metric]
                     (diff, diff_se), (floor, floor_se) = mean_se(d), mean_se(df_)
                     extra = dict(diff=diff, diff_stderr=diff_se, diff_floor=floor, diff_floor_stderr=floor_se)
@@ -353,7 +382,7 @@ def _run(settings: KLClaimSettings, grid, options: dict[str, dict], images_out: 
                     lo, hi = normal_interval(value, se)
                     rows.append(dict(kind="metric", arm=arm, w=w, beta_eff=b, model_seed=mseed, metric=metric,
                                      value=value, stderr=se, lo=lo, hi=hi, **common))
-        fa, fo, fr = feats[ref], feats[other], feats[("rlg", w, settings.source_seed)]
+        fa, fo, fr = feats[ref], feats[other], feats[("rlg", w, sources[0])]  # paired: sources[0] is seed A
         if settings.distance == "mmd2":
             h = median_bandwidth(fa)
             fn = lambda x, y: mmd2(x, y, h, paired=True)  # noqa: E731
@@ -362,7 +391,7 @@ def _run(settings: KLClaimSettings, grid, options: dict[str, dict], images_out: 
         v, se = batched(fn, [fr[i] for i in batches], [fa[i] for i in batches])
         f, fse = batched(fn, [fo[i] for i in batches], [fa[i] for i in batches])
         gap = v - f
-        rows.append(dict(kind="distance", arm="rlg", w=w, beta_eff=b, model_seed=settings.source_seed,
+        rows.append(dict(kind="distance", arm="rlg", w=w, beta_eff=b, model_seed=sources[0],
                          metric=f"{settings.distance}/{settings.features}", value=v, stderr=se, floor=f,
                          floor_stderr=fse, gap=gap,
                          z=gap / math.sqrt(se**2 + fse**2) if se > 0 or fse > 0 else float("nan"), **common))

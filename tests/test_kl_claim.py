@@ -197,3 +197,107 @@ def test_ship_models_records_each_model_in_the_manifest_through_the_zoos_locked_
     assert entry["role"] == "retrained" and entry["stored_dtype"] == "as trained"
     assert entry["training_config"] == {"seed": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kl_manifest.json", "weights"]
+
+
+def test_shipped_kl_models_match_the_manifest_and_the_ddpo_preset_s_models_load():
+    """Every model recorded in rlg/zoo/kl_manifest.json is on disk with the recorded sha256 per file, every model
+    directory on disk is recorded, and the models the kl_claim_digits_ddpo preset needs load through the production
+    loader (rl_kind=diffusers_lora on the preset's base) as non-zero LoRAs of one layout, tuned from that base."""
+    from safetensors import safe_open
+
+    from rlg.files import sha256_file
+    from rlg.harness.api import job
+    from rlg.kl_claim import DEFAULT_WEIGHTS_DIR, _base_digest, _rl_checkpoint
+    from rlg.pairs import Checkpoint, PairSpec, load_pair
+    from rlg.zoo import resolve_zoo_id
+
+    manifest = json.loads((DEFAULT_WEIGHTS_DIR.parent / "kl_manifest.json").read_text())["models"]
+    on_disk = {p.parent.relative_to(DEFAULT_WEIGHTS_DIR).as_posix()
+               for p in DEFAULT_WEIGHTS_DIR.glob("kl_*/*/training_config.json")}
+    assert on_disk == set(manifest)
+    for name, entry in manifest.items():
+        files = {f.relative_to(DEFAULT_WEIGHTS_DIR / name).as_posix()
+                 for f in (DEFAULT_WEIGHTS_DIR / name).rglob("*") if f.is_file()}
+        assert files == set(entry["sha256"]), name
+        for f, digest in entry["sha256"].items():
+            assert sha256_file(DEFAULT_WEIGHTS_DIR / name / f) == digest, f"{name}/{f}"
+
+    from rlg.kl_claim import ensure_models
+
+    v1 = job("experiment=kl_claim_digits_ddpo_v1").settings  # the first generation, moved to kl_<task>_v1
+    assert set(ensure_models(v1).values()) == {model_dir(v1, b, seed) for b, seed in required_models(v1)}
+    s = job("experiment=kl_claim_digits_ddpo").settings
+    need = required_models(s)
+    assert s.paired and len(s.floor_seeds) >= 3  # RLG from every seed's beta model: no separate source
+    assert set(need) == {(s.beta / w, seed) for w in s.scales for seed in s.floor_seeds}
+    keys = None
+    for b, seed in need:
+        p = model_dir(s, b, seed)
+        entry = manifest[p.relative_to(DEFAULT_WEIGHTS_DIR).as_posix()]
+        assert entry["training_config"]["base_unet_sha256"] == _base_digest(s)
+        assert entry["training_config"]["steps"] == s.train_steps and entry["beta"] == pytest.approx(b)
+        with safe_open(str(p / "pytorch_lora_weights.safetensors"), "pt") as f:
+            keys = keys or set(f.keys())
+            assert set(f.keys()) == keys, p.name
+    for b, seed in need[-1:]:  # one (the smallest beta's, the largest LoRA move) through the claim's own loader
+        rl, kind = _rl_checkpoint(model_dir(s, b, seed))
+        pair = load_pair(PairSpec(name="kl", base=Checkpoint(resolve_zoo_id(s.base)), rl=rl, rl_kind=kind,
+                                  offline=True))
+        assert kind == "diffusers_lora" and pair.info["lora_layers"] * 2 == len(keys) and pair.info["lora_nonzero"]
+
+
+def test_paired_verdicts_test_per_seed_differences_and_the_control_is_exact():
+    """A paired run (RLG from each seed's beta model): the claim and the response are one-sample t tests on the
+    per-seed differences (scipy's ttest_rel), the margin half the paired response, and the w = 1 control holds
+    only when RLG(1) equals the beta model exactly."""
+    from scipy import stats
+
+    from rlg.report.kl_claim import kl_claim_verdict_tables, kl_claim_verdicts
+
+    beta = 0.1
+    ret = {1.0: [-1.064, -1.069, -1.065], 3.0: [-1.058, -1.065, -1.061]}  # seeds 1-3; seed spread > response
+    rlg = {1.0: ret[1.0], 3.0: [-1.059, -1.0655, -1.0605]}
+    common = dict(kind="metric", metric="jpeg_compressibility", reward_metric="jpeg_compressibility", task="t",
+                  beta=beta, n=8, n_batches=2, steps=3, eta=1.0, guidance_scale=2.0, seed=0, stderr=0.0, paired=True)
+    rows = [dict(arm=arm, w=w, beta_eff=beta / w, model_seed=s, value=v, **common)
+            for arm, table in (("rlg", rlg), ("retrained", ret))
+            for w, vs in table.items() for s, v in zip((1, 2, 3), vs)]
+    df = pd.DataFrame(rows)
+    out = kl_claim_verdicts(df).set_index("w")
+    resp = stats.ttest_rel(ret[3.0], ret[1.0])
+    claim = stats.ttest_rel(rlg[3.0], ret[3.0])
+    assert out.loc[3.0, "response_p"] == pytest.approx(resp.pvalue) and resp.pvalue < 0.05
+    assert stats.ttest_ind(ret[3.0], ret[1.0], equal_var=False).pvalue > 0.05  # unpaired, it would not respond
+    assert out.loc[3.0, "claim_estimate"] == pytest.approx(np.mean(np.subtract(rlg[3.0], ret[3.0])))
+    assert out.loc[3.0, "claim_t"] == pytest.approx(claim.statistic) and out.loc[3.0, "claim_df"] == 2
+    margin = abs(np.mean(np.subtract(ret[3.0], ret[1.0]))) / 2
+    assert out.loc[3.0, "margin"] == pytest.approx(margin)
+    est, se = out.loc[3.0, "claim_estimate"], out.loc[3.0, "claim_stderr"]
+    p_holds = max(stats.t.sf((est + margin) / se, 2), stats.t.cdf((est - margin) / se, 2))  # TOST at the margin
+    assert p_holds < 0.05 and out.loc[3.0, "verdict"] == "holds"  # the only test: no Holm adjustment
+    assert out.loc[1.0, "verdict"] == "holds" and out.loc[1.0, "reason"].startswith("control")
+    df.loc[(df.arm == "rlg") & (df.w == 1.0) & (df.model_seed == 2), "value"] += 1e-6  # not the same model
+    assert kl_claim_verdicts(df).set_index("w").loc[1.0, "verdict"] == "does not hold"
+    assert "paired by training seed" in kl_claim_verdict_tables(df)["markdown"]
+
+
+def test_paired_run_samples_rlg_from_every_seed_and_reports_every_seed(tmp_path, tiny_base):
+    s = settings(tmp_path, tiny_base, paired=True, floor_seeds=[1, 2, 3],
+                 trainer_kwargs={"base_dir": str(tiny_base), "per_seed": 0.5})
+    assert required_models(s) == [(0.1, 1), (0.1, 2), (0.1, 3), (0.05, 1), (0.05, 2), (0.05, 3)]
+    images = {}
+    df = run_kl_claim(s, GRID, images_out=images)
+    m = df[df.kind == "metric"]
+    for arm in ("rlg", "retrained"):
+        assert sorted(m[(m.arm == arm)].groupby("w").model_seed.apply(sorted).tolist()) == [[1, 2, 3]] * 2
+    for seed in (1, 2, 3):  # RLG(1) from seed s is seed s's beta model on the same noise
+        np.testing.assert_array_equal(images[("rlg", 1.0, seed)], images[("retrained", 1.0, seed)])
+    rlg2 = m[(m.arm == "rlg") & (m.w == 2.0)].set_index("model_seed")
+    ret2 = m[(m.arm == "retrained") & (m.w == 2.0)].set_index("model_seed")
+    for seed in (1, 2, 3):  # diff is against the same seed's retrain; the floor is always seed 2 - seed 1
+        assert rlg2.loc[seed, "diff"] == pytest.approx(rlg2.loc[seed, "value"] - ret2.loc[seed, "value"])
+        assert rlg2.loc[seed, "diff_floor"] == pytest.approx(ret2.loc[2, "value"] - ret2.loc[1, "value"])
+    assert ret2.loc[2, "value"] != ret2.loc[1, "value"]  # the seeds differ, so a wrong floor would show
+    write_kl_claim_report(df, None, tmp_path / "report")
+    table = (tmp_path / "report" / "tables" / "kl_claim_metrics.md").read_text()
+    assert "retrained seed 3" in table and "RLG - retrained same seed" in table

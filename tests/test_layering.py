@@ -24,9 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
     # the package's front door (``import rlg``): lazy names from every floor, rlg.run included; nothing imports it
     ("facade", ("rlg",)),
-    # the zoo's measurement and its retrain driver read the presets through rlg.harness.api.job: harness users
+    # the zoo's measurement and its retrain driver, and the KL claim's response check, read the presets through
+    # rlg.harness.api.job: harness users
     ("app", ("rlg.harness", "rlg.conf", "rlg.zoo.digits_eval", "rlg.zoo.text_eval", "rlg.zoo.train_digits",
-             "rlg.zoo.train", "rlg.zoo.geneval_eval", "rlg.zoo.train_geneval")),
+             "rlg.zoo.train", "rlg.zoo.geneval_eval", "rlg.zoo.train_geneval", "rlg.kl_response")),
     ("report", ("rlg.report",)),
     ("science", ("rlg.kl_claim", "rlg.kl_learned", "rlg.fkc_learned", "rlg.kl_stats", "rlg.verdicts",
                  "rlg.ground_truth",

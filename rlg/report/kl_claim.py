@@ -56,10 +56,14 @@ def write_kl_claim_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] = F
             axes = fig.subplots(1, len(metrics), squeeze=False)[0]
             for ax, metric in zip(axes, metrics):
                 d = m[m.metric == metric]
-                r = d[d.arm == "rlg"].sort_values("beta_eff")
-                # a bootstrap percentile interval of a biased set metric (digit_fd) need not contain the value
-                ax.errorbar(r.beta_eff, r.value, yerr=_yerr(r), color=COLORS[0], marker="o",
-                            capsize=2, label="RLG from the beta model")
+                rlg = d[d.arm == "rlg"]
+                several = rlg.model_seed.nunique() > 1  # paired: RLG from each seed's beta model
+                for j, (seed, r) in enumerate(rlg.groupby("model_seed")):
+                    r = r.sort_values("beta_eff")
+                    # a bootstrap percentile interval of a biased set metric (digit_fd) need not contain the value
+                    ax.errorbar(r.beta_eff, r.value, yerr=_yerr(r), color=COLORS[0], marker=MARKERS[j % len(MARKERS)],
+                                capsize=2, alpha=1.0 if j == 0 else 0.6,
+                                label=f"RLG from the beta model, seed {seed}" if several else "RLG from the beta model")
                 for i, (seed, g) in enumerate(d[d.arm == "retrained"].groupby("model_seed")):
                     g = g.sort_values("beta_eff")
                     ax.errorbar(g.beta_eff * (1.04 if i else 0.96), g.value, yerr=_yerr(g),
@@ -125,11 +129,14 @@ def kl_claim_verdicts(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
       within half the response, Holm across w != 1); at w = 1 a control: RLG(1) is the source model, checked
       against the other beta retrainings (holds when they do not differ at ``alpha``).
     Columns: w, beta_eff, metric, rlg, retrained_mean, n_retrained, pooled_sd, pooled_df, claim_* and response_*
-    (estimate, se, df, t, p, lo, hi), margin, p_holm, verdict, reason."""
-    from rlg.kl_stats import kl_verdicts, welch
+    (estimate, se, df, t, p, lo, hi), margin, p_holm, verdict, reason. Rows of a ``paired`` run are tested per
+    training seed instead (``_paired_verdicts``; the output then has ``paired`` = True)."""
+    from rlg.kl_stats import welch
 
     reward = _reward(df)
     m = df[(df.kind == "metric") & (df.metric == reward)]
+    if "paired" in m.columns and m.paired.fillna(False).astype(bool).any():
+        return _paired_verdicts(m, reward, alpha)
     beta = float(m.beta.iloc[0])
     groups = {round(float(b), 9): g.value.to_numpy() for b, g in m[m.arm == "retrained"].groupby("beta_eff")}
     src = m[(m.arm == "rlg") & np.isclose(m.w, 1.0)].value.to_numpy()
@@ -151,33 +158,84 @@ def kl_claim_verdicts(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
             response = None
         else:
             response = welch(groups[b], base_group)
-        row = dict(w=float(w), beta_eff=float(at.beta_eff.iloc[0]), metric=reward, rlg=float(rlg.mean()),
-                   retrained_mean=float(ret.mean()), n_retrained=len(ret), pooled_sd=float(np.sqrt(pooled_var)),
-                   pooled_df=pooled_df, _claim=claim, _response=response)
-        for name, t in (("claim", claim), ("response", response)):
-            for f in ("estimate", "stderr", "df", "t", "p", "lo", "hi"):
-                row[f"{name}_{f}"] = getattr(t, f) if t is not None else np.nan
-        rows.append(row)
+        rows.append(_test_row(dict(w=float(w), beta_eff=float(at.beta_eff.iloc[0]), metric=reward,
+                                   rlg=float(rlg.mean()), retrained_mean=float(ret.mean()), n_retrained=len(ret),
+                                   pooled_sd=float(np.sqrt(pooled_var)), pooled_df=pooled_df),
+                              claim, None if np.isclose(w, 1.0) else response))
+
+    def control(c):  # a control, not a claim: is the source a typical beta model?
+        ok = np.isfinite(c.p) and c.p >= alpha
+        return ("holds" if ok else "does not hold", f"control: RLG(1) is the source beta model; vs other beta "
+                f"retrainings {c.estimate:+.3g} ± {c.stderr:.2g} (t({c.df:.1f}), p = {c.p:.2g})")
+
+    return _decide(rows, alpha, control, "no retrained models at beta to check the response (measure w = 1 too)")
+
+
+def _test_row(row: dict, claim, response) -> dict:
+    """``row`` with the claim and response tests as columns ``claim_*`` / ``response_*`` (NaN for no test)."""
+    for name, t in (("claim", claim), ("response", response)):
+        for f in ("estimate", "stderr", "df", "t", "p", "lo", "hi"):
+            row[f"{name}_{f}"] = getattr(t, f) if t is not None else np.nan
+    return dict(row, _claim=claim, _response=response)
+
+
+def _decide(rows: list[dict], alpha: float, control, no_response: str) -> pd.DataFrame:
+    """The verdict columns of ``kl_claim_verdicts``: margin and Holm p from ``rlg.kl_stats.kl_verdicts``; w = 1 by
+    ``control(claim) -> (verdict, reason)``; a w without a response test "undecided" with ``no_response``."""
+    from rlg.kl_stats import kl_verdicts
+
     out = pd.DataFrame(rows)
-    decided = kl_verdicts([r["_claim"] for r in rows],
-                          [None if np.isclose(r["w"], 1.0) else r["_response"] for r in rows], alpha=alpha)
+    decided = kl_verdicts([r["_claim"] for r in rows], [r["_response"] for r in rows], alpha=alpha)
     for k in ("margin", "p_holm"):
         out[k] = [d[k] for d in decided]
-    verdicts = []
-    for r, d in zip(rows, decided):
-        c = r["_claim"]
-        if np.isclose(r["w"], 1.0):  # a control, not a claim: is the source a typical beta model?
-            ok = np.isfinite(c.p) and c.p >= alpha
-            verdicts.append(("holds" if ok else "does not hold",
-                             f"control: RLG(1) is the source beta model; vs other beta retrainings "
-                             f"{c.estimate:+.3g} ± {c.stderr:.2g} (t({c.df:.1f}), p = {c.p:.2g})"))
-        elif r["_response"] is None:
-            verdicts.append(("undecided", "no retrained models at beta to check the response (measure w = 1 too)"))
-        else:
-            verdicts.append((d["verdict"], d["reason"]))
+    verdicts = [control(r["_claim"]) if np.isclose(r["w"], 1.0) else ("undecided", no_response)
+                if r["_response"] is None else (d["verdict"], d["reason"]) for r, d in zip(rows, decided)]
     out["verdict"] = [v for v, _ in verdicts]
     out["reason"] = [why for _, why in verdicts]
     return out.drop(columns=["_claim", "_response"])
+
+
+def _paired_verdicts(m: pd.DataFrame, reward: str, alpha: float) -> pd.DataFrame:
+    """``kl_claim_verdicts`` for rows of a ``paired`` run: RLG(w) from the beta model of training seed s against the
+    beta / w model of seed s. ``claim`` = mean over seeds of RLG_s(w) - retrained_s(beta / w) and ``response`` =
+    mean over seeds of retrained_s(beta / w) - retrained_s(beta), each a one-sample t on the per-seed differences
+    (``rlg.kl_stats.paired``, df = seeds - 1): same-seed models share the trainer's random stream, so what a seed
+    does at every coefficient cancels. w = 1 is the control: RLG(1) from seed s is that seed's beta model on the
+    same noise, difference exactly 0. ``pooled_sd`` / ``pooled_df``: the per-model seed spread pooled over the
+    coefficients, as in the unpaired test (for comparison; the paired tests do not use it)."""
+    from rlg.kl_stats import paired
+
+    def by_seed(arm, w):
+        at = m[(m.arm == arm) & np.isclose(m.w, w)]
+        return dict(zip(at.model_seed.astype(int), at.value.astype(float)))
+
+    ws = sorted(set(m.w))
+    beta_models = by_seed("retrained", 1.0) if any(np.isclose(ws, 1.0)) else {}
+    groups = [np.array(list(by_seed("retrained", w).values())) for w in ws]
+    pooled_df = sum(len(g) - 1 for g in groups if len(g) >= 2)
+    pooled_var = sum((len(g) - 1) * g.var(ddof=1) for g in groups if len(g) >= 2) / pooled_df if pooled_df else np.nan
+    rows = []
+    for w in ws:
+        rlg, ret = by_seed("rlg", w), by_seed("retrained", w)
+        seeds = sorted(set(rlg) & set(ret))
+        claim = paired([rlg[s] for s in seeds], [ret[s] for s in seeds])
+        common = sorted(set(ret) & set(beta_models))
+        response = (paired([ret[s] for s in common], [beta_models[s] for s in common])
+                    if not np.isclose(w, 1.0) and len(common) >= 2 else None)
+        at = m[np.isclose(m.w, w)]
+        rows.append(_test_row(dict(w=float(w), beta_eff=float(at.beta_eff.iloc[0]), metric=reward,
+                                   rlg=float(np.mean(list(rlg.values()))),
+                                   retrained_mean=float(np.mean(list(ret.values()))), n_retrained=len(ret),
+                                   pooled_sd=float(np.sqrt(pooled_var)), pooled_df=pooled_df), claim, response))
+
+    def control(c):  # the same model on the same noise
+        return ("holds" if c.estimate == 0 and c.stderr == 0 else "does not hold",
+                "control: RLG(1) from each seed's beta model is that model on the same noise; "
+                f"difference {c.estimate:+.3g} (0 exactly expected)")
+
+    out = _decide(rows, alpha, control, "no retrained models at beta of the same seeds (measure w = 1 too)")
+    out["paired"] = True
+    return out
 
 
 def kl_claim_verdict_tables(df: pd.DataFrame) -> dict[str, str]:
@@ -190,7 +248,9 @@ def kl_claim_verdict_tables(df: pd.DataFrame) -> dict[str, str]:
 
     def ci(r, k):
         e, lo, hi = getattr(r, f"{k}_estimate"), getattr(r, f"{k}_lo"), getattr(r, f"{k}_hi")
-        return "–" if not np.isfinite(e) else f"{e:+.3g} [{lo:+.3g}, {hi:+.3g}]"
+        if not np.isfinite(e):
+            return "–"
+        return f"{e:+.3g} [{lo:+.3g}, {hi:+.3g}]" if np.isfinite(lo) else f"{e:+.3g} (no spread)"
 
     rows = [[f"{r.w:g}", f"{r.beta_eff:.4g}", r.verdict, "–" if not np.isfinite(r.margin) else f"{r.margin:.3g}",
              f"{r.rlg:.4g}", f"{r.retrained_mean:.4g} ({r.n_retrained})",
@@ -198,9 +258,11 @@ def kl_claim_verdict_tables(df: pd.DataFrame) -> dict[str, str]:
              "–" if not np.isfinite(r.p_holm) else f"{r.p_holm:.2g}", ci(r, "response"),
              "–" if not np.isfinite(r.response_p) else f"{r.response_p:.2g}", r.reason] for r in v.itertuples()]
     f = v.iloc[0]
+    test = ("paired by training seed: RLG(w) from seed s's beta model against seed s's beta/w model, one-sample t "
+            "on the per-seed differences (df = seeds - 1)" if "paired" in v.columns else "Welch t")
     notes = [f"RLG(w) matches a model retrained at beta/w? {_title(df)}; metric {f.metric}.",
              f"One value per trained model (its mean over the same paired images); per-model sd {f.pooled_sd:.3g} "
-             f"pooled over the retrained seeds (df {f.pooled_df}); Welch t. Verdict: rlg-bench's one rule "
+             f"pooled over the retrained seeds (df {f.pooled_df}); {test}. Verdict: rlg-bench's one rule "
              "(rlg.verdicts): equivalence within the margin = half the response retrained(beta/w) - retrained(beta), "
              "Holm across w != 1; 'holds' when the 95% interval lies inside ± margin (after Holm), 'does not hold' "
              "when outside, 'undecided' when across it or when retraining does not respond to beta/w beyond its "
@@ -243,21 +305,24 @@ def kl_claim_metric_tables(df: pd.DataFrame) -> dict[str, str]:
     per-image difference RLG - retrained (seed A) with its se, and the same difference between the
     retrained seeds (the floor)."""
     m = df[df.kind == "metric"]
-    header = ["metric", "w", "beta/w", "RLG(w) [95%]", "retrained seed A [95%]", "retrained seed B [95%]",
-              "RLG - A (± se)", "B - A (± se)"]
+    paired = "paired" in m.columns and m.paired.fillna(False).astype(bool).any()
+    seeds = sorted(m[m.arm == "retrained"].model_seed.astype(int).unique())
+    a, b = seeds[:2] if len(seeds) >= 2 else ("A", "B")  # the floor's two seeds
+    header = (["metric", "w", "beta/w", "RLG seed", "RLG(w) [95%]"] + [f"retrained seed {s} [95%]" for s in seeds]
+              + [f"RLG - retrained {'same seed' if paired else f'seed {a}'} (± se)", f"seed {b} - seed {a} (± se)"])
     rows, groups = [], []
+    cell = lambda x: f"{x.value:.4g} [{x.lo:.4g}, {x.hi:.4g}]"  # noqa: E731
     for metric, part in m.groupby("metric", sort=False):
         groups.append(len(rows))
         for w, at in part.groupby("w"):
-            r = at[at.arm == "rlg"].iloc[0]
-            ret = at[at.arm == "retrained"].sort_values("model_seed")
-            cell = lambda x: f"{x.value:.4g} [{x.lo:.4g}, {x.hi:.4g}]"  # noqa: E731
-            diff = (f"{r['diff']:+.3g} ± {r.diff_stderr:.2g}"
-                    if "diff" in r and np.isfinite(r.get("diff", np.nan)) else "–")
-            floor = (f"{r.diff_floor:+.3g} ± {r.diff_floor_stderr:.2g}"
-                     if "diff_floor" in r and np.isfinite(r.get("diff_floor", np.nan)) else "–")
-            rows.append([metric, f"{w:g}", f"{r.beta_eff:.4g}", cell(r), *(cell(x) for x in ret.itertuples()),
-                         diff, floor])
+            ret = {int(x.model_seed): cell(x) for x in at[at.arm == "retrained"].itertuples()}
+            for r in at[at.arm == "rlg"].sort_values("model_seed").itertuples():
+                diff = (f"{r.diff:+.3g} ± {r.diff_stderr:.2g}"
+                        if np.isfinite(getattr(r, "diff", np.nan)) else "–")
+                floor = (f"{r.diff_floor:+.3g} ± {r.diff_floor_stderr:.2g}"
+                         if np.isfinite(getattr(r, "diff_floor", np.nan)) else "–")
+                rows.append([metric, f"{w:g}", f"{r.beta_eff:.4g}", f"{int(r.model_seed)}", cell(r),
+                             *(ret.get(s, "–") for s in seeds), diff, floor])
     notes = ["Per-image metrics: mean over images, normal 95% interval; set metrics (digit_fd): value on the whole "
              "set ± 1.96 bootstrap se over images (it contains the value; the biased FD is not corrected); paired "
              "differences share the per-image noise."]
