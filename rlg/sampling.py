@@ -41,8 +41,8 @@ from rlg.choices import SCHEDULERS
 from rlg.guidance import check_scales
 from rlg.pairs import LoadedPair
 from rlg.sampler_spec import (Generated, SamplerError, SamplerSettings, WorkItem,  # noqa: F401 (re-exports)
-                              noise_seed)
-from rlg.surface import CALL_KEYWORDS, PARTIAL_SCHEDULE, check_call_keywords, refusal
+                              corrector_seed, noise_seed, particle_seed)
+from rlg.surface import CALL_KEYWORDS, PARTIAL_SCHEDULE, check_call_keywords, fkc_refusal, refusal
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +273,28 @@ class RLGSampler:
         except ValueError as exc:
             raise SamplerError(str(exc)) from None
         self._check_effects()
+        self._check_correctors()
+
+    def _check_correctors(self) -> None:
+        """Refuse FKC (``settings.correctors``) where its weights are not derived (docs/fkc.md §1), before any image:
+        a scheduler other than DDIM (epsilon) / FlowMatch, a pipeline without a step callback to resample through,
+        an RLG window, a partial schedule, a second denoiser call per step."""
+        if self.settings.correctors is None:
+            return
+        from rlg.fkc import unsupported_scheduler
+
+        pipe = type(self.pipe).__name__
+        why = unsupported_scheduler(self.scheduler)
+        if why:
+            raise SamplerError(f"sampler.correctors=fkc: no Feynman-Kac weights for {why}; use sampler.scheduler=ddim "
+                               "(noise-prediction pipelines) or euler_ode / flow_grpo_sde (flow pipelines)")
+        if "callback_on_step_end" not in self._params:
+            raise SamplerError(f"sampler.correctors=fkc resamples in the step callback, which {pipe} does not take; "
+                               "remove sampler.correctors")
+        w = self.settings.window
+        fix = fkc_refusal((0.0, 1.0) if w is None else (w.start, w.stop), self.settings.extra)
+        if fix:
+            raise SamplerError(fix)
 
     def _check_effects(self) -> None:
         """Refuse settings this pipeline and scheduler would ignore (the images would not change): eta with a
@@ -341,38 +363,79 @@ class RLGSampler:
     def _generate(self, items: list[WorkItem]) -> list[Generated]:
         if not items:
             return []
-        scales = check_scales([it.scale for it in items])
-        generators = [torch.Generator("cpu").manual_seed(noise_seed(it.seed, it.prompt_index, it.sample_index))
-                      for it in items]
-        first_bad: list[int | None] = [None] * len(items)
+        s, den = self.settings, self.pair.denoiser
+        fkc = s.correctors
+        K = 1 if fkc is None else int(fkc.particles)
+        scales = check_scales([it.scale for it in items for _ in range(K)])
+        # K rows per image (FKC particles; particle 0 has the image's own noise, so K = 1 is plain RLG)
+        rows = [it for it in items for _ in range(K)]
+        generators = [torch.Generator("cpu").manual_seed(particle_seed(it.seed, it.prompt_index, it.sample_index, k))
+                      for it in items for k in range(K)]
+        population = None
+        if fkc is not None:
+            from rlg.fkc import FKCPopulation
+
+            population = FKCPopulation(len(items), fkc, [torch.Generator("cpu").manual_seed(
+                corrector_seed(it.seed, it.prompt_index, it.sample_index)) for it in items])
+        first_bad: list[int | None] = [None] * len(rows)
+        calls_seen = [den.stats.calls]
 
         def on_step(pipe, i, t, kwargs):
-            self.pair.denoiser.loop_step_done()  # the window is over the loop's iterations
+            den.loop_step_done()  # the window is over the loop's iterations
             lat = kwargs["latents"]
             finite = torch.isfinite(lat.reshape(lat.shape[0], -1)).all(dim=1).tolist()
-            for r, ok in enumerate(finite[: len(items)]):
+            for r, ok in enumerate(finite[: len(rows)]):
                 if not ok and first_bad[r] is None:
                     first_bad[r] = int(i)
-            return {}
+            if population is None:
+                return {}
+            ancestors = self._corrector_step(pipe, population, scales, int(i), calls_seen)
+            return {} if ancestors is None else {"latents": lat[ancestors.to(lat.device)]}
 
-        s, den = self.settings, self.pair.denoiser
-        options: dict[str, Any] = {"window": s.window, "loop_steps": "callback_on_step_end" in self._params}
+        options: dict[str, Any] = {"window": s.window, "loop_steps": "callback_on_step_end" in self._params,
+                                   "keep_difference": population is not None}
         if s.micro_batch is not None:
             options["micro_batch"] = s.micro_batch
         start = time.perf_counter()
         try:
             with scheduler_for_call(self.pipe, self.scheduler, generators):
                 den.begin(scales, s.num_inference_steps, **options)
-                images = self.pipe(**self._call_kwargs(items, generators, on_step)).images
+                images = self.pipe(**self._call_kwargs(rows, generators, on_step)).images
         finally:
             den.end()  # the scales were for this call only
         wall = (time.perf_counter() - start) / len(items)
-        rows = den.image_rows.tolist()
+        picked = list(range(len(items))) if population is None else population.pick().tolist()
+        self.last_population = population
+        cost = den.image_rows.view(len(items), K, 2).sum(1).tolist()  # every particle's rows count
         out = []
-        for r, it in enumerate(items):
-            img = np.asarray(images[r], dtype=np.float32)
-            bad = first_bad[r] is not None or not np.isfinite(img).all()
+        for j, it in enumerate(items):
+            img = np.asarray(images[picked[j]], dtype=np.float32)
+            bad_steps = [b for b in first_bad[j * K:(j + 1) * K] if b is not None]
+            first = min(bad_steps) if bad_steps else None
+            bad = first is not None or not np.isfinite(img).all()
             # the same float -> uint8 rounding as diffusers' numpy_to_pil
             u8 = (np.nan_to_num(img, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8)
-            out.append(Generated(it, u8, bad, first_bad[r], rows[r][0], rows[r][1], wall))
+            out.append(Generated(it, u8, bad, first, cost[j][0], cost[j][1], wall))
         return out
+
+    def _corrector_step(self, pipe, population, scales: list[float], i: int, calls_seen: list[int]):
+        """Step i's FKC weight increments from the denoiser's ``pred_rl - pred_base`` of the guided (post-CFG)
+        prediction, then resampling (rlg.fkc.FKCPopulation). Returns the ancestor rows or None."""
+        from rlg.fkc import log_weight_increment, weight_coefficient
+
+        den = self.pair.denoiser
+        calls = den.stats.calls
+        if calls - calls_seen[0] != 1:  # e.g. a second denoiser call per step (true CFG, skip-layer guidance)
+            raise SamplerError(f"sampler.correctors=fkc needs one denoiser call per step; {type(pipe).__name__} made "
+                               f"{calls - calls_seen[0]} at step {i}: remove the keyword that adds calls")
+        calls_seen[0] = calls
+        diff, n = den.difference, len(scales)
+        if diff.shape[0] == 2 * n:  # CFG: [uncond, cond]; the guided difference is linear in both
+            g = float(pipe.guidance_scale)
+            diff = diff[:n] + g * (diff[n:] - diff[:n])
+        elif diff.shape[0] != n:
+            raise SamplerError(f"sampler.correctors=fkc: the denoiser got {diff.shape[0]} rows for {n} particles; "
+                               "only pipelines with no CFG or two-branch CFG are supported: remove sampler.correctors")
+        increments = log_weight_increment(torch.zeros_like(diff), diff, torch.tensor(scales),
+                                          weight_coefficient(pipe.scheduler, i))
+        return population.step(increments, last=i == len(pipe.scheduler.timesteps) - 1)

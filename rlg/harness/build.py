@@ -201,7 +201,7 @@ def sampler_settings(s) -> SamplerSettings:
     from PIL import Image
 
     from rlg.guidance import StepWindow
-    from rlg.sampler_spec import SamplerSettings
+    from rlg.sampler_spec import FKCConfig, SamplerSettings
 
     extra = dict(s.extra)
     for k in ("image", "mask_image"):  # inpainting inputs are given as paths
@@ -214,7 +214,9 @@ def sampler_settings(s) -> SamplerSettings:
                            height=s.height, width=s.width, negative_prompt=s.negative_prompt, eta=s.eta,
                            guidance_rescale=s.guidance_rescale, extra=extra, scheduler=s.scheduler, shift=s.shift,
                            noise_level=s.noise_level, micro_batch=s.micro_batch,
-                           window=StepWindow(start=s.window.start, stop=s.window.stop, outside=s.window.outside))
+                           window=StepWindow(start=s.window.start, stop=s.window.stop, outside=s.window.outside),
+                           correctors=None if s.correctors == "none" else FKCConfig(s.fkc.particles, s.fkc.resample,
+                                                                                    s.fkc.ess_threshold))
 
 
 def method_plans(conf: RunConf, scales: tuple[float, ...], evaluators: tuple[EvaluatorPlan, ...]) -> tuple[Method, ...]:
@@ -254,6 +256,9 @@ def method_plans(conf: RunConf, scales: tuple[float, ...], evaluators: tuple[Eva
                 raise ConfigError(f"method.{name} picks with {method.pick}, the only metric selected: its report "
                                   "would judge with the metric that picked (circular). Select a held-out evaluator "
                                   "too (evaluators.selected)")
+        if conf.sampler.correctors != "none" and method.name != "rlg":
+            raise ConfigError(f"sampler.correctors={conf.sampler.correctors} corrects RLG's mix of two networks; "
+                              f"method {name} does not mix them: run it without sampler.correctors")
         out.append(method)
     if not out:
         raise ConfigError("no method is selected; select one or more, e.g. method=[rlg,weight_mix]")
@@ -272,6 +277,9 @@ def image_identity(conf: RunConf, spec, device: str) -> dict[str, Any]:
     s = dataclasses.asdict(conf.sampler)
     s.pop("name")
     s.pop("batch_size")  # the batch layout does not change an image (micro_batch does, so it stays)
+    if s["correctors"] == "none":  # plain RLG: the keys of runs made before FKC existed stay valid
+        s.pop("correctors")
+        s.pop("fkc")
     s["micro_batch"] = resolve_micro_batch(s["micro_batch"], device)  # the number ("auto" is per device type)
     return {"pair": spec.identity(), "weights": weights_identity(spec), "sampler": s,
             "device": device.split(":")[0]}

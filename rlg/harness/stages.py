@@ -360,7 +360,17 @@ def what_ran(job: Job) -> str:
     return (f"Ran pair {job.pair.name} for the reward {title(job.reward) if job.reward else 'none (no evaluator)'}: "
             f"{len(job.prompts)} prompts x {n} sample{'s' * (n != 1)} per prompt at RLG scales "
             f"w = {', '.join(scale_label(w) for w in job.scales)}{methods}; sampler {job.config.sampler.name}: "
-            f"{s.num_inference_steps} steps, {scheduler}{eta}, CFG {s.guidance_scale:g}.")
+            f"{s.num_inference_steps} steps, {scheduler}{eta}, CFG {s.guidance_scale:g}{correctors(s)}.")
+
+
+def correctors(s) -> str:
+    """The sampler's Feynman-Kac correctors in words ("" for plain RLG)."""
+    c = s.correctors
+    if c is None:
+        return ""
+    when = "after every step" if c.resample == "every_step" else f"when ESS < {c.ess_threshold:g} K"
+    return (f"; Feynman-Kac correctors (rlg.fkc): K = {c.particles} particles per image, resampled {when}, "
+            f"{2 * c.particles} network rows per image and step")
 
 
 def report(job: Job, store: Store) -> dict[str, Any]:
