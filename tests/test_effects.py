@@ -26,6 +26,7 @@ SD3 = ("pair=tiny_sd3_full",)
 SDE = (*SD3, "sampler.scheduler=flow_grpo_sde")
 ODE = (*SD3, "sampler.scheduler=euler_ode")
 LATE = ("sampler.window.start=0.5",)
+FKC3 = ("sampler.correctors=fkc", "sampler.fkc.particles=3")  # Feynman-Kac correctors, 3 particles per image
 
 # key -> (overrides of the reference run, overrides that change the key); the images must differ
 IMAGE_CASES = {
@@ -46,8 +47,12 @@ IMAGE_CASES = {
     "sampler.window.outside": (LATE, (*LATE, "sampler.window.outside=base")),
     "sampler.extra": ((), ("+sampler.extra.eta=1.0",)),  # passed to the pipeline as is
     "grid.scales": ((), ("grid.scales=[2]",)),
+    "sampler.correctors": ((), ("sampler.correctors=fkc",)),
+    "sampler.fkc.particles": (FKC3, ("sampler.correctors=fkc", "sampler.fkc.particles=2")),
+    "sampler.fkc.resample": (FKC3, (*FKC3, "sampler.fkc.resample=every_step")),
+    "sampler.fkc.ess_threshold": (FKC3, (*FKC3, "sampler.fkc.ess_threshold=1.0")),
 }
-IMAGE_NODES = {"sampler.window": "sampler.window.start"}  # a node takes effect through its leaves
+IMAGE_NODES = {"sampler.window": "sampler.window.start", "sampler.fkc": "sampler.fkc.particles"}  # a node takes effect through its leaves
 # checkpoint fields: a local copy of the tiny family stands in for a hub pair (no tiny preset sets them)
 CHECKPOINT_FIELDS = ("id", "revision", "subfolder", "weight_name", "variant")
 REFUSED = {"sampler.guidance_rescale": "sampler.guidance_rescale=0.5"}
