@@ -60,6 +60,35 @@ class FKCConfig:
             raise ValueError(f"fkc ess_threshold must be in (0, 1], got {self.ess_threshold}")
 
 
+FK_POTENTIALS = ("difference", "max", "sum")
+
+
+@dataclass(frozen=True)
+class SteeringSpec:
+    """FK steering of one model (``method=fk_steering``; ``rlg.fk_steering``): K particles per image, resampled every
+    ``interval`` steps by potentials (``potential``) of ``lam`` times the reward of the decoded predicted x0;
+    ``reward`` is the metric that steers, written by evaluator ``evaluator`` built with ``options`` (sorted
+    (name, value) pairs). Raises ValueError naming the fix."""
+
+    particles: int
+    reward: str
+    evaluator: str
+    options: tuple = ()
+    potential: str = "difference"
+    interval: int = 1
+    lam: float = 1.0
+
+    def __post_init__(self):
+        if isinstance(self.particles, bool) or int(self.particles) != self.particles or self.particles < 1:
+            raise ValueError(f"fk_steering particles must be an integer >= 1, got {self.particles}")
+        if self.potential not in FK_POTENTIALS:
+            raise ValueError(f"fk_steering potential={self.potential!r}; use one of {list(FK_POTENTIALS)}")
+        if isinstance(self.interval, bool) or int(self.interval) != self.interval or self.interval < 1:
+            raise ValueError(f"fk_steering interval must be an integer >= 1, got {self.interval}")
+        if not isinstance(self.lam, (int, float)) or self.lam != self.lam or abs(self.lam) == float("inf"):
+            raise ValueError(f"fk_steering lam must be a finite number, got {self.lam}")
+
+
 class SamplerError(ValueError):
     """Sampler settings the pipeline cannot honour; the message names the fix."""
 
@@ -90,6 +119,7 @@ class SamplerSettings:
     window: Any = None  # an rlg.guidance.StepWindow (not imported: this module imports nothing of rlg)
     micro_batch: int | str | None = None  # rows per forward, "auto" (per device type) or None/0
     correctors: FKCConfig | None = None  # Feynman-Kac correctors: K particles per image (rlg.fkc); None: plain RLG
+    steering: SteeringSpec | None = None  # FK steering by a reward: K particles per image (rlg.fk_steering)
 
 
 def noise_seed(seed: int, prompt_index: int, sample_index: int) -> int:

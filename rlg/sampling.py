@@ -274,6 +274,36 @@ class RLGSampler:
             raise SamplerError(str(exc)) from None
         self._check_effects()
         self._check_correctors()
+        self._check_steering()
+
+    def _check_steering(self) -> None:
+        """Refuse FK steering (``settings.steering``) where it cannot run, before any image: both FKC and steering, a
+        scheduler without a predicted x0 (DDIM epsilon / FlowMatch), a pipeline without a step callback or with
+        packed latents (FLUX), a reward its evaluator does not write. Builds the reward's evaluator."""
+        steer = self.settings.steering
+        if steer is None:
+            return
+        from rlg.evaluators.base import get_evaluator
+        from rlg.fkc import unsupported_scheduler
+
+        pipe = type(self.pipe).__name__
+        if self.settings.correctors is not None:
+            raise SamplerError("fk_steering runs one model with a reward; sampler.correctors corrects RLG's mix: "
+                               "remove sampler.correctors")
+        why = unsupported_scheduler(self.scheduler)
+        if why:
+            raise SamplerError(f"fk_steering: no predicted x0 for {why.split(' (')[0]}; use sampler.scheduler=ddim "
+                               "(noise-prediction pipelines) or euler_ode / flow_grpo_sde (flow pipelines)")
+        if "callback_on_step_end" not in self._params or not hasattr(self.pipe, "image_processor") or \
+                hasattr(self.pipe, "_unpack_latents"):
+            raise SamplerError(f"fk_steering resamples in the step callback and decodes unpacked latents, which {pipe} "
+                               "does not allow; use an SD / SDXL / SD3 pipeline")
+        if self.settings.window is not None and (self.settings.window.start, self.settings.window.stop) != (0.0, 1.0):
+            raise SamplerError("fk_steering runs one model at every step; remove sampler.window")
+        self._reward_evaluator = get_evaluator(steer.evaluator, **dict(steer.options))
+        if steer.reward not in self._reward_evaluator.metrics:
+            raise SamplerError(f"fk_steering: evaluator {steer.evaluator} writes no metric {steer.reward!r} (it writes "
+                               f"{', '.join(sorted(self._reward_evaluator.metrics))}); steer by one of them")
 
     def _check_correctors(self) -> None:
         """Refuse FKC (``settings.correctors``) where its weights are not derived (docs/fkc.md §1), before any image:
@@ -364,19 +394,25 @@ class RLGSampler:
         if not items:
             return []
         s, den = self.settings, self.pair.denoiser
-        fkc = s.correctors
-        K = 1 if fkc is None else int(fkc.particles)
+        fkc, steer = s.correctors, s.steering
+        K = int(fkc.particles) if fkc is not None else int(steer.particles) if steer is not None else 1
         scales = check_scales([it.scale for it in items for _ in range(K)])
-        # K rows per image (FKC particles; particle 0 has the image's own noise, so K = 1 is plain RLG)
+        # K rows per image (particles; particle 0 has the image's own noise, so K = 1 is the plain sampler)
         rows = [it for it in items for _ in range(K)]
         generators = [torch.Generator("cpu").manual_seed(particle_seed(it.seed, it.prompt_index, it.sample_index, k))
                       for it in items for k in range(K)]
+        own = [torch.Generator("cpu").manual_seed(corrector_seed(it.seed, it.prompt_index, it.sample_index))
+               for it in items]  # each image's resampling and final pick
         population = None
         if fkc is not None:
             from rlg.fkc import FKCPopulation
 
-            population = FKCPopulation(len(items), fkc, [torch.Generator("cpu").manual_seed(
-                corrector_seed(it.seed, it.prompt_index, it.sample_index)) for it in items])
+            population = FKCPopulation(len(items), fkc, own)
+        elif steer is not None:
+            from rlg.fk_steering import FKSteeringConfig, FKSteeringPopulation
+
+            population = FKSteeringPopulation(len(items), FKSteeringConfig(K, steer.potential, float(steer.lam),
+                                                                           steer.interval), own)
         first_bad: list[int | None] = [None] * len(rows)
         calls_seen = [den.stats.calls]
 
@@ -389,11 +425,14 @@ class RLGSampler:
                     first_bad[r] = int(i)
             if population is None:
                 return {}
-            ancestors = self._corrector_step(pipe, population, scales, int(i), calls_seen)
+            if fkc is not None:
+                ancestors = self._corrector_step(pipe, population, scales, int(i), calls_seen)
+            else:
+                ancestors = self._steering_step(pipe, population, rows, int(i), t)
             return {} if ancestors is None else {"latents": lat[ancestors.to(lat.device)]}
 
         options: dict[str, Any] = {"window": s.window, "loop_steps": "callback_on_step_end" in self._params,
-                                   "keep_difference": population is not None}
+                                   "keep_difference": fkc is not None, "keep_prediction": steer is not None}
         if s.micro_batch is not None:
             options["micro_batch"] = s.micro_batch
         start = time.perf_counter()
@@ -403,20 +442,65 @@ class RLGSampler:
                 images = self.pipe(**self._call_kwargs(rows, generators, on_step)).images
         finally:
             den.end()  # the scales were for this call only
+        # the same float -> uint8 rounding as diffusers' numpy_to_pil
+        u8 = [(np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0).clip(0, 1) * 255).round().astype(np.uint8)
+              for im in images]
+        if population is None:
+            picked = list(range(len(items)))
+        elif fkc is not None:
+            picked = population.pick().tolist()
+        else:
+            picked = population.pick(self._reward(u8, rows, "the outputs")).tolist()
         wall = (time.perf_counter() - start) / len(items)
-        picked = list(range(len(items))) if population is None else population.pick().tolist()
         self.last_population = population
         cost = den.image_rows.view(len(items), K, 2).sum(1).tolist()  # every particle's rows count
         out = []
         for j, it in enumerate(items):
-            img = np.asarray(images[picked[j]], dtype=np.float32)
             bad_steps = [b for b in first_bad[j * K:(j + 1) * K] if b is not None]
             first = min(bad_steps) if bad_steps else None
-            bad = first is not None or not np.isfinite(img).all()
-            # the same float -> uint8 rounding as diffusers' numpy_to_pil
-            u8 = (np.nan_to_num(img, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8)
-            out.append(Generated(it, u8, bad, first, cost[j][0], cost[j][1], wall))
+            bad = first is not None or not np.isfinite(np.asarray(images[picked[j]], dtype=np.float32)).all()
+            out.append(Generated(it, u8[picked[j]], bad, first, cost[j][0], cost[j][1], wall))
         return out
+
+    def _steering_step(self, pipe, population, rows: list[WorkItem], i: int, t):
+        """FK steering after step i, when scheduled (every ``interval``-th step, never the last): the reward of each
+        particle's predicted x0 (from the input and the guided prediction of step i, decoded by the VAE) gives the
+        potentials; returns the ancestor rows (rlg.fk_steering.FKSteeringPopulation) or None."""
+        from rlg.fk_steering import predicted_x0
+
+        steer, den, n = self.settings.steering, self.pair.denoiser, len(rows)
+        if i % steer.interval or i == len(pipe.scheduler.timesteps) - 1 or population.K == 1:
+            return None
+        x, pred = den.last_input, den.last_output
+        if pred.shape[0] == 2 * n:  # CFG: [uncond, cond]; both halves hold the same latents
+            pred = pred[:n] + float(pipe.guidance_scale) * (pred[n:] - pred[:n])
+            x = x[:n]
+        elif pred.shape[0] != n:
+            raise SamplerError(f"fk_steering: the denoiser got {pred.shape[0]} rows for {n} particles; only pipelines "
+                               "with no CFG or two-branch CFG are supported")
+        return population.potential_step(self._reward(self._decode(predicted_x0(pipe.scheduler, t, x, pred)), rows,
+                                                      f"step {i}"))
+
+    def _decode(self, latents: torch.Tensor) -> list[np.ndarray]:
+        """Latents -> uint8 HxWx3 images, as the pipeline decodes its output (VAE scaling and shift, postprocess)."""
+        vae = self.pipe.vae
+        z = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+        decoded = vae.decode(z.to(vae.dtype), return_dict=False)[0]
+        arrays = self.pipe.image_processor.postprocess(decoded, output_type="np")
+        return [(np.nan_to_num(a, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8) for a in arrays]
+
+    def _reward(self, images: list[np.ndarray], rows: list[WorkItem], where: str) -> torch.Tensor:
+        """The steering reward of each image (higher is better: a lower-is-better metric is negated), float64.
+        Raises SamplerError when a reward is not finite (no particle is silently dropped)."""
+        from rlg.evaluators.base import score_images
+
+        steer = self.settings.steering
+        values = np.asarray(score_images(self._reward_evaluator, images, [it.prompt for it in rows])[steer.reward],
+                            dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise SamplerError(f"fk_steering: the reward {steer.reward} is not finite for {int((~np.isfinite(values)).sum())} "
+                               f"of {len(values)} particles at {where}; fix the evaluator or steer by another metric")
+        return torch.from_numpy(values if self._reward_evaluator.metrics[steer.reward] else -values)
 
     def _corrector_step(self, pipe, population, scales: list[float], i: int, calls_seen: list[int]):
         """Step i's FKC weight increments from the denoiser's ``pred_rl - pred_base`` of the guided (post-CFG)

@@ -226,6 +226,10 @@ def test_settings_without_effect_are_refused_with_one_line(fixture_root):
 # -- the method group: every field of every method entry (issue 30, "accepted and ignored") ---------------------------
 BON = ("method=[best_of_n]", "method.best_of_n.knobs=[1]")
 CFG = ("method=[cfg_rl]", "method.cfg_rl.knobs=[2]")
+FKC = ("method=[rlg_fkc]", "method.rlg_fkc.knobs=[3]")
+# FK steering: 4 steps with DDIM noise (eta 1), so resampled copies part and two resamplings see different particles
+FKS = ("method=[fk_steering]", "method.fk_steering.knobs=[4]", "method.fk_steering.options.lam=30",
+       "sampler.num_inference_steps=4", "sampler.eta=1.0")
 # key -> (overrides of the reference run, overrides that change the key); the work list's images must differ
 METHOD_IMAGE_CASES = {
     "method.rlg.knobs": (("method=[rlg]",), ("method=[rlg]", "method.rlg.knobs=[2]")),
@@ -234,11 +238,31 @@ METHOD_IMAGE_CASES = {
     "method.cfg_rl.model": (CFG, (*CFG, "method.cfg_rl.model=base")),
     "method.best_of_n.knobs": (BON, ("method=[best_of_n]", "method.best_of_n.knobs=[2]")),
     "method.best_of_n.model": (BON, (*BON, "method.best_of_n.model=base")),
+    "method.rlg_fkc.knobs": (FKC, ("method=[rlg_fkc]", "method.rlg_fkc.knobs=[2]")),
+    "method.rlg_fkc.options": (FKC, (*FKC, "method.rlg_fkc.options.particles=2")),
+    "method.fk_steering.knobs": (FKS, (*FKS, "method.fk_steering.knobs=[2]")),
+    "method.fk_steering.model": (FKS, (*FKS, "method.fk_steering.model=base")),
+    "method.fk_steering.pick": (FKS, (*FKS, "method.fk_steering.pick=jpeg_incompressibility")),
+    "method.fk_steering.options": (FKS, (*FKS, "method.fk_steering.options.potential=max")),
+}
+# each option of the particle methods (one MethodConf field, method.<name>.options), checked like a key
+METHOD_OPTION_CASES = {
+    "rlg_fkc.resample": (FKC, (*FKC, "method.rlg_fkc.options.resample=every_step")),
+    "rlg_fkc.ess_threshold": (FKC, (*FKC, "method.rlg_fkc.options.ess_threshold=1.0")),
+    "fk_steering.potential=sum": (FKS, (*FKS, "method.fk_steering.options.potential=sum")),
+    "fk_steering.interval": (FKS, (*FKS, "method.fk_steering.options.interval=2")),
+    "fk_steering.lam": (FKS, (*FKS, "method.fk_steering.options.lam=-30")),
 }
 # key -> (the override refused at start-up, the one-line message it gets)
 METHOD_REFUSED = {
     **{f"method.{m}.name": (f"method.{m}.name=other", f"method.{m}.name='other'; an entry's name must be its key")
+       for m in ("rlg", "weight_mix", "cfg_rl", "best_of_n", "rlg_fkc", "fk_steering")},
+    **{f"method.{m}.options": (f"+method.{m}.options.particles=2",
+                               f"method {m}: options ['particles'] have no effect (it takes none); remove them")
        for m in ("rlg", "weight_mix", "cfg_rl", "best_of_n")},
+    "method.rlg_fkc.model": ("method.rlg_fkc.model=base", "method rlg_fkc: model='base' has no effect"),
+    "method.rlg_fkc.pick": ("method.rlg_fkc.pick=jpeg_compressibility",
+                            "method rlg_fkc: pick='jpeg_compressibility' has no effect"),
     **{f"method.{m}.model": (f"method.{m}.model=base", f"method {m}: model='base' has no effect")
        for m in ("rlg", "weight_mix")},
     **{f"method.{m}.pick": (f"method.{m}.pick=jpeg_compressibility",
@@ -247,7 +271,7 @@ METHOD_REFUSED = {
                            "method cfg_rl: pick='jpeg_compressibility' has no effect"),
 }
 METHOD_SELECTION = {"method.rlg": "rlg", "method.weight_mix": "weight_mix", "method.cfg_rl": "cfg_rl",
-                    "method.best_of_n": "best_of_n"}
+                    "method.best_of_n": "best_of_n", "method.rlg_fkc": "rlg_fkc", "method.fk_steering": "fk_steering"}
 
 
 def method_keys() -> list[str]:
@@ -290,6 +314,15 @@ def method_images(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], bytes]:
 @pytest.mark.parametrize("key", sorted(METHOD_IMAGE_CASES))
 def test_a_method_image_key_changes_the_images_and_their_content_keys(key):
     reference, changed = METHOD_IMAGE_CASES[key]
+    keys_a, bits_a = method_images(reference)
+    keys_b, bits_b = method_images(changed)
+    assert bits_a != bits_b, f"{key}: same images under another setting"
+    assert set(keys_a) != set(keys_b)
+
+
+@pytest.mark.parametrize("key", sorted(METHOD_OPTION_CASES))
+def test_a_particle_method_option_changes_the_images_and_their_content_keys(key):
+    reference, changed = METHOD_OPTION_CASES[key]
     keys_a, bits_a = method_images(reference)
     keys_b, bits_b = method_images(changed)
     assert bits_a != bits_b, f"{key}: same images under another setting"

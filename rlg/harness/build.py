@@ -239,12 +239,13 @@ def method_plans(conf: RunConf, scales: tuple[float, ...], evaluators: tuple[Eva
             raise ConfigError(f"method.{key}.name={name!r}; an entry's name must be its key (method.{name}=...)")
         knobs = None if m is None else m.knobs
         if knobs is None:
-            if name not in ("rlg", "weight_mix"):
+            if name not in ("rlg", "weight_mix", "rlg_fkc"):
                 raise ConfigError(f"method.{name}.knobs is not set; give the swept values, e.g. "
                                   f"method.{name}.knobs=[1,2,4]")
             knobs = list(scales)
         try:
-            method = get_method(name, list(knobs), **({} if m is None else {"model": m.model, "pick": m.pick}))
+            method = get_method(name, list(knobs), **({} if m is None else {"model": m.model, "pick": m.pick,
+                                                                            "options": dict(m.options)}))
         except MethodError as exc:
             raise ConfigError(str(exc)) from exc
         if method.needs_pick:

@@ -110,7 +110,9 @@ class MethodConf:
     name: Optional[str] = None
     knobs: Optional[List[Any]] = None  # the swept values; null: grid.scales (rlg, weight_mix)
     model: str = "rl"  # cfg_rl, best_of_n: the model that runs alone (rl | base)
-    pick: Optional[str] = None  # best_of_n: the metric that picks the best candidate (never the judge)
+    pick: Optional[str] = None  # best_of_n: the metric that picks the best candidate (never the judge); fk_steering:
+    # the reward that steers
+    options: Dict[str, Any] = field(default_factory=dict)  # rlg_fkc, fk_steering: their own settings (rlg.methods)
 
 
 @dataclass
@@ -266,6 +268,11 @@ METHOD_KEY_EFFECTS: Dict[str, str] = {
     "method.cfg_rl.pick": "refused",
     "method.best_of_n.name": "refused", "method.best_of_n.knobs": "image", "method.best_of_n.model": "image",
     "method.best_of_n.pick": "report",
+    "method.rlg_fkc.name": "refused", "method.rlg_fkc.knobs": "image", "method.rlg_fkc.model": "refused",
+    "method.rlg_fkc.pick": "refused", "method.rlg_fkc.options": "image",
+    "method.fk_steering.name": "refused", "method.fk_steering.knobs": "image", "method.fk_steering.model": "image",
+    "method.fk_steering.pick": "image", "method.fk_steering.options": "image",
+    **{f"method.{m}.options": "refused" for m in ("rlg", "weight_mix", "cfg_rl", "best_of_n")},
 }
 
 # How every constructor option of every registered evaluator (rlg.evaluators.base.REGISTRY; the options are

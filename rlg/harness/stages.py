@@ -107,10 +107,31 @@ def method_grids(job: Job) -> list[tuple[Any, dict[float, Any], Any]]:
             first = next(iter(arms.values()))
             settings = job.sampler if first.guidance_scale is None else \
                 dataclasses.replace(job.sampler, guidance_scale=first.guidance_scale)
+            settings = particle_settings(job, settings, first)
             grid = dataclasses.replace(image_grid(job), scales=tuple(arms), settings=settings,
                                        seed=candidate_seed(job.seed, candidate))
             out.append((method, arms, grid))
     return out
+
+
+def particle_settings(job: Job, settings: Any, arm: Any) -> Any:
+    """``settings`` with the particle method of ``arm``: rlg_fkc's Feynman-Kac correctors, or fk_steering's steering
+    by its reward (``arm.pick``), scored by the job's evaluator that writes it, with that evaluator's options."""
+    from rlg.sampler_spec import FKCConfig, SteeringSpec
+
+    if arm.correctors is not None:
+        return dataclasses.replace(settings, correctors=FKCConfig(*arm.correctors))
+    if arm.steering is None:
+        return settings
+    from rlg.evaluators.base import evaluator_class
+
+    plan = next((e for e in job.evaluators if arm.pick in (getattr(evaluator_class(e.name), "metrics", None) or {})),
+                None)
+    if plan is None:  # build.method_plans refuses this at start-up; a library caller gets the same line
+        raise ValueError(f"method {arm.method}: no selected evaluator writes its reward {arm.pick!r}")
+    k, potential, interval, lam = arm.steering
+    return dataclasses.replace(settings, steering=SteeringSpec(k, arm.pick, plan.name, tuple(sorted(
+        dict(plan.options).items())), potential, interval, lam))
 
 
 def image_grid(job: Job):
