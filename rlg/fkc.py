@@ -34,6 +34,10 @@ returns one image per prompt. Cost: both networks on all K particles at every st
 sample and step (plain RLG: 2, or 1 at w in {0, 1}).
 
 Tensors: latents (n K, ...) with group j = rows [j K, (j + 1) K); scales (n,); all weights float64.
+
+Two drivers: ``fkc_sample_loop`` (own loop over diffusers-style networks: the ground truths) and ``FKCPopulation``
+(weights and resampling for ``rlg.sampling.RLGSampler``, which runs FKC inside the stock image pipelines:
+``sampler.correctors=fkc``, docs/fkc.md §6).
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ batch of 3 or of 8 can differ in the last bits. Text encoders and the VAE theref
 a time (text encodings are also cached per prompt: computed once for base, RL and every scale), and
 the denoiser runs fixed-size micro-batches (``SamplerSettings.micro_batch``).
 
+Particles (``SamplerSettings.correctors``: RLG with Feynman-Kac correctors, ``rlg.fkc``; ``SamplerSettings.steering``:
+FK steering by a reward, ``rlg.fk_steering``): every image runs as K rows of the call (particle 0 with the image's
+own noise, so K = 1 is the plain sampler bit for bit), weighted and resampled in ``callback_on_step_end`` (the
+pipeline takes the reordered latents back), one particle per image kept at the end; an image's network rows are
+the sum over its particles. docs/fkc.md §6.
+
 Errors: ``SamplerError`` (a ``ValueError``) for settings the pipeline cannot honour; the message names
 the fix.
 """
