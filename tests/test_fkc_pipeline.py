@@ -148,3 +148,89 @@ def test_plain_rlg_keeps_its_content_keys_and_fkc_gets_its_own(compose):
     keys = {content_key(j.identity) for j in (plain, fkc, build.build(compose(*BASE, "sampler.correctors=fkc",
                                                                               "sampler.fkc.particles=2")))}
     assert len(keys) == 3
+
+
+# -- FK steering (method=fk_steering) in the pipeline ------------------------------------------------------------
+def _steering(k, potential="difference", interval=1, lam=1.0, reward="jpeg_compressibility"):
+    from rlg.sampler_spec import SteeringSpec
+
+    return SteeringSpec(k, reward, "jpeg", (), potential, interval, lam)
+
+
+def test_fk_steering_with_one_particle_is_the_plain_sampler_and_k_particles_cost_k_times(fixture_root):
+    pair = _pair(fixture_root, "sd")
+    items = [WorkItem(0, "a cat", 0, 0, 1.0), WorkItem(1, "a dog", 1, 0, 0.0)]  # the RL model, the base model
+    settings = dict(STEPS, num_inference_steps=3, eta=1.0)
+    plain = RLGSampler(pair, SamplerSettings(**settings)).generate(items)
+    one = RLGSampler(pair, SamplerSettings(**settings, steering=_steering(1))).generate(items)
+    for a, b in zip(plain, one):
+        assert np.array_equal(a.image, b.image) and (a.nfe_base, a.nfe_rl) == (b.nfe_base, b.nfe_rl)
+    assert [(g.nfe_base, g.nfe_rl) for g in plain] == [(0, 6), (6, 0)]  # 3 steps x CFG's 2 rows, one model
+    sampler = RLGSampler(pair, SamplerSettings(**settings, steering=_steering(3, lam=30.0)))
+    three = sampler.generate(items)
+    assert [(g.nfe_base, g.nfe_rl) for g in three] == [(0, 18), (18, 0)]  # every particle's rows count
+    pop = sampler.last_population
+    assert len(pop.ess) == 2  # resampled after steps 0 and 1, never after the last
+
+
+def test_fk_steering_final_weights_undo_the_potentials_it_resampled_by():
+    """exp(lam R(x_out)) / prod G (the target p exp(lam R)): the final log weight plus the carried log product of
+    the potentials is lam R for every particle, whatever the potential and the resampling did."""
+    from rlg.fk_steering import FKSteeringConfig, FKSteeringPopulation
+
+    for potential in ("difference", "max", "sum"):
+        gens = [torch.Generator().manual_seed(j) for j in range(2)]
+        pop = FKSteeringPopulation(2, FKSteeringConfig(4, potential, 2.0, 1), gens)
+        rewards = [torch.tensor([0.1, 0.5, -0.2, 0.3, 1.0, 0.0, 0.2, 0.4], dtype=torch.float64),
+                   torch.tensor([0.3, 0.1, 0.2, 0.9, -0.5, 0.5, 0.6, 0.1], dtype=torch.float64)]
+        for r in rewards:
+            rows = pop.potential_step(r)
+            assert rows.view(2, 4).div(4).floor().long().tolist() == [[0] * 4, [1] * 4]  # within each sample's group
+        final = torch.tensor([0.2, 0.4, 0.6, 0.8, 0.1, 0.3, 0.5, 0.7], dtype=torch.float64)
+        pick = pop.pick(final)
+        assert torch.allclose(pop.log_weights + pop.log_prod, 2.0 * final.view(2, 4))
+        assert pick.div(4).floor().long().tolist() == [0, 1]
+
+
+def test_fk_steering_is_refused_in_one_line_where_it_cannot_run(fixture_root):
+    sdxl = _pair(fixture_root, "sdxl")  # EulerDiscreteScheduler: no predicted x0 derived here
+    with pytest.raises(SamplerError) as err:
+        RLGSampler(sdxl, SamplerSettings(**STEPS, steering=_steering(2)))
+    assert str(err.value) == ("fk_steering: no predicted x0 for EulerDiscreteScheduler; use sampler.scheduler=ddim "
+                              "(noise-prediction pipelines) or euler_ode / flow_grpo_sde (flow pipelines)")
+    flux = _pair(fixture_root, "flux")  # packed latents
+    with pytest.raises(SamplerError) as err:
+        RLGSampler(flux, SamplerSettings(**STEPS, steering=_steering(2)))
+    assert str(err.value) == ("fk_steering resamples in the step callback and decodes unpacked latents, which "
+                              "FluxPipeline does not allow; use an SD / SDXL / SD3 pipeline")
+    sd = _pair(fixture_root, "sd")
+    with pytest.raises(SamplerError) as err:
+        RLGSampler(sd, SamplerSettings(**STEPS, steering=_steering(2, reward="digit_prob")))
+    assert str(err.value) == ("fk_steering: evaluator jpeg writes no metric 'digit_prob' (it writes "
+                              "jpeg_compressibility, jpeg_incompressibility); steer by one of them")
+    with pytest.raises(SamplerError) as err:
+        RLGSampler(sd, SamplerSettings(**STEPS, steering=_steering(2), correctors=FKCConfig(2)))
+    assert str(err.value) == ("fk_steering runs one model with a reward; sampler.correctors corrects RLG's mix: "
+                              "remove sampler.correctors")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (("method=[fk_steering]", "method.fk_steering.pick=digit_prob"),
+     "method.fk_steering.pick='digit_prob' is not a metric of the selected evaluators (jpeg_compressibility, "
+     "jpeg_incompressibility); pick one of them"),
+    (("method=[fk_steering]", "method.fk_steering.options.potential=best"),
+     "method fk_steering potential='best'; use one of ['difference', 'max', 'sum']"),
+    (("method=[fk_steering]", "method.fk_steering.knobs=[1.5]"),
+     "method fk_steering: particle counts [1.5] are not whole numbers >= 1; e.g. knobs=[2,4]"),
+    (("method=[fk_steering]", "+method.fk_steering.options.particles=2"),
+     "method fk_steering: options ['particles'] have no effect (it takes interval, lam, potential); remove them"),
+    (("method=[rlg_fkc]", "method.rlg_fkc.options.resample=never"),
+     "method rlg_fkc: fkc resample='never'; use one of ['ess', 'every_step']"),
+])
+def test_bad_particle_method_settings_are_refused_at_start_up_in_one_line(compose, overrides, message):
+    from rlg.harness import build
+    from rlg.harness.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        build.build(compose(*BASE, *overrides))
+    assert str(err.value) == message
