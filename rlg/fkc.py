@@ -53,7 +53,8 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from rlg.sampler_spec import FKC_RESAMPLE as RESAMPLE
 from rlg.sampler_spec import FKCConfig
 
-__all__ = ["RESAMPLE", "FKCConfig", "FKCResult", "FKCPopulation", "unsupported_scheduler", "weight_coefficient", "log_weight_increment", "effective_sample_size",
+__all__ = ["RESAMPLE", "FKCConfig", "FKCResult", "FKCPopulation", "unsupported_scheduler", "weight_coefficient",
+           "log_weight_increment", "effective_sample_size",
            "systematic_resample", "fkc_sample_loop"]
 
 _F64 = torch.float64
@@ -87,7 +88,8 @@ def unsupported_scheduler(scheduler) -> str | None:
     if isinstance(scheduler, DDIMScheduler):
         kind = scheduler.config.get("prediction_type", "epsilon")
         return None if kind == "epsilon" else f"DDIMScheduler with prediction_type={kind!r} (derived for epsilon)"
-    return f"{type(scheduler).__name__} (derived for DDIMScheduler with epsilon prediction and the FlowMatch schedulers)"
+    return (f"{type(scheduler).__name__} (derived for DDIMScheduler with epsilon prediction and the FlowMatch "
+            "schedulers)")
 
 
 def weight_coefficient(scheduler, step_index: int) -> float:

@@ -86,8 +86,8 @@ def findings_plan(conf: Any, cli: list[str]) -> FindingsPlan:
         own = [o for o in own if not o.startswith("method=")]
         pair_methods = own_methods[-1].split("=", 1)[1].strip("[]").split(",") if own_methods else chosen
         if "rlg" not in pair_methods or not set(pair_methods) <= set(chosen):
-            raise ConfigError(f"findings pair {preset}: method=[{','.join(pair_methods)}] must hold rlg and only methods "
-                              f"of the run's method=[{','.join(chosen)}]")
+            raise ConfigError(f"findings pair {preset}: method=[{','.join(pair_methods)}] must hold rlg and only "
+                              f"methods of the run's method=[{','.join(chosen)}]")
         pair_line = f"method=[{','.join(pair_methods)}]"
         common = [o for o in f.overrides  # the settings of a method this pair leaves out have nothing to set
                   if not (o.startswith("method.") and o.split(".")[1] not in pair_methods)]

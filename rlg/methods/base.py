@@ -41,7 +41,8 @@ class Arm:
     pick: str | None = None  # best-of-N: the metric that will pick (not in the content key: picking needs no image)
     # rlg_fkc: (particles, resample, ess_threshold) of the call's Feynman-Kac correctors (rlg.sampler_spec.FKCConfig)
     correctors: tuple | None = None
-    # fk_steering: (particles, potential, interval, lam) of the call's FK steering by ``pick`` (rlg.sampler_spec.SteeringSpec)
+    # fk_steering: (particles, potential, interval, lam) of the call's FK steering by ``pick``
+    # (rlg.sampler_spec.SteeringSpec)
     steering: tuple | None = None
 
     @property
