@@ -234,3 +234,18 @@ def test_bad_particle_method_settings_are_refused_at_start_up_in_one_line(compos
     with pytest.raises(ConfigError) as err:
         build.build(compose(*BASE, *overrides))
     assert str(err.value) == message
+
+
+def test_a_checkpoint_scheduler_without_particle_weights_is_refused_at_start_up(compose):
+    from rlg.harness import build
+    from rlg.harness.config import ConfigError
+
+    sdxl = (*BASE, "pair=tiny_sdxl_full")  # its checkpoint's scheduler is EulerDiscreteScheduler
+    for extra, what in ((("sampler.correctors=fkc",), "sampler.correctors=fkc"),
+                        (("method=[rlg_fkc]",), "method rlg_fkc / fk_steering")):
+        with pytest.raises(ConfigError) as err:
+            build.build(compose(*sdxl, *extra))
+        assert str(err.value) == (f"{what}: pair tiny_sdxl_full's scheduler is EulerDiscreteScheduler, for which the "
+                                  "particle weights are not derived; use sampler.scheduler=ddim (noise-prediction "
+                                  "pipelines) or euler_ode / flow_grpo_sde (flow pipelines)")
+        build.build(compose(*sdxl, *extra, "sampler.scheduler=ddim"))  # the fix it names starts

@@ -342,6 +342,26 @@ def _check_eta(conf: RunConf, spec) -> None:
                           f"{s.scheduler}: {why}; remove it (sampler.eta=null) or use sampler.scheduler=ddim")
 
 
+def _check_particle_scheduler(conf: RunConf, spec) -> None:
+    """Refuse sampler.correctors=fkc (or method rlg_fkc / fk_steering) with scheduler=default when the checkpoint's
+    own scheduler (scheduler_config.json, no model loaded) is one the particle weights are not derived for
+    (rlg.fkc.unsupported_scheduler: DDIM epsilon or FlowMatch). A checkpoint not yet downloaded is checked by
+    rlg.sampling.RLGSampler before the first image."""
+    particles = conf.sampler.correctors != "none" or any(k in ("rlg_fkc", "fk_steering") for k in conf.method)
+    if not particles or conf.sampler.scheduler != "default":
+        return
+    scheduler = _pipeline_file(spec.base, "scheduler/scheduler_config.json")
+    name = (scheduler or {}).get("_class_name", "")
+    kind = (scheduler or {}).get("prediction_type", "epsilon")
+    if not name or name.startswith("FlowMatch") or (name == "DDIMScheduler" and kind == "epsilon"):
+        return
+    what = "sampler.correctors=fkc" if conf.sampler.correctors != "none" else "method rlg_fkc / fk_steering"
+    raise ConfigError(f"{what}: pair {spec.name}'s scheduler is {name}"
+                      f"{'' if name != 'DDIMScheduler' else f' (prediction_type={kind})'}, for which the particle "
+                      "weights are not derived; use sampler.scheduler=ddim (noise-prediction pipelines) or "
+                      "euler_ode / flow_grpo_sde (flow pipelines)")
+
+
 def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: Callable[[], str]) -> tuple[EvaluatorPlan, ...]:
     """Check each selected evaluator's options against its constructor (names, then values through
     the evaluator's own ``check_options`` when it has one) and its prompt needs; merge batch size and
@@ -478,6 +498,7 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
     placement, ident = None, {}
     if generates:
         _check_eta(conf, spec)
+        _check_particle_scheduler(conf, spec)
         device = resolve_device(conf.device, local_rank)
         placement = Placement(device, conf.sampler.offload, conf.sampler.compile, conf.sampler.vae_tiling)
         ident = image_identity(conf, spec, device)
