@@ -66,14 +66,14 @@ FK_POTENTIALS = ("difference", "max", "sum")
 @dataclass(frozen=True)
 class SteeringSpec:
     """FK steering of one model (``method=fk_steering``; ``rlg.fk_steering``): K particles per image, resampled every
-    ``interval`` steps by potentials (``potential``) of ``lam`` times the reward of the decoded predicted x0;
-    ``reward`` is the metric that steers, written by evaluator ``evaluator`` built with ``options`` (sorted
-    (name, value) pairs). Raises ValueError naming the fix."""
+    ``interval`` steps by potentials (``potential``) of ``lam`` times the reward of the decoded predicted x0.
+    ``reward`` names the metric that steers; ``scorer(images, prompts)`` computes it: uint8 HxWx3 arrays and one
+    prompt each -> one float per image, signed so that higher is better (``rlg.evaluators.base.reward_scorer``;
+    the sampler imports no evaluator). Raises ValueError naming the fix."""
 
     particles: int
     reward: str
-    evaluator: str
-    options: tuple = ()
+    scorer: Any = field(default=None, compare=False)
     potential: str = "difference"
     interval: int = 1
     lam: float = 1.0

@@ -289,7 +289,6 @@ class RLGSampler:
         steer = self.settings.steering
         if steer is None:
             return
-        from rlg.evaluators.base import get_evaluator
         from rlg.fkc import unsupported_scheduler
 
         pipe = type(self.pipe).__name__
@@ -306,10 +305,9 @@ class RLGSampler:
                                "does not allow; use an SD / SDXL / SD3 pipeline")
         if self.settings.window is not None and (self.settings.window.start, self.settings.window.stop) != (0.0, 1.0):
             raise SamplerError("fk_steering runs one model at every step; remove sampler.window")
-        self._reward_evaluator = get_evaluator(steer.evaluator, **dict(steer.options))
-        if steer.reward not in self._reward_evaluator.metrics:
-            raise SamplerError(f"fk_steering: evaluator {steer.evaluator} writes no metric {steer.reward!r} (it writes "
-                               f"{', '.join(sorted(self._reward_evaluator.metrics))}); steer by one of them")
+        if not callable(steer.scorer):
+            raise SamplerError(f"fk_steering needs a scorer of its reward {steer.reward!r} (SteeringSpec.scorer, e.g. "
+                               "rlg.evaluators.base.reward_scorer; the harness builds it from method.fk_steering.pick)")
 
     def _check_correctors(self) -> None:
         """Refuse FKC (``settings.correctors``) where its weights are not derived (docs/fkc.md §1), before any image:
@@ -496,17 +494,14 @@ class RLGSampler:
         return [(np.nan_to_num(a, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8) for a in arrays]
 
     def _reward(self, images: list[np.ndarray], rows: list[WorkItem], where: str) -> torch.Tensor:
-        """The steering reward of each image (higher is better: a lower-is-better metric is negated), float64.
-        Raises SamplerError when a reward is not finite (no particle is silently dropped)."""
-        from rlg.evaluators.base import score_images
-
+        """The steering reward of each image (the scorer's: higher is better), float64. Raises SamplerError when a
+        reward is not finite (no particle is silently dropped)."""
         steer = self.settings.steering
-        values = np.asarray(score_images(self._reward_evaluator, images, [it.prompt for it in rows])[steer.reward],
-                            dtype=np.float64)
+        values = np.asarray(steer.scorer(images, [it.prompt for it in rows]), dtype=np.float64).reshape(-1)
         if not np.isfinite(values).all():
             raise SamplerError(f"fk_steering: the reward {steer.reward} is not finite for {int((~np.isfinite(values)).sum())} "
                                f"of {len(values)} particles at {where}; fix the evaluator or steer by another metric")
-        return torch.from_numpy(values if self._reward_evaluator.metrics[steer.reward] else -values)
+        return torch.from_numpy(values)
 
     def _corrector_step(self, pipe, population, scales: list[float], i: int, calls_seen: list[int]):
         """Step i's FKC weight increments from the denoiser's ``pred_rl - pred_base`` of the guided (post-CFG)

@@ -152,9 +152,10 @@ def test_plain_rlg_keeps_its_content_keys_and_fkc_gets_its_own(compose):
 
 # -- FK steering (method=fk_steering) in the pipeline ------------------------------------------------------------
 def _steering(k, potential="difference", interval=1, lam=1.0, reward="jpeg_compressibility"):
+    from rlg.evaluators.base import get_evaluator, reward_scorer
     from rlg.sampler_spec import SteeringSpec
 
-    return SteeringSpec(k, reward, "jpeg", (), potential, interval, lam)
+    return SteeringSpec(k, reward, reward_scorer(get_evaluator("jpeg"), reward), potential, interval, lam)
 
 
 def test_fk_steering_with_one_particle_is_the_plain_sampler_and_k_particles_cost_k_times(fixture_root):
@@ -203,11 +204,19 @@ def test_fk_steering_is_refused_in_one_line_where_it_cannot_run(fixture_root):
         RLGSampler(flux, SamplerSettings(**STEPS, steering=_steering(2)))
     assert str(err.value) == ("fk_steering resamples in the step callback and decodes unpacked latents, which "
                               "FluxPipeline does not allow; use an SD / SDXL / SD3 pipeline")
-    sd = _pair(fixture_root, "sd")
-    with pytest.raises(SamplerError) as err:
-        RLGSampler(sd, SamplerSettings(**STEPS, steering=_steering(2, reward="digit_prob")))
+    from rlg.evaluators.base import get_evaluator, reward_scorer
+    from rlg.sampler_spec import SteeringSpec
+
+    with pytest.raises(ValueError) as err:
+        reward_scorer(get_evaluator("jpeg"), "digit_prob")
     assert str(err.value) == ("fk_steering: evaluator jpeg writes no metric 'digit_prob' (it writes "
                               "jpeg_compressibility, jpeg_incompressibility); steer by one of them")
+    sd = _pair(fixture_root, "sd")
+    with pytest.raises(SamplerError) as err:
+        RLGSampler(sd, SamplerSettings(**STEPS, steering=SteeringSpec(2, "jpeg_compressibility")))
+    assert str(err.value) == ("fk_steering needs a scorer of its reward 'jpeg_compressibility' (SteeringSpec.scorer, "
+                              "e.g. rlg.evaluators.base.reward_scorer; the harness builds it from "
+                              "method.fk_steering.pick)")
     with pytest.raises(SamplerError) as err:
         RLGSampler(sd, SamplerSettings(**STEPS, steering=_steering(2), correctors=FKCConfig(2)))
     assert str(err.value) == ("fk_steering runs one model with a reward; sampler.correctors corrects RLG's mix: "

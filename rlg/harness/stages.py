@@ -129,9 +129,11 @@ def particle_settings(job: Job, settings: Any, arm: Any) -> Any:
                 None)
     if plan is None:  # build.method_plans refuses this at start-up; a library caller gets the same line
         raise ValueError(f"method {arm.method}: no selected evaluator writes its reward {arm.pick!r}")
+    from rlg.evaluators.base import get_evaluator, reward_scorer
+
     k, potential, interval, lam = arm.steering
-    return dataclasses.replace(settings, steering=SteeringSpec(k, arm.pick, plan.name, tuple(sorted(
-        dict(plan.options).items())), potential, interval, lam))
+    scorer = reward_scorer(get_evaluator(plan.name, **dict(plan.options)), arm.pick)
+    return dataclasses.replace(settings, steering=SteeringSpec(k, arm.pick, scorer, potential, interval, lam))
 
 
 def image_grid(job: Job):

@@ -34,7 +34,7 @@ class FKSteering(Method):
         self.knobs = [float(int(k)) for k in self.knobs]
         o = method_options(self.name, DEFAULTS, options)
         try:  # the checks of the sampler's spec, with a stand-in evaluator
-            SteeringSpec(1, pick, "-", (), o["potential"], o["interval"], o["lam"])
+            SteeringSpec(1, pick, None, o["potential"], o["interval"], o["lam"])
         except ValueError as exc:
             raise MethodError(f"method {exc}") from None
         self.potential, self.interval, self.lam = o["potential"], int(o["interval"]), float(o["lam"])
