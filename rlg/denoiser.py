@@ -138,6 +138,14 @@ class RLGDenoiser(torch.nn.Module):
         # counted before any deduplication, so it is what the image costs made on its own
         self.image_rows = torch.zeros((0, 2), dtype=torch.long)
         self._pipe = None  # a weakref to the pipeline (attach): the steps each call runs
+        # keep_difference (begin): pred_rl - pred_base per network row of the last forward (0 on rows at w = 0 or 1,
+        # where one model runs): what the Feynman-Kac corrector weights of rlg.fkc need
+        self.keep_difference = False
+        self.difference: torch.Tensor | None = None
+        # keep_prediction (begin): the last forward's input sample and output (FK steering's predicted x0)
+        self.keep_prediction = False
+        self.last_input: torch.Tensor | None = None
+        self.last_output: torch.Tensor | None = None
         self._loop: int | None = None  # loop iterations done in this call, when the caller numbers them
 
     # -- what pipelines read from their denoiser ---------------------------------------------
@@ -202,7 +210,7 @@ class RLGDenoiser(torch.nn.Module):
 
     # -- per-call state ------------------------------------------------------------------------
     def begin(self, scales, num_steps: int, *, window: StepWindow | None = None, micro_batch: Any = _DEFAULT,
-              loop_steps: bool = False) -> None:
+              loop_steps: bool = False, keep_difference: bool = False, keep_prediction: bool = False) -> None:
         """Set the per-image RLG scales (and the step window and micro-batch) for ONE pipeline call.
 
         Args:
@@ -218,6 +226,11 @@ class RLGDenoiser(torch.nn.Module):
             loop_steps: the caller numbers the steps: it calls :meth:`loop_step_done` after each iteration of
                 the pipeline's loop (``callback_on_step_end``), and the window is over the loop's iterations
                 (``pipe._num_timesteps`` of them). Otherwise a step is a new timestep value.
+            keep_difference: after every forward, :attr:`difference` holds ``pred_rl - pred_base`` per network row
+                (shape and dtype of the predictions; zero on rows at w = 0 or 1, where only one model runs), for the
+                Feynman-Kac corrector weights (``rlg.fkc``). The output does not change.
+            keep_prediction: after every forward, :attr:`last_input` and :attr:`last_output` hold the sample given
+                and the prediction returned (FK steering's predicted x0, ``rlg.fk_steering``).
         Raises:
             rlg.guidance.ScaleError: a scale that is not a finite number.
             ValueError: ``num_steps < 1`` or a ``micro_batch`` that is not >= 0 or ``"auto"``.
@@ -236,6 +249,10 @@ class RLGDenoiser(torch.nn.Module):
         self._last_t = None
         self._diverged = False
         self._loop = 0 if loop_steps else None
+        self.keep_difference = bool(keep_difference)
+        self.difference = None
+        self.keep_prediction = bool(keep_prediction)
+        self.last_input = self.last_output = None
         pipe = self._pipe() if self._pipe is not None else None
         if pipe is not None:  # the pipeline sets it again before its loop; a stale count from the last call must not be read
             pipe._num_timesteps = None
@@ -272,6 +289,7 @@ class RLGDenoiser(torch.nn.Module):
         keeps the call's counts until the next :meth:`begin`."""
         self._scales = None
         self._loop = None
+        self.keep_difference = self.keep_prediction = False
         self._step = -1
         self._last_t = None
         self.window = self.default_window
@@ -398,6 +416,14 @@ class RLGDenoiser(torch.nn.Module):
         if mixed.any():
             out[mixed.to(dev)] = rlg_mix(pred_base[pos_base[group[mixed]].to(dev)],
                                          pred_rl[pos_rl[group[mixed]].to(dev)], scales[mixed])
+        if self.keep_difference:
+            diff = torch.zeros_like(out)
+            if mixed.any():
+                m = mixed.to(dev)
+                diff[m] = pred_rl[pos_rl[group[mixed]].to(dev)] - pred_base[pos_base[group[mixed]].to(dev)]
+            self.difference = diff
+        if self.keep_prediction:
+            self.last_input, self.last_output = sample, out
         if len(set(scales.tolist())) > 1:  # rows that shared an input now take different steps
             self._diverged = True
         return RLGOutput(sample=out) if return_dict else (out,)

@@ -35,10 +35,11 @@ import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
 from rlg.fkc import FKCResult, effective_sample_size, systematic_resample
+from rlg.sampler_spec import FK_POTENTIALS
 
-__all__ = ["POTENTIALS", "FKSteeringConfig", "predicted_x0", "fk_steering_sample_loop"]
+__all__ = ["POTENTIALS", "FKSteeringConfig", "FKSteeringPopulation", "predicted_x0", "fk_steering_sample_loop"]
 
-POTENTIALS = ("difference", "max", "sum")
+POTENTIALS = FK_POTENTIALS
 _F64 = torch.float64
 
 
@@ -73,6 +74,43 @@ def predicted_x0(scheduler, t, x: torch.Tensor, pred: torch.Tensor) -> torch.Ten
         abar = float(scheduler.alphas_cumprod[int(t)])
         return (x - math.sqrt(1 - abar) * pred) / math.sqrt(abar)
     raise TypeError(f"no predicted x0 for {type(scheduler).__name__}; use DDIMScheduler (epsilon) or FlowMatch")
+
+
+class FKSteeringPopulation:
+    """The potentials and resampling of n populations of K particles (rows j K .. (j + 1) K - 1 are sample j's) for
+    a sampler that moves the particles itself (``rlg.sampling.RLGSampler`` inside a pipeline call), the mechanism
+    of :func:`fk_steering_sample_loop`: :meth:`potential_step` takes the rewards of the particles' predicted x0 at a
+    scheduled step and returns the ancestor of every row (systematic, within each group, ∝ exp(lam phi));
+    :meth:`pick` takes the rewards of the outputs and draws one particle per sample ∝ exp(lam R) / prod G. Every
+    draw of group j comes from ``generators[j]``. Rewards (n K,), higher is better; weights float64."""
+
+    def __init__(self, n: int, config: FKSteeringConfig, generators: list[torch.Generator]):
+        if len(generators) != n:
+            raise ValueError(f"FKSteeringPopulation needs one generator per sample: {n} samples, {len(generators)}")
+        self.n, self.K, self.config, self.generators = n, int(config.particles), config, generators
+        self.r_prev = torch.full((n, self.K), -math.inf if config.potential == "max" else 0.0, dtype=_F64)
+        self.log_prod = torch.zeros(n, self.K, dtype=_F64)
+        self.ess: list[torch.Tensor] = []  # per scheduled step, (n,): the ESS of the potentials
+        self.log_weights = torch.zeros(n, self.K, dtype=_F64)  # the final correction (set by pick)
+
+    def potential_step(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Resample every group by its potentials of ``rewards`` (n K,); returns the ancestor rows (n K,) long."""
+        r = rewards.to(_F64).cpu().view(self.n, self.K)
+        phi = {"difference": r - self.r_prev, "max": torch.maximum(r, self.r_prev),
+               "sum": r + self.r_prev}[self.config.potential]
+        log_g = float(self.config.lam) * phi
+        self.ess.append(effective_sample_size(log_g))
+        anc = torch.stack([systematic_resample(log_g[j:j + 1], self.generators[j])[0] for j in range(self.n)])
+        self.log_prod = torch.gather(self.log_prod + log_g, 1, anc)
+        self.r_prev = torch.gather(r if self.config.potential == "difference" else phi, 1, anc)
+        return (torch.arange(self.n)[:, None] * self.K + anc).reshape(-1)
+
+    def pick(self, rewards: torch.Tensor) -> torch.Tensor:
+        """One row per sample (n,), long, drawn ∝ exp(lam R(x_out)) / prod G from the outputs' ``rewards`` (n K,)."""
+        self.log_weights = float(self.config.lam) * rewards.to(_F64).cpu().view(self.n, self.K) - self.log_prod
+        probs = torch.softmax(self.log_weights, -1)
+        return torch.tensor([j * self.K + int(torch.multinomial(probs[j], 1, generator=self.generators[j]))
+                             for j in range(self.n)], dtype=torch.long)
 
 
 def fk_steering_sample_loop(model: Callable, scheduler, latents: torch.Tensor,

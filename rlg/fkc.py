@@ -34,6 +34,10 @@ returns one image per prompt. Cost: both networks on all K particles at every st
 sample and step (plain RLG: 2, or 1 at w in {0, 1}).
 
 Tensors: latents (n K, ...) with group j = rows [j K, (j + 1) K); scales (n,); all weights float64.
+
+Two drivers: ``fkc_sample_loop`` (own loop over diffusers-style networks: the ground truths) and ``FKCPopulation``
+(weights and resampling for ``rlg.sampling.RLGSampler``, which runs FKC inside the stock image pipelines:
+``sampler.correctors=fkc``, docs/fkc.md §6).
 """
 
 from __future__ import annotations
@@ -46,28 +50,14 @@ from typing import Callable
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
-__all__ = ["RESAMPLE", "FKCConfig", "FKCResult", "weight_coefficient", "log_weight_increment", "effective_sample_size",
+from rlg.sampler_spec import FKC_RESAMPLE as RESAMPLE
+from rlg.sampler_spec import FKCConfig
+
+__all__ = ["RESAMPLE", "FKCConfig", "FKCResult", "FKCPopulation", "unsupported_scheduler", "weight_coefficient",
+           "log_weight_increment", "effective_sample_size",
            "systematic_resample", "fkc_sample_loop"]
 
-RESAMPLE = ("ess", "every_step")
 _F64 = torch.float64
-
-
-@dataclass(frozen=True)
-class FKCConfig:
-    """particles: K per output sample (>= 1); resample: "ess" (when ESS < ess_threshold * K) or "every_step"."""
-
-    particles: int = 16
-    resample: str = "ess"
-    ess_threshold: float = 0.5
-
-    def __post_init__(self):
-        if int(self.particles) != self.particles or self.particles < 1:
-            raise ValueError(f"fkc particles must be an integer >= 1, got {self.particles}")
-        if self.resample not in RESAMPLE:
-            raise ValueError(f"fkc resample={self.resample!r}; use one of {list(RESAMPLE)}")
-        if not 0.0 < self.ess_threshold <= 1.0:
-            raise ValueError(f"fkc ess_threshold must be in (0, 1], got {self.ess_threshold}")
 
 
 @dataclass
@@ -88,6 +78,18 @@ class FKCResult:
 
 def _is_flow(scheduler) -> bool:
     return isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
+
+
+def unsupported_scheduler(scheduler) -> str | None:
+    """Why the FKC weights are not derived for ``scheduler`` (a one-line reason), or None when they are: a
+    ``DDIMScheduler`` with epsilon prediction or a FlowMatch scheduler (velocity; ``FlowGRPOSDEScheduler``)."""
+    if _is_flow(scheduler):
+        return None
+    if isinstance(scheduler, DDIMScheduler):
+        kind = scheduler.config.get("prediction_type", "epsilon")
+        return None if kind == "epsilon" else f"DDIMScheduler with prediction_type={kind!r} (derived for epsilon)"
+    return (f"{type(scheduler).__name__} (derived for DDIMScheduler with epsilon prediction and the FlowMatch "
+            "schedulers)")
 
 
 def weight_coefficient(scheduler, step_index: int) -> float:
@@ -138,6 +140,51 @@ def systematic_resample(log_weights: torch.Tensor, generator: torch.Generator | 
     cdf[:, -1] = 1.0  # no index K from rounding
     u = (torch.rand(G, 1, generator=generator, dtype=_F64) + torch.arange(K, dtype=_F64)) / K
     return torch.searchsorted(cdf, u.to(cdf.device), right=True).clamp_(max=K - 1)
+
+
+class FKCPopulation:
+    """The weights and resampling of n populations of K particles (rows j K .. (j + 1) K - 1 are sample j's) for a
+    sampler that moves the particles itself (``rlg.sampling.RLGSampler`` inside a pipeline call): after each step,
+    :meth:`step` adds the weight increments, records the ESS and returns the ancestor of every row when a group is
+    resampled; :meth:`pick` draws one particle per sample ∝ its final weight. Every draw of group j comes from
+    ``generators[j]`` (one per output sample), so a sample's result does not depend on the others in its call.
+    Weights float64, never clamped (module docstring)."""
+
+    def __init__(self, n: int, config: FKCConfig, generators: list[torch.Generator]):
+        if len(generators) != n:
+            raise ValueError(f"FKCPopulation needs one generator per sample: {n} samples, {len(generators)} generators")
+        self.n, self.K, self.config, self.generators = n, int(config.particles), config, generators
+        self.log_weights = torch.zeros(n, self.K, dtype=_F64)
+        self.ess: list[torch.Tensor] = []  # per step, (n,), after the update and before resampling
+        self.resampled: list[torch.Tensor] = []  # per step, (n,) bool
+
+    def step(self, increments: torch.Tensor, last: bool) -> torch.Tensor | None:
+        """Add ``increments`` (n K,) float64 to the log weights; then, unless ``last``, resample the groups that are
+        due (systematic). Returns the ancestor row of every row (n K,) long, or None when no group was resampled."""
+        self.log_weights += increments.to(_F64).cpu().view(self.n, self.K)
+        ess = effective_sample_size(self.log_weights)
+        self.ess.append(ess)
+        if last or self.K == 1:
+            due = torch.zeros(self.n, dtype=torch.bool)
+        elif self.config.resample == "every_step":
+            due = torch.ones(self.n, dtype=torch.bool)
+        else:
+            due = ess < self.config.ess_threshold * self.K
+        self.resampled.append(due)
+        if not bool(due.any()):
+            return None
+        rows = torch.arange(self.n * self.K).view(self.n, self.K)
+        for j in torch.nonzero(due).flatten().tolist():
+            anc = systematic_resample(self.log_weights[j:j + 1], self.generators[j])[0]
+            rows[j] = rows[j][anc]
+            self.log_weights[j] = 0.0
+        return rows.reshape(-1)
+
+    def pick(self) -> torch.Tensor:
+        """One row per sample (n,), long: particle k of group j drawn with probability ∝ its final weight."""
+        probs = torch.softmax(self.log_weights, -1)
+        return torch.tensor([j * self.K + int(torch.multinomial(probs[j], 1, generator=self.generators[j]))
+                             for j in range(self.n)], dtype=torch.long)
 
 
 def fkc_sample_loop(base: Callable, rl: Callable, scheduler, latents: torch.Tensor, scales, num_inference_steps: int,

@@ -38,6 +38,57 @@ class Generated:
     wall_s: float = 0.0  # the pipeline call's wall time divided by its images
 
 
+FKC_RESAMPLE = ("ess", "every_step")
+
+
+@dataclass(frozen=True)
+class FKCConfig:
+    """Feynman-Kac correctors (``rlg.fkc``; ``sampler.correctors=fkc``): particles K per output sample (>= 1);
+    resample "ess" (when a sample's effective sample size falls below ess_threshold * K) or "every_step".
+    Raises ValueError naming the fix."""
+
+    particles: int = 16
+    resample: str = "ess"
+    ess_threshold: float = 0.5
+
+    def __post_init__(self):
+        if isinstance(self.particles, bool) or int(self.particles) != self.particles or self.particles < 1:
+            raise ValueError(f"fkc particles must be an integer >= 1, got {self.particles}")
+        if self.resample not in FKC_RESAMPLE:
+            raise ValueError(f"fkc resample={self.resample!r}; use one of {list(FKC_RESAMPLE)}")
+        if not 0.0 < self.ess_threshold <= 1.0:
+            raise ValueError(f"fkc ess_threshold must be in (0, 1], got {self.ess_threshold}")
+
+
+FK_POTENTIALS = ("difference", "max", "sum")
+
+
+@dataclass(frozen=True)
+class SteeringSpec:
+    """FK steering of one model (``method=fk_steering``; ``rlg.fk_steering``): K particles per image, resampled every
+    ``interval`` steps by potentials (``potential``) of ``lam`` times the reward of the decoded predicted x0.
+    ``reward`` names the metric that steers; ``scorer(images, prompts)`` computes it: uint8 HxWx3 arrays and one
+    prompt each -> one float per image, signed so that higher is better (``rlg.evaluators.base.reward_scorer``;
+    the sampler imports no evaluator). Raises ValueError naming the fix."""
+
+    particles: int
+    reward: str
+    scorer: Any = field(default=None, compare=False)
+    potential: str = "difference"
+    interval: int = 1
+    lam: float = 1.0
+
+    def __post_init__(self):
+        if isinstance(self.particles, bool) or int(self.particles) != self.particles or self.particles < 1:
+            raise ValueError(f"fk_steering particles must be an integer >= 1, got {self.particles}")
+        if self.potential not in FK_POTENTIALS:
+            raise ValueError(f"fk_steering potential={self.potential!r}; use one of {list(FK_POTENTIALS)}")
+        if isinstance(self.interval, bool) or int(self.interval) != self.interval or self.interval < 1:
+            raise ValueError(f"fk_steering interval must be an integer >= 1, got {self.interval}")
+        if not isinstance(self.lam, (int, float)) or self.lam != self.lam or abs(self.lam) == float("inf"):
+            raise ValueError(f"fk_steering lam must be a finite number, got {self.lam}")
+
+
 class SamplerError(ValueError):
     """Sampler settings the pipeline cannot honour; the message names the fix."""
 
@@ -50,7 +101,8 @@ class SamplerSettings:
     ``scheduler``: a name of ``rlg.choices.SCHEDULERS``; ``shift`` (flow schedulers: None keeps the pipeline's) and
     ``noise_level`` (flow_grpo_sde) configure it. ``window``/``micro_batch``: the denoiser's step window
     and rows per network forward (``None``: the denoiser's own defaults; ``micro_batch=0``: one forward
-    per model).
+    per model). ``correctors``: an :class:`FKCConfig` runs every image as a population of K particles with
+    Feynman-Kac corrector weights (``rlg.fkc``, docs/fkc.md); None: plain RLG.
     """
 
     num_inference_steps: int = 20
@@ -66,11 +118,28 @@ class SamplerSettings:
     noise_level: float = 0.7
     window: Any = None  # an rlg.guidance.StepWindow (not imported: this module imports nothing of rlg)
     micro_batch: int | str | None = None  # rows per forward, "auto" (per device type) or None/0
+    correctors: FKCConfig | None = None  # Feynman-Kac correctors: K particles per image (rlg.fkc); None: plain RLG
+    steering: SteeringSpec | None = None  # FK steering by a reward: K particles per image (rlg.fk_steering)
 
 
 def noise_seed(seed: int, prompt_index: int, sample_index: int) -> int:
     """The generator seed of an image: a hash of (seed, prompt index, sample index) only."""
     digest = hashlib.sha256(f"rlg-noise:{seed}:{prompt_index}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def particle_seed(seed: int, prompt_index: int, sample_index: int, particle: int) -> int:
+    """The generator seed of FKC particle ``particle`` of an image: particle 0 has the image's own
+    :func:`noise_seed` (so K = 1 is plain RLG, bit for bit), the others a hash of (seed, prompt, sample, particle)."""
+    if particle == 0:
+        return noise_seed(seed, prompt_index, sample_index)
+    digest = hashlib.sha256(f"rlg-particle:{seed}:{prompt_index}:{sample_index}:{particle}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def corrector_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """The seed of an image's FKC resampling and final pick (its own stream, apart from the particles' noise)."""
+    digest = hashlib.sha256(f"rlg-fkc:{seed}:{prompt_index}:{sample_index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 

@@ -19,6 +19,12 @@ batch of 3 or of 8 can differ in the last bits. Text encoders and the VAE theref
 a time (text encodings are also cached per prompt: computed once for base, RL and every scale), and
 the denoiser runs fixed-size micro-batches (``SamplerSettings.micro_batch``).
 
+Particles (``SamplerSettings.correctors``: RLG with Feynman-Kac correctors, ``rlg.fkc``; ``SamplerSettings.steering``:
+FK steering by a reward, ``rlg.fk_steering``): every image runs as K rows of the call (particle 0 with the image's
+own noise, so K = 1 is the plain sampler bit for bit), weighted and resampled in ``callback_on_step_end`` (the
+pipeline takes the reordered latents back), one particle per image kept at the end; an image's network rows are
+the sum over its particles. docs/fkc.md §6.
+
 Errors: ``SamplerError`` (a ``ValueError``) for settings the pipeline cannot honour; the message names
 the fix.
 """
@@ -41,8 +47,8 @@ from rlg.choices import SCHEDULERS
 from rlg.guidance import check_scales
 from rlg.pairs import LoadedPair
 from rlg.sampler_spec import (Generated, SamplerError, SamplerSettings, WorkItem,  # noqa: F401 (re-exports)
-                              noise_seed)
-from rlg.surface import CALL_KEYWORDS, PARTIAL_SCHEDULE, check_call_keywords, refusal
+                              corrector_seed, noise_seed, particle_seed)
+from rlg.surface import CALL_KEYWORDS, PARTIAL_SCHEDULE, check_call_keywords, fkc_refusal, refusal
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +279,56 @@ class RLGSampler:
         except ValueError as exc:
             raise SamplerError(str(exc)) from None
         self._check_effects()
+        self._check_correctors()
+        self._check_steering()
+
+    def _check_steering(self) -> None:
+        """Refuse FK steering (``settings.steering``) where it cannot run, before any image: both FKC and steering, a
+        scheduler without a predicted x0 (DDIM epsilon / FlowMatch), a pipeline without a step callback or with
+        packed latents (FLUX), a reward its evaluator does not write. Builds the reward's evaluator."""
+        steer = self.settings.steering
+        if steer is None:
+            return
+        from rlg.fkc import unsupported_scheduler
+
+        pipe = type(self.pipe).__name__
+        if self.settings.correctors is not None:
+            raise SamplerError("fk_steering runs one model with a reward; sampler.correctors corrects RLG's mix: "
+                               "remove sampler.correctors")
+        why = unsupported_scheduler(self.scheduler)
+        if why:
+            raise SamplerError(f"fk_steering: no predicted x0 for {why.split(' (')[0]}; use sampler.scheduler=ddim "
+                               "(noise-prediction pipelines) or euler_ode / flow_grpo_sde (flow pipelines)")
+        if "callback_on_step_end" not in self._params or not hasattr(self.pipe, "image_processor") or \
+                hasattr(self.pipe, "_unpack_latents"):
+            raise SamplerError(f"fk_steering resamples in the step callback and decodes unpacked latents, which {pipe} "
+                               "does not allow; use an SD / SDXL / SD3 pipeline")
+        if self.settings.window is not None and (self.settings.window.start, self.settings.window.stop) != (0.0, 1.0):
+            raise SamplerError("fk_steering runs one model at every step; remove sampler.window")
+        if not callable(steer.scorer):
+            raise SamplerError(f"fk_steering needs a scorer of its reward {steer.reward!r} (SteeringSpec.scorer, e.g. "
+                               "rlg.evaluators.base.reward_scorer; the harness builds it from method.fk_steering.pick)")
+
+    def _check_correctors(self) -> None:
+        """Refuse FKC (``settings.correctors``) where its weights are not derived (docs/fkc.md §1), before any image:
+        a scheduler other than DDIM (epsilon) / FlowMatch, a pipeline without a step callback to resample through,
+        an RLG window, a partial schedule, a second denoiser call per step."""
+        if self.settings.correctors is None:
+            return
+        from rlg.fkc import unsupported_scheduler
+
+        pipe = type(self.pipe).__name__
+        why = unsupported_scheduler(self.scheduler)
+        if why:
+            raise SamplerError(f"sampler.correctors=fkc: no Feynman-Kac weights for {why}; use sampler.scheduler=ddim "
+                               "(noise-prediction pipelines) or euler_ode / flow_grpo_sde (flow pipelines)")
+        if "callback_on_step_end" not in self._params:
+            raise SamplerError(f"sampler.correctors=fkc resamples in the step callback, which {pipe} does not take; "
+                               "remove sampler.correctors")
+        w = self.settings.window
+        fix = fkc_refusal((0.0, 1.0) if w is None else (w.start, w.stop), self.settings.extra)
+        if fix:
+            raise SamplerError(fix)
 
     def _check_effects(self) -> None:
         """Refuse settings this pipeline and scheduler would ignore (the images would not change): eta with a
@@ -341,38 +397,130 @@ class RLGSampler:
     def _generate(self, items: list[WorkItem]) -> list[Generated]:
         if not items:
             return []
-        scales = check_scales([it.scale for it in items])
-        generators = [torch.Generator("cpu").manual_seed(noise_seed(it.seed, it.prompt_index, it.sample_index))
-                      for it in items]
-        first_bad: list[int | None] = [None] * len(items)
+        s, den = self.settings, self.pair.denoiser
+        fkc, steer = s.correctors, s.steering
+        K = int(fkc.particles) if fkc is not None else int(steer.particles) if steer is not None else 1
+        scales = check_scales([it.scale for it in items for _ in range(K)])
+        # K rows per image (particles; particle 0 has the image's own noise, so K = 1 is the plain sampler)
+        rows = [it for it in items for _ in range(K)]
+        generators = [torch.Generator("cpu").manual_seed(particle_seed(it.seed, it.prompt_index, it.sample_index, k))
+                      for it in items for k in range(K)]
+        own = [torch.Generator("cpu").manual_seed(corrector_seed(it.seed, it.prompt_index, it.sample_index))
+               for it in items]  # each image's resampling and final pick
+        population = None
+        if fkc is not None:
+            from rlg.fkc import FKCPopulation
+
+            population = FKCPopulation(len(items), fkc, own)
+        elif steer is not None:
+            from rlg.fk_steering import FKSteeringConfig, FKSteeringPopulation
+
+            population = FKSteeringPopulation(len(items), FKSteeringConfig(K, steer.potential, float(steer.lam),
+                                                                           steer.interval), own)
+        first_bad: list[int | None] = [None] * len(rows)
+        calls_seen = [den.stats.calls]
 
         def on_step(pipe, i, t, kwargs):
-            self.pair.denoiser.loop_step_done()  # the window is over the loop's iterations
+            den.loop_step_done()  # the window is over the loop's iterations
             lat = kwargs["latents"]
             finite = torch.isfinite(lat.reshape(lat.shape[0], -1)).all(dim=1).tolist()
-            for r, ok in enumerate(finite[: len(items)]):
+            for r, ok in enumerate(finite[: len(rows)]):
                 if not ok and first_bad[r] is None:
                     first_bad[r] = int(i)
-            return {}
+            if population is None:
+                return {}
+            if fkc is not None:
+                ancestors = self._corrector_step(pipe, population, scales, int(i), calls_seen)
+            else:
+                ancestors = self._steering_step(pipe, population, rows, int(i), t)
+            return {} if ancestors is None else {"latents": lat[ancestors.to(lat.device)]}
 
-        s, den = self.settings, self.pair.denoiser
-        options: dict[str, Any] = {"window": s.window, "loop_steps": "callback_on_step_end" in self._params}
+        options: dict[str, Any] = {"window": s.window, "loop_steps": "callback_on_step_end" in self._params,
+                                   "keep_difference": fkc is not None, "keep_prediction": steer is not None}
         if s.micro_batch is not None:
             options["micro_batch"] = s.micro_batch
         start = time.perf_counter()
         try:
             with scheduler_for_call(self.pipe, self.scheduler, generators):
                 den.begin(scales, s.num_inference_steps, **options)
-                images = self.pipe(**self._call_kwargs(items, generators, on_step)).images
+                images = self.pipe(**self._call_kwargs(rows, generators, on_step)).images
         finally:
             den.end()  # the scales were for this call only
+        # the same float -> uint8 rounding as diffusers' numpy_to_pil
+        u8 = [(np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0).clip(0, 1) * 255).round().astype(np.uint8)
+              for im in images]
+        if population is None:
+            picked = list(range(len(items)))
+        elif fkc is not None:
+            picked = population.pick().tolist()
+        else:
+            picked = population.pick(self._reward(u8, rows, "the outputs")).tolist()
         wall = (time.perf_counter() - start) / len(items)
-        rows = den.image_rows.tolist()
+        self.last_population = population
+        cost = den.image_rows.view(len(items), K, 2).sum(1).tolist()  # every particle's rows count
         out = []
-        for r, it in enumerate(items):
-            img = np.asarray(images[r], dtype=np.float32)
-            bad = first_bad[r] is not None or not np.isfinite(img).all()
-            # the same float -> uint8 rounding as diffusers' numpy_to_pil
-            u8 = (np.nan_to_num(img, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8)
-            out.append(Generated(it, u8, bad, first_bad[r], rows[r][0], rows[r][1], wall))
+        for j, it in enumerate(items):
+            bad_steps = [b for b in first_bad[j * K:(j + 1) * K] if b is not None]
+            first = min(bad_steps) if bad_steps else None
+            bad = first is not None or not np.isfinite(np.asarray(images[picked[j]], dtype=np.float32)).all()
+            out.append(Generated(it, u8[picked[j]], bad, first, cost[j][0], cost[j][1], wall))
         return out
+
+    def _steering_step(self, pipe, population, rows: list[WorkItem], i: int, t):
+        """FK steering after step i, when scheduled (every ``interval``-th step, never the last): the reward of each
+        particle's predicted x0 (from the input and the guided prediction of step i, decoded by the VAE) gives the
+        potentials; returns the ancestor rows (rlg.fk_steering.FKSteeringPopulation) or None."""
+        from rlg.fk_steering import predicted_x0
+
+        steer, den, n = self.settings.steering, self.pair.denoiser, len(rows)
+        if i % steer.interval or i == len(pipe.scheduler.timesteps) - 1 or population.K == 1:
+            return None
+        x, pred = den.last_input, den.last_output
+        if pred.shape[0] == 2 * n:  # CFG: [uncond, cond]; both halves hold the same latents
+            pred = pred[:n] + float(pipe.guidance_scale) * (pred[n:] - pred[:n])
+            x = x[:n]
+        elif pred.shape[0] != n:
+            raise SamplerError(f"fk_steering: the denoiser got {pred.shape[0]} rows for {n} particles; only pipelines "
+                               "with no CFG or two-branch CFG are supported")
+        return population.potential_step(self._reward(self._decode(predicted_x0(pipe.scheduler, t, x, pred)), rows,
+                                                      f"step {i}"))
+
+    def _decode(self, latents: torch.Tensor) -> list[np.ndarray]:
+        """Latents -> uint8 HxWx3 images, as the pipeline decodes its output (VAE scaling and shift, postprocess)."""
+        vae = self.pipe.vae
+        z = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+        decoded = vae.decode(z.to(vae.dtype), return_dict=False)[0]
+        arrays = self.pipe.image_processor.postprocess(decoded, output_type="np")
+        return [(np.nan_to_num(a, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8) for a in arrays]
+
+    def _reward(self, images: list[np.ndarray], rows: list[WorkItem], where: str) -> torch.Tensor:
+        """The steering reward of each image (the scorer's: higher is better), float64. Raises SamplerError when a
+        reward is not finite (no particle is silently dropped)."""
+        steer = self.settings.steering
+        values = np.asarray(steer.scorer(images, [it.prompt for it in rows]), dtype=np.float64).reshape(-1)
+        if not np.isfinite(values).all():
+            raise SamplerError(f"fk_steering: the reward {steer.reward} is not finite for {int((~np.isfinite(values)).sum())} "
+                               f"of {len(values)} particles at {where}; fix the evaluator or steer by another metric")
+        return torch.from_numpy(values)
+
+    def _corrector_step(self, pipe, population, scales: list[float], i: int, calls_seen: list[int]):
+        """Step i's FKC weight increments from the denoiser's ``pred_rl - pred_base`` of the guided (post-CFG)
+        prediction, then resampling (rlg.fkc.FKCPopulation). Returns the ancestor rows or None."""
+        from rlg.fkc import log_weight_increment, weight_coefficient
+
+        den = self.pair.denoiser
+        calls = den.stats.calls
+        if calls - calls_seen[0] != 1:  # e.g. a second denoiser call per step (true CFG, skip-layer guidance)
+            raise SamplerError(f"sampler.correctors=fkc needs one denoiser call per step; {type(pipe).__name__} made "
+                               f"{calls - calls_seen[0]} at step {i}: remove the keyword that adds calls")
+        calls_seen[0] = calls
+        diff, n = den.difference, len(scales)
+        if diff.shape[0] == 2 * n:  # CFG: [uncond, cond]; the guided difference is linear in both
+            g = float(pipe.guidance_scale)
+            diff = diff[:n] + g * (diff[n:] - diff[:n])
+        elif diff.shape[0] != n:
+            raise SamplerError(f"sampler.correctors=fkc: the denoiser got {diff.shape[0]} rows for {n} particles; "
+                               "only pipelines with no CFG or two-branch CFG are supported: remove sampler.correctors")
+        increments = log_weight_increment(torch.zeros_like(diff), diff, torch.tensor(scales),
+                                          weight_coefficient(pipe.scheduler, i))
+        return population.step(increments, last=i == len(pipe.scheduler.timesteps) - 1)

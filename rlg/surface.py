@@ -102,6 +102,24 @@ CALL_KEYWORDS: dict[str, tuple[str, str]] = {
 # so it is checked at each call's first step (rlg.denoiser), not against num_inference_steps at start-up
 PARTIAL_SCHEDULE = frozenset({"strength", "denoising_start", "denoising_end", "timesteps", "sigmas"})
 
+# keywords under which the Feynman-Kac corrector weights (sampler.correctors=fkc, rlg.fkc) are not derived: a second
+# denoiser call per step, or a schedule that does not start from noise (the initial weights would need both models'
+# log-densities; docs/fkc.md §1)
+FKC_REFUSED = ("true_cfg_scale", "skip_guidance_layers", *sorted(PARTIAL_SCHEDULE))
+
+
+def fkc_refusal(window: tuple[float, float], extra: Iterable[str]) -> str | None:
+    """The one-line refusal of FKC with an RLG window other than (0, 1) or a ``FKC_REFUSED`` keyword, or None."""
+    if tuple(window) != (0.0, 1.0):
+        return ("sampler.correctors=fkc: the weights are derived for the RLG mix at every step (docs/fkc.md), not "
+                "inside a window; remove sampler.window")
+    bad = [k for k in FKC_REFUSED if k in set(extra)]
+    if bad:
+        return (f"sampler.correctors=fkc: no Feynman-Kac weights with sampler.extra.{bad[0]} (a second denoiser call "
+                "per step, or a schedule that does not start from noise); remove it")
+    return None
+
+
 _WRAPPED = "on a pipeline wrapped by RLG"
 _REWRAP = "make the change before wrapping, or call pair.unwrap(), make it, and wrap again"
 _LORA = (f"{_WRAPPED}, diffusers' LoRA methods skip the RLG denoiser (not a ModelMixin), so the change would "

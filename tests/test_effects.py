@@ -26,6 +26,7 @@ SD3 = ("pair=tiny_sd3_full",)
 SDE = (*SD3, "sampler.scheduler=flow_grpo_sde")
 ODE = (*SD3, "sampler.scheduler=euler_ode")
 LATE = ("sampler.window.start=0.5",)
+FKC3 = ("sampler.correctors=fkc", "sampler.fkc.particles=3")  # Feynman-Kac correctors, 3 particles per image
 
 # key -> (overrides of the reference run, overrides that change the key); the images must differ
 IMAGE_CASES = {
@@ -46,8 +47,12 @@ IMAGE_CASES = {
     "sampler.window.outside": (LATE, (*LATE, "sampler.window.outside=base")),
     "sampler.extra": ((), ("+sampler.extra.eta=1.0",)),  # passed to the pipeline as is
     "grid.scales": ((), ("grid.scales=[2]",)),
+    "sampler.correctors": ((), ("sampler.correctors=fkc",)),
+    "sampler.fkc.particles": (FKC3, ("sampler.correctors=fkc", "sampler.fkc.particles=2")),
+    "sampler.fkc.resample": (FKC3, (*FKC3, "sampler.fkc.resample=every_step")),
+    "sampler.fkc.ess_threshold": (FKC3, (*FKC3, "sampler.fkc.ess_threshold=1.0")),
 }
-IMAGE_NODES = {"sampler.window": "sampler.window.start"}  # a node takes effect through its leaves
+IMAGE_NODES = {"sampler.window": "sampler.window.start", "sampler.fkc": "sampler.fkc.particles"}  # a node takes effect through its leaves
 # checkpoint fields: a local copy of the tiny family stands in for a hub pair (no tiny preset sets them)
 CHECKPOINT_FIELDS = ("id", "revision", "subfolder", "weight_name", "variant")
 REFUSED = {"sampler.guidance_rescale": "sampler.guidance_rescale=0.5"}
@@ -221,6 +226,10 @@ def test_settings_without_effect_are_refused_with_one_line(fixture_root):
 # -- the method group: every field of every method entry (issue 30, "accepted and ignored") ---------------------------
 BON = ("method=[best_of_n]", "method.best_of_n.knobs=[1]")
 CFG = ("method=[cfg_rl]", "method.cfg_rl.knobs=[2]")
+FKC = ("method=[rlg_fkc]", "method.rlg_fkc.knobs=[3]")
+# FK steering: 4 steps with DDIM noise (eta 1), so resampled copies part and two resamplings see different particles
+FKS = ("method=[fk_steering]", "method.fk_steering.knobs=[4]", "method.fk_steering.options.lam=30",
+       "sampler.num_inference_steps=4", "sampler.eta=1.0")
 # key -> (overrides of the reference run, overrides that change the key); the work list's images must differ
 METHOD_IMAGE_CASES = {
     "method.rlg.knobs": (("method=[rlg]",), ("method=[rlg]", "method.rlg.knobs=[2]")),
@@ -229,11 +238,31 @@ METHOD_IMAGE_CASES = {
     "method.cfg_rl.model": (CFG, (*CFG, "method.cfg_rl.model=base")),
     "method.best_of_n.knobs": (BON, ("method=[best_of_n]", "method.best_of_n.knobs=[2]")),
     "method.best_of_n.model": (BON, (*BON, "method.best_of_n.model=base")),
+    "method.rlg_fkc.knobs": (FKC, ("method=[rlg_fkc]", "method.rlg_fkc.knobs=[2]")),
+    "method.rlg_fkc.options": (FKC, (*FKC, "method.rlg_fkc.options.particles=2")),
+    "method.fk_steering.knobs": (FKS, (*FKS, "method.fk_steering.knobs=[2]")),
+    "method.fk_steering.model": (FKS, (*FKS, "method.fk_steering.model=base")),
+    "method.fk_steering.pick": (FKS, (*FKS, "method.fk_steering.pick=jpeg_incompressibility")),
+    "method.fk_steering.options": (FKS, (*FKS, "method.fk_steering.options.potential=max")),
+}
+# each option of the particle methods (one MethodConf field, method.<name>.options), checked like a key
+METHOD_OPTION_CASES = {
+    "rlg_fkc.resample": (FKC, (*FKC, "method.rlg_fkc.options.resample=every_step")),
+    "rlg_fkc.ess_threshold": (FKC, (*FKC, "method.rlg_fkc.options.ess_threshold=1.0")),
+    "fk_steering.potential=sum": (FKS, (*FKS, "method.fk_steering.options.potential=sum")),
+    "fk_steering.interval": (FKS, (*FKS, "method.fk_steering.options.interval=2")),
+    "fk_steering.lam": (FKS, (*FKS, "method.fk_steering.options.lam=-30")),
 }
 # key -> (the override refused at start-up, the one-line message it gets)
 METHOD_REFUSED = {
     **{f"method.{m}.name": (f"method.{m}.name=other", f"method.{m}.name='other'; an entry's name must be its key")
+       for m in ("rlg", "weight_mix", "cfg_rl", "best_of_n", "rlg_fkc", "fk_steering")},
+    **{f"method.{m}.options": (f"+method.{m}.options.particles=2",
+                               f"method {m}: options ['particles'] have no effect (it takes none); remove them")
        for m in ("rlg", "weight_mix", "cfg_rl", "best_of_n")},
+    "method.rlg_fkc.model": ("method.rlg_fkc.model=base", "method rlg_fkc: model='base' has no effect"),
+    "method.rlg_fkc.pick": ("method.rlg_fkc.pick=jpeg_compressibility",
+                            "method rlg_fkc: pick='jpeg_compressibility' has no effect"),
     **{f"method.{m}.model": (f"method.{m}.model=base", f"method {m}: model='base' has no effect")
        for m in ("rlg", "weight_mix")},
     **{f"method.{m}.pick": (f"method.{m}.pick=jpeg_compressibility",
@@ -242,7 +271,7 @@ METHOD_REFUSED = {
                            "method cfg_rl: pick='jpeg_compressibility' has no effect"),
 }
 METHOD_SELECTION = {"method.rlg": "rlg", "method.weight_mix": "weight_mix", "method.cfg_rl": "cfg_rl",
-                    "method.best_of_n": "best_of_n"}
+                    "method.best_of_n": "best_of_n", "method.rlg_fkc": "rlg_fkc", "method.fk_steering": "fk_steering"}
 
 
 def method_keys() -> list[str]:
@@ -282,9 +311,9 @@ def method_images(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], bytes]:
     return tuple(k for k, _ in made), b"".join(np.ascontiguousarray(im).tobytes() for _, im in made)
 
 
-@pytest.mark.parametrize("key", sorted(METHOD_IMAGE_CASES))
+@pytest.mark.parametrize("key", sorted(METHOD_IMAGE_CASES) + sorted(METHOD_OPTION_CASES))
 def test_a_method_image_key_changes_the_images_and_their_content_keys(key):
-    reference, changed = METHOD_IMAGE_CASES[key]
+    reference, changed = {**METHOD_IMAGE_CASES, **METHOD_OPTION_CASES}[key]
     keys_a, bits_a = method_images(reference)
     keys_b, bits_b = method_images(changed)
     assert bits_a != bits_b, f"{key}: same images under another setting"

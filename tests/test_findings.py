@@ -12,10 +12,11 @@ from rlg.report.findings import ClusterBootstrap, findings_table, pair_claims
 from rlg.report.methods_words import methods_in_words
 
 COST = {"rlg": {0.0: 2, 0.5: 4, 1.0: 2, 2.0: 4}, "weight_mix": {0.0: 2, 0.5: 2, 1.0: 2, 2.0: 2},
-        "cfg_rl": {1.0: 1, 7.5: 2}, "best_of_n": {1.0: 2, 2.0: 4}}
+        "cfg_rl": {1.0: 1, 7.5: 2}, "best_of_n": {1.0: 2, 2.0: 4}, "rlg_fkc": {2.0: 8},
+        "fk_steering": {2.0: 4, 4.0: 8}}
 
 
-def _frame(seeds=(0, 1, 2), prompts=10, samples=2, noise=0.01, seed=0) -> pd.DataFrame:
+def _frame(seeds=(0, 1, 2), prompts=10, samples=2, noise=0.01, seed=0, particles=False) -> pd.DataFrame:
     """A pair with known answers. Reward r (higher is better): RLG r = w; weight mixing r = min(w, 1) (it
     saturates); CFG leaves it at 1; best-of-N reaches 1.2. Held-out h (lower is better): w^2 for RLG and weight
     mixing alike (the same knob), 0.5 for best-of-N. Held-out g (higher is better): best-of-N far worse. Each
@@ -38,6 +39,10 @@ def _frame(seeds=(0, 1, 2), prompts=10, samples=2, noise=0.01, seed=0) -> pd.Dat
                     add("cfg_rl", k, 1.0, 1.0, 1.0)
                 add("best_of_n", 1.0, 1.0, 1.0, 1.0)
                 add("best_of_n", 2.0, 1.2, 0.5, -5.0)
+                if particles:  # RLG-FKC K = 2 at w = 2 (2 x RLG's rows), FK steering K = 2 (RLG's), K = 4 (RLG-FKC's)
+                    add("rlg_fkc", 2.0, 2.5, 3.0, 1.0)
+                    add("fk_steering", 2.0, 3.0, 4.5, 0.0)
+                    add("fk_steering", 4.0, 3.5, 2.0, 2.0)
     return pd.DataFrame(rows)
 
 
@@ -68,6 +73,27 @@ def test_claims_on_constructed_data():
     tested = t[t["p"].notna()]
     order = np.argsort(tested["p"].to_numpy())
     assert tested["p_holm"].to_numpy()[order[0]] == pytest.approx(min(1, len(tested) * tested["p"].to_numpy()[order[0]]))
+
+
+def test_rlg_fkc_and_fk_steering_rows_at_matched_network_cost():
+    t = findings_table([("toy", _frame(particles=True), HIGHER, "r")], n_resamples=4000)
+    t = t.set_index(["claim", "metric", "comparison"]).sort_index()
+    fkc = t.loc["RLG-FKC vs RLG"]
+    assert list(fkc.index.get_level_values("comparison").unique()) == ["RLG-FKC (K = 2) vs RLG, w = 2"]
+    assert fkc.loc["r", "estimate"].item() == pytest.approx(0.5, abs=0.01) and fkc.loc["r", "verdict"].item() == "holds"
+    assert fkc.loc["h", "estimate"].item() == pytest.approx(1.0, abs=0.01)  # 3 against 4, lower is better
+    assert fkc.loc["g", "verdict"].item() == "undecided" and (fkc["cost_ratio"] == 2).all()
+    fks = t.loc["FK steering at equal cost"]
+    vs_rlg = "FK steering K = 2 vs RLG w = 2 (4 rows per image each)"
+    vs_fkc = "FK steering K = 4 vs RLG-FKC (K = 2) w = 2 (8 rows per image each)"
+    assert sorted(fks.index.get_level_values("comparison").unique()) == [vs_rlg, vs_fkc]
+    assert (fks.loc["r", "verdict"] == "no verdict (circular)").all()  # the steering maximised the reward
+    assert fks.loc[("h", vs_rlg), "estimate"] == pytest.approx(-0.5, abs=0.01)  # 4.5 against 4: RLG better
+    assert fks.loc[("g", vs_rlg), "verdict"] == "does not hold"
+    assert fks.loc[("h", vs_fkc), "estimate"] == pytest.approx(1.0, abs=0.01)  # 2 against 3
+    assert fks.loc[("g", vs_fkc), "verdict"] == "holds" and (fks["cost_ratio"] == 1).all()
+    assert (t.loc["best-of-N at equal cost"].index.get_level_values("comparison") ==
+            "best-of-2 vs RLG w = 2 (4 rows per image each)").all()  # no best-of-N at RLG-FKC's 8 rows here
 
 
 def test_intervals_widen_with_noise_and_count_seeds_and_images():
@@ -143,10 +169,12 @@ def test_findings_zoo_runs_and_reports(tmp_path):
     subs = sorted(p.name for p in (tmp_path / "f" / "runs").iterdir())
     assert subs == ["zoo_compress_ddpo-seed0", "zoo_compress_ddpo-seed1"]
     n = {s: len(Store(tmp_path / "f" / "runs" / s).images()) for s in subs}
-    assert n == {s: 2 * (4 + 4 + 2 + 2) for s in subs}  # 2 prompts x (4 RLG + 4 weight-mix + 2 CFG + 2 candidates)
+    # 2 prompts x (4 RLG + 4 weight-mix + 2 CFG + 2 candidates + RLG-FKC at w = 2 + FK steering K = 2, 4)
+    assert n == {s: 2 * (4 + 4 + 2 + 2 + 1 + 2) for s in subs}
     table = pd.read_csv(tmp_path / "f" / "report" / "tables" / "findings.csv")
     assert set(table["pair"]) == {"zoo_compress_ddpo"} and (table["seeds"] == 2).all()
-    assert {"interpolates", "extrapolates", "best-of-N at equal cost", "CFG leaves the reward"} <= set(table["claim"])
+    assert {"interpolates", "extrapolates", "best-of-N at equal cost", "CFG leaves the reward", "RLG-FKC vs RLG",
+            "FK steering at equal cost"} <= set(table["claim"])
     index = (tmp_path / "f" / "report" / "index.md").read_text()
     assert index.index("## Findings") < index.index("## Runs") and "Verdict rule (rlg.verdicts)" in index
     assert "±" in (tmp_path / "f" / "report" / "index.html").read_text()  # the margin beside each verdict
@@ -211,3 +239,25 @@ def test_the_plan_gives_each_pair_its_reward_seeds_and_own_overrides():
         assert (c.seed, c.prompts.samples_per_prompt, c.prompts.max_prompts) == (r.seed, 3, 2)
         assert c.method["best_of_n"].pick == "jpeg_compressibility" and list(c.method["best_of_n"].knobs) == [1, 2, 4]
         assert not any(o.startswith("findings") for o in r.overrides) and r.dir_name == f"zoo_compress_ddpo-seed{r.seed}"
+
+
+def test_a_pair_line_narrows_the_methods_and_the_particle_methods_get_the_pairs_reward():
+    from rlg.harness.api import compose
+    from rlg.harness.build import build
+    from rlg.harness.config import ConfigError
+    from rlg.harness.findings import findings_plan
+
+    over = ["experiment=findings_zoo", 'findings.pairs=["zoo_sd_dpo", "zoo_compress_ddpo method=[rlg,rlg_fkc]"]',
+            "findings.seeds=[0]", "prompts.max_prompts=2"]
+    plan = findings_plan(build(compose(*over), overrides=over).config, over)
+    methods = {r.preset: [m.label for m in r.job.methods] for r in plan.runs}
+    assert methods == {"zoo_sd_dpo": ["rlg", "weight_mix", "cfg_rl", "best_of_n", "rlg_fkc", "fk_steering"],
+                       "zoo_compress_ddpo": ["rlg", "rlg_fkc"]}
+    steer = next(m for m in plan.runs[0].job.methods if m.label == "fk_steering")
+    fkc = next(m for m in plan.runs[1].job.methods if m.label == "rlg_fkc")
+    assert (steer.pick, steer.knobs, fkc.knobs, fkc.config.particles) == ("digit_margin", [2.0, 4.0], [2.0], 2)
+    bad = ["experiment=findings_zoo", 'findings.pairs=["zoo_sd_dpo method=[weight_mix]"]', "findings.seeds=[0]"]
+    with pytest.raises(ConfigError) as err:
+        build(compose(*bad), overrides=bad)  # the plan is made at start-up
+    assert str(err.value) == ("findings pair zoo_sd_dpo: method=[weight_mix] must hold rlg and only methods of the "
+                              "run's method=[rlg,weight_mix,cfg_rl,best_of_n,rlg_fkc,fk_steering]")

@@ -53,7 +53,7 @@ def test_the_projects_registries_share_the_shape_and_keep_their_errors():
     assert REGISTRY["jpeg"] == "rlg.evaluators.jpeg:JpegCompressibility"
     with pytest.raises(UnknownEvaluatorError, match="unknown evaluator 'jpg'; use one of jpeg, ocr"):
         evaluator_class("jpg")
-    with pytest.raises(MethodError, match="unknown method 'dpo'; use one of rlg, weight_mix, cfg_rl, best_of_n"):
+    with pytest.raises(MethodError, match="unknown method .dpo.; use one of rlg, weight_mix, cfg_rl, best_of_n, rlg_fkc, fk_steering"):
         get_method("dpo", [1.0])
 
 

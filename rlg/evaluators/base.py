@@ -229,6 +229,22 @@ class ImageScores:
         return sum(e is not None for errs in self.errors.values() for e in errs)
 
 
+def reward_scorer(evaluator: Evaluator, metric: str):
+    """``scorer(images, prompts) -> (N,) float64``: ``metric`` of ``evaluator`` on images held in memory (uint8 HxWx3
+    arrays, one prompt each; :func:`score_images`), negated when lower is better, so that higher is always better:
+    FK steering's reward (``rlg.sampler_spec.SteeringSpec.scorer``). Raises ValueError (one line) when the
+    evaluator writes no such metric."""
+    if metric not in evaluator.metrics:
+        raise ValueError(f"fk_steering: evaluator {evaluator.name} writes no metric {metric!r} (it writes "
+                         f"{', '.join(sorted(evaluator.metrics))}); steer by one of them")
+    sign = 1.0 if evaluator.metrics[metric] else -1.0
+
+    def scorer(images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:
+        return sign * np.asarray(score_images(evaluator, images, list(prompts))[metric], dtype=np.float64)
+
+    return scorer
+
+
 def score_images(evaluators: Evaluator | str | Sequence[Evaluator | str], images: Sequence[Any] | np.ndarray,
                  prompts: str | Sequence[str] = "", metadata: Sequence[dict[str, Any] | None] | None = None, *,
                  batch_size: int = 16) -> ImageScores:

@@ -203,7 +203,7 @@ def sampler_settings(s) -> SamplerSettings:
     from PIL import Image
 
     from rlg.guidance import StepWindow
-    from rlg.sampler_spec import SamplerSettings
+    from rlg.sampler_spec import FKCConfig, SamplerSettings
 
     extra = dict(s.extra)
     for k in ("image", "mask_image"):  # inpainting inputs are given as paths
@@ -216,7 +216,9 @@ def sampler_settings(s) -> SamplerSettings:
                            height=s.height, width=s.width, negative_prompt=s.negative_prompt, eta=s.eta,
                            guidance_rescale=s.guidance_rescale, extra=extra, scheduler=s.scheduler, shift=s.shift,
                            noise_level=s.noise_level, micro_batch=s.micro_batch,
-                           window=StepWindow(start=s.window.start, stop=s.window.stop, outside=s.window.outside))
+                           window=StepWindow(start=s.window.start, stop=s.window.stop, outside=s.window.outside),
+                           correctors=None if s.correctors == "none" else FKCConfig(s.fkc.particles, s.fkc.resample,
+                                                                                    s.fkc.ess_threshold))
 
 
 def method_plans(conf: RunConf, scales: tuple[float, ...], evaluators: tuple[EvaluatorPlan, ...]) -> tuple[Method, ...]:
@@ -239,12 +241,13 @@ def method_plans(conf: RunConf, scales: tuple[float, ...], evaluators: tuple[Eva
             raise ConfigError(f"method.{key}.name={name!r}; an entry's name must be its key (method.{name}=...)")
         knobs = None if m is None else m.knobs
         if knobs is None:
-            if name not in ("rlg", "weight_mix"):
+            if name not in ("rlg", "weight_mix", "rlg_fkc"):
                 raise ConfigError(f"method.{name}.knobs is not set; give the swept values, e.g. "
                                   f"method.{name}.knobs=[1,2,4]")
             knobs = list(scales)
         try:
-            method = get_method(name, list(knobs), **({} if m is None else {"model": m.model, "pick": m.pick}))
+            method = get_method(name, list(knobs), **({} if m is None else {"model": m.model, "pick": m.pick,
+                                                                            "options": dict(m.options)}))
         except MethodError as exc:
             raise ConfigError(str(exc)) from exc
         if method.needs_pick:
@@ -256,6 +259,9 @@ def method_plans(conf: RunConf, scales: tuple[float, ...], evaluators: tuple[Eva
                 raise ConfigError(f"method.{name} picks with {method.pick}, the only metric selected: its report "
                                   "would judge with the metric that picked (circular). Select a held-out evaluator "
                                   "too (evaluators.selected)")
+        if conf.sampler.correctors != "none" and method.name != "rlg":
+            raise ConfigError(f"sampler.correctors={conf.sampler.correctors} corrects RLG's mix of two networks; "
+                              f"method {name} does not mix them: run it without sampler.correctors")
         out.append(method)
     if not out:
         raise ConfigError("no method is selected; select one or more, e.g. method=[rlg,weight_mix]")
@@ -274,6 +280,9 @@ def image_identity(conf: RunConf, spec, device: str) -> dict[str, Any]:
     s = dataclasses.asdict(conf.sampler)
     s.pop("name")
     s.pop("batch_size")  # the batch layout does not change an image (micro_batch does, so it stays)
+    if s["correctors"] == "none":  # plain RLG: the keys of runs made before FKC existed stay valid
+        s.pop("correctors")
+        s.pop("fkc")
     s["micro_batch"] = resolve_micro_batch(s["micro_batch"], device)  # the number ("auto" is per device type)
     return {"pair": spec.identity(), "weights": weights_identity(spec), "sampler": s,
             "device": device.split(":")[0]}
@@ -333,6 +342,26 @@ def _check_eta(conf: RunConf, spec) -> None:
     if why:
         raise ConfigError(f"sampler.eta={s.eta} has no effect with pair {spec.name} and sampler.scheduler="
                           f"{s.scheduler}: {why}; remove it (sampler.eta=null) or use sampler.scheduler=ddim")
+
+
+def _check_particle_scheduler(conf: RunConf, spec) -> None:
+    """Refuse sampler.correctors=fkc (or method rlg_fkc / fk_steering) with scheduler=default when the checkpoint's
+    own scheduler (scheduler_config.json, no model loaded) is one the particle weights are not derived for
+    (rlg.fkc.unsupported_scheduler: DDIM epsilon or FlowMatch). A checkpoint not yet downloaded is checked by
+    rlg.sampling.RLGSampler before the first image."""
+    particles = conf.sampler.correctors != "none" or any(k in ("rlg_fkc", "fk_steering") for k in conf.method)
+    if not particles or conf.sampler.scheduler != "default":
+        return
+    scheduler = _pipeline_file(spec.base, "scheduler/scheduler_config.json")
+    name = (scheduler or {}).get("_class_name", "")
+    kind = (scheduler or {}).get("prediction_type", "epsilon")
+    if not name or name.startswith("FlowMatch") or (name == "DDIMScheduler" and kind == "epsilon"):
+        return
+    what = "sampler.correctors=fkc" if conf.sampler.correctors != "none" else "method rlg_fkc / fk_steering"
+    raise ConfigError(f"{what}: pair {spec.name}'s scheduler is {name}"
+                      f"{'' if name != 'DDIMScheduler' else f' (prediction_type={kind})'}, for which the particle "
+                      "weights are not derived; use sampler.scheduler=ddim (noise-prediction pipelines) or "
+                      "euler_ode / flow_grpo_sde (flow pipelines)")
 
 
 def evaluator_plans(conf: RunConf, prompts: list[Prompt], device: Callable[[], str]) -> tuple[EvaluatorPlan, ...]:
@@ -479,6 +508,7 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
     placement, ident = None, {}
     if generates:
         _check_eta(conf, spec)
+        _check_particle_scheduler(conf, spec)
         device = resolve_device(conf.device, local_rank)
         placement = Placement(device, conf.sampler.offload, conf.sampler.compile, conf.sampler.vae_tiling)
         ident = image_identity(conf, spec, device)

@@ -15,7 +15,7 @@ from rlg.choices import RL_KINDS, SCHEDULERS
 from rlg.kind_spec import FindingsConfig, GroundTruthSampling, KLClaimSettings, LearnedTruthConfig
 from rlg.runtime import DTYPE_NAMES
 from rlg.sampler_spec import resolve_micro_batch
-from rlg.surface import CALL_KEYWORDS, PARTIAL_SCHEDULE, check_call_keywords, refusal
+from rlg.surface import CALL_KEYWORDS, PARTIAL_SCHEDULE, check_call_keywords, fkc_refusal, refusal
 
 
 @dataclass
@@ -61,6 +61,16 @@ class WindowConf:
 
 
 @dataclass
+class FKCConf:
+    """sampler.fkc: the Feynman-Kac correctors' settings (rlg.sampler_spec.FKCConfig), read when
+    sampler.correctors=fkc."""
+
+    particles: int = 4  # K particles per image (2 K network rows per image and step)
+    resample: str = "ess"  # ess (when ESS < ess_threshold K) | every_step
+    ess_threshold: float = 0.5
+
+
+@dataclass
 class SamplerConf:
     name: str = MISSING
     scheduler: str = "default"  # default | ddim | euler_ode | flow_grpo_sde
@@ -80,6 +90,8 @@ class SamplerConf:
     vae_tiling: bool = False  # decode large images tile by tile
     micro_batch: Any = "auto"  # rows per forward: int, "auto" (fixed per device type) or null (batch-dependent)
     extra: Dict[str, Any] = field(default_factory=dict)
+    correctors: str = "none"  # none | fkc: Feynman-Kac correctors, K particles per image (rlg.fkc, docs/fkc.md)
+    fkc: FKCConf = field(default_factory=FKCConf)
 
 
 @dataclass
@@ -98,7 +110,9 @@ class MethodConf:
     name: Optional[str] = None
     knobs: Optional[List[Any]] = None  # the swept values; null: grid.scales (rlg, weight_mix)
     model: str = "rl"  # cfg_rl, best_of_n: the model that runs alone (rl | base)
-    pick: Optional[str] = None  # best_of_n: the metric that picks the best candidate (never the judge)
+    pick: Optional[str] = None  # best_of_n: the metric that picks the best candidate (never the judge); fk_steering:
+    # the reward that steers
+    options: Dict[str, Any] = field(default_factory=dict)  # rlg_fkc, fk_steering: their own settings (rlg.methods)
 
 
 @dataclass
@@ -213,6 +227,8 @@ KEY_EFFECTS: Dict[str, str] = {
     "sampler.window.start": "image", "sampler.window.stop": "image", "sampler.window.outside": "image",
     "sampler.batch_size": "placement", "sampler.offload": "gpu", "sampler.compile": "gpu",
     "sampler.vae_tiling": "gpu", "sampler.micro_batch": "gpu", "sampler.extra": "image",
+    "sampler.correctors": "image", "sampler.fkc": "image", "sampler.fkc.particles": "image",
+    "sampler.fkc.resample": "image", "sampler.fkc.ess_threshold": "image",
     "grid.name": "placement", "grid.scales": "image", "grid.allow_large_scales": "placement",
     "evaluators.selected": "score", "evaluators.batch_size": "placement", "evaluators.device": "gpu",
     "evaluators.options": "score",
@@ -233,6 +249,11 @@ METHOD_KEY_EFFECTS: Dict[str, str] = {
     "method.cfg_rl.pick": "refused",
     "method.best_of_n.name": "refused", "method.best_of_n.knobs": "image", "method.best_of_n.model": "image",
     "method.best_of_n.pick": "report",
+    "method.rlg_fkc.name": "refused", "method.rlg_fkc.knobs": "image", "method.rlg_fkc.model": "refused",
+    "method.rlg_fkc.pick": "refused", "method.rlg_fkc.options": "image",
+    "method.fk_steering.name": "refused", "method.fk_steering.knobs": "image", "method.fk_steering.model": "image",
+    "method.fk_steering.pick": "image", "method.fk_steering.options": "image",
+    **{f"method.{m}.options": "refused" for m in ("rlg", "weight_mix", "cfg_rl", "best_of_n")},
 }
 
 # How every constructor option of every registered evaluator (rlg.evaluators.base.REGISTRY; the options are
@@ -617,6 +638,27 @@ def check_window(start: float, stop: float, outside: str, num_steps: int) -> Non
                           "narrow the window or drop the override")
 
 
+def check_correctors(s: Any) -> None:
+    """sampler.correctors and sampler.fkc: a known corrector, FKC settings that are valid, none set without
+    correctors=fkc (they would have no effect), and no RLG window or keyword FKC's weights are not derived for."""
+    from rlg.sampler_spec import FKCConfig
+
+    _one_of("sampler.correctors", s.correctors, ("none", "fkc"))
+    if s.correctors == "none":
+        changed = [f"{k}={s.fkc[k]}" for k, v in vars(FKCConf()).items() if s.fkc[k] != v]
+        if changed:
+            raise ConfigError(f"sampler.fkc.{changed[0]} has no effect without sampler.correctors=fkc; set "
+                              "sampler.correctors=fkc or drop it")
+        return
+    try:
+        FKCConfig(s.fkc.particles, s.fkc.resample, s.fkc.ess_threshold)
+    except ValueError as exc:
+        raise ConfigError(f"sampler.{exc}") from None
+    why = fkc_refusal((s.window.start, s.window.stop), s.extra)
+    if why:
+        raise ConfigError(why)
+
+
 def check_values(cfg: DictConfig) -> None:
     """Values the schema's types cannot express, checked at start-up (not hours later when used)."""
     from rlg.evaluators.base import REGISTRY
@@ -655,6 +697,7 @@ def check_values(cfg: DictConfig) -> None:
         check_call_keywords(s.extra, "sampler.extra")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    check_correctors(s)
     _one_of("prompts.source", cfg.prompts.source, ("inline", "file", *SOURCES, *PACKAGE_SOURCES))
     path = cfg.prompts.path
     if path and not Path(path).expanduser().is_file():  # the loader reads it later; refuse before any import

@@ -16,7 +16,8 @@ Settings (``findings:`` in the preset, schema ``rlg.harness.config.FindingsConf`
   On the command line quote a line with overrides: ``'findings.pairs=["zoo_sd_dpo prompts.max_prompts=4"]'``.
 * ``seeds``: sampling seeds (the run's ``seed``: an image's noise depends on (seed, prompt, sample) only).
 * the run's own ``method`` group: the methods of every sub-run (``rlg`` is required: every claim is about RLG);
-  ``method.<name>.<key>=`` on the command line reaches every sub-run.
+  ``method.<name>.<key>=`` on the command line reaches every sub-run. A pair's line may hold ``method=[...]``, a
+  subset of them with rlg, for that pair alone. best_of_n picks, and fk_steering steers, by the pair's reward.
 * ``overrides``: applied to every sub-run after its preset; a pair's own overrides come after them, and the
   command-line overrides of this run last (``experiment``, ``name``, ``seed`` and ``findings.*`` excepted), so
   ``stage=report`` reaches every sub-run.
@@ -77,15 +78,25 @@ def findings_plan(conf: Any, cli: list[str]) -> FindingsPlan:
     if len(names) != len(presets) or len(set(names)) != len(names):
         raise ConfigError(f"findings.pairs={list(f.pairs)} must name each experiment preset once")
     inherited = _inherited(cli)
-    methods = f"method=[{','.join(chosen)}]"
     runs = []
     for preset, *own in presets:
-        base = [f"experiment={preset}", methods, *f.overrides, *own, *inherited]  # a pair's own line beats the common
+        # a pair's own method=[...] (a subset of the run's) replaces the run's list for that pair: a costly method
+        # (fk_steering scores every particle at every step) can leave out a costly pair
+        own_methods = [o for o in own if o.startswith("method=")]
+        own = [o for o in own if not o.startswith("method=")]
+        pair_methods = own_methods[-1].split("=", 1)[1].strip("[]").split(",") if own_methods else chosen
+        if "rlg" not in pair_methods or not set(pair_methods) <= set(chosen):
+            raise ConfigError(f"findings pair {preset}: method=[{','.join(pair_methods)}] must hold rlg and only "
+                              f"methods of the run's method=[{','.join(chosen)}]")
+        pair_line = f"method=[{','.join(pair_methods)}]"
+        common = [o for o in f.overrides  # the settings of a method this pair leaves out have nothing to set
+                  if not (o.startswith("method.") and o.split(".")[1] not in pair_methods)]
+        base = [f"experiment={preset}", pair_line, *common, *own, *inherited]  # a pair's own line beats the common
         reward = compose(*base).report.reward
         if not reward:
             raise ConfigError(f"experiment={preset} sets no report.reward; the findings need each pair's reward: set "
                               f"it in the preset or on its findings.pairs line ({preset} report.reward=<metric>)")
-        pick = [f"method.best_of_n.pick={reward}"] if "best_of_n" in chosen else []
+        pick = [f"method.{m}.pick={reward}" for m in ("best_of_n", "fk_steering") if m in pair_methods]
         for seed in f.seeds:
             over = (*base, *pick, f"seed={seed}", f"name={conf.name}-{preset}-seed{seed}")
             try:

@@ -107,10 +107,33 @@ def method_grids(job: Job) -> list[tuple[Any, dict[float, Any], Any]]:
             first = next(iter(arms.values()))
             settings = job.sampler if first.guidance_scale is None else \
                 dataclasses.replace(job.sampler, guidance_scale=first.guidance_scale)
+            settings = particle_settings(job, settings, first)
             grid = dataclasses.replace(image_grid(job), scales=tuple(arms), settings=settings,
                                        seed=candidate_seed(job.seed, candidate))
             out.append((method, arms, grid))
     return out
+
+
+def particle_settings(job: Job, settings: Any, arm: Any) -> Any:
+    """``settings`` with the particle method of ``arm``: rlg_fkc's Feynman-Kac correctors, or fk_steering's steering
+    by its reward (``arm.pick``), scored by the job's evaluator that writes it, with that evaluator's options."""
+    from rlg.sampler_spec import FKCConfig, SteeringSpec
+
+    if arm.correctors is not None:
+        return dataclasses.replace(settings, correctors=FKCConfig(*arm.correctors))
+    if arm.steering is None:
+        return settings
+    from rlg.evaluators.base import evaluator_class
+
+    plan = next((e for e in job.evaluators if arm.pick in (getattr(evaluator_class(e.name), "metrics", None) or {})),
+                None)
+    if plan is None:  # build.method_plans refuses this at start-up; a library caller gets the same line
+        raise ValueError(f"method {arm.method}: no selected evaluator writes its reward {arm.pick!r}")
+    from rlg.evaluators.base import get_evaluator, reward_scorer
+
+    k, potential, interval, lam = arm.steering
+    scorer = reward_scorer(get_evaluator(plan.name, **dict(plan.options)), arm.pick)
+    return dataclasses.replace(settings, steering=SteeringSpec(k, arm.pick, scorer, potential, interval, lam))
 
 
 def image_grid(job: Job):
@@ -361,7 +384,17 @@ def what_ran(job: Job) -> str:
     return (f"Ran pair {job.pair.name} for the reward {title(job.reward) if job.reward else 'none (no evaluator)'}: "
             f"{len(job.prompts)} prompts x {n} sample{'s' * (n != 1)} per prompt at RLG scales "
             f"w = {', '.join(scale_label(w) for w in job.scales)}{methods}; sampler {job.config.sampler.name}: "
-            f"{s.num_inference_steps} steps, {scheduler}{eta}, CFG {s.guidance_scale:g}.")
+            f"{s.num_inference_steps} steps, {scheduler}{eta}, CFG {s.guidance_scale:g}{correctors(s)}.")
+
+
+def correctors(s) -> str:
+    """The sampler's Feynman-Kac correctors in words ("" for plain RLG)."""
+    c = s.correctors
+    if c is None:
+        return ""
+    when = "after every step" if c.resample == "every_step" else f"when ESS < {c.ess_threshold:g} K"
+    return (f"; Feynman-Kac correctors (rlg.fkc): K = {c.particles} particles per image, resampled {when}, "
+            f"{2 * c.particles} network rows per image and step")
 
 
 def report(job: Job, store: Store) -> dict[str, Any]:

@@ -39,19 +39,30 @@ class Arm:
     mix: float | None = None
     candidate: int = 0
     pick: str | None = None  # best-of-N: the metric that will pick (not in the content key: picking needs no image)
+    # rlg_fkc: (particles, resample, ess_threshold) of the call's Feynman-Kac correctors (rlg.sampler_spec.FKCConfig)
+    correctors: tuple | None = None
+    # fk_steering: (particles, potential, interval, lam) of the call's FK steering by ``pick``
+    # (rlg.sampler_spec.SteeringSpec)
+    steering: tuple | None = None
 
     @property
     def call_key(self) -> tuple:
         """Arms with equal call keys can share one pipeline call."""
-        return (self.guidance_scale, self.mix)
+        return (self.guidance_scale, self.mix, self.correctors, self.steering)
 
     def key_fields(self) -> dict[str, Any]:
         """What the arm adds to an image's content key. Plain RLG adds nothing, so the keys of RLG runs
-        made before methods existed stay valid (their ``scale`` is the knob)."""
+        made before methods existed stay valid (their ``scale`` is the knob); the particle methods add their
+        settings (and fk_steering its reward, which changes the images)."""
         if self.method == "rlg":
             return {}
-        return {"method": self.method, "knob": self.knob, "guidance_scale": self.guidance_scale, "mix": self.mix,
-                "candidate": self.candidate}
+        out = {"method": self.method, "knob": self.knob, "guidance_scale": self.guidance_scale, "mix": self.mix,
+               "candidate": self.candidate}
+        if self.correctors is not None:
+            out["correctors"] = list(self.correctors)
+        if self.steering is not None:
+            out["steering"] = [*self.steering, self.pick]
+        return out
 
 
 def candidate_seed(seed: int, candidate: int) -> int:
@@ -83,6 +94,8 @@ class Method:
     needs_pick = False  # best_of_n: a reward picks among candidates after scoring
     uses_model = True  # False: the method runs both networks, so ``model`` (rl or base alone) means nothing
 
+    options: dict[str, Any] = {}  # the method's own settings (method.<name>.options) and their defaults
+
     def __init__(self, knobs: Sequence[Any], model: str = "rl", pick: str | None = None):
         if model not in ("rl", "base"):
             raise MethodError(f"method {self.name}: model={model!r}; use rl or base")
@@ -111,3 +124,14 @@ class Method:
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.label, "knobs": self.knobs, "model": self.model, "pick": self.pick}
+
+
+def method_options(name: str, accepted: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """``given`` (method.<name>.options) over the ``accepted`` defaults; raises MethodError (one line) for a name
+    the method does not take."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        takes = f"it takes {', '.join(sorted(accepted))}" if accepted else "it takes none"
+        raise MethodError(f"method {name}: options {unknown} have no effect ({takes}); remove them")
+    return {**accepted, **given}

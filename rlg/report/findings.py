@@ -1,4 +1,4 @@
-"""The findings table: claims about RLG against weight mixing, CFG and best-of-N, decided over pairs and sampling
+"""The findings table: claims about RLG against weight mixing, CFG, best-of-N, RLG-FKC and FK steering, decided over pairs and sampling
 seeds by one rule (``rlg.verdicts``).
 
 Input: per (pair, seed) one run directory of a methods run (``rlg.harness.findings``). Every image of every arm
@@ -21,6 +21,12 @@ differences stay paired. The claims (each one row per pair and metric; d > 0 fav
 * ``best-of-N at equal cost`` (reward and each held-out metric): best-of-N at the N whose network rows equal
   RLG's at each ``compare_at`` w, minus RLG; superiority, margin 0. The reward row has no verdict (the pick
   maximised it: circular).
+* ``RLG-FKC vs RLG`` (reward and each held-out metric): RLG with Feynman-Kac correctors (``method=rlg_fkc``, K
+  particles) minus plain RLG at each ``compare_at`` w; superiority, margin 0; cost ratio K.
+* ``FK steering at equal cost`` (reward and each held-out metric): FK steering of the RL model (``method=
+  fk_steering``) at the K whose network rows equal RLG's, or RLG-FKC's, at each ``compare_at`` w, minus that arm;
+  superiority, margin 0. The reward row has no verdict (the steering maximised it: circular). ``best-of-N at equal
+  cost`` is also matched with RLG-FKC.
 * ``CFG leaves the reward`` (reward): the RL model at its largest CFG knob minus its smallest; equivalence with
   margin ``reward_margin`` x the RL model's reward gain (RLG w = 1 minus w = 0).
 """
@@ -109,6 +115,11 @@ def _knobs(frame: pd.DataFrame, method: str) -> list[float]:
 def _cost(frame: pd.DataFrame, method: str, knob: float) -> float:
     d = frame[(frame["method"] == method) & np.isclose(frame["knob"].astype(float), knob)]
     return float(d["cost"].mean()) if len(d) else math.nan
+
+
+def _particles(frame: pd.DataFrame, w: float) -> int:
+    """RLG-FKC's particles at w: its network rows over plain RLG's (K rows of RLG's per image)."""
+    return int(round(_cost(frame, "rlg_fkc", w) / _cost(frame, "rlg", w))) if w in _knobs(frame, "rlg") else -1
 
 
 def _interval(reps: np.ndarray) -> tuple[float, float]:
@@ -203,18 +214,30 @@ def pair_claims(pair: str, frame: pd.DataFrame, higher: dict[str, bool], reward:
                                  f"(equal mean {reward})", n_seeds, n, est, reps, Claim("equivalence", margin),
                                  ratio))
 
-    bon = _knobs(frame, "best_of_n")
-    for w in [w for w in compare_at if w in rlg_knobs]:
-        cost = _cost(frame, "rlg", w)
-        match = [k for k in bon if np.isclose(_cost(frame, "best_of_n", k), cost)]
-        if not match:
-            continue
-        n_best = match[0]
+    fkc_knobs = _knobs(frame, "rlg_fkc")
+    for w in [w for w in compare_at if w in rlg_knobs and w in fkc_knobs]:  # the correction itself, at K x the cost
+        k = _particles(frame, w)
         for m in [reward, *held_out]:
-            est, reps, n = diff(_arm(frame, "best_of_n", n_best, m), _arm(frame, "rlg", w, m), m)
-            rows.append(_row(pair, "best-of-N at equal cost", m, f"best-of-{n_best:g} vs RLG w = {w:g} ({cost:g} rows "
-                             f"per image each)", n_seeds, n, est, reps,
-                             None if m == reward else Claim("superiority", 0.0), 1.0))
+            est, reps, n = diff(_arm(frame, "rlg_fkc", w, m), _arm(frame, "rlg", w, m), m)
+            rows.append(_row(pair, "RLG-FKC vs RLG", m, f"RLG-FKC (K = {k}) vs RLG, w = {w:g}", n_seeds, n, est, reps,
+                             Claim("superiority", 0.0), _cost(frame, "rlg_fkc", w) / _cost(frame, "rlg", w)))
+    # at equal network rows: best-of-N and FK steering against RLG and RLG-FKC at each compare_at w; their reward
+    # rows have no verdict (the pick, the steering, maximised it: circular)
+    for other, claim, name in (("best_of_n", "best-of-N at equal cost", "best-of-{:g}"),
+                               ("fk_steering", "FK steering at equal cost", "FK steering K = {:g}")):
+        knobs = _knobs(frame, other)
+        for ref, label in (("rlg", "RLG"), ("rlg_fkc", "RLG-FKC")):
+            for w in [w for w in compare_at if w in _knobs(frame, ref)]:
+                cost = _cost(frame, ref, w)
+                match = [k for k in knobs if np.isclose(_cost(frame, other, k), cost)]
+                if not match:
+                    continue
+                what = label if ref == "rlg" else f"{label} (K = {_particles(frame, w)})"
+                for m in [reward, *held_out]:
+                    est, reps, n = diff(_arm(frame, other, match[0], m), _arm(frame, ref, w, m), m)
+                    rows.append(_row(pair, claim, m, f"{name.format(match[0])} vs {what} w = {w:g} ({cost:g} rows "
+                                     f"per image each)", n_seeds, n, est, reps,
+                                     None if m == reward else Claim("superiority", 0.0), 1.0))
 
     cfg = _knobs(frame, "cfg_rl")
     if len(cfg) >= 2 and np.isfinite(gain) and abs(gain) > 0:

@@ -126,7 +126,7 @@ def score(images: np.ndarray, prompts: list[str]) -> np.ndarray:
 def tag_summary(values: np.ndarray, tags: list[str]) -> dict[str, dict[str, float]]:
     """Per tag mean_ci of ``values`` (N,), and "overall": GenEval's unweighted mean over the tags, with the se of a
     mean of independent tag means (sqrt(sum se_t^2) / n_tags) and its normal 95% interval."""
-    from rlg.zoo.common import mean_ci
+    from rlg.kl_stats import mean_ci
 
     tags_arr = np.asarray(tags)
     out = {t: mean_ci(values[tags_arr == t]) for t in dict.fromkeys(tags)}
