@@ -191,6 +191,22 @@ def test_a_pair_without_a_reward_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "f").exists()
 
 
+def test_a_derived_reward_is_refused_before_any_work(tmp_path):
+    """GenEval overall is a mean over tags the report derives: the findings pair images, so the plan refuses it
+    (the findings run once failed on it after generating every image) and names the per-image metric."""
+    from rlg.harness.api import compose
+    from rlg.harness.config import ConfigError
+    from rlg.harness.runner import run
+
+    over = ["experiment=findings_zoo", 'findings.pairs=["zoo_geneval_flowgrpo method=[rlg]"]', "findings.seeds=[0]",
+            "prompts.max_prompts=2", "prompts.samples_per_prompt=1", "sampler.num_inference_steps=2",
+            f"paths.root={tmp_path}"]
+    with pytest.raises(ConfigError, match=r"^findings pair zoo_geneval_flowgrpo: its reward geneval_overall is a set "
+                                          r"metric the report derives.*e\.g\. geneval_correct for GenEval\)$"):
+        run(compose(*over), run_dir=tmp_path / "f", overrides=over)
+    assert not (tmp_path / "f").exists()
+
+
 def test_methods_figure_knob_labels_do_not_overlap(monkeypatch, tmp_path):
     """Methods that share a point (w = 0 and 1 of RLG and weight mixing, the RL model at its own CFG scale) and
     points close together (a saturated weight mixing): every knob label's box is clear of every other's."""

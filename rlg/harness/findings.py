@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 from rlg.harness.config import ConfigError
 from rlg.kind_spec import FindingsPlan, FindingsSubRun as SubRun
+from rlg.metrics import metric
 
 log = logging.getLogger("rlg")
 
@@ -103,6 +104,11 @@ def findings_plan(conf: Any, cli: list[str]) -> FindingsPlan:
                 job = build(compose(*over), overrides=list(over))
             except ConfigError as exc:
                 raise ConfigError(f"findings pair {preset} (seed {seed}): {exc}") from exc
+            declared = metric(str(reward))  # registered once build has imported the pair's evaluators
+            if declared is not None and declared.derived:
+                raise ConfigError(f"findings pair {preset}: its reward {reward} is a set metric the report derives, "
+                                  "and the findings compare paired images; name a per-image metric on its line "
+                                  f"({preset} report.reward=<metric>, e.g. geneval_correct for GenEval)")
             if not f.sub_reports:
                 job = dataclasses.replace(job, stages=tuple(st for st in job.stages if st != "report"))
             runs.append(SubRun(preset, int(seed), str(reward), tuple(over), job))
