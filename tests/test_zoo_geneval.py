@@ -197,12 +197,12 @@ def test_base_trainer_resumes_to_the_uninterrupted_result_on_scenes(tmp_path):
 
 
 def test_flowgrpo_prompt_pool_and_flat_groups():
-    """The recipe's prompt pool is exactly the weak tags' prompts; the default pool draws as before (all prompts,
+    """The second attempt's prompt pool is exactly the weak tags' prompts; the default pool draws as before (all prompts,
     pool[randperm] == randperm); a bad pool fails before any work; a group of equal rewards counts as flat."""
     from rlg.zoo import train_geneval as TG
     from rlg.zoo.train_text_flowgrpo import flat_share, prompt_pool
 
-    weak = TG.RL_OVERRIDES["train_prompts"]
+    weak = TG.WEAK_PROMPTS
     assert len(weak) == 30 and {G.rows()[i]["tag"] for i in weak} == {"two_object", "position"}
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(3))
     assert torch.equal(prompt_pool(None, 40, 4)[perm], perm)
