@@ -196,6 +196,25 @@ def test_base_trainer_resumes_to_the_uninterrupted_result_on_scenes(tmp_path):
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
+def test_flowgrpo_prompt_pool_and_flat_groups():
+    """The second attempt's prompt pool is exactly the weak tags' prompts; the default pool draws as before (all prompts,
+    pool[randperm] == randperm); a bad pool fails before any work; a group of equal rewards counts as flat."""
+    from rlg.zoo import train_geneval as TG
+    from rlg.zoo.train_text_flowgrpo import flat_share, prompt_pool
+
+    weak = TG.WEAK_PROMPTS
+    assert len(weak) == 30 and {G.rows()[i]["tag"] for i in weak} == {"two_object", "position"}
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(prompt_pool(None, 40, 4)[perm], perm)
+    assert prompt_pool(weak, 40, 4).tolist() == list(weak)
+    for bad in ((1, 2, 3), (1, 2, 3, 40), (1, 1, 2, 3)):
+        with pytest.raises(ValueError, match=r"train_prompts must hold at least prompts_per_step=4 distinct prompt "
+                                             r"indices in \[0, 40\)"):
+            prompt_pool(bad, 40, 4)
+    rewards = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    assert flat_share(rewards, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])) == 0.75  # groups 0, 2, 3 flat
+
+
 def _stock_images(pipe, prompts, steps, seed=7):
     from rlg.sampling import noise_seed
     from rlg.zoo import text as T

@@ -67,6 +67,24 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Te
     return adv
 
 
+def flat_share(rewards: torch.Tensor, group_ids: torch.Tensor) -> float:
+    """Share of prompt groups whose rewards are all equal: their advantage is 0, so they give no policy gradient."""
+    return float(np.mean([rewards[group_ids == g].std(unbiased=False).item() == 0 for g in group_ids.unique()]))
+
+
+def prompt_pool(train_prompts, n_prompts: int, prompts_per_step: int) -> torch.Tensor:
+    """The prompt indices groups are drawn from, int64 (K,): all ``n_prompts`` when ``train_prompts`` is None
+    (then pool[randperm] == randperm: runs without the option are unchanged). Raises ValueError before any work
+    when fewer than ``prompts_per_step`` distinct indices, or one outside [0, n_prompts), are given."""
+    if train_prompts is None:
+        return torch.arange(n_prompts)
+    ids = [int(i) for i in train_prompts]
+    if len(set(ids)) < prompts_per_step or not all(0 <= i < n_prompts for i in ids) or len(set(ids)) != len(ids):
+        raise ValueError(f"train_prompts must hold at least prompts_per_step={prompts_per_step} distinct prompt "
+                         f"indices in [0, {n_prompts}); got {list(train_prompts)!r}")
+    return torch.tensor(ids)
+
+
 def velocity(model, x, t, pe, pooled, uncond_pe, uncond_pooled, guidance_scale):
     """CFG velocity as StableDiffusion3Pipeline computes it (uncond first, then cond, in one batch)."""
     n = x.shape[0]
@@ -93,7 +111,10 @@ def train_flowgrpo(beta: float, seed: int, steps: int, out_dir: Path | str, base
     ``resume``: save the state (adapter, optimiser, generator, history) to ``<out_dir>.partial.pt`` after every
     iteration and continue from it when present (removed at the end; the result equals an uninterrupted run's).
 
-    beta: KL coefficient (0 allowed). Deterministic given ``seed`` (one torch thread). Returns metrics.
+    beta: KL coefficient (0 allowed). Overrides: the keys of ``DEFAULTS``, and ``train_prompts`` (indices into
+    ``task.PROMPTS`` that groups are drawn from; default all, ``prompt_pool``). The history records per iteration
+    the mean reward, the KL and ``flat_groups`` (``flat_share``). Deterministic given ``seed`` (one torch thread).
+    Returns metrics.
     """
     from diffusers import StableDiffusion3Pipeline
     from peft import LoraConfig, get_peft_model
@@ -102,6 +123,7 @@ def train_flowgrpo(beta: float, seed: int, steps: int, out_dir: Path | str, base
     from rlg.zoo.train_text_base import prompt_embeddings
 
     cfg = {**DEFAULTS, **overrides, "beta": beta, "seed": seed, "steps": steps}
+    pool = prompt_pool(cfg.get("train_prompts"), len(task.PROMPTS), cfg["prompts_per_step"])
     torch.set_num_threads(T.threads())
     torch.manual_seed(seed)
     t0 = time.time()
@@ -141,7 +163,7 @@ def train_flowgrpo(beta: float, seed: int, steps: int, out_dir: Path | str, base
         return metrics
     for it in range(start, steps):
         # --- 1. sample groups with the SDE (no grad), recording the trajectory
-        words = torch.randperm(nw, generator=gen)[:P].repeat_interleave(G)
+        words = pool[torch.randperm(len(pool), generator=gen)[:P]].repeat_interleave(G)
         n = len(words)
         pe, pooled = pe_all[words], pooled_all[words]
         upe, upooled = pe_all[nw:].expand(n, -1, -1), pooled_all[nw:].expand(n, -1)
@@ -184,8 +206,11 @@ def train_flowgrpo(beta: float, seed: int, steps: int, out_dir: Path | str, base
             (loss / n_train).backward()
         torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"])
         opt.step()
-        history.append({"step": it, "reward": rewards.mean().item(), "kl": float(np.mean(kls)) if kls else 0.0})
-        log(f"grpo step {it} reward {rewards.mean():.3f} kl {history[-1]['kl']:.3g} ({time.time() - t0:.0f}s)")
+        flat = flat_share(rewards, words)
+        history.append({"step": it, "reward": rewards.mean().item(), "kl": float(np.mean(kls)) if kls else 0.0,
+                        "flat_groups": flat})
+        log(f"grpo step {it} reward {rewards.mean():.3f} kl {history[-1]['kl']:.3g} flat groups {flat:.2f} "
+            f"({time.time() - t0:.0f}s)")
         if it + 1 in snapshot_steps and it + 1 < steps:  # equals a run with steps = it + 1 (nothing depends on steps)
             save(out_dir.with_name(f"{out_dir.name}_it{it + 1}"), {**cfg, "steps": it + 1})
         if resume and it + 1 < steps:
