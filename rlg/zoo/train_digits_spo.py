@@ -198,7 +198,7 @@ def train_spo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
     history, start, seconds = [], 0, 0.0
     state_path = out / STATE_FILE
     if state_path.exists():
-        st = torch.load(state_path, weights_only=False)
+        st = torch.load(state_path, weights_only=True)
         if st["args"] != {**args, "steps": st["args"]["steps"]}:
             raise ValueError(f"{state_path} was written with {st['args']}; delete it or pass the same arguments")
         set_peft_model_state_dict(unet, st["lora"])

@@ -104,7 +104,7 @@ def train_transformer(pipe, seed: int, steps: int, n_images: int = 8192, batch: 
     gen = torch.Generator().manual_seed(seed)
     t0, losses, start, spent = time.time(), [], 0, 0.0
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=True)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])

@@ -145,7 +145,7 @@ def train_flowgrpo(beta: float, seed: int, steps: int, out_dir: Path | str, base
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial.pt")
     if resume and partial.exists():
-        state = torch.load(partial, weights_only=False)
+        state = torch.load(partial, weights_only=True)
         model.load_state_dict(state["model"], strict=False)  # the adapter's tensors; the base is the same file
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
