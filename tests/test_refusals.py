@@ -118,8 +118,13 @@ def test_ctrl_c_prints_one_line_naming_the_resume_command(tmp_path):
     root = Path(__file__).resolve().parent.parent
     args = ["debug=fast", f"paths.root={tmp_path}", "name=c", "prompts.samples_per_prompt=8", "sampler.batch_size=3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+
+    def default_sigint():  # Python keeps ignoring SIGINT if its parent ignored or blocked it (a backgrounded job's
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # Ctrl-C); the run once ended rc 0 in the
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # suite: start it as a terminal would, whatever this worker did
+
     proc = subprocess.Popen([sys.executable, "run.py", *args], cwd=root, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     parts = tmp_path / "c" / "rows" / "images"
     deadline = time.time() + 300
     while time.time() < deadline and not list(parts.glob("part-*.parquet")) and proc.poll() is None:
