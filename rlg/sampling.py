@@ -259,6 +259,12 @@ def _single_image(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float HxWx3 in [0, 1] -> uint8, the same rounding as diffusers' numpy_to_pil (NaN -> 0, clipped): the
+    pipeline's outputs and FK steering's decoded predictions go through this one conversion."""
+    return (np.nan_to_num(image, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8)
+
+
 class RLGSampler:
     """Runs a loaded pair's pipeline on batches of work items."""
 
@@ -446,9 +452,7 @@ class RLGSampler:
                 images = self.pipe(**self._call_kwargs(rows, generators, on_step)).images
         finally:
             den.end()  # the scales were for this call only
-        # the same float -> uint8 rounding as diffusers' numpy_to_pil
-        u8 = [(np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0).clip(0, 1) * 255).round().astype(np.uint8)
-              for im in images]
+        u8 = [to_uint8(np.asarray(im, dtype=np.float32)) for im in images]
         if population is None:
             picked = list(range(len(items)))
         elif fkc is not None:
@@ -491,7 +495,7 @@ class RLGSampler:
         z = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
         decoded = vae.decode(z.to(vae.dtype), return_dict=False)[0]
         arrays = self.pipe.image_processor.postprocess(decoded, output_type="np")
-        return [(np.nan_to_num(a, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8) for a in arrays]
+        return [to_uint8(a) for a in arrays]
 
     def _reward(self, images: list[np.ndarray], rows: list[WorkItem], where: str) -> torch.Tensor:
         """The steering reward of each image (the scorer's: higher is better), float64. Raises SamplerError when a
