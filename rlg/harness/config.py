@@ -212,12 +212,10 @@ class RunConf:
 #              size, offload hooks); kept in the content key
 #   job        selects another kind of job (closed-form ground truth), no image
 KEY_EFFECTS: Dict[str, str] = {
-    "pair.name": "label", "pair.tiny": "image", "pair.base": "image", "pair.base.id": "image",
-    "pair.base.revision": "image", "pair.base.subfolder": "image", "pair.base.weight_name": "image",
-    "pair.base.variant": "image", "pair.rl": "image", "pair.rl.id": "image", "pair.rl.revision": "image",
-    "pair.rl.subfolder": "image", "pair.rl.weight_name": "image", "pair.rl.variant": "image", "pair.rl_kind": "image",
-    "pair.pipeline_class": "image", "pair.vae": "image", "pair.vae.id": "image", "pair.vae.revision": "image",
-    "pair.vae.subfolder": "image", "pair.vae.weight_name": "image", "pair.vae.variant": "image", "pair.dtype": "image",
+    "pair.name": "label", "pair.tiny": "image", "pair.rl_kind": "image",
+    **{f"pair.{role}{key}": "image" for role in ("base", "rl", "vae")
+       for key in ("", ".id", ".revision", ".subfolder", ".weight_name", ".variant")},
+    "pair.pipeline_class": "image", "pair.dtype": "image",
     "pair.allow_pickle": "placement", "pair.offline": "placement", "pair.analytic": "job",
     "pair.analytic.preset": "job", "pair.analytic.d": "job", "pair.analytic.beta": "job", "pair.components": "image",
     "sampler.name": "placement", "sampler.scheduler": "image", "sampler.num_inference_steps": "image",

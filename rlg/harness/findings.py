@@ -133,7 +133,7 @@ def run_findings(job: Any, store: Any, run_job: Callable[..., dict[str, Any]]) -
     passed in: the
     runner calls this) into ``<run>/runs/<preset>-seed<k>``, then write ``<run>/report`` (index.md/.html with the
     Findings section first, tables/findings.csv). Returns {"files", "index", "index_html", "rows"}."""
-    from rlg.harness.stages import _written
+    from rlg.harness.stages import _index, _written
     from rlg.report.findings import write_findings_report
 
     plan = job.settings
@@ -153,12 +153,10 @@ def run_findings(job: Any, store: Any, run_job: Callable[..., dict[str, Any]]) -
                                             n_resamples=plan.n_resamples, seed=job.seed))
         return result["files"]
 
-    files = _written(store, store.temp_dir("report"), root / "report", write)
-    final = root / "report"
+    files = _written(store, write)
     for line in result.get("headlines", []):
         print(line)
-    return {"files": files, "rows": result.get("rows", 0), "index": str(final / "index.md"),
-            "index_html": str(final / "index.html")}
+    return {"files": files, "rows": result.get("rows", 0), **_index(store)}
 
 
 __all__ = ["findings_plan", "findings_settings", "findings_stage", "run_findings"]

@@ -355,9 +355,10 @@ def evaluate(job: Job, store: Store, progress=None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-def _written(store: Store, tmp: Path, final: Path, write) -> list[str]:
-    """Run ``write(tmp)`` -> files, then swap ``tmp`` in for ``final``: a killed report leaves the previous
-    one (or none), never a half-written one."""
+def _written(store: Store, write) -> list[str]:
+    """Run ``write(tmp)`` -> files in a temporary folder, then swap it in for ``<run>/report``: a killed report
+    leaves the previous one (or none), never a half-written one. Returns the final paths of the files."""
+    tmp, final = store.temp_dir("report"), store.root / "report"
     try:
         files = write(tmp)
         store.swap_dir(tmp, final)
@@ -413,11 +414,9 @@ def report(job: Job, store: Store) -> dict[str, Any]:
                                    reward_note=job.reward_note, run_line=what_ran(job)))
         return result["files"]
 
-    files = _written(store, store.temp_dir("report"), store.root / "report", write)
-    final = store.root / "report"
+    files = _written(store, write)
     return {"files": files, "notes": result.get("notes", []), "summary": result.get("summary"), "images": images,
-            "headlines": result.get("headlines", []),
-            "scores": scores, "index": str(final / "index.md"), "index_html": str(final / "index.html")}
+            "headlines": result.get("headlines", []), "scores": scores, **_index(store)}
 
 
 def _current_picks(job: Job, images):
@@ -450,7 +449,7 @@ def ground_truth(job: Job, store: Store) -> dict[str, Any]:
 
     df = run_ground_truth(job.settings)
     store.write_table("ground_truth", df)
-    files = _written(store, store.temp_dir("report"), store.root / "report", lambda tmp: _section(job)(df, tmp))
+    files = _written(store, lambda tmp: _section(job)(df, tmp))
     print(ground_truth_tables(df)["markdown"])
     return {"files": files, "rows": len(df), **_index(store)}
 
@@ -468,8 +467,7 @@ def kl_claim(job: Job, store: Store) -> dict[str, Any]:
     analytic = run_ground_truth(job.settings.analytic) if job.settings.analytic is not None else None
     if analytic is not None:
         store.write_table("ground_truth", analytic)
-    files = _written(store, store.temp_dir("report"), store.root / "report",
-                     lambda tmp: _section(job)(df, analytic, tmp))
+    files = _written(store, lambda tmp: _section(job)(df, analytic, tmp))
     print((store.root / "report" / "index.md").read_text())
     return {"files": files, "rows": len(df), **_index(store)}
 
@@ -481,7 +479,7 @@ def kl_learned(job: Job, store: Store) -> dict[str, Any]:
 
     df = run_learned_truth(job.settings)
     store.write_table("kl_learned", df)
-    files = _written(store, store.temp_dir("report"), store.root / "report", lambda tmp: _section(job)(df, tmp))
+    files = _written(store, lambda tmp: _section(job)(df, tmp))
     print((store.root / "report" / "index.md").read_text())
     return {"files": files, "rows": len(df), "seconds": df.attrs.get("seconds"), **_index(store)}
 

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, STYLE, TEXT_WIDTH, _reference_lines, save
 from rlg.report.page import write_kind_report
-from rlg.report.tables import FORMATS as TABLE_FORMATS, render
+from rlg.report.tables import render_all
 
 __all__ = ["write_ground_truth_figures", "ground_truth_tables", "ground_truth_moment_tables", "ground_truth_fkc_tables",
            "write_ground_truth_report"]
@@ -201,8 +201,7 @@ def ground_truth_tables(df: pd.DataFrame, distance: str = "energy_distance") -> 
         notes.append("RLG-FKC: RLG with Feynman-Kac correctors (rlg.fkc), K particles per sample, the largest K run; "
                      "its distance z against the same floor; not run at w = 0, 1 (weights are 0 there). Per K: the "
                      "ground_truth_fkc table.")
-    return {fmt: render(header, rows, fmt, align="lr" + "r" * (len(header) - 2), notes=notes, groups=groups[1:])
-            for fmt in TABLE_FORMATS}
+    return render_all(header, rows, align="lr" + "r" * (len(header) - 2), notes=notes, groups=groups[1:])
 
 
 def ground_truth_moment_tables(df: pd.DataFrame, max_dims: int = 4) -> dict[str, str]:
@@ -224,8 +223,7 @@ def ground_truth_moment_tables(df: pd.DataFrame, max_dims: int = 4) -> dict[str,
                              f"{v.net:+.4f} ({_fmt_z(v.net_z)})" if np.isfinite(v.net) else "–"])
     notes = ["Per-dimension moment tests of the ground truth (exact values in closed form, noised to the sampler's "
              "output level); se from influence values, paired se for the net column."]
-    return {fmt: render(header, rows, fmt, align="lrr" + "r" * (len(header) - 3), notes=notes, groups=groups[1:])
-            for fmt in TABLE_FORMATS}
+    return render_all(header, rows, align="lrr" + "r" * (len(header) - 3), notes=notes, groups=groups[1:])
 
 
 def ground_truth_fkc_tables(df: pd.DataFrame, distance: str = "energy_distance") -> dict[str, str] | None:
@@ -262,8 +260,7 @@ def ground_truth_fkc_tables(df: pd.DataFrame, distance: str = "energy_distance")
              "z = (distance - floor) / combined se, as for RLG. ESS/K: effective sample size of a population over K "
              "(final weights, mean over samples; smallest over samples and steps); resamplings per sample. Network "
              "rows per output sample: 2 K per step for FKC, K for FK steering."]
-    return {fmt: render(header, rows, fmt, align="lrlr" + "r" * (len(header) - 4), notes=notes, groups=groups[1:])
-            for fmt in TABLE_FORMATS}
+    return render_all(header, rows, align="lrlr" + "r" * (len(header) - 4), notes=notes, groups=groups[1:])
 
 
 def write_ground_truth_report(df: pd.DataFrame, out_dir) -> list[Path]:

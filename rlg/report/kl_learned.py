@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from rlg.kl_stats import decompose, mean_se, normal_interval
 from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, MARKERS, STYLE, TEXT_WIDTH, save
 from rlg.report.page import write_kind_report
-from rlg.report.tables import FORMATS as TABLE_FORMATS, render
+from rlg.report.tables import render_all
 
 __all__ = ["kl_learned_tables", "write_kl_learned_figures", "write_kl_learned_report"]
 
@@ -79,8 +79,7 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
              "the "
              "whole distribution (energy distance to exact samples of the beta/w optimum). One block per retraining "
              "objective: RLG(w) starts from that objective's beta model."]
-    out["kl_learned_verdict"] = {fmt: render(header, rows, fmt, align="lrrlr" + "r" * 4 + "lr", notes=notes)
-                                 for fmt in TABLE_FORMATS}
+    out["kl_learned_verdict"] = render_all(header, rows, align="lrrlr" + "r" * 4 + "lr", notes=notes)
     header = ["objective", "w", "beta/w", "exact reward", "sampler: exact score - exact",
               "RLG's own gap (exact scores) [95%]", "network: oracle - exact score [95%]",
               "fine-tuning: retrained - oracle [95%]", "own criterion: retrained - oracle [95%]",
@@ -101,8 +100,7 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
              "objective's training criterion (larger is better; rlg.kl_learned.objective_value) at the fine-tune "
              "minus at the oracle, on the same evaluation draw: > 0 means the fine-tune optimised its criterion "
              "past the oracle, so a reward gap to the oracle is the objective's, not the optimiser's."]
-    out["kl_learned_errors"] = {fmt: render(header, rows, fmt, align="l" + "r" * (len(header) - 1), notes=notes)
-                                for fmt in TABLE_FORMATS}
+    out["kl_learned_errors"] = render_all(header, rows, align="l" + "r" * (len(header) - 1), notes=notes)
     arms = [(a, o) for a, o in df[["arm", "objective"]].drop_duplicates().itertuples(index=False)]
     header = ["w", "floor (exact vs exact)"] + [a if not o else f"{a} ({o})" for a, o in arms]
     rows = []
@@ -115,8 +113,7 @@ def kl_learned_tables(df: pd.DataFrame) -> dict[str, dict[str, str]]:
         rows.append(cells)
     notes = ["Energy distance to exact samples of the beta/w optimum (at the sampler's output noise level); learned "
              "arms: mean ± se over training seeds."]
-    out["kl_learned_distance"] = {fmt: render(header, rows, fmt, align="r" * len(header), notes=notes)
-                                  for fmt in TABLE_FORMATS}
+    out["kl_learned_distance"] = render_all(header, rows, align="r" * len(header), notes=notes)
     return out
 
 

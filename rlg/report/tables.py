@@ -44,29 +44,21 @@ def format_scale(w: float) -> str:
     return f"{s} (base)" if w == 0 else f"{s} (RL)" if w == 1 else s
 
 
+_LATEX = {**{ch: "\\" + ch for ch in "&%$#_{}"}, "\\": r"\textbackslash{}", "~": r"\textasciitilde{}",
+          "^": r"\textasciicircum{}", "–": "--", "−": "$-$", "Δ": r"$\Delta$"}
+
+
 def _escape_latex(s: str) -> str:
-    out = []
-    for ch in s:
-        if ch in "&%$#_{}":
-            out.append("\\" + ch)
-        elif ch == "\\":
-            out.append(r"\textbackslash{}")
-        elif ch == "~":
-            out.append(r"\textasciitilde{}")
-        elif ch == "^":
-            out.append(r"\textasciicircum{}")
-        elif ch == "–":
-            out.append("--")
-        elif ch == "−":
-            out.append("$-$")
-        elif ch == "Δ":
-            out.append(r"$\Delta$")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return "".join(_LATEX.get(ch, ch) for ch in s)
 
 
 NUMBER_SPACE = re.compile(r"(?<=[\d\]%)]) (?=[\[(+\-−\d])|(?<=,) (?=[+\-−\d])")  # spaces inside "a [b, c] (n)"
+
+
+def render_all(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None,
+               notes: Sequence[str] = (), groups: Sequence[int] = ()) -> dict[str, str]:
+    """{format: :func:`render` in that format} for every one of ``FORMATS``."""
+    return {fmt: render(header, rows, fmt, align, notes, groups) for fmt in FORMATS}
 
 
 def render(header: Sequence[str], rows: Sequence[Sequence[str]], fmt: str, align: str | None = None,
