@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 # a section item: the stem of one of the report's tables, a figure (a .png path under the report), or a paragraph
 Item = Union[str, Path]
@@ -81,6 +81,14 @@ class Page:
                 + "\n".join(self.body) + "\n</body></html>\n")
 
 
+def write_table_files(tab_dir: Path, stem: str, make: Callable[[str], str]) -> list[Path]:
+    """``tab_dir/<stem>.md`` and ``.tex`` from ``make("markdown")`` and ``make("latex")``; the two paths."""
+    files = [tab_dir / f"{stem}.md", tab_dir / f"{stem}.tex"]
+    for path, fmt in zip(files, ("markdown", "latex")):
+        path.write_text(make(fmt))
+    return files
+
+
 def write_kind_report(out_dir: Path, title: str, tables: dict[str, dict[str, str]],
                       sections: Sequence[tuple[str, Sequence[Item]]]) -> list[Path]:
     """Write ``tables/<stem>.md`` and ``.tex`` for every table ({"markdown": ..., "latex": ..., "html": ...}, as
@@ -90,9 +98,7 @@ def write_kind_report(out_dir: Path, title: str, tables: dict[str, dict[str, str
     files = []
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
     for stem, t in tables.items():
-        for fmt, ext in (("markdown", "md"), ("latex", "tex")):
-            files.append(out_dir / "tables" / f"{stem}.{ext}")
-            files[-1].write_text(t[fmt])
+        files += write_table_files(out_dir / "tables", stem, t.__getitem__)
     page = Page(title)
     for i, (heading, items) in enumerate(sections):
         if heading:

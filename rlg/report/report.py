@@ -29,7 +29,7 @@ from rlg import metrics as metric_info
 from rlg.evaluators.base import register_stored
 from rlg.report import figures, methods, tables
 from rlg.report.browser import write_browser
-from rlg.report.page import Page
+from rlg.report.page import Page, write_table_files
 from rlg.report.anchors import Anchor, load_anchors
 from rlg.report.headline import Headline, headlines, pixel_diversity
 from rlg.report.stats import SERIES, geneval_tags, summarize, tidy, with_series
@@ -193,20 +193,13 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     files.append(path)
     for experiment in sorted(summary["run_name"].unique()):
         name = figures.slug(experiment or "results")
-        for fmt, ext in (("markdown", "md"), ("latex", "tex")):
-            text = tables.experiment_table(summary, experiment, fmt, reference_scale,
-                                           notes=[f"Run: {experiment}", *notes])
-            path = tab_dir / f"metrics_{name}.{ext}"
-            path.write_text(text)
-            files.append(path)
+        files += write_table_files(tab_dir, f"metrics_{name}", lambda fmt: tables.experiment_table(
+            summary, experiment, fmt, reference_scale, notes=[f"Run: {experiment}", *notes]))
 
     tags = geneval_tags(df, n_resamples, seed, level, reference_scale)
     if not tags.empty:
-        for fmt, ext in (("markdown", "md"), ("latex", "tex")):
-            path = tab_dir / f"geneval_tags.{ext}"
-            path.write_text(tables.geneval_table(
-                tags, fmt, notes=["GenEval accuracy per tag; overall = unweighted mean of the tag accuracies."]))
-            files.append(path)
+        files += write_table_files(tab_dir, "geneval_tags", lambda fmt: tables.geneval_table(
+            tags, fmt, notes=["GenEval accuracy per tag; overall = unweighted mean of the tag accuracies."]))
         for series, g in tags.groupby(SERIES):
             files += figures.plot_geneval_tags(
                 g, fig_dir / f"geneval_tags_{figures.slug('_'.join(s for s in series if s))}", formats)
@@ -219,12 +212,8 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
         path = tab_dir / "anchors.csv"
         rows.to_csv(path, index=False)
         files.append(path)
-        for fmt, ext in (("markdown", "md"), ("latex", "tex")):
-            path = tab_dir / f"anchors.{ext}"
-            path.write_text(tables.anchor_table(rows, fmt, notes=["Published numbers next to ours at the matching "
-                                                                  "scale (w=0 base, w=1 RL model), in the published "
-                                                                  "unit."]))
-            files.append(path)
+        files += write_table_files(tab_dir, "anchors", lambda fmt: tables.anchor_table(rows, fmt, notes=[
+            "Published numbers next to ours at the matching scale (w=0 base, w=1 RL model), in the published unit."]))
 
     for metric in sorted(summary["metric"].unique()):
         files += figures.plot_metric_vs_scale(summary, metric, fig_dir / f"scale_{figures.slug(metric)}", formats)

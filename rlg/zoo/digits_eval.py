@@ -180,19 +180,25 @@ def measure_seeds(name: str, seeds=(0, 1, 2), scales=(0.0, 0.5, 1.0, 2.0, 3.0), 
         runs.append(measure_pair(name, scales, samples_per_prompt, sd, weights))
         log(f"{name} seed {sd}: {verdict(runs[-1])}")
     rew = runs[0]["reward"]
+    summary = over_seeds(runs, [(rew, lambda v: v[rew]["mean"])]
+                         + [(k, lambda v, k=k: v[k]["mean"]) for k in ("digit_prob", "digit_margin", "jpeg_kb")]
+                         + [(k, lambda v, k=k: v[k]) for k in ("accuracy", "class_entropy", "kid")])
+    return {"pair": name, "reward": rew, "seeds": list(seeds), "summary": summary,
+            "verdicts": [verdict(r) for r in runs], "runs": runs}
+
+
+def over_seeds(runs: list[dict[str, Any]], columns) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per scale of measure_pair ``runs`` (one per sampling seed): for each (key, get) of ``columns``, the mean and
+    sd (ddof 1; None for one run) over the runs of ``get(run["scales"][scale])``, rounded to 5 decimals."""
     summary = {}
     for w in runs[0]["scales"]:
         row = {}
-        for key, get in ((rew, lambda v: v[rew]["mean"]), ("digit_prob", lambda v: v["digit_prob"]["mean"]),
-                         ("digit_margin", lambda v: v["digit_margin"]["mean"]),
-                         ("jpeg_kb", lambda v: v["jpeg_kb"]["mean"]), ("accuracy", lambda v: v["accuracy"]),
-                         ("class_entropy", lambda v: v["class_entropy"]), ("kid", lambda v: v["kid"])):
-            vals = np.array([get(r["scales"][w]) for r in runs])
+        for key, get in columns:
+            vals = np.array([get(r["scales"][w]) for r in runs], dtype=np.float64)
             row[key] = {"mean": round(float(vals.mean()), 5),
                         "sd": round(float(vals.std(ddof=1)), 5) if len(vals) > 1 else None}
         summary[w] = row
-    return {"pair": name, "reward": rew, "seeds": list(seeds), "summary": summary,
-            "verdicts": [verdict(r) for r in runs], "runs": runs}
+    return summary
 
 
 def measure_base(base: Path | str = "zoo:digits_base", seeds=(0, 1, 2), samples_per_prompt: int = 10

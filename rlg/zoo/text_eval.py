@@ -66,22 +66,16 @@ def measure_seeds(seeds=(0, 1, 2), scales=(0.0, 0.5, 1.0, 1.5, 2.0), samples_per
                   ) -> dict[str, Any]:
     """measure_pair at each sampling seed, each run's verdict (rlg.zoo.digits_eval.verdict), and per scale the
     mean and sd over seeds of the reward, the confidence, the exact share and the confidence among exact reads."""
-    from rlg.zoo.digits_eval import verdict
+    from rlg.zoo.digits_eval import over_seeds, verdict
 
     runs = []
     for sd in seeds:
         runs.append(measure_pair(scales, samples_per_prompt, sd))
         log(f"{PAIR} seed {sd}: {verdict(runs[-1])}")
-    summary = {}
-    for w in runs[0]["scales"]:
-        row = {}
-        for key, get in ((REWARD, lambda v: v[REWARD]["mean"]),
-                         ("ocr_confidence", lambda v: v["ocr_confidence"]["mean"]), ("exact", lambda v: v["exact"]),
-                         ("confidence_exact", lambda v: (v["confidence_exact"] or {}).get("mean", np.nan))):
-            vals = np.array([get(r["scales"][w]) for r in runs], dtype=np.float64)
-            row[key] = {"mean": round(float(vals.mean()), 5),
-                        "sd": round(float(vals.std(ddof=1)), 5) if len(vals) > 1 else None}
-        summary[w] = row
+    summary = over_seeds(runs, ((REWARD, lambda v: v[REWARD]["mean"]),
+                                ("ocr_confidence", lambda v: v["ocr_confidence"]["mean"]),
+                                ("exact", lambda v: v["exact"]),
+                                ("confidence_exact", lambda v: (v["confidence_exact"] or {}).get("mean", np.nan))))
     return {"pair": PAIR, "reward": REWARD, "seeds": list(seeds), "summary": summary,
             "verdicts": [verdict(r) for r in runs], "runs": runs}
 
