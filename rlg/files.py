@@ -194,14 +194,19 @@ class RunLock:
                 os.close(fd)
         out = []
         for path in held or [self.root / ".lock", self.root / self.FALLBACK]:
-            try:
-                info = json.loads(path.read_text() or "{}")
-            except (OSError, ValueError):
-                info = {}
+            info = self._owner(path)
             if info.get("pid"):
                 rank = f", rank {info['rank']} of {info['world']}" if int(info.get("world", 1)) > 1 else ""
                 out.append(f"pid {info['pid']} on {info.get('host', '?')} (started {info.get('started', '?')}{rank})")
         return "; ".join(dict.fromkeys(out)) or "an unknown process"
+
+    @staticmethod
+    def _owner(path: Path) -> dict:
+        """The owner a lock file records (``_info``), {} when unreadable."""
+        try:
+            return json.loads(path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
 
     def _refuse(self, what: str) -> StoreLockedError:
         holders = self._holders()
@@ -230,10 +235,7 @@ class RunLock:
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
-                try:
-                    info = json.loads(path.read_text() or "{}")
-                except (OSError, ValueError):
-                    info = {}
+                info = self._owner(path)
                 host, pid = info.get("host"), info.get("pid")
                 if host == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid):
                     log.warning("removing the lock file %s of pid %d, which is no longer running", path, pid)

@@ -93,6 +93,7 @@ class Method:
     name = ""
     needs_pick = False  # best_of_n: a reward picks among candidates after scoring
     uses_model = True  # False: the method runs both networks, so ``model`` (rl or base alone) means nothing
+    base_label = ""  # the stored method name with model=base (e.g. cfg_base); the RL model's is ``name``
 
     options: dict[str, Any] = {}  # the method's own settings (method.<name>.options) and their defaults
 
@@ -111,8 +112,13 @@ class Method:
 
     @property
     def label(self) -> str:
-        """The stored method name (``cfg_base`` for cfg_rl with model=base)."""
-        return self.name
+        """The stored method name: ``name``, or ``base_label`` with model=base (``cfg_base`` for cfg_rl)."""
+        return self.base_label if self.model == "base" else self.name
+
+    @property
+    def alone_scale(self) -> float:
+        """The RLG scale of the model a one-model method runs alone: 1 (RL model) or 0 (base)."""
+        return 1.0 if self.model == "rl" else 0.0
 
     def arms(self) -> list[Arm]:
         raise NotImplementedError

@@ -18,6 +18,7 @@ class BestOfN(Method):
     that picks (a metric name the evaluators write, e.g. ``jpeg_compressibility``); knobs: the N values."""
 
     name = "best_of_n"
+    base_label = "best_of_n_base"
     needs_pick = True
 
     def __init__(self, knobs, model: str = "rl", pick: str | None = None):
@@ -31,16 +32,12 @@ class BestOfN(Method):
         self.knobs = [float(int(n)) for n in self.knobs]
 
     @property
-    def label(self) -> str:
-        return "best_of_n" if self.model == "rl" else "best_of_n_base"
-
-    @property
     def n_candidates(self) -> int:
         return int(max(self.knobs))
 
     def arms(self) -> list[Arm]:
-        scale = 1.0 if self.model == "rl" else 0.0
-        return [Arm(self.label, None, scale=scale, candidate=k, pick=self.pick) for k in range(self.n_candidates)]
+        return [Arm(self.label, None, scale=self.alone_scale, candidate=k, pick=self.pick)
+                for k in range(self.n_candidates)]
 
 
 def pick_best(candidates: Any, ns: Sequence[int], higher_is_better: bool = True) -> Any:

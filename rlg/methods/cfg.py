@@ -11,6 +11,7 @@ class CFGScale(Method):
     alone; knob g = the pipeline's ``guidance_scale``."""
 
     name = "cfg_rl"
+    base_label = "cfg_base"
 
     def __init__(self, knobs, model: str = "rl", pick: str | None = None):
         super().__init__(knobs, model, pick)
@@ -20,10 +21,5 @@ class CFGScale(Method):
         if bad:
             raise MethodError(f"method cfg_rl: CFG scales {bad} are negative; give scales >= 0, e.g. [1, 2, 4, 7.5]")
 
-    @property
-    def label(self) -> str:
-        return "cfg_rl" if self.model == "rl" else "cfg_base"
-
     def arms(self) -> list[Arm]:
-        scale = 1.0 if self.model == "rl" else 0.0
-        return [Arm(self.label, g, scale=scale, guidance_scale=g) for g in self.knobs]
+        return [Arm(self.label, g, scale=self.alone_scale, guidance_scale=g) for g in self.knobs]

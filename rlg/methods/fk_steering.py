@@ -17,6 +17,7 @@ DEFAULTS = {"potential": "difference", "interval": 1, "lam": 1.0}
 
 class FKSteering(Method):
     name = "fk_steering"
+    base_label = "fk_steering_base"
     needs_pick = True
     options = DEFAULTS
 
@@ -39,13 +40,8 @@ class FKSteering(Method):
             raise MethodError(f"method {exc}") from None
         self.potential, self.interval, self.lam = o["potential"], int(o["interval"]), float(o["lam"])
 
-    @property
-    def label(self) -> str:
-        return "fk_steering" if self.model == "rl" else "fk_steering_base"
-
     def arms(self) -> list[Arm]:
-        scale = 1.0 if self.model == "rl" else 0.0
-        return [Arm(self.label, k, scale=scale, pick=self.pick,
+        return [Arm(self.label, k, scale=self.alone_scale, pick=self.pick,
                     steering=(int(k), self.potential, self.interval, self.lam)) for k in self.knobs]
 
     def describe(self):

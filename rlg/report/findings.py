@@ -297,7 +297,7 @@ def write_findings_report(dirs: Sequence[tuple[str, int, str, Path]], out_dir: P
     """``tables/findings.{csv,md}`` and ``index.{md,html}`` (the Findings section first, then each sub-run's own
     report linked) under ``out_dir``, from the sub-runs ``dirs`` = (preset, seed, reward, run dir). Returns
     {"files", "table", "rows", "headlines"}."""
-    from rlg.report.page import Page
+    from rlg.report.page import Page, put
 
     out_dir = Path(out_dir)
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
@@ -310,13 +310,8 @@ def write_findings_report(dirs: Sequence[tuple[str, int, str, Path]], out_dir: P
         pairs.append((preset, frame, higher, runs[0][1]))
     table = findings_table(pairs, alpha=alpha, compare_at=compare_at, reward_margin=reward_margin,
                            held_out_margin=held_out_margin, n_resamples=n_resamples, seed=seed)
-    files = []
-    path = out_dir / "tables" / "findings.csv"
-    table.to_csv(path, index=False)
-    files.append(path)
-    path = out_dir / "tables" / "findings.md"
-    path.write_text(_render(table, "markdown"))
-    files.append(path)
+    files = [put(out_dir / "tables" / "findings.csv", table), put(out_dir / "tables" / "findings.md",
+                                                                 _render(table, "markdown"))]
     counts = table["verdict"].value_counts()
     headline = (f"Findings: {len(table)} rows over {len(by_pair)} pairs x {len(dirs) // max(1, len(by_pair))} seeds: "
                 + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("holds", "does not hold", "undecided",

@@ -24,6 +24,7 @@ import pandas as pd
 from rlg.methods.best_of_n import pick_best
 from rlg.report import figures, tables
 from rlg.report.stats import SERIES, pareto_front, summarize
+from rlg.report.page import put
 
 log = logging.getLogger(__name__)
 
@@ -263,21 +264,15 @@ def write_methods(images: pd.DataFrame, scores: pd.DataFrame, out_dir: Path, *, 
         return result
     rew = reward if reward in set(summary["metric"]) else None  # the run's reward (rlg.report.report decides)
     result["reward"] = rew
-    path = out_dir / "tables" / "methods.csv"
-    summary.to_csv(path, index=False)
-    files.append(path)
-    path = out_dir / "tables" / "methods.md"
-    path.write_text(method_table(summary, "markdown") + "\n* circular: best-of-N judged by its own picking "
-                    "reward.\n")
-    files.append(path)
+    files.append(put(out_dir / "tables" / "methods.csv", summary))
+    files.append(put(out_dir / "tables" / "methods.md", method_table(summary, "markdown")
+                     + "\n* circular: best-of-N judged by its own picking reward.\n"))
     if rew is None:
         return result
     eq = equivalence(summary, rew)
     result["equivalence"] = eq
     if len(eq):
-        path = out_dir / "tables" / "methods_equivalence.csv"
-        eq.to_csv(path, index=False)
-        files.append(path)
+        files.append(put(out_dir / "tables" / "methods_equivalence.csv", eq))
     axes = [m for m in sorted(summary["metric"].unique()) if m != rew] + [COST]
     for y in axes:
         x, yy = (COST, rew) if y == COST else (rew, y)

@@ -81,6 +81,15 @@ class Page:
                 + "\n".join(self.body) + "\n</body></html>\n")
 
 
+def put(path: Path, content) -> Path:
+    """Write ``content`` to ``path``: a data frame as CSV without its index, else text. Returns ``path``."""
+    if isinstance(content, str):
+        path.write_text(content)
+    else:
+        content.to_csv(path, index=False)
+    return path
+
+
 def write_table_files(tab_dir: Path, stem: str, make: Callable[[str], str]) -> list[Path]:
     """``tab_dir/<stem>.md`` and ``.tex`` from ``make("markdown")`` and ``make("latex")``; the two paths."""
     files = [tab_dir / f"{stem}.md", tab_dir / f"{stem}.tex"]

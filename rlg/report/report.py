@@ -29,7 +29,7 @@ from rlg import metrics as metric_info
 from rlg.evaluators.base import register_stored
 from rlg.report import figures, methods, tables
 from rlg.report.browser import write_browser
-from rlg.report.page import Page, write_table_files
+from rlg.report.page import Page, put, write_table_files
 from rlg.report.anchors import Anchor, load_anchors
 from rlg.report.headline import Headline, headlines, pixel_diversity
 from rlg.report.stats import SERIES, geneval_tags, summarize, tidy, with_series
@@ -188,9 +188,7 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
     for line in progress:
         log.info("report: %s", line)
 
-    path = tab_dir / "summary.csv"
-    summary.to_csv(path, index=False)
-    files.append(path)
+    files.append(put(tab_dir / "summary.csv", summary))
     for experiment in sorted(summary["run_name"].unique()):
         name = figures.slug(experiment or "results")
         files += write_table_files(tab_dir, f"metrics_{name}", lambda fmt: tables.experiment_table(
@@ -209,9 +207,7 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
         anchor_rows = rows = tables.anchor_rows(summary, anchors, lambda s: series_protocol(protocol, s, df))
     if len(anchor_rows):  # no matching anchor: no anchors table (an empty one says nothing)
         rows = anchor_rows
-        path = tab_dir / "anchors.csv"
-        rows.to_csv(path, index=False)
-        files.append(path)
+        files.append(put(tab_dir / "anchors.csv", rows))
         files += write_table_files(tab_dir, "anchors", lambda fmt: tables.anchor_table(rows, fmt, notes=[
             "Published numbers next to ours at the matching scale (w=0 base, w=1 RL model), in the published unit."]))
 
