@@ -204,11 +204,10 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
 
     anchor_rows = pd.DataFrame()
     if anchors:
-        anchor_rows = rows = tables.anchor_rows(summary, anchors, lambda s: series_protocol(protocol, s, df))
+        anchor_rows = tables.anchor_rows(summary, anchors, lambda s: series_protocol(protocol, s, df))
     if len(anchor_rows):  # no matching anchor: no anchors table (an empty one says nothing)
-        rows = anchor_rows
-        files.append(put(tab_dir / "anchors.csv", rows))
-        files += write_table_files(tab_dir, "anchors", lambda fmt: tables.anchor_table(rows, fmt, notes=[
+        files.append(put(tab_dir / "anchors.csv", anchor_rows))
+        files += write_table_files(tab_dir, "anchors", lambda fmt: tables.anchor_table(anchor_rows, fmt, notes=[
             "Published numbers next to ours at the matching scale (w=0 base, w=1 RL model), in the published unit."]))
 
     for metric in sorted(summary["metric"].unique()):
@@ -236,7 +235,7 @@ def write_report(images: pd.DataFrame, scores: pd.DataFrame | None, out_dir: Pat
                                 f"Every image: {title or _title(summary, images)}", reward)
         files.append(browser)
     series = [tuple(k) for k in df[SERIES].drop_duplicates().itertuples(index=False)] if len(df) else \
-        [tuple(k) for k in _series_of(images)]
+        [tuple(k) for k in with_series(images)[SERIES].drop_duplicates().itertuples(index=False)]
     protocols = {s: series_protocol(protocol, s, df) for s in series}
     index = Page(title or _title(summary, images))
     unscored = not heads and len(images) > 0  # RLG images, none with a score
@@ -276,10 +275,6 @@ def series_names(series: Sequence[tuple]) -> dict[tuple, str]:
             name.append(f"setting {str(p['config_id'])[:8]}")
         out[s] = " / ".join(name) or "results"
     return out
-
-
-def _series_of(images: pd.DataFrame) -> list[tuple]:
-    return list(with_series(images)[SERIES].drop_duplicates().itertuples(index=False))
 
 
 def _title(summary: pd.DataFrame, images: pd.DataFrame) -> str:
