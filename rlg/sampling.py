@@ -157,12 +157,6 @@ def eta_ignored(pipeline_call, scheduler_class) -> str | None:
     return None
 
 
-def default_scheduler(pipe):
-    """The pipeline's scheduler as it stands between calls (a sampler's swap is undone after each call), so a
-    notebook that sets ``pipe.scheduler`` gets that scheduler on the next call."""
-    return pipe.scheduler
-
-
 def make_scheduler(pipe, name: str, shift: float | None = None, noise_level: float = 0.7):
     """A scheduler ``name`` (one of ``rlg.choices.SCHEDULERS``) built from the config of the pipeline's own
     scheduler. ``shift`` overrides the flow schedulers' shift (None: the pipeline's). Raises SamplerError."""
@@ -170,15 +164,16 @@ def make_scheduler(pipe, name: str, shift: float | None = None, noise_level: flo
 
 
 def pipeline_scheduler(pipe, **_: Any):
-    """scheduler=default: the pipeline's own (:func:`default_scheduler`)."""
-    return default_scheduler(pipe)
+    """scheduler=default: the pipeline's own scheduler as it stands between calls (a sampler's swap is undone after
+    each call), so a notebook that sets ``pipe.scheduler`` gets that scheduler on the next call."""
+    return pipe.scheduler
 
 
 def ddim_scheduler(pipe, **_: Any):
     """scheduler=ddim: diffusers' DDIMScheduler from the pipeline's config (noise-prediction pipelines)."""
     import diffusers
 
-    base = default_scheduler(pipe)
+    base = pipe.scheduler  # as it stands between calls (pipeline_scheduler)
     if isinstance(base, diffusers.FlowMatchEulerDiscreteScheduler):
         raise SamplerError(f"scheduler=ddim needs a noise-prediction pipeline; {type(pipe).__name__} is a "
                            "flow-matching pipeline: use euler_ode or flow_grpo_sde")
@@ -188,7 +183,7 @@ def ddim_scheduler(pipe, **_: Any):
 def _flow_config(pipe, name: str) -> dict[str, Any]:
     import diffusers
 
-    base = default_scheduler(pipe)
+    base = pipe.scheduler
     config = dict(base.config)
     if not isinstance(base, diffusers.FlowMatchEulerDiscreteScheduler) and "shift" not in config:
         raise SamplerError(f"scheduler={name} is for flow-matching pipelines (SD3, FLUX); "
