@@ -68,6 +68,17 @@ def test_manual_shards_in_sequence_give_the_store_of_one_process(compose, tmp_pa
     assert _scores_by_image(one) == _scores_by_image(two)  # every image scored, with the same values
     summary = pd.read_csv(split / "report" / "tables" / "summary.csv")
     assert summary.n_unscored.sum() == 0
+    # the report a stage=all run writes states the protocol a later stage=report of its store states (its own
+    # invocation is recorded in meta.json only when it ends: the first report once lacked base, rl, sampler, seed)
+    before = _protocol_section(tmp_path / "one")
+    runner.run(compose(*common, "stage=report"), run_dir=tmp_path / "one")
+    assert before == _protocol_section(tmp_path / "one")
+    assert all(f"| {row} |" in before for row in ("base", "rl", "sampler", "seed", "reward"))
+
+
+def _protocol_section(run: Path) -> str:
+    text = (run / "report" / "index.md").read_text()
+    return text.split("## Protocol", 1)[1].split("\n## ", 1)[0]
 
 
 # -- 6. refuse at start-up ----------------------------------------------------------------------

@@ -184,7 +184,7 @@ def _image_stages(job: Job, store: Store, entry: dict[str, Any], ranks: Ranks, t
         entry["compacted_after_evaluate"] = store.compact()
     if "report" in job.stages and job.launch_rank == 0 and _whole_run_done(job, store, entry):
         with timed(entry, "report"):
-            result = stages.report(job, store)
+            result = stages.report(job, store, entry)
         entry["report"] = {k: result[k] for k in ("files", "notes", "index", "index_html", "headlines")}
         _print_summary(result["summary"] or [], job.reward)
         for line in result["headlines"]:

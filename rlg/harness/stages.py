@@ -398,12 +398,13 @@ def correctors(s) -> str:
             f"{2 * c.particles} network rows per image and step")
 
 
-def report(job: Job, store: Store) -> dict[str, Any]:
-    """Tables, figures and report/index.md|html of every series in the store, each with its own protocol."""
+def report(job: Job, store: Store, entry: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Tables, figures and report/index.md|html of every series in the store, each with its own protocol
+    (``entry``: this invocation's meta.json entry, not yet recorded while it runs)."""
     from rlg.report.compare import load_run
     from rlg.report.report import write_report
 
-    images, scores, protocol = load_run(store.root)
+    images, scores, protocol = load_run(store.root, current=entry)
     images = _current_picks(job, images)
     result: dict[str, Any] = {}
 

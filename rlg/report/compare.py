@@ -117,10 +117,13 @@ def _labels(runs: Sequence[Path]) -> list[str]:
     return [str(r) for r in runs]
 
 
-def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+def load_run(run_dir: str | Path, current: dict[str, Any] | None = None
+             ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """(images, scores, protocol) of one run directory in the report layer's contract: absolute image
     paths, GenEval tags from the prompt metadata, only images whose PNG is present and intact, and
-    the protocol of its latest invocation with a config (rlg.report.report.run_protocol)."""
+    the protocol of its latest invocation with a config (rlg.report.report.run_protocol). ``current``:
+    the meta.json entry of the invocation still running (recorded only when it ends), taken as the
+    latest, so a ``stage=all`` report states the protocol a later ``stage=report`` of the store states."""
     from rlg.store import Store
     from rlg.report.report import run_protocol
 
@@ -133,7 +136,7 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str,
         if any(tags):
             images = images.assign(tag=tags)
     protocol: dict[str, Any] = {}
-    for entry in store.meta().get("invocations", []):  # oldest first: the latest of each setting wins
+    for entry in [*store.meta().get("invocations", []), *([current] if current else [])]:  # the latest wins
         if isinstance(entry.get("config"), dict):
             info = (entry.get("generate") or {}).get("pair_info") or {}
             ids = {k: info.get(k) for k in ("base", "rl") if isinstance(info, dict) and info.get(k)}
