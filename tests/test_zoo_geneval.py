@@ -174,7 +174,8 @@ def test_detector_measurement_counts_matches_and_overall_is_the_mean_over_tags()
 
 def test_base_trainer_resumes_to_the_uninterrupted_result_on_scenes(tmp_path):
     """The text trainer with task=rlg.zoo.geneval: a run resumed from its step-1 checkpoint ends with the same
-    transformer (and EMA) as the uninterrupted run."""
+    transformer and text encoders (and EMA) as the uninterrupted run; the task's encoders are trained (they move
+    from their random init), the text task's are not (its EMA is the transformer alone)."""
     from rlg.zoo import text as T
     from rlg.zoo.train_text_base import train_transformer, train_vae
 
@@ -184,7 +185,7 @@ def test_base_trainer_resumes_to_the_uninterrupted_result_on_scenes(tmp_path):
     small = {"n_images": 16, "batch": 4, **quiet}
 
     def fresh():
-        return T.assemble(T.build_transformer(5), vae, T.build_text_encoders(5))
+        return T.assemble(T.build_transformer(5), vae, T.build_text_encoders(5, G.MAX_SEQUENCE_LENGTH))
 
     whole = train_transformer(fresh(), 5, steps=3, **small)[0].state_dict()
     ck = tmp_path / "flow.pt"
@@ -194,6 +195,12 @@ def test_base_trainer_resumes_to_the_uninterrupted_result_on_scenes(tmp_path):
     resumed = train_transformer(fresh(), 5, steps=3, checkpoint=ck, **{**small, "log": logs.append})[0].state_dict()
     assert logs[0].startswith("flow: resumed at step 1") and not any(m.startswith("flow step 0") for m in logs)
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    init = T.build_text_encoders(5, G.MAX_SEQUENCE_LENGTH)
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        moved = [not torch.equal(whole[f"{name}.{k}"], v) for k, v in init[name].state_dict().items()]
+        assert any(moved), name
+    assert G.TRAIN_TEXT_ENCODERS and not T.TRAIN_TEXT_ENCODERS and G.MAX_SEQUENCE_LENGTH >= max(
+        len(init["tokenizer_3"](p).input_ids) for p in G.PROMPTS) > T.MAX_SEQUENCE_LENGTH
 
 
 def test_flowgrpo_prompt_pool_and_flat_groups():

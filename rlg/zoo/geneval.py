@@ -40,6 +40,11 @@ TILE = 24  # px: the side of one digit tile (8x8 scan x 3)
 SLOTS = (16, 48)  # x centres of the left and right slot; the single-object slot is the canvas centre
 JITTER = 2  # px, uniform integer offset of each tile in x and y
 INK_LEVEL = 0.3  # a pixel whose ink (1 - grey) exceeds this belongs to a digit (ground-truth boxes, detector)
+# The base trainer's text options (rlg.zoo.train_text_base): the longest prompt is 12 T5 tokens ("a 3 right of a 7");
+# the text task's 8 cut position prompts before their second digit. The encoders are trained with the transformer:
+# frozen random ones left the base at two_object 0.18 / position 0.13 (README_geneval.md).
+MAX_SEQUENCE_LENGTH = 16
+TRAIN_TEXT_ENCODERS = True
 
 WEIGHTS = T.WEIGHTS
 BASE_DIR = WEIGHTS / "geneval_sd3_base"

@@ -131,7 +131,7 @@ def train_flowgrpo(beta: float, seed: int, steps: int, out_dir: Path | str, base
     sched = FlowGRPOSDEScheduler.from_config(pipe.scheduler.config, noise_level=cfg["noise_level"])
     sched.set_timesteps(cfg["sample_steps"])
     sigmas, timesteps = sched.sigmas.float(), sched.timesteps
-    pe_all, pooled_all = prompt_embeddings(pipe, list(task.PROMPTS) + [""])
+    pe_all, pooled_all = prompt_embeddings(pipe, list(task.PROMPTS) + [""], task.MAX_SEQUENCE_LENGTH)
     lora = LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], init_lora_weights="gaussian",
                       target_modules=T.LORA_TARGETS)
     model = get_peft_model(pipe.transformer.requires_grad_(False), lora)
