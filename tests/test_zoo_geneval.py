@@ -123,7 +123,7 @@ def test_experiment_preset_composes():
 
     cfg = compose("experiment=zoo_geneval_flowgrpo")
     assert cfg.pair.base.id == "zoo:" + G.BASE_DIR.name and cfg.pair.rl.id == "zoo:" + G.RL_DIR.name
-    assert cfg.pair.rl_kind == "peft_lora" and cfg.sampler.name == "zoo_text_ode"
+    assert cfg.pair.rl_kind == "peft_lora" and cfg.sampler.name == "zoo_geneval_ode"
     assert cfg.prompts.source == "zoo_geneval" and cfg.report.reward == "geneval_overall"
     assert cfg.evaluators.selected == ["geneval"] and cfg.evaluators.options["geneval"]["detector"] == "zoo_digits"
     if SHIPPED:  # the whole build: zoo ids resolved, the evaluator's options and prompts checked
@@ -147,7 +147,7 @@ def test_shipped_pair_loads_through_the_stock_pipeline_and_is_within_budget():
     assert size < 15e6
     torch.set_num_threads(1)
     pair = load_pair(G.pair_spec())
-    settings = sampler_settings("zoo_text_ode", pair="zoo_text_flowgrpo", num_inference_steps=2)
+    settings = sampler_settings("zoo_geneval_ode", pair="zoo_text_flowgrpo", num_inference_steps=2)
     out = RLGSampler(pair, settings).generate([WorkItem(0, G.PROMPTS[0], 0, 7, 1.0)])
     assert out[0].image.shape == (G.HEIGHT, G.WIDTH, 3) and not out[0].nonfinite
 
@@ -228,7 +228,8 @@ def _stock_images(pipe, prompts, steps, seed=7):
 
     gens = [torch.Generator().manual_seed(noise_seed(seed, i, 0)) for i in range(len(prompts))]
     with torch.no_grad():
-        img = pipe(prompt=list(prompts), generator=gens, output_type="np", **T.sampler_kwargs(steps=steps)).images
+        img = pipe(prompt=list(prompts), generator=gens, output_type="np",
+                   **{**T.sampler_kwargs(steps=steps), "max_sequence_length": G.MAX_SEQUENCE_LENGTH}).images
     return (img.clip(0, 1) * 255).round().astype(np.int16)
 
 
@@ -250,7 +251,7 @@ def test_pair_equals_the_stock_pipelines_at_w0_and_w1_and_the_base_follows_simpl
     simple = [r["prompt"] for r in G.rows() if r["tag"] in ("single_object", "counting")]
 
     def rlg(w, prompts, steps):
-        settings = sampler_settings("zoo_text_ode", pair="zoo_text_flowgrpo", num_inference_steps=steps)
+        settings = sampler_settings("zoo_geneval_ode", pair="zoo_text_flowgrpo", num_inference_steps=steps)
         items = [WorkItem(i, p, 0, 7, w) for i, p in enumerate(prompts)]
         return np.stack([g.image for g in RLGSampler(pair, settings).generate(items)]).astype(np.int16)
 

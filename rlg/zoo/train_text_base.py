@@ -114,6 +114,7 @@ def train_transformer(pipe, seed: int, steps: int, n_images: int = 8192, batch: 
     if joint:  # encoders stay in eval mode (T5's dropout off) but get gradients
         model = torch.nn.ModuleDict({"transformer": model, **{k: getattr(pipe, k).requires_grad_(True)
                                                              for k in TEXT_ENCODERS}})
+    flow = model["transformer"] if joint else model
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
@@ -144,8 +145,8 @@ def train_transformer(pipe, seed: int, steps: int, n_images: int = 8192, batch: 
         xt = (1 - s) * x0 + s * eps
         if joint:  # all prompts once (41 short texts through tiny encoders), then index
             pe, pooled = encode(pipe, texts, msl)
-        v = (model["transformer"] if joint else model)(hidden_states=xt, encoder_hidden_states=pe[cond], pooled_projections=pooled[cond],
-                  timestep=sigma * 1000).sample
+        v = flow(hidden_states=xt, encoder_hidden_states=pe[cond], pooled_projections=pooled[cond],
+                 timestep=sigma * 1000).sample
         loss = torch.mean((v - (eps - x0)) ** 2)
         warm = min(1.0, (step + 1) / warmup)
         for g in opt.param_groups:
