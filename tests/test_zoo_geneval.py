@@ -124,6 +124,7 @@ def test_experiment_preset_composes():
     cfg = compose("experiment=zoo_geneval_flowgrpo")
     assert cfg.pair.base.id == "zoo:" + G.BASE_DIR.name and cfg.pair.rl.id == "zoo:" + G.RL_DIR.name
     assert cfg.pair.rl_kind == "peft_lora" and cfg.sampler.name == "zoo_geneval_ode"
+    assert cfg.sampler.extra["max_sequence_length"] == G.MAX_SEQUENCE_LENGTH  # the T5 length the base was trained on
     assert cfg.prompts.source == "zoo_geneval" and cfg.report.reward == "geneval_overall"
     assert cfg.evaluators.selected == ["geneval"] and cfg.evaluators.options["geneval"]["detector"] == "zoo_digits"
     if SHIPPED:  # the whole build: zoo ids resolved, the evaluator's options and prompts checked
@@ -147,6 +148,8 @@ def test_shipped_pair_loads_through_the_stock_pipeline_and_is_within_budget():
     assert size < 15e6
     torch.set_num_threads(1)
     pair = load_pair(G.pair_spec())
+    t5 = pair.pipe.tokenizer_3  # every prompt reaches the transformer whole (none cut, as 8 tokens cut them)
+    assert max(len(t5(p).input_ids) for p in G.PROMPTS) <= G.MAX_SEQUENCE_LENGTH == t5.model_max_length
     settings = sampler_settings("zoo_geneval_ode", pair="zoo_text_flowgrpo", num_inference_steps=2)
     out = RLGSampler(pair, settings).generate([WorkItem(0, G.PROMPTS[0], 0, 7, 1.0)])
     assert out[0].image.shape == (G.HEIGHT, G.WIDTH, 3) and not out[0].nonfinite
