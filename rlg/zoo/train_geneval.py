@@ -67,7 +67,8 @@ def train_model(model: str, out_dir: Path, eval_samples: int = EVAL_SAMPLES, log
     ev.pop("images")
     info["eval"] = ev
     info["eval_protocol"] = {"scales": list(EVAL_SCALES), "samples_per_prompt": eval_samples, "prompts": len(G.PROMPTS),
-                             "seed": EVAL_SEED, "sampler": "zoo_geneval_ode (Euler ODE 20 steps, shift 3, CFG 4.5, 16 T5 tokens)",
+                             "seed": EVAL_SEED,
+                             "sampler": "zoo_geneval_ode (Euler ODE 20 steps, shift 3, CFG 4.5, 16 T5 tokens)",
                              "metric": "geneval_correct (detector zoo_digits), per tag and overall"}
     return info
 
