@@ -17,8 +17,10 @@ not included: colour needs a colour classifier on ink (GenEval's is CLIP ViT-L-1
 room for two stacked tiles.
 
 Model: the text task's stock ``StableDiffusion3Pipeline`` architecture at the same size (``rlg.zoo.text``: trained
-AutoencoderKL 32x64x3 <-> 16x32x4, SD3Transformer2DModel 4 joint blocks, frozen random tiny CLIP x2 + T5 encoders,
-8 T5 tokens), so its builders and sampler presets (zoo_text_ode / zoo_text_sde) are reused as they are.
+AutoencoderKL 32x64x3 <-> 16x32x4, SD3Transformer2DModel 4 joint blocks, tiny CLIP x2 + T5 encoders), built by its
+builders, with two options of this task for the base trainer: ``MAX_SEQUENCE_LENGTH`` = 16 T5 tokens (the text task's
+8 cut position prompts before their second digit) and ``TRAIN_TEXT_ENCODERS`` (the encoders trained with the
+transformer, not frozen random). Sampler preset zoo_geneval_ode (the text pair's protocol with 16 T5 tokens).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Train a zoo SD3-like base pipeline from scratch: a small VAE, then a rectified-flow transformer.
 
 The data come from a task module (``task``: rlg.zoo.text, the default, or rlg.zoo.geneval) with ``vae_data(n, seed)``
-(uint8 (n, 32, 64, 3)), ``flow_data(n, seed)`` (images and int64 prompt indices) and ``PROMPTS``; the architecture is
-rlg.zoo.text's for both. Resumable: with ``resume=True`` the VAE is saved to ``<out_dir>.partial/vae`` and the
+(uint8 (n, 32, 64, 3)), ``flow_data(n, seed)`` (images and int64 prompt indices), ``PROMPTS``,
+``MAX_SEQUENCE_LENGTH`` (T5 tokens the prompts are encoded with) and ``TRAIN_TEXT_ENCODERS`` (False: the random text
+encoders stay frozen, as the text task; True: trained with the transformer); the architecture is rlg.zoo.text's for
+both. Resumable: with ``resume=True`` the VAE is saved to ``<out_dir>.partial/vae`` and the
 transformer's state (weights, EMA, optimiser, generator, losses) to ``<out_dir>.partial/flow.pt`` every
 ``checkpoint_every`` steps; the same call continues from there (the result equals an uninterrupted run's).
 

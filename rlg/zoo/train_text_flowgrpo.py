@@ -1,6 +1,7 @@
 """Flow-GRPO fine-tune of a zoo SD3-like base transformer with a task's reward: rlg.zoo.text (the default, the OCR
 evaluator with real EasyOCR) or rlg.zoo.geneval (GenEval correctness under the zoo_digits detector); the task module
-gives ``PROMPTS`` and ``reward_fn()`` -> reward(images uint8 (B, H, W, 3), prompt indices (B,)) -> (B,).
+gives ``PROMPTS``, ``MAX_SEQUENCE_LENGTH`` (the T5 length its base was trained with) and ``reward_fn()`` ->
+reward(images uint8 (B, H, W, 3), prompt indices (B,)) -> (B,).
 
 The algorithm of yifan123/flow_grpo @ ac4c86e : scripts/train_sd3.py (read, not copied):
   1. sample a group of ``group`` images per prompt with the Flow-GRPO SDE (``noise_level`` 0.7, ``sample_steps``
