@@ -25,7 +25,7 @@ SAMPLER_DIR = Path(__file__).resolve().parents[1] / "rlg" / "conf" / "sampler"
 # every sampler preset on the tiny family of the pipeline it is meant for
 PRESET_FAMILIES = {"ddim": ["sd", "ddim"], "flowgrpo_eval": ["sd3"], "flowgrpo_sde": ["sd3", "flux"],
                    "flux": ["flux"], "rlg_sd3": ["sd3"], "sd15": ["sd_inpaint"], "sdxl": ["sdxl"], "tiny": ["sd"],
-                   "zoo_digits": ["sd"], "zoo_text_ode": ["sd3"], "zoo_text_sde": ["sd3"]}
+                   "zoo_digits": ["sd"], "zoo_text_ode": ["sd3"], "zoo_text_sde": ["sd3"], "zoo_geneval_ode": ["sd3"]}
 
 
 @functools.lru_cache(maxsize=None)

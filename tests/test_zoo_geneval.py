@@ -123,7 +123,8 @@ def test_experiment_preset_composes():
 
     cfg = compose("experiment=zoo_geneval_flowgrpo")
     assert cfg.pair.base.id == "zoo:" + G.BASE_DIR.name and cfg.pair.rl.id == "zoo:" + G.RL_DIR.name
-    assert cfg.pair.rl_kind == "peft_lora" and cfg.sampler.name == "zoo_text_ode"
+    assert cfg.pair.rl_kind == "peft_lora" and cfg.sampler.name == "zoo_geneval_ode"
+    assert cfg.sampler.extra["max_sequence_length"] == G.MAX_SEQUENCE_LENGTH  # the T5 length the base was trained on
     assert cfg.prompts.source == "zoo_geneval" and cfg.report.reward == "geneval_overall"
     assert cfg.evaluators.selected == ["geneval"] and cfg.evaluators.options["geneval"]["detector"] == "zoo_digits"
     if SHIPPED:  # the whole build: zoo ids resolved, the evaluator's options and prompts checked
@@ -147,7 +148,9 @@ def test_shipped_pair_loads_through_the_stock_pipeline_and_is_within_budget():
     assert size < 15e6
     torch.set_num_threads(1)
     pair = load_pair(G.pair_spec())
-    settings = sampler_settings("zoo_text_ode", pair="zoo_text_flowgrpo", num_inference_steps=2)
+    t5 = pair.pipe.tokenizer_3  # every prompt reaches the transformer whole (none cut, as 8 tokens cut them)
+    assert max(len(t5(p).input_ids) for p in G.PROMPTS) <= G.MAX_SEQUENCE_LENGTH == t5.model_max_length
+    settings = sampler_settings("zoo_geneval_ode", pair="zoo_text_flowgrpo", num_inference_steps=2)
     out = RLGSampler(pair, settings).generate([WorkItem(0, G.PROMPTS[0], 0, 7, 1.0)])
     assert out[0].image.shape == (G.HEIGHT, G.WIDTH, 3) and not out[0].nonfinite
 
@@ -174,7 +177,8 @@ def test_detector_measurement_counts_matches_and_overall_is_the_mean_over_tags()
 
 def test_base_trainer_resumes_to_the_uninterrupted_result_on_scenes(tmp_path):
     """The text trainer with task=rlg.zoo.geneval: a run resumed from its step-1 checkpoint ends with the same
-    transformer (and EMA) as the uninterrupted run."""
+    transformer and text encoders (and EMA) as the uninterrupted run; the task's encoders are trained (they move
+    from their random init), the text task's are not (its EMA is the transformer alone)."""
     from rlg.zoo import text as T
     from rlg.zoo.train_text_base import train_transformer, train_vae
 
@@ -184,7 +188,7 @@ def test_base_trainer_resumes_to_the_uninterrupted_result_on_scenes(tmp_path):
     small = {"n_images": 16, "batch": 4, **quiet}
 
     def fresh():
-        return T.assemble(T.build_transformer(5), vae, T.build_text_encoders(5))
+        return T.assemble(T.build_transformer(5), vae, T.build_text_encoders(5, G.MAX_SEQUENCE_LENGTH))
 
     whole = train_transformer(fresh(), 5, steps=3, **small)[0].state_dict()
     ck = tmp_path / "flow.pt"
@@ -194,6 +198,12 @@ def test_base_trainer_resumes_to_the_uninterrupted_result_on_scenes(tmp_path):
     resumed = train_transformer(fresh(), 5, steps=3, checkpoint=ck, **{**small, "log": logs.append})[0].state_dict()
     assert logs[0].startswith("flow: resumed at step 1") and not any(m.startswith("flow step 0") for m in logs)
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    init = T.build_text_encoders(5, G.MAX_SEQUENCE_LENGTH)
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        moved = [not torch.equal(whole[f"{name}.{k}"], v) for k, v in init[name].state_dict().items()]
+        assert any(moved), name
+    assert G.TRAIN_TEXT_ENCODERS and not T.TRAIN_TEXT_ENCODERS and G.MAX_SEQUENCE_LENGTH >= max(
+        len(init["tokenizer_3"](p).input_ids) for p in G.PROMPTS) > T.MAX_SEQUENCE_LENGTH
 
 
 def test_flowgrpo_prompt_pool_and_flat_groups():
@@ -221,7 +231,8 @@ def _stock_images(pipe, prompts, steps, seed=7):
 
     gens = [torch.Generator().manual_seed(noise_seed(seed, i, 0)) for i in range(len(prompts))]
     with torch.no_grad():
-        img = pipe(prompt=list(prompts), generator=gens, output_type="np", **T.sampler_kwargs(steps=steps)).images
+        img = pipe(prompt=list(prompts), generator=gens, output_type="np",
+                   **{**T.sampler_kwargs(steps=steps), "max_sequence_length": G.MAX_SEQUENCE_LENGTH}).images
     return (img.clip(0, 1) * 255).round().astype(np.int16)
 
 
@@ -243,7 +254,7 @@ def test_pair_equals_the_stock_pipelines_at_w0_and_w1_and_the_base_follows_simpl
     simple = [r["prompt"] for r in G.rows() if r["tag"] in ("single_object", "counting")]
 
     def rlg(w, prompts, steps):
-        settings = sampler_settings("zoo_text_ode", pair="zoo_text_flowgrpo", num_inference_steps=steps)
+        settings = sampler_settings("zoo_geneval_ode", pair="zoo_text_flowgrpo", num_inference_steps=steps)
         items = [WorkItem(i, p, 0, 7, w) for i, p in enumerate(prompts)]
         return np.stack([g.image for g in RLGSampler(pair, settings).generate(items)]).astype(np.int16)
 

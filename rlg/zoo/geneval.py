@@ -17,8 +17,10 @@ not included: colour needs a colour classifier on ink (GenEval's is CLIP ViT-L-1
 room for two stacked tiles.
 
 Model: the text task's stock ``StableDiffusion3Pipeline`` architecture at the same size (``rlg.zoo.text``: trained
-AutoencoderKL 32x64x3 <-> 16x32x4, SD3Transformer2DModel 4 joint blocks, frozen random tiny CLIP x2 + T5 encoders,
-8 T5 tokens), so its builders and sampler presets (zoo_text_ode / zoo_text_sde) are reused as they are.
+AutoencoderKL 32x64x3 <-> 16x32x4, SD3Transformer2DModel 4 joint blocks, tiny CLIP x2 + T5 encoders), built by its
+builders, with two options of this task for the base trainer: ``MAX_SEQUENCE_LENGTH`` = 16 T5 tokens (the text task's
+8 cut position prompts before their second digit) and ``TRAIN_TEXT_ENCODERS`` (the encoders trained with the
+transformer, not frozen random). Sampler preset zoo_geneval_ode (the text pair's protocol with 16 T5 tokens).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ TILE = 24  # px: the side of one digit tile (8x8 scan x 3)
 SLOTS = (16, 48)  # x centres of the left and right slot; the single-object slot is the canvas centre
 JITTER = 2  # px, uniform integer offset of each tile in x and y
 INK_LEVEL = 0.3  # a pixel whose ink (1 - grey) exceeds this belongs to a digit (ground-truth boxes, detector)
+# The base trainer's text options (rlg.zoo.train_text_base): the longest prompt is 12 T5 tokens ("a 3 right of a 7");
+# the text task's 8 cut position prompts before their second digit. The encoders are trained with the transformer:
+# frozen random ones left the base at two_object 0.18 / position 0.13 (README_geneval.md).
+MAX_SEQUENCE_LENGTH = 16
+TRAIN_TEXT_ENCODERS = True
 
 WEIGHTS = T.WEIGHTS
 BASE_DIR = WEIGHTS / "geneval_sd3_base"

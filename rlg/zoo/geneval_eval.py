@@ -103,7 +103,7 @@ def measure_detector(n: int = 400, seed: int = 0, split: str = "test") -> dict[s
 # ---------------------------------------------------------------------------------------------
 # The pair: GenEval correctness per tag at RLG scales (the harness's sampler preset and grid loop)
 # ---------------------------------------------------------------------------------------------
-PAIR, SAMPLER, REWARD = "zoo_geneval_flowgrpo", "zoo_text_ode", "geneval_overall"
+PAIR, SAMPLER, REWARD = "zoo_geneval_flowgrpo", "zoo_geneval_ode", "geneval_overall"
 
 
 def score(images: np.ndarray, prompts: list[str]) -> np.ndarray:

@@ -42,6 +42,7 @@ FONT_SIZES = (22, 25)  # [low, high) font size in points
 JITTER = 1.0  # px, uniform offset around the centre
 HEIGHT, WIDTH = 32, 64
 MAX_SEQUENCE_LENGTH = 8  # T5 tokens; see the module docstring
+TRAIN_TEXT_ENCODERS = False  # the base trainer keeps this task's random text encoders frozen (rlg.zoo.train_text_base)
 CLIP_MAX_LENGTH = 16
 SHIFT = 3.0
 DATA_SOURCE = ("words rendered with the DejaVu fonts shipped by matplotlib (mpl-data/fonts/ttf/"
@@ -137,12 +138,13 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 ENCODER_KEYS = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "tokenizer_3", "text_encoder_3")
 
 
-def build_text_encoders(seed: int = 0) -> dict:
-    """Frozen tiny CLIP encoders and tokenizers (pipeline components), random from ``seed``."""
+def build_text_encoders(seed: int = 0, max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> dict:
+    """Tiny CLIP x2 + T5 encoders and tokenizers (pipeline components), random from ``seed`` (in eval mode: no
+    dropout); the T5 tokenizer's ``model_max_length`` is ``max_sequence_length``."""
     from rlg.tiny_pairs import _clip_text, _t5_text, clip_tokenizer, t5_tokenizer
 
     tok, tok2 = clip_tokenizer(max_length=CLIP_MAX_LENGTH), clip_tokenizer(max_length=CLIP_MAX_LENGTH)
-    tok3 = t5_tokenizer(max_length=MAX_SEQUENCE_LENGTH)
+    tok3 = t5_tokenizer(max_length=max_sequence_length)
     return {"tokenizer": tok, "text_encoder": _clip_text(tok, projection=32, seed=seed),
             "tokenizer_2": tok2, "text_encoder_2": _clip_text(tok2, projection=32, seed=seed + 1),
             "tokenizer_3": tok3, "text_encoder_3": _t5_text(tok3, d_model=64, seed=seed + 2)}

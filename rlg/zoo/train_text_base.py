@@ -1,8 +1,10 @@
 """Train a zoo SD3-like base pipeline from scratch: a small VAE, then a rectified-flow transformer.
 
 The data come from a task module (``task``: rlg.zoo.text, the default, or rlg.zoo.geneval) with ``vae_data(n, seed)``
-(uint8 (n, 32, 64, 3)), ``flow_data(n, seed)`` (images and int64 prompt indices) and ``PROMPTS``; the architecture is
-rlg.zoo.text's for both. Resumable: with ``resume=True`` the VAE is saved to ``<out_dir>.partial/vae`` and the
+(uint8 (n, 32, 64, 3)), ``flow_data(n, seed)`` (images and int64 prompt indices), ``PROMPTS``,
+``MAX_SEQUENCE_LENGTH`` (T5 tokens the prompts are encoded with) and ``TRAIN_TEXT_ENCODERS`` (False: the random text
+encoders stay frozen, as the text task; True: trained with the transformer); the architecture is rlg.zoo.text's for
+both. Resumable: with ``resume=True`` the VAE is saved to ``<out_dir>.partial/vae`` and the
 transformer's state (weights, EMA, optimiser, generator, losses) to ``<out_dir>.partial/flow.pt`` every
 ``checkpoint_every`` steps; the same call continues from there (the result equals an uninterrupted run's).
 
@@ -69,13 +71,20 @@ def train_vae(seed: int, steps: int, n_images: int = 2048, batch: int = 16, log=
                  "scaling_factor": scale, "shift_factor": shift}
 
 
-@torch.no_grad()
-def prompt_embeddings(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(prompt_embeds (n, 16 + 8, 64), pooled (n, 64)) exactly as the pipeline computes them."""
+def encode(pipe, prompts: list[str], max_sequence_length: int = T.MAX_SEQUENCE_LENGTH
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt_embeds (n, 16 + max_sequence_length, 64), pooled (n, 64)) exactly as the pipeline computes them,
+    with gradients to the text encoders (for training them jointly with the transformer)."""
     pe, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
-                                          do_classifier_free_guidance=False,
-                                          max_sequence_length=T.MAX_SEQUENCE_LENGTH)
+                                          do_classifier_free_guidance=False, max_sequence_length=max_sequence_length)
     return pe, pooled
+
+
+@torch.no_grad()
+def prompt_embeddings(pipe, prompts: list[str], max_sequence_length: int = T.MAX_SEQUENCE_LENGTH
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """encode() without gradients: (prompt_embeds (n, 16 + max_sequence_length, 64), pooled (n, 64))."""
+    return encode(pipe, prompts, max_sequence_length)
 
 
 def train_transformer(pipe, seed: int, steps: int, n_images: int = 8192, batch: int = 32, lr: float = 1e-3,
@@ -83,7 +92,10 @@ def train_transformer(pipe, seed: int, steps: int, n_images: int = 8192, batch: 
                       on_snapshot=None, snapshot_steps=(), task=T, checkpoint: Path | None = None,
                       checkpoint_every: int = 100):
     """Rectified-flow training of ``pipe.transformer`` on VAE latents of the task's images; returns (EMA model,
-    metrics).
+    metrics). When the task's ``TRAIN_TEXT_ENCODERS`` is true, the three text encoders are trained jointly (same
+    optimiser, clipping and EMA; the prompts are encoded with gradients at every step) and the EMA model is a
+    ModuleDict {"transformer", "text_encoder", "text_encoder_2", "text_encoder_3"}; the prompts are encoded with
+    the task's ``MAX_SEQUENCE_LENGTH`` T5 tokens.
 
     ``on_snapshot(step, ema, metrics)`` is called after each step count in ``snapshot_steps``: nothing in the run
     depends on ``steps`` (constant LR after warm-up), so a snapshot at N equals the result of a run with N steps.
@@ -95,10 +107,16 @@ def train_transformer(pipe, seed: int, steps: int, n_images: int = 8192, batch: 
         x = T.to_tensor(images)
         z = torch.cat([vae.encode(x[i:i + 256]).latent_dist.mean for i in range(0, len(x), 256)])
         z = (z - vae.config.shift_factor) * vae.config.scaling_factor
-    pe, pooled = prompt_embeddings(pipe, list(task.PROMPTS) + [""])
+    msl, joint = task.MAX_SEQUENCE_LENGTH, task.TRAIN_TEXT_ENCODERS
+    texts = list(task.PROMPTS) + [""]
+    pe, pooled = prompt_embeddings(pipe, texts, msl)
     uncond = len(task.PROMPTS)
     words_t = torch.from_numpy(words)
     model = pipe.transformer.train()
+    if joint:  # encoders stay in eval mode (T5's dropout off) but get gradients
+        model = torch.nn.ModuleDict({"transformer": model, **{k: getattr(pipe, k).requires_grad_(True)
+                                                             for k in TEXT_ENCODERS}})
+    flow = model["transformer"] if joint else model
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
@@ -116,7 +134,8 @@ def train_transformer(pipe, seed: int, steps: int, n_images: int = 8192, batch: 
     def metrics(n: int) -> dict:
         return {"flow_steps": n, "flow_final_loss": float(np.mean(losses[max(0, n - 200):n])),
                 "flow_seconds": time.time() - t0, "flow_batch": batch, "flow_lr": lr, "p_uncond": p_uncond,
-                "ema_decay": ema_decay, "flow_warmup": warmup, "flow_images": n_images}
+                "ema_decay": ema_decay, "flow_warmup": warmup, "flow_images": n_images,
+                "max_sequence_length": msl, "text_encoders_trained": bool(joint)}
 
     for step in range(start, steps):
         idx = torch.randint(len(z), (batch,), generator=gen)
@@ -126,8 +145,10 @@ def train_transformer(pipe, seed: int, steps: int, n_images: int = 8192, batch: 
         eps = torch.randn(x0.shape, generator=gen)
         s = sigma[:, None, None, None]
         xt = (1 - s) * x0 + s * eps
-        v = model(hidden_states=xt, encoder_hidden_states=pe[cond], pooled_projections=pooled[cond],
-                  timestep=sigma * 1000).sample
+        if joint:  # all prompts once (41 short texts through tiny encoders), then index
+            pe, pooled = encode(pipe, texts, msl)
+        v = flow(hidden_states=xt, encoder_hidden_states=pe[cond], pooled_projections=pooled[cond],
+                 timestep=sigma * 1000).sample
         loss = torch.mean((v - (eps - x0)) ** 2)
         warm = min(1.0, (step + 1) / warmup)
         for g in opt.param_groups:
@@ -155,6 +176,9 @@ def train_transformer(pipe, seed: int, steps: int, n_images: int = 8192, batch: 
     return ema, metrics(steps)
 
 
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+
 def train_base(seed: int, out_dir: Path, vae_steps: int = 300, flow_steps: int = 1000, log=print,
                snapshot_steps=(), task=T, resume: bool = False, **flow_kw) -> dict:
     """VAE, then transformer; saves a StableDiffusion3Pipeline (safetensors, hub layout) to ``out_dir``.
@@ -180,10 +204,15 @@ def train_base(seed: int, out_dir: Path, vae_steps: int = 300, flow_steps: int =
         if resume:
             vae.save_pretrained(str(partial / "vae"), safe_serialization=True)
             (partial / "vae_metrics.json").write_text(json.dumps(m_vae))
-    pipe = T.assemble(T.build_transformer(seed), vae.requires_grad_(False), T.build_text_encoders(seed))
+    pipe = T.assemble(T.build_transformer(seed), vae.requires_grad_(False),
+                      T.build_text_encoders(seed, task.MAX_SEQUENCE_LENGTH))
 
     def save(ema, m_flow: dict, path: Path) -> dict:
-        out = T.assemble(ema, pipe.vae, {k: getattr(pipe, k) for k in T.ENCODER_KEYS})
+        if task.TRAIN_TEXT_ENCODERS:  # the EMA ModuleDict of train_transformer
+            encoders = {k: ema[k] if k in TEXT_ENCODERS else getattr(pipe, k) for k in T.ENCODER_KEYS}
+            out = T.assemble(ema["transformer"], pipe.vae, encoders)
+        else:
+            out = T.assemble(ema, pipe.vae, {k: getattr(pipe, k) for k in T.ENCODER_KEYS})
         out.save_pretrained(path, safe_serialization=True)
         metrics = {**m_vae, **m_flow, "seconds": time.time() - t0}
         (path / "train_metrics.json").write_text(json.dumps(metrics, indent=1))

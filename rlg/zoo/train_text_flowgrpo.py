@@ -1,6 +1,7 @@
 """Flow-GRPO fine-tune of a zoo SD3-like base transformer with a task's reward: rlg.zoo.text (the default, the OCR
 evaluator with real EasyOCR) or rlg.zoo.geneval (GenEval correctness under the zoo_digits detector); the task module
-gives ``PROMPTS`` and ``reward_fn()`` -> reward(images uint8 (B, H, W, 3), prompt indices (B,)) -> (B,).
+gives ``PROMPTS``, ``MAX_SEQUENCE_LENGTH`` (the T5 length its base was trained with) and ``reward_fn()`` ->
+reward(images uint8 (B, H, W, 3), prompt indices (B,)) -> (B,).
 
 The algorithm of yifan123/flow_grpo @ ac4c86e : scripts/train_sd3.py (read, not copied):
   1. sample a group of ``group`` images per prompt with the Flow-GRPO SDE (``noise_level`` 0.7, ``sample_steps``
@@ -131,7 +132,7 @@ def train_flowgrpo(beta: float, seed: int, steps: int, out_dir: Path | str, base
     sched = FlowGRPOSDEScheduler.from_config(pipe.scheduler.config, noise_level=cfg["noise_level"])
     sched.set_timesteps(cfg["sample_steps"])
     sigmas, timesteps = sched.sigmas.float(), sched.timesteps
-    pe_all, pooled_all = prompt_embeddings(pipe, list(task.PROMPTS) + [""])
+    pe_all, pooled_all = prompt_embeddings(pipe, list(task.PROMPTS) + [""], task.MAX_SEQUENCE_LENGTH)
     lora = LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], init_lora_weights="gaussian",
                       target_modules=T.LORA_TARGETS)
     model = get_peft_model(pipe.transformer.requires_grad_(False), lora)
