@@ -199,10 +199,11 @@ def test_ship_models_records_each_model_in_the_manifest_through_the_zoos_locked_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kl_manifest.json", "weights"]
 
 
-def test_shipped_kl_models_match_the_manifest_and_the_ddpo_preset_s_models_load():
+def test_shipped_kl_models_match_the_manifest_and_the_lora_presets_models_load():
     """Every model recorded in rlg/zoo/kl_manifest.json is on disk with the recorded sha256 per file, every model
-    directory on disk is recorded, and the models the kl_claim_digits_ddpo preset needs load through the production
-    loader (rl_kind=diffusers_lora on the preset's base) as non-zero LoRAs of one layout, tuned from that base."""
+    directory on disk is recorded, and the models the kl_claim_digits_ddpo and kl_claim_digits_dpo_lora presets need
+    load through the production loader (rl_kind=diffusers_lora on the preset's base) as non-zero LoRAs of one layout,
+    tuned from that base."""
     from safetensors import safe_open
 
     from rlg.files import sha256_file
@@ -226,24 +227,26 @@ def test_shipped_kl_models_match_the_manifest_and_the_ddpo_preset_s_models_load(
 
     v1 = job("experiment=kl_claim_digits_ddpo_v1").settings  # the first generation, moved to kl_<task>_v1
     assert set(ensure_models(v1).values()) == {model_dir(v1, b, seed) for b, seed in required_models(v1)}
-    s = job("experiment=kl_claim_digits_ddpo").settings
-    need = required_models(s)
-    assert s.paired and len(s.floor_seeds) >= 3  # RLG from every seed's beta model: no separate source
-    assert set(need) == {(s.beta / w, seed) for w in s.scales for seed in s.floor_seeds}
-    keys = None
-    for b, seed in need:
-        p = model_dir(s, b, seed)
-        entry = manifest[p.relative_to(DEFAULT_WEIGHTS_DIR).as_posix()]
-        assert entry["training_config"]["base_unet_sha256"] == _base_digest(s)
-        assert entry["training_config"]["steps"] == s.train_steps and entry["beta"] == pytest.approx(b)
-        with safe_open(str(p / "pytorch_lora_weights.safetensors"), "pt") as f:
-            keys = keys or set(f.keys())
-            assert set(f.keys()) == keys, p.name
-    for b, seed in need[-1:]:  # one (the smallest beta's, the largest LoRA move) through the claim's own loader
-        rl, kind = _rl_checkpoint(model_dir(s, b, seed))
-        pair = load_pair(PairSpec(name="kl", base=Checkpoint(resolve_zoo_id(s.base)), rl=rl, rl_kind=kind,
-                                  offline=True))
-        assert kind == "diffusers_lora" and pair.info["lora_layers"] * 2 == len(keys) and pair.info["lora_nonzero"]
+    for name in ("kl_claim_digits_ddpo", "kl_claim_digits_dpo_lora"):
+        s = job(f"experiment={name}").settings
+        need = required_models(s)
+        assert s.paired and len(s.floor_seeds) >= 3  # RLG from every seed's beta model: no separate source
+        assert set(need) == {(s.beta / w, seed) for w in s.scales for seed in s.floor_seeds}
+        keys = None
+        for b, seed in need:
+            p = model_dir(s, b, seed)
+            entry = manifest[p.relative_to(DEFAULT_WEIGHTS_DIR).as_posix()]
+            assert entry["training_config"]["base_unet_sha256"] == _base_digest(s)
+            assert entry["training_config"]["steps"] == s.train_steps and entry["beta"] == pytest.approx(b)
+            with safe_open(str(p / "pytorch_lora_weights.safetensors"), "pt") as f:
+                keys = keys or set(f.keys())
+                assert set(f.keys()) == keys, p.name
+        for b, seed in need[-1:]:  # one (the smallest beta's, the largest LoRA move) through the claim's own loader
+            rl, kind = _rl_checkpoint(model_dir(s, b, seed))
+            pair = load_pair(PairSpec(name="kl", base=Checkpoint(resolve_zoo_id(s.base)), rl=rl, rl_kind=kind,
+                                      offline=True))
+            assert kind == "diffusers_lora" and pair.info["lora_layers"] * 2 == len(keys), name
+            assert pair.info["lora_nonzero"], name
 
 
 def test_paired_verdicts_test_per_seed_differences_and_the_control_is_exact():

@@ -20,12 +20,18 @@ Wallace et al. 2023, sec. 4), the optimum RLG's theory is about; deterministic l
 finite optimum. The winner's and loser's final DDIM latents are the x_0 of the loss (what the VAE would encode
 them to, up to its error). The data depend only on the base and ``data_seed``, so a beta/seed sweep trains on the
 same pairs.
-Full UNet weights are trained and saved as ``<out_dir>/unet`` (like mhdang/dpo-sd1.5-text2image-v1).
+Full UNet weights are trained and saved as ``<out_dir>/unet`` (like mhdang/dpo-sd1.5-text2image-v1); with
+``lora_rank`` > 0 a LoRA is trained, fused into ``<out_dir>/unet`` (``save="unet"``) or kept as a diffusers LoRA file
+(``save="lora"``: ``<out_dir>/pytorch_lora_weights.safetensors``, 0.15 MB at rank 4, as the DDPO models ship).
+Resumable: the trained weights, optimiser and random stream are saved to ``<out_dir>/dpo_state.pt`` every ``chunk``
+steps and the same call continues from there, with the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +47,8 @@ from rlg.zoo.digits_rl import (GUIDANCE, NUM_STEPS, decode_uint8, digit_rewards,
 DEFAULTS = dict(beta=500.0, steps=600, lr=3e-5, batch_pairs=16, n_per_prompt=100, bt_temperature=1.0,
                 pairs_per_prompt=100,
                 data_seed=0, data_steps=NUM_STEPS, uncond_prob=0.0,
-                lora_rank=0)
+                lora_rank=0, save="unet", chunk=50)
+STATE_FILE = "dpo_state.pt"
 CACHE_DIR = Path.home() / ".cache" / "rlg-bench" / "zoo"
 
 
@@ -101,12 +108,27 @@ def train_dpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
               bt_temperature: float = DEFAULTS["bt_temperature"], data_seed: int = DEFAULTS["data_seed"],
               classifier: str = "zoo:digits_classifier", data_steps: int = DEFAULTS["data_steps"],
               pairs_per_prompt: int = DEFAULTS["pairs_per_prompt"], uncond_prob: float = DEFAULTS["uncond_prob"],
-              lora_rank: int = DEFAULTS["lora_rank"], cache: bool = True, log=print) -> dict[str, Any]:
-    """Diffusion-DPO fine-tune of the base UNet; saves ``<out_dir>/unet`` (full weights). ``lora_rank`` 0 trains
-    every weight; r > 0 trains a rank-r LoRA (alpha r) on the DDPO LoRA targets, the reference being the same
-    network with the adapter off, and fuses it into the saved full weights (diffusers' research_projects/
-    diffusion_dpo trains a LoRA the same way). Deterministic given (seed, data_seed) on one machine and thread
-    count. Returns the training config and log."""
+              lora_rank: int = DEFAULTS["lora_rank"], save: str = DEFAULTS["save"], chunk: int = DEFAULTS["chunk"],
+              keep_state: bool = False, cache: bool = True, log=print) -> dict[str, Any]:
+    """Diffusion-DPO fine-tune of the base UNet. ``lora_rank`` 0 trains every weight; r > 0 trains a rank-r LoRA
+    (alpha r) on the DDPO LoRA targets, the reference being the same network with the adapter off (diffusers'
+    research_projects/diffusion_dpo trains a LoRA the same way). ``save``: "unet" writes ``<out_dir>/unet`` (full
+    weights, a LoRA fused in); "lora" (needs ``lora_rank`` > 0) writes the adapter alone as
+    ``<out_dir>/pytorch_lora_weights.safetensors`` (``rlg.zoo.train_digits_ddpo.save_lora``, rl_kind diffusers_lora).
+    Resumes from ``<out_dir>/dpo_state.pt`` (written every ``chunk`` steps; removed at the end unless
+    ``keep_state``, so the directory holds only the model); raises ValueError when that state was written with other
+    arguments (``steps`` aside: a later call with more steps trains on), or for a bad ``save``/``chunk``.
+    Deterministic given (seed, data_seed) on one machine and thread count. Returns the training config and log
+    (``seconds`` and ``cpu_seconds`` of this process's training, summed over resumed chunks)."""
+    if save not in ("unet", "lora"):
+        raise ValueError(f"save={save!r}; use 'unet' (full weights) or 'lora' (the adapter file)")
+    if save == "lora" and not lora_rank:
+        raise ValueError("save='lora' needs lora_rank > 0 (a full-weight fine-tune has no adapter to save)")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 (steps between resume checkpoints), got {chunk}")
+    args = dict(beta=beta, seed=seed, base=base, lr=lr, batch_pairs=batch_pairs, n_per_prompt=n_per_prompt,
+                bt_temperature=bt_temperature, data_seed=data_seed, classifier=classifier, data_steps=data_steps,
+                pairs_per_prompt=pairs_per_prompt, uncond_prob=uncond_prob, lora_rank=lora_rank)
     base_dir = resolve_zoo_id(base)
     with timer() as t_data:
         data = make_preference_pairs(base_dir, data_seed, n_per_prompt, bt_temperature, classifier, data_steps,
@@ -141,9 +163,21 @@ def train_dpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
     abar = parts.scheduler.alphas_cumprod
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     n_pairs = len(data["digit"])
-    history = []
+    out = Path(out_dir)
+    state_path = out / STATE_FILE
+    history, start, seconds, cpu_seconds = [], 0, 0.0, 0.0
+    if state_path.exists():
+        st = torch.load(state_path, weights_only=True)
+        if st["args"] != args:
+            raise ValueError(f"{state_path} was written with {st['args']}; delete it or pass the same arguments")
+        _load_trained(policy, st["weights"], lora_rank)
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["gen"])
+        history, start, seconds, cpu_seconds = st["history"], st["step"], st["seconds"], st["cpu_seconds"]
+        log(f"dpo: resumed at step {start} from {state_path}")
+    t0, c0 = time.perf_counter(), time.process_time()
     with timer() as t_train:
-        for step in range(steps):
+        for step in range(start, steps):
             idx = torch.randint(0, n_pairs, (batch_pairs,), generator=gen)
             x0 = torch.cat([data["x_w"][idx], data["x_l"][idx]])
             # the empty prompt for a pair with probability uncond_prob (the official --proportion_empty_prompts),
@@ -169,18 +203,33 @@ def train_dpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
                 acc = float((inside > 0).float().mean())
                 history.append({"step": step, "loss": round(loss.item(), 4), "implicit_acc": acc})
                 log(f"dpo step {step} loss {loss.item():.4f} implicit_acc {acc:.2f}")
-    out = Path(out_dir)
+            if (step + 1) % chunk == 0 or step + 1 == steps:
+                out.mkdir(parents=True, exist_ok=True)
+                torch.save({"args": args, "weights": _trained_state(policy, lora_rank), "opt": opt.state_dict(),
+                            "gen": gen.get_state(), "history": history, "step": step + 1,
+                            "seconds": round(seconds + time.perf_counter() - t0, 1),
+                            "cpu_seconds": round(cpu_seconds + time.process_time() - c0, 1)}, state_path)
+    seconds = round(seconds + time.perf_counter() - t0, 1)
+    cpu_seconds = round(cpu_seconds + time.process_time() - c0, 1)
     policy.eval()
-    if lora_rank:  # fold W + (alpha / r) B A into W, then drop the adapter: a plain UNet2DConditionModel
-        policy.fuse_lora(lora_scale=1.0)
-        policy.unload_lora()
-    policy.register_to_config(_name_or_path=f"{base}/unet")  # the zoo id, not this machine's path
-    policy.save_pretrained(str(out / "unet"), safe_serialization=True)
+    if save == "lora":
+        from rlg.zoo.train_digits_ddpo import save_lora
+
+        save_lora(policy, lora_rank, out)
+    else:
+        if lora_rank:  # fold W + (alpha / r) B A into W, then drop the adapter: a plain UNet2DConditionModel
+            policy.fuse_lora(lora_scale=1.0)
+            policy.unload_lora()
+        policy.register_to_config(_name_or_path=f"{base}/unet")  # the zoo id, not this machine's path
+        policy.save_pretrained(str(out / "unet"), safe_serialization=True)
+    if not keep_state:
+        state_path.unlink(missing_ok=True)
     return {"method": "Diffusion-DPO (Wallace et al. 2023)", "beta": beta, "kl_coefficient": beta, "seed": seed,
             "steps": steps, "lr": lr, "batch_pairs": batch_pairs, "base": base, "reward": "digit_margin",
             "labels": "Bradley-Terry on the log-odds", "n_per_prompt": n_per_prompt, "bt_temperature": bt_temperature,
             "data_seed": data_seed, "data_steps": data_steps,
             "pairs_per_prompt": pairs_per_prompt, "uncond_prob": uncond_prob, "lora_rank": lora_rank,
+            **({"lora_alpha": lora_rank, "save": save} if lora_rank else {}),
             "n_pairs": int(n_pairs),
             "pairs_per_digit": torch.bincount(data["digit"], minlength=10).tolist(),
             "pair_digit_prob": {"winner": round(float(data["p_w"].mean()), 4),
@@ -190,5 +239,26 @@ def train_dpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
             "base_sample_digit_margin": round(float(data["base_reward"].mean()), 4),
             "sampler": {"scheduler": "DDIM", "steps": NUM_STEPS, "eta": 1.0, "guidance": GUIDANCE},
             "base_sample_digit_prob": round(float(data["base_prob"].mean()), 4),
-            "seconds": round(t_data["seconds"] + t_train["seconds"], 1), "seconds_data": t_data["seconds"],
-            "history": history}
+            "seconds": round(t_data["seconds"] + seconds, 1), "seconds_data": t_data["seconds"],
+            "seconds_train": seconds, "cpu_seconds_train": cpu_seconds, "seconds_this_call": t_train["seconds"],
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "history": history}
+
+
+def _trained_state(policy, lora_rank: int) -> dict[str, torch.Tensor]:
+    """The trained weights: the adapter's (PEFT keys) for a LoRA, else the whole UNet's."""
+    if lora_rank:
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(policy)
+    return policy.state_dict()
+
+
+def _load_trained(policy, state: dict[str, torch.Tensor], lora_rank: int) -> None:
+    if lora_rank:
+        from peft import set_peft_model_state_dict
+
+        res = set_peft_model_state_dict(policy, state)
+        if getattr(res, "unexpected_keys", None):
+            raise ValueError(f"resume state has adapter keys the model lacks: {res.unexpected_keys[:3]}")
+    else:
+        policy.load_state_dict(state)
