@@ -201,7 +201,7 @@ def test_ship_models_records_each_model_in_the_manifest_through_the_zoos_locked_
 
 def test_shipped_kl_models_match_the_manifest_and_the_lora_presets_models_load():
     """Every model recorded in rlg/zoo/kl_manifest.json is on disk with the recorded sha256 per file, every model
-    directory on disk is recorded, and the models the kl_claim_digits_ddpo and kl_claim_digits_dpo_lora presets need
+    directory on disk is recorded, and the models the kl_claim_digits_ddpo and kl_claim_digits_dpo presets need
     load through the production loader (rl_kind=diffusers_lora on the preset's base) as non-zero LoRAs of one layout,
     tuned from that base."""
     from safetensors import safe_open
@@ -227,7 +227,7 @@ def test_shipped_kl_models_match_the_manifest_and_the_lora_presets_models_load()
 
     v1 = job("experiment=kl_claim_digits_ddpo_v1").settings  # the first generation, moved to kl_<task>_v1
     assert set(ensure_models(v1).values()) == {model_dir(v1, b, seed) for b, seed in required_models(v1)}
-    for name in ("kl_claim_digits_ddpo", "kl_claim_digits_dpo_lora"):
+    for name in ("kl_claim_digits_ddpo", "kl_claim_digits_dpo"):
         s = job(f"experiment={name}").settings
         need = required_models(s)
         assert s.paired and len(s.floor_seeds) >= 3  # RLG from every seed's beta model: no separate source
