@@ -126,14 +126,15 @@ def score(images: np.ndarray, prompts: list[str]) -> np.ndarray:
 def tag_summary(values: np.ndarray, tags: list[str]) -> dict[str, dict[str, float]]:
     """Per tag mean_ci of ``values`` (N,), and "overall": GenEval's unweighted mean over the tags, with the se of a
     mean of independent tag means (sqrt(sum se_t^2) / n_tags) and its normal 95% interval."""
-    from rlg.kl_stats import mean_ci
+    from rlg.kl_stats import mean_ci, normal_interval
 
     tags_arr = np.asarray(tags)
     out = {t: mean_ci(values[tags_arr == t]) for t in dict.fromkeys(tags)}
     m = float(np.mean([v["mean"] for v in out.values()]))
     se = float(np.sqrt(sum(v["se"] ** 2 for v in out.values())) / len(out))
-    out["overall"] = {"mean": round(m, 5), "se": round(se, 5), "lo": round(m - 1.96 * se, 5),
-                      "hi": round(m + 1.96 * se, 5), "n": int(len(values))}
+    lo, hi = normal_interval(m, se)
+    out["overall"] = {"mean": round(m, 5), "se": round(se, 5), "lo": round(lo, 5), "hi": round(hi, 5),
+                      "n": int(len(values))}
     return out
 
 
