@@ -137,11 +137,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the preset, e.g. kl_claim.n_per_prompt=10")
     a = ap.parse_args(argv)
     from rlg.harness.api import job
-    from rlg.harness.stages import image_grid
+    from rlg.harness.stages import kl_claim_grid
 
     j = job(f"experiment={a.experiment}", "kl_claim.train_missing=true", *a.overrides)
-    grid = dataclasses.replace(image_grid(j), seed=j.settings.seed)  # as the claim's stage samples its arms
-    summary = measure_response(j.settings, grid, a.w, a.seeds, a.out, j.config.evaluators.options)
+    summary = measure_response(j.settings, kl_claim_grid(j), a.w, a.seeds, a.out, j.config.evaluators.options)
     print(json.dumps({k: v for k, v in summary.items() if k != "models"}, indent=1, default=str))
     return summary
 

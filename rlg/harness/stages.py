@@ -462,8 +462,7 @@ def kl_claim(job: Job, store: Store) -> dict[str, Any]:
     from rlg.ground_truth import run_ground_truth
     from rlg.kl_claim import run_kl_claim
 
-    grid = dataclasses.replace(image_grid(job), seed=job.settings.seed)  # the shared prompts and sampler groups
-    df = run_kl_claim(job.settings, grid, job.config.evaluators.options)
+    df = run_kl_claim(job.settings, kl_claim_grid(job), job.config.evaluators.options)
     store.write_table("kl_claim", df)
     analytic = run_ground_truth(job.settings.analytic) if job.settings.analytic is not None else None
     if analytic is not None:
@@ -471,6 +470,12 @@ def kl_claim(job: Job, store: Store) -> dict[str, Any]:
     files = _written(store, lambda tmp: _section(job)(df, analytic, tmp))
     print((store.root / "report" / "index.md").read_text())
     return {"files": files, "rows": len(df), **_index(store)}
+
+
+def kl_claim_grid(job: Job):
+    """The grid every arm of a KL-claim job samples (and ``rlg.kl_response`` with it): the shared prompts and
+    sampler groups of ``image_grid``, with the claim's own noise seed ``kl_claim.seed``."""
+    return dataclasses.replace(image_grid(job), seed=job.settings.seed)
 
 
 def kl_learned(job: Job, store: Store) -> dict[str, Any]:
