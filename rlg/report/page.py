@@ -51,8 +51,7 @@ class Page:
         self.body.append(f"<p>{html.escape(line)}</p>")
 
     def table(self, markdown: str, html_table: str) -> None:
-        self.md += [markdown.rstrip(), ""]
-        self.body.append(html_table)
+        self.raw(markdown, html_table)  # a rendered table is a block given in both forms
 
     def figure(self, png: Path, rel: str, caption: str) -> None:
         self.md += [f"![{caption}]({rel})", ""]
