@@ -61,6 +61,16 @@ def file_hashes(root: Path | str) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
+    """``torch.save(state)`` to ``path`` through ``rlg.files.atomic_write``: a trainer killed while saving leaves its
+    previous resume checkpoint, never half a file (``torch.load(weights_only=True)`` reads it back)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(Path(path), buf.getvalue())
+
+
 def dir_size_mb(root: Path | str) -> float:
     return round(sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file()) / 1e6, 3)
 

@@ -40,7 +40,7 @@ import torch
 from rlg.zoo import digits as D
 from rlg.files import sha256_bytes, sha256_file
 from rlg.zoo import resolve_zoo_id
-from rlg.zoo.common import setup_torch, timer
+from rlg.zoo.common import save_checkpoint, setup_torch, timer
 from rlg.zoo.digits_rl import (GUIDANCE, NUM_STEPS, decode_uint8, digit_rewards, load_base, load_classifier,
                                sample_trajectories)
 
@@ -205,10 +205,10 @@ def train_dpo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
                 log(f"dpo step {step} loss {loss.item():.4f} implicit_acc {acc:.2f}")
             if (step + 1) % chunk == 0 or step + 1 == steps:
                 out.mkdir(parents=True, exist_ok=True)
-                torch.save({"args": args, "weights": _trained_state(policy, lora_rank), "opt": opt.state_dict(),
-                            "gen": gen.get_state(), "history": history, "step": step + 1,
-                            "seconds": round(seconds + time.perf_counter() - t0, 1),
-                            "cpu_seconds": round(cpu_seconds + time.process_time() - c0, 1)}, state_path)
+                save_checkpoint(state_path, {"args": args, "weights": _trained_state(policy, lora_rank),
+                                             "opt": opt.state_dict(), "gen": gen.get_state(), "history": history,
+                                             "step": step + 1, "seconds": round(seconds + time.perf_counter() - t0, 1),
+                                             "cpu_seconds": round(cpu_seconds + time.process_time() - c0, 1)})
     seconds = round(seconds + time.perf_counter() - t0, 1)
     cpu_seconds = round(cpu_seconds + time.process_time() - c0, 1)
     policy.eval()

@@ -45,7 +45,7 @@ import torch
 
 from rlg.zoo import digits as D
 from rlg.zoo import resolve_zoo_id
-from rlg.zoo.common import setup_torch
+from rlg.zoo.common import save_checkpoint, setup_torch
 from rlg.zoo.digits_rl import (ETA, GUIDANCE, NUM_STEPS, cfg_eps, decode_uint8, digit_rewards, load_base,
                                load_classifier, step_coefficients)
 from rlg.zoo.train_digits_ddpo import LORA_TARGETS, save_lora
@@ -258,9 +258,9 @@ def train_spo(beta: float = DEFAULTS["beta"], seed: int = 0, steps: int = DEFAUL
         if (it + 1) % chunk == 0 or it + 1 == steps:
             unet.eval()
             save_lora(unet, rank, out)
-            torch.save({"args": args, "lora": get_peft_model_state_dict(unet), "opt": opt.state_dict(),
-                        "gen": gen.get_state(), "history": history, "iter": it + 1,
-                        "seconds": round(seconds + time.perf_counter() - t0, 1)}, state_path)
+            save_checkpoint(state_path, {"args": args, "lora": get_peft_model_state_dict(unet), "opt": opt.state_dict(),
+                                         "gen": gen.get_state(), "history": history, "iter": it + 1,
+                                         "seconds": round(seconds + time.perf_counter() - t0, 1)})
     seconds = round(seconds + time.perf_counter() - t0, 1)
     unet.eval()
     save_lora(unet, rank, out)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from rlg.zoo import text as T
+from rlg.zoo.common import save_checkpoint
 
 
 def train_vae(seed: int, steps: int, n_images: int = 2048, batch: int = 16, log=print, task=T):
@@ -167,11 +168,9 @@ def train_transformer(pipe, seed: int, steps: int, n_images: int = 8192, batch: 
         if on_snapshot is not None and step + 1 in snapshot_steps and step + 1 < steps:
             on_snapshot(step + 1, ema, metrics(step + 1))
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            tmp = Path(checkpoint).with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "gen": gen.get_state(), "losses": losses, "step": step + 1,
-                        "seconds": time.time() - t0}, tmp)
-            tmp.replace(checkpoint)  # atomic: an interrupted save leaves the previous checkpoint
+            save_checkpoint(checkpoint, {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                                         "gen": gen.get_state(), "losses": losses, "step": step + 1,
+                                         "seconds": time.time() - t0})
 
     return ema, metrics(steps)
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from rlg.zoo import text as T
+from rlg.zoo.common import save_checkpoint
 
 DEFAULTS = {"group": 16, "prompts_per_step": 4, "sample_steps": 8, "noise_level": 0.7, "guidance_scale": 4.5,
             "lr": 1e-3, "lora_r": 8, "lora_alpha": 16, "clip_range": 1e-4, "adv_clip_max": 5.0,
@@ -216,9 +217,8 @@ def train_flowgrpo(beta: float, seed: int, steps: int, out_dir: Path | str, base
             save(out_dir.with_name(f"{out_dir.name}_it{it + 1}"), {**cfg, "steps": it + 1})
         if resume and it + 1 < steps:
             trained = {k: v for k, v in model.state_dict().items() if "lora_" in k}
-            torch.save({"model": trained, "opt": opt.state_dict(), "gen": gen.get_state(), "history": history,
-                        "step": it + 1, "seconds": time.time() - t0}, partial.with_suffix(".tmp"))
-            partial.with_suffix(".tmp").replace(partial)
+            save_checkpoint(partial, {"model": trained, "opt": opt.state_dict(), "gen": gen.get_state(),
+                                      "history": history, "step": it + 1, "seconds": time.time() - t0})
     metrics = save(out_dir, cfg)
     partial.unlink(missing_ok=True)
     return metrics
