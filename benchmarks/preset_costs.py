@@ -13,7 +13,7 @@ are counted from it:
   guidance-distilled: one row per model). The 7-scale paper grid needs 24/7 = 3.4 rows per step against
   2 for a plain CFG generation (1.7x).
 * FLOPs per row: COUNTED with torch.utils.flop_counter on the meta device for one denoiser row at the preset's
-  resolution, the models built from their published configurations (rlg/real_configs; `python
+  resolution, the models built from their published configurations (benchmarks/real_configs; `python
   benchmarks/real_shapes.py --flops`): SD1.5 UNet 0.803 TFLOP at 512 px, SDXL UNet 6.761 at 1024 px, SD3.5-M
   MMDiT 2.443 at 512 px (77 + 256 text tokens), FLUX.1-dev 74.385 at 1024 px (512 T5 tokens); attention
   included. The former estimate (2 x params x tokens for the MMDiTs) overstated SD3.5-M 2.9x and FLUX 1.7x: each
@@ -43,7 +43,7 @@ PROMPTS = {"flow_grpo_pickscore": 2048, "geneval": 553, "flow_grpo_ocr": 1018, "
 PEAK_TFLOPS, MFU = 312.0, (0.50, 0.25)  # A100 dense fp16/bf16; the MFU range of the estimate
 ACTIVATIONS_GB = 3.0
 # family: denoiser params (B), other pipeline params (B), TFLOP per denoiser row at the preset's size
-# (rlg.real_shapes counts; FLOPs from `python benchmarks/real_shapes.py --flops`)
+# (benchmarks.real_models counts; FLOPs from `python benchmarks/real_shapes.py --flops`)
 FAMILIES = {
     "sd15": (0.8595, 0.1231 + 0.0837, 0.803),
     "sdxl": (2.5675, 0.1231 + 0.6947 + 0.0837, 6.761),

@@ -4,10 +4,10 @@
     python benchmarks/real_shapes.py --flops                       # FLOPs per denoiser row of every preset (meta)
 
 The preset is composed with Hydra as the CLI would (rlg/conf). Its base model is built from the published
-configuration (rlg/real_configs, rlg.real_shapes.real_pipeline) with random weights in --dtype (bf16 by default:
-the CPU runs it), the RL checkpoint in its upstream form (rlg.real_shapes.UPSTREAM_ADAPTERS): a second random
-denoiser for a full-weight kind, an adapter saved in the upstream layout and loaded by rlg.pairs' own loader
-(load_diffusers_lora / load_peft_lora, via rlg.pairs.from_pipeline) for a LoRA kind. SD3 runs without T5
+configuration (benchmarks/real_configs, benchmarks.real_models.real_pipeline) with random weights in --dtype
+(bf16 by default: the CPU runs it), the RL checkpoint in its upstream form (benchmarks.real_models.UPSTREAM_ADAPTERS):
+a second random denoiser for a full-weight kind, an adapter saved in the upstream layout and loaded by rlg.pairs' own
+loader (load_diffusers_lora / load_peft_lora, via rlg.pairs.from_pipeline) for a LoRA kind. SD3 runs without T5
 (text_encoder_3=None, tokenizer_3=None: diffusers' documented way; the prompt's T5 tokens are zeros, so the
 transformer still sees 77 + 256 text tokens). Then one prompt, two scales (both models run at each), --steps
 steps at the smallest size the pipeline accepts (--size to change), through rlg.grid.generate_grid with the
@@ -63,7 +63,7 @@ def compose(preset: str, overrides: tuple[str, ...] = ()):
 
 
 def model_of(cfg) -> str:
-    from rlg import real_shapes as R
+    from benchmarks import real_models as R
 
     return R.adapter_for_pair(cfg.pair.name, cfg.pair.rl_kind).model
 
@@ -102,7 +102,7 @@ def row_flops(model: str, size: int) -> int:
     matmuls, convolutions and attention; a multiply-add counts 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from rlg import real_shapes as R
+    from benchmarks import real_models as R
 
     net = R.build(model, R.DENOISER[model])
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -142,7 +142,7 @@ class NetClock:
 
 def run(preset: str, *, steps: int, size: int | None, dtype_name: str, allow_large: bool, prompt: str,
         device: str = "cpu", micro_batch: int | None = None) -> dict:
-    from rlg import real_shapes as R
+    from benchmarks import real_models as R
     from rlg.grid import generate_grid
     from rlg.harness.build import sampler_settings
     from rlg.pairs import from_pipeline, torch_dtype

@@ -48,24 +48,9 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 
-__all__ = [
-    "GaussianMixture",
-    "QuadraticReward",
-    "TanhReward",
-    "linear_reward",
-    "quadratic_reward",
-    "AnalyticPair",
-    "make_pair",
-    "PAIR_PRESETS",
-    "AnalyticDenoiserOutput",
-    "VPEpsilonDenoiser",
-    "FlowVelocityDenoiser",
-    "make_denoiser",
-    "schedule_alpha_sigma",
-    "initial_alpha_sigma",
-    "final_alpha_sigma",
-    "sample_loop",
-]
+__all__ = ["GaussianMixture", "QuadraticReward", "TanhReward", "linear_reward", "quadratic_reward", "AnalyticPair",
+           "make_pair", "PAIR_PRESETS", "AnalyticDenoiserOutput", "VPEpsilonDenoiser", "FlowVelocityDenoiser",
+           "make_denoiser", "schedule_alpha_sigma", "initial_alpha_sigma", "final_alpha_sigma", "sample_loop"]
 
 _F64 = torch.float64
 _LOG_2PI = math.log(2 * math.pi)
@@ -322,10 +307,8 @@ class AnalyticPair:
     def rl(self) -> GaussianMixture:
         mix = self.target(1.0)
         if mix is None:
-            raise ValueError(
-                f"{self.reward!r} has no closed-form tilt, so the pair has no exact RL denoiser; "
-                "use a QuadraticReward (linear or quadratic) for runnable pairs"
-            )
+            raise ValueError(f"{self.reward!r} has no closed-form tilt, so the pair has no exact RL denoiser; "
+                             "use a QuadraticReward (linear or quadratic) for runnable pairs")
         return mix
 
     def exact_samples(
@@ -603,16 +586,9 @@ def final_alpha_sigma(scheduler, num_inference_steps: int) -> tuple[float, float
     return math.sqrt(abar), math.sqrt(1.0 - abar)
 
 
-def sample_loop(
-    denoiser: Callable,
-    scheduler,
-    latents: torch.Tensor,
-    num_inference_steps: int,
-    *,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-    callback: Callable[[int], Any] | None = None,
-    **step_kwargs,
-) -> torch.Tensor:
+def sample_loop(denoiser: Callable, scheduler, latents: torch.Tensor, num_inference_steps: int, *,
+                generator: torch.Generator | list[torch.Generator] | None = None,
+                callback: Callable[[int], Any] | None = None, **step_kwargs) -> torch.Tensor:
     """Run ``scheduler`` from ``latents`` with any diffusers-style ``denoiser`` (called as
     ``denoiser(x, t_batch, return_dict=False)[0]``, the SD3 convention of a per-sample timestep tensor),
     as a stock pipeline's loop does: ``set_timesteps``, ``scale_model_input`` if the scheduler has it,

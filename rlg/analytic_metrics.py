@@ -27,16 +27,8 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = [
-    "energy_distance",
-    "mmd2",
-    "median_bandwidth",
-    "mean_stderr",
-    "batched",
-    "soft_component_weights",
-    "moment_influence",
-    "paired_difference",
-]
+__all__ = ["energy_distance", "mmd2", "median_bandwidth", "mean_stderr", "batched", "soft_component_weights",
+           "moment_influence", "paired_difference"]
 
 _F64 = torch.float64
 

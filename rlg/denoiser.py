@@ -97,16 +97,8 @@ class RLGDenoiser(torch.nn.Module):
         dedupe: evaluate identical input rows once (all scales of a grid share the first step).
     """
 
-    def __init__(
-        self,
-        base: torch.nn.Module,
-        rl: torch.nn.Module | None = None,
-        *,
-        rl_adapter: str | None = None,
-        window: StepWindow = StepWindow(),
-        micro_batch: int | str | None = None,
-        dedupe: bool = True,
-    ):
+    def __init__(self, base: torch.nn.Module, rl: torch.nn.Module | None = None, *, rl_adapter: str | None = None,
+                 window: StepWindow = StepWindow(), micro_batch: int | str | None = None, dedupe: bool = True):
         super().__init__()
         if (rl is None) == (rl_adapter is None):
             raise ValueError("RLGDenoiser needs either an RL denoiser (full-weight pair) or rl_adapter (LoRA pair), "

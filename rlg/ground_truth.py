@@ -77,36 +77,15 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
-from rlg.analytic import (
-    AnalyticDenoiserOutput,
-    AnalyticPair,
-    final_alpha_sigma,
-    initial_alpha_sigma,
-    make_denoiser,
-    make_pair,
-    sample_loop,
-)
-from rlg.analytic_metrics import (
-    batched,
-    energy_distance,
-    median_bandwidth,
-    mmd2,
-    moment_influence,
-    paired_difference,
-)
+from rlg.analytic import (AnalyticDenoiserOutput, AnalyticPair, final_alpha_sigma, initial_alpha_sigma, make_denoiser,
+                          make_pair, sample_loop)
+from rlg.analytic_metrics import batched, energy_distance, median_bandwidth, mmd2, moment_influence, paired_difference
 from rlg.fk_steering import FKSteeringConfig, fk_steering_sample_loop
 from rlg.fkc import FKCConfig, effective_sample_size, fkc_sample_loop
 from rlg.kind_spec import METRICS, SAMPLERS, GroundTruthConfig
 from rlg.schedulers import FlowGRPOSDEScheduler
 
-__all__ = [
-    "GroundTruthConfig",
-    "SAMPLERS",
-    "SD15_DDIM_CONFIG",
-    "METRICS",
-    "make_sampler",
-    "run_ground_truth",
-]
+__all__ = ["GroundTruthConfig", "SAMPLERS", "SD15_DDIM_CONFIG", "METRICS", "make_sampler", "run_ground_truth"]
 
 # stable-diffusion-v1-5 scheduler_config.json, as DDIMScheduler reads it (clip_sample off).
 SD15_DDIM_CONFIG = dict(
@@ -258,11 +237,8 @@ def _evaluate(pair, w, outs: dict[str, torch.Tensor], ref, ref2, af, sf, config)
     return rows
 
 
-def run_ground_truth(
-    config: GroundTruthConfig,
-    pair: AnalyticPair | None = None,
-    guided_factory: Callable | None = None,
-) -> pd.DataFrame:
+def run_ground_truth(config: GroundTruthConfig, pair: AnalyticPair | None = None,
+                     guided_factory: Callable | None = None) -> pd.DataFrame:
     """Sweep scales x samplers for one analytic pair; tidy rows (see module docstring).
 
     ``pair`` overrides ``config.pair``/``d``/``beta``. ``guided_factory(base, rl, scales)`` builds the RLG

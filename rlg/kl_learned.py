@@ -61,10 +61,6 @@ __all__ = ["LearnedTruthConfig", "MLPDenoiser", "train_base", "fine_tune", "pg_l
            "preference_pairs", "sample_trajectories", "step_table", "objective_value", "weight_extrapolation",
            "path_kl", "run_learned_truth"]
 
-ARMS = ("exact", "rlg_exact", "oracle", "retrained", "rlg", "weights")
-
-
-
 
 def _scheduler() -> DDIMScheduler:
     from rlg.ground_truth import SD15_DDIM_CONFIG

@@ -59,24 +59,11 @@ class FlowGRPOSDEScheduler(FlowMatchEulerDiscreteScheduler):
     """
 
     @register_to_config
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        shift: float = 1.0,
-        use_dynamic_shifting: bool = False,
-        base_shift: float | None = 0.5,
-        max_shift: float | None = 1.15,
-        base_image_seq_len: int = 256,
-        max_image_seq_len: int = 4096,
-        invert_sigmas: bool = False,
-        shift_terminal: float | None = None,
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-        time_shift_type: str = "exponential",
-        stochastic_sampling: bool = False,
-        noise_level: float = 0.7,
-    ):
+    def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0, use_dynamic_shifting: bool = False,
+                 base_shift: float | None = 0.5, max_shift: float | None = 1.15, base_image_seq_len: int = 256,
+                 max_image_seq_len: int = 4096, invert_sigmas: bool = False, shift_terminal: float | None = None,
+                 use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False,
+                 time_shift_type: str = "exponential", stochastic_sampling: bool = False, noise_level: float = 0.7):
         if stochastic_sampling:
             raise ValueError(
                 "FlowGRPOSDEScheduler injects its own noise (noise_level); stochastic_sampling=True selects a "
@@ -87,22 +74,13 @@ class FlowGRPOSDEScheduler(FlowMatchEulerDiscreteScheduler):
             raise ValueError("FlowGRPOSDEScheduler does not support invert_sigmas=True (a Mochi-only schedule).")
         if noise_level < 0:
             raise ValueError(f"noise_level must be >= 0, got {noise_level}")
-        super().__init__(
-            num_train_timesteps=num_train_timesteps,
-            shift=shift,
-            use_dynamic_shifting=use_dynamic_shifting,
-            base_shift=base_shift,
-            max_shift=max_shift,
-            base_image_seq_len=base_image_seq_len,
-            max_image_seq_len=max_image_seq_len,
-            invert_sigmas=invert_sigmas,
-            shift_terminal=shift_terminal,
-            use_karras_sigmas=use_karras_sigmas,
-            use_exponential_sigmas=use_exponential_sigmas,
-            use_beta_sigmas=use_beta_sigmas,
-            time_shift_type=time_shift_type,
-            stochastic_sampling=stochastic_sampling,
-        )
+        super().__init__(num_train_timesteps=num_train_timesteps, shift=shift,
+                         use_dynamic_shifting=use_dynamic_shifting, base_shift=base_shift, max_shift=max_shift,
+                         base_image_seq_len=base_image_seq_len, max_image_seq_len=max_image_seq_len,
+                         invert_sigmas=invert_sigmas, shift_terminal=shift_terminal,
+                         use_karras_sigmas=use_karras_sigmas, use_exponential_sigmas=use_exponential_sigmas,
+                         use_beta_sigmas=use_beta_sigmas, time_shift_type=time_shift_type,
+                         stochastic_sampling=stochastic_sampling)
 
     _noise_generator: torch.Generator | list[torch.Generator] | None = None
 
@@ -118,20 +96,11 @@ class FlowGRPOSDEScheduler(FlowMatchEulerDiscreteScheduler):
         sigma_max = self.sigmas[1].to(sigma)
         return torch.sqrt(sigma / (1 - torch.where(sigma == 1, sigma_max, sigma))) * noise_level
 
-    def step(
-        self,
-        model_output: torch.FloatTensor,
-        timestep: float | torch.FloatTensor,
-        sample: torch.FloatTensor,
-        s_churn: float = 0.0,
-        s_tmin: float = 0.0,
-        s_tmax: float = float("inf"),
-        s_noise: float = 1.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        per_token_timesteps: torch.Tensor | None = None,
-        return_dict: bool = True,
-        noise_level: float | None = None,
-    ) -> FlowGRPOSDESchedulerOutput | tuple:
+    def step(self, model_output: torch.FloatTensor, timestep: float | torch.FloatTensor, sample: torch.FloatTensor,
+             s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: torch.Generator | list[torch.Generator] | None = None,
+             per_token_timesteps: torch.Tensor | None = None, return_dict: bool = True,
+             noise_level: float | None = None) -> FlowGRPOSDESchedulerOutput | tuple:
         """One Flow-GRPO SDE step from ``sample`` at ``timestep`` to the next sigma of the schedule.
 
         ``timestep`` is one of ``self.timesteps`` (a float, a 0-d tensor, or a batch tensor whose entries
@@ -140,13 +109,9 @@ class FlowGRPOSDEScheduler(FlowMatchEulerDiscreteScheduler):
         accepted for signature compatibility and ignored, as in the parent class.
         Returns ``(prev_sample,)`` when ``return_dict=False``, like the parent.
         """
-        if isinstance(timestep, int) or (
-            isinstance(timestep, torch.Tensor) and not torch.is_floating_point(timestep)
-        ):
-            raise ValueError(
-                "Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to"
-                " `FlowGRPOSDEScheduler.step()` is not supported. Pass one of `scheduler.timesteps`."
-            )
+        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not torch.is_floating_point(timestep)):
+            raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to"
+                             " `FlowGRPOSDEScheduler.step()` is not supported. Pass one of `scheduler.timesteps`.")
         if per_token_timesteps is not None:
             raise NotImplementedError("FlowGRPOSDEScheduler.step does not support per_token_timesteps.")
         if isinstance(timestep, torch.Tensor) and timestep.numel() > 1:

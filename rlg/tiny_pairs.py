@@ -104,12 +104,10 @@ def _clip_text(tok, hidden=32, projection: int | None = None, seed=0):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    cfg = CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=tok.model_max_length,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        projection_dim=projection or hidden,
-    )
+    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=tok.model_max_length,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         projection_dim=projection or hidden)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
 
 
@@ -143,7 +141,7 @@ def _sd_scheduler():
 def _unet(cross_dim=32, in_channels=4, sdxl=False, seed=0):
     """SD1.5's block layout (attention at the high resolutions, none at the lowest), or with ``sdxl`` SDXL's:
     no attention at the highest resolution, more transformer layers deeper down, linear projections, and the
-    micro-conditioning (``text_time``: 6 time ids + the pooled text embedding); rlg/real_configs/*/unet."""
+    micro-conditioning (``text_time``: 6 time ids + the pooled text embedding); benchmarks/real_configs/*/unet."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
@@ -183,7 +181,7 @@ def build_base(family: str, seed: int = 0):
     if family == "sd3":
         tok = clip_tokenizer()
         torch.manual_seed(seed)
-        # SD3.5-Medium's structure (rlg/real_configs/sd35m): dual attention in the first blocks (13 of 24 there,
+        # SD3.5-Medium's structure (benchmarks/real_configs/sd35m): dual attention in the first blocks (13 of 24 there,
         # 1 of 2 here), RMS qk-norm, a position table larger than the default size, cropped per image
         transformer = D.SD3Transformer2DModel(
             sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
@@ -200,7 +198,7 @@ def build_base(family: str, seed: int = 0):
     if family == "flux":
         tok = clip_tokenizer()
         torch.manual_seed(seed)
-        # FLUX.1-dev's block mix (rlg/real_configs/flux): twice as many single-stream as double-stream blocks
+        # FLUX.1-dev's block mix (benchmarks/real_configs/flux): twice as many single-stream as double-stream blocks
         transformer = D.FluxTransformer2DModel(
             patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16,
             num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,

@@ -36,7 +36,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("library", ("rlg.grid", "rlg.sampling", "rlg.sampler_spec", "rlg.surface", "rlg.pairs", "rlg.denoiser",
                  "rlg.guidance", "rlg.schedulers",
                  "rlg.methods", "rlg.evaluators", "rlg.tiny_pairs", "rlg.analytic", "rlg.analytic_metrics",
-                 "rlg.choices", "rlg.kind_spec", "rlg.fkc", "rlg.fk_steering", "rlg.real_shapes")),
+                 "rlg.choices", "rlg.kind_spec", "rlg.fkc", "rlg.fk_steering")),
     ("base", ("rlg.store", "rlg.files", "rlg.downloads", "rlg.runtime", "rlg.extras", "rlg.model_ids", "rlg.registry",
               "rlg.metrics")),
 ]

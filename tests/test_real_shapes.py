@@ -1,7 +1,8 @@
-"""The paper's base models at their real sizes (rlg/real_configs) and the RL checkpoint kinds as upstream saves them.
+"""The paper's base models at their real sizes (benchmarks/real_configs) and the RL checkpoint kinds as upstream
+saves them.
 
-Everything here is built on the meta device or with zero-memory weights (rlg.real_shapes.empty_weights): parameter
-counts against the published figures, and every LoRA weight of an upstream-layout adapter finding its module
+Everything here is built on the meta device or with zero-memory weights (benchmarks.real_models.empty_weights):
+parameter counts against the published figures, and every LoRA weight of an upstream-layout adapter finding its module
 through rlg.pairs' own loaders. The real-shapes runs with random weights are a benchmark (benchmarks/real_shapes.py).
 """
 
@@ -13,7 +14,7 @@ import json
 import pytest
 import torch
 
-from rlg import real_shapes as R
+from benchmarks import real_models as R
 from rlg.pairs import Checkpoint, PairError, PairSpec, check_compatible, load_diffusers_lora, load_peft_lora
 
 

@@ -47,24 +47,13 @@ def hub_commit(repo_id: str, revision: str | None, filename: str, cache_dir: str
 def how_to_get(repo_id: str, revision: str | None, option: str, filename: str | None = None) -> str:
     rev = f" --revision {revision}" if revision else ""
     what = f" {filename}" if filename else ""
-    return (
-        f"make it available with `huggingface-cli download {repo_id}{what}{rev} --local-dir DIR` on a machine "
-        f"with network access and pass {option}=DIR (or run once online so it lands in the hub cache, "
-        f"then set HF_HUB_OFFLINE=1)"
-    )
+    return (f"make it available with `huggingface-cli download {repo_id}{what}{rev} --local-dir DIR` on a machine "
+            f"with network access and pass {option}=DIR (or run once online so it lands in the hub cache, "
+            f"then set HF_HUB_OFFLINE=1)")
 
 
-def load_pretrained(
-    loader: Callable[..., Any],
-    id_or_path: str,
-    *,
-    revision: str | None,
-    offline: bool,
-    option: str,
-    what: str,
-    cache_dir: str | None = None,
-    **kwargs: Any,
-) -> Any:
+def load_pretrained(loader: Callable[..., Any], id_or_path: str, *, revision: str | None, offline: bool, option: str,
+                    what: str, cache_dir: str | None = None, **kwargs: Any) -> Any:
     """``loader.from_pretrained(id_or_path)`` honouring offline mode; a miss raises ModelNotAvailableError."""
     local = Path(id_or_path).expanduser()
     looks_local = local.is_absolute() or id_or_path.startswith((".", "~")) or local.exists()
@@ -92,17 +81,13 @@ def load_pretrained(
         ) from exc
 
 
-def hub_file(
-    repo_id: str, filename: str, *, revision: str | None, offline: bool, option: str, what: str,
-    cache_dir: str | None = None,
-) -> str:
+def hub_file(repo_id: str, filename: str, *, revision: str | None, offline: bool, option: str, what: str,
+             cache_dir: str | None = None) -> str:
     """Path of ``filename`` from the hub repo (downloading unless offline)."""
     from huggingface_hub import hf_hub_download
 
     try:
-        return hf_hub_download(
-            repo_id, filename, revision=revision, local_files_only=offline, cache_dir=cache_dir
-        )
+        return hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline, cache_dir=cache_dir)
     except Exception as exc:  # hub errors are many classes (offline, 404, gated, network)
         mode = "offline mode (offline=True or HF_HUB_OFFLINE=1), not in the hub cache" if offline else "not reachable"
         raise ModelNotAvailableError(
@@ -176,11 +161,9 @@ def open_clip_tag(model_name: str, tag: str) -> tuple[str, list[str], dict[str, 
     else:
         repo, fname = os.path.split(hf)
         candidates = [str(Path(fname).with_suffix(".safetensors")), fname]
-    kwargs = dict(
-        force_quick_gelu=bool(cfg.get("quick_gelu", False)),
-        image_mean=cfg.get("mean"), image_std=cfg.get("std"),
-        image_interpolation=cfg.get("interpolation"), image_resize_mode=cfg.get("resize_mode"),
-    )
+    kwargs = dict(force_quick_gelu=bool(cfg.get("quick_gelu", False)),
+                  image_mean=cfg.get("mean"), image_std=cfg.get("std"),
+                  image_interpolation=cfg.get("interpolation"), image_resize_mode=cfg.get("resize_mode"))
     return repo, candidates, kwargs
 
 
@@ -236,17 +219,9 @@ def clip_quick_gelu(model_name: str, pretrained: str | None, quick_gelu: bool | 
     return known
 
 
-def load_open_clip(
-    model_name: str,
-    pretrained: str | None,
-    *,
-    offline: bool,
-    option: str,
-    what: str,
-    cache_dir: str | None = None,
-    quick_gelu: bool | None = None,
-    quick_gelu_option: str = "clip_quick_gelu",
-):
+def load_open_clip(model_name: str, pretrained: str | None, *, offline: bool, option: str, what: str,
+                   cache_dir: str | None = None, quick_gelu: bool | None = None,
+                   quick_gelu_option: str = "clip_quick_gelu"):
     """An open_clip model and its inference transform, with the weights resolved by us.
 
     ``model_name`` is a built-in config name (then ``pretrained`` is a tag such as "openai" or a

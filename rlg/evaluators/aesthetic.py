@@ -22,22 +22,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlg.evaluators._models import (
-    ModelNotAvailableError,
-    cached_url_file,
-    dtype_tag,
-    load_open_clip,
-)
+from rlg.evaluators._models import ModelNotAvailableError, cached_url_file, dtype_tag, load_open_clip
 from rlg.files import sha256_file
 from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.base import Sample
 from rlg.metrics import Metric, directions, register_metrics
 
 HEAD_FILENAME = "sac+logos+ava1-l14-linearMSE.pth"
-HEAD_URL = (
-    "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/"
-    "6934dd81792f086e613a121dbce43082cb8be85e/sac%2Blogos%2Bava1-l14-linearMSE.pth"
-)
+HEAD_URL = ("https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/"
+            "6934dd81792f086e613a121dbce43082cb8be85e/sac%2Blogos%2Bava1-l14-linearMSE.pth")
 HEAD_SHA256 = "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
 
 
@@ -96,10 +89,8 @@ class Aesthetic:
         self.dtype = torch_dtype(dtype)
 
         if head_path is None:
-            head_file = cached_url_file(
-                HEAD_URL, HEAD_SHA256, HEAD_FILENAME, cache_dir=cache_dir, offline=offline,
-                option="head_path", what="LAION aesthetic head",
-            )
+            head_file = cached_url_file(HEAD_URL, HEAD_SHA256, HEAD_FILENAME, cache_dir=cache_dir, offline=offline,
+                                        option="head_path", what="LAION aesthetic head")
         else:
             head_file = Path(head_path).expanduser()
             if not head_file.is_file():
@@ -115,10 +106,8 @@ class Aesthetic:
         )
         embed_dim = model.visual.output_dim
         if embed_dim != self.head[0].in_features:
-            raise ValueError(
-                f"backbone {clip_model!r} gives {embed_dim}-d embeddings; the aesthetic head expects "
-                f"{self.head[0].in_features} (CLIP ViT-L/14)"
-            )
+            raise ValueError(f"backbone {clip_model!r} gives {embed_dim}-d embeddings; the aesthetic head expects "
+                             f"{self.head[0].in_features} (CLIP ViT-L/14)")
         self.model = model.eval().to(self.device, self.dtype)
         self.preprocess = preprocess
         self._torch = torch

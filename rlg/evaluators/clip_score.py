@@ -38,17 +38,9 @@ class CLIPScore:
     needs = frozenset({"image", "prompt"})
     requires = ("transformers",)
 
-    def __init__(
-        self,
-        model: str = DEFAULT_MODEL,
-        revision: str | None = None,
-        scale: float = 100.0,
-        text_prefix: str = "",
-        device: str | None = None,
-        dtype: Any = "float32",
-        offline: bool | None = None,
-        cache_dir: str | None = None,
-    ):
+    def __init__(self, model: str = DEFAULT_MODEL, revision: str | None = None, scale: float = 100.0,
+                 text_prefix: str = "", device: str | None = None, dtype: Any = "float32", offline: bool | None = None,
+                 cache_dir: str | None = None):
         import torch
         from transformers import CLIPModel, CLIPProcessor
 
@@ -64,10 +56,8 @@ class CLIPScore:
         self._max_len = self.model.config.text_config.max_position_embeddings
         commit = hub_commit(model, revision, "config.json", cache_dir)  # the resolved commit, not "main"
         prefix = f"/prefix={text_prefix!r}" if text_prefix else ""
-        self.version = (
-            f"clip_score/{self.scale:g}*max(cos,0)/{source_tag(model, revision, commit)}{prefix}"
-            f"/{dtype_tag(self.dtype)}"
-        )
+        self.version = (f"clip_score/{self.scale:g}*max(cos,0)/{source_tag(model, revision, commit)}{prefix}"
+                        f"/{dtype_tag(self.dtype)}")
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:
         torch = self._torch

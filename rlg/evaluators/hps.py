@@ -31,11 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlg.evaluators._models import (
-    ModelNotAvailableError,
-    dtype_tag,
-    hub_file,
-)
+from rlg.evaluators._models import ModelNotAvailableError, dtype_tag, hub_file
 from rlg.files import sha256_file
 from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.base import Sample
@@ -96,20 +92,10 @@ class HPSv2:
         """The metric an instance with this ``hps_version`` writes."""
         return {f"hps_{hps_version}": True}
 
-    def __init__(
-        self,
-        hps_version: str = "v2.1",
-        checkpoint: str | None = None,
-        repo: str = HUB_REPO,
-        revision: str | None = None,
-        model_name: str = "ViT-H-14",
-        antialias: bool = True,
-        scale: float = 100.0,
-        device: str | None = None,
-        dtype: Any = "float32",
-        offline: bool | None = None,
-        cache_dir: str | None = None,
-    ):
+    def __init__(self, hps_version: str = "v2.1", checkpoint: str | None = None, repo: str = HUB_REPO,
+                 revision: str | None = None, model_name: str = "ViT-H-14", antialias: bool = True,
+                 scale: float = 100.0, device: str | None = None, dtype: Any = "float32", offline: bool | None = None,
+                 cache_dir: str | None = None):
         open_clip = require("open_clip", purpose="the hps evaluator")
         import torch
 
@@ -125,10 +111,8 @@ class HPSv2:
         filename = CHECKPOINTS[hps_version]
 
         if checkpoint is None:
-            path = hub_file(
-                repo, filename, revision=revision, offline=hub_offline(offline), option="checkpoint",
-                what=f"HPS {hps_version} checkpoint", cache_dir=cache_dir,
-            )
+            path = hub_file(repo, filename, revision=revision, offline=hub_offline(offline), option="checkpoint",
+                            what=f"HPS {hps_version} checkpoint", cache_dir=cache_dir)
         else:
             path = Path(checkpoint).expanduser()
             if path.is_dir():  # a `huggingface-cli download xswu/HPSv2 --local-dir DIR` folder
@@ -147,10 +131,8 @@ class HPSv2:
         self.image_size = size[0] if isinstance(size, (tuple, list)) else int(size)
         self._torch = torch
         # The checkpoint's hash identifies the weights whatever path or revision they came from.
-        self.version = (
-            f"hps/{hps_version}/{self.scale:g}*cos/{model_name}/ckpt-sha256:{sha256_file(path)[:12]}"
-            f"/longest-resize-pad{'-aa' if self.antialias else '-noaa'}/{dtype_tag(self.dtype)}"
-        )
+        self.version = (f"hps/{hps_version}/{self.scale:g}*cos/{model_name}/ckpt-sha256:{sha256_file(path)[:12]}"
+                        f"/longest-resize-pad{'-aa' if self.antialias else '-noaa'}/{dtype_tag(self.dtype)}")
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:
         torch = self._torch

@@ -41,14 +41,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rlg.evaluators._models import (
-    ModelNotAvailableError,
-    check_tokenizer,
-    dtype_tag,
-    hub_file,
-    load_pretrained,
-    source_tag,
-)
+from rlg.evaluators._models import (ModelNotAvailableError, check_tokenizer, dtype_tag, hub_file, load_pretrained,
+                                    source_tag)
 from rlg.files import sha256_bytes, sha256_file
 from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.aesthetic import aesthetic_head
@@ -122,19 +116,10 @@ class ImageReward:
     needs = frozenset({"image", "prompt"})
     requires = ("transformers", "torchvision")
 
-    def __init__(
-        self,
-        checkpoint: str | None = None,
-        repo: str = HUB_REPO,
-        revision: str | None = None,
-        tokenizer: str = "bert-base-uncased",
-        tokenizer_revision: str | None = None,
-        vision_config: dict | None = None,
-        device: str | None = None,
-        dtype: Any = "float32",
-        offline: bool | None = None,
-        cache_dir: str | None = None,
-    ):
+    def __init__(self, checkpoint: str | None = None, repo: str = HUB_REPO, revision: str | None = None,
+                 tokenizer: str = "bert-base-uncased", tokenizer_revision: str | None = None,
+                 vision_config: dict | None = None, device: str | None = None, dtype: Any = "float32",
+                 offline: bool | None = None, cache_dir: str | None = None):
         import torch
         T = require("torchvision.transforms", purpose="the imagereward evaluator")
         from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
@@ -225,10 +210,8 @@ class ImageReward:
         with torch.no_grad():
             image_embeds = self.vision(pixel_values=pixels).last_hidden_state
             image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
-            out = self.text(
-                input_ids=text["input_ids"], attention_mask=text["attention_mask"],
-                encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts, is_decoder=False,
-            )
+            out = self.text(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
+                            encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts, is_decoder=False)
             feature = out.last_hidden_state[:, 0, :].float()
             rewards = (self.mlp(feature).squeeze(-1) - REWARD_MEAN) / REWARD_STD
         return [{"imagereward": float(v)} for v in rewards.cpu()]

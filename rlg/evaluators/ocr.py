@@ -108,9 +108,7 @@ def _easyocr_reader(gpu: bool, model_dir: str | None, convention: str = "file") 
                 "or pass model_dir= a folder with craft_mlt_25k.pth and english_g2.pth"
             ) from exc
         model_dir = easyocr_en_models.model_dir()
-    reader = easyocr.Reader(
-        ["en"], gpu=gpu, model_storage_directory=model_dir, download_enabled=False, verbose=False
-    )
+    reader = easyocr.Reader(["en"], gpu=gpu, model_storage_directory=model_dir, download_enabled=False, verbose=False)
 
     def read(image: np.ndarray) -> Pieces:
         """``image``: uint8 (H, W, 3) RGB -> [(text, confidence)] (EasyOCR's [(box, text, confidence)])."""

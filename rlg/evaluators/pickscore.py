@@ -30,17 +30,9 @@ class PickScore:
     needs = frozenset({"image", "prompt"})
     requires = ("transformers",)
 
-    def __init__(
-        self,
-        model: str = DEFAULT_MODEL,
-        model_revision: str | None = None,
-        processor: str = DEFAULT_PROCESSOR,
-        processor_revision: str | None = None,
-        device: str | None = None,
-        dtype: Any = "float32",
-        offline: bool | None = None,
-        cache_dir: str | None = None,
-    ):
+    def __init__(self, model: str = DEFAULT_MODEL, model_revision: str | None = None,
+                 processor: str = DEFAULT_PROCESSOR, processor_revision: str | None = None, device: str | None = None,
+                 dtype: Any = "float32", offline: bool | None = None, cache_dir: str | None = None):
         import torch
         from transformers import AutoModel, AutoProcessor
 
@@ -58,10 +50,8 @@ class PickScore:
         # Record the resolved hub commits, not a moving branch name like "main".
         model_commit = hub_commit(model, model_revision, "config.json", cache_dir)
         proc_commit = hub_commit(processor, processor_revision, "preprocessor_config.json", cache_dir)
-        self.version = (
-            f"pickscore/logit_scale*cos/{source_tag(model, model_revision, model_commit)}"
-            f"/proc={source_tag(processor, processor_revision, proc_commit)}/{dtype_tag(self.dtype)}"
-        )
+        self.version = (f"pickscore/logit_scale*cos/{source_tag(model, model_revision, model_commit)}"
+                        f"/proc={source_tag(processor, processor_revision, proc_commit)}/{dtype_tag(self.dtype)}")
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:
         torch = self._torch

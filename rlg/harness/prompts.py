@@ -55,7 +55,9 @@ def _lines(text: str, where: str) -> list[Prompt]:
     return out
 
 
-def _jsonl(text: str, where: str) -> list[Prompt]:
+def _jsonl(text: str, where: str, check=None) -> list[Prompt]:
+    """One prompt per JSON line (blank lines skipped): a dict with a string field 'prompt', after ``check(row,
+    where)`` when given (it returns the row or raises PromptError)."""
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -64,6 +66,7 @@ def _jsonl(text: str, where: str) -> list[Prompt]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise PromptError(f"{where} line {n} is not JSON: {exc}") from exc
+        row = check(row, f"{where} line {n}") if check is not None else row
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
             raise PromptError(f"{where} line {n} has no string field 'prompt'")
         out.append(Prompt(len(out), row["prompt"], row))
@@ -76,21 +79,14 @@ def _geneval(text: str, where: str) -> list[Prompt]:
     """GenEval metadata rows, each checked against the schema the evaluator relies on."""
     from rlg.evaluators.geneval.metadata import MetadataError, validate_row
 
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    def check(row, at):
         try:
-            row = validate_row(json.loads(line), f"{where} line {n}")
-        except json.JSONDecodeError as exc:
-            raise PromptError(f"{where} line {n} is not JSON: {exc}") from exc
+            return validate_row(row, at)
         except MetadataError as exc:
             raise PromptError(f"{exc}\nFix: correct that line, or use the upstream file (djghosh13/geneval @ "
                               "af4902f24d3c prompts/evaluation_metadata.jsonl)") from exc
-        out.append(Prompt(len(out), row["prompt"], row))
-    if not out:
-        raise PromptError(f"{where} holds no prompts")
-    return out
+
+    return _jsonl(text, where, check)
 
 
 def _hpsv2(text: str, where: str) -> list[Prompt]:

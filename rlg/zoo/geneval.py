@@ -35,7 +35,6 @@ import torch
 from rlg.zoo import text as T
 
 DIGITS = (0, 1, 3, 4, 7)
-CLASS_NAMES = tuple(str(d) for d in range(10))  # the detector's classes: the classifier's 10 digits
 TAGS = ("single_object", "two_object", "counting", "position")
 HEIGHT, WIDTH = T.HEIGHT, T.WIDTH
 TILE = 24  # px: the side of one digit tile (8x8 scan x 3)

@@ -10,8 +10,6 @@ from rlg.evaluators.geneval.rules import (COLORS, Detection, evaluate_detections
                                           select_objects)
 from rlg.evaluators.geneval.summary import summarize
 
-__all__ = [
-    "COLORS", "OBJECT_NAMES", "TAGS", "Detection", "GenEval", "Judgement", "MetadataError",
-    "evaluate_detections", "judge", "load_metadata", "relative_position", "select_objects", "summarize",
-    "validate_row",
-]
+__all__ = ["COLORS", "OBJECT_NAMES", "TAGS", "Detection", "GenEval", "Judgement", "MetadataError",
+           "evaluate_detections", "judge", "load_metadata", "relative_position", "select_objects", "summarize",
+           "validate_row"]

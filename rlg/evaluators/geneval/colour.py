@@ -107,13 +107,11 @@ class ClipColourClassifier:
         if source and os.path.sep in source:
             source = os.path.basename(source)  # a local file: its name, not this machine's path
         name = os.path.basename(model_name.rstrip("/")) if model_name.startswith("local-dir:") else model_name
-        self.version = (
-            f"open_clip-{importlib.metadata.version('open_clip_torch')}:{name}"
-            + (f":{source}" if source else "")
-            + (":quickgelu" if quick_gelu else "")
-            + f":{_precision(dtype)}" + (":amp-fp16" if self.amp else "")
-            + f":bg{bgcolor}" + ("" if crop else ":nocrop")
-        )
+        self.version = (f"open_clip-{importlib.metadata.version('open_clip_torch')}:{name}"
+                        + (f":{source}" if source else "")
+                        + (":quickgelu" if quick_gelu else "")
+                        + f":{_precision(dtype)}" + (":amp-fp16" if self.amp else "")
+                        + f":bg{bgcolor}" + ("" if crop else ":nocrop"))
         self._classifiers: dict[str, torch.Tensor] = {}
 
     def _autocast(self):

@@ -84,10 +84,8 @@ def class_names_from_labels(id2label: dict[int, str]) -> list[str]:
         norm = name.strip().lower().replace("_", " ")
         norm = _ALIASES.get(norm, norm)
         if norm != OBJECT_NAMES[i]:
-            raise ValueError(
-                f"detector label {i} is {name!r} but GenEval expects {OBJECT_NAMES[i]!r} there; "
-                "the checkpoint's classes are not in COCO order"
-            )
+            raise ValueError(f"detector label {i} is {name!r} but GenEval expects {OBJECT_NAMES[i]!r} there; "
+                             "the checkpoint's classes are not in COCO order")
         out.append(OBJECT_NAMES[i])
     return out
 
@@ -151,26 +149,15 @@ class HFMask2FormerDetector:
 
     name = "hf"
 
-    def __init__(
-        self,
-        model: str = HF_MODEL_ID,
-        revision: str | None = HF_REVISION,
-        local_files_only: bool = False,
-        device: str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        cache_dir: str | None = None,
-    ):
+    def __init__(self, model: str = HF_MODEL_ID, revision: str | None = HF_REVISION, local_files_only: bool = False,
+                 device: str = "cpu", dtype: torch.dtype = torch.float32, cache_dir: str | None = None):
         from transformers import Mask2FormerForUniversalSegmentation
 
         local = os.path.isdir(model)
         try:
             self.model = Mask2FormerForUniversalSegmentation.from_pretrained(
-                model,
-                revision=None if local else revision,
-                local_files_only=local_files_only or local,
-                cache_dir=cache_dir,
-                dtype=dtype,
-            )
+                model, revision=None if local else revision, local_files_only=local_files_only or local,
+                cache_dir=cache_dir, dtype=dtype)
         except Exception as exc:
             raise RuntimeError(
                 f"could not load the GenEval detector {model!r} (revision {revision}): {exc}. "
@@ -196,10 +183,8 @@ class HFMask2FormerDetector:
             masks = F.interpolate(masks, size=(image.height, image.width), mode="bilinear", align_corners=False)[0]
             labels, scores, boxes, binary = instance_postprocess(res.class_queries_logits[0], masks)
             binary = binary.cpu().numpy()
-            out.append([
-                Detection(self.classnames[int(l)], float(s), tuple(float(v) for v in b.tolist()), binary[i])
-                for i, (l, s, b) in enumerate(zip(labels.cpu(), scores.cpu(), boxes))
-            ])
+            out.append([Detection(self.classnames[int(l)], float(s), tuple(float(v) for v in b.tolist()), binary[i])
+                        for i, (l, s, b) in enumerate(zip(labels.cpu(), scores.cpu(), boxes))])
         return out
 
 

@@ -13,16 +13,8 @@ from rlg.metrics import Metric, directions, register_metrics
 from rlg.evaluators.geneval.detectors import DETECTORS, HF_MODEL_ID, HF_REVISION, Detector, build_detector
 from rlg.evaluators.geneval.metadata import validate_row
 from rlg.runtime import default_device, hub_offline, torch_dtype
-from rlg.evaluators.geneval.rules import (
-    COUNTING_THRESHOLD,
-    MAX_OBJECTS,
-    NMS_THRESHOLD,
-    POSITION_THRESHOLD,
-    THRESHOLD,
-    Detection,
-    judge,
-    select_objects,
-)
+from rlg.evaluators.geneval.rules import (COUNTING_THRESHOLD, MAX_OBJECTS, NMS_THRESHOLD, POSITION_THRESHOLD, THRESHOLD,
+                                          Detection, judge, select_objects)
 
 UPSTREAM = "djghosh13/geneval@af4902f"
 

@@ -47,14 +47,9 @@ def compute_iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
     return inter / union if union else 0
 
 
-def select_objects(
-    detections: Sequence[Detection],
-    tag: str,
-    threshold: float = THRESHOLD,
-    counting_threshold: float = COUNTING_THRESHOLD,
-    max_objects: int = MAX_OBJECTS,
-    nms_threshold: float = NMS_THRESHOLD,
-) -> dict[str, list[Detection]]:
+def select_objects(detections: Sequence[Detection], tag: str, threshold: float = THRESHOLD,
+                   counting_threshold: float = COUNTING_THRESHOLD, max_objects: int = MAX_OBJECTS,
+                   nms_threshold: float = NMS_THRESHOLD) -> dict[str, list[Detection]]:
     """Detections kept per class, most confident first (upstream ``evaluate_image``).
 
     Strictly above the threshold (0.9 when ``tag == "counting"``), the first ``max_objects`` per
@@ -74,10 +69,8 @@ def select_objects(
         while ordering:
             best = ordering.pop(0)
             chosen.append(dets[best])
-            ordering = [
-                i for i in ordering
-                if nms_threshold == 1 or compute_iou(dets[best].box, dets[i].box) < nms_threshold
-            ]
+            ordering = [i for i in ordering
+                        if nms_threshold == 1 or compute_iou(dets[best].box, dets[i].box) < nms_threshold]
         if chosen:
             kept[classname] = chosen
     return kept
@@ -110,12 +103,8 @@ def relative_position(a: Detection, b: Detection, margin: float = POSITION_THRES
     return relations
 
 
-def judge(
-    metadata: dict[str, Any],
-    objects: dict[str, list[Detection]],
-    colour_fn: ColourFn,
-    position_threshold: float = POSITION_THRESHOLD,
-) -> tuple[bool, str]:
+def judge(metadata: dict[str, Any], objects: dict[str, list[Detection]], colour_fn: ColourFn,
+          position_threshold: float = POSITION_THRESHOLD) -> tuple[bool, str]:
     """Upstream ``evaluate`` on already-selected objects: include clauses ANDed, exclude clauses ORed.
 
     For each include clause the top ``count`` detections of its class must exist; colour and then
@@ -140,11 +129,9 @@ def judge(
                     raise RuntimeError(f"colour_fn returned {len(colors)} colours for {len(found)} {classname} objects")
                 if colors.count(req["color"]) < req["count"]:
                     correct = matched = False
-                    reason.append(
-                        f"expected {req['color']} {classname}>={req['count']}, found "
-                        f"{colors.count(req['color'])} {req['color']}; and "
-                        + ", ".join(f"{colors.count(c)} {c}" for c in COLORS if c in colors)
-                    )
+                    reason.append(f"expected {req['color']} {classname}>={req['count']}, found "
+                                  f"{colors.count(req['color'])} {req['color']}; and "
+                                  + ", ".join(f"{colors.count(c)} {c}" for c in COLORS if c in colors))
             if "position" in req and matched:
                 expected_rel, target_group = req["position"]
                 if matched_groups[target_group] is None:
@@ -156,10 +143,8 @@ def judge(
                             true_rels = relative_position(obj, target, position_threshold)
                             if expected_rel not in true_rels:
                                 correct = matched = False
-                                reason.append(
-                                    f"expected {classname} {expected_rel} target, found "
-                                    f"{' and '.join(true_rels)} target"
-                                )
+                                reason.append(f"expected {classname} {expected_rel} target, found "
+                                              f"{' and '.join(true_rels)} target")
                                 break
                         if not matched:
                             break
@@ -172,16 +157,10 @@ def judge(
     return correct, "\n".join(reason)
 
 
-def evaluate_detections(
-    metadata: dict[str, Any],
-    detections: Sequence[Detection],
-    colour_fn: ColourFn,
-    threshold: float = THRESHOLD,
-    counting_threshold: float = COUNTING_THRESHOLD,
-    max_objects: int = MAX_OBJECTS,
-    nms_threshold: float = NMS_THRESHOLD,
-    position_threshold: float = POSITION_THRESHOLD,
-) -> tuple[bool, str]:
+def evaluate_detections(metadata: dict[str, Any], detections: Sequence[Detection], colour_fn: ColourFn,
+                        threshold: float = THRESHOLD, counting_threshold: float = COUNTING_THRESHOLD,
+                        max_objects: int = MAX_OBJECTS, nms_threshold: float = NMS_THRESHOLD,
+                        position_threshold: float = POSITION_THRESHOLD) -> tuple[bool, str]:
     """(correct, reason) for one image's raw detections against one GenEval metadata row."""
     objects = select_objects(detections, metadata["tag"], threshold, counting_threshold, max_objects, nms_threshold)
     return judge(metadata, objects, colour_fn, position_threshold)

@@ -1,6 +1,6 @@
-"""The paper's base models at their real sizes, from the published configurations shipped in rlg/real_configs.
+"""The paper's base models at their real sizes, from the published configurations shipped in benchmarks/real_configs.
 
-No weights are downloaded: each component is built from its config.json (sources: rlg/real_configs/SOURCES.md)
+No weights are downloaded: each component is built from its config.json (sources: benchmarks/real_configs/SOURCES.md)
 with the real diffusers / transformers class, on the meta device (no memory: parameter counts, key names,
 adapter mapping) or with random weights (a real-shapes run: benchmarks/real_shapes.py).
 
@@ -69,7 +69,7 @@ PUBLISHED = {
 
 
 def components(model: str) -> list[str]:
-    """The shipped components of ``model`` (folder names under rlg/real_configs/<model>)."""
+    """The shipped components of ``model`` (folder names under benchmarks/real_configs/<model>)."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {MODELS}")
     return sorted(p.name for p in (CONFIG_ROOT / model).iterdir() if p.is_dir())
