@@ -131,6 +131,11 @@ def test_experiment_preset_composes():
         from rlg.harness.api import job
 
         assert job("experiment=zoo_geneval_flowgrpo").pair.name == "zoo_geneval_flowgrpo"
+        from rlg.zoo.digits_eval import pair_spec
+        from rlg.zoo.geneval_eval import PAIR, SAMPLER
+
+        # measure_pair's default pair: the preset composed with its own sampler (with zoo_digits' the build refuses)
+        assert pair_spec(PAIR, sampler=SAMPLER) == G.pair_spec()
 
 
 @needs_weights
@@ -268,3 +273,55 @@ def test_pair_equals_the_stock_pipelines_at_w0_and_w1_and_the_base_follows_simpl
     assert np.abs(rlg(1.0, two, 2) - _stock_images(rl, two, 2)).max() <= 1
     correct = score(rlg(0.0, simple, 20).astype(np.uint8), simple)
     assert correct.mean() >= SIMPLE_MIN, correct
+
+
+def test_transitions_count_flips_per_tag_with_an_exact_mcnemar_test():
+    from scipy.stats import beta
+
+    from rlg.zoo.geneval_eval import redraw_disagreement, transitions
+
+    a = np.array([1, 1, 0, 0, 1, 0], float)
+    b = np.array([1, 0, 1, 1, 1, 0], float)
+    t = transitions(a, b, ["x", "x", "x", "y", "y", "y"])
+    assert (t["x"]["kept"], t["x"]["lost"], t["x"]["gained"], t["x"]["stayed_wrong"]) == (1, 1, 1, 0)
+    assert (t["y"]["kept"], t["y"]["lost"], t["y"]["gained"], t["y"]["stayed_wrong"]) == (1, 0, 1, 1)
+    assert t["all"]["n"] == 6 and t["all"]["flip_share"] == pytest.approx(3 / 6, abs=1e-5)
+    assert t["all"]["net"] == pytest.approx(b.mean() - a.mean(), abs=1e-5)
+    # 9 gains, 1 loss among 30 images: two-sided exact binomial p = 2 (1 + 10) / 2^10; Clopper-Pearson bounds are
+    # beta quantiles (Clopper & Pearson 1934)
+    a = np.r_[np.zeros(9), np.ones(1), np.ones(10), np.zeros(10)]
+    b = np.r_[np.ones(9), np.zeros(1), np.ones(10), np.zeros(10)]
+    t = transitions(a, b, ["z"] * 30)["z"]
+    assert t["gain_share"] == 0.9 and t["p_mcnemar"] == pytest.approx(22 / 1024, abs=1e-5)
+    assert t["gain_lo"] == pytest.approx(beta.ppf(0.025, 9, 2), abs=1e-5)
+    assert t["gain_hi"] == pytest.approx(beta.ppf(0.975, 10, 1), abs=1e-5)
+    assert np.isnan(transitions(a, a, ["z"] * 30)["z"]["gain_share"])
+    with pytest.raises(ValueError, match="0 or 1"):
+        transitions(a * 0.5, b, ["z"] * 30)
+    # independent redraws: all pairs of a prompt's images, enumerated
+    correct, prompts = [1, 1, 0, 0, 1, 1, 1, 0, 1], list("AAAABBBCC")
+    pairs = [[correct[i] != correct[j] for i in range(9) for j in range(i + 1, 9) if prompts[i] == prompts[j] == p]
+             for p in "ABC"]
+    assert redraw_disagreement(np.array(correct, float), prompts) == pytest.approx(np.mean([np.mean(v) for v in pairs]))
+
+
+def test_image_diagnostics_name_the_failure_and_measure_strokes(detector):
+    """On a held-out "a 3 left of a 7" scene: correct for its own prompt, "position" for the mirrored one, "class" for
+    "two 3s"; touching tiles are one merged component; a w x L bar has stroke width w L / (w + L)."""
+    from rlg.zoo.geneval_eval import image_diagnostics
+
+    img, _ = G.scene(_row("a 3 left of a 7"), np.random.default_rng(1), split="test")
+    tiles = G.digit_tiles("test")
+    ink = np.zeros((G.HEIGHT, G.WIDTH), np.float32)
+    ink[4:28, 8:32] = tiles[0][0]
+    ink[4:28, 26:50] = np.maximum(ink[4:28, 26:50], tiles[7][0])
+    touching = np.repeat(np.round((1 - ink) * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    bar = np.full((G.HEIGHT, G.WIDTH, 3), 255, np.uint8)
+    bar[4:28, 30:33] = 0  # 24 px high, 3 px wide: one stroke, not wider than high (not merged)
+    images = np.stack([img, img, img, touching, bar])
+    d = image_diagnostics(images, ["a 3 left of a 7", "a 3 right of a 7", "two 3s", "a 0 and a 7", "a 1"])
+    assert d["failure"][:4].tolist() == ["", "position", "class", ""]
+    assert d["n_det"][:4].tolist() == [2, 2, 2, 2] and d["n_want"].tolist() == [2, 2, 2, 2, 1]
+    assert d["merged"].tolist() == [0, 0, 0, 1, 0]
+    assert d["stroke"][4] == pytest.approx(3 * 24 / (3 + 24)) and d["ink"][4] == pytest.approx(72 / (32 * 64))
+    assert 0 < d["read"][0] <= 1

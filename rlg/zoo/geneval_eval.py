@@ -158,6 +158,113 @@ def legibility(images: np.ndarray, prompts: list[str]) -> dict[str, float]:
             "ink": round(float(np.mean(255 - images.astype(np.float64)) / 255), 4)}
 
 
+def transitions(a: np.ndarray, b: np.ndarray, tags: list[str]) -> dict[str, dict[str, float]]:
+    """Per-image outcome changes between two scales of the same images (same prompt, sample and noise): ``a``, ``b``
+    float (N,) GenEval correctness (0/1) at the lower and higher scale, ``tags`` (N,) their prompts' tags. Per tag and
+    "all": ``n``; ``kept`` (1 -> 1), ``lost`` (1 -> 0), ``gained`` (0 -> 1), ``stayed_wrong`` (0 -> 0) counts;
+    ``flip_share`` = (gained + lost) / n; ``net`` = (gained - lost) / n (the paired difference of the means);
+    ``gain_share`` = gained / (gained + lost), NaN without flips, with its exact (Clopper-Pearson) 95% interval
+    ``gain_lo``/``gain_hi`` and the two-sided exact binomial (McNemar) p of gain_share = 0.5 (``p_mcnemar``, 1.0 without
+    flips). A move that is mostly noise flips many images with gain_share near 0.5; a directed one has gain_share
+    near 1 (or 0). Raises ValueError for values other than 0/1 or mismatched lengths."""
+    from scipy.stats import binomtest
+
+    a, b, tags_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), np.asarray(tags)
+    if not (a.shape == b.shape == tags_arr.shape and a.ndim == 1):
+        raise ValueError(f"a, b and tags must be 1-D of one length, got {a.shape}, {b.shape}, {tags_arr.shape}")
+    if not np.isin(a, (0.0, 1.0)).all() or not np.isin(b, (0.0, 1.0)).all():
+        raise ValueError("a and b must hold GenEval correctness values 0 or 1")
+    out = {}
+    for t in [*dict.fromkeys(tags_arr.tolist()), "all"]:
+        m = np.ones(len(a), bool) if t == "all" else tags_arr == t
+        x, y = a[m], b[m]
+        gained, lost = int(((x == 0) & (y == 1)).sum()), int(((x == 1) & (y == 0)).sum())
+        flips = gained + lost
+        test = binomtest(gained, flips) if flips else None
+        ci = test.proportion_ci(method="exact") if test else None
+        out[t] = {"n": int(m.sum()), "kept": int(((x == 1) & (y == 1)).sum()), "lost": lost, "gained": gained,
+                  "stayed_wrong": int(((x == 0) & (y == 0)).sum()), "flip_share": round(flips / m.sum(), 5),
+                  "net": round((gained - lost) / m.sum(), 5),
+                  "gain_share": round(gained / flips, 5) if flips else float("nan"),
+                  "gain_lo": round(ci.low, 5) if ci else float("nan"), "gain_hi": round(ci.high, 5) if ci else float("nan"),
+                  "p_mcnemar": round(test.pvalue, 5) if test else 1.0}
+    return out
+
+
+def redraw_disagreement(correct: np.ndarray, prompts: list[str]) -> float:
+    """The share of pairs of images of one prompt, drawn from independent noise, whose GenEval outcomes differ,
+    averaged over the prompts: per prompt with k correct of m images, 2 k (m - k) / (m (m - 1)) (the unbiased estimate
+    of 2 p (1 - p)). ``correct`` float (N,) 0/1, ``prompts`` (N,). The flip share expected if a change of scale
+    redrew each image's outcome at random (keeping each prompt's accuracy); raises ValueError for a prompt with
+    fewer than 2 images."""
+    correct, prompts_arr = np.asarray(correct, dtype=np.float64), np.asarray(prompts)
+    per = []
+    for p in dict.fromkeys(prompts_arr.tolist()):
+        v = correct[prompts_arr == p]
+        if len(v) < 2:
+            raise ValueError(f"prompt {p!r} has {len(v)} image(s); need at least 2")
+        k, m = v.sum(), len(v)
+        per.append(2 * k * (m - k) / (m * (m - 1)))
+    return float(np.mean(per))
+
+
+def image_diagnostics(images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
+    """What the zoo_digits detector and GenEval's rules see in each image (uint8 (N, H, W, 3)); per image, (N,):
+    ``n_det`` detections, ``n_want`` digits the prompt asks for, ``merged`` ink components wider than the detector's
+    split_ratio x their height (touching digits it had to cut), ``read`` mean classifier probability of the detections
+    (NaN when none), ``ink`` ink share of the canvas (1 - grey / 255, in [0, 1]), ``stroke`` mean stroke width in px
+    (2 x area / perimeter of the ink mask ink > rlg.zoo.geneval.INK_LEVEL, perimeter = 4-neighbour pixel edges between
+    ink and paper or the border: w L / (w + L) for one w x L bar, -> w for long strokes), and ``failure`` (str): "" when GenEval judges the image correct,
+    else "count" (detections != digits asked: merged, missing or extra digits), "score" (right digits, but one read
+    at or below GenEval's threshold for the tag: 0.3, 0.9 for counting), "position" (right digits, wrong relation) or
+    "class" (as many detections as asked, but a digit read as another class)."""
+    import cv2
+    from PIL import Image
+
+    from rlg.evaluators.geneval.detectors import build_detector
+    from rlg.evaluators.geneval.digit_detector import ink_map
+    from rlg.evaluators.geneval.rules import evaluate_detections
+    from rlg.zoo import geneval as G
+
+    rows = {r["prompt"]: r for r in G.rows()}
+    det = build_detector("zoo_digits")
+    pil = [Image.fromarray(im) for im in images]
+    found = det.detect(pil)
+    out: dict[str, list] = {k: [] for k in ("n_det", "n_want", "merged", "read", "ink", "stroke", "failure")}
+    no_colour = lambda *_: []  # noqa: E731  (the rows have no colour clause)
+    for im, p, dets in zip(pil, prompts, found):
+        row, ink = rows[p], ink_map(im)
+        mask = ink > G.INK_LEVEL
+        grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8))
+        n, labels = cv2.connectedComponents(grown, connectivity=8)
+        merged = 0
+        for k in range(1, n):
+            ys, xs = np.nonzero(mask & (labels == k))
+            merged += len(xs) >= det.min_area and (xs.max() - xs.min() + 1) > det.split_ratio * (ys.max() - ys.min() + 1)
+        padded = np.pad(mask, 1)
+        edges = int((padded[1:, :] != padded[:-1, :]).sum() + (padded[:, 1:] != padded[:, :-1]).sum())
+        want = sum(c["count"] for c in row["include"])
+        correct = evaluate_detections(row, dets, no_colour)[0]
+        if correct:
+            kind = ""
+        elif len(dets) != want:
+            kind = "count"
+        elif evaluate_detections(row, dets, no_colour, threshold=0.0, counting_threshold=0.0)[0]:
+            kind = "score"
+        elif "target" in evaluate_detections(row, dets, no_colour, threshold=0.0, counting_threshold=0.0)[1]:
+            kind = "position"
+        else:
+            kind = "class"
+        out["n_det"].append(len(dets))
+        out["n_want"].append(want)
+        out["merged"].append(int(merged))
+        out["read"].append(float(np.mean([d.score for d in dets])) if dets else float("nan"))
+        out["ink"].append(float(np.mean(255 - np.asarray(im, dtype=np.float64)) / 255))
+        out["stroke"].append(2 * mask.sum() / edges if edges else 0.0)
+        out["failure"].append(kind)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
 def measure_pair(scales=(0.0, 1.0, 2.0), samples_per_prompt: int = 4, seed: int = 0, base=None, rl=None,
                  batch: int = 48) -> dict[str, Any]:
     """One sampling seed: per scale GenEval accuracy per tag and overall (tag_summary) and legibility, and the paired
@@ -167,7 +274,7 @@ def measure_pair(scales=(0.0, 1.0, 2.0), samples_per_prompt: int = 4, seed: int 
     from rlg.zoo import geneval as G
     from rlg.zoo.digits_eval import generate, pair_spec
 
-    spec = pair_spec(PAIR) if base is None else G.pair_spec(base, rl)
+    spec = pair_spec(PAIR, sampler=SAMPLER) if base is None else G.pair_spec(base, rl)
     gen = generate(load_pair(spec), list(scales), samples_per_prompt, seed, prompts=list(G.PROMPTS), batch=batch,
                    sampler=SAMPLER)
     tag_of = {r["prompt"]: r["tag"] for r in G.rows()}
