@@ -242,10 +242,11 @@ def _stock_images(pipe, prompts, steps, seed=7):
 
 
 @needs_weights
-def test_pair_equals_the_stock_pipelines_at_w0_and_w1_and_the_base_follows_simple_prompts():
-    """w = 0 is a stock StableDiffusion3Pipeline of the base and w = 1 the same with PEFT's own adapter loader
-    (built without rlg.pairs); and at 20 Euler steps the base draws what single-object and counting prompts ask
-    for, judged by GenEval on the zoo_digits detector (10 prompts, one sample each)."""
+def test_pair_equals_the_stock_pipelines_at_w0_w1_w2_and_the_base_follows_simple_prompts():
+    """w = 0 is a stock StableDiffusion3Pipeline of the base, w = 1 the same with PEFT's own adapter loader (built
+    without rlg.pairs) and w = 2 that pipeline with 2 v_rl - v_base as its velocity; and at 20 Euler steps the base
+    draws what single-object and counting prompts ask for, judged by GenEval on the zoo_digits detector (10 prompts,
+    one sample each)."""
     from diffusers import StableDiffusion3Pipeline
     from peft import PeftModel
 
@@ -271,6 +272,19 @@ def test_pair_equals_the_stock_pipelines_at_w0_and_w1_and_the_base_follows_simpl
     rl.set_progress_bar_config(disable=True)
     rl.transformer = PeftModel.from_pretrained(rl.transformer, str(G.RL_DIR)).eval()
     assert np.abs(rlg(1.0, two, 2) - _stock_images(rl, two, 2)).max() <= 1
+    # extrapolation: w = 2 is the stock pipeline whose transformer returns 2 v_rl - v_base, v_base from the same PEFT
+    # model with its adapter disabled (CFG is linear, so mixing before or after it is the same)
+    peft, forward = rl.transformer, rl.transformer.forward
+
+    def extrapolated(*args, **kwargs):
+        v_rl = forward(*args, **kwargs)[0]
+        with peft.disable_adapter():
+            v_base = forward(*args, **kwargs)[0]
+        return (v_base + 2.0 * (v_rl - v_base),)
+
+    peft.forward = extrapolated
+    w2, stock2 = rlg(2.0, two, 2), _stock_images(rl, two, 2)
+    assert np.abs(w2 - stock2).max() <= 1 and np.abs(w2 - rlg(1.0, two, 2)).max() > 8  # and the adapter matters
     correct = score(rlg(0.0, simple, 20).astype(np.uint8), simple)
     assert correct.mean() >= SIMPLE_MIN, correct
 

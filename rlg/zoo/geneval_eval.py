@@ -186,7 +186,8 @@ def transitions(a: np.ndarray, b: np.ndarray, tags: list[str]) -> dict[str, dict
                   "stayed_wrong": int(((x == 0) & (y == 0)).sum()), "flip_share": round(flips / m.sum(), 5),
                   "net": round((gained - lost) / m.sum(), 5),
                   "gain_share": round(gained / flips, 5) if flips else float("nan"),
-                  "gain_lo": round(ci.low, 5) if ci else float("nan"), "gain_hi": round(ci.high, 5) if ci else float("nan"),
+                  "gain_lo": round(ci.low, 5) if ci else float("nan"),
+                  "gain_hi": round(ci.high, 5) if ci else float("nan"),
                   "p_mcnemar": round(test.pvalue, 5) if test else 1.0}
     return out
 
@@ -214,10 +215,11 @@ def image_diagnostics(images: np.ndarray, prompts: list[str]) -> dict[str, np.nd
     split_ratio x their height (touching digits it had to cut), ``read`` mean classifier probability of the detections
     (NaN when none), ``ink`` ink share of the canvas (1 - grey / 255, in [0, 1]), ``stroke`` mean stroke width in px
     (2 x area / perimeter of the ink mask ink > rlg.zoo.geneval.INK_LEVEL, perimeter = 4-neighbour pixel edges between
-    ink and paper or the border: w L / (w + L) for one w x L bar, -> w for long strokes), and ``failure`` (str): "" when GenEval judges the image correct,
-    else "count" (detections != digits asked: merged, missing or extra digits), "score" (right digits, but one read
-    at or below GenEval's threshold for the tag: 0.3, 0.9 for counting), "position" (right digits, wrong relation) or
-    "class" (as many detections as asked, but a digit read as another class)."""
+    ink and paper or the border: w L / (w + L) for one w x L bar, -> w for long strokes), and ``failure`` (str): ""
+    when GenEval judges the image correct, else "count" (detections != digits asked: merged, missing or extra
+    digits), "score" (right digits, but one read at or below GenEval's threshold for the tag: 0.3, 0.9 for counting),
+    "position" (right digits, wrong relation) or "class" (as many detections as asked, but a digit read as another
+    class)."""
     import cv2
     from PIL import Image
 
@@ -240,7 +242,8 @@ def image_diagnostics(images: np.ndarray, prompts: list[str]) -> dict[str, np.nd
         merged = 0
         for k in range(1, n):
             ys, xs = np.nonzero(mask & (labels == k))
-            merged += len(xs) >= det.min_area and (xs.max() - xs.min() + 1) > det.split_ratio * (ys.max() - ys.min() + 1)
+            wide = len(xs) and (xs.max() - xs.min() + 1) > det.split_ratio * (ys.max() - ys.min() + 1)
+            merged += bool(len(xs) >= det.min_area and wide)
         padded = np.pad(mask, 1)
         edges = int((padded[1:, :] != padded[:-1, :]).sum() + (padded[:, 1:] != padded[:, :-1]).sum())
         want = sum(c["count"] for c in row["include"])
