@@ -335,7 +335,38 @@ def test_image_diagnostics_name_the_failure_and_measure_strokes(detector):
     images = np.stack([img, img, img, touching, bar])
     d = image_diagnostics(images, ["a 3 left of a 7", "a 3 right of a 7", "two 3s", "a 0 and a 7", "a 1"])
     assert d["failure"][:4].tolist() == ["", "position", "class", ""]
+    assert d["drawn"].tolist() == ["both", "both", "", "both", ""]
+    other = image_diagnostics(images[:1], ["a 0 and a 7"])  # a 3 and a 7 read: one of the named digits
+    assert other["drawn"].tolist() == ["one"] and other["failure"].tolist() == ["class"]
     assert d["n_det"][:4].tolist() == [2, 2, 2, 2] and d["n_want"].tolist() == [2, 2, 2, 2, 1]
     assert d["merged"].tolist() == [0, 0, 0, 1, 0]
     assert d["stroke"][4] == pytest.approx(3 * 24 / (3 + 24)) and d["ink"][4] == pytest.approx(72 / (32 * 64))
     assert 0 < d["read"][0] <= 1
+
+
+def test_summarise_extrapolation_pools_seeds_as_the_mean_of_their_tag_summaries():
+    """Two 'seeds' of real held-out scenes standing in for both scales' images, with given correctness: accuracy and
+    paired differences are the per-seed tag_summary means averaged, the pooled se sqrt(sum se^2) / 2; the real
+    scenes' diagnostics read every scene's digits as its prompt names them."""
+    from rlg.zoo.geneval_eval import summarise_extrapolation, tag_summary
+
+    runs = []
+    images, idx, _ = G.dataset(12, seed=0, split="test")
+    prompts = [G.PROMPTS[i] for i in idx]  # the same prompts at every seed, as measure_extrapolation's grids
+    for sd in (0, 1):
+        c0 = (np.arange(12) % 2).astype(float)
+        c1 = np.roll(c0, sd + 1)
+        runs.append({"seed": sd, "prompts": prompts, "correct": {0.0: c0, 1.0: c1},
+                     "images": {0.0: images, 1.0: images}})
+    s = summarise_extrapolation(runs)
+    tags = [[G.rows()[G.PROMPTS.index(p)]["tag"] for p in r["prompts"]] for r in runs]
+    per = [tag_summary(r["correct"][1.0] - r["correct"][0.0], t)["overall"] for r, t in zip(runs, tags)]
+    d = s["paired"]["1.0-0.0"]["overall"]
+    assert d["pooled"] == pytest.approx((per[0]["mean"] + per[1]["mean"]) / 2, abs=1e-5)
+    assert d["se"] == pytest.approx(np.hypot(per[0]["se"], per[1]["se"]) / 2, abs=1e-5)
+    acc = [tag_summary(r["correct"][0.0], t)["overall"]["mean"] for r, t in zip(runs, tags)]
+    assert s["accuracy"]["0.0"]["overall"] == pytest.approx(np.mean(acc), abs=1e-5)
+    assert s["transitions"]["0.0->1.0"]["all"]["n"] == 24 and s["diagnostics"]["real"]["layout"]["mean"] == 1.0
+    two_digit = sum(t in ("two_object", "position") for tg in tags for t in tg)
+    assert sum(v["both"] for v in s["diagnostics"]["real"]["drawn"].values()) == two_digit
+    assert s["diagnostics_paired"]["1.0-0.0"]["stroke"]["mean"] == 0.0  # the same images at both "scales"

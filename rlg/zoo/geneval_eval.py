@@ -219,7 +219,9 @@ def image_diagnostics(images: np.ndarray, prompts: list[str]) -> dict[str, np.nd
     when GenEval judges the image correct, else "count" (detections != digits asked: merged, missing or extra
     digits), "score" (right digits, but one read at or below GenEval's threshold for the tag: 0.3, 0.9 for counting),
     "position" (right digits, wrong relation) or "class" (as many detections as asked, but a digit read as another
-    class)."""
+    class); ``drawn`` (str), for prompts naming two different digits (two_object, position; first / second as named
+    in the prompt), what the detector read ignoring scores: "both" (the two digits, in any order), "first twice",
+    "second twice", "one" (one of them and another digit or nothing) or "other"; "" for the other prompts."""
     import cv2
     from PIL import Image
 
@@ -232,7 +234,7 @@ def image_diagnostics(images: np.ndarray, prompts: list[str]) -> dict[str, np.nd
     det = build_detector("zoo_digits")
     pil = [Image.fromarray(im) for im in images]
     found = det.detect(pil)
-    out: dict[str, list] = {k: [] for k in ("n_det", "n_want", "merged", "read", "ink", "stroke", "failure")}
+    out: dict[str, list] = {k: [] for k in ("n_det", "n_want", "merged", "read", "ink", "stroke", "failure", "drawn")}
     no_colour = lambda *_: []  # noqa: E731  (the rows have no colour clause)
     for im, p, dets in zip(pil, prompts, found):
         row, ink = rows[p], ink_map(im)
@@ -265,6 +267,12 @@ def image_diagnostics(images: np.ndarray, prompts: list[str]) -> dict[str, np.nd
         out["ink"].append(float(np.mean(255 - np.asarray(im, dtype=np.float64)) / 255))
         out["stroke"].append(2 * mask.sum() / edges if edges else 0.0)
         out["failure"].append(kind)
+        named = [int(w) for w in p.split() if w.isdigit()]  # "a 3 left of a 7" -> [3, 7]
+        got = sorted(d.classname for d in dets)
+        first, second = (str(v) for v in named[:2]) if len(named) == 2 else ("", "")
+        out["drawn"].append("" if len(named) != 2 else "both" if got == sorted([first, second]) else
+                            "first twice" if got == [first, first] else "second twice" if got == [second, second]
+                            else "one" if {first, second} & set(got) else "other")
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -291,6 +299,89 @@ def measure_pair(scales=(0.0, 1.0, 2.0), samples_per_prompt: int = 4, seed: int 
             "images": {w: g["images"] for w, g in gen.items()}}
 
 
+def summarise_extrapolation(runs: list[dict[str, Any]], real_seed: int = 0) -> dict[str, Any]:
+    """Where the images move between RLG scales, pooled over sampling seeds. ``runs``: per seed {"seed", "prompts"
+    (N,), "correct" {scale: float (N,) 0/1}, "images" {scale: uint8 (N, H, W, 3)}}, the same prompts and scales in
+    each. Returns (JSON-able): ``accuracy`` per scale and tag (mean over seeds); ``paired`` per neighbouring scales and
+    "2.0-1.0": per tag and overall the per-seed tag_summary means and se, and the pooled mean of the seeds with
+    se = sqrt(sum se^2) / n_seeds and its normal 95% interval; ``transitions`` (the same pairs, images pooled);
+    ``redraw`` (redraw_disagreement per scale and tag, all seeds' images of a prompt); ``diagnostics`` per scale and
+    for "real" scenes (one rlg.zoo.geneval.scene of the train split per generated image's prompt, rng seed
+    ``real_seed``): mean_ci of layout (n_det == n_want), merged (> 0), read, ink, stroke (px), and per tag the counts
+    of each failure kind and drawn pair (image_diagnostics); ``diagnostics_paired``: mean_ci of the per-image
+    change of ink, stroke and read between neighbouring scales, and for two_object and position of the indicators
+    drawn == "both" / "first twice" / "second twice"."""
+    from rlg.kl_stats import mean_ci, normal_interval
+    from rlg.zoo import geneval as G
+
+    tag_of, row_of = {r["prompt"]: r["tag"] for r in G.rows()}, {r["prompt"]: r for r in G.rows()}
+    scales = sorted(runs[0]["correct"])
+    pairs = [*zip(scales, scales[1:]), *([(1.0, 2.0)] if {1.0, 2.0} <= set(scales) and 1.5 in scales else [])]
+    tags = [[tag_of[p] for p in r["prompts"]] for r in runs]
+    out: dict[str, Any] = {"seeds": [r["seed"] for r in runs], "images_per_scale_and_seed": len(runs[0]["prompts"])}
+    out["accuracy"] = {str(w): {t: round(float(np.mean([tag_summary(r["correct"][w], tg)[t]["mean"]
+                                                        for r, tg in zip(runs, tags)])), 5)
+                                for t in [*G.TAGS, "overall"]} for w in scales}
+    out["paired"] = {}
+    for a, b in pairs:
+        per = [tag_summary(r["correct"][b] - r["correct"][a], tg) for r, tg in zip(runs, tags)]
+        res = {}
+        for t in [*G.TAGS, "overall"]:
+            m, se = float(np.mean([q[t]["mean"] for q in per])), float(np.sqrt(sum(q[t]["se"] ** 2 for q in per)))
+            lo, hi = normal_interval(m, se / len(per))
+            res[t] = {"per_seed": [q[t]["mean"] for q in per], "per_seed_se": [q[t]["se"] for q in per],
+                      "pooled": round(m, 5), "se": round(se / len(per), 5), "lo": round(lo, 5), "hi": round(hi, 5)}
+        out["paired"][f"{b}-{a}"] = res
+    prompts, tg = sum((list(r["prompts"]) for r in runs), []), np.asarray(sum(tags, []))
+    correct = {w: np.concatenate([r["correct"][w] for r in runs]) for w in scales}
+    out["transitions"] = {f"{a}->{b}": transitions(correct[a], correct[b], list(tg)) for a, b in pairs}
+    out["redraw"] = {str(w): {t: round(redraw_disagreement(correct[w][tg == t], list(np.asarray(prompts)[tg == t])), 5)
+                              for t in G.TAGS} for w in scales}
+    rng = np.random.default_rng(real_seed)
+    diag = {str(w): image_diagnostics(np.concatenate([r["images"][w] for r in runs]), prompts) for w in scales}
+    diag["real"] = image_diagnostics(np.stack([G.scene(row_of[p], rng)[0] for p in prompts]), prompts)
+    out["diagnostics"] = {k: {"layout": mean_ci((d["n_det"] == d["n_want"]).astype(float)),
+                              "merged": mean_ci((d["merged"] > 0).astype(float)),
+                              "read": mean_ci(d["read"][np.isfinite(d["read"])]), "ink": mean_ci(d["ink"]),
+                              "stroke": mean_ci(d["stroke"]),
+                              "failure": {t: {f: int(((d["failure"] == f) & (tg == t)).sum())
+                                              for f in ("count", "score", "position", "class")} for t in G.TAGS},
+                              "drawn": {t: {f: int(((d["drawn"] == f) & (tg == t)).sum())
+                                            for f in ("both", "first twice", "second twice", "one", "other")}
+                                        for t in ("two_object", "position")}} for k, d in diag.items()}
+    out["diagnostics_paired"] = {}
+    for a, b in pairs:
+        da, db = diag[str(a)], diag[str(b)]
+        ok = np.isfinite(da["read"]) & np.isfinite(db["read"])
+        res = {k: mean_ci((db[k] - da[k])[ok if k == "read" else slice(None)]) for k in ("ink", "stroke", "read")}
+        for t in ("two_object", "position"):
+            res[t] = {f: mean_ci((db["drawn"][tg == t] == f).astype(float) - (da["drawn"][tg == t] == f))
+                      for f in ("both", "first twice", "second twice")}
+        out["diagnostics_paired"][f"{b}-{a}"] = res
+    return out
+
+
+def measure_extrapolation(seeds=(3, 4, 5), scales=(0.0, 1.0, 1.5, 2.0), samples_per_prompt: int = 4, base=None,
+                          rl=None, batch: int = 48, log=print) -> dict[str, Any]:
+    """measure_pair's sampling (the harness's grid loop, sampler zoo_geneval_ode, the same noise at every scale) and
+    GenEval scoring at each sampling seed, then summarise_extrapolation over the seeds (see there)."""
+    from rlg.pairs import load_pair
+    from rlg.zoo import geneval as G
+    from rlg.zoo.digits_eval import generate, pair_spec
+
+    pair = load_pair(pair_spec(PAIR, sampler=SAMPLER) if base is None else G.pair_spec(base, rl))
+    runs = []
+    for sd in seeds:
+        gen = generate(pair, list(scales), samples_per_prompt, sd, prompts=list(G.PROMPTS), batch=batch,
+                       sampler=SAMPLER)
+        runs.append({"seed": sd, "prompts": gen[float(scales[0])]["prompts"],
+                     "correct": {w: score(g["images"], g["prompts"]) for w, g in gen.items()},
+                     "images": {w: g["images"] for w, g in gen.items()}})
+        log(f"{PAIR} seed {sd}: GenEval images correct " + ", ".join(f"w={w} {v.mean():.3f}"
+                                                                      for w, v in runs[-1]["correct"].items()))
+    return summarise_extrapolation(runs)
+
+
 def measure_seeds(seeds=(0, 1, 2), scales=(0.0, 1.0, 2.0), samples_per_prompt: int = 4, base=None, rl=None,
                   log=print) -> dict[str, Any]:
     """measure_pair at each sampling seed (images dropped), and the verdict per tag and overall: for each
@@ -310,9 +401,15 @@ def measure_seeds(seeds=(0, 1, 2), scales=(0.0, 1.0, 2.0), samples_per_prompt: i
     return {"pair": PAIR, "reward": REWARD, "seeds": list(seeds), "verdict": verdict, "runs": runs}
 
 
-if __name__ == "__main__":  # python -m rlg.zoo.geneval_eval detector [n] | pair OUT.json [samples] [seeds 0,1,2]
+if __name__ == "__main__":
+    # python -m rlg.zoo.geneval_eval detector [n] | pair OUT.json [samples] [seeds 0,1,2]
+    #                                 | extrapolation OUT.json [seeds 3,4,5]
     if sys.argv[1] == "detector":
         print(json.dumps(measure_detector(int(sys.argv[2]) if len(sys.argv) > 2 else 400), indent=1))
+    elif sys.argv[1] == "extrapolation":
+        seeds = tuple(int(s) for s in (sys.argv[3] if len(sys.argv) > 3 else "3,4,5").split(","))
+        res = measure_extrapolation(seeds=seeds)
+        open(sys.argv[2], "w").write(json.dumps(res, indent=1, default=float) + "\n")
     else:
         res = measure_seeds(seeds=tuple(int(s) for s in (sys.argv[4] if len(sys.argv) > 4 else "0,1,2").split(",")),
                             samples_per_prompt=int(sys.argv[3]) if len(sys.argv) > 3 else 4)
