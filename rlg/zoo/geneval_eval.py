@@ -302,15 +302,16 @@ def measure_pair(scales=(0.0, 1.0, 2.0), samples_per_prompt: int = 4, seed: int 
 def summarise_extrapolation(runs: list[dict[str, Any]], real_seed: int = 0) -> dict[str, Any]:
     """Where the images move between RLG scales, pooled over sampling seeds. ``runs``: per seed {"seed", "prompts"
     (N,), "correct" {scale: float (N,) 0/1}, "images" {scale: uint8 (N, H, W, 3)}}, the same prompts and scales in
-    each. Returns (JSON-able): ``accuracy`` per scale and tag (mean over seeds); ``paired`` per neighbouring scales and
-    "2.0-1.0": per tag and overall the per-seed tag_summary means and se, and the pooled mean of the seeds with
-    se = sqrt(sum se^2) / n_seeds and its normal 95% interval; ``transitions`` (the same pairs, images pooled);
-    ``redraw`` (redraw_disagreement per scale and tag, all seeds' images of a prompt); ``diagnostics`` per scale and
-    for "real" scenes (one rlg.zoo.geneval.scene of the train split per generated image's prompt, rng seed
-    ``real_seed``): mean_ci of layout (n_det == n_want), merged (> 0), read, ink, stroke (px), and per tag the counts
-    of each failure kind and drawn pair (image_diagnostics); ``diagnostics_paired``: mean_ci of the per-image
-    change of ink, stroke and read between neighbouring scales, and for two_object and position of the indicators
-    drawn == "both" / "first twice" / "second twice"."""
+    each. Returns (JSON-able): ``accuracy`` per scale and tag (mean over seeds); ``accuracy_pooled`` (mean_ci of each
+    tag's images, all seeds); ``paired`` per neighbouring scales and "2.0-1.0": per tag and overall the per-seed
+    tag_summary means and se, and the pooled mean of the seeds with se = sqrt(sum se^2) / n_seeds and its normal 95%
+    interval; ``transitions`` (the same pairs, images pooled); ``redraw`` (redraw_disagreement per scale, per tag and
+    "all", all seeds' images of a prompt); ``diagnostics`` per scale and for "real" scenes (one
+    rlg.zoo.geneval.scene of the train split per generated image's prompt, rng seed ``real_seed``): mean_ci of layout
+    (n_det == n_want), merged (> 0), read, ink, stroke (px), and per tag the counts of each failure kind and drawn
+    pair (image_diagnostics); ``diagnostics_paired``: mean_ci of the per-image change of ink, stroke and read between
+    neighbouring scales, and for two_object and position of the indicators drawn == "both" / "first twice" /
+    "second twice"."""
     from rlg.kl_stats import mean_ci, normal_interval
     from rlg.zoo import geneval as G
 
@@ -334,9 +335,11 @@ def summarise_extrapolation(runs: list[dict[str, Any]], real_seed: int = 0) -> d
         out["paired"][f"{b}-{a}"] = res
     prompts, tg = sum((list(r["prompts"]) for r in runs), []), np.asarray(sum(tags, []))
     correct = {w: np.concatenate([r["correct"][w] for r in runs]) for w in scales}
+    out["accuracy_pooled"] = {str(w): {t: mean_ci(correct[w][tg == t]) for t in G.TAGS} for w in scales}
     out["transitions"] = {f"{a}->{b}": transitions(correct[a], correct[b], list(tg)) for a, b in pairs}
     out["redraw"] = {str(w): {t: round(redraw_disagreement(correct[w][tg == t], list(np.asarray(prompts)[tg == t])), 5)
-                              for t in G.TAGS} for w in scales}
+                              for t in G.TAGS} | {"all": round(redraw_disagreement(correct[w], prompts), 5)}
+                     for w in scales}
     rng = np.random.default_rng(real_seed)
     diag = {str(w): image_diagnostics(np.concatenate([r["images"][w] for r in runs]), prompts) for w in scales}
     diag["real"] = image_diagnostics(np.stack([G.scene(row_of[p], rng)[0] for p in prompts]), prompts)
