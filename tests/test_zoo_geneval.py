@@ -131,6 +131,11 @@ def test_experiment_preset_composes():
         from rlg.harness.api import job
 
         assert job("experiment=zoo_geneval_flowgrpo").pair.name == "zoo_geneval_flowgrpo"
+        from rlg.zoo.digits_eval import pair_spec
+        from rlg.zoo.geneval_eval import PAIR, SAMPLER
+
+        # measure_pair's default pair: the preset composed with its own sampler (with zoo_digits' the build refuses)
+        assert pair_spec(PAIR, sampler=SAMPLER) == G.pair_spec()
 
 
 @needs_weights
@@ -237,10 +242,11 @@ def _stock_images(pipe, prompts, steps, seed=7):
 
 
 @needs_weights
-def test_pair_equals_the_stock_pipelines_at_w0_and_w1_and_the_base_follows_simple_prompts():
-    """w = 0 is a stock StableDiffusion3Pipeline of the base and w = 1 the same with PEFT's own adapter loader
-    (built without rlg.pairs); and at 20 Euler steps the base draws what single-object and counting prompts ask
-    for, judged by GenEval on the zoo_digits detector (10 prompts, one sample each)."""
+def test_pair_equals_the_stock_pipelines_at_w0_w1_w2_and_the_base_follows_simple_prompts():
+    """w = 0 is a stock StableDiffusion3Pipeline of the base, w = 1 the same with PEFT's own adapter loader (built
+    without rlg.pairs) and w = 2 that pipeline with 2 v_rl - v_base as its velocity; and at 20 Euler steps the base
+    draws what single-object and counting prompts ask for, judged by GenEval on the zoo_digits detector (10 prompts,
+    one sample each)."""
     from diffusers import StableDiffusion3Pipeline
     from peft import PeftModel
 
@@ -266,5 +272,101 @@ def test_pair_equals_the_stock_pipelines_at_w0_and_w1_and_the_base_follows_simpl
     rl.set_progress_bar_config(disable=True)
     rl.transformer = PeftModel.from_pretrained(rl.transformer, str(G.RL_DIR)).eval()
     assert np.abs(rlg(1.0, two, 2) - _stock_images(rl, two, 2)).max() <= 1
+    # extrapolation: w = 2 is the stock pipeline whose transformer returns 2 v_rl - v_base, v_base from the same PEFT
+    # model with its adapter disabled (CFG is linear, so mixing before or after it is the same)
+    peft, forward = rl.transformer, rl.transformer.forward
+
+    def extrapolated(*args, **kwargs):
+        v_rl = forward(*args, **kwargs)[0]
+        with peft.disable_adapter():
+            v_base = forward(*args, **kwargs)[0]
+        return (v_base + 2.0 * (v_rl - v_base),)
+
+    peft.forward = extrapolated
+    w2, stock2 = rlg(2.0, two, 2), _stock_images(rl, two, 2)
+    assert np.abs(w2 - stock2).max() <= 1 and np.abs(w2 - rlg(1.0, two, 2)).max() > 8  # and the adapter matters
     correct = score(rlg(0.0, simple, 20).astype(np.uint8), simple)
     assert correct.mean() >= SIMPLE_MIN, correct
+
+
+def test_transitions_count_flips_per_tag_with_an_exact_mcnemar_test():
+    from scipy.stats import beta
+
+    from rlg.zoo.geneval_eval import redraw_disagreement, transitions
+
+    a = np.array([1, 1, 0, 0, 1, 0], float)
+    b = np.array([1, 0, 1, 1, 1, 0], float)
+    t = transitions(a, b, ["x", "x", "x", "y", "y", "y"])
+    assert (t["x"]["kept"], t["x"]["lost"], t["x"]["gained"], t["x"]["stayed_wrong"]) == (1, 1, 1, 0)
+    assert (t["y"]["kept"], t["y"]["lost"], t["y"]["gained"], t["y"]["stayed_wrong"]) == (1, 0, 1, 1)
+    assert t["all"]["n"] == 6 and t["all"]["flip_share"] == pytest.approx(3 / 6, abs=1e-5)
+    assert t["all"]["net"] == pytest.approx(b.mean() - a.mean(), abs=1e-5)
+    # 9 gains, 1 loss among 30 images: two-sided exact binomial p = 2 (1 + 10) / 2^10; Clopper-Pearson bounds are
+    # beta quantiles (Clopper & Pearson 1934)
+    a = np.r_[np.zeros(9), np.ones(1), np.ones(10), np.zeros(10)]
+    b = np.r_[np.ones(9), np.zeros(1), np.ones(10), np.zeros(10)]
+    t = transitions(a, b, ["z"] * 30)["z"]
+    assert t["gain_share"] == 0.9 and t["p_mcnemar"] == pytest.approx(22 / 1024, abs=1e-5)
+    assert t["gain_lo"] == pytest.approx(beta.ppf(0.025, 9, 2), abs=1e-5)
+    assert t["gain_hi"] == pytest.approx(beta.ppf(0.975, 10, 1), abs=1e-5)
+    assert np.isnan(transitions(a, a, ["z"] * 30)["z"]["gain_share"])
+    with pytest.raises(ValueError, match="0 or 1"):
+        transitions(a * 0.5, b, ["z"] * 30)
+    # independent redraws: all pairs of a prompt's images, enumerated
+    correct, prompts = [1, 1, 0, 0, 1, 1, 1, 0, 1], list("AAAABBBCC")
+    pairs = [[correct[i] != correct[j] for i in range(9) for j in range(i + 1, 9) if prompts[i] == prompts[j] == p]
+             for p in "ABC"]
+    assert redraw_disagreement(np.array(correct, float), prompts) == pytest.approx(np.mean([np.mean(v) for v in pairs]))
+
+
+def test_image_diagnostics_name_the_failure_and_measure_strokes(detector):
+    """On a held-out "a 3 left of a 7" scene: correct for its own prompt, "position" for the mirrored one, "class" for
+    "two 3s"; touching tiles are one merged component; a w x L bar has stroke width w L / (w + L)."""
+    from rlg.zoo.geneval_eval import image_diagnostics
+
+    img, _ = G.scene(_row("a 3 left of a 7"), np.random.default_rng(1), split="test")
+    tiles = G.digit_tiles("test")
+    ink = np.zeros((G.HEIGHT, G.WIDTH), np.float32)
+    ink[4:28, 8:32] = tiles[0][0]
+    ink[4:28, 26:50] = np.maximum(ink[4:28, 26:50], tiles[7][0])
+    touching = np.repeat(np.round((1 - ink) * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    bar = np.full((G.HEIGHT, G.WIDTH, 3), 255, np.uint8)
+    bar[4:28, 30:33] = 0  # 24 px high, 3 px wide: one stroke, not wider than high (not merged)
+    images = np.stack([img, img, img, touching, bar])
+    d = image_diagnostics(images, ["a 3 left of a 7", "a 3 right of a 7", "two 3s", "a 0 and a 7", "a 1"])
+    assert d["failure"][:4].tolist() == ["", "position", "class", ""]
+    assert d["drawn"].tolist() == ["both", "both", "", "both", ""]
+    other = image_diagnostics(images[:1], ["a 0 and a 7"])  # a 3 and a 7 read: one of the named digits
+    assert other["drawn"].tolist() == ["one"] and other["failure"].tolist() == ["class"]
+    assert d["n_det"][:4].tolist() == [2, 2, 2, 2] and d["n_want"].tolist() == [2, 2, 2, 2, 1]
+    assert d["merged"].tolist() == [0, 0, 0, 1, 0]
+    assert d["stroke"][4] == pytest.approx(3 * 24 / (3 + 24)) and d["ink"][4] == pytest.approx(72 / (32 * 64))
+    assert 0 < d["read"][0] <= 1
+
+
+def test_summarise_extrapolation_pools_seeds_as_the_mean_of_their_tag_summaries():
+    """Two 'seeds' of real held-out scenes standing in for both scales' images, with given correctness: accuracy and
+    paired differences are the per-seed tag_summary means averaged, the pooled se sqrt(sum se^2) / 2; the real
+    scenes' diagnostics read every scene's digits as its prompt names them."""
+    from rlg.zoo.geneval_eval import summarise_extrapolation, tag_summary
+
+    runs = []
+    images, idx, _ = G.dataset(12, seed=0, split="test")
+    prompts = [G.PROMPTS[i] for i in idx]  # the same prompts at every seed, as measure_extrapolation's grids
+    for sd in (0, 1):
+        c0 = (np.arange(12) % 2).astype(float)
+        c1 = np.roll(c0, sd + 1)
+        runs.append({"seed": sd, "prompts": prompts, "correct": {0.0: c0, 1.0: c1},
+                     "images": {0.0: images, 1.0: images}})
+    s = summarise_extrapolation(runs)
+    tags = [[G.rows()[G.PROMPTS.index(p)]["tag"] for p in r["prompts"]] for r in runs]
+    per = [tag_summary(r["correct"][1.0] - r["correct"][0.0], t)["overall"] for r, t in zip(runs, tags)]
+    d = s["paired"]["1.0-0.0"]["overall"]
+    assert d["pooled"] == pytest.approx((per[0]["mean"] + per[1]["mean"]) / 2, abs=1e-5)
+    assert d["se"] == pytest.approx(np.hypot(per[0]["se"], per[1]["se"]) / 2, abs=1e-5)
+    acc = [tag_summary(r["correct"][0.0], t)["overall"]["mean"] for r, t in zip(runs, tags)]
+    assert s["accuracy"]["0.0"]["overall"] == pytest.approx(np.mean(acc), abs=1e-5)
+    assert s["transitions"]["0.0->1.0"]["all"]["n"] == 24 and s["diagnostics"]["real"]["layout"]["mean"] == 1.0
+    two_digit = sum(t in ("two_object", "position") for tg in tags for t in tg)
+    assert sum(v["both"] for v in s["diagnostics"]["real"]["drawn"].values()) == two_digit
+    assert s["diagnostics_paired"]["1.0-0.0"]["stroke"]["mean"] == 0.0  # the same images at both "scales"

@@ -30,13 +30,14 @@ def _job(pair: str, sampler: str = "zoo_digits"):
     return job(f"pair={pair}", f"sampler={sampler}")
 
 
-def pair_spec(name: str, weights: Path | str | None = None):
-    """The PairSpec of a zoo pair preset (rlg/conf/pair/<name>.yaml, composed by rlg.harness.api.job, ``zoo:`` ids
+def pair_spec(name: str, weights: Path | str | None = None, sampler: str = "zoo_digits"):
+    """The PairSpec of a zoo pair preset (rlg/conf/pair/<name>.yaml, composed by rlg.harness.api.job with the sampler
+    preset ``sampler``, which must suit the pair: the build refuses e.g. zoo_digits' eta with an SD3 pair; ``zoo:`` ids
     resolved); ``weights`` (a directory, e.g. a retrained copy) replaces the shipped rlg/zoo/weights for the models
     it holds (a model the retrain did not produce, --only, stays the shipped one)."""
     from rlg.zoo import WEIGHTS_DIR
 
-    spec = _job(name).pair
+    spec = _job(name, sampler).pair
 
     def local(ck):
         path = Path(ck.id)

@@ -24,9 +24,10 @@ SEED = 0
 # w=0 (80 images, stock pipeline, noise seeds 1000+): 1000 steps 0.21, 2000 0.41, 3000 0.50, 4000 0.53 (two_object
 # 0.25, position 0.25); the first base (frozen random encoders, 8 tokens, 3000 steps) 0.54 with position 0.13.
 BASE_STEPS = {"vae_steps": 300, "flow_steps": 4000}
-# Flow-GRPO on that base, the text pair's settings (README_geneval.md): 20 iterations extrapolate (w=2 - w=1 pooled over
-# sampling seeds 0-2 +0.067 [+0.022, +0.111]); 60 iterations gain more at w=1 (+0.075) but w=2 falls below w=1 (-0.083),
-# 100 iterations more so (seed 0: -0.194). The train reward shows no trend over 145 iterations.
+# Flow-GRPO on that base, the text pair's settings (README_geneval.md): 20 iterations, chosen for w=2 - w=1 on sampling
+# seeds 0-2 (+0.067 [+0.022, +0.111] pooled, 80 images per seed); on fresh seeds 3-5 +0.010 [-0.025, +0.046] (160 per
+# seed), while w=1 - w=0 holds (+0.038 [+0.003, +0.072]); 60 iterations gain more at w=1 (+0.075) but w=2 falls below
+# w=1 (-0.083), 100 iterations more so (seed 0: -0.194). The train reward shows no trend over 145 iterations.
 RL_STEPS, RL_BETA = 20, 0.04
 RL_OVERRIDES: dict[str, Any] = {}
 # An attempt on the first base, not shipped: groups drawn from the weak tags' 30 prompts only, 100 iterations (548 s);
