@@ -31,8 +31,8 @@ __all__ = ["kl_claim_verdicts", "kl_claim_verdict_tables", "kl_claim_tables", "k
            "kl_claim_training_tables", "write_kl_claim_figures", "write_kl_claim_training_figure",
            "write_kl_claim_report"]
 
-HIGHER_IS_BETTER = {"digit_prob": True, "jpeg_compressibility": True, "jpeg_incompressibility": True,
-                    "digit_fd": False, "digit_mahalanobis": False}
+HIGHER_IS_BETTER = {"digit_prob": True, "digit_margin": True, "jpeg_compressibility": True,
+                    "jpeg_incompressibility": True, "digit_fd": False, "digit_mahalanobis": False}
 
 
 def _title(df: pd.DataFrame) -> str:
@@ -81,7 +81,7 @@ def write_kl_claim_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] = F
                 top.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
                 top.tick_params(labelsize=5)
                 top.set_xlabel("RLG scale w", fontsize=5, labelpad=1)
-                ax.set_xlabel("KL coefficient beta/w")
+                ax.set_xlabel("KL coefficient beta/w" if ax is axes[0] else "beta/w")  # the long one ran off the edge
                 arrow = {True: " ↑", False: " ↓"}.get(HIGHER_IS_BETTER.get(metric), "")
                 ax.set_ylabel(metric + arrow)
             handles, labels = axes[0].get_legend_handles_labels()
@@ -101,7 +101,7 @@ def write_kl_claim_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] = F
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.set_xlabel("RLG scale w")
             ax.set_ylabel(str(dist.metric.iloc[0]).replace("_", " "))
-            ax.set_title(_title(df) + " (bars: 2 se)", fontsize=5)
+            ax.set_title(_title(df).replace(" per arm, ", " per arm,\n") + " (bars: 2 se)", fontsize=5)  # one column
             ax.legend(fontsize=5)
             written += save(fig, out_dir / "kl_claim_distance", formats)
     return written
