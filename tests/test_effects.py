@@ -138,7 +138,9 @@ def test_an_image_key_changes_the_image_bits(key):
 
 
 def test_checkpoint_fields_are_part_of_the_content_key_and_a_local_copy_gives_the_tiny_images(fixture_root):
-    d = fixture_root / "sd-s0-v1"
+    from rlg.tiny_pairs import build_pair
+
+    d = build_pair("sd", fixture_root)  # the tiny family pair.tiny=sd loads (built here if this worker has not yet)
     # the real SD1.5 + Diffusion-DPO preset pointed at the tiny family's folders (its hub pins do not apply)
     local = ("pair=sd15_dpo", "pair.dtype=float32", "pair.offline=true", "pair.base.revision=null",
              "pair.base.variant=null", "pair.rl.revision=null", f"pair.base.id={d / 'base'}")
