@@ -304,3 +304,37 @@ def test_paired_run_samples_rlg_from_every_seed_and_reports_every_seed(tmp_path,
     write_kl_claim_report(df, None, tmp_path / "report")
     table = (tmp_path / "report" / "tables" / "kl_claim_metrics.md").read_text()
     assert "retrained seed 3" in table and "RLG - retrained same seed" in table
+
+
+def test_metrics_figure_draws_every_seed_when_there_are_more_seeds_than_colours(tmp_path):
+    """A claim with 10 training seeds (more than rlg.report.figures.COLORS holds) draws the metrics figure with one
+    legend entry per RLG seed and per retrained seed (it raised IndexError at the 8th retrained seed)."""
+    import matplotlib
+    from PIL import Image
+
+    from rlg.report.figures import COLORS
+    from rlg.report.kl_claim import write_kl_claim_figures
+
+    seeds = range(1, 11)
+    assert len(seeds) > len(COLORS)
+    common = dict(kind="metric", metric="digit_margin", reward_metric="digit_margin", task="t", beta=1500.0, n=8,
+                  n_batches=2, steps=3, eta=1.0, guidance_scale=2.0, seed=0, stderr=0.1, paired=True)
+    rows = [dict(arm=arm, w=w, beta_eff=1500.0 / w, model_seed=s, value=20.0 + w + 0.01 * s,
+                 lo=19.8 + w, hi=20.3 + w, **common)
+            for arm in ("rlg", "retrained") for w in (0.5, 1.0, 2.0) for s in seeds]
+    seen = []
+    original = matplotlib.figure.FigureBase.legend
+
+    def spy(self, handles, labels, *a, **kw):
+        seen.extend(labels)
+        return original(self, handles, labels, *a, **kw)
+
+    matplotlib.figure.FigureBase.legend = spy
+    try:
+        files = write_kl_claim_figures(pd.DataFrame(rows), tmp_path, formats=("png",))
+    finally:
+        matplotlib.figure.FigureBase.legend = original
+    assert [f.name for f in files] == ["kl_claim_metrics.png"]
+    assert Image.open(files[0]).size[0] > 0
+    assert seen == [f"RLG from the beta model, seed {s}" for s in seeds] + [f"retrained at beta/w, seed {s}"
+                                                                             for s in seeds]

@@ -67,7 +67,9 @@ def write_kl_claim_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] = F
                 for i, (seed, g) in enumerate(d[d.arm == "retrained"].groupby("model_seed")):
                     g = g.sort_values("beta_eff")
                     ax.errorbar(g.beta_eff * (1.04 if i else 0.96), g.value, yerr=_yerr(g),
-                                color=COLORS[1 + i], marker=MARKERS[1 + i], linestyle="none", capsize=2,
+                                # cycle: a claim may have more retrained seeds than the palette has colours
+                                color=COLORS[1 + i % (len(COLORS) - 1)], marker=MARKERS[(1 + i) % len(MARKERS)],
+                                linestyle="none", capsize=2,
                                 label=f"retrained at beta/w, seed {seed}")
                 ax.set_xscale("log")
                 ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(sorted(set(r.beta_eff))))
