@@ -254,12 +254,9 @@ def image_diagnostics(images: np.ndarray, prompts: list[str]) -> dict[str, np.nd
             kind = ""
         elif len(dets) != want:
             kind = "count"
-        elif evaluate_detections(row, dets, no_colour, threshold=0.0, counting_threshold=0.0)[0]:
-            kind = "score"
-        elif "target" in evaluate_detections(row, dets, no_colour, threshold=0.0, counting_threshold=0.0)[1]:
-            kind = "position"
         else:
-            kind = "class"
+            ok_unscored, why = evaluate_detections(row, dets, no_colour, threshold=0.0, counting_threshold=0.0)
+            kind = "score" if ok_unscored else "position" if "target" in why else "class"
         out["n_det"].append(len(dets))
         out["n_want"].append(want)
         out["merged"].append(int(merged))
@@ -276,20 +273,36 @@ def image_diagnostics(images: np.ndarray, prompts: list[str]) -> dict[str, np.nd
     return {k: np.asarray(v) for k, v in out.items()}
 
 
+def _load(base=None, rl=None):
+    """The loaded pair: the shipped preset pair=zoo_geneval_flowgrpo with its own sampler, or the directories of a
+    retrained base / rl."""
+    from rlg.pairs import load_pair
+    from rlg.zoo import geneval as G
+    from rlg.zoo.digits_eval import pair_spec
+
+    return load_pair(pair_spec(PAIR, sampler=SAMPLER) if base is None else G.pair_spec(base, rl))
+
+
+def _sample_scored(pair, scales, samples_per_prompt: int, seed: int, batch: int):
+    """(generate's {scale: {"images", "prompts"}}, {scale: GenEval correctness float (N,)}) for every prompt of
+    rlg.zoo.geneval at sampling seed ``seed``, the same noise at every scale (the harness's grid loop)."""
+    from rlg.zoo import geneval as G
+    from rlg.zoo.digits_eval import generate
+
+    gen = generate(pair, list(scales), samples_per_prompt, seed, prompts=list(G.PROMPTS), batch=batch,
+                   sampler=SAMPLER)
+    return gen, {w: score(g["images"], g["prompts"]) for w, g in gen.items()}
+
+
 def measure_pair(scales=(0.0, 1.0, 2.0), samples_per_prompt: int = 4, seed: int = 0, base=None, rl=None,
                  batch: int = 48) -> dict[str, Any]:
     """One sampling seed: per scale GenEval accuracy per tag and overall (tag_summary) and legibility, and the paired
     differences (same prompt, sample and initial noise) between neighbouring scales, per tag and overall. ``base``/``rl``:
     directories of a retrained pair (default: the shipped preset pair=zoo_geneval_flowgrpo)."""
-    from rlg.pairs import load_pair
     from rlg.zoo import geneval as G
-    from rlg.zoo.digits_eval import generate, pair_spec
 
-    spec = pair_spec(PAIR, sampler=SAMPLER) if base is None else G.pair_spec(base, rl)
-    gen = generate(load_pair(spec), list(scales), samples_per_prompt, seed, prompts=list(G.PROMPTS), batch=batch,
-                   sampler=SAMPLER)
+    gen, values = _sample_scored(_load(base, rl), scales, samples_per_prompt, seed, batch)
     tag_of = {r["prompt"]: r["tag"] for r in G.rows()}
-    values = {w: score(g["images"], g["prompts"]) for w, g in gen.items()}
     tags = [tag_of[p] for p in gen[float(scales[0])]["prompts"]]
     ws = sorted(values)
     return {"pair": PAIR, "reward": REWARD, "seed": seed, "samples_per_prompt": samples_per_prompt,
@@ -368,17 +381,11 @@ def measure_extrapolation(seeds=(3, 4, 5), scales=(0.0, 1.0, 1.5, 2.0), samples_
                           rl=None, batch: int = 48, log=print) -> dict[str, Any]:
     """measure_pair's sampling (the harness's grid loop, sampler zoo_geneval_ode, the same noise at every scale) and
     GenEval scoring at each sampling seed, then summarise_extrapolation over the seeds (see there)."""
-    from rlg.pairs import load_pair
-    from rlg.zoo import geneval as G
-    from rlg.zoo.digits_eval import generate, pair_spec
-
-    pair = load_pair(pair_spec(PAIR, sampler=SAMPLER) if base is None else G.pair_spec(base, rl))
+    pair = _load(base, rl)
     runs = []
     for sd in seeds:
-        gen = generate(pair, list(scales), samples_per_prompt, sd, prompts=list(G.PROMPTS), batch=batch,
-                       sampler=SAMPLER)
-        runs.append({"seed": sd, "prompts": gen[float(scales[0])]["prompts"],
-                     "correct": {w: score(g["images"], g["prompts"]) for w, g in gen.items()},
+        gen, correct = _sample_scored(pair, scales, samples_per_prompt, sd, batch)
+        runs.append({"seed": sd, "prompts": gen[float(scales[0])]["prompts"], "correct": correct,
                      "images": {w: g["images"] for w, g in gen.items()}})
         log(f"{PAIR} seed {sd}: GenEval images correct " + ", ".join(f"w={w} {v.mean():.3f}"
                                                                       for w, v in runs[-1]["correct"].items()))
