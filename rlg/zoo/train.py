@@ -9,9 +9,10 @@ override with RLG_ZOO_THREADS).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
+
+from rlg.registry import resolve
 
 # task -> "module:function"; the function takes (out, ship, only, log[, eval_samples]) and returns a report
 TASKS = {"digits": "rlg.zoo.train_digits:run", "text": "rlg.zoo.train_text:run",
@@ -31,9 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks = sorted(TASKS) if args.task == "all" else [args.task]
     report, ok = {}, True
     for task in tasks:
-        module, fn = TASKS[task].split(":")
         samples = {} if args.eval_samples is None else {"eval_samples": args.eval_samples}
-        rep = getattr(importlib.import_module(module), fn)(
+        rep = resolve(TASKS[task])(
             out=args.out, ship=args.ship, only=args.only.split(",") if args.only else None,
             log=lambda m: print(m, flush=True), **samples)
         report[task] = rep
