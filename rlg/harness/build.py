@@ -491,8 +491,8 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
         try:
             settings = resolve(kind.settings)(conf, scales, list(overrides or [])) if kind.settings \
                 else getattr(conf, kind.node)
-        except ValueError as exc:  # a builder below the harness names the key in a plain ValueError
-            if type(exc) is not ValueError:
+        except ValueError as exc:  # a builder below the harness (rlg.kind_spec) names the key in a ValueError
+            if type(exc) is not ValueError:  # the harness's own errors (ConfigError, PromptError) as they are
                 raise
             raise ConfigError(str(exc)) from None
         if kind.samples:  # it samples images with the shared prompts and sampler groups

@@ -269,38 +269,6 @@ METHOD_KEY_EFFECTS: Dict[str, str] = {
     **{f"method.{m}.options": "refused" for m in ("rlg", "weight_mix", "cfg_rl", "best_of_n")},
 }
 
-# How every constructor option of every registered evaluator (rlg.evaluators.base.REGISTRY; the options are
-# rlg.evaluators.base.constructor_options) takes effect, set with evaluators.options.<name>.<option>;
-# tests/test_effects.py fails for an option missing here and checks each declaration:
-#   score      changes the scores and the evaluator's ``version`` (which keys stored scores)
-#   refused    any non-null value is refused at start-up (the class's ``ignored_options``: it has no effect)
-#   placement  where it runs or where its files are cached: no change to a score, none to the version
-#   gpu        changes scores only where the CPU audit cannot reach (CUDA kernels, autocast): the device
-_TORCH_PLACES = {"device": "gpu", "offline": "placement", "cache_dir": "placement"}
-EVALUATOR_OPTION_EFFECTS: Dict[str, Dict[str, str]] = {
-    "jpeg": {"convention": "score", "quality": "score", "direction": "score", "device": "refused",
-             "dtype": "refused"},
-    "ocr": {"engine": "score", "model_dir": "score", "on_engine_error": "score", "input_convention": "score",
-            "device": "gpu", "dtype": "refused"},
-    "digit_prob": {"weights": "score", "batch_size": "placement", "device": "refused", "dtype": "refused"},
-    "digit_fd": {"ridge": "score", "weights": "score", "batch_size": "placement", "device": "refused",
-                 "dtype": "refused"},
-    "geneval": {**{k: "score" for k in (
-        "detector", "detector_path", "detector_revision", "detector_checkpoint", "detector_config", "clip_model",
-        "clip_pretrained", "clip_quick_gelu", "threshold", "counting_threshold", "max_objects", "max_overlap",
-        "position_threshold", "bgcolor", "crop", "dtype")},
-        **_TORCH_PLACES, "clip_amp": "gpu", "batch_size": "placement"},
-    "aesthetic": {**{k: "score" for k in ("clip_model", "clip_pretrained", "clip_quick_gelu", "head_path", "dtype")},
-                  **_TORCH_PLACES},
-    "clip_score": {**{k: "score" for k in ("model", "revision", "scale", "text_prefix", "dtype")}, **_TORCH_PLACES},
-    "hps": {**{k: "score" for k in ("hps_version", "checkpoint", "repo", "revision", "model_name", "antialias",
-                                     "scale", "dtype")}, **_TORCH_PLACES},
-    "imagereward": {**{k: "score" for k in ("checkpoint", "repo", "revision", "tokenizer", "tokenizer_revision",
-                                             "vision_config", "dtype")}, **_TORCH_PLACES},
-    "pickscore": {**{k: "score" for k in ("model", "model_revision", "processor", "processor_revision", "dtype")},
-                  **_TORCH_PLACES},
-}
-
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the Hydra tree: conf/config.yaml and a folder per group
 STAGES = ("generate", "evaluate", "report", "all")
 MAX_ABS_SCALE = 10.0  # |w| beyond this is refused unless grid.allow_large_scales=true (the paper's range is [1, 3])

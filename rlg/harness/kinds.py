@@ -5,7 +5,8 @@ A measurement kind's settings are one torch-free dataclass (``Kind.schema``, tho
 built-in kinds) that is also its node of the config schema (``rlg.harness.config.run_schema`` adds one node per
 kind); an image run's settings are the shared groups (pair, sampler, grid, method, prompts, evaluators). A new
 study is its module(s) (settings dataclass, stage, report section), one line here (or one ``KINDS.register`` call)
-and a preset that selects it (``kind: <name>`` and its settings under ``<node>:``); tests/test_kinds.py builds one.
+and a preset that selects it (``defaults: [override /kind: <name>]``, with ``kind/<name>.yaml`` in its config folder)
+and sets ``<node>:``; tests/test_kinds.py builds one outside rlg/.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ class Kind:
     """One run kind. ``node``: the config node holding its settings (None: the image groups), of the dataclass
     ``schema`` (the class or its ``"module:Class"``); ``settings``: the ``"module:function"``
     ``(conf, scales, overrides) -> settings`` that makes the Job's ``settings`` from the typed run config (None:
-    the node as it is; raises ValueError naming the key); ``stage``: the ``"module:function"`` run as ``stage(job, store) -> dict`` (the invocation's report
-    entry; None:
-    the image stages generate / evaluate / report); ``report``: the ``"module:function"`` that writes its report
+    the node as it is; raises ValueError naming the key); ``stage``: the ``"module:function"`` run as
+    ``stage(job, store) -> dict`` (the invocation's report entry; None: the image stages generate / evaluate /
+    report); ``report``: the ``"module:function"`` that writes its report
     section; ``samples``: a measurement that samples images with the shared ``prompts`` and ``sampler`` groups
     (the Job then holds its prompts and sampler, as an image run's; its settings have ``check_images(n)``, which
     refuses n images per arm). Entries are imported on first use."""
@@ -37,8 +38,7 @@ class Kind:
 
     def __post_init__(self):
         if (self.node is None) != (self.schema is None) or (self.stage and not (self.settings or self.node)):
-            raise ValueError(f"{self}: a kind's node and schema come together, and a stage needs a node or a "
-                             "settings builder")
+            raise ValueError(f"{self}: a kind's node and schema come together; a stage needs a node or a builder")
 
 
 class Settings(Protocol):
