@@ -175,7 +175,9 @@ class ReportConf:
 
 
 @dataclass
-class RunConf:
+class SharedConf:
+    """What every run kind's config has; RunConf adds the measurement kinds' own nodes (run_schema)."""
+
     name: str = "quickstart"
     stage: str = "all"
     seed: int = 42
@@ -202,17 +204,20 @@ class RunConf:
 
 
 def run_schema() -> type:
-    """The typed schema of a run: RunConf and, per kind of rlg.harness.kinds.KINDS with a ``node``, the field
+    """The typed schema of a run: SharedConf and, per kind of rlg.harness.kinds.KINDS with a ``node``, the field
     ``<node>: Optional[<its schema>] = None`` (in registration order), so a kind's settings dataclass is its config
     node and a kind registered later (a plug-in, a test) is in the next call's schema."""
     nodes = tuple((k.node, resolve(k.schema)) for k in map(KINDS.__getitem__, KINDS) if k.schema is not None)
     return _schema(nodes)
 
 
-@functools.cache
+@functools.cache  # one class per set of kinds: every call (Hydra, OmegaConf, the checks) sees the same type
 def _schema(nodes: tuple[tuple[str, type], ...]) -> type:
-    return dataclasses.make_dataclass("RunConf", [(n, Optional[t], None) for n, t in nodes], bases=(RunConf,),
+    return dataclasses.make_dataclass("RunConf", [(n, Optional[t], None) for n, t in nodes], bases=(SharedConf,),
                                       namespace={"__module__": __name__})
+
+
+RunConf = run_schema()  # the built-in kinds' schema (importable and picklable by this name)
 
 
 # How every key of the pair, sampler, grid and evaluators schema takes effect; tests/test_effects.py (the effect
