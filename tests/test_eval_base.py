@@ -1,4 +1,5 @@
-"""rlg.evaluators.base.score_images: in-memory images through the runner, failures isolated per image."""
+"""rlg.evaluators.base: score_images (in-memory images through the runner, failures isolated per image), and a new
+evaluator registered at runtime being the reward of every report section and W&B."""
 
 from __future__ import annotations
 
@@ -111,6 +112,7 @@ def test_a_new_evaluator_is_its_module_and_one_registry_line(toy_evaluator, tmp_
     assert f"reward: {title('toy_brightness')}\n" in out  # the console summary
     summary = res.summary[res.summary.metric == "toy_brightness"]
     run = read_run(res.meta["wandb_dir"])
-    assert run["config"]["reward"] == "toy_brightness" and run["config"]["metrics"]["toy_brightness"] == "toy brightness"
+    assert run["config"]["reward"] == "toy_brightness"
+    assert run["config"]["metrics"]["toy_brightness"] == "toy brightness"
     assert run["summary"]["reward"] == "toy_brightness"
     assert run["summary"]["reward@best_w"] == pytest.approx(summary["mean"].max())
