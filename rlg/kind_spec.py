@@ -1,10 +1,12 @@
 """The settings of the measurement kinds (rlg.harness.kinds), torch-free: each dataclass is both what its
-library module runs with and the node of the config schema (rlg.harness.config.RunConf), so no field is
-declared twice. The library modules (rlg.ground_truth, rlg.kl_claim, rlg.kl_learned) re-export them.
-Each ``__post_init__`` raises ValueError for a value it cannot run with (the builder names the kind)."""
+library module runs with and the node of the config schema (rlg.harness.config.run_schema), so no field is
+declared twice; each kind's builder (``*_settings(conf, scales, overrides)``, ``conf`` the typed run config)
+sits beside it. The library modules (rlg.ground_truth, rlg.kl_claim, rlg.kl_learned) re-export them.
+Each ``__post_init__`` and builder raises ValueError for a value it cannot run with (the harness names the kind)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
@@ -226,6 +228,34 @@ class FindingsConfig:
     sub_reports: bool = True  # each sub-run writes its own report (the Methods section per pair and seed)
 
 
+def ground_truth_settings(conf: Any, scales: tuple[float, ...], overrides: list[str]) -> GroundTruthConfig:
+    """The analytic ground truth's settings: the closed-form pair, the ground_truth node, the grid's scales."""
+    a, g = conf.pair.analytic, conf.ground_truth
+    try:
+        return GroundTruthConfig(**dataclasses.asdict(g), pair=a.preset, d=a.d, beta=a.beta, scales=list(scales),
+                                 seed=conf.seed)
+    except ValueError as exc:
+        raise ValueError(f"ground_truth: {exc}") from exc
+
+
+def kl_claim_settings(conf: Any, scales: tuple[float, ...], overrides: list[str]) -> KLClaimSettings:
+    """The kl_claim node as it is; its analytic part with the measurement's seed. Its prompts, sampler and evaluator
+    options are the shared groups' (the Job's ``prompts`` and ``sampler``, ``evaluators.options``)."""
+    s = conf.kl_claim  # the analytic part shares the measurement's seed
+    if s.analytic is not None and s.analytic.seed not in (0, s.seed):
+        raise ValueError(f"kl_claim.analytic.seed={s.analytic.seed} has no effect (the analytic part takes "
+                         f"kl_claim.seed); set kl_claim.seed instead")
+    return s if s.analytic is None else dataclasses.replace(s, analytic=dataclasses.replace(s.analytic, seed=s.seed))
+
+
+def kl_learned_settings(conf: Any, scales: tuple[float, ...], overrides: list[str]) -> LearnedTruthConfig:
+    """The kl_learned node with the run's seed."""
+    if conf.kl_learned.seed not in (0, conf.seed):
+        raise ValueError(f"kl_learned.seed={conf.kl_learned.seed} has no effect (the run's seed is used); set "
+                         f"seed={conf.kl_learned.seed} instead")
+    return dataclasses.replace(conf.kl_learned, seed=conf.seed)  # the run's seed
+
+
 @dataclass(frozen=True)
 class FindingsSubRun:
     """One (pair, seed) of a findings run: the experiment preset, its reward, the overrides that make it and the
@@ -256,4 +286,4 @@ class FindingsPlan:
 
 __all__ = ["FindingsConfig", "FindingsPlan", "FindingsSubRun", "GroundTruthConfig", "GroundTruthSampling", "KLClaimSettings",
            "LearnedTruthConfig", "METRICS", "OBJECTIVES",
-           "SAMPLERS"]
+           "SAMPLERS", "ground_truth_settings", "kl_claim_settings", "kl_learned_settings"]

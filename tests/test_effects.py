@@ -390,20 +390,29 @@ def evaluator_options() -> list[tuple[str, str]]:
     return out
 
 
+def option_effects(name: str) -> dict[str, str]:
+    """{option: effect} of the evaluator ``name``: its class's ``option_effects``, "refused" for its ``ignored_options``
+    (rlg.evaluators.base.Evaluator)."""
+    from rlg.evaluators.base import evaluator_class
+
+    cls = evaluator_class(name)
+    return {**cls.option_effects, **dict.fromkeys(getattr(cls, "ignored_options", {}), "refused")}
+
+
 def test_every_evaluator_option_has_a_declared_effect_and_a_check_here():
     from rlg.evaluators.base import REGISTRY, evaluator_class
-    from rlg.harness.config import EVALUATOR_OPTION_EFFECTS
 
     every = evaluator_options()
-    declared = [(n, o) for n, opts in EVALUATOR_OPTION_EFFECTS.items() for o in opts]
-    assert sorted(set(every) - set(declared)) == [], "declare the new option's effect in EVALUATOR_OPTION_EFFECTS"
-    assert sorted(set(declared) - set(every)) == [], "EVALUATOR_OPTION_EFFECTS names an option no evaluator takes"
-    for name in sorted(REGISTRY):  # refused exactly when the class refuses it
-        refused = {o for o, state in EVALUATOR_OPTION_EFFECTS[name].items() if state == "refused"}
-        assert refused == set(getattr(evaluator_class(name), "ignored_options", {})), name
+    declared = [(n, o) for n in sorted(REGISTRY) for o in option_effects(n)]
+    assert sorted(set(every) - set(declared)) == [], "declare the new option's effect in its class's option_effects"
+    assert sorted(set(declared) - set(every)) == [], "option_effects / ignored_options name an option not taken"
+    for name in sorted(REGISTRY):  # each option declared once: with its effect, or refused (ignored_options)
+        cls = evaluator_class(name)
+        assert not set(cls.option_effects) & set(getattr(cls, "ignored_options", {})), name
+        assert set(cls.option_effects.values()) <= {"score", "placement", "gpu"}, name
     cheap = {(n, o) for n, o in every if n in BUILT_CHEAPLY}
     checked = {*OPTION_CHANGES, *WEIGHTS_OPTIONS, *GPU_PASSED,
-               *((n, o) for n, o in cheap if EVALUATOR_OPTION_EFFECTS[n][o] == "refused")}
+               *((n, o) for n, o in cheap if option_effects(n)[o] == "refused")}
     assert sorted(cheap - checked) == [], "give the option of a cheaply built evaluator a check here"
 
 
@@ -415,9 +424,7 @@ def _version(name: str, options: dict) -> str:
 
 @pytest.mark.parametrize("name,option", sorted(OPTION_CHANGES))
 def test_an_evaluator_option_changes_the_version_exactly_when_it_changes_the_scores(name, option):
-    from rlg.harness.config import EVALUATOR_OPTION_EFFECTS
-
-    state = EVALUATOR_OPTION_EFFECTS[name][option]
+    state = option_effects(name)[option]
     reference, changed = OPTION_CHANGES[(name, option)]
     a, b = _version(name, reference), _version(name, changed)
     if state == "score" or (state == "gpu" and "cuda" in changed.values()):

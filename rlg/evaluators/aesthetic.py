@@ -25,7 +25,7 @@ from typing import Any
 from rlg.evaluators._models import ModelNotAvailableError, cached_url_file, dtype_tag, load_open_clip
 from rlg.files import sha256_file
 from rlg.runtime import default_device, hub_offline, torch_dtype
-from rlg.evaluators.base import Sample
+from rlg.evaluators.base import TORCH_PLACES, Sample
 from rlg.metrics import Metric, directions, register_metrics
 
 HEAD_FILENAME = "sac+logos+ava1-l14-linearMSE.pth"
@@ -68,6 +68,8 @@ class Aesthetic:
         "aesthetic", "LAION aesthetic score", "1-10", True, ("reward", "quality"),
         "LAION aesthetic predictor v2 on CLIP ViT-L/14, 1-10; higher is better.", reward_rank=8))
     metrics = directions(declares)
+    option_effects = {**dict.fromkeys(("clip_model", "clip_pretrained", "clip_quick_gelu", "head_path", "dtype"),
+                                      "score"), **TORCH_PLACES}
     needs = frozenset({"image"})
     requires = ("open_clip", "torchvision")
 

@@ -36,6 +36,11 @@ class Evaluator(Protocol):
     metrics: dict[str, bool]  # metric name -> higher_is_better: what score() writes (rlg.metrics.directions)
     declares: tuple  # rlg.metrics.Metric of every metric it can write or the report derives from it
     needs: frozenset[str]  # subset of {"image", "prompt", "metadata"}
+    # how each constructor option takes effect (tests/test_effects.py fails for an undeclared one and checks each):
+    # "score" changes the scores and ``version``; "placement" where it runs or caches, no score; "gpu" changes
+    # scores only where the CPU audit cannot reach (CUDA kernels, autocast). Options in the class's
+    # ``ignored_options`` are refused at start-up instead (no effect) and are not listed here
+    option_effects: dict[str, str]
 
     def score(self, batch: list[Sample]) -> list[dict[str, float]]:
         """Scores for each sample, in order; may raise (the runner then retries one by one)."""
@@ -47,7 +52,10 @@ class UnknownEvaluatorError(KeyError):
         return str(self.args[0])
 
 
-# name -> "module:Class". Add a line here to register an evaluator.
+TORCH_PLACES = {"device": "gpu", "offline": "placement", "cache_dir": "placement"}  # a torch model's option_effects
+
+# name -> "module:Class". A new evaluator is its module (the class, its metrics declared with rlg.metrics) and a
+# line here (or REGISTRY.register(name, cls) at runtime: tests/test_eval_base.py).
 REGISTRY = Registry("evaluator", {
     "jpeg": "rlg.evaluators.jpeg:JpegCompressibility",
     "ocr": "rlg.evaluators.ocr:OCRAccuracy",

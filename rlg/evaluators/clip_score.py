@@ -23,7 +23,7 @@ from typing import Any
 
 from rlg.evaluators._models import dtype_tag, embeddings, hub_commit, load_processor_and_model, source_tag
 from rlg.runtime import default_device, hub_offline, torch_dtype
-from rlg.evaluators.base import Sample
+from rlg.evaluators.base import TORCH_PLACES, Sample
 from rlg.metrics import Metric, directions, register_metrics
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"
@@ -35,6 +35,7 @@ class CLIPScore:
         "clip_score", "CLIP score", "", True, ("reward", "alignment"),
         "CLIP score: max(100·cos, 0) with openai/clip-vit-large-patch14; higher is better.", reward_rank=9))
     metrics = directions(declares)
+    option_effects = {**dict.fromkeys(("model", "revision", "scale", "text_prefix", "dtype"), "score"), **TORCH_PLACES}
     needs = frozenset({"image", "prompt"})
     requires = ("transformers",)
 

@@ -229,6 +229,7 @@ class DigitProb(_DigitsBase):
                "digit accuracy: share of images whose top class under the zoo classifier is the digit the "
                "prompt names (alignment); higher is better."))
     metrics = directions(declares)
+    option_effects = {"weights": "score", "batch_size": "placement"}
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -257,6 +258,7 @@ class DigitFD(_DigitsBase):
         "real digits, per feature dimension (quality; evaluator digit_fd, whose set-level Fréchet distance is the "
         "zoo table's digit_fd); lower is better."))
     metrics = directions(declares)
+    option_effects = {"ridge": "score", "weights": "score", "batch_size": "placement"}
     set_metrics = {"digit_fd": False}
     needs = frozenset({"image"})
 

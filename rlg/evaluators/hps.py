@@ -34,7 +34,7 @@ from typing import Any
 from rlg.evaluators._models import ModelNotAvailableError, dtype_tag, hub_file
 from rlg.files import sha256_file
 from rlg.runtime import default_device, hub_offline, torch_dtype
-from rlg.evaluators.base import Sample
+from rlg.evaluators.base import TORCH_PLACES, Sample
 from rlg.metrics import Metric, directions, register_metrics
 from rlg.extras import require
 
@@ -86,6 +86,8 @@ class HPSv2:
                "HPSv2.1: 100·cos(text, image) of the HPSv2.1 model; higher is better (not comparable to v2.0).",
                reward_rank=4))
     metrics = directions(declares)  # an instance writes the one of its hps_version (metrics_for)
+    option_effects = {**dict.fromkeys(("hps_version", "checkpoint", "repo", "revision", "model_name", "antialias",
+                                       "scale", "dtype"), "score"), **TORCH_PLACES}
 
     @classmethod
     def metrics_for(cls, hps_version: str = "v2.1", **_) -> dict[str, bool]:

@@ -46,7 +46,7 @@ from rlg.evaluators._models import (ModelNotAvailableError, check_tokenizer, dty
 from rlg.files import sha256_bytes, sha256_file
 from rlg.runtime import default_device, hub_offline, torch_dtype
 from rlg.evaluators.aesthetic import aesthetic_head
-from rlg.evaluators.base import Sample
+from rlg.evaluators.base import TORCH_PLACES, Sample
 from rlg.metrics import Metric, directions, register_metrics
 from rlg.extras import require
 
@@ -113,6 +113,8 @@ class ImageReward:
         "imagereward", "ImageReward", "", True, ("reward", "quality"),
         "ImageReward: BLIP + MLP, normalised as upstream; higher is better.", reward_rank=6))
     metrics = directions(declares)
+    option_effects = {**dict.fromkeys(("checkpoint", "repo", "revision", "tokenizer", "tokenizer_revision",
+                                       "vision_config", "dtype"), "score"), **TORCH_PLACES}
     needs = frozenset({"image", "prompt"})
     requires = ("transformers", "torchvision")
 

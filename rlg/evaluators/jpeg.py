@@ -60,6 +60,7 @@ class JpegCompressibility:
                "JPEG compressibility: minus the PIL JPEG (quality 95) file size in kB, the DDPO reward; higher (a "
                "smaller file) is better.", reward_rank=10))
     metrics = directions(declares)  # with direction="both"
+    option_effects = {"convention": "score", "quality": "score", "direction": "score"}
     uses_device = False  # runs on the CPU: the harness resolves no device for it (that would import torch)
 
     def __init__(

@@ -157,6 +157,8 @@ class OCRAccuracy:
                "OCR confidence: the OCR engine's own confidence in what it read, averaged over its pieces "
                "(legibility, quality; 0 when it reads nothing); higher is better."))
     metrics = directions(declares)
+    option_effects = {"engine": "score", "model_dir": "score", "on_engine_error": "score", "input_convention": "score",
+                      "device": "gpu"}
     check_prompts = staticmethod(check_prompts)  # start-up check used by rlg.harness.build
     WEIGHTS = ("craft_mlt_25k.pth", "english_g2.pth")  # EasyOCR's English detector and recogniser
 

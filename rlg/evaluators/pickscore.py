@@ -14,7 +14,7 @@ from typing import Any
 
 from rlg.evaluators._models import dtype_tag, embeddings, hub_commit, load_processor_and_model, source_tag
 from rlg.runtime import default_device, hub_offline, torch_dtype
-from rlg.evaluators.base import Sample
+from rlg.evaluators.base import TORCH_PLACES, Sample
 from rlg.metrics import Metric, directions, register_metrics
 
 DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
@@ -27,6 +27,8 @@ class PickScore:
         "pickscore", "PickScore", "", True, ("reward", "quality"),
         "PickScore: logit_scale·cos(text, image) of PickScore_v1 (about 18-24); higher is better.", reward_rank=3))
     metrics = directions(declares)
+    option_effects = {**dict.fromkeys(("model", "model_revision", "processor", "processor_revision", "dtype"), "score"),
+                      **TORCH_PLACES}
     needs = frozenset({"image", "prompt"})
     requires = ("transformers",)
 

@@ -13,7 +13,7 @@ way, with the same one-line message.
 from __future__ import annotations
 
 from rlg.harness.build import Job, build
-from rlg.harness.config import CONF_DIR, ConfigError, override_problem
+from rlg.harness.config import CONF_DIR, ConfigError, override_problem, register_schema
 
 
 def compose(*overrides: str):
@@ -31,6 +31,7 @@ def compose(*overrides: str):
     problem = override_problem(overrides)
     if problem:  # the CLI's own check and message, before Hydra's multi-line one
         raise ConfigError(problem)
+    register_schema()  # with the node of any kind registered since import (rlg.harness.kinds.KINDS)
     outer = get_gh_backup()  # inside a Hydra app: its state, put back below
     if outer is not None:
         GlobalHydra.instance().clear()  # initialize_config_dir refuses to run inside an initialised Hydra

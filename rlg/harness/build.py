@@ -18,17 +18,16 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, grid_scale_values, run_dir, validate
-from rlg.harness.kinds import KINDS, KindError
+from rlg.harness.kinds import KINDS, KindError, Settings
 from rlg.harness.provenance import redact
 from rlg.harness.prompts import Prompt, load_prompts
 from rlg.metrics import Metric, settle_reward
 from rlg.registry import resolve
-from rlg.kind_spec import FindingsPlan, GroundTruthConfig, KLClaimSettings, LearnedTruthConfig
 from rlg.store import content_key
 
 if TYPE_CHECKING:  # torch-free modules, imported where used so that `import rlg.harness` stays light
@@ -94,8 +93,7 @@ class Job:
     prompt_problem: str | None = None  # a selected evaluator cannot score these prompts: generate refuses to start
     tracker_mode: str | None = None  # None: the user's W&B setup decides (WANDB_MODE, `wandb offline`, login)
     methods: tuple[Method, ...] = ()  # images jobs: plain RLG over ``scales`` by default
-    # a measurement kind's settings
-    settings: Union[GroundTruthConfig, KLClaimSettings, LearnedTruthConfig, FindingsPlan, None] = None
+    settings: Settings | None = None  # a measurement kind's settings (made by its Kind's builder)
     launch_rank: int = 0  # this process among the ranks launched with it (0 for manual shards): rank 0 reports
 
 
@@ -490,7 +488,13 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
             raise ConfigError(f"kind={conf.kind} runs in one process; launch it without torchrun/accelerate or "
                               "shard.count")
         common.pop("stages")
-        settings = resolve(kind.settings)(conf, scales, list(overrides or []))
+        try:
+            settings = resolve(kind.settings)(conf, scales, list(overrides or [])) if kind.settings \
+                else getattr(conf, kind.node)
+        except ValueError as exc:  # a builder below the harness (rlg.kind_spec) names the key in a ValueError
+            if type(exc) is not ValueError:  # the harness's own errors (ConfigError, PromptError) as they are
+                raise
+            raise ConfigError(str(exc)) from None
         if kind.samples:  # it samples images with the shared prompts and sampler groups
             prompts, prompt_info = load_prompts(conf.prompts, conf.paths.cache)
             try:
@@ -531,10 +535,10 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
 def check_kind(conf: RunConf, kind) -> None:
     """Refuse settings that belong to another kind than the run's (they would have no effect), and a
     measurement kind without its settings. Raises ConfigError naming the fix."""
-    for name in ("kl_claim", "kl_learned", "findings"):
+    for name in (k.node for k in map(KINDS.__getitem__, KINDS) if k.schema is not None):
         if getattr(conf, name) is not None and kind.node != name:
             raise ConfigError(f"{name} settings are given but kind={conf.kind}; they would have no effect: select "
-                              f"kind={name} (its presets do, e.g. experiment=kl_claim_digits_ddpo) or drop them")
+                              f"kind={name} (its presets do) or drop them")
     if kind.node is not None and getattr(conf, kind.node) is None:
         raise ConfigError(f"kind={conf.kind} needs its {kind.node} settings; start from its preset (rlg-bench "
                           f"--help lists them)")
@@ -542,34 +546,6 @@ def check_kind(conf: RunConf, kind) -> None:
         raise ConfigError("pair.analytic (a closed-form pair) is the ground truth's, and the ground truth needs one: "
                           "use experiment=ground_truth [pair=analytic_...]" if conf.kind in ("images", "ground_truth")
                           else f"pair.analytic has no effect with kind={conf.kind}; drop it")
-
-
-def ground_truth_settings(conf: RunConf, scales: tuple[float, ...], overrides: list[str]) -> GroundTruthConfig:
-    """The analytic ground truth's settings: the closed-form pair, the ground_truth node, the grid's scales."""
-    a, g = conf.pair.analytic, conf.ground_truth
-    try:
-        return GroundTruthConfig(**dataclasses.asdict(g), pair=a.preset, d=a.d, beta=a.beta, scales=list(scales),
-                                 seed=conf.seed)
-    except ValueError as exc:
-        raise ConfigError(f"ground_truth: {exc}") from exc
-
-
-def kl_claim_settings(conf: RunConf, scales: tuple[float, ...], overrides: list[str]) -> KLClaimSettings:
-    """The kl_claim node as it is; its analytic part with the measurement's seed. Its prompts, sampler and evaluator
-    options are the shared groups' (the Job's ``prompts`` and ``sampler``, ``evaluators.options``)."""
-    s = conf.kl_claim  # the analytic part shares the measurement's seed
-    if s.analytic is not None and s.analytic.seed not in (0, s.seed):
-        raise ConfigError(f"kl_claim.analytic.seed={s.analytic.seed} has no effect (the analytic part takes "
-                          f"kl_claim.seed); set kl_claim.seed instead")
-    return s if s.analytic is None else dataclasses.replace(s, analytic=dataclasses.replace(s.analytic, seed=s.seed))
-
-
-def kl_learned_settings(conf: RunConf, scales: tuple[float, ...], overrides: list[str]) -> LearnedTruthConfig:
-    """The kl_learned node with the run's seed."""
-    if conf.kl_learned.seed not in (0, conf.seed):
-        raise ConfigError(f"kl_learned.seed={conf.kl_learned.seed} has no effect (the run's seed is used); set "
-                          f"seed={conf.kl_learned.seed} instead")
-    return dataclasses.replace(conf.kl_learned, seed=conf.seed)  # the run's seed
 
 
 __all__ = ["Job", "EvaluatorPlan", "Placement", "build", "resolve_device", "resolve_rank"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -12,7 +14,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlg.choices import RL_KINDS, SCHEDULERS
-from rlg.kind_spec import FindingsConfig, GroundTruthSampling, KLClaimSettings, LearnedTruthConfig
+from rlg.harness.kinds import KINDS
+from rlg.kind_spec import GroundTruthSampling
+from rlg.registry import resolve
 from rlg.runtime import DTYPE_NAMES
 from rlg.sampler_spec import resolve_micro_batch
 from rlg.surface import CALL_KEYWORDS, PARTIAL_SCHEDULE, check_call_keywords, fkc_refusal, refusal
@@ -171,7 +175,9 @@ class ReportConf:
 
 
 @dataclass
-class RunConf:
+class SharedConf:
+    """What every run kind's config has; RunConf adds the measurement kinds' own nodes (run_schema)."""
+
     name: str = "quickstart"
     stage: str = "all"
     seed: int = 42
@@ -192,12 +198,26 @@ class RunConf:
     barrier_timeout_min: float = 720.0  # ranks launched together wait this long for each other between stages
     low_memory: bool = False  # free the generator before loading evaluators (both never resident at once)
     verbose: bool = False  # third-party loading bars and warnings (silenced by default)
-    # the run kind (the config group kind=, rlg.harness.kinds.KINDS) and the settings of the measurement kinds
-    # (rlg.kind_spec: the library's own dataclasses, set by the kl_claim_* / kl_ground_truth_learned presets)
+    # the run kind (the config group kind=, rlg.harness.kinds.KINDS); the measurement kinds' own nodes (kl_claim,
+    # kl_learned, findings, ...) follow in run_schema()
     kind: str = "images"
-    kl_claim: Optional[KLClaimSettings] = None
-    kl_learned: Optional[LearnedTruthConfig] = None
-    findings: Optional[FindingsConfig] = None  # one ordinary sub-run per (pair, seed), then the verdicts over them
+
+
+def run_schema() -> type:
+    """The typed schema of a run: SharedConf and, per kind of rlg.harness.kinds.KINDS with a ``node``, the field
+    ``<node>: Optional[<its schema>] = None`` (in registration order), so a kind's settings dataclass is its config
+    node and a kind registered later (a plug-in, a test) is in the next call's schema."""
+    nodes = tuple((k.node, resolve(k.schema)) for k in map(KINDS.__getitem__, KINDS) if k.schema is not None)
+    return _schema(nodes)
+
+
+@functools.cache  # one class per set of kinds: every call (Hydra, OmegaConf, the checks) sees the same type
+def _schema(nodes: tuple[tuple[str, type], ...]) -> type:
+    return dataclasses.make_dataclass("RunConf", [(n, Optional[t], None) for n, t in nodes], bases=(SharedConf,),
+                                      namespace={"__module__": __name__})
+
+
+RunConf = run_schema()  # the built-in kinds' schema (importable and picklable by this name)
 
 
 # How every key of the pair, sampler, grid and evaluators schema takes effect; tests/test_effects.py (the effect
@@ -254,38 +274,6 @@ METHOD_KEY_EFFECTS: Dict[str, str] = {
     **{f"method.{m}.options": "refused" for m in ("rlg", "weight_mix", "cfg_rl", "best_of_n")},
 }
 
-# How every constructor option of every registered evaluator (rlg.evaluators.base.REGISTRY; the options are
-# rlg.evaluators.base.constructor_options) takes effect, set with evaluators.options.<name>.<option>;
-# tests/test_effects.py fails for an option missing here and checks each declaration:
-#   score      changes the scores and the evaluator's ``version`` (which keys stored scores)
-#   refused    any non-null value is refused at start-up (the class's ``ignored_options``: it has no effect)
-#   placement  where it runs or where its files are cached: no change to a score, none to the version
-#   gpu        changes scores only where the CPU audit cannot reach (CUDA kernels, autocast): the device
-_TORCH_PLACES = {"device": "gpu", "offline": "placement", "cache_dir": "placement"}
-EVALUATOR_OPTION_EFFECTS: Dict[str, Dict[str, str]] = {
-    "jpeg": {"convention": "score", "quality": "score", "direction": "score", "device": "refused",
-             "dtype": "refused"},
-    "ocr": {"engine": "score", "model_dir": "score", "on_engine_error": "score", "input_convention": "score",
-            "device": "gpu", "dtype": "refused"},
-    "digit_prob": {"weights": "score", "batch_size": "placement", "device": "refused", "dtype": "refused"},
-    "digit_fd": {"ridge": "score", "weights": "score", "batch_size": "placement", "device": "refused",
-                 "dtype": "refused"},
-    "geneval": {**{k: "score" for k in (
-        "detector", "detector_path", "detector_revision", "detector_checkpoint", "detector_config", "clip_model",
-        "clip_pretrained", "clip_quick_gelu", "threshold", "counting_threshold", "max_objects", "max_overlap",
-        "position_threshold", "bgcolor", "crop", "dtype")},
-        **_TORCH_PLACES, "clip_amp": "gpu", "batch_size": "placement"},
-    "aesthetic": {**{k: "score" for k in ("clip_model", "clip_pretrained", "clip_quick_gelu", "head_path", "dtype")},
-                  **_TORCH_PLACES},
-    "clip_score": {**{k: "score" for k in ("model", "revision", "scale", "text_prefix", "dtype")}, **_TORCH_PLACES},
-    "hps": {**{k: "score" for k in ("hps_version", "checkpoint", "repo", "revision", "model_name", "antialias",
-                                     "scale", "dtype")}, **_TORCH_PLACES},
-    "imagereward": {**{k: "score" for k in ("checkpoint", "repo", "revision", "tokenizer", "tokenizer_revision",
-                                             "vision_config", "dtype")}, **_TORCH_PLACES},
-    "pickscore": {**{k: "score" for k in ("model", "model_revision", "processor", "processor_revision", "dtype")},
-                  **_TORCH_PLACES},
-}
-
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the Hydra tree: conf/config.yaml and a folder per group
 STAGES = ("generate", "evaluate", "report", "all")
 MAX_ABS_SCALE = 10.0  # |w| beyond this is refused unless grid.allow_large_scales=true (the paper's range is [1, 3])
@@ -296,7 +284,6 @@ DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
     """Keys present in ``node`` that the dataclass ``schema`` does not declare (even if forced with '+')."""
-    import dataclasses
     import typing
 
     fields = {f.name: f for f in dataclasses.fields(schema)}
@@ -320,11 +307,12 @@ def _unknown_keys(node: Any, schema: type, prefix: str = "") -> list[str]:
 
 
 def register_schema() -> None:
-    """Make the schema the first entry of conf/config.yaml's defaults list, so Hydra itself rejects a
-    misspelt key or a wrong type at composition, and every schema key can be overridden without '+'."""
+    """Make the schema (:func:`run_schema`) the first entry of conf/config.yaml's defaults list, so Hydra itself
+    rejects a misspelt key or a wrong type at composition, and every schema key can be overridden without '+'.
+    Called on import and by ``rlg.harness.api.compose`` (a kind registered since is then in it)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="rlg_schema", node=RunConf)
+    ConfigStore.instance().store(name="rlg_schema", node=run_schema())
 
 
 def misspelt_override(overrides: list[str]) -> str | None:
@@ -333,7 +321,6 @@ def misspelt_override(overrides: list[str]) -> str | None:
     Checked before Hydra composes (whose own message is several lines and suggests '+', the wrong fix).
     Keys under free-form nodes (``evaluators.options``, ``sampler.extra``, ``pair.components``,
     ``kl_claim.trainer_kwargs``) and Hydra's own keys are left to the later checks."""
-    import dataclasses
     import difflib
     import typing
 
@@ -344,7 +331,7 @@ def misspelt_override(overrides: list[str]) -> str | None:
             return retyped
         if "=" not in item or key.startswith(("+", "~", "hydra.", "hydra/")) or "." not in key:
             continue
-        schema, path, entry = RunConf, [], False
+        schema, path, entry = run_schema(), [], False
         for part in key.split("."):
             if entry:  # the name of an entry of a Dict[str, <dataclass>] (method.<name>.knobs): any name
                 path.append(part)
@@ -368,10 +355,9 @@ def misspelt_override(overrides: list[str]) -> str | None:
 
 def _leaf_types(key: str) -> tuple[Any, ...]:
     """The types the schema allows for the dotted ``key`` (empty for a free-form node or an unknown key)."""
-    import dataclasses
     import typing
 
-    schema: Any = RunConf
+    schema: Any = run_schema()
     for part in key.split("."):
         if not dataclasses.is_dataclass(schema) or part not in {f.name for f in dataclasses.fields(schema)}:
             return ()
@@ -519,7 +505,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     user's paths (USER_PATHS) come back with a leading ~ expanded as a shell would."""
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(RunConf), cfg)
+        merged = OmegaConf.merge(OmegaConf.structured(run_schema()), cfg)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""
         raise ConfigError(f"bad config key {key!r}: {exc.msg if hasattr(exc, 'msg') else exc}. "
@@ -527,7 +513,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     problem = as_written_problem(cfg)
     if problem:
         raise ConfigError(problem)
-    unknown = _unknown_keys(cfg, RunConf)
+    unknown = _unknown_keys(cfg, run_schema())
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}; check the spelling against docs/configuration.md "
                           "or `rlg-bench --cfg job`")
@@ -664,8 +650,7 @@ def check_values(cfg: DictConfig) -> None:
 
     _one_of("stage", cfg.stage, STAGES)
     run_dir(cfg.paths.root, cfg.name)
-    if cfg.kind in ("images", "ground_truth"):  # the kinds whose scales are the grid's
-        grid_scale_values(list(cfg.grid.scales), cfg.grid.allow_large_scales)
+    grid_scale_values(list(cfg.grid.scales), cfg.grid.allow_large_scales)  # build reads them for every kind
     for key in ("device", "evaluators.device"):
         value = OmegaConf.select(cfg, key)
         if not DEVICE.match(str(value)):

@@ -1,26 +1,30 @@
 """The run kinds: ``KINDS`` maps the config group ``kind`` (images | ground_truth | kl_claim | kl_learned |
 findings) to what the kind runs with, its stage and its report section.
 
-A measurement kind's settings are one torch-free dataclass of ``rlg.kind_spec`` that is also its node of the
-config schema (``RunConf.<node>``); an image run's settings are the shared groups (pair, sampler, grid, method,
-prompts, evaluators). A new study is its library module, its report section, one line here and a preset that
-selects it (``defaults: [override /kind: <name>]``).
+A measurement kind's settings are one torch-free dataclass (``Kind.schema``, those of ``rlg.kind_spec`` for the
+built-in kinds) that is also its node of the config schema (``rlg.harness.config.run_schema`` adds one node per
+kind); an image run's settings are the shared groups (pair, sampler, grid, method, prompts, evaluators). A new
+study is its module(s) (settings dataclass, stage, report section), one line here (or one ``KINDS.register`` call)
+and a preset that selects it (``defaults: [override /kind: <name>]``, with ``kind/<name>.yaml`` in its config folder)
+and sets ``<node>:``; tests/test_kinds.py builds one outside rlg/.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
 from rlg.registry import Registry
 
 
 @dataclass(frozen=True)
 class Kind:
-    """One run kind. ``node``: the RunConf field holding its settings (None: the image groups); ``settings``: the
-    ``"module:function"`` ``(conf, scales, overrides) -> settings`` that makes the Job's ``settings`` (None: an
-    image run); ``stage``: the ``"module:function"`` run as ``stage(job, store) -> dict`` (the invocation's report
-    entry; None:
-    the image stages generate / evaluate / report); ``report``: the ``"module:function"`` that writes its report
+    """One run kind. ``node``: the config node holding its settings (None: the image groups), of the dataclass
+    ``schema`` (the class or its ``"module:Class"``); ``settings``: the ``"module:function"``
+    ``(conf, scales, overrides) -> settings`` that makes the Job's ``settings`` from the typed run config (None:
+    the node as it is; raises ValueError naming the key); ``stage``: the ``"module:function"`` run as
+    ``stage(job, store) -> dict`` (the invocation's report entry; None: the image stages generate / evaluate /
+    report); ``report``: the ``"module:function"`` that writes its report
     section; ``samples``: a measurement that samples images with the shared ``prompts`` and ``sampler`` groups
     (the Job then holds its prompts and sampler, as an image run's; its settings have ``check_images(n)``, which
     refuses n images per arm). Entries are imported on first use."""
@@ -30,24 +34,35 @@ class Kind:
     stage: str | None
     report: str
     samples: bool = False
+    schema: type | str | None = None
+
+    def __post_init__(self):
+        if (self.node is None) != (self.schema is None) or (self.stage and not (self.settings or self.node)):
+            raise ValueError(f"{self}: a kind's node and schema come together; a stage needs a node or a builder")
+
+
+class Settings(Protocol):
+    """A measurement kind's settings (``Job.settings``): an instance of a dataclass, the one its builder makes."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
 
 
 class KindError(ValueError):
     """An unknown kind, or settings that do not belong to the run's kind; the message names the fix."""
 
 
-B, S = "rlg.harness.build", "rlg.harness.stages"
+B, S = "rlg.kind_spec", "rlg.harness.stages"
 KINDS = Registry("kind", {
     "images": Kind(None, None, None, "rlg.report.report:write_report"),
     "ground_truth": Kind(None, f"{B}:ground_truth_settings", f"{S}:ground_truth",
                          "rlg.report.ground_truth:write_ground_truth_report"),
     "kl_claim": Kind("kl_claim", f"{B}:kl_claim_settings", f"{S}:kl_claim",
-                     "rlg.report.kl_claim:write_kl_claim_report", samples=True),
+                     "rlg.report.kl_claim:write_kl_claim_report", samples=True, schema=f"{B}:KLClaimSettings"),
     "kl_learned": Kind("kl_learned", f"{B}:kl_learned_settings", f"{S}:kl_learned",
-                       "rlg.report.kl_learned:write_kl_learned_report"),
+                       "rlg.report.kl_learned:write_kl_learned_report", schema=f"{B}:LearnedTruthConfig"),
     "findings": Kind("findings", "rlg.harness.findings:findings_settings", "rlg.harness.findings:findings_stage",
-                     "rlg.report.findings:write_findings_report"),
+                     "rlg.report.findings:write_findings_report", schema=f"{B}:FindingsConfig"),
 }, error=KindError)
 
 
-__all__ = ["KINDS", "Kind", "KindError"]
+__all__ = ["KINDS", "Kind", "KindError", "Settings"]

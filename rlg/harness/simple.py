@@ -66,9 +66,9 @@ def run(experiment: str | None = None, overrides: Sequence[str] = (), *, verbose
     report = (entry.get("report") or {}).get("index_html")
     csv = run_dir / "report" / "tables" / "summary.csv"
     summary = pd.read_csv(csv) if report and csv.is_file() else pd.DataFrame()
-    try:
-        scores = export_frame([run_dir])
-    except ExportError:  # a kind without images (ground truth, KL claim): its rows are in the store's tables
+    try:  # a measurement kind (ground truth, KL claim) stores no image: its rows are in the store's tables
+        scores = export_frame([run_dir]) if job.kind == "images" else pd.DataFrame()
+    except ExportError:  # an image run that stored none (a report-only call on an empty directory)
         scores = pd.DataFrame()
     return RunResult(run_dir=run_dir, summary=summary, scores=scores, report=Path(report) if report else None,
                      headlines=list((entry.get("report") or {}).get("headlines") or []), meta=entry)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from rlg.evaluators.base import Sample
+from rlg.evaluators.base import TORCH_PLACES, Sample
 from rlg.metrics import Metric, directions, register_metrics
 from rlg.evaluators.geneval.detectors import DETECTORS, HF_MODEL_ID, HF_REVISION, Detector, build_detector
 from rlg.evaluators.geneval.metadata import validate_row
@@ -37,6 +37,11 @@ class GenEval:
                "GenEval: share of images whose objects, counts, colours and positions match; higher is better.",
                reward_rank=2))
     metrics = directions(declares)
+    option_effects = {**dict.fromkeys((
+        "detector", "detector_path", "detector_revision", "detector_checkpoint", "detector_config", "clip_model",
+        "clip_pretrained", "clip_quick_gelu", "threshold", "counting_threshold", "max_objects", "max_overlap",
+        "position_threshold", "bgcolor", "crop", "dtype"), "score"), **TORCH_PLACES, "clip_amp": "gpu",
+        "batch_size": "placement"}
 
     @staticmethod
     def requires_for(detector: str = "hf", **_: object) -> tuple[str, ...]:
