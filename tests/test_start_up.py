@@ -184,3 +184,24 @@ def test_group_options_from_a_config_dir_sweeps_and_null_are_accepted(tmp_path):
     from rlg.harness.cli import config_dirs
 
     assert config_dirs(["-cd", "a", "--config-dir=b", "--config-dir", "c", "x=1"]) == ["b", "a", "c"]
+
+
+@pytest.mark.parametrize("override", ["kl_learned.seed=5", "+kl_claim.beta=3", "kl_learned={seed:5}"])
+def test_a_kind_setting_on_a_run_without_that_kind_gets_one_line_not_an_omegaconf_traceback(tmp_path, override):
+    # Hydra cannot set a key inside an unset node: it stopped with "AssertionError: Unexpected type for root"
+    node = override.lstrip("+").split(".")[0].split("=")[0]
+    message = (f"{override}: this run has no {node} settings to change (kind=images); they come with kind={node}: "
+               "start from one of its presets (docs/presets.md) and override from there")
+    out, text = run_cli("experiment=tiny", override, f"paths.root={tmp_path}")
+    assert _refused(out, text) == f"rlg-bench: {message}"
+    with pytest.raises(ConfigError) as err:
+        rlg.run(overrides=["experiment=tiny", override, f"paths.root={tmp_path}"])
+    assert str(err.value) == message
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_kind_setting_reaches_a_run_of_that_kind():
+    from rlg.harness.api import job
+
+    assert job("experiment=kl_ground_truth_learned", "kl_learned.hidden=64").settings.hidden == 64
+    assert job("experiment=kl_claim_digits_dpo", "kl_claim.beta=750").settings.beta == 750

@@ -101,6 +101,14 @@ def main() -> None:
     from rlg.harness.config import override_problem
 
     problem = override_problem(sys.argv[1:], config_dirs(sys.argv[1:]))
+    if not problem and not config_dirs(sys.argv[1:]):  # (rlg.harness.api composes rlg/conf only)
+        from rlg.harness.api import unset_node_problem
+        from rlg.harness.config import ConfigError
+
+        try:
+            problem = unset_node_problem([a for a in sys.argv[1:] if "=" in a and not a.startswith("-")])
+        except ConfigError:  # the command line composes badly otherwise: Hydra says why, as it does today
+            problem = None
     if problem:  # one line with the closest key or option, instead of Hydra's multi-line error
         print(f"rlg-bench: {problem}", file=sys.stderr)
         sys.exit(2)
