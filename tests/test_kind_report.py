@@ -131,8 +131,11 @@ FINDINGS = ["experiment=findings_zoo", "findings.pairs=['tiny method=[rlg] repor
 def test_findings_stage_report_reads_the_sub_runs_stores_and_makes_nothing(tmp_path, monkeypatch):
     over = [*FINDINGS, f"paths.root={tmp_path}"]
     run = tmp_path / "f"
-    runner.run(compose(*over), run_dir=run, overrides=over)
     sub = run / "runs" / "tiny-seed0"
+    # stage=generate reaches every sub-run and stops there: no scores, no findings to write yet
+    runner.run(compose(*over, "stage=generate"), run_dir=run, overrides=[*over, "stage=generate"])
+    assert len(Store(sub).images()) == 2 * 4 and not len(Store(sub).scores()) and not (run / "report").exists()
+    runner.run(compose(*over), run_dir=run, overrides=over)  # resumes: scores, sub-report, findings
     kept, images = hash_run(run / "report"), Store(sub).images()
     assert len(images) == 2 * 4  # 2 prompts x 4 scales
     monkeypatch.setattr(stages, "generate", _refuse)
@@ -141,11 +144,11 @@ def test_findings_stage_report_reads_the_sub_runs_stores_and_makes_nothing(tmp_p
     runner.run(compose(*again), run_dir=run, overrides=again)
     assert hash_run(run / "report") == kept
     pd.testing.assert_frame_equal(Store(sub).images(), images)
-    assert [i["stage"] for i in Store(sub).meta()["invocations"]] == ["all", "report"]  # its report, rewritten
+    assert [i["stage"] for i in Store(sub).meta()["invocations"]] == ["generate", "all", "report"]  # report rewritten
     # without sub-reports the sub-runs are not run at all: the findings read their stores as they are
     runner.run(compose(*again, "findings.sub_reports=false"), run_dir=run, overrides=[*again,
                                                                                       "findings.sub_reports=false"])
-    assert hash_run(run / "report") == kept and len(Store(sub).meta()["invocations"]) == 2
+    assert hash_run(run / "report") == kept and len(Store(sub).meta()["invocations"]) == 3
 
 
 def test_findings_stage_report_without_the_sub_runs_is_refused_before_any_work(tmp_path):
