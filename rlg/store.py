@@ -319,6 +319,18 @@ class Store:
         frames = [pd.read_parquet(p) for p in parts]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
+    def last_table(self, table: str) -> pd.DataFrame | None:
+        """The rows of the newest ``write_table(table, df)``: ``df`` as it was written (its columns and row order,
+        its JSON-serialisable ``attrs``, which parquet keeps), without the store's ``written_ns``; None when the
+        table was never written. A run measured twice holds one part per measurement: ``read_table`` returns
+        them all, this the last (each part's rows share one ``written_ns``)."""
+        parts = sorted((self.root / "rows" / table).glob("part-*.parquet"))
+        if not parts:
+            return None
+        frames = [pd.read_parquet(p) for p in parts]
+        newest = max(frames, key=lambda f: f["written_ns"].max() if len(f) else -1)
+        return newest.drop(columns=["written_ns"])
+
     def compact(self) -> dict[str, int]:
         """Rewrite ``rows/images`` and ``rows/scores`` as one part each with exactly the rows this store
         reads (the newest row per key; a score only if computed on the image now stored under its key),

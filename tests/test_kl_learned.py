@@ -49,6 +49,12 @@ def test_weight_extrapolation_is_affine_in_w():
             assert torch.allclose(p, expect(pb, pt), atol=1e-6)
 
 
+LEARNED = ["experiment=kl_ground_truth_learned", "kl_learned.seeds=[0,1]", "kl_learned.scales=[0.5,1.0,2.0]",
+           "kl_learned.base_steps=150", "kl_learned.tune_steps=80", "kl_learned.hidden=64", "kl_learned.depth=2",
+           "kl_learned.n_samples=400", "kl_learned.num_inference_steps=10", "kl_learned.pg_steps=8",
+           "kl_learned.pg_batch=32", "kl_learned.dpo_steps=20", "kl_learned.dpo_pairs=64"]
+
+
 @pytest.fixture(scope="module")
 def learned_run(tmp_path_factory):
     """The kl_ground_truth_learned preset through the harness, reduced to seconds."""
@@ -59,12 +65,8 @@ def learned_run(tmp_path_factory):
     from pathlib import Path
 
     conf = Path(__file__).resolve().parent.parent / "rlg" / "conf"
-    over = ["experiment=kl_ground_truth_learned", "kl_learned.seeds=[0,1]", "kl_learned.scales=[0.5,1.0,2.0]",
-            "kl_learned.base_steps=150", "kl_learned.tune_steps=80", "kl_learned.hidden=64", "kl_learned.depth=2",
-            "kl_learned.n_samples=400", "kl_learned.num_inference_steps=10", "kl_learned.pg_steps=8",
-            "kl_learned.pg_batch=32", "kl_learned.dpo_steps=20", "kl_learned.dpo_pairs=64"]
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("config", overrides=over)
+        cfg = compose("config", overrides=LEARNED)
     run_dir = tmp_path_factory.mktemp("kl") / "learned"
     entry = runner.run(cfg, run_dir=run_dir)
     return entry, Store(run_dir).read_table("kl_learned"), run_dir
@@ -111,6 +113,40 @@ def test_the_errors_add_up_and_exact_rlg_is_exact_on_the_gaussian_linear_pair(le
                                                objectives=["rwr"], progress=False))
     g = lin[lin.arm.isin(["exact", "rlg_exact"])].set_index("arm").reward
     assert g["rlg_exact"] == pytest.approx(g["exact"], abs=1e-9)
+
+
+def test_stage_report_rewrites_the_report_from_the_stored_rows_without_training(learned_run, monkeypatch, capsys):
+    """The report of stage=report is the report of the run, byte for byte: the rows, their order and dtypes, and
+    ``df.attrs`` (the training curves of the kl_learned_training figure, the wall time the page states) come back
+    from the store; run_learned_truth is never called; the console shows the verdict table, not the whole page."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from rlg.harness import runner
+    from rlg.harness.api import compose
+    from rlg.store import Store
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
+    from store_digest import hash_run
+
+    first, stored, run_dir = learned_run
+    kept = run_dir.parent / "report-of-stage-all"
+    shutil.copytree(run_dir / "report", kept)
+    assert stored.attrs["curves"] and stored.attrs["seconds"] == first["report"]["seconds"]
+
+    def refuse(*_, **__):
+        raise AssertionError("stage=report trained again")
+
+    monkeypatch.setattr("rlg.kl_learned.run_learned_truth", refuse)
+    capsys.readouterr()
+    again = runner.run(compose(*LEARNED, "stage=report"), run_dir=run_dir)
+    assert hash_run(run_dir / "report") == hash_run(kept)
+    assert again["report"]["seconds"] == first["report"]["seconds"] and again["report"]["rows"] == len(stored)
+    assert len(list((run_dir / "rows" / "kl_learned").glob("*.parquet"))) == 1
+    verdict = (run_dir / "report" / "tables" / "kl_learned_verdict.md").read_text()
+    assert capsys.readouterr().out == f"{verdict}\nReport: {again['report']['index']}\n"
+    assert Store(run_dir).last_table("kl_learned").attrs == stored.attrs
 
 
 def test_bad_settings_fail_with_their_name(compose):

@@ -69,7 +69,7 @@ class Job:
     run_dir: Path  # <paths.root>/<name>, ~ expanded and checked (rlg.harness.config.run_dir): the CLI's folder
     verbose: bool  # third-party loading bars and warnings too
     kind: str  # a name of rlg.harness.kinds.KINDS (the config group kind=)
-    stages: tuple[str, ...]
+    stages: tuple[str, ...]  # what this invocation runs; a measurement's ("report",): the report from stored rows
     rank: int
     world: int
     distributed: bool  # ranks launched together (torchrun / accelerate / submitit tasks): they share barriers
@@ -487,7 +487,9 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
         if world > 1:
             raise ConfigError(f"kind={conf.kind} runs in one process; launch it without torchrun/accelerate or "
                               "shard.count")
-        common.pop("stages")
+        if conf.stage not in kind.stages:
+            raise ConfigError(f"stage={conf.stage}: kind={conf.kind} has no separate {conf.stage} stage; stage=all "
+                              "measures and writes the report, stage=report rewrites the report from the stored rows")
         try:
             settings = resolve(kind.settings)(conf, scales, list(overrides or [])) if kind.settings \
                 else getattr(conf, kind.node)
@@ -502,7 +504,7 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
             except ValueError as exc:
                 raise ConfigError(f"{conf.kind}: {exc}") from None
             common.update(prompts=tuple(prompts), prompt_info=prompt_info, sampler=sampler_settings(conf.sampler))
-        return Job(kind=conf.kind, stages=("generate",), **common, settings=settings)
+        return Job(kind=conf.kind, **common, settings=settings)
     _check_no_effect(conf, RunConf())
     prompts, prompt_info = load_prompts(conf.prompts, conf.paths.cache)
     spec = pair_spec(conf)

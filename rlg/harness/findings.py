@@ -130,20 +130,37 @@ def findings_stage(job: Any, store: Any) -> dict[str, Any]:
 
 def run_findings(job: Any, store: Any, run_job: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """Run every sub-run of ``job.settings`` (a FindingsPlan) with ``run_job`` (``rlg.harness.runner.run_job``,
-    passed in: the
-    runner calls this) into ``<run>/runs/<preset>-seed<k>``, then write ``<run>/report`` (index.md/.html with the
-    Findings section first, tables/findings.csv). Returns {"files", "index", "index_html", "rows"}."""
+    passed in: the runner calls this) into ``<run>/runs/<preset>-seed<k>``, each with the stages of this run
+    (``job.stages``: stage=report makes and scores nothing, it rewrites each sub-run's report from its store, or
+    skips the sub-run with ``sub_reports`` off), then, when the run has a report stage, write ``<run>/report``
+    (index.md/.html with the Findings section first, tables/findings.csv) from the sub-runs' stores. Returns
+    {"files", "rows", "index", "index_html"} ({"sub_runs"} without a report stage). Raises StoreError naming the fix,
+    before any sub-run, when stage=report finds a sub-run with no stored images."""
     from rlg.harness.stages import _index, _written
     from rlg.report.findings import write_findings_report
+    from rlg.store import Store, StoreError
 
     plan = job.settings
     root = Path(store.root)
+    if job.stages == ("report",):
+        empty = [sub.dir_name for sub in plan.runs if not len(Store(root / "runs" / sub.dir_name).images())]
+        if empty:
+            raise StoreError(f"stage=report: {root / 'runs'} holds no stored images of the sub-run(s) "
+                             f"{', '.join(empty)}. Fix: run it with stage=all first (the same command resumes)")
     dirs = []
     for i, sub in enumerate(plan.runs):
-        log.info("findings: %s seed %d (%d of %d)", sub.preset, sub.seed, i + 1, len(plan.runs))
         run_dir = root / "runs" / sub.dir_name
-        run_job(sub.job, run_dir, list(sub.overrides), f"{job.name}/{sub.dir_name}", job.name)
         dirs.append((sub.preset, sub.seed, sub.reward, run_dir))
+        # a sub-run built from the command line has this run's stage; one built without it (a Python caller) too
+        stages = tuple(st for st in sub.job.stages if st in job.stages)
+        if not stages:  # stage=report with sub_reports off: the findings read the stores as they are
+            continue
+        log.info("findings: %s seed %d (%d of %d)", sub.preset, sub.seed, i + 1, len(plan.runs))
+        run_job(dataclasses.replace(sub.job, stages=stages), run_dir, list(sub.overrides),
+                f"{job.name}/{sub.dir_name}", job.name)
+    if "report" not in job.stages:
+        log.info("findings: stage=%s ran on every sub-run; stage=report (or all) writes the findings", job.stages[0])
+        return {"sub_runs": len(dirs)}
     result: dict[str, Any] = {}
 
     def write(tmp: Path) -> list[str]:

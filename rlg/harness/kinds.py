@@ -27,7 +27,10 @@ class Kind:
     report); ``report``: the ``"module:function"`` that writes its report
     section; ``samples``: a measurement that samples images with the shared ``prompts`` and ``sampler`` groups
     (the Job then holds its prompts and sampler, as an image run's; its settings have ``check_images(n)``, which
-    refuses n images per arm). Entries are imported on first use."""
+    refuses n images per arm); ``stages``: the ``stage=`` values it honours, by default those of a measurement of
+    one piece: all (measure, store the rows, write the report) and report (the report from the stored rows; the
+    stage function tells them apart by ``job.stages``, as ``rlg.harness.stages.measured`` does). Entries are
+    imported on first use."""
 
     node: str | None
     settings: str | None
@@ -35,6 +38,7 @@ class Kind:
     report: str
     samples: bool = False
     schema: type | str | None = None
+    stages: tuple[str, ...] = ("all", "report")
 
     def __post_init__(self):
         if (self.node is None) != (self.schema is None) or (self.stage and not (self.settings or self.node)):
@@ -52,8 +56,9 @@ class KindError(ValueError):
 
 
 B, S = "rlg.kind_spec", "rlg.harness.stages"
+EVERY_STAGE = ("generate", "evaluate", "report", "all")  # an image run's, and a findings run's (its sub-runs')
 KINDS = Registry("kind", {
-    "images": Kind(None, None, None, "rlg.report.report:write_report"),
+    "images": Kind(None, None, None, "rlg.report.report:write_report", stages=EVERY_STAGE),
     "ground_truth": Kind(None, f"{B}:ground_truth_settings", f"{S}:ground_truth",
                          "rlg.report.ground_truth:write_ground_truth_report"),
     "kl_claim": Kind("kl_claim", f"{B}:kl_claim_settings", f"{S}:kl_claim",
@@ -61,7 +66,7 @@ KINDS = Registry("kind", {
     "kl_learned": Kind("kl_learned", f"{B}:kl_learned_settings", f"{S}:kl_learned",
                        "rlg.report.kl_learned:write_kl_learned_report", schema=f"{B}:LearnedTruthConfig"),
     "findings": Kind("findings", "rlg.harness.findings:findings_settings", "rlg.harness.findings:findings_stage",
-                     "rlg.report.findings:write_findings_report", schema=f"{B}:FindingsConfig"),
+                     "rlg.report.findings:write_findings_report", schema=f"{B}:FindingsConfig", stages=EVERY_STAGE),
 }, error=KindError)
 
 

@@ -1,4 +1,5 @@
-"""The stages of a job: generate -> evaluate -> report, and the analytic ground truth.
+"""The stages of a job: generate -> evaluate -> report, and the measurement kinds' one stage (``measured``: measure
+and report, or with stage=report the report from the stored rows).
 
 Each stage takes the checked :class:`~rlg.harness.build.Job` and the run's
 :class:`~rlg.store.Store`, never the config. The work list is prompt set x samples x grid scales,
@@ -17,13 +18,13 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
 from rlg.harness.build import Job
 from rlg.harness.prompts import Prompt, PromptError
-from rlg.store import Store, content_key, write_error
+from rlg.store import Store, StoreError, content_key, write_error
 
 log = logging.getLogger("rlg")
 
@@ -442,34 +443,61 @@ def _section(job: Job):
     return resolve(KINDS.get(job.kind).report)
 
 
+def measured(job: Job, store: Store, parts: dict[str, Callable[[], Any] | None], headline: str,
+             extra: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The stage of a measurement kind: its tables, then its report section (``rlg.harness.kinds``) into <run>/report.
+
+    ``parts``: the store tables the kind writes, in the order its report writer takes them, each with the function
+    that measures it (a pandas DataFrame), or None where this run's settings have no such part (the writer gets
+    None). stage=all measures them in order, storing each table as soon as it is made; stage=report reads back
+    the newest rows of each table the settings make (``Store.last_table``) and measures nothing. Prints the report's
+    ``headline`` table (``tables/<headline>.md``; the runner prints the report's path after it). Returns the
+    invocation's report entry: files, rows (of the first table), ``extra(first table)``, index, index_html.
+    Raises StoreError naming the fix, before any work, when stage=report finds a table missing."""
+    wanted = [name for name, make in parts.items() if make is not None]
+    if job.stages == ("report",):
+        tables = {name: store.last_table(name) for name in wanted}
+        missing = [name for name, df in tables.items() if df is None]
+        if missing:
+            raise StoreError(f"stage=report: {store.root} holds no {' or '.join(missing)} rows of a kind={job.kind} "
+                             "run (never measured there, or another kind's run directory). Fix: run it with "
+                             "stage=all first (or point name= / paths.root= at the run)")
+    else:
+        tables = {}
+        for name in wanted:
+            tables[name] = parts[name]()
+            store.write_table(name, tables[name])
+    args = [tables.get(name) for name in parts]
+    files = _written(store, lambda tmp: _section(job)(*args, tmp))
+    head = store.root / "report" / "tables" / f"{headline}.md"
+    if head.is_file():  # the verdict: what a user reads at the end of a run (the whole page is at the Report: path)
+        print(head.read_text())
+    return {"files": files, "rows": len(args[0]), **(extra(args[0]) if extra else {}), **_index(store)}
+
+
 def ground_truth(job: Job, store: Store) -> dict[str, Any]:
     """The analytic ground truth: RLG samples from the production RLGDenoiser against exact targets;
     rows into the store's ``ground_truth`` table, figures and tables into <run>/report."""
     from rlg.ground_truth import run_ground_truth
-    from rlg.report.ground_truth import ground_truth_tables
 
-    df = run_ground_truth(job.settings)
-    store.write_table("ground_truth", df)
-    files = _written(store, lambda tmp: _section(job)(df, tmp))
-    print(ground_truth_tables(df)["markdown"])
-    return {"files": files, "rows": len(df), **_index(store)}
+    return measured(job, store, {"ground_truth": lambda: run_ground_truth(job.settings)}, headline="ground_truth")
 
 
 def kl_claim(job: Job, store: Store) -> dict[str, Any]:
     """RLG(w) from the beta model against models retrained at beta / w (rlg.kl_claim), with the analytic
     ground truth beside it; rows into the store's ``kl_claim`` / ``ground_truth`` tables, the report
     (figures, tables, index.md / index.html) into <run>/report."""
+    from rlg.evaluators.base import register_stored
     from rlg.ground_truth import run_ground_truth
     from rlg.kl_claim import run_kl_claim
 
-    df = run_kl_claim(job.settings, kl_claim_grid(job), job.config.evaluators.options)
-    store.write_table("kl_claim", df)
-    analytic = run_ground_truth(job.settings.analytic) if job.settings.analytic is not None else None
-    if analytic is not None:
-        store.write_table("ground_truth", analytic)
-    files = _written(store, lambda tmp: _section(job)(df, analytic, tmp))
-    print((store.root / "report" / "index.md").read_text())
-    return {"files": files, "rows": len(df), **_index(store)}
+    s = job.settings
+    # the report reads each metric's direction from rlg.metrics: its evaluators' declarations, also at stage=report
+    register_stored(m.split(":")[0] for m in [*s.metrics, *s.set_metrics])
+    return measured(job, store, {
+        "kl_claim": lambda: run_kl_claim(s, kl_claim_grid(job), job.config.evaluators.options),
+        "ground_truth": None if s.analytic is None else lambda: run_ground_truth(s.analytic)},
+        headline="kl_claim_verdict")
 
 
 def kl_claim_grid(job: Job):
@@ -483,11 +511,8 @@ def kl_learned(job: Job, store: Store) -> dict[str, Any]:
     the analytic mixture, rows into the store's ``kl_learned`` table, the report into <run>/report."""
     from rlg.kl_learned import run_learned_truth
 
-    df = run_learned_truth(job.settings)
-    store.write_table("kl_learned", df)
-    files = _written(store, lambda tmp: _section(job)(df, tmp))
-    print((store.root / "report" / "index.md").read_text())
-    return {"files": files, "rows": len(df), "seconds": df.attrs.get("seconds"), **_index(store)}
+    return measured(job, store, {"kl_learned": lambda: run_learned_truth(job.settings)}, headline="kl_learned_verdict",
+                    extra=lambda df: {"seconds": df.attrs.get("seconds")})
 
 
 def _index(store: Store) -> dict[str, str]:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from rlg.metrics import metric as registered
 from rlg.report.figures import COLORS, COLUMN_WIDTH, FORMATS, MARKERS, STYLE, TEXT_WIDTH, save
 from rlg.report.page import write_kind_report
 from rlg.report.tables import FORMATS as TABLE_FORMATS, render
@@ -31,14 +32,18 @@ __all__ = ["kl_claim_verdicts", "kl_claim_verdict_tables", "kl_claim_tables", "k
            "kl_claim_training_tables", "write_kl_claim_figures", "write_kl_claim_training_figure",
            "write_kl_claim_report"]
 
-HIGHER_IS_BETTER = {"digit_prob": True, "digit_margin": True, "jpeg_compressibility": True,
-                    "jpeg_incompressibility": True, "digit_fd": False, "digit_mahalanobis": False}
-
-
 def _title(df: pd.DataFrame) -> str:
     f = df.iloc[0]
     return (f"{f.task}: beta={f.beta:g}, n={int(f.n)} images per arm, DDIM {int(f.steps)} steps, eta {f.eta:g}, "
             f"CFG {f.guidance_scale:g}")
+
+
+def _arrow(metric_id: str) -> str:
+    """" ↑" / " ↓" after a metric id by its direction in the metric registry (``rlg.metrics``, declared by the
+    evaluator that writes it: the caller imports those evaluators, e.g. ``rlg.evaluators.base.register_stored``);
+    "" for a metric not registered there."""
+    declared = registered(metric_id)
+    return "" if declared is None else " ↑" if declared.higher_is_better else " ↓"
 
 
 def _yerr(d: pd.DataFrame) -> list:
@@ -84,8 +89,7 @@ def write_kl_claim_figures(df: pd.DataFrame, out_dir, formats: Sequence[str] = F
                 top.tick_params(labelsize=5)
                 top.set_xlabel("RLG scale w", fontsize=5, labelpad=1)
                 ax.set_xlabel("KL coefficient beta/w" if ax is axes[0] else "beta/w")  # the long one ran off the edge
-                arrow = {True: " ↑", False: " ↓"}.get(HIGHER_IS_BETTER.get(metric), "")
-                ax.set_ylabel(metric + arrow)
+                ax.set_ylabel(metric + _arrow(metric))
             handles, labels = axes[0].get_legend_handles_labels()
             fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=5)
             fig.suptitle(_title(df) + " (bars: 95%)", fontsize=6)
