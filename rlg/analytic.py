@@ -153,9 +153,6 @@ class GaussianMixture:
         """log p_t(x) of the noised marginal, shape (B,); differentiable in x."""
         return torch.logsumexp(self._terms(x, alpha, sigma)[-1], dim=0)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return self.noised_log_prob(x, 1.0, 0.0)
-
     def responsibilities(self, x: torch.Tensor, alpha=1.0, sigma=0.0) -> torch.Tensor:
         """Posterior component probabilities p(k | x_t), shape (B, K)."""
         return torch.softmax(self._terms(x, alpha, sigma)[-1], dim=0).T

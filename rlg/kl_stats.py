@@ -62,11 +62,6 @@ class TTest:
     lo: float
     hi: float
 
-    def interval(self, level: float = 0.95) -> tuple[float, float]:
-        """A two-sided t interval at ``level`` (e.g. 0.90 for a TOST at alpha 0.05)."""
-        q = stats.t.ppf(0.5 + level / 2, self.df) if self.df > 0 and self.stderr > 0 else math.nan
-        return self.estimate - q * self.stderr, self.estimate + q * self.stderr
-
 
 def _result(est: float, se: float, df: float) -> TTest:
     if not (se > 0 and df > 0):
