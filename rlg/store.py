@@ -419,13 +419,16 @@ class Store:
 
     @staticmethod
     def _latest(df: pd.DataFrame, key: list[str], keep_written: bool = False) -> pd.DataFrame:
-        """The newest row per key (rows of older parts without a timestamp count as oldest)."""
+        """The newest row per key (rows of older parts without a timestamp count as oldest), sorted by the key:
+        part files are named by their writer, so the order they are read in differs between two runs of the same
+        job, and so would sums over the rows in their last bits."""
         if "written_ns" in df.columns and len(df):
             order = df.written_ns.fillna(-1).astype("int64")
             df = df.assign(_order=order).sort_values("_order", ascending=False, kind="stable")
-            df = df.drop_duplicates(key, keep="first").sort_index().drop(columns=["_order"])
+            df = df.drop_duplicates(key, keep="first").drop(columns=["_order"])
         else:
             df = df.drop_duplicates(key, keep="first")
+        df = df.sort_values(key, kind="stable")
         return df if keep_written else df.drop(columns=[c for c in ("written_ns",) if c in df.columns])
 
 

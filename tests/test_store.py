@@ -226,3 +226,17 @@ def test_compaction_leaves_one_row_per_key_so_plain_pandas_reads_what_the_store_
                                   after_scores.sort_values(key).reset_index(drop=True))
     assert plain_images.set_index("image_key").image_sha256[a] != images.set_index("image_key").image_sha256[a]
     assert Store(run).compact() == {"images": 0, "scores": 0}  # nothing left to drop
+
+
+def test_two_stores_of_the_same_rows_read_the_same_frames_whichever_writer_names_sort_first(tmp_path):
+    # part files are named by writer: ranks or invocations with other random ids read back in another order, and
+    # the report's sums then differed in their last bits between two runs of one job (summary.csv)
+    first = [{"image_key": f"{i:064x}", "evaluator": "jpeg", "version": "v", "metric": "m", "value": 0.1 * i,
+              "higher_is_better": True, "error": None, "image_sha256": None} for i in range(3)]
+    second = [dict(r, image_key=f"{i + 3:064x}", value=0.3 + 0.1 * i) for i, r in enumerate(first)]
+    for root, names in (("a", ("r0-aaaa", "r0-zzzz")), ("b", ("r0-zzzz", "r0-aaaa"))):
+        Store(tmp_path / root, writer=names[0]).write_scores(first)
+        Store(tmp_path / root, writer=names[1]).write_scores(second)
+    a, b = Store(tmp_path / "a").scores(), Store(tmp_path / "b").scores()
+    pd.testing.assert_frame_equal(a, b)
+    assert list(a.image_key) == sorted(a.image_key)
