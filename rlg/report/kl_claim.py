@@ -32,6 +32,7 @@ __all__ = ["kl_claim_verdicts", "kl_claim_verdict_tables", "kl_claim_tables", "k
            "kl_claim_training_tables", "write_kl_claim_figures", "write_kl_claim_training_figure",
            "write_kl_claim_report"]
 
+
 def _title(df: pd.DataFrame) -> str:
     f = df.iloc[0]
     return (f"{f.task}: beta={f.beta:g}, n={int(f.n)} images per arm, DDIM {int(f.steps)} steps, eta {f.eta:g}, "
@@ -39,7 +40,7 @@ def _title(df: pd.DataFrame) -> str:
 
 
 def _arrow(metric_id: str) -> str:
-    """" ↑" / " ↓" after a metric id by its direction in the metric registry (``rlg.metrics``, declared by the
+    """The arrow (" ↑" or " ↓") after a metric id by its direction in the metric registry (``rlg.metrics``, declared by the
     evaluator that writes it: the caller imports those evaluators, e.g. ``rlg.evaluators.base.register_stored``);
     "" for a metric not registered there."""
     declared = registered(metric_id)
