@@ -40,9 +40,9 @@ def _title(df: pd.DataFrame) -> str:
 
 
 def _arrow(metric_id: str) -> str:
-    """The arrow (" ↑" or " ↓") after a metric id by its direction in the metric registry (``rlg.metrics``, declared by the
-    evaluator that writes it: the caller imports those evaluators, e.g. ``rlg.evaluators.base.register_stored``);
-    "" for a metric not registered there."""
+    """The arrow (" ↑" or " ↓") after a metric id by its direction in the metric registry (``rlg.metrics``,
+    declared by the evaluator that writes it: the caller imports those evaluators, e.g.
+    ``rlg.evaluators.base.register_stored``); "" for a metric not registered there."""
     declared = registered(metric_id)
     return "" if declared is None else " ↑" if declared.higher_is_better else " ↓"
 
