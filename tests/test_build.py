@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -78,3 +79,28 @@ def test_the_job_holds_its_checked_run_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     job = build.build(cfg_of(*FAST, "paths.root='~/runs'", "name=r1", "stage=report", "verbose=true"))
     assert job.run_dir == tmp_path / "runs" / "r1" and job.verbose is True
+
+
+def test_the_same_local_weights_in_another_folder_keep_their_content_keys(tmp_path, monkeypatch):
+    # a moved clone, or a cluster node that mounts the zoo elsewhere, must resume the run: the keys held the path
+    import shutil
+
+    from rlg.harness.api import job
+    from rlg.model_ids import resolve_zoo_id
+
+    monkeypatch.setenv("RLG_FINGERPRINT_CACHE", str(tmp_path / "fingerprints.json"))  # not the user's cache
+    for clone in ("a", "b", "c"):
+        for model in ("digits_base", "digits_ddpo_incompress"):
+            shutil.copytree(resolve_zoo_id(f"zoo:{model}"), tmp_path / clone / model)
+    lora = tmp_path / "c" / "digits_ddpo_incompress" / "pytorch_lora_weights.safetensors"
+    lora.write_bytes(lora.read_bytes()[:-1] + bytes([lora.read_bytes()[-1] ^ 1]))  # one bit of the RL model
+
+    def ids(clone: str) -> tuple[str, str]:
+        j = job("experiment=quickstart", f"pair.base.id={tmp_path / clone / 'digits_base'}",
+                f"pair.rl.id={tmp_path / clone / 'digits_ddpo_incompress'}")
+        return j.config_id, json.dumps(j.identity, sort_keys=True)
+
+    shipped = job("experiment=quickstart")
+    (a, ident_a), (b, _), (c, _) = ids("a"), ids("b"), ids("c")
+    assert a == b == shipped.config_id and str(tmp_path) not in ident_a
+    assert c != a

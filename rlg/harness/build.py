@@ -271,7 +271,8 @@ def method_plans(conf: RunConf, scales: tuple[float, ...], evaluators: tuple[Eva
 
 def image_identity(conf: RunConf, spec, device: str) -> dict[str, Any]:
     """Everything besides (prompt, sample, seed, scale) that determines an image's bits: the pair with
-    the resolved identity of every weight file, the sampler, the device type."""
+    the resolved identity of every weight file (a local checkpoint by its content fingerprint, not its path), the
+    sampler, the device type."""
     from rlg.denoiser import resolve_micro_batch
     from rlg.pairs import weights_identity
 
@@ -282,8 +283,12 @@ def image_identity(conf: RunConf, spec, device: str) -> dict[str, Any]:
         s.pop("correctors")
         s.pop("fkc")
     s["micro_batch"] = resolve_micro_batch(s["micro_batch"], device)  # the number ("auto" is per device type)
-    return {"pair": spec.identity(), "weights": weights_identity(spec), "sampler": s,
-            "device": device.split(":")[0]}
+    pair, weights = spec.identity(), weights_identity(spec)
+    for role, w in weights.items():
+        if w is not None and w["source"] == "local":  # its content fingerprint names it, not the folder it lies in:
+            del w["path"]  # the same weights in a moved clone, or on a node that mounts them elsewhere, keep their keys
+            pair[role]["id"] = "local"
+    return {"pair": pair, "weights": weights, "sampler": s, "device": device.split(":")[0]}
 
 
 def _check_no_effect(conf: RunConf, default) -> None:
