@@ -190,8 +190,10 @@ def test_group_options_from_a_config_dir_sweeps_and_null_are_accepted(tmp_path):
 def test_a_kind_setting_on_a_run_without_that_kind_gets_one_line_not_an_omegaconf_traceback(tmp_path, override):
     # Hydra cannot set a key inside an unset node: it stopped with "AssertionError: Unexpected type for root"
     node = override.lstrip("+").split(".")[0].split("=")[0]
-    message = (f"{override}: this run has no {node} settings to change (kind=images); they come with kind={node}: "
-               "start from one of its presets (docs/presets.md) and override from there")
+    presets = {"kl_learned": "kl_ground_truth_learned", "kl_claim": "kl_claim_digits_ddpo, kl_claim_digits_ddpo_v1, "
+               "kl_claim_digits_dpo, kl_claim_digits_dpo_v1"}[node]  # the shipped presets of that kind
+    message = (f"{override}: this run has no {node} settings to change (the run's kind is images); they come with "
+               f"kind={node}: start from a preset of that kind (experiment={presets}) and override from there")
     out, text = run_cli("experiment=tiny", override, f"paths.root={tmp_path}")
     assert _refused(out, text) == f"rlg-bench: {message}"
     with pytest.raises(ConfigError) as err:

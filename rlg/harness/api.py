@@ -12,6 +12,7 @@ way, with the same one-line message.
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from rlg.harness.build import Job, build
@@ -50,8 +51,9 @@ def compose(*overrides: str):
 def unset_node_problem(overrides: Sequence[str]) -> str | None:
     """One line for an override of a kind's settings (``kl_learned.seed=5``) when the run it composes leaves that
     node unset (``experiment=tiny``): Hydra cannot set a key inside an unset node and stops with an OmegaConf
-    traceback. None when no override touches a kind's node, or when each one's node is set. Composes the run
-    once without those overrides (about a second), only when one is given."""
+    traceback; the line names the shipped presets of that kind. None when no override touches a kind's node, or
+    when each one's node is set. Composes the run once without those overrides (about a second), only when one is
+    given."""
     from rlg.harness.kinds import KINDS
 
     nodes = {KINDS[k].node: k for k in KINDS if KINDS[k].node}
@@ -68,8 +70,13 @@ def unset_node_problem(overrides: Sequence[str]) -> str | None:
     for item in touched:
         node = node_of(item)
         if conf.get(node) is None:
-            return (f"{item}: this run has no {node} settings to change (kind={conf.kind}); they come with "
-                    f"kind={nodes[node]}: start from one of its presets (docs/presets.md) and override from there")
+            kind = nodes[node]
+            presets = [p.stem for p in sorted((CONF_DIR / "experiment").glob("*.yaml"))
+                       if re.search(rf"override /kind: *{kind}\b", p.read_text())]
+            start = f"a preset of that kind (experiment={', '.join(presets)})" if presets else \
+                "a preset of that kind (docs/presets.md)"
+            return (f"{item}: this run has no {node} settings to change (the run's kind is {conf.kind}); they come "
+                    f"with kind={kind}: start from {start} and override from there")
     return None
 
 
