@@ -54,9 +54,9 @@ def unset_node_problem(overrides: Sequence[str]) -> str | None:
     traceback; the line names the shipped presets of that kind. None when no override touches a kind's node, or
     when each one's node is set. Composes the run once without those overrides (about a second), only when one is
     given."""
-    from rlg.harness.kinds import KINDS
+    from rlg.harness.kinds import kind_nodes
 
-    nodes = {KINDS[k].node: k for k in KINDS if KINDS[k].node}
+    nodes = kind_nodes()
 
     def node_of(item: str) -> str | None:
         key, eq, value = item.lstrip("+").partition("=")

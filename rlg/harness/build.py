@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from rlg.harness.config import ConfigError, RunConf, ShardConf, check_complete, grid_scale_values, run_dir, validate
-from rlg.harness.kinds import KINDS, KindError, Settings
+from rlg.harness.kinds import KINDS, KindError, Settings, kind_nodes
 from rlg.harness.provenance import redact
 from rlg.harness.prompts import Prompt, load_prompts
 from rlg.metrics import Metric, settle_reward
@@ -542,7 +542,7 @@ def build(cfg: DictConfig, overrides: list[str] | None = None) -> Job:
 def check_kind(conf: RunConf, kind) -> None:
     """Refuse settings that belong to another kind than the run's (they would have no effect), and a
     measurement kind without its settings. Raises ConfigError naming the fix."""
-    for name in (k.node for k in map(KINDS.__getitem__, KINDS) if k.schema is not None):
+    for name in kind_nodes():
         if getattr(conf, name) is not None and kind.node != name:
             raise ConfigError(f"{name} settings are given but kind={conf.kind}; they would have no effect: select "
                               f"kind={name} (its presets do) or drop them")

@@ -14,7 +14,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlg.choices import RL_KINDS, SCHEDULERS
-from rlg.harness.kinds import KINDS
+from rlg.harness.kinds import KINDS, kind_nodes
 from rlg.kind_spec import GroundTruthSampling
 from rlg.registry import resolve
 from rlg.runtime import DTYPE_NAMES
@@ -207,7 +207,7 @@ def run_schema() -> type:
     """The typed schema of a run: SharedConf and, per kind of rlg.harness.kinds.KINDS with a ``node``, the field
     ``<node>: Optional[<its schema>] = None`` (in registration order), so a kind's settings dataclass is its config
     node and a kind registered later (a plug-in, a test) is in the next call's schema."""
-    nodes = tuple((k.node, resolve(k.schema)) for k in map(KINDS.__getitem__, KINDS) if k.schema is not None)
+    nodes = tuple((node, resolve(KINDS[kind].schema)) for node, kind in kind_nodes().items())
     return _schema(nodes)
 
 

@@ -70,4 +70,10 @@ KINDS = Registry("kind", {
 }, error=KindError)
 
 
-__all__ = ["KINDS", "Kind", "KindError", "Settings"]
+def kind_nodes() -> dict[str, str]:
+    """{config node: kind name} of every registered kind with settings of its own (a node and its schema come
+    together), in registration order: the schema's nodes, the checks that a node belongs to the run's kind."""
+    return {KINDS[name].node: name for name in KINDS if KINDS[name].node is not None}
+
+
+__all__ = ["KINDS", "Kind", "KindError", "Settings", "kind_nodes"]
